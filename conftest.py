@@ -1,0 +1,152 @@
+"""pytest fixtures: a real RabbitMQ broker and an independent client (pika).
+
+By default the session starts its own private RabbitMQ node (rabbitnode.py,
+Debian's rabbitmq-server package). With PIHACE_TEST_AMQP_URL set, the tests
+use that broker instead; tests that must control the broker (stop, kill,
+rabbitmqctl) are then skipped: mark them ``@pytest.mark.rabbit_control``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+
+import rabbitnode
+
+EXTERNAL_URL_VAR = "PIHACE_TEST_AMQP_URL"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "rabbit_control: needs to stop, kill or rabbitmqctl the broker "
+        f"(skipped when {EXTERNAL_URL_VAR} points to an external broker)",
+    )
+
+
+class ExternalBroker:
+    """A broker this test run does not own: only its URL is known."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def _cannot(self, *args, **kwargs):
+        pytest.skip(f"needs a private RabbitMQ node, but {EXTERNAL_URL_VAR} is set")
+
+    ctl = start = stop = kill = _cannot
+
+
+def _require_server() -> None:
+    if not os.access(rabbitnode.SERVER, os.X_OK):
+        pytest.fail(
+            f"{rabbitnode.SERVER} is missing, so the tests cannot start RabbitMQ. "
+            "Install it with `bash .ci/setup` (as root) or "
+            "`apt-get install --no-install-recommends rabbitmq-server`, "
+            f"or set {EXTERNAL_URL_VAR}=amqp://user:password@host:port/ to use a running broker.",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def rabbit():
+    """The session's broker: a RabbitNode, or an ExternalBroker."""
+    url = os.environ.get(EXTERNAL_URL_VAR)
+    if url:
+        yield ExternalBroker(url)
+        return
+    _require_server()
+    node = rabbitnode.RabbitNode()
+    try:
+        node.start()
+        yield node
+    finally:
+        node.close()
+
+
+@pytest.fixture(autouse=True)
+def _rabbit_control(request):
+    """Skip tests marked rabbit_control when the broker is external."""
+    if request.node.get_closest_marker("rabbit_control") is not None:
+        if isinstance(request.getfixturevalue("rabbit"), ExternalBroker):
+            pytest.skip(f"needs a private RabbitMQ node, but {EXTERNAL_URL_VAR} is set")
+
+
+@pytest.fixture
+def make_rabbit():
+    """Factory of extra private nodes (failover tests), closed after the test.
+
+    ``make_rabbit(**kwargs)`` takes RabbitNode's keyword arguments and returns
+    a started node; pass ``start=False`` to get it stopped.
+    """
+    _require_server()
+    nodes = []
+
+    def make(start: bool = True, **kwargs) -> rabbitnode.RabbitNode:
+        node = rabbitnode.RabbitNode(**kwargs)
+        nodes.append(node)
+        if start:
+            node.start()
+        return node
+
+    yield make
+    for node in nodes:
+        node.close()
+
+
+@pytest.fixture
+def amqp_url(rabbit) -> str:
+    return rabbit.url
+
+
+@pytest.fixture
+def pika_channel(amqp_url):
+    """A channel of an independent client (pika) on the test broker."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        yield connection.channel()
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+@pytest.fixture
+def get_message(pika_channel):
+    """``get_message(queue, timeout=5.0) -> (method, properties, body)``.
+
+    Polls Basic.Get (auto-ack) until a message arrives; fails the test after
+    the timeout instead of hanging.
+    """
+
+    def get(queue: str, timeout: float = 5.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            method, properties, body = pika_channel.basic_get(queue, auto_ack=True)
+            if method is not None:
+                return method, properties, body
+            if time.monotonic() > deadline:
+                pytest.fail(f"no message in queue {queue!r} within {timeout} s")
+            time.sleep(0.02)
+
+    return get
+
+
+@pytest.fixture
+def unique_queue(rabbit):
+    """A fresh queue name (not declared); the queue is deleted after the test."""
+    name = f"test.{uuid.uuid4().hex}"
+    yield name
+    try:
+        import pika
+
+        connection = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+        try:
+            connection.channel().queue_delete(name)
+        finally:
+            connection.close()
+    except Exception:  # best effort: the broker may be down after the test
+        pass
