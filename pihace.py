@@ -20,12 +20,18 @@ https://opensource.org/licenses/MIT. Keep this notice in copies of this file.
 
 from __future__ import annotations
 
+import collections
+import errno
 import functools
+import itertools
 import json
 import logging
 import os
 import queue
+import select
 import shutil
+import socket
+import struct
 import sys
 import threading
 import time
@@ -58,6 +64,49 @@ log = logging.getLogger("pihace")
 
 class PihaceError(Exception):
     """Root of every error pihace raises on purpose."""
+
+
+class AMQPError(PihaceError):
+    """Something went wrong speaking AMQP."""
+
+
+class ProtocolError(AMQPError):
+    """The rules of AMQP 0-9-1 were broken."""
+
+
+class LocalProtocolError(ProtocolError):
+    """The caller asked for something the protocol does not allow now."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The broker (or whatever answered) sent bytes that break the protocol."""
+
+
+class _ClosedByBroker(AMQPError):
+    """The broker closed a connection or channel, and said why."""
+
+    what = "connection"
+
+    def __init__(self, reply_code=0, reply_text="", class_id=0, method_id=0):
+        self.reply_code, self.reply_text = reply_code, reply_text
+        self.class_id, self.method_id = class_id, method_id
+        cause = _METHOD_NAMES.get((class_id, method_id))
+        super().__init__(f"broker closed the {self.what}: {reply_text or 'no reason given'} "
+                         f"(reply code {reply_code}" + (f", in reply to {cause})" if cause else ")"))
+
+
+class ConnectionClosed(_ClosedByBroker):
+    """The broker closed the connection (Connection.Close)."""
+
+
+class ChannelClosed(_ClosedByBroker):
+    """The broker closed the channel (Channel.Close); the connection lives on."""
+
+    what = "channel"
+
+
+class PublishError(AMQPError):
+    """A message the broker nacked, returned as unroutable, or did not confirm in time."""
 
 
 # ---------------------------------------------------------------------------
@@ -529,14 +578,1241 @@ def format_report(report, output="dict", pretty=True):
 
 
 # ---------------------------------------------------------------------------
+# AMQP constants
+# ---------------------------------------------------------------------------
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
+FRAME_END = 0xCE
+FRAME_MIN_SIZE = 4096
+FRAME_OVERHEAD = 8  # type, channel, size and frame-end around every payload
+HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+DEFAULT_FRAME_MAX = 131072  # used until Tune, and when the broker sets no limit
+DEFAULT_CHANNEL_MAX = 2047
+BASIC_CLASS = 60
+
+REPLY_NAMES = {
+    200: "REPLY_SUCCESS", 311: "CONTENT_TOO_LARGE", 312: "NO_ROUTE", 313: "NO_CONSUMERS",
+    320: "CONNECTION_FORCED", 402: "INVALID_PATH", 403: "ACCESS_REFUSED", 404: "NOT_FOUND",
+    405: "RESOURCE_LOCKED", 406: "PRECONDITION_FAILED", 501: "FRAME_ERROR", 502: "SYNTAX_ERROR",
+    503: "COMMAND_INVALID", 504: "CHANNEL_ERROR", 505: "UNEXPECTED_FRAME", 506: "RESOURCE_ERROR",
+    530: "NOT_ALLOWED", 540: "NOT_IMPLEMENTED", 541: "INTERNAL_ERROR",
+}
+
+# The methods pihace sends or accepts: (class id, method id) -> name, arguments.
+# The broker may send only those marked with "<-" in the comment.
+_METHOD_TABLE = {
+    (10, 10): ("Connection.Start", "version_major:octet version_minor:octet "
+               "server_properties:table mechanisms:longstr locales:longstr"),  # <-
+    (10, 11): ("Connection.Start-Ok", "client_properties:table mechanism:shortstr "
+               "response:longstr locale:shortstr"),
+    (10, 20): ("Connection.Secure", "challenge:longstr"),  # <-
+    (10, 30): ("Connection.Tune", "channel_max:short frame_max:long heartbeat:short"),  # <-
+    (10, 31): ("Connection.Tune-Ok", "channel_max:short frame_max:long heartbeat:short"),
+    (10, 40): ("Connection.Open", "virtual_host:shortstr capabilities:shortstr insist:bit"),
+    (10, 41): ("Connection.Open-Ok", "known_hosts:shortstr"),  # <-
+    (10, 50): ("Connection.Close", "reply_code:short reply_text:shortstr "
+               "class_id:short method_id:short"),  # <-
+    (10, 51): ("Connection.Close-Ok", ""),  # <-
+    (10, 60): ("Connection.Blocked", "reason:shortstr"),  # <-
+    (10, 61): ("Connection.Unblocked", ""),  # <-
+    (20, 10): ("Channel.Open", "out_of_band:shortstr"),
+    (20, 11): ("Channel.Open-Ok", "channel_id:longstr"),  # <-
+    (20, 20): ("Channel.Flow", "active:bit"),  # <-
+    (20, 21): ("Channel.Flow-Ok", "active:bit"),
+    (20, 40): ("Channel.Close", "reply_code:short reply_text:shortstr "
+               "class_id:short method_id:short"),  # <-
+    (20, 41): ("Channel.Close-Ok", ""),  # <-
+    (40, 10): ("Exchange.Declare", "ticket:short exchange:shortstr type:shortstr passive:bit "
+               "durable:bit auto_delete:bit internal:bit nowait:bit arguments:table"),
+    (40, 11): ("Exchange.Declare-Ok", ""),  # <-
+    (50, 10): ("Queue.Declare", "ticket:short queue:shortstr passive:bit durable:bit "
+               "exclusive:bit auto_delete:bit nowait:bit arguments:table"),
+    (50, 11): ("Queue.Declare-Ok", "queue:shortstr message_count:long consumer_count:long"),  # <-
+    (60, 40): ("Basic.Publish", "ticket:short exchange:shortstr routing_key:shortstr "
+               "mandatory:bit immediate:bit"),
+    (60, 50): ("Basic.Return", "reply_code:short reply_text:shortstr exchange:shortstr "
+               "routing_key:shortstr"),  # <-
+    (60, 80): ("Basic.Ack", "delivery_tag:longlong multiple:bit"),  # <-
+    (60, 120): ("Basic.Nack", "delivery_tag:longlong multiple:bit requeue:bit"),  # <-
+    (85, 10): ("Confirm.Select", "nowait:bit"),
+    (85, 11): ("Confirm.Select-Ok", ""),  # <-
+}
+_METHOD_NAMES = {key: name for key, (name, _) in _METHOD_TABLE.items()}
+_METHOD_IDS = {name: key for key, name in _METHOD_NAMES.items()}
+_METHOD_ARGUMENTS = {key: [tuple(argument.split(":")) for argument in signature.split()]
+                     for key, (_, signature) in _METHOD_TABLE.items()}
+_FROM_BROKER = {
+    "Connection.Start", "Connection.Secure", "Connection.Tune", "Connection.Open-Ok",
+    "Connection.Close", "Connection.Close-Ok", "Connection.Blocked", "Connection.Unblocked",
+    "Channel.Open-Ok", "Channel.Flow", "Channel.Close", "Channel.Close-Ok",
+    "Exchange.Declare-Ok", "Queue.Declare-Ok", "Basic.Return", "Basic.Ack", "Basic.Nack",
+    "Confirm.Select-Ok",
+}
+
+# Basic content properties in flag order: bit 15 (content_type) downwards.
+BASIC_PROPERTIES = (
+    ("content_type", "shortstr"), ("content_encoding", "shortstr"), ("headers", "table"),
+    ("delivery_mode", "octet"), ("priority", "octet"), ("correlation_id", "shortstr"),
+    ("reply_to", "shortstr"), ("expiration", "shortstr"), ("message_id", "shortstr"),
+    ("timestamp", "timestamp"), ("type", "shortstr"), ("user_id", "shortstr"),
+    ("app_id", "shortstr"), ("cluster_id", "shortstr"),
+)
+
+
+# ---------------------------------------------------------------------------
+# AMQP wire types
+# ---------------------------------------------------------------------------
+
+_octet, _short, _long, _longlong = (struct.Struct(f">{c}") for c in "BHIQ")
+_MAX_TABLE_DEPTH = 16
+
+
+def encode_shortstr(value):
+    data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if len(data) > 255:
+        raise ValueError(f"{_text(value)[:40]!r}... is {len(data)} bytes long; "
+                         "AMQP short strings hold at most 255")
+    return bytes((len(data),)) + data
+
+
+def encode_longstr(value):
+    data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    return _long.pack(len(data)) + data
+
+
+def _encode_field_value(key, value):
+    # Only the types every broker reads: t I l S F V. bool before int: bool is an int.
+    if value is None:
+        return b"V"
+    if isinstance(value, bool):
+        return b"t\x01" if value else b"t\x00"
+    if isinstance(value, int):
+        if -2 ** 31 <= value < 2 ** 31:
+            return b"I" + struct.pack(">i", value)
+        if -2 ** 63 <= value < 2 ** 63:
+            return b"l" + struct.pack(">q", value)
+        raise ValueError(f"table value of {key!r} does not fit in 64 bits: {value}")
+    if isinstance(value, (str, bytes)):
+        return b"S" + encode_longstr(value)
+    if isinstance(value, dict):
+        return b"F" + encode_table(value)
+    raise ValueError(f"table value of {key!r} is a {type(value).__name__}; "
+                     "AMQP tables here hold bool, int, str, bytes, dict or None")
+
+
+def encode_table(table):
+    payload = b"".join(encode_shortstr(str(key)) + _encode_field_value(key, value)
+                       for key, value in (table or {}).items())
+    return _long.pack(len(payload)) + payload
+
+
+def _encode_arguments(arguments, values):
+    parts, bits, bit_count = [], 0, 0
+    for name, kind in arguments:
+        value = values.get(name)
+        if kind == "bit":  # consecutive bits share one octet, least significant first
+            bits |= bool(value) << bit_count
+            bit_count += 1
+            continue
+        if bit_count:
+            parts.append(bytes((bits,)))
+            bits = bit_count = 0
+        if kind == "shortstr":
+            parts.append(encode_shortstr(value or ""))
+        elif kind == "longstr":
+            parts.append(encode_longstr(value or b""))
+        elif kind == "table":
+            parts.append(encode_table(value))
+        else:
+            packer = {"octet": _octet, "short": _short, "long": _long, "longlong": _longlong,
+                      "timestamp": _longlong}[kind]
+            parts.append(packer.pack(value or 0))
+    if bit_count:
+        parts.append(bytes((bits,)))
+    return b"".join(parts)
+
+
+class _Reader:
+    """Reads spec types from a payload; any shortfall is a RemoteProtocolError."""
+
+    __slots__ = ("data", "offset")
+
+    def __init__(self, data, offset=0):
+        self.data, self.offset = data, offset
+
+    def take(self, size):
+        end = self.offset + size
+        if end > len(self.data):
+            raise RemoteProtocolError(f"truncated frame: needed {size} more bytes at offset "
+                                      f"{self.offset} of {len(self.data)}")
+        chunk = self.data[self.offset:end]
+        self.offset = end
+        return bytes(chunk)
+
+    def unpack(self, packer):
+        return packer.unpack(self.take(packer.size))[0]
+
+    def shortstr(self):
+        return self.take(self.unpack(_octet)).decode("utf-8", "replace")
+
+    def longstr(self):
+        return self.take(self.unpack(_long))
+
+    def table(self, depth=0):
+        if depth > _MAX_TABLE_DEPTH:
+            raise RemoteProtocolError("field table nested too deeply")
+        reader = _Reader(self.longstr())
+        table = {}
+        while reader.offset < len(reader.data):
+            key = reader.shortstr()
+            table[key] = reader.field_value(depth)
+        return table
+
+    def field_value(self, depth):
+        tag = self.take(1)
+        simple = _FIELD_STRUCTS.get(tag)
+        if simple is not None:
+            return self.unpack(simple)
+        if tag == b"t":
+            return self.take(1) != b"\x00"
+        if tag == b"S":
+            return self.longstr().decode("utf-8", "replace")
+        if tag == b"x":
+            return self.longstr()
+        if tag == b"F":
+            return self.table(depth + 1)
+        if tag == b"A":
+            reader = _Reader(self.longstr())
+            items = []
+            while reader.offset < len(reader.data):
+                items.append(reader.field_value(depth + 1))
+            return items
+        if tag == b"D":
+            scale, value = self.unpack(_octet), self.unpack(_FIELD_STRUCTS[b"I"])
+            return value / 10 ** scale
+        if tag == b"V":
+            return None
+        raise RemoteProtocolError(f"unknown field table tag {tag!r}")
+
+    def arguments(self, arguments):
+        values, bits, bit_count = {}, 0, 8
+        for name, kind in arguments:
+            if kind == "bit":
+                if bit_count == 8:
+                    bits, bit_count = self.unpack(_octet), 0
+                values[name] = bool(bits & (1 << bit_count))
+                bit_count += 1
+                continue
+            bit_count = 8
+            if kind == "shortstr":
+                values[name] = self.shortstr()
+            elif kind == "longstr":
+                values[name] = self.longstr()
+            elif kind == "table":
+                values[name] = self.table()
+            else:
+                values[name] = self.unpack({"octet": _octet, "short": _short, "long": _long,
+                                            "longlong": _longlong, "timestamp": _longlong}[kind])
+        return values
+
+
+# RabbitMQ's field types (its "s" is a signed 16-bit integer, unlike the 0-9-1 text)
+_FIELD_STRUCTS = {tag.encode(): struct.Struct(">" + code) for tag, code in (
+    ("b", "b"), ("B", "B"), ("s", "h"), ("u", "H"), ("I", "i"), ("i", "I"), ("l", "q"),
+    ("L", "Q"), ("T", "Q"), ("f", "f"), ("d", "d"))}
+
+
+def encode_method(name, **values):
+    """A method frame's payload: class id, method id, then the arguments."""
+    class_id, method_id = _METHOD_IDS[name]
+    return _short.pack(class_id) + _short.pack(method_id) + _encode_arguments(
+        _METHOD_ARGUMENTS[class_id, method_id], values)
+
+
+def encode_properties(properties):
+    """The property flags and values of a content header, from a dict."""
+    flags, parts = 0, []
+    for index, (name, kind) in enumerate(BASIC_PROPERTIES):
+        value = properties.get(name)
+        if value is None:
+            continue
+        flags |= 1 << (15 - index)
+        if kind == "shortstr":
+            parts.append(encode_shortstr(value))
+        elif kind == "table":
+            parts.append(encode_table(value))
+        elif kind == "octet":
+            parts.append(_octet.pack(value))
+        else:
+            parts.append(_longlong.pack(int(value)))
+    return _short.pack(flags) + b"".join(parts)
+
+
+def decode_properties(reader):
+    flags = reader.unpack(_short)
+    if flags & 1:
+        raise RemoteProtocolError("content header with continued property flags")
+    properties = {}
+    for index, (name, kind) in enumerate(BASIC_PROPERTIES):
+        if flags & (1 << (15 - index)):
+            properties[name] = reader.arguments([(name, kind)])[name]
+    return properties
+
+
+# ---------------------------------------------------------------------------
+# AMQP frames
+# ---------------------------------------------------------------------------
+
+_frame_head = struct.Struct(">BHI")
+_content_head = struct.Struct(">HHQ")
+
+
+def encode_frame(frame_type, channel, payload):
+    return _frame_head.pack(frame_type, channel, len(payload)) + payload + b"\xce"
+
+
+def encode_content(channel, properties, body, frame_max):
+    """The content header frame and body frames of one message.
+
+    `properties` is encoded property bytes (see encode_properties). Body frames
+    hold at most frame_max - 8 bytes; an empty body sends none.
+    """
+    frames = [encode_frame(FRAME_HEADER, channel,
+                           _content_head.pack(BASIC_CLASS, 0, len(body)) + properties)]
+    step = frame_max - FRAME_OVERHEAD
+    for start in range(0, len(body), step):
+        frames.append(encode_frame(FRAME_BODY, channel, body[start:start + step]))
+    return b"".join(frames)
+
+
+class FrameDecoder:
+    """Cuts frames out of a byte stream; next_frame() is None until one is whole."""
+
+    def __init__(self, frame_max=DEFAULT_FRAME_MAX):
+        self.frame_max = frame_max
+        self._buffer = bytearray()
+
+    def feed(self, data):
+        self._buffer += data
+
+    @property
+    def pending(self):
+        return len(self._buffer)
+
+    def next_frame(self):
+        """(type, channel, payload bytes) of the next whole frame, or None."""
+        buffer = self._buffer
+        if len(buffer) < 7:
+            return None
+        frame_type, channel, size = _frame_head.unpack_from(buffer)
+        if frame_type not in (FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT):
+            if buffer[:4] == b"AMQP":
+                raise RemoteProtocolError(_describe_header(bytes(buffer[:8])))
+            raise RemoteProtocolError(f"unknown frame type {frame_type} "
+                                      f"(bytes {bytes(buffer[:16])!r}): not an AMQP 0-9-1 broker?")
+        if size + FRAME_OVERHEAD > self.frame_max:
+            raise RemoteProtocolError(f"frame of {size + FRAME_OVERHEAD} bytes is larger than "
+                                      f"the frame_max of {self.frame_max}")
+        end = 7 + size
+        if len(buffer) <= end:
+            return None
+        if buffer[end] != FRAME_END:
+            raise RemoteProtocolError(f"frame does not end with 0xCE but {buffer[end]:#04x}")
+        payload = bytes(buffer[7:end])
+        del buffer[:end + 1]
+        return frame_type, channel, payload
+
+
+def _describe_header(header):
+    """Why a protocol header in place of a frame means we cannot talk."""
+    if len(header) == 8 and header[:4] == b"AMQP":
+        version = ".".join(str(part) for part in header[5:8])
+        return (f"the server only speaks AMQP {version} (protocol id {header[4]}), "
+                "not AMQP 0-9-1")
+    return f"the server answered {header!r}, not an AMQP 0-9-1 frame"
+
+
+# ---------------------------------------------------------------------------
+# AMQP protocol: a state machine with no I/O; bytes in, events and bytes out
+# ---------------------------------------------------------------------------
+
+class Method:
+    """An event: a method the broker sent, with the content it carried if any."""
+
+    __slots__ = ("channel", "name", "args", "properties", "body_size")
+
+    def __init__(self, channel, name, args, properties=None, body_size=0):
+        self.channel, self.name, self.args = channel, name, args
+        self.properties, self.body_size = properties, body_size
+
+    def __repr__(self):
+        return f"Method({self.channel}, {self.name!r}, {self.args!r})"
+
+
+class ConnectionLost:
+    """An event: the byte stream ended (receive_data(b""))."""
+
+    def __repr__(self):
+        return "ConnectionLost()"
+
+
+class _Channel:
+    __slots__ = ("state", "confirming", "next_tag")
+
+    def __init__(self):
+        self.state = "opening"  # opening -> open -> closing -> closed
+        self.confirming = False
+        self.next_tag = 1  # delivery tags count publishes from Confirm.Select on
+
+
+class AMQPProtocol:
+    """The client side of one AMQP 0-9-1 connection, with no I/O.
+
+    Feed the broker's bytes to receive_data(), take events from next_event(),
+    and send what data_to_send() returns. Replies the protocol requires
+    (Start-Ok, Tune-Ok, Open, Close-Ok, heartbeats) are queued on their own.
+    Time is passed in as `now` (seconds, any monotonic clock).
+    """
+
+    def __init__(self, username="guest", password="guest", vhost="/", *, heartbeat=60,
+                 frame_max=DEFAULT_FRAME_MAX, channel_max=DEFAULT_CHANNEL_MAX,
+                 client_properties=None, mechanism=None, locale="en_US"):
+        self.username, self._password, self.vhost = username, password, vhost
+        self.heartbeat, self.frame_max, self.channel_max = heartbeat, frame_max, channel_max
+        self.client_properties = client_properties or {}
+        self.mechanism = mechanism
+        self.locale = locale
+        self.state = "start"  # start -> tune -> open -> opened -> closing -> closed
+        self.server_properties = {}
+        self.blocked = None  # the reason, while the broker blocks publishing
+        self.channels = {}
+        self._decoder = FrameDecoder(DEFAULT_FRAME_MAX)
+        self._outbox = [PROTOCOL_HEADER]
+        self._content = None  # [Method, expected body size, received] while content arrives
+        self._ended = False
+        self._last_received = self._last_sent = None
+
+    def __repr__(self):
+        return f"<AMQPProtocol {self.username}@{self.vhost} {self.state}>"
+
+    # -- bytes in, bytes out ------------------------------------------------
+
+    def receive_data(self, data, now=0.0):
+        """Bytes from the broker; b"" means the stream ended."""
+        if not data:
+            self._ended = True
+            return
+        self._decoder.feed(data)
+        self._last_received = now
+
+    def data_to_send(self, now=0.0):
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        if data:
+            self._last_sent = now
+        return data
+
+    def tick(self, now):
+        """Queue a heartbeat if one is due; the seconds until the next is due.
+
+        Raises TimeoutError when the broker has been silent for more than two
+        heartbeat periods: the connection is dead even if the socket is not.
+        """
+        if not self.heartbeat or self.state not in ("opened", "closing"):
+            return None
+        if self._last_received is None:
+            self._last_received = now
+        if self._last_sent is None:
+            self._last_sent = now
+        if now - self._last_received > 2 * self.heartbeat:
+            raise TimeoutError(f"the broker sent nothing for {now - self._last_received:.0f}s "
+                               f"(heartbeat {self.heartbeat}s): connection presumed dead")
+        interval = self.heartbeat / 2
+        if now - self._last_sent >= interval:
+            self._outbox.append(HEARTBEAT_FRAME)
+            self._last_sent = now
+        return max(0.0, min(self._last_sent + interval, self._last_received + 2 * self.heartbeat)
+                   - now)
+
+    def _send(self, channel, name, **values):
+        self._outbox.append(encode_frame(FRAME_METHOD, channel, encode_method(name, **values)))
+
+    # -- events ---------------------------------------------------------------
+
+    def next_event(self):
+        """The next Method or ConnectionLost event, or None while more bytes are needed."""
+        while True:
+            frame = self._decoder.next_frame() if self.state != "closed" else None
+            if frame is None:
+                if self._ended:
+                    self._ended = False
+                    if self._decoder.pending or self._content:
+                        raise RemoteProtocolError("the connection ended in the middle of a frame")
+                    self.state = "closed"
+                    return ConnectionLost()
+                return None
+            if self.state == "start" and frame[0] != FRAME_METHOD:
+                raise RemoteProtocolError("expected Connection.Start, got a frame of type "
+                                          f"{frame[0]}")
+            event = self._handle_frame(*frame)
+            if event is not None:
+                return event
+
+    def _handle_frame(self, frame_type, channel, payload):
+        if frame_type == FRAME_HEARTBEAT:
+            if channel != 0:
+                raise RemoteProtocolError(f"heartbeat frame on channel {channel}")
+            return None
+        if self._content is not None:
+            return self._handle_content(frame_type, channel, payload)
+        if frame_type != FRAME_METHOD:
+            raise RemoteProtocolError(f"unexpected content frame (type {frame_type}) on "
+                                      f"channel {channel}")
+        reader = _Reader(payload)
+        key = (reader.unpack(_short), reader.unpack(_short))
+        name = _METHOD_NAMES.get(key)
+        if name not in _FROM_BROKER:
+            raise RemoteProtocolError(f"unexpected method {name or '%d.%d' % key} from the broker")
+        method = Method(channel, name, reader.arguments(_METHOD_ARGUMENTS[key]))
+        if reader.offset != len(payload):
+            raise RemoteProtocolError(f"{name} has {len(payload) - reader.offset} bytes too many")
+        if name == "Basic.Return":
+            self._check_channel(method, ("open", "closing"))
+            self._content = [method, None, 0]
+            return None
+        return self._handle_method(method)
+
+    def _handle_content(self, frame_type, channel, payload):
+        method, size, received = self._content
+        if channel != method.channel or frame_type == FRAME_METHOD or (
+                (frame_type == FRAME_HEADER) != (size is None)):
+            raise RemoteProtocolError(f"expected the content of {method.name} on channel "
+                                      f"{method.channel}, got a frame of type {frame_type} "
+                                      f"on channel {channel}")
+        if frame_type == FRAME_HEADER:
+            reader = _Reader(payload)
+            class_id, _weight, size = _content_head.unpack(reader.take(_content_head.size))
+            if class_id != BASIC_CLASS:
+                raise RemoteProtocolError(f"content header of class {class_id}")
+            method.properties = decode_properties(reader)
+        else:
+            received += len(payload)  # the body of a returned message is not kept
+            if received > size:
+                raise RemoteProtocolError(f"content body longer than its declared {size} bytes")
+        self._content = [method, size, received]
+        if received == size:
+            self._content = None
+            method.body_size = size
+            return method
+        return None
+
+    def _check_channel(self, method, states):
+        channel = self.channels.get(method.channel)
+        if method.channel == 0 or channel is None or channel.state not in states:
+            raise RemoteProtocolError(f"{method.name} on channel {method.channel}, which is "
+                                      f"{'not open' if channel is None else channel.state}")
+        return channel
+
+    def _expect(self, method, *states):
+        if self.state not in states or method.channel != 0:
+            raise RemoteProtocolError(f"unexpected {method.name} on channel {method.channel} "
+                                      f"while the connection is {self.state}")
+
+    def _handle_method(self, method):
+        name, args = method.name, method.args
+        if self.state == "closing" and name not in ("Connection.Close", "Connection.Close-Ok"):
+            return None  # after our Connection.Close, everything else is dropped
+        if name == "Connection.Start":
+            self._expect(method, "start")
+            self._on_start(args)
+            return None
+        if name == "Connection.Secure":
+            self._expect(method, "tune")
+            raise RemoteProtocolError("the broker asked for a Connection.Secure challenge, "
+                                      f"which the {self.mechanism} login does not use")
+        if name == "Connection.Tune":
+            self._expect(method, "tune")
+            self._on_tune(args)
+            return None
+        if name == "Connection.Open-Ok":
+            self._expect(method, "open")
+            self.state = "opened"
+        elif name == "Connection.Close":
+            self._expect(method, "tune", "open", "opened", "closing")
+            self._send(0, "Connection.Close-Ok")
+            self.state = "closed"
+        elif name == "Connection.Close-Ok":
+            self._expect(method, "closing")
+            self.state = "closed"
+        elif name in ("Connection.Blocked", "Connection.Unblocked"):
+            self._expect(method, "opened")
+            self.blocked = args["reason"] if name == "Connection.Blocked" else None
+        elif name == "Channel.Open-Ok":
+            self._check_channel(method, ("opening",)).state = "open"
+        elif name == "Channel.Close":
+            self._check_channel(method, ("opening", "open", "closing")).state = "closed"
+            self._send(method.channel, "Channel.Close-Ok")
+            del self.channels[method.channel]
+        elif name == "Channel.Close-Ok":
+            self._check_channel(method, ("closing",))
+            del self.channels[method.channel]
+        elif name == "Channel.Flow":
+            self._check_channel(method, ("open",))
+            self._send(method.channel, "Channel.Flow-Ok", active=args["active"])
+        elif name in ("Basic.Ack", "Basic.Nack"):
+            if not self._check_channel(method, ("open", "closing")).confirming:
+                raise RemoteProtocolError(f"{name} on a channel not in confirm mode")
+        else:  # Declare-Ok, Select-Ok: replies for the caller
+            self._check_channel(method, ("open", "closing"))
+        return method
+
+    def _on_start(self, args):
+        if (args["version_major"], args["version_minor"]) != (0, 9):
+            raise RemoteProtocolError(f"the broker speaks AMQP {args['version_major']}-"
+                                      f"{args['version_minor']}, not 0-9-1")
+        self.server_properties = args["server_properties"]
+        offered = args["mechanisms"].decode("utf-8", "replace").split()
+        mechanism = self.mechanism or "PLAIN"
+        if mechanism not in offered:
+            raise RemoteProtocolError(f"the broker does not offer the {mechanism} login "
+                                      f"(it offers: {' '.join(offered) or 'nothing'})")
+        self.mechanism = mechanism
+        response = b""
+        if mechanism == "PLAIN":
+            response = b"\x00%s\x00%s" % (self.username.encode(), self._password.encode())
+        self._send(0, "Connection.Start-Ok", client_properties=self.client_properties,
+                   mechanism=mechanism, response=response, locale=self.locale)
+        self.state = "tune"
+
+    def _on_tune(self, args):
+        # Take the broker's limits; 0 means it sets none. Never ask for more.
+        def lower(ours, theirs):
+            return min(ours, theirs) if theirs else ours
+
+        self.channel_max = lower(self.channel_max, args["channel_max"])
+        self.frame_max = lower(self.frame_max, args["frame_max"])
+        if self.frame_max < FRAME_MIN_SIZE:
+            raise RemoteProtocolError(f"the broker's frame_max of {args['frame_max']} is below "
+                                      f"the minimum of {FRAME_MIN_SIZE}")
+        self._decoder.frame_max = self.frame_max
+        self._send(0, "Connection.Tune-Ok", channel_max=self.channel_max,
+                   frame_max=self.frame_max, heartbeat=self.heartbeat)
+        self._send(0, "Connection.Open", virtual_host=self.vhost)
+        self.state = "open"
+
+    # -- what the client does -------------------------------------------------
+
+    def _require_open(self, what):
+        if self.state != "opened":
+            raise LocalProtocolError(f"cannot {what}: the connection is {self.state}")
+
+    def open_channel(self, channel):
+        self._require_open("open a channel")
+        if not 0 < channel <= self.channel_max or channel in self.channels:
+            raise LocalProtocolError(f"channel {channel} is in use or out of range")
+        self.channels[channel] = _Channel()
+        self._send(channel, "Channel.Open")
+
+    def send_method(self, channel, name, **values):
+        """Send a method on an open channel, e.g. Queue.Declare or Confirm.Select."""
+        self._require_open(f"send {name}")
+        state = self.channels.get(channel)
+        if state is None or state.state != "open":
+            raise LocalProtocolError(f"cannot send {name}: channel {channel} is not open")
+        if name == "Confirm.Select":
+            state.confirming = True
+        self._send(channel, name, **values)
+
+    def publish(self, channel, exchange, routing_key, body, properties, mandatory=False):
+        """Queue a message; its delivery tag in confirm mode, else None.
+
+        `properties` are encoded property bytes (see encode_properties), so a
+        publisher can encode the ones that never change once.
+        """
+        self._require_open("publish")
+        state = self.channels.get(channel)
+        if state is None or state.state != "open":
+            raise LocalProtocolError(f"cannot publish: channel {channel} is not open")
+        self._outbox.append(
+            encode_frame(FRAME_METHOD, channel, encode_method(
+                "Basic.Publish", exchange=exchange, routing_key=routing_key, mandatory=mandatory))
+            + encode_content(channel, properties, body, self.frame_max))
+        if not state.confirming:
+            return None
+        state.next_tag += 1
+        return state.next_tag - 1
+
+    def close_channel(self, channel, reply_code=200, reply_text="bye"):
+        self._require_open("close a channel")
+        state = self.channels.get(channel)
+        if state is not None and state.state in ("opening", "open"):
+            state.state = "closing"
+            self._send(channel, "Channel.Close", reply_code=reply_code, reply_text=reply_text)
+
+    def close(self, reply_code=200, reply_text="bye"):
+        """Start closing the connection; Connection.Close-Ok ends it."""
+        if self.state in ("open", "opened"):
+            self._send(0, "Connection.Close", reply_code=reply_code, reply_text=reply_text)
+            self.state = "closing"
+        elif self.state != "closing":
+            self.state = "closed"
+
+
+# ---------------------------------------------------------------------------
+# transport: the only code that touches sockets, TLS, select and the clock
+# ---------------------------------------------------------------------------
+
+class AMQPParameters:
+    """Where and how to connect, parsed from an amqp:// or amqps:// URL."""
+
+    QUERY_KEYS = ("heartbeat", "connection_timeout", "frame_max", "channel_max")
+
+    def __init__(self, url):
+        from urllib.parse import parse_qsl, unquote, urlsplit  # only pushers need it
+
+        if not isinstance(url, str):
+            raise TypeError(f"amqp_url must be a string, got {type(url).__name__}")
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ValueError(f"amqp_url must start with amqp:// or amqps://, got "
+                             f"{parts.scheme + '://' if parts.scheme else 'no scheme'}")
+        self.tls = parts.scheme == "amqps"
+        self.host = parts.hostname or "localhost"
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if port == -1 or port == 0:
+            raise ValueError(f"amqp_url has a bad port: "
+                             f"{parts.netloc.rpartition('@')[2].rpartition(':')[2]!r}")
+        self.port = port or (5671 if self.tls else 5672)
+        self.username = unquote(parts.username) if parts.username else "guest"
+        self.password = unquote(parts.password) if parts.password is not None else "guest"
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        self.vhost = unquote(path) if path else "/"
+        self.heartbeat = self.connection_timeout = self.frame_max = self.channel_max = None
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key not in self.QUERY_KEYS:
+                raise ValueError(f"amqp_url has an unknown query key {key!r}; known keys: "
+                                 f"{', '.join(self.QUERY_KEYS)}")
+            try:
+                number = float(value) if key == "connection_timeout" else int(value)
+            except ValueError:
+                raise ValueError(f"amqp_url query key {key} must be a number, got {value!r}") \
+                    from None
+            low, high = {"heartbeat": (0, 65535), "connection_timeout": (1e-3, 1e6),
+                         "frame_max": (FRAME_MIN_SIZE, 2 ** 31), "channel_max": (1, 65535)}[key]
+            if not low <= number <= high:
+                raise ValueError(f"amqp_url query key {key} must be between {low} and {high}, "
+                                 f"got {value}")
+            setattr(self, key, number)
+
+    @property
+    def safe_url(self):
+        """The URL with the password masked: safe to print and log."""
+        from urllib.parse import quote
+
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
+        scheme = "amqps" if self.tls else "amqp"
+        return f"{scheme}://{quote(self.username, safe='')}:***@{host}:{self.port}/{vhost}"
+
+    def __repr__(self):
+        return f"AMQPParameters({self.safe_url!r})"
+
+
+def _client_properties(connection_name):
+    return {
+        "product": "pihace",
+        "version": __version__,
+        "platform": f"Python {platform_version()}",
+        "information": "https://pypi.org/project/pihace/",
+        "connection_name": connection_name,
+        "capabilities": {
+            "publisher_confirms": True,
+            "basic.nack": True,
+            "connection.blocked": True,
+            "authentication_failure_close": True,
+        },
+    }
+
+
+def platform_version():
+    return ".".join(str(part) for part in sys.version_info[:3])
+
+
+class BlockingConnection:
+    """An AMQPProtocol over a socket, with a deadline on every wait.
+
+    Not thread-safe: AMQPPusher serialises its use.
+    """
+
+    def __init__(self, parameters, protocol, *, socket_factory=None, ssl_context=None,
+                 clock=time.monotonic):
+        self.parameters, self.protocol = parameters, protocol
+        self.socket_factory = socket_factory or socket.create_connection
+        self.ssl_context = ssl_context
+        self.clock = clock
+        self.sock = None
+        self.replies = []  # Methods for the caller: Declare-Ok, Select-Ok ...
+        self.outcomes = {}  # delivery tag -> None (confirmed) or a failure reason
+        self.unconfirmed = collections.OrderedDict()  # delivery tag -> message_id
+        self.returned = {}  # message_id -> reason, for mandatory messages nobody took
+
+    @property
+    def is_open(self):
+        return self.sock is not None and self.protocol.state == "opened"
+
+    def _deadline_left(self, deadline, doing):
+        left = deadline - self.clock()
+        if left <= 0:
+            raise TimeoutError(f"timed out {doing}")
+        return left
+
+    def connect(self, deadline):
+        """Open the socket, then the AMQP connection, within the deadline."""
+        where = f"{self.parameters.host}:{self.parameters.port}"
+        try:
+            sock = self.socket_factory((self.parameters.host, self.parameters.port),
+                                       self._deadline_left(deadline, f"connecting to {where}"))
+        except socket.timeout:
+            raise TimeoutError(f"timed out connecting to {where}") from None
+        except ConnectionRefusedError:
+            raise ConnectionRefusedError(f"connection refused by {where}: "
+                                         "is the broker running on that port?") from None
+        except socket.gaierror as exc:
+            raise OSError(f"cannot resolve host {self.parameters.host!r}: {exc.strerror}") \
+                from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.parameters.tls:
+                sock = self._start_tls(sock, deadline)
+            self.sock = sock
+            self.flush(deadline)
+            self.wait_for(lambda: self.protocol.state == "opened", deadline,
+                          f"for the broker at {where} to open the connection")
+        except BaseException:
+            self.abort()
+            raise
+
+    def _start_tls(self, sock, deadline):
+        context = self.ssl_context
+        if context is None:
+            import ssl  # here, not at the top: only TLS users pay for it
+
+            context = ssl.create_default_context()
+        sock.settimeout(self._deadline_left(deadline, "during the TLS handshake"))
+        return context.wrap_socket(sock, server_hostname=self.parameters.host)
+
+    def abort(self):
+        """Drop the socket without the closing handshake."""
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        if self.protocol.state != "closed":
+            self.protocol.state = "closed"
+
+    def flush(self, deadline):
+        data = self.protocol.data_to_send(self.clock())
+        if data:
+            # sendall's timeout bounds the whole call; a blocked broker stops reading
+            self.sock.settimeout(self._deadline_left(deadline, "sending to the broker"))
+            try:
+                self.sock.sendall(data)
+            except socket.timeout:
+                raise TimeoutError("timed out sending to the broker "
+                                   "(it stopped reading: blocked, or overloaded?)") from None
+
+    def wait_for(self, condition, deadline, doing):
+        """Read and handle broker frames until condition() is true."""
+        while True:
+            self._handle_events()
+            if condition():
+                return
+            self.flush(deadline)
+            self._receive(deadline, doing)
+
+    def poll(self, seconds):
+        """Spend up to `seconds` reading broker frames and sending heartbeats."""
+        end = self.clock() + seconds
+        while self.sock is not None:
+            self._handle_events()
+            self.flush(end + 5)
+            if self.clock() >= end:
+                return
+            self._receive(end, None)
+
+    def _receive(self, deadline, doing):
+        """Wait for bytes until the deadline or the next heartbeat; feed them in."""
+        now = self.clock()
+        heartbeat_in = self.protocol.tick(now)
+        self.flush(now + 10)
+        wait = deadline - now
+        if wait <= 0:
+            if doing is None:
+                return
+            raise TimeoutError(f"timed out waiting {doing}")
+        if heartbeat_in is not None:
+            wait = min(wait, heartbeat_in)
+        pending = getattr(self.sock, "pending", None)  # TLS may hold decrypted bytes
+        if not (pending and pending()):
+            readable, _, _ = select.select([self.sock], [], [], wait)
+            if not readable:
+                return
+        self.sock.settimeout(0)
+        try:
+            data = self.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if getattr(exc, "errno", None) == errno.EAGAIN:
+                return
+            raise
+        self.protocol.receive_data(data, self.clock())
+
+    def _handle_events(self):
+        while True:
+            event = self.protocol.next_event()
+            if event is None:
+                return
+            if isinstance(event, ConnectionLost):
+                self.abort()
+                raise ConnectionResetError("the broker closed the connection")
+            name, args = event.name, event.args
+            if name == "Connection.Close":
+                self._send_now()
+                self.abort()
+                raise ConnectionClosed(args["reply_code"], args["reply_text"],
+                                       args["class_id"], args["method_id"])
+            if name == "Channel.Close":
+                self._send_now()
+                self._fail_unconfirmed("the channel was closed before the broker confirmed it")
+                raise ChannelClosed(args["reply_code"], args["reply_text"],
+                                    args["class_id"], args["method_id"])
+            if name in ("Basic.Ack", "Basic.Nack"):
+                self._on_confirm(name == "Basic.Ack", args["delivery_tag"], args["multiple"])
+            elif name == "Basic.Return":
+                message_id = (event.properties or {}).get("message_id")
+                self.returned[message_id] = (
+                    f"the broker could not route the message: {args['reply_text']} "
+                    f"(exchange {args['exchange']!r}, routing key {args['routing_key']!r})")
+            elif name == "Connection.Blocked":
+                log.warning("broker blocked publishing: %s", args["reason"])
+            elif name == "Connection.Unblocked":
+                log.warning("broker unblocked publishing")
+            elif name not in ("Connection.Close-Ok", "Channel.Close-Ok", "Connection.Open-Ok"):
+                self.replies.append(event)
+
+    def _send_now(self):
+        """Send queued replies (a Close-Ok) on a best-effort basis."""
+        try:
+            self.flush(self.clock() + 1)
+        except OSError:
+            pass
+
+    def _on_confirm(self, acked, tag, multiple):
+        tags = [t for t in self.unconfirmed if t <= tag] if multiple else [tag]
+        for confirmed in tags:
+            message_id = self.unconfirmed.pop(confirmed, None)
+            reason = self.returned.pop(message_id, None) if message_id is not None else None
+            if not acked:
+                reason = "the broker refused the message (Basic.Nack)"
+            self.outcomes[confirmed] = reason
+
+    def _fail_unconfirmed(self, reason):
+        for tag in list(self.unconfirmed):
+            del self.unconfirmed[tag]
+            self.outcomes[tag] = reason
+
+    def call(self, channel, name, reply, deadline, **values):
+        """Send a synchronous method and wait for its reply."""
+        self.protocol.send_method(channel, name, **values)
+        self.flush(deadline)
+        self.wait_for(lambda: any(r.name == reply for r in self.replies), deadline,
+                      f"for {reply}")
+        event = next(r for r in self.replies if r.name == reply)
+        self.replies.remove(event)
+        return event
+
+    def open_channel(self, channel, deadline, confirm):
+        self.protocol.open_channel(channel)
+        self.flush(deadline)
+        self.wait_for(lambda: self.protocol.channels[channel].state == "open", deadline,
+                      "for Channel.Open-Ok")
+        if confirm:
+            self.call(channel, "Confirm.Select", "Confirm.Select-Ok", deadline)
+
+    def close(self, deadline):
+        """Connection.Close, then wait (until the deadline) for Close-Ok."""
+        if self.sock is None:
+            return
+        try:
+            self.protocol.close()
+            self.flush(deadline)
+            self.wait_for(lambda: self.protocol.state == "closed", deadline,
+                          "for Connection.Close-Ok")
+        except (PihaceError, OSError):
+            pass
+        finally:
+            self.abort()
+
+
+# ---------------------------------------------------------------------------
 # pusher
 # ---------------------------------------------------------------------------
 
-class AMQPPusher:
-    """Placeholder until the AMQP pusher lands."""
+def _positive(name, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
-    def __init__(self, healthcheck, amqp_url, queue_name="pihace.healthcheck"):
-        raise NotImplementedError("AMQPPusher is not implemented yet")
+
+class AMQPPusher:
+    """Publishes health reports to an AMQP 0-9-1 broker such as RabbitMQ.
+
+    One connection, opened on first use and kept between pushes. By default
+    each report goes to the durable queue `queue_name` through the default
+    exchange, and push() returns True only once the broker confirmed it;
+    otherwise (False, reason): push() and publish() never raise for broker or
+    network trouble, and no operation waits longer than `timeout` seconds.
+    """
+
+    def __init__(self, healthcheck=None, amqp_url="amqp://guest:guest@localhost:5672/",
+                 queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
+                 routing_key=None, declare=True, queue_arguments=None, confirm=True,
+                 heartbeat=None, timeout=10.0, connection_name=None, ssl_context=None,
+                 socket_factory=None, clock=time.monotonic):
+        if healthcheck is not None and not isinstance(healthcheck, HealthCheck):
+            raise TypeError(f"healthcheck must be a HealthCheck, got {type(healthcheck).__name__}")
+        self.healthcheck = healthcheck
+        self.parameters = AMQPParameters(amqp_url)
+        self.queue_name = queue_name
+        self.exchange = exchange or ""
+        self.exchange_type = exchange_type
+        self.routing_key = queue_name if routing_key is None else routing_key
+        for what, value in (("queue_name", queue_name), ("exchange", self.exchange),
+                            ("routing_key", self.routing_key),
+                            ("exchange_type", exchange_type or "")):
+            if not isinstance(value, str):
+                raise TypeError(f"{what} must be a string, got {type(value).__name__}")
+            if len(value.encode("utf-8")) > 255:
+                raise ValueError(f"{what} is {len(value.encode('utf-8'))} bytes long; "
+                                 "AMQP allows at most 255")
+        encode_table(queue_arguments)  # a ValueError now rather than at the first push
+        self.declare, self.queue_arguments = declare, dict(queue_arguments or {})
+        self.confirm = confirm
+        if heartbeat is None:
+            heartbeat = self.parameters.heartbeat if self.parameters.heartbeat is not None else 60
+        if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or not \
+                0 <= heartbeat <= 65535:
+            raise ValueError(f"heartbeat must be whole seconds from 0 (off) to 65535, "
+                             f"got {heartbeat!r}")
+        self.heartbeat = heartbeat
+        self.timeout = _positive("timeout", timeout)
+        self.connection_timeout = self.parameters.connection_timeout or self.timeout
+        if connection_name is None:
+            parts = [getattr(healthcheck, "component_name", None),
+                     getattr(healthcheck, "component_version", None)]
+            connection_name = " ".join(str(p) for p in parts if p) or "pihace"
+        self.connection_name = connection_name
+        self.ssl_context = ssl_context
+        self.socket_factory = socket_factory
+        self.clock = clock
+        self._connection = None
+        self._channel = 1
+        self._declared = False
+        self._lock = threading.RLock()
+        self._message_ids = _MessageIds()
+        app_id = getattr(healthcheck, "component_name", None)
+        self._report_properties = {
+            "content_type": "application/json", "content_encoding": "utf-8",
+            "delivery_mode": 2, "type": "pihace.health", "app_id": app_id and str(app_id),
+        }
+
+    def __repr__(self):
+        return (f"<AMQPPusher {self.parameters.safe_url} exchange={self.exchange!r} "
+                f"routing_key={self.routing_key!r}>")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # -- the connection -------------------------------------------------------
+
+    def _connect(self, deadline):
+        parameters = self.parameters
+        protocol = AMQPProtocol(
+            parameters.username, parameters.password, parameters.vhost,
+            heartbeat=self.heartbeat,
+            frame_max=parameters.frame_max or DEFAULT_FRAME_MAX,
+            channel_max=parameters.channel_max or DEFAULT_CHANNEL_MAX,
+            client_properties=_client_properties(self.connection_name))
+        connection = BlockingConnection(parameters, protocol, socket_factory=self.socket_factory,
+                                        ssl_context=self.ssl_context, clock=self.clock)
+        connection.connect(min(deadline, self.clock() + self.connection_timeout))
+        log.info("connected to %s", parameters.safe_url)
+        self._connection, self._declared = connection, False
+
+    def _ready(self, deadline):
+        """An open connection and channel, with the destination declared."""
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            connection.poll(0)  # notice a Close, or a dead socket, before publishing
+        if connection is None or not connection.is_open:
+            self._drop()
+            self._connect(deadline)
+            connection = self._connection
+        if self._channel not in connection.protocol.channels:
+            connection.open_channel(self._channel, deadline, self.confirm)
+        if self.declare and not self._declared:
+            if self.exchange and self.exchange_type:
+                connection.call(self._channel, "Exchange.Declare", "Exchange.Declare-Ok",
+                                deadline, exchange=self.exchange, type=self.exchange_type,
+                                durable=True)
+            if not self.exchange:
+                connection.call(self._channel, "Queue.Declare", "Queue.Declare-Ok", deadline,
+                                queue=self.queue_name, durable=True,
+                                arguments=self.queue_arguments)
+            self._declared = True
+        return connection
+
+    def _drop(self):
+        if self._connection is not None:
+            self._connection.abort()
+        self._connection = None
+
+    def close(self):
+        """Close the connection cleanly (bounded wait); safe to call again."""
+        with self._lock:
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                connection.close(self.clock() + min(self.timeout, 5.0))
+                log.info("closed the connection to %s", self.parameters.safe_url)
+
+    # -- publishing -----------------------------------------------------------
+
+    def push(self):
+        """Take a report and publish it: True once confirmed, else (False, reason)."""
+        if self.healthcheck is None:
+            raise ValueError("push() needs the pusher's healthcheck; use publish() to send "
+                             "other messages")
+        report = self.healthcheck.check(output="dict")
+        return self.publish(report, headers={"status": report["status"]})
+
+    def publish(self, body, *, headers=None, message_id=None, timestamp=None,
+                routing_key=None, exchange=None):
+        """Send one message (bytes, or a dict as JSON) with the pusher's options.
+
+        Returns True once confirmed (or sent, with confirm=False), else
+        (False, reason).
+        """
+        if isinstance(body, dict):
+            try:
+                body = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"the message cannot be serialised as JSON: {exc}") from None
+        elif isinstance(body, str):
+            body = body.encode("utf-8")
+        elif not isinstance(body, (bytes, bytearray, memoryview)):
+            raise ValueError(f"a message body must be bytes or a dict, not {type(body).__name__}")
+        routing_key = self.routing_key if routing_key is None else routing_key
+        exchange = self.exchange if exchange is None else exchange
+        message_id = message_id or self._message_ids.next()
+        properties = dict(self._report_properties, headers=headers, message_id=message_id,
+                          timestamp=int(time.time() if timestamp is None else timestamp))
+        encoded = encode_properties(properties)
+        encode_shortstr(routing_key), encode_shortstr(exchange)  # ValueError if too long
+        with self._lock:
+            deadline = self.clock() + self.timeout
+            try:
+                connection = self._ready(deadline)
+                tag = connection.protocol.publish(self._channel, exchange, routing_key,
+                                                  bytes(body), encoded, mandatory=self.confirm)
+                if tag is not None:
+                    connection.unconfirmed[tag] = message_id
+                connection.flush(deadline)
+                if tag is None:
+                    return True
+                connection.wait_for(lambda: tag in connection.outcomes, deadline,
+                                    "for the broker to confirm the message")
+                reason = connection.outcomes.pop(tag)
+                if reason is not None:
+                    raise PublishError(reason)
+                return True
+            except (PihaceError, OSError) as exc:
+                return False, self._failed(exc)
+
+    def _failed(self, exc):
+        """Drop what the error broke; one line saying what went wrong, never the password."""
+        if isinstance(exc, ChannelClosed):
+            self._declared = False  # the next push opens a new channel and declares again
+        elif not isinstance(exc, PublishError):
+            self._drop()
+        reason = str(exc) or type(exc).__name__
+        password = self.parameters.password
+        if len(password) > 2:  # in case some text quotes it
+            reason = reason.replace(password, "***")
+        if isinstance(exc, OSError) and not isinstance(exc, TimeoutError) and \
+                "broker" not in reason and ":" not in reason[:30]:
+            reason = f"{type(exc).__name__}: {reason}"
+        if isinstance(exc, ConnectionClosed) and exc.reply_code == 403:
+            reason += f"; check the user name and password of {self.parameters.safe_url}"
+        elif isinstance(exc, ConnectionClosed) and exc.reply_code == 530:
+            reason += f"; check the vhost of {self.parameters.safe_url}"
+        elif not isinstance(exc, (PublishError, _ClosedByBroker)):
+            reason += f" ({self.parameters.safe_url})"
+        log.debug("publish failed: %s", reason)
+        return reason
+
+    def push_forever_in_loop(self, interval=60):
+        """Push a report every `interval` seconds until the process ends."""
+        interval = _positive("interval", interval)
+        next_push = self.clock()
+        while True:
+            result = self.push()
+            if result is not True:
+                log.warning("push failed: %s", result[1])
+            next_push += interval
+            now = self.clock()
+            if next_push <= now:  # a slow round: skip the ticks it missed
+                next_push = now + interval - (now - next_push) % interval
+            self._wait(next_push - now)
+
+    def _wait(self, seconds):
+        """Sleep, but keep the connection alive: answer heartbeats, read frames."""
+        end = self.clock() + seconds
+        while True:
+            left = end - self.clock()
+            if left <= 0:
+                return
+            with self._lock:  # in slices, so that other threads can push meanwhile
+                connection = self._connection
+                if connection is not None and connection.is_open:
+                    try:
+                        connection.poll(min(left, 0.5))
+                        continue
+                    except (PihaceError, OSError) as exc:
+                        log.warning("connection lost: %s", self._failed(exc))
+            time.sleep(min(left, 0.5))
+
+
+class _MessageIds:
+    """Unique message ids: a random prefix per process and a counter."""
+
+    def __init__(self):
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def next(self):
+        return f"{self._prefix}-{next(self._counter)}"
 
 
 # ---------------------------------------------------------------------------

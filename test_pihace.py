@@ -509,3 +509,281 @@ def test_running_the_file_prints_the_local_report(lone_copy):
     report = json.loads(result.stdout)
     assert report["status"] == "Available"
     assert_system_formats(report["system"])
+
+
+# ---------------------------------------------------------------------------
+# AMQP wire types and frames: golden bytes written from the spec
+# ---------------------------------------------------------------------------
+
+def frame(frame_type, channel, payload):
+    """A frame built by hand (independent of the code under test)."""
+    return bytes([frame_type]) + channel.to_bytes(2, "big") + len(payload).to_bytes(4, "big") \
+        + payload + b"\xce"
+
+
+def method_payload(class_id, method_id, arguments=b""):
+    return class_id.to_bytes(2, "big") + method_id.to_bytes(2, "big") + arguments
+
+
+def sstr(text):
+    data = text.encode()
+    return bytes([len(data)]) + data
+
+
+def lstr(data):
+    data = data.encode() if isinstance(data, str) else data
+    return len(data).to_bytes(4, "big") + data
+
+
+START = frame(1, 0, method_payload(10, 10, b"\x00\x09" + lstr(b"\x07productS" + lstr("RabbitMQ"))
+                                   + lstr("AMQPLAIN PLAIN") + lstr("en_US")))
+TUNE = frame(1, 0, method_payload(10, 30, b"\x07\xff\x00\x02\x00\x00\x00\x3c"))
+OPEN_OK = frame(1, 0, method_payload(10, 41, b"\x00"))
+CHANNEL_OPEN_OK = frame(1, 1, method_payload(20, 11, lstr(b"")))
+SELECT_OK = frame(1, 1, method_payload(85, 11))
+
+
+def test_golden_frames():
+    assert pihace.HEARTBEAT_FRAME == b"\x08\x00\x00\x00\x00\x00\x00\xce"
+    assert pihace.encode_frame(1, 1, pihace.encode_method("Channel.Open")) == \
+        b"\x01\x00\x01\x00\x00\x00\x05\x00\x14\x00\x0a\x00\xce"
+    assert pihace.encode_frame(1, 1, pihace.encode_method("Queue.Declare", queue="q",
+                                                          durable=True)) == \
+        b"\x01\x00\x01\x00\x00\x00\x0d\x00\x32\x00\x0a\x00\x00\x01q\x02\x00\x00\x00\x00\xce"
+    assert pihace.encode_method("Confirm.Select") == b"\x00\x55\x00\x0a\x00"
+    assert pihace.encode_method("Basic.Publish", exchange="", routing_key="q", mandatory=True) \
+        == b"\x00\x3c\x00\x28\x00\x00\x00\x01q\x01"
+    assert pihace.encode_method("Connection.Tune-Ok", channel_max=2047, frame_max=131072,
+                                heartbeat=60) == b"\x00\x0a\x00\x1f\x07\xff\x00\x02\x00\x00\x00\x3c"
+    assert pihace.encode_method("Connection.Open", virtual_host="/") == \
+        b"\x00\x0a\x00\x28\x01/\x00\x00"
+
+
+def test_golden_tables_and_properties():
+    assert pihace.encode_table({"a": True, "b": 1, "c": "x", "d": None, "e": 2 ** 40,
+                                "f": {}, "g": False}) == (
+        b"\x00\x00\x00\x2c" b"\x01at\x01" b"\x01bI\x00\x00\x00\x01" b"\x01cS\x00\x00\x00\x01x"
+        b"\x01dV" b"\x01el\x00\x00\x01\x00\x00\x00\x00\x00" b"\x01fF\x00\x00\x00\x00"
+        b"\x01gt\x00")
+    assert pihace.encode_properties({"content_type": "application/json", "delivery_mode": 2,
+                                     "timestamp": 1}) == (
+        b"\x90\x40" b"\x10application/json" b"\x02" b"\x00\x00\x00\x00\x00\x00\x00\x01")
+    content = pihace.encode_content(1, b"\x00\x00", b"hello", 4096)
+    assert content == (b"\x02\x00\x01\x00\x00\x00\x0e" b"\x00\x3c\x00\x00"
+                       b"\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00\xce"
+                       b"\x03\x00\x01\x00\x00\x00\x05hello\xce")
+    assert pihace.encode_content(1, b"\x00\x00", b"", 4096).count(b"\xce") == 1  # no body frame
+
+
+def test_body_frames_are_split_at_frame_max_minus_8():
+    body = bytes(range(256)) * 40  # 10,240 bytes
+    content = pihace.encode_content(1, b"\x00\x00", body, 4096)
+    decoder = pihace.FrameDecoder(4096)
+    decoder.feed(content)
+    frames = iter(lambda: decoder.next_frame(), None)
+    sizes = [len(payload) for frame_type, _, payload in frames if frame_type == 3]
+    assert sizes == [4088, 4088, 2064]
+
+
+def test_shortstr_limit_is_255_bytes_after_utf8():
+    assert pihace.encode_shortstr("é" * 127) == b"\xfe" + "é".encode() * 127
+    with pytest.raises(ValueError) as raised:
+        pihace.encode_shortstr("é" * 128)
+    assert "256 bytes" in str(raised.value)
+
+
+def test_tables_refuse_what_brokers_cannot_read():
+    with pytest.raises(ValueError) as raised:
+        pihace.encode_table({"x-ratio": 0.5})
+    assert "x-ratio" in str(raised.value)
+
+
+def test_decoding_rabbitmq_field_types():
+    table = (b"\x01bb\xff" b"\x01BB\xff" b"\x01ss\xff\xfe" b"\x01uu\xff\xfe" b"\x01II\xff\xff\xff\xfe"
+             b"\x01ii\xff\xff\xff\xfe" b"\x01ll\xff\xff\xff\xff\xff\xff\xff\xfe"
+             b"\x01LL\x00\x00\x00\x00\x00\x00\x00\x07" b"\x01dd?\xf0\x00\x00\x00\x00\x00\x00"
+             b"\x01ff?\x80\x00\x00" b"\x01tt\x01" b"\x01DD\x02\x00\x00\x01\x2c"
+             b"\x01SS\x00\x00\x00\x02hi" b"\x01xx\x00\x00\x00\x01\x00" b"\x01VV"
+             b"\x01TT\x00\x00\x00\x00\x00\x00\x00\x09"
+             b"\x01AA\x00\x00\x00\x07I\x00\x00\x00\x01t\x00"
+             b"\x01FF\x00\x00\x00\x03\x01kV")
+    decoded = pihace._Reader(lstr(table)).table()
+    assert decoded == {"b": -1, "B": 255, "s": -2, "u": 65534, "I": -2, "i": 4294967294, "l": -2,
+                       "L": 7, "d": 1.0, "f": 1.0, "t": True, "D": 3.0, "S": "hi", "x": b"\x00",
+                       "V": None, "T": 9, "A": [1, False], "F": {"k": None}}
+
+
+# ---------------------------------------------------------------------------
+# AMQP protocol: the state machine fed by hand
+# ---------------------------------------------------------------------------
+
+def feed(protocol, data, how):
+    """Feed data whole, byte by byte, or in two halves; return all events."""
+    chunks = {"whole": [data], "bytewise": [data[i:i + 1] for i in range(len(data))],
+              "halves": [data[:len(data) // 2], data[len(data) // 2:]]}[how]
+    events = []
+    for chunk in chunks:
+        protocol.receive_data(chunk)
+        while True:
+            event = protocol.next_event()
+            if event is None:
+                break
+            events.append(event)
+    return events
+
+
+def opened_protocol(**kwargs):
+    protocol = pihace.AMQPProtocol("guest", "secret", "/", **kwargs)
+    assert protocol.data_to_send() == b"AMQP\x00\x00\x09\x01"
+    assert feed(protocol, START + TUNE + OPEN_OK, "whole")[0].name == "Connection.Open-Ok"
+    protocol.data_to_send()
+    return protocol
+
+
+@pytest.mark.parametrize("how", ["whole", "bytewise", "halves"])
+def test_handshake(how):
+    protocol = pihace.AMQPProtocol("guest", "secret", "/", heartbeat=30,
+                                   client_properties={"connection_name": "edge"})
+    assert protocol.data_to_send() == b"AMQP\x00\x00\x09\x01"
+    assert feed(protocol, START, how) == []
+    start_ok = protocol.data_to_send()
+    assert start_ok.startswith(b"\x01\x00\x00") and start_ok[7:11] == b"\x00\x0a\x00\x0b"
+    assert start_ok.endswith(b"\x05PLAIN" + lstr(b"\x00guest\x00secret") + b"\x05en_US\xce")
+    assert b"\x0fconnection_nameS" + lstr("edge") in start_ok
+    assert feed(protocol, TUNE, how) == []
+    assert protocol.data_to_send() == (
+        b"\x01\x00\x00\x00\x00\x00\x0c\x00\x0a\x00\x1f\x07\xff\x00\x02\x00\x00\x00\x1e\xce"
+        b"\x01\x00\x00\x00\x00\x00\x08\x00\x0a\x00\x28\x01/\x00\x00\xce")
+    events = feed(protocol, OPEN_OK + pihace.HEARTBEAT_FRAME, how)
+    assert [event.name for event in events] == ["Connection.Open-Ok"]
+    assert protocol.state == "opened"
+
+
+def test_tune_never_asks_for_more_than_the_broker_allows():
+    protocol = pihace.AMQPProtocol(frame_max=1 << 20, channel_max=65535)
+    protocol.receive_data(START + frame(1, 0, method_payload(10, 30, b"\x00\x10\x00\x00\x20\x00"
+                                                            b"\x00\x00")))
+    assert protocol.next_event() is None
+    assert (protocol.channel_max, protocol.frame_max) == (16, 8192)
+    unlimited = pihace.AMQPProtocol()
+    unlimited.receive_data(START + frame(1, 0, method_payload(10, 30, b"\x00" * 8)))
+    unlimited.next_event()
+    assert (unlimited.channel_max, unlimited.frame_max) == (2047, 131072)
+
+
+def test_publish_with_confirms_counts_delivery_tags_from_one():
+    protocol = opened_protocol()
+    protocol.open_channel(1)
+    feed(protocol, CHANNEL_OPEN_OK, "whole")
+    protocol.send_method(1, "Confirm.Select")
+    feed(protocol, SELECT_OK, "whole")
+    protocol.data_to_send()
+    assert protocol.publish(1, "", "q", b"hi", b"\x00\x00", mandatory=True) == 1
+    assert protocol.publish(1, "", "q", b"", b"\x00\x00") == 2
+    sent = protocol.data_to_send()
+    assert sent == (frame(1, 1, b"\x00\x3c\x00\x28\x00\x00\x00\x01q\x01")
+                    + frame(2, 1, b"\x00\x3c\x00\x00" + (2).to_bytes(8, "big") + b"\x00\x00")
+                    + frame(3, 1, b"hi")
+                    + frame(1, 1, b"\x00\x3c\x00\x28\x00\x00\x00\x01q\x00")
+                    + frame(2, 1, b"\x00\x3c\x00\x00" + (0).to_bytes(8, "big") + b"\x00\x00"))
+    ack = frame(1, 1, method_payload(60, 80, (2).to_bytes(8, "big") + b"\x01"))
+    events = feed(protocol, ack, "bytewise")
+    assert [(e.name, e.args) for e in events] == [
+        ("Basic.Ack", {"delivery_tag": 2, "multiple": True})]
+
+
+@pytest.mark.parametrize("how", ["whole", "bytewise"])
+def test_basic_return_arrives_with_its_content(how):
+    protocol = opened_protocol()
+    protocol.open_channel(1)
+    feed(protocol, CHANNEL_OPEN_OK, "whole")
+    returned = (frame(1, 1, method_payload(60, 50, b"\x01\x38" + sstr("NO_ROUTE") + sstr("")
+                                           + sstr("nowhere")))
+                + frame(2, 1, b"\x00\x3c\x00\x00" + (3).to_bytes(8, "big") + b"\x00\x80"
+                        + sstr("id-1"))
+                + frame(3, 1, b"abc"))
+    events = feed(protocol, returned + b"\x08\x00", how)  # plus the start of a heartbeat
+    assert len(events) == 1
+    assert events[0].name == "Basic.Return" and events[0].args["reply_code"] == 312
+    assert events[0].properties == {"message_id": "id-1"} and events[0].body_size == 3
+
+
+def test_broker_close_queues_close_ok_and_is_an_event():
+    protocol = opened_protocol()
+    protocol.open_channel(1)
+    feed(protocol, CHANNEL_OPEN_OK, "whole")
+    protocol.data_to_send()
+    close = frame(1, 1, method_payload(20, 40, b"\x01\x94" + sstr("NOT_FOUND - no exchange")
+                                       + b"\x00\x3c\x00\x28"))
+    events = feed(protocol, close, "whole")
+    assert events[0].name == "Channel.Close" and events[0].args["reply_code"] == 404
+    assert protocol.data_to_send() == b"\x01\x00\x01\x00\x00\x00\x04\x00\x14\x00\x29\xce"
+    assert 1 not in protocol.channels
+    connection_close = frame(1, 0, method_payload(10, 50, b"\x01\x40" + sstr("CONNECTION_FORCED")
+                                                  + b"\x00\x00\x00\x00"))
+    assert feed(protocol, connection_close, "whole")[0].name == "Connection.Close"
+    assert protocol.data_to_send() == b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x33\xce"
+    assert protocol.state == "closed"
+
+
+def test_heartbeats_are_sent_and_silence_is_noticed():
+    protocol = opened_protocol(heartbeat=10)  # its last bytes went both ways at time 0
+    assert protocol.tick(1.0) == 4.0  # a heartbeat is due every half period
+    assert protocol.data_to_send(1.0) == b""
+    protocol.tick(5.0)
+    assert protocol.data_to_send(5.0) == pihace.HEARTBEAT_FRAME
+    protocol.receive_data(pihace.HEARTBEAT_FRAME, 10.0)
+    protocol.tick(25.0)
+    with pytest.raises(TimeoutError) as raised:
+        protocol.tick(31.0)
+    assert "sent nothing for 21s" in str(raised.value)
+
+
+def test_end_of_stream_is_an_event_unless_it_cuts_a_frame():
+    protocol = opened_protocol()
+    protocol.receive_data(b"")
+    assert isinstance(protocol.next_event(), pihace.ConnectionLost)
+    cut = opened_protocol()
+    cut.receive_data(pihace.HEARTBEAT_FRAME[:5])
+    cut.receive_data(b"")
+    with pytest.raises(pihace.RemoteProtocolError) as raised:
+        cut.next_event()
+    assert "middle of a frame" in str(raised.value)
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"AMQP\x00\x01\x00\x00", "AMQP 1.0.0"),
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", "unknown frame type 72"),
+    (frame(1, 0, method_payload(10, 10))[:-1] + b"\x00", "does not end with 0xCE"),
+    (b"\x01\x00\x00\x7f\xff\xff\xff", "larger than the frame_max"),
+    (frame(1, 0, method_payload(10, 10, b"\x00\x09\x00\x00")), "truncated"),
+    (frame(1, 0, method_payload(10, 30, b"\x00" * 8)), "unexpected Connection.Tune"),
+    (frame(1, 0, method_payload(60, 60, b"")), "unexpected method 60.60"),
+    (frame(2, 0, b"\x00" * 14), "expected Connection.Start"),
+    (frame(1, 0, method_payload(10, 10, b"\x00\x09" + lstr(b"\x01kZ") + lstr("PLAIN")
+                                + lstr("en_US"))), "unknown field table tag b'Z'"),
+    (frame(1, 0, method_payload(10, 10, b"\x00\x09" + lstr(b"") + lstr("EXTERNAL")
+                                + lstr("en_US"))), "does not offer the PLAIN login"),
+])
+def test_hostile_bytes_before_the_handshake(data, words):
+    protocol = pihace.AMQPProtocol()
+    protocol.receive_data(data)
+    with pytest.raises(pihace.RemoteProtocolError) as raised:
+        protocol.next_event()
+    assert words in str(raised.value)
+
+
+@pytest.mark.parametrize("data, words", [
+    (frame(1, 1, method_payload(60, 80, b"\x00" * 9)), "channel 1, which is not open"),
+    (START, "unexpected Connection.Start"),
+    (frame(3, 1, b"stray body"), "unexpected content frame"),
+    (frame(8, 1, b""), "heartbeat frame on channel 1"),
+    (frame(1, 0, method_payload(10, 41, b"\x00")), "unexpected Connection.Open-Ok"),
+    (frame(1, 0, method_payload(10, 61, b"")) + frame(1, 0, method_payload(10, 41, b"\x00")),
+     "unexpected Connection.Open-Ok"),
+])
+def test_frames_that_make_no_sense_once_open(data, words):
+    protocol = opened_protocol()
+    with pytest.raises(pihace.RemoteProtocolError) as raised:
+        feed(protocol, data, "whole")
+    assert words in str(raised.value)
