@@ -1439,12 +1439,11 @@ class BlockingConnection:
     def poll(self, seconds):
         """Spend up to `seconds` reading broker frames and sending heartbeats."""
         end = self.clock() + seconds
-        while self.sock is not None:
+        while True:
+            self._receive(end, None)
             self._handle_events()
-            self.flush(end + 5)
             if self.clock() >= end:
                 return
-            self._receive(end, None)
 
     def _receive(self, deadline, doing):
         """Wait for bytes until the deadline or the next heartbeat; feed them in."""
@@ -1452,10 +1451,9 @@ class BlockingConnection:
         heartbeat_in = self.protocol.tick(now)
         self.flush(now + 10)
         wait = deadline - now
-        if wait <= 0:
-            if doing is None:
-                return
+        if wait <= 0 and doing is not None:
             raise TimeoutError(f"timed out waiting {doing}")
+        wait = max(wait, 0.0)
         if heartbeat_in is not None:
             wait = min(wait, heartbeat_in)
         pending = getattr(self.sock, "pending", None)  # TLS may hold decrypted bytes
@@ -1539,6 +1537,10 @@ class BlockingConnection:
         return event
 
     def open_channel(self, channel, deadline, confirm):
+        # delivery tags start again at 1 on a new channel: forget the old ones
+        self.outcomes.clear()
+        self.unconfirmed.clear()
+        self.returned.clear()
         self.protocol.open_channel(channel)
         self.flush(deadline)
         self.wait_for(lambda: self.protocol.channels[channel].state == "open", deadline,
@@ -1665,7 +1667,11 @@ class AMQPPusher:
         """An open connection and channel, with the destination declared."""
         connection = self._connection
         if connection is not None and connection.is_open:
-            connection.poll(0)  # notice a Close, or a dead socket, before publishing
+            try:
+                connection.poll(0)  # notice a Close, or a dead socket, before publishing
+            except (PihaceError, OSError) as exc:
+                log.warning("connection lost, opening a new one: %s", self._failed(exc))
+        connection = self._connection
         if connection is None or not connection.is_open:
             self._drop()
             self._connect(deadline)

@@ -4,9 +4,12 @@ import asyncio
 import calendar
 import functools
 import json
+import logging
 import os
 import re
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -787,3 +790,375 @@ def test_frames_that_make_no_sense_once_open(data, words):
     with pytest.raises(pihace.RemoteProtocolError) as raised:
         feed(protocol, data, "whole")
     assert words in str(raised.value)
+
+
+# ---------------------------------------------------------------------------
+# transport: URLs, and a scripted fake broker for what a real one cannot do
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url, expected", [
+    ("amqp://host", ("host", 5672, "guest", "guest", "/")),
+    ("amqp://host/", ("host", 5672, "guest", "guest", "/")),
+    ("amqp://u:p@host:1234/%2F", ("host", 1234, "u", "p", "/")),
+    ("amqp://u%40x:p%3Aw%2F@host/edge%2F01", ("host", 5672, "u@x", "p:w/", "edge/01")),
+    ("amqp://u:@[::1]:5673/v", ("::1", 5673, "u", "", "v")),
+    ("amqps://h", ("h", 5671, "guest", "guest", "/")),
+])
+def test_url_parsing(url, expected):
+    parameters = pihace.AMQPParameters(url)
+    assert (parameters.host, parameters.port, parameters.username, parameters.password,
+            parameters.vhost) == expected
+    assert parameters.tls == url.startswith("amqps")
+
+
+def test_url_query_keys():
+    parameters = pihace.AMQPParameters(
+        "amqp://h/?heartbeat=5&connection_timeout=2.5&frame_max=8192&channel_max=10")
+    assert (parameters.heartbeat, parameters.connection_timeout, parameters.frame_max,
+            parameters.channel_max) == (5, 2.5, 8192, 10)
+
+
+@pytest.mark.parametrize("url, words", [
+    ("http://u:sekrit@h/", "amqp:// or amqps://"),
+    ("amqp://u:sekrit@h:99999/", "bad port"),
+    ("amqp://u:sekrit@h:abc/", "bad port: 'abc'"),
+    ("amqp://u:sekrit@h/?hearbeat=5", "unknown query key 'hearbeat'"),
+    ("amqp://u:sekrit@h/?heartbeat=soon", "heartbeat must be a number"),
+    ("amqp://u:sekrit@h/?frame_max=100", "frame_max must be between 4096"),
+])
+def test_bad_urls_name_the_problem_and_never_the_password(url, words):
+    with pytest.raises(ValueError) as raised:
+        pihace.AMQPPusher(None, url)
+    assert words in str(raised.value)
+    assert "sekrit" not in str(raised.value)
+
+
+def test_repr_masks_the_password():
+    pusher = pihace.AMQPPusher(None, "amqp://edge:sekrit@broker:5672/prod")
+    assert repr(pusher).startswith("<AMQPPusher amqp://edge:***@broker:5672/prod ")
+    assert "sekrit" not in repr(pusher) + repr(pusher.parameters)
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"queue_name": "q" * 256}, ValueError, "queue_name is 256 bytes"),
+    ({"exchange": "é" * 128}, ValueError, "exchange is 256 bytes"),
+    ({"routing_key": "r" * 300}, ValueError, "routing_key is 300 bytes"),
+    ({"queue_arguments": {"x-ratio": 0.5}}, ValueError, "x-ratio"),
+    ({"timeout": 0}, ValueError, "timeout must be a positive"),
+    ({"heartbeat": -1}, ValueError, "heartbeat must be"),
+    ({"healthcheck": "not one"}, TypeError, "healthcheck must be a HealthCheck"),
+])
+def test_constructor_checks_its_arguments(kwargs, error, words):
+    kwargs.setdefault("healthcheck", None)
+    with pytest.raises(error) as raised:
+        pihace.AMQPPusher(amqp_url="amqp://localhost/", **kwargs)
+    assert words in str(raised.value)
+
+
+def test_constructor_never_touches_the_network():
+    calls = []
+    pusher = pihace.AMQPPusher(None, "amqp://localhost/",
+                               socket_factory=lambda *args: calls.append(args))
+    pusher.close()
+    pusher.close()
+    assert calls == []
+
+
+def test_bodies_that_cannot_be_sent_are_value_errors_before_any_io():
+    calls = []
+    pusher = pihace.AMQPPusher(None, "amqp://localhost/",
+                               socket_factory=lambda *args: calls.append(args))
+    for body in ({"x": object()}, {"x": float("nan")}, 12, None):
+        with pytest.raises(ValueError):
+            pusher.publish(body)
+    with pytest.raises(ValueError) as raised:
+        pusher.publish(b"x", routing_key="k" * 256)
+    assert "256 bytes" in str(raised.value)
+    assert calls == []
+
+
+class FakeBroker:
+    """A scripted server on loopback: `script(connection)` runs per client."""
+
+    def __init__(self, script):
+        self.script = script
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received = b""
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"amqp://guest:sekrit@127.0.0.1:{self.port}/"
+
+    def _serve(self):
+        try:
+            connection, _ = self.listener.accept()
+        except OSError:
+            return
+        with connection:
+            connection.settimeout(10)
+            try:
+                self.script(self, connection)
+            except OSError:
+                pass
+        self.done.set()
+
+    def read(self, connection, size):
+        data = b""
+        while len(data) < size:
+            chunk = connection.recv(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        self.received += data
+        return data
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def fake_broker():
+    brokers = []
+
+    def make(script):
+        brokers.append(FakeBroker(script))
+        return brokers[-1]
+
+    yield make
+    for broker in brokers:
+        broker.close()
+
+
+def silent(broker, connection):
+    broker.read(connection, 8)
+    connection.recv(1)  # waits until the client gives up and closes
+
+
+def answers(data):
+    def script(broker, connection):
+        broker.read(connection, 8)
+        connection.sendall(data)
+    return script
+
+
+def answers_then_waits(data):
+    def script(broker, connection):
+        broker.read(connection, 8)
+        connection.sendall(data)
+        connection.recv(1)
+    return script
+
+
+@pytest.mark.parametrize("script, words", [
+    (silent, "timed out waiting for the broker"),
+    (answers(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"), "unknown frame type 72"),
+    (answers(b"AMQP\x00\x01\x00\x00"), "only speaks AMQP 1.0.0"),
+    (answers(b"\x00\x01\x02garbage"), "unknown frame type 0"),
+    (answers(START[:20]), "ended in the middle of a frame"),
+    (answers(b""), "the broker closed the connection"),
+    (answers_then_waits(b"\x01\x00\x00\x7f\xff\xff\xf0"), "larger than the frame_max"),
+    (answers_then_waits(START[:20]), "timed out waiting for the broker"),
+])
+def test_broken_brokers_give_a_reason_in_bounded_time(fake_broker, script, words):
+    broker = fake_broker(script)
+    pusher = pihace.AMQPPusher(None, broker.url, timeout=1.0)
+    started = time.monotonic()
+    result = pusher.publish(b"{}")
+    assert time.monotonic() - started < 3
+    assert result[0] is False and words in result[1], result
+    assert "sekrit" not in result[1]
+    assert broker.received == b"AMQP\x00\x00\x09\x01"
+
+
+def test_connection_refused_names_host_and_port():
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        port = placeholder.getsockname()[1]
+    result = pihace.AMQPPusher(None, f"amqp://u:sekrit@127.0.0.1:{port}/").publish(b"{}")
+    assert result == (False, f"connection refused by 127.0.0.1:{port}: is the broker running "
+                             f"on that port? (amqp://u:***@127.0.0.1:{port}/)")
+
+
+# ---------------------------------------------------------------------------
+# pusher, against a real RabbitMQ read back with pika
+# ---------------------------------------------------------------------------
+
+def test_the_documented_example_verbatim(rabbit, get_message, pika_channel):
+    pika_channel.queue_delete("pihace.healthcheck")
+    from pihace.healthcheck import HealthCheck
+    from pihace.pusher.messaging import AMQPPusher
+
+    hc = HealthCheck(with_system=True, name="MyApp", version="1.0.0")
+    hc.register("example", lambda: True)
+    publisher = AMQPPusher(amqp_url=rabbit.url, healthcheck=hc)
+    assert publisher.push() is True
+    method, properties, body = get_message("pihace.healthcheck")
+    report = json.loads(body)
+    assert report["status"] == "Available" and report["component"] == {"name": "MyApp",
+                                                                        "version": "1.0.0"}
+    assert_system_formats(report["system"])
+    assert properties.content_type == "application/json"
+    assert properties.content_encoding == "utf-8"
+    assert properties.delivery_mode == 2
+    assert properties.type == "pihace.health"
+    assert properties.app_id == "MyApp"
+    assert properties.headers == {"status": "Available"}
+    assert abs(properties.timestamp - time.time()) < 60
+    assert publisher.push() is True
+    second = get_message("pihace.healthcheck")[1]
+    assert second.message_id and second.message_id != properties.message_id
+    declared = pika_channel.queue_declare("pihace.healthcheck", passive=True)
+    assert declared.method.message_count == 0
+    publisher.close()
+    publisher.close()
+
+
+def test_connection_properties_and_one_connection_for_many_pushes(rabbit, unique_queue):
+    with pihace.AMQPPusher(pihace.HealthCheck(name="edge-7", version="2.1"), rabbit.url,
+                           unique_queue) as pusher:
+        for _ in range(5):
+            assert pusher.push() is True
+        listing = rabbit.ctl("list_connections", "client_properties", "frame_max")
+    assert listing.count("edge-7 2.1") == 1  # connection_name, and a single connection
+    assert "publisher_confirms" in listing and "authentication_failure_close" in listing
+
+
+def test_a_report_of_several_megabytes_arrives_intact(rabbit, unique_queue, get_message):
+    payload = {"blob": os.urandom(3_000_000).hex()}
+    with pihace.AMQPPusher(None, rabbit.url, unique_queue) as pusher:
+        assert pusher.publish(payload) is True
+        assert pusher.publish(b"") is True
+    assert json.loads(get_message(unique_queue)[2]) == payload
+    assert get_message(unique_queue)[2] == b""
+
+
+def test_named_vhost_with_a_slash(rabbit, get_message):
+    rabbit.ctl("add_vhost", "edge/01")
+    rabbit.ctl("set_permissions", "-p", "edge/01", "guest", ".*", ".*", ".*")
+    url = rabbit.url.rstrip("/") + "/edge%2F01"
+    with pihace.AMQPPusher(None, url, "in.vhost") as pusher:
+        assert pusher.publish({"where": "edge/01"}) is True
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        method, _, body = connection.channel().basic_get("in.vhost", auto_ack=True)
+        assert json.loads(body) == {"where": "edge/01"}
+    finally:
+        connection.close()
+
+
+def test_topic_exchange_with_a_bound_queue(rabbit, unique_queue, pika_channel, get_message):
+    pika_channel.exchange_declare("health.topic", "topic", durable=True)
+    pika_channel.queue_declare(unique_queue)
+    pika_channel.queue_bind(unique_queue, "health.topic", "edge.*")
+    with pihace.AMQPPusher(pihace.HealthCheck(), rabbit.url, exchange="health.topic",
+                           exchange_type="topic", routing_key="edge.device1") as pusher:
+        assert pusher.push() is True
+        unroutable = pusher.publish(b"{}", routing_key="cloud.x")
+    method, _, body = get_message(unique_queue)
+    assert method.routing_key == "edge.device1" and json.loads(body)["status"] == "Available"
+    assert unroutable[0] is False and "NO_ROUTE" in unroutable[1] and "cloud.x" in unroutable[1]
+
+
+def test_quorum_queue_arguments(rabbit, unique_queue, pika_channel):
+    with pihace.AMQPPusher(None, rabbit.url, unique_queue,
+                           queue_arguments={"x-queue-type": "quorum"}) as pusher:
+        assert pusher.publish(b"{}") is True
+    assert "quorum" in rabbit.ctl("list_queues", "name", "type")
+
+
+def test_declare_false_publishes_without_declaring(rabbit, unique_queue):
+    with pihace.AMQPPusher(None, rabbit.url, unique_queue, declare=False) as pusher:
+        result = pusher.publish(b"{}")
+    assert result[0] is False and "NO_ROUTE" in result[1]
+
+
+def test_confirm_false_is_fire_and_forget(rabbit, unique_queue, get_message):
+    with pihace.AMQPPusher(None, rabbit.url, unique_queue, confirm=False) as pusher:
+        assert pusher.publish({"n": 1}) is True
+    assert json.loads(get_message(unique_queue)[2]) == {"n": 1}
+
+
+def test_bad_credentials(rabbit):
+    url = rabbit.url.replace("guest:guest", "guest:sekrit-pw")
+    result = pihace.AMQPPusher(None, url).publish(b"{}")
+    assert result[0] is False
+    assert "ACCESS_REFUSED" in result[1] and "check the user name and password" in result[1]
+    assert "sekrit-pw" not in result[1]
+
+
+def test_unknown_vhost(rabbit):
+    result = pihace.AMQPPusher(None, rabbit.url + "nowhere").publish(b"{}")
+    assert result[0] is False and "NOT_ALLOWED" in result[1] and "nowhere" in result[1]
+
+
+def test_missing_exchange_closes_the_channel_and_the_next_push_recovers(rabbit, unique_queue,
+                                                                        get_message):
+    with pihace.AMQPPusher(None, rabbit.url, unique_queue) as pusher:
+        result = pusher.publish(b"{}", exchange="no.such.exchange")
+        assert result[0] is False
+        assert "NOT_FOUND" in result[1] and "no.such.exchange" in result[1]
+        assert pusher.publish({"after": True}) is True
+    assert json.loads(get_message(unique_queue)[2]) == {"after": True}
+
+
+def test_queue_with_other_arguments_is_precondition_failed(rabbit, unique_queue, pika_channel):
+    pika_channel.queue_declare(unique_queue, durable=True)
+    with pihace.AMQPPusher(None, rabbit.url, unique_queue,
+                           queue_arguments={"x-max-length": 5}) as pusher:
+        result = pusher.publish(b"{}")
+    assert result[0] is False and "PRECONDITION_FAILED" in result[1]
+
+
+def test_nack_is_a_failure(rabbit, unique_queue):
+    arguments = {"x-max-length": 1, "x-overflow": "reject-publish"}
+    with pihace.AMQPPusher(None, rabbit.url, unique_queue, queue_arguments=arguments) as pusher:
+        assert pusher.publish(b"1") is True
+        result = pusher.publish(b"2")
+        assert result == (False, "the broker refused the message (Basic.Nack)")
+        assert pusher.publish(b"3")[0] is False  # still full, and the channel still works
+
+
+def test_broker_closing_the_connection_is_reported_then_replaced(rabbit, unique_queue, caplog):
+    with pihace.AMQPPusher(None, rabbit.url, unique_queue, connection_name="to-close") as pusher:
+        assert pusher.publish(b"1") is True
+        rabbit.ctl("close_all_connections", "closed by the test")
+        readable, _, _ = select.select([pusher._connection.sock], [], [], 10)
+        assert readable  # the broker's Connection.Close has arrived
+        with caplog.at_level(logging.WARNING, logger="pihace"):
+            assert pusher.publish(b"2") is True  # the stale connection is noticed and replaced
+    assert "CONNECTION_FORCED - closed by the test (reply code 320" in caplog.text
+
+
+def test_a_broker_close_while_waiting_is_the_reason(rabbit, unique_queue):
+    pusher = pihace.AMQPPusher(None, rabbit.url, unique_queue, connection_name="closed-mid")
+    assert pusher.publish(b"1") is True
+    rabbit.ctl("close_all_connections", "maintenance")
+    connection = pusher._connection
+    with pytest.raises(pihace.ConnectionClosed) as raised:
+        connection.wait_for(lambda: False, time.monotonic() + 10, "for the close")
+    assert raised.value.reply_code == 320 and "maintenance" in raised.value.reply_text
+    pusher.close()
+
+
+def test_three_threads_pushing_at_once(rabbit, unique_queue, pika_channel):
+    hc = pihace.HealthCheck(name="threads", version="1")
+    hc.register("ok", lambda: True)
+    pusher = pihace.AMQPPusher(hc, rabbit.url, unique_queue)
+    results = []
+
+    def push_ten():
+        results.extend(pusher.push() for _ in range(10))
+
+    threads = [threading.Thread(target=push_ten) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    pusher.close()
+    assert results == [True] * 30
+    assert pika_channel.queue_declare(unique_queue, passive=True).method.message_count == 30
