@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import queue
+import random
 import select
 import shutil
 import socket
@@ -1567,12 +1568,20 @@ class BlockingConnection:
 # pusher
 # ---------------------------------------------------------------------------
 
-def _positive(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
+def _positive(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
+
+
+class _Message:
+    """A message waiting to be published, with the id and timestamp it keeps."""
+
+    __slots__ = ("body", "properties", "message_id", "exchange", "routing_key")
+
+    def __init__(self, body, properties, message_id, exchange, routing_key):
+        self.body, self.properties, self.message_id = body, properties, message_id
+        self.exchange, self.routing_key = exchange, routing_key
 
 
 class AMQPPusher:
@@ -1583,17 +1592,28 @@ class AMQPPusher:
     exchange, and push() returns True only once the broker confirmed it;
     otherwise (False, reason): push() and publish() never raise for broker or
     network trouble, and no operation waits longer than `timeout` seconds.
+
+    Reports that could not be confirmed wait in a bounded outbox (buffer_size
+    reports; the oldest is dropped when it is full) and are delivered first,
+    in order and with their original timestamps, once the broker is back.
+    Delivery is at-least-once: a report whose confirm was lost on the way is
+    sent again with the same message_id, so consumers can drop duplicates.
+    `amqp_url` may be a list of URLs (nodes of one cluster), tried in turn.
     """
 
     def __init__(self, healthcheck=None, amqp_url="amqp://guest:guest@localhost:5672/",
                  queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
                  routing_key=None, declare=True, queue_arguments=None, confirm=True,
-                 heartbeat=None, timeout=10.0, connection_name=None, ssl_context=None,
-                 socket_factory=None, clock=time.monotonic):
+                 heartbeat=None, timeout=10.0, buffer_size=1000, connection_name=None,
+                 ssl_context=None, socket_factory=None, clock=time.monotonic):
         if healthcheck is not None and not isinstance(healthcheck, HealthCheck):
             raise TypeError(f"healthcheck must be a HealthCheck, got {type(healthcheck).__name__}")
         self.healthcheck = healthcheck
-        self.parameters = AMQPParameters(amqp_url)
+        urls = [amqp_url] if isinstance(amqp_url, str) else list(amqp_url or ())
+        if not urls:
+            raise ValueError("amqp_url must be a URL or a non-empty list of URLs")
+        self.endpoints = [AMQPParameters(url) for url in urls]
+        self.parameters = self.endpoints[0]  # the endpoint in use, or tried last
         self.queue_name = queue_name
         self.exchange = exchange or ""
         self.exchange_type = exchange_type
@@ -1617,7 +1637,11 @@ class AMQPPusher:
                              f"got {heartbeat!r}")
         self.heartbeat = heartbeat
         self.timeout = _positive("timeout", timeout)
-        self.connection_timeout = self.parameters.connection_timeout or self.timeout
+        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
+            raise ValueError(f"buffer_size must be an integer >= 1, got {buffer_size!r}")
+        self.outbox = collections.deque()
+        self.buffer_size = buffer_size
+        self.dropped = 0  # reports dropped from a full outbox
         if connection_name is None:
             parts = [getattr(healthcheck, "component_name", None),
                      getattr(healthcheck, "component_version", None)]
@@ -1626,10 +1650,12 @@ class AMQPPusher:
         self.ssl_context = ssl_context
         self.socket_factory = socket_factory
         self.clock = clock
+        self.connections_opened = 0
         self._connection = None
         self._channel = 1
         self._declared = False
         self._lock = threading.RLock()
+        self._stop = threading.Event()
         self._message_ids = _MessageIds()
         app_id = getattr(healthcheck, "component_name", None)
         self._report_properties = {
@@ -1650,18 +1676,35 @@ class AMQPPusher:
     # -- the connection -------------------------------------------------------
 
     def _connect(self, deadline):
-        parameters = self.parameters
-        protocol = AMQPProtocol(
-            parameters.username, parameters.password, parameters.vhost,
-            heartbeat=self.heartbeat,
-            frame_max=parameters.frame_max or DEFAULT_FRAME_MAX,
-            channel_max=parameters.channel_max or DEFAULT_CHANNEL_MAX,
-            client_properties=_client_properties(self.connection_name))
-        connection = BlockingConnection(parameters, protocol, socket_factory=self.socket_factory,
-                                        ssl_context=self.ssl_context, clock=self.clock)
-        connection.connect(min(deadline, self.clock() + self.connection_timeout))
-        log.info("connected to %s", parameters.safe_url)
-        self._connection, self._declared = connection, False
+        """Connect to the first endpoint that answers, starting with the current one."""
+        start = self.endpoints.index(self.parameters)
+        for attempt in range(len(self.endpoints)):
+            parameters = self.endpoints[(start + attempt) % len(self.endpoints)]
+            self.parameters = parameters
+            protocol = AMQPProtocol(
+                parameters.username, parameters.password, parameters.vhost,
+                heartbeat=self.heartbeat, frame_max=parameters.frame_max or DEFAULT_FRAME_MAX,
+                channel_max=parameters.channel_max or DEFAULT_CHANNEL_MAX,
+                client_properties=_client_properties(self.connection_name))
+            connection = BlockingConnection(
+                parameters, protocol, socket_factory=self.socket_factory,
+                ssl_context=self.ssl_context, clock=self.clock)
+            endpoints_left = len(self.endpoints) - attempt
+            share = (deadline - self.clock()) / endpoints_left  # a dead node cannot eat it all
+            try:
+                connection.connect(self.clock() + min(
+                    share, parameters.connection_timeout or self.timeout))
+            except (PihaceError, OSError) as exc:
+                if endpoints_left == 1:
+                    raise
+                log.info("cannot use %s (%s); trying %s", parameters.safe_url,
+                         self._describe(exc, parameters),
+                         self.endpoints[(start + attempt + 1) % len(self.endpoints)].safe_url)
+                continue
+            log.info("connected to %s", parameters.safe_url)
+            self.connections_opened += 1
+            self._connection, self._declared = connection, False
+            return
 
     def _ready(self, deadline):
         """An open connection and channel, with the destination declared."""
@@ -1695,6 +1738,12 @@ class AMQPPusher:
             self._connection.abort()
         self._connection = None
 
+    @property
+    def blocked(self):
+        """Why the broker blocks publishing (a resource alarm), or None."""
+        connection = self._connection
+        return connection.protocol.blocked if connection is not None else None
+
     def close(self):
         """Close the connection cleanly (bounded wait); safe to call again."""
         with self._lock:
@@ -1705,21 +1754,9 @@ class AMQPPusher:
 
     # -- publishing -----------------------------------------------------------
 
-    def push(self):
-        """Take a report and publish it: True once confirmed, else (False, reason)."""
-        if self.healthcheck is None:
-            raise ValueError("push() needs the pusher's healthcheck; use publish() to send "
-                             "other messages")
-        report = self.healthcheck.check(output="dict")
-        return self.publish(report, headers={"status": report["status"]})
-
-    def publish(self, body, *, headers=None, message_id=None, timestamp=None,
-                routing_key=None, exchange=None):
-        """Send one message (bytes, or a dict as JSON) with the pusher's options.
-
-        Returns True once confirmed (or sent, with confirm=False), else
-        (False, reason).
-        """
+    def _message(self, body, headers=None, message_id=None, timestamp=None, routing_key=None,
+                 exchange=None, properties=None):
+        """Check and encode a message; ValueError for what can never be sent."""
         if isinstance(body, dict):
             try:
                 body = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
@@ -1727,87 +1764,208 @@ class AMQPPusher:
                 raise ValueError(f"the message cannot be serialised as JSON: {exc}") from None
         elif isinstance(body, str):
             body = body.encode("utf-8")
-        elif not isinstance(body, (bytes, bytearray, memoryview)):
+        elif isinstance(body, (bytearray, memoryview)):
+            body = bytes(body)
+        elif not isinstance(body, bytes):
             raise ValueError(f"a message body must be bytes or a dict, not {type(body).__name__}")
         routing_key = self.routing_key if routing_key is None else routing_key
         exchange = self.exchange if exchange is None else exchange
-        message_id = message_id or self._message_ids.next()
-        properties = dict(self._report_properties, headers=headers, message_id=message_id,
-                          timestamp=int(time.time() if timestamp is None else timestamp))
-        encoded = encode_properties(properties)
         encode_shortstr(routing_key), encode_shortstr(exchange)  # ValueError if too long
-        with self._lock:
-            deadline = self.clock() + self.timeout
-            try:
-                connection = self._ready(deadline)
-                tag = connection.protocol.publish(self._channel, exchange, routing_key,
-                                                  bytes(body), encoded, mandatory=self.confirm)
-                if tag is not None:
-                    connection.unconfirmed[tag] = message_id
+        message_id = message_id or self._message_ids.next()
+        encoded = encode_properties(dict(
+            properties or self._report_properties, headers=headers, message_id=message_id,
+            timestamp=int(time.time() if timestamp is None else timestamp)))
+        return _Message(body, encoded, message_id, exchange, routing_key)
+
+    def _deliver(self, messages, deadline):
+        """Publish messages in order, then collect their confirms (pipelined).
+
+        Returns {message_id: failure reason or None}; messages without an entry
+        were not confirmed. Raises for connection and channel trouble.
+        """
+        connection = self._ready(deadline)
+        if connection.protocol.blocked is not None:
+            raise PublishError(f"the broker blocks publishers ({connection.protocol.blocked})")
+        tags = []
+        for index, message in enumerate(messages):
+            tag = connection.protocol.publish(
+                self._channel, message.exchange, message.routing_key, message.body,
+                message.properties, mandatory=self.confirm)
+            if tag is not None:
+                connection.unconfirmed[tag] = message.message_id
+                tags.append((tag, message.message_id))
+            if index % 64 == 63:
                 connection.flush(deadline)
-                if tag is None:
-                    return True
-                connection.wait_for(lambda: tag in connection.outcomes, deadline,
-                                    "for the broker to confirm the message")
-                reason = connection.outcomes.pop(tag)
+        connection.flush(deadline)
+        if not self.confirm:
+            return {message.message_id: None for message in messages}
+        connection.wait_for(lambda: all(tag in connection.outcomes for tag, _ in tags), deadline,
+                            "for the broker to confirm the message"
+                            + ("s" if len(tags) > 1 else ""))
+        return {message_id: connection.outcomes.pop(tag) for tag, message_id in tags}
+
+    def publish(self, body, *, headers=None, message_id=None, timestamp=None,
+                routing_key=None, exchange=None):
+        """Send one message (bytes, or a dict as JSON) with the pusher's options.
+
+        Returns True once confirmed (or sent, with confirm=False), else
+        (False, reason). Unlike push(), nothing is kept for a later retry.
+        """
+        message = self._message(body, headers, message_id, timestamp, routing_key, exchange)
+        with self._lock:
+            try:
+                reason = self._deliver([message], self.clock() + self.timeout)[message.message_id]
                 if reason is not None:
                     raise PublishError(reason)
                 return True
             except (PihaceError, OSError) as exc:
                 return False, self._failed(exc)
 
-    def _failed(self, exc):
-        """Drop what the error broke; one line saying what went wrong, never the password."""
-        if isinstance(exc, ChannelClosed):
-            self._declared = False  # the next push opens a new channel and declares again
-        elif not isinstance(exc, PublishError):
-            self._drop()
+    def push(self):
+        """Take a report, put it in the outbox and deliver the outbox.
+
+        True once this report is confirmed, else (False, reason): the report
+        then waits in the outbox for the next push.
+        """
+        if self.healthcheck is None:
+            raise ValueError("push() needs the pusher's healthcheck; use publish() to send "
+                             "other messages")
+        report = self.healthcheck.check(output="dict")
+        message = self._message(report, headers={"status": report["status"]})
+        with self._lock:
+            if len(self.outbox) >= self.buffer_size:
+                self.outbox.popleft()
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 100 == 0:
+                    log.warning("outbox full (%d reports): dropped the oldest, %d so far",
+                                self.buffer_size, self.dropped)
+            self.outbox.append(message)
+            result = self.flush()
+            if result is True or message not in self.outbox:
+                return True
+            return result
+
+    def flush(self, timeout=None):
+        """Deliver the outbox, oldest first: True when it is empty, else (False, reason)."""
+        with self._lock:
+            deadline = self.clock() + (self.timeout if timeout is None else timeout)
+            failure = None
+            while self.outbox and failure is None:
+                batch = list(itertools.islice(self.outbox, 256))
+                try:
+                    outcomes = self._deliver(batch, deadline)
+                except (PihaceError, OSError) as exc:
+                    return False, self._failed(exc)
+                for message in batch:
+                    reason = outcomes.get(message.message_id, "not confirmed")
+                    if reason is None:
+                        self.outbox.remove(message)
+                    elif failure is None:
+                        failure = reason  # it stays in the outbox, for the next try
+            return True if failure is None else (False, failure)
+
+    def _describe(self, exc, parameters):
+        """One line saying what went wrong: never the password."""
         reason = str(exc) or type(exc).__name__
-        password = self.parameters.password
-        if len(password) > 2:  # in case some text quotes it
-            reason = reason.replace(password, "***")
+        if len(parameters.password) > 2:  # in case some text quotes it
+            reason = reason.replace(parameters.password, "***")
         if isinstance(exc, OSError) and not isinstance(exc, TimeoutError) and \
                 "broker" not in reason and ":" not in reason[:30]:
             reason = f"{type(exc).__name__}: {reason}"
         if isinstance(exc, ConnectionClosed) and exc.reply_code == 403:
-            reason += f"; check the user name and password of {self.parameters.safe_url}"
+            reason += f"; check the user name and password of {parameters.safe_url}"
         elif isinstance(exc, ConnectionClosed) and exc.reply_code == 530:
-            reason += f"; check the vhost of {self.parameters.safe_url}"
+            reason += f"; check the vhost of {parameters.safe_url}"
         elif not isinstance(exc, (PublishError, _ClosedByBroker)):
-            reason += f" ({self.parameters.safe_url})"
+            reason += f" ({parameters.safe_url})"
+        return reason
+
+    def _failed(self, exc):
+        """Drop what the error broke and describe it."""
+        if isinstance(exc, ChannelClosed):
+            self._declared = False  # the next push opens a new channel and declares again
+        elif not isinstance(exc, PublishError):
+            self._drop()
+        reason = self._describe(exc, self.parameters)
         log.debug("publish failed: %s", reason)
         return reason
 
-    def push_forever_in_loop(self, interval=60):
-        """Push a report every `interval` seconds until the process ends."""
-        interval = _positive("interval", interval)
-        next_push = self.clock()
-        while True:
-            result = self.push()
-            if result is not True:
-                log.warning("push failed: %s", result[1])
-            next_push += interval
-            now = self.clock()
-            if next_push <= now:  # a slow round: skip the ticks it missed
-                next_push = now + interval - (now - next_push) % interval
-            self._wait(next_push - now)
+    # -- the loop -------------------------------------------------------------
 
-    def _wait(self, seconds):
-        """Sleep, but keep the connection alive: answer heartbeats, read frames."""
+    def push_forever_in_loop(self, interval=60, stop_event=None):
+        """Push a report every `interval` seconds until stop(), stop_event or Ctrl-C.
+
+        Reports keep a fixed cadence (a slow round skips the ticks it missed).
+        Between them the connection is kept alive (heartbeats), and after a
+        failure it is retried with exponential backoff, capped at 30 s, while
+        reports wait in the outbox. On the way out the outbox gets a short
+        last chance and the connection is closed cleanly.
+        """
+        interval = _positive("interval", interval)
+        self._stop.clear()
+        next_report = self.clock()
+        retry_at, failures = None, 0
+        log.info("pushing a report to %s every %gs", self.parameters.safe_url, interval)
+        try:
+            while not self._stopped(stop_event):
+                now = self.clock()
+                if now >= next_report:
+                    result = self.push()
+                    next_report += interval
+                    if next_report <= now:  # a slow round: skip the ticks it missed
+                        next_report = now + interval - (now - next_report) % interval
+                elif retry_at is not None and now >= retry_at and self.blocked is None:
+                    result = self.flush()
+                else:
+                    result = None
+                if result is True and failures:
+                    log.warning("publishing again through %s after %d failed attempt(s)",
+                                self.parameters.safe_url, failures)
+                    retry_at, failures = None, 0
+                elif result is not None and result is not True:
+                    if not failures:
+                        log.warning("cannot publish (%s); %d report(s) wait in the outbox",
+                                    result[1], len(self.outbox))
+                    failures += 1
+                    backoff = min(30.0, 0.5 * 2 ** (failures - 1))
+                    retry_at = self.clock() + backoff * (0.5 + random.random() / 2)
+                wake = next_report if retry_at is None else min(next_report, retry_at)
+                self._wait(wake - self.clock(), stop_event)
+        except KeyboardInterrupt:
+            log.info("interrupted: stopping")
+            self._drop()  # a send may have been cut half-way
+        finally:
+            if self.outbox:
+                self.flush(timeout=min(self.timeout, 5.0))
+                if self.outbox:
+                    log.warning("stopping with %d undelivered report(s)", len(self.outbox))
+            self.close()
+
+    def stop(self):
+        """End push_forever_in_loop (from any thread) after its current wait."""
+        self._stop.set()
+
+    def _stopped(self, stop_event):
+        return self._stop.is_set() or (stop_event is not None and stop_event.is_set())
+
+    def _wait(self, seconds, stop_event=None):
+        """Wait, keeping the connection alive: heartbeats, and frames such as Close."""
         end = self.clock() + seconds
-        while True:
+        while not self._stopped(stop_event):
             left = end - self.clock()
             if left <= 0:
                 return
-            with self._lock:  # in slices, so that other threads can push meanwhile
+            step = min(left, 0.25)  # in slices: stop() and other threads' pushes get in
+            with self._lock:
                 connection = self._connection
                 if connection is not None and connection.is_open:
                     try:
-                        connection.poll(min(left, 0.5))
+                        connection.poll(step)
                         continue
                     except (PihaceError, OSError) as exc:
                         log.warning("connection lost: %s", self._failed(exc))
-            time.sleep(min(left, 0.5))
+                        continue
+            self._stop.wait(step)
 
 
 class _MessageIds:

@@ -3,12 +3,14 @@
 import asyncio
 import calendar
 import functools
+import itertools
 import json
 import logging
 import os
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +21,8 @@ import types
 import pytest
 
 import pihace
+import rabbitnode
+from conftest import ExternalBroker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -1162,3 +1166,238 @@ def test_three_threads_pushing_at_once(rabbit, unique_queue, pika_channel):
     pusher.close()
     assert results == [True] * 30
     assert pika_channel.queue_declare(unique_queue, passive=True).method.message_count == 30
+
+
+# ---------------------------------------------------------------------------
+# pusher: the reliable loop, with real faults
+# ---------------------------------------------------------------------------
+
+def wait_until(condition, timeout, what):
+    """Poll condition() until it is true; fail the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def queue_depth(url, queue):
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def drain(url, queue):
+    """Every message in the queue, in order: (properties, body) pairs."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        messages = []
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return messages
+            messages.append((properties, body))
+    finally:
+        connection.close()
+
+
+def counting_check(name="loop"):
+    """A HealthCheck whose reports carry a sequence number (checks.n.message)."""
+    counter = itertools.count(1)
+    hc = pihace.HealthCheck(name=name, version="1")
+    hc.register("n", lambda: (True, str(next(counter))))
+    return hc
+
+
+def sequence(body):
+    return int(json.loads(body)["checks"]["n"]["message"])
+
+
+class LoopThread:
+    """push_forever_in_loop in a thread, stopped and joined at the end."""
+
+    def __init__(self, pusher, interval, **kwargs):
+        self.pusher = pusher
+        self.thread = threading.Thread(target=pusher.push_forever_in_loop,
+                                       args=(interval,), kwargs=kwargs, daemon=True)
+        self.thread.start()
+
+    def stop(self, within=5.0):
+        self.pusher.stop()
+        self.thread.join(within)
+        assert not self.thread.is_alive(), "the loop did not stop"
+
+
+@pytest.fixture(scope="module")
+def fault_rabbit(rabbit):
+    """A private node for tests that stop, kill or restart the broker."""
+    if isinstance(rabbit, ExternalBroker):
+        pytest.skip("needs a private RabbitMQ node")
+    node = rabbitnode.RabbitNode(name="pihace-fault")
+    node.start()
+    yield node
+    node.close()
+
+
+def test_loop_survives_a_broker_restart_and_delivers_the_outbox_in_order(fault_rabbit,
+                                                                          unique_queue, caplog):
+    pusher = pihace.AMQPPusher(counting_check(), fault_rabbit.url, unique_queue, timeout=2)
+    with caplog.at_level(logging.INFO, logger="pihace"):
+        loop = LoopThread(pusher, 0.3)
+        wait_until(lambda: queue_depth(fault_rabbit.url, unique_queue) >= 2, 20, "first reports")
+        fault_rabbit.stop()
+        wait_until(lambda: len(pusher.outbox) >= 5, 20, "reports queued during the outage")
+        assert loop.thread.is_alive()
+        fault_rabbit.start()
+        wait_until(lambda: len(pusher.outbox) == 0, 30, "the outbox to empty after the restart")
+        loop.stop()
+    messages = drain(fault_rabbit.url, unique_queue)
+    first_seen = {}
+    for properties, body in messages:  # at-least-once: a duplicate keeps its message_id
+        first_seen.setdefault(properties.message_id, (properties, body))
+    numbers = [sequence(body) for _, body in first_seen.values()]
+    assert numbers == list(range(1, len(numbers) + 1)), "a report is missing or out of order"
+    stamps = [json.loads(body)["timestamp"] for _, body in first_seen.values()]
+    assert stamps == sorted(stamps)
+    for properties, body in first_seen.values():  # the original time, not the delivery time
+        report_time = calendar.timegm(time.strptime(json.loads(body)["timestamp"][:19],
+                                                    "%Y-%m-%dT%H:%M:%S"))
+        assert abs(properties.timestamp - report_time) <= 1
+    assert caplog.text.count("cannot publish") == 1  # the outage is logged once
+    assert "publishing again" in caplog.text
+
+
+def test_every_confirmed_report_survives_a_broker_kill(fault_rabbit, unique_queue):
+    pusher = pihace.AMQPPusher(counting_check(), fault_rabbit.url, unique_queue, timeout=2)
+    confirmed = []  # sequence numbers of the reports push() said were confirmed
+
+    def push_until_failure():
+        while pusher.push() is True:
+            confirmed.append(len(confirmed) + 1)
+
+    pusher_thread = threading.Thread(target=push_until_failure, daemon=True)
+    pusher_thread.start()
+    wait_until(lambda: len(confirmed) >= 20, 20, "confirmed pushes")
+    fault_rabbit.kill()
+    pusher_thread.join(30)
+    assert not pusher_thread.is_alive()
+    fault_rabbit.start()
+    received = {sequence(body) for _, body in drain(fault_rabbit.url, unique_queue)}
+    assert set(confirmed) <= received, sorted(set(confirmed) - received)[:10]
+
+
+def test_failover_to_the_next_node_of_a_url_list(fault_rabbit, rabbit, unique_queue):
+    pusher = pihace.AMQPPusher(counting_check(), [fault_rabbit.url, rabbit.url], unique_queue,
+                               timeout=3)
+    assert pusher.push() is True
+    assert pusher.parameters.port == fault_rabbit.port
+    fault_rabbit.stop()
+    try:
+        results = [pusher.push() for _ in range(3)]
+    finally:
+        fault_rabbit.start()
+    assert results[-1] is True and pusher.parameters.port == rabbit.port
+    on_second = [sequence(body) for _, body in drain(rabbit.url, unique_queue)]
+    on_first = [sequence(body) for _, body in drain(fault_rabbit.url, unique_queue)]
+    assert sorted(set(on_first) | set(on_second)) == [1, 2, 3, 4]
+    pusher.close()
+
+
+def test_one_connection_when_the_interval_is_longer_than_three_heartbeats(rabbit, unique_queue):
+    pusher = pihace.AMQPPusher(counting_check("heartbeats"), rabbit.url + "?heartbeat=1",
+                               unique_queue, connection_name="heartbeat-test")
+    loop = LoopThread(pusher, 3.2)
+    try:
+        wait_until(lambda: queue_depth(rabbit.url, unique_queue) >= 3, 20, "three reports")
+        listing = rabbit.ctl("list_connections", "client_properties", "timeout")
+    finally:
+        loop.stop()
+    assert pusher.connections_opened == 1
+    assert listing.count("heartbeat-test") == 1
+
+
+def test_memory_alarm_blocks_then_the_waiting_reports_arrive(rabbit, unique_queue, caplog):
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue, timeout=2)
+    with caplog.at_level(logging.INFO, logger="pihace"):
+        loop = LoopThread(pusher, 0.2)
+        try:
+            wait_until(lambda: queue_depth(rabbit.url, unique_queue) >= 1, 20, "a first report")
+            rabbit.ctl("set_vm_memory_high_watermark", "0.000001")
+            try:
+                wait_until(lambda: pusher.blocked is not None, 20, "Connection.Blocked")
+                waiting = len(pusher.outbox)
+                wait_until(lambda: len(pusher.outbox) >= waiting + 3, 20,
+                           "reports waiting while blocked")
+                assert loop.thread.is_alive()
+            finally:
+                rabbit.ctl("set_vm_memory_high_watermark", "0.4")
+            wait_until(lambda: pusher.blocked is None and not pusher.outbox, 30,
+                       "delivery after Connection.Unblocked")
+        finally:
+            loop.stop()
+    assert "broker blocked publishing: low on memory" in caplog.text
+    assert "broker unblocked publishing" in caplog.text
+    numbers = [sequence(body) for _, body in drain(rabbit.url, unique_queue)]
+    assert sorted(set(numbers)) == list(range(1, max(numbers) + 1))
+
+
+def test_stop_from_another_thread_ends_the_wait_promptly(rabbit, unique_queue):
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue)
+    loop = LoopThread(pusher, 60)
+    wait_until(lambda: queue_depth(rabbit.url, unique_queue) >= 1, 20, "a first report")
+    started = time.monotonic()
+    loop.stop(within=5)
+    assert time.monotonic() - started < 1.0
+    assert pusher._connection is None  # closed cleanly on the way out
+
+
+def test_stop_event_and_ctrl_c(rabbit, unique_queue):
+    event = threading.Event()
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue)
+    timer = threading.Timer(0.5, event.set)
+    timer.start()
+    pusher.push_forever_in_loop(0.1, stop_event=event)  # returns once the event is set
+    assert event.is_set()
+    sigint = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    sigint.start()
+    pusher.push_forever_in_loop(0.1)  # Ctrl-C ends it without a traceback
+    assert queue_depth(rabbit.url, unique_queue) >= 4
+
+
+def test_cadence_is_fixed_not_interval_plus_work(rabbit, unique_queue):
+    hc = counting_check()
+    hc.register("slow", lambda: time.sleep(0.15) or True)
+    pusher = pihace.AMQPPusher(hc, rabbit.url, unique_queue)
+    loop = LoopThread(pusher, 0.3)
+    try:
+        wait_until(lambda: queue_depth(rabbit.url, unique_queue) >= 6, 20, "six reports")
+    finally:
+        loop.stop()
+    stamps = [calendar.timegm(time.strptime(json.loads(body)["timestamp"][:19],
+                                            "%Y-%m-%dT%H:%M:%S"))
+              + float("0" + json.loads(body)["timestamp"][19:-1])
+              for _, body in drain(rabbit.url, unique_queue)]
+    spacing = (stamps[5] - stamps[0]) / 5
+    assert 0.25 < spacing < 0.4  # 0.3 s apart, not 0.45 (interval + the slow check)
+
+
+def test_a_full_outbox_drops_the_oldest_and_counts(caplog):
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        port = placeholder.getsockname()[1]
+    pusher = pihace.AMQPPusher(counting_check(), f"amqp://127.0.0.1:{port}/", buffer_size=3)
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        results = [pusher.push() for _ in range(5)]
+    assert all(result[0] is False for result in results)
+    assert [sequence(message.body) for message in pusher.outbox] == [3, 4, 5]
+    assert pusher.dropped == 2
+    assert "outbox full (3 reports): dropped the oldest" in caplog.text
