@@ -21,11 +21,11 @@ https://opensource.org/licenses/MIT. Keep this notice in copies of this file.
 from __future__ import annotations
 
 import collections
-import errno
 import functools
 import itertools
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -88,10 +88,9 @@ class _ClosedByBroker(AMQPError):
 
     what = "connection"
 
-    def __init__(self, reply_code=0, reply_text="", class_id=0, method_id=0):
+    def __init__(self, reply_code=0, reply_text="", class_id=0, method_id=0, cause=None):
         self.reply_code, self.reply_text = reply_code, reply_text
         self.class_id, self.method_id = class_id, method_id
-        cause = _METHOD_NAMES.get((class_id, method_id))
         super().__init__(f"broker closed the {self.what}: {reply_text or 'no reason given'} "
                          f"(reply code {reply_code}" + (f", in reply to {cause})" if cause else ")"))
 
@@ -909,7 +908,11 @@ class FrameDecoder:
         frame_type, channel, size = _frame_head.unpack_from(buffer)
         if frame_type not in (FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT):
             if buffer[:4] == b"AMQP":
+                if len(buffer) < 8:
+                    return None
                 raise RemoteProtocolError(_describe_header(bytes(buffer[:8])))
+            if buffer[0] in (0x15, 0x16) and buffer[1] == 3:  # a TLS record: alert, handshake
+                raise RemoteProtocolError("the server speaks TLS on this port: use amqps://")
             raise RemoteProtocolError(f"unknown frame type {frame_type} "
                                       f"(bytes {bytes(buffer[:16])!r}): not an AMQP 0-9-1 broker?")
         if size + FRAME_OVERHEAD > self.frame_max:
@@ -978,11 +981,12 @@ class AMQPProtocol:
 
     def __init__(self, username="guest", password="guest", vhost="/", *, heartbeat=60,
                  frame_max=DEFAULT_FRAME_MAX, channel_max=DEFAULT_CHANNEL_MAX,
-                 client_properties=None, mechanism=None, locale="en_US"):
+                 client_properties=None, mechanisms=("PLAIN",), locale="en_US"):
         self.username, self._password, self.vhost = username, password, vhost
         self.heartbeat, self.frame_max, self.channel_max = heartbeat, frame_max, channel_max
         self.client_properties = client_properties or {}
-        self.mechanism = mechanism
+        self.mechanisms = mechanisms  # in order of preference: PLAIN and/or EXTERNAL
+        self.mechanism = None  # the one chosen
         self.locale = locale
         self.state = "start"  # start -> tune -> open -> opened -> closing -> closed
         self.server_properties = {}
@@ -1173,13 +1177,13 @@ class AMQPProtocol:
             raise RemoteProtocolError(f"the broker speaks AMQP {args['version_major']}-"
                                       f"{args['version_minor']}, not 0-9-1")
         self.server_properties = args["server_properties"]
-        offered = args["mechanisms"].decode("utf-8", "replace").split()
-        mechanism = self.mechanism or "PLAIN"
-        if mechanism not in offered:
-            raise RemoteProtocolError(f"the broker does not offer the {mechanism} login "
-                                      f"(it offers: {' '.join(offered) or 'nothing'})")
+        offered = args["mechanisms"].decode("utf-8", "replace").split()  # "AMQPLAIN PLAIN"
+        mechanism = next((m for m in self.mechanisms if m in offered), None)
+        if mechanism is None:
+            raise RemoteProtocolError(f"the broker does not offer the {' or '.join(self.mechanisms)}"
+                                      f" login (it offers: {' '.join(offered) or 'nothing'})")
         self.mechanism = mechanism
-        response = b""
+        response = b""  # EXTERNAL: the TLS client certificate is the login
         if mechanism == "PLAIN":
             response = b"\x00%s\x00%s" % (self.username.encode(), self._password.encode())
         self._send(0, "Connection.Start-Ok", client_properties=self.client_properties,
@@ -1244,13 +1248,6 @@ class AMQPProtocol:
         state.next_tag += 1
         return state.next_tag - 1
 
-    def close_channel(self, channel, reply_code=200, reply_text="bye"):
-        self._require_open("close a channel")
-        state = self.channels.get(channel)
-        if state is not None and state.state in ("opening", "open"):
-            state.state = "closing"
-            self._send(channel, "Channel.Close", reply_code=reply_code, reply_text=reply_text)
-
     def close(self, reply_code=200, reply_text="bye"):
         """Start closing the connection; Connection.Close-Ok ends it."""
         if self.state in ("open", "opened"):
@@ -1267,7 +1264,9 @@ class AMQPProtocol:
 class AMQPParameters:
     """Where and how to connect, parsed from an amqp:// or amqps:// URL."""
 
-    QUERY_KEYS = ("heartbeat", "connection_timeout", "frame_max", "channel_max")
+    NUMBER_KEYS = {"heartbeat": (0, 65535), "connection_timeout": (1e-3, 1e6),
+                   "frame_max": (8192, 2 ** 31), "channel_max": (1, 65535)}
+    TLS_KEYS = ("cacertfile", "certfile", "keyfile", "verify", "server_name_indication")
 
     def __init__(self, url):
         from urllib.parse import parse_qsl, unquote, urlsplit  # only pushers need it
@@ -1275,6 +1274,9 @@ class AMQPParameters:
         if not isinstance(url, str):
             raise TypeError(f"amqp_url must be a string, got {type(url).__name__}")
         parts = urlsplit(url.strip())
+        if "@" in parts.path + parts.query + parts.fragment:
+            raise ValueError("amqp_url has an @ after the host: percent-encode '/', '?', '#' "
+                             "and '@' in the user name and password (%2F, %3F, %23, %40)")
         if parts.scheme not in ("amqp", "amqps"):
             raise ValueError(f"amqp_url must start with amqp:// or amqps://, got "
                              f"{parts.scheme + '://' if parts.scheme else 'no scheme'}")
@@ -1289,25 +1291,52 @@ class AMQPParameters:
                              f"{parts.netloc.rpartition('@')[2].rpartition(':')[2]!r}")
         self.port = port or (5671 if self.tls else 5672)
         self.username = unquote(parts.username) if parts.username else "guest"
-        self.password = unquote(parts.password) if parts.password is not None else "guest"
+        self.password_given = parts.password is not None
+        self.password = unquote(parts.password) if self.password_given else "guest"
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         self.vhost = unquote(path) if path else "/"
         self.heartbeat = self.connection_timeout = self.frame_max = self.channel_max = None
+        self.cacertfile = self.certfile = self.keyfile = self.server_name_indication = None
+        self.verify = "verify_peer"
+        self._ssl_context = None
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key not in self.QUERY_KEYS:
+            if key in self.TLS_KEYS:
+                if not self.tls:
+                    raise ValueError(f"amqp_url query key {key} needs an amqps:// URL")
+                if key == "verify" and value not in ("verify_peer", "verify_none"):
+                    raise ValueError(f"amqp_url query key verify must be verify_peer or "
+                                     f"verify_none, got {value!r}")
+                setattr(self, key, value)
+                continue
+            if key not in self.NUMBER_KEYS:
                 raise ValueError(f"amqp_url has an unknown query key {key!r}; known keys: "
-                                 f"{', '.join(self.QUERY_KEYS)}")
+                                 f"{', '.join((*self.NUMBER_KEYS, *self.TLS_KEYS))}")
             try:
                 number = float(value) if key == "connection_timeout" else int(value)
             except ValueError:
                 raise ValueError(f"amqp_url query key {key} must be a number, got {value!r}") \
                     from None
-            low, high = {"heartbeat": (0, 65535), "connection_timeout": (1e-3, 1e6),
-                         "frame_max": (FRAME_MIN_SIZE, 2 ** 31), "channel_max": (1, 65535)}[key]
+            low, high = self.NUMBER_KEYS[key]
             if not low <= number <= high:
                 raise ValueError(f"amqp_url query key {key} must be between {low} and {high}, "
                                  f"got {value}")
             setattr(self, key, number)
+        if self.keyfile and not self.certfile:
+            raise ValueError("amqp_url has a keyfile but no certfile")
+
+    def ssl_context(self):
+        """The TLS settings of the URL's query (made once): verified by default."""
+        if self._ssl_context is None:
+            import ssl  # here, not at the top: only TLS users pay for it
+
+            context = ssl.create_default_context(cafile=self.cacertfile)
+            if self.verify == "verify_none":
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if self.certfile:
+                context.load_cert_chain(self.certfile, self.keyfile)
+            self._ssl_context = context
+        return self._ssl_context
 
     @property
     def safe_url(self):
@@ -1343,6 +1372,15 @@ def platform_version():
     return ".".join(str(part) for part in sys.version_info[:3])
 
 
+def _readable(sock, timeout):
+    """Wait until sock can be read; poll() where there is one (select() stops at fd 1024)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(math.ceil(timeout * 1000)))
+    return bool(select.select([sock], [], [], timeout)[0])
+
+
 class BlockingConnection:
     """An AMQPProtocol over a socket, with a deadline on every wait.
 
@@ -1357,7 +1395,7 @@ class BlockingConnection:
         self.clock = clock
         self.sock = None
         self.replies = []  # Methods for the caller: Declare-Ok, Select-Ok ...
-        self.outcomes = {}  # delivery tag -> None (confirmed) or a failure reason
+        self.outcomes = {}  # delivery tag -> (acked, None or the reason it failed)
         self.unconfirmed = collections.OrderedDict()  # delivery tag -> message_id
         self.returned = {}  # message_id -> reason, for mandatory messages nobody took
 
@@ -1390,7 +1428,7 @@ class BlockingConnection:
             if self.parameters.tls:
                 sock = self._start_tls(sock, deadline)
             self.sock = sock
-            self.flush(deadline)
+            self.send_pending(deadline)
             self.wait_for(lambda: self.protocol.state == "opened", deadline,
                           f"for the broker at {where} to open the connection")
         except BaseException:
@@ -1398,13 +1436,10 @@ class BlockingConnection:
             raise
 
     def _start_tls(self, sock, deadline):
-        context = self.ssl_context
-        if context is None:
-            import ssl  # here, not at the top: only TLS users pay for it
-
-            context = ssl.create_default_context()
+        context = self.ssl_context or self.parameters.ssl_context()
         sock.settimeout(self._deadline_left(deadline, "during the TLS handshake"))
-        return context.wrap_socket(sock, server_hostname=self.parameters.host)
+        return context.wrap_socket(sock, server_hostname=self.parameters.server_name_indication
+                                   or self.parameters.host)
 
     def abort(self):
         """Drop the socket without the closing handshake."""
@@ -1417,13 +1452,15 @@ class BlockingConnection:
         if self.protocol.state != "closed":
             self.protocol.state = "closed"
 
-    def flush(self, deadline):
-        data = self.protocol.data_to_send(self.clock())
-        if data:
-            # sendall's timeout bounds the whole call; a blocked broker stops reading
+    def send_pending(self, deadline):
+        """Send what the protocol has queued, all of it before the deadline."""
+        data = memoryview(self.protocol.data_to_send(self.clock()))
+        while data:
+            # A timeout per send(), renewed with what is left: sendall() on a TLS
+            # socket would apply it to each piece. A blocked broker stops reading.
             self.sock.settimeout(self._deadline_left(deadline, "sending to the broker"))
             try:
-                self.sock.sendall(data)
+                data = data[self.sock.send(data):]
             except socket.timeout:
                 raise TimeoutError("timed out sending to the broker "
                                    "(it stopped reading: blocked, or overloaded?)") from None
@@ -1434,23 +1471,23 @@ class BlockingConnection:
             self._handle_events()
             if condition():
                 return
-            self.flush(deadline)
-            self._receive(deadline, doing)
+            self.send_pending(deadline)
+            self._receive(deadline, doing, deadline)
 
-    def poll(self, seconds):
+    def poll(self, seconds, send_deadline=None):
         """Spend up to `seconds` reading broker frames and sending heartbeats."""
         end = self.clock() + seconds
         while True:
-            self._receive(end, None)
+            self._receive(end, None, send_deadline or end + 1.0)
             self._handle_events()
             if self.clock() >= end:
                 return
 
-    def _receive(self, deadline, doing):
+    def _receive(self, deadline, doing, send_deadline):
         """Wait for bytes until the deadline or the next heartbeat; feed them in."""
         now = self.clock()
         heartbeat_in = self.protocol.tick(now)
-        self.flush(now + 10)
+        self.send_pending(send_deadline)
         wait = deadline - now
         if wait <= 0 and doing is not None:
             raise TimeoutError(f"timed out waiting {doing}")
@@ -1458,19 +1495,14 @@ class BlockingConnection:
         if heartbeat_in is not None:
             wait = min(wait, heartbeat_in)
         pending = getattr(self.sock, "pending", None)  # TLS may hold decrypted bytes
-        if not (pending and pending()):
-            readable, _, _ = select.select([self.sock], [], [], wait)
-            if not readable:
-                return
-        self.sock.settimeout(0)
+        if not (pending and pending()) and not _readable(self.sock, wait):
+            return
+        # Readable, yet a TLS socket may hold only part of a record: a short timeout.
+        self.sock.settimeout(max(wait, 0.05))
         try:
             data = self.sock.recv(1 << 16)
-        except (BlockingIOError, InterruptedError):
+        except (socket.timeout, InterruptedError):
             return
-        except OSError as exc:
-            if getattr(exc, "errno", None) == errno.EAGAIN:
-                return
-            raise
         self.protocol.receive_data(data, self.clock())
 
     def _handle_events(self):
@@ -1482,16 +1514,14 @@ class BlockingConnection:
                 self.abort()
                 raise ConnectionResetError("the broker closed the connection")
             name, args = event.name, event.args
-            if name == "Connection.Close":
-                self._send_now()
-                self.abort()
-                raise ConnectionClosed(args["reply_code"], args["reply_text"],
-                                       args["class_id"], args["method_id"])
-            if name == "Channel.Close":
-                self._send_now()
-                self._fail_unconfirmed("the channel was closed before the broker confirmed it")
-                raise ChannelClosed(args["reply_code"], args["reply_text"],
-                                    args["class_id"], args["method_id"])
+            if name in ("Connection.Close", "Channel.Close"):
+                self._send_now()  # the Close-Ok
+                error = ConnectionClosed if name == "Connection.Close" else ChannelClosed
+                if error is ConnectionClosed:
+                    self.abort()
+                raise error(*(args[key] for key in ("reply_code", "reply_text", "class_id",
+                                                    "method_id")),
+                            cause=_METHOD_NAMES.get((args["class_id"], args["method_id"])))
             if name in ("Basic.Ack", "Basic.Nack"):
                 self._on_confirm(name == "Basic.Ack", args["delivery_tag"], args["multiple"])
             elif name == "Basic.Return":
@@ -1507,11 +1537,11 @@ class BlockingConnection:
                 self.replies.append(event)
 
     def _send_now(self):
-        """Send queued replies (a Close-Ok) on a best-effort basis."""
+        """Send queued replies (a Close-Ok); a stream cut half-way is dropped."""
         try:
-            self.flush(self.clock() + 1)
+            self.send_pending(self.clock() + 1)
         except OSError:
-            pass
+            self.abort()
 
     def _on_confirm(self, acked, tag, multiple):
         tags = [t for t in self.unconfirmed if t <= tag] if multiple else [tag]
@@ -1520,17 +1550,12 @@ class BlockingConnection:
             reason = self.returned.pop(message_id, None) if message_id is not None else None
             if not acked:
                 reason = "the broker refused the message (Basic.Nack)"
-            self.outcomes[confirmed] = reason
-
-    def _fail_unconfirmed(self, reason):
-        for tag in list(self.unconfirmed):
-            del self.unconfirmed[tag]
-            self.outcomes[tag] = reason
+            self.outcomes[confirmed] = (acked, reason)
 
     def call(self, channel, name, reply, deadline, **values):
         """Send a synchronous method and wait for its reply."""
         self.protocol.send_method(channel, name, **values)
-        self.flush(deadline)
+        self.send_pending(deadline)
         self.wait_for(lambda: any(r.name == reply for r in self.replies), deadline,
                       f"for {reply}")
         event = next(r for r in self.replies if r.name == reply)
@@ -1543,7 +1568,7 @@ class BlockingConnection:
         self.unconfirmed.clear()
         self.returned.clear()
         self.protocol.open_channel(channel)
-        self.flush(deadline)
+        self.send_pending(deadline)
         self.wait_for(lambda: self.protocol.channels[channel].state == "open", deadline,
                       "for Channel.Open-Ok")
         if confirm:
@@ -1555,7 +1580,7 @@ class BlockingConnection:
             return
         try:
             self.protocol.close()
-            self.flush(deadline)
+            self.send_pending(deadline)
             self.wait_for(lambda: self.protocol.state == "closed", deadline,
                           "for Connection.Close-Ok")
         except (PihaceError, OSError):
@@ -1629,13 +1654,11 @@ class AMQPPusher:
         encode_table(queue_arguments)  # a ValueError now rather than at the first push
         self.declare, self.queue_arguments = declare, dict(queue_arguments or {})
         self.confirm = confirm
-        if heartbeat is None:
-            heartbeat = self.parameters.heartbeat if self.parameters.heartbeat is not None else 60
-        if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or not \
-                0 <= heartbeat <= 65535:
+        if heartbeat is not None and (isinstance(heartbeat, bool) or not isinstance(
+                heartbeat, int) or not 0 <= heartbeat <= 65535):
             raise ValueError(f"heartbeat must be whole seconds from 0 (off) to 65535, "
                              f"got {heartbeat!r}")
-        self.heartbeat = heartbeat
+        self.heartbeat = heartbeat  # None: each URL's ?heartbeat=, else 60 s
         self.timeout = _positive("timeout", timeout)
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
             raise ValueError(f"buffer_size must be an integer >= 1, got {buffer_size!r}")
@@ -1683,9 +1706,14 @@ class AMQPPusher:
             self.parameters = parameters
             protocol = AMQPProtocol(
                 parameters.username, parameters.password, parameters.vhost,
-                heartbeat=self.heartbeat, frame_max=parameters.frame_max or DEFAULT_FRAME_MAX,
+                heartbeat=next(h for h in (self.heartbeat, parameters.heartbeat, 60)
+                               if h is not None),
+                frame_max=parameters.frame_max or DEFAULT_FRAME_MAX,
                 channel_max=parameters.channel_max or DEFAULT_CHANNEL_MAX,
-                client_properties=_client_properties(self.connection_name))
+                client_properties=_client_properties(self.connection_name),
+                # a client certificate and no password: log in as the certificate says
+                mechanisms=("PLAIN",) if parameters.password_given or not parameters.tls
+                else ("EXTERNAL", "PLAIN"))
             connection = BlockingConnection(
                 parameters, protocol, socket_factory=self.socket_factory,
                 ssl_context=self.ssl_context, clock=self.clock)
@@ -1711,7 +1739,7 @@ class AMQPPusher:
         connection = self._connection
         if connection is not None and connection.is_open:
             try:
-                connection.poll(0)  # notice a Close, or a dead socket, before publishing
+                connection.poll(0, deadline)  # notice a Close, or a dead socket, first
             except (PihaceError, OSError) as exc:
                 log.warning("connection lost, opening a new one: %s", self._failed(exc))
         connection = self._connection
@@ -1772,20 +1800,25 @@ class AMQPPusher:
         exchange = self.exchange if exchange is None else exchange
         encode_shortstr(routing_key), encode_shortstr(exchange)  # ValueError if too long
         message_id = message_id or self._message_ids.next()
+        timestamp = int(time.time() if timestamp is None else timestamp)
+        if not 0 <= timestamp < 2 ** 63:
+            raise ValueError(f"timestamp must be seconds since 1970, got {timestamp}")
         encoded = encode_properties(dict(
             properties or self._report_properties, headers=headers, message_id=message_id,
-            timestamp=int(time.time() if timestamp is None else timestamp)))
+            timestamp=timestamp))
         return _Message(body, encoded, message_id, exchange, routing_key)
 
     def _deliver(self, messages, deadline):
         """Publish messages in order, then collect their confirms (pipelined).
 
-        Returns {message_id: failure reason or None}; messages without an entry
-        were not confirmed. Raises for connection and channel trouble.
+        Returns {message_id: (acked, reason)}: (True, None) delivered, (True,
+        reason) returned as unroutable, (False, reason) nacked; a message with
+        no entry was not confirmed. Raises for connection and channel trouble.
         """
         connection = self._ready(deadline)
         if connection.protocol.blocked is not None:
             raise PublishError(f"the broker blocks publishers ({connection.protocol.blocked})")
+        connection.outcomes.clear()  # late confirms of an earlier call that gave up
         tags = []
         for index, message in enumerate(messages):
             tag = connection.protocol.publish(
@@ -1795,14 +1828,25 @@ class AMQPPusher:
                 connection.unconfirmed[tag] = message.message_id
                 tags.append((tag, message.message_id))
             if index % 64 == 63:
-                connection.flush(deadline)
-        connection.flush(deadline)
+                connection.send_pending(deadline)
+        connection.send_pending(deadline)
         if not self.confirm:
-            return {message.message_id: None for message in messages}
-        connection.wait_for(lambda: all(tag in connection.outcomes for tag, _ in tags), deadline,
-                            "for the broker to confirm the message"
-                            + ("s" if len(tags) > 1 else ""))
+            return {message.message_id: (True, None) for message in messages}
+        try:
+            connection.wait_for(lambda: all(tag in connection.outcomes for tag, _ in tags),
+                                deadline, "for the broker to confirm")
+        except TimeoutError:
+            if connection.protocol.blocked is None:
+                raise  # a broker that does not answer: the connection is dropped
+            # Blocked after we published: keep the connection, it will resume.
+            raise PublishError(f"the broker blocks publishers ({connection.protocol.blocked}); "
+                               "not confirmed yet") from None
         return {message_id: connection.outcomes.pop(tag) for tag, message_id in tags}
+
+    def _hold_lock(self, deadline):
+        """Take the connection, counting the wait for other threads in the deadline."""
+        if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
+            raise TimeoutError("timed out waiting for another thread's publish to finish")
 
     def publish(self, body, *, headers=None, message_id=None, timestamp=None,
                 routing_key=None, exchange=None):
@@ -1812,27 +1856,33 @@ class AMQPPusher:
         (False, reason). Unlike push(), nothing is kept for a later retry.
         """
         message = self._message(body, headers, message_id, timestamp, routing_key, exchange)
-        with self._lock:
-            try:
-                reason = self._deliver([message], self.clock() + self.timeout)[message.message_id]
-                if reason is not None:
-                    raise PublishError(reason)
-                return True
-            except (PihaceError, OSError) as exc:
-                return False, self._failed(exc)
+        deadline = self.clock() + self.timeout
+        try:
+            self._hold_lock(deadline)
+        except TimeoutError as exc:
+            return False, str(exc)
+        try:
+            acked, reason = self._deliver([message], deadline)[message.message_id]
+            return True if reason is None else (False, reason)
+        except (PihaceError, OSError) as exc:
+            return False, self._failed(exc)
+        finally:
+            self._lock.release()
 
     def push(self):
         """Take a report, put it in the outbox and deliver the outbox.
 
         True once this report is confirmed, else (False, reason): the report
-        then waits in the outbox for the next push.
+        then waits in the outbox for the next push (unless the broker could not
+        route it: retrying would not help).
         """
         if self.healthcheck is None:
             raise ValueError("push() needs the pusher's healthcheck; use publish() to send "
                              "other messages")
         report = self.healthcheck.check(output="dict")
         message = self._message(report, headers={"status": report["status"]})
-        with self._lock:
+        deadline = self.clock() + self.timeout
+        with self._lock:  # the outbox takes the report even while another push runs
             if len(self.outbox) >= self.buffer_size:
                 self.outbox.popleft()
                 self.dropped += 1
@@ -1840,37 +1890,47 @@ class AMQPPusher:
                     log.warning("outbox full (%d reports): dropped the oldest, %d so far",
                                 self.buffer_size, self.dropped)
             self.outbox.append(message)
-            result = self.flush()
-            if result is True or message not in self.outbox:
-                return True
-            return result
+        result, reasons = self._flush(deadline)
+        return True if message.message_id not in reasons else (False, reasons[message.message_id])
 
     def flush(self, timeout=None):
         """Deliver the outbox, oldest first: True when it is empty, else (False, reason)."""
-        with self._lock:
-            deadline = self.clock() + (self.timeout if timeout is None else timeout)
-            failure = None
-            while self.outbox and failure is None:
+        result, _ = self._flush(self.clock() + (self.timeout if timeout is None else timeout))
+        return result
+
+    def _flush(self, deadline):
+        """flush(), and the reason of each message that was not delivered."""
+        try:
+            self._hold_lock(deadline)
+        except TimeoutError as exc:
+            return (False, str(exc)), {message.message_id: str(exc) for message in self.outbox}
+        try:
+            reasons = {}
+            while self.outbox and not reasons:
                 batch = list(itertools.islice(self.outbox, 256))
                 try:
                     outcomes = self._deliver(batch, deadline)
                 except (PihaceError, OSError) as exc:
-                    return False, self._failed(exc)
+                    reason = self._failed(exc)
+                    reasons = {message.message_id: reason for message in self.outbox}
+                    break
                 for message in batch:
-                    reason = outcomes.get(message.message_id, "not confirmed")
-                    if reason is None:
+                    acked, reason = outcomes.get(message.message_id, (False, "not confirmed"))
+                    if acked:  # delivered, or unroutable: sending it again would not help
                         self.outbox.remove(message)
-                    elif failure is None:
-                        failure = reason  # it stays in the outbox, for the next try
-            return True if failure is None else (False, failure)
+                        if reason is not None:
+                            log.warning("report dropped: %s", reason)
+                    if reason is not None:
+                        reasons[message.message_id] = reason
+            first = next(iter(reasons.values()), None)
+            return (True if first is None else (False, first)), reasons
+        finally:
+            self._lock.release()
 
     def _describe(self, exc, parameters):
         """One line saying what went wrong: never the password."""
         reason = str(exc) or type(exc).__name__
-        if len(parameters.password) > 2:  # in case some text quotes it
-            reason = reason.replace(parameters.password, "***")
-        if isinstance(exc, OSError) and not isinstance(exc, TimeoutError) and \
-                "broker" not in reason and ":" not in reason[:30]:
+        if isinstance(exc, OSError) and exc.errno is not None:  # the system's words: name them
             reason = f"{type(exc).__name__}: {reason}"
         if isinstance(exc, ConnectionClosed) and exc.reply_code == 403:
             reason += f"; check the user name and password of {parameters.safe_url}"

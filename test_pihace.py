@@ -828,7 +828,9 @@ def test_url_query_keys():
     ("amqp://u:sekrit@h:abc/", "bad port: 'abc'"),
     ("amqp://u:sekrit@h/?hearbeat=5", "unknown query key 'hearbeat'"),
     ("amqp://u:sekrit@h/?heartbeat=soon", "heartbeat must be a number"),
-    ("amqp://u:sekrit@h/?frame_max=100", "frame_max must be between 4096"),
+    ("amqp://u:sekrit@h/?frame_max=100", "frame_max must be between 8192"),
+    ("amqp://u:sek/rit@h/", "percent-encode"),  # the password would be cut at the /
+    ("amqp://u:1234/5@h/", "percent-encode"),
 ])
 def test_bad_urls_name_the_problem_and_never_the_password(url, words):
     with pytest.raises(ValueError) as raised:
@@ -1239,11 +1241,39 @@ class LoopThread:
 
 
 @pytest.fixture(scope="module")
-def fault_rabbit(rabbit):
-    """A private node for tests that stop, kill or restart the broker."""
+def tls_files(tmp_path_factory):
+    """A test CA (trustme), a server certificate for localhost, a client certificate."""
+    trustme = pytest.importorskip("trustme")
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost")
+    client = ca.issue_cert("pihace-client.example", common_name="pihace-client")
+    files = {name: str(folder / f"{name}.pem") for name in
+             ("ca", "server", "server_key", "client", "client_key", "other_ca")}
+    ca.cert_pem.write_to_path(files["ca"])
+    server.cert_chain_pems[0].write_to_path(files["server"])
+    server.private_key_pem.write_to_path(files["server_key"])
+    client.cert_chain_pems[0].write_to_path(files["client"])
+    client.private_key_pem.write_to_path(files["client_key"])
+    trustme.CA().cert_pem.write_to_path(files["other_ca"])
+    return files
+
+
+@pytest.fixture(scope="module")
+def fault_rabbit(rabbit, tls_files):
+    """A second private node, for tests that stop, kill or restart the broker, with a
+    TLS listener that also takes client certificates (SASL EXTERNAL)."""
     if isinstance(rabbit, ExternalBroker):
         pytest.skip("needs a private RabbitMQ node")
-    node = rabbitnode.RabbitNode(name="pihace-fault")
+    node = rabbitnode.RabbitNode(
+        name="pihace-fault",
+        tls={"cacertfile": tls_files["ca"], "certfile": tls_files["server"],
+             "keyfile": tls_files["server_key"], "verify": "verify_peer",
+             "fail_if_no_peer_cert": "false"},
+        extra_config=["ssl_cert_login_from = common_name", "auth_mechanisms.1 = PLAIN",
+                      "auth_mechanisms.2 = EXTERNAL"])
+    with open(os.path.join(node.dir, "enabled_plugins"), "w") as plugins:
+        plugins.write("[rabbitmq_auth_mechanism_ssl].\n")
     node.start()
     yield node
     node.close()
@@ -1401,3 +1431,88 @@ def test_a_full_outbox_drops_the_oldest_and_counts(caplog):
     assert [sequence(message.body) for message in pusher.outbox] == [3, 4, 5]
     assert pusher.dropped == 2
     assert "outbox full (3 reports): dropped the oldest" in caplog.text
+
+
+# ---------------------------------------------------------------------------
+# transport: TLS against a real RabbitMQ TLS listener
+# ---------------------------------------------------------------------------
+
+def tls_url(node, host="localhost", credentials="guest:sekrit-tls@", query=""):
+    return f"amqps://{credentials}{host}:{node.tls_port}/{query}"
+
+
+@pytest.fixture
+def tls_guest(fault_rabbit):
+    """guest with a known password on the TLS node, so leaks can be searched for."""
+    fault_rabbit.ctl("change_password", "guest", "sekrit-tls")
+    yield
+    fault_rabbit.ctl("change_password", "guest", "guest")
+
+
+def test_tls_with_a_trusted_ca_end_to_end(fault_rabbit, tls_files, tls_guest, unique_queue):
+    url = tls_url(fault_rabbit, query=f"?cacertfile={tls_files['ca']}")
+    with pihace.AMQPPusher(counting_check(), url, unique_queue) as pusher:
+        assert pusher.push() is True
+        listing = fault_rabbit.ctl("list_connections", "ssl", "auth_mechanism", "user")
+    assert "true\tPLAIN\tguest" in listing
+    tls_guest_url = fault_rabbit.url.replace("guest:guest", "guest:sekrit-tls")
+    assert [sequence(body) for _, body in drain(tls_guest_url, unique_queue)] == [1]
+
+
+def test_tls_with_an_ssl_context(fault_rabbit, tls_files, tls_guest, unique_queue):
+    import ssl
+
+    context = ssl.create_default_context(cafile=tls_files["ca"])
+    with pihace.AMQPPusher(None, tls_url(fault_rabbit), unique_queue,
+                           ssl_context=context) as pusher:
+        assert pusher.publish(b"{}") is True
+
+
+def test_tls_client_certificate_logs_in_with_external(fault_rabbit, tls_files, unique_queue):
+    fault_rabbit.ctl("add_user", "pihace-client", "unused-password")
+    fault_rabbit.ctl("set_permissions", "pihace-client", ".*", ".*", ".*")
+    query = (f"?cacertfile={tls_files['ca']}&certfile={tls_files['client']}"
+             f"&keyfile={tls_files['client_key']}")
+    with pihace.AMQPPusher(None, tls_url(fault_rabbit, credentials="", query=query),
+                           unique_queue) as pusher:
+        assert pusher.publish(b"{}") is True
+        listing = fault_rabbit.ctl("list_connections", "auth_mechanism", "user", "peer_cert_subject")
+    assert "EXTERNAL\tpihace-client" in listing
+
+
+@pytest.mark.parametrize("host, query, words", [
+    ("localhost", "", "CERTIFICATE_VERIFY_FAILED"),  # the system store does not know our CA
+    ("localhost", "?cacertfile={other_ca}", "CERTIFICATE_VERIFY_FAILED"),
+    ("127.0.0.1", "?cacertfile={ca}", "IP address mismatch"),
+])
+def test_tls_refuses_what_it_cannot_verify(fault_rabbit, tls_files, tls_guest, host, query,
+                                           words):
+    url = tls_url(fault_rabbit, host=host, query=query.format(**tls_files))
+    started = time.monotonic()
+    result = pihace.AMQPPusher(None, url, timeout=3).publish(b"{}")
+    assert time.monotonic() - started < 5
+    assert result[0] is False and words in result[1], result
+    assert "sekrit-tls" not in result[1]
+
+
+def test_verify_none_is_an_explicit_choice(fault_rabbit, tls_guest):
+    url = tls_url(fault_rabbit, query="?verify=verify_none")
+    with pihace.AMQPPusher(None, url, "tls.verify.none") as pusher:
+        assert pusher.publish(b"{}") is True
+
+
+def test_plain_amqp_to_the_tls_port_is_a_clear_failure(fault_rabbit, tls_guest):
+    url = f"amqp://guest:sekrit-tls@localhost:{fault_rabbit.tls_port}/"
+    started = time.monotonic()
+    result = pihace.AMQPPusher(None, url, timeout=3).publish(b"{}")
+    assert time.monotonic() - started < 5
+    assert result[0] is False and "sekrit-tls" not in result[1]
+    assert "TLS" in result[1] or "closed the connection" in result[1], result
+
+
+def test_ssl_is_imported_only_when_tls_is_used(lone_copy):
+    code = ("import sys, pihace\n"
+            "p = pihace.AMQPPusher(None, 'amqps://h/?verify=verify_none')\n"
+            "print('ssl' in sys.modules)\n")
+    result = run_python(code, cwd=lone_copy)
+    assert result.stdout.strip() == "False", result.stderr
