@@ -1375,6 +1375,7 @@ def test_memory_alarm_blocks_then_the_waiting_reports_arrive(rabbit, unique_queu
                        "delivery after Connection.Unblocked")
         finally:
             loop.stop()
+    assert pusher.connections_opened == 1  # blocked is waited out, not reconnected
     assert "broker blocked publishing: low on memory" in caplog.text
     assert "broker unblocked publishing" in caplog.text
     numbers = [sequence(body) for _, body in drain(rabbit.url, unique_queue)]
@@ -1516,3 +1517,58 @@ def test_ssl_is_imported_only_when_tls_is_used(lone_copy):
             "print('ssl' in sys.modules)\n")
     result = run_python(code, cwd=lone_copy)
     assert result.stdout.strip() == "False", result.stderr
+
+
+# ---------------------------------------------------------------------------
+# pusher: edge cases found in review
+# ---------------------------------------------------------------------------
+
+def test_unroutable_reports_are_reported_once_not_resent(rabbit, pika_channel):
+    pika_channel.exchange_declare("unbound.topic", "topic", durable=True)
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, exchange="unbound.topic",
+                               routing_key="nobody.listens")
+    results = [pusher.push() for _ in range(3)]
+    assert all(r[0] is False and "NO_ROUTE" in r[1] for r in results)
+    assert not pusher.outbox
+    assert pusher._connection.protocol.channels[1].next_tag == 4  # 3 publishes, no resends
+    pusher.close()
+
+
+def test_many_open_files_do_not_break_waiting(rabbit, unique_queue):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("cannot open 1,100 files here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    files = [open(os.devnull) for _ in range(1100)]
+    try:
+        with pihace.AMQPPusher(None, rabbit.url, unique_queue) as pusher:
+            assert pusher.publish(b"{}") is True
+            assert pusher._connection.sock.fileno() >= 1024
+    finally:
+        for file in files:
+            file.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_waiting_for_another_thread_counts_in_the_timeout(fake_broker):
+    broker = fake_broker(silent)
+    pusher = pihace.AMQPPusher(None, broker.url, timeout=1.0)
+    results, threads = [], []
+    started = time.monotonic()
+    for _ in range(3):
+        threads.append(threading.Thread(target=lambda: results.append(pusher.publish(b"{}"))))
+        threads[-1].start()
+    for thread in threads:
+        thread.join(10)
+    assert time.monotonic() - started < 2.0
+    assert sorted(r[1][:9] for r in results) == ["timed out"] * 3
+
+
+def test_timestamps_out_of_range_are_value_errors():
+    pusher = pihace.AMQPPusher(None, "amqp://localhost/")
+    for timestamp in (-1, 2 ** 64):
+        with pytest.raises(ValueError) as raised:
+            pusher.publish(b"{}", timestamp=timestamp)
+        assert "timestamp" in str(raised.value)
