@@ -1572,3 +1572,40 @@ def test_timestamps_out_of_range_are_value_errors():
         with pytest.raises(ValueError) as raised:
             pusher.publish(b"{}", timestamp=timestamp)
         assert "timestamp" in str(raised.value)
+
+
+def test_the_password_never_leaks_on_any_failure_path(rabbit, fake_broker, caplog):
+    password = "Pa55-w0rd-never-shown"
+    base = rabbit.url.replace("guest:guest", f"guest:{password}")
+    rabbit.ctl("add_user", "leaktest", password)
+    rabbit.ctl("set_permissions", "leaktest", ".*", ".*", ".*")
+    good = rabbit.url.replace("guest:guest", f"leaktest:{password}")
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        closed_port = placeholder.getsockname()[1]
+    silent_broker = fake_broker(silent)
+    urls = [
+        base,  # wrong password: ACCESS_REFUSED
+        good + "no-such-vhost",
+        good,  # works: the logs of a good connection
+        f"amqp://guest:{password}@127.0.0.1:{closed_port}/",
+        silent_broker.url.replace("sekrit", password),
+    ]
+    produced = []
+    with caplog.at_level(logging.DEBUG, logger="pihace"):
+        for url in urls:
+            pusher = pihace.AMQPPusher(counting_check(), url, timeout=1)
+            produced += [repr(pusher), str(pusher.push()), str(pusher.publish(b"{}")),
+                         repr(pusher.parameters), pusher.parameters.safe_url]
+            pusher.close()
+        failover = pihace.AMQPPusher(None, [urls[2], urls[0]], timeout=1)
+        produced.append(str(failover.publish(b"{}")))
+        for bad in (f"amqp://u:{password}@h:99/?nope=1", f"amqp://u:{password}@h:x/",
+                    f"ftp://u:{password}@h/"):
+            with pytest.raises(ValueError) as raised:
+                pihace.AMQPPusher(None, bad)
+            produced.append(str(raised.value))
+    everything = "\n".join(produced) + caplog.text
+    assert "ACCESS_REFUSED" in everything and "NOT_ALLOWED" in everything
+    assert "connection refused" in everything and "timed out" in everything
+    assert "connected to amqp://leaktest:***@" in everything
+    assert password not in everything
