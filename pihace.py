@@ -760,8 +760,6 @@ class _Reader:
         return self.take(self.unpack(_long))
 
     def table(self, depth=0):
-        if depth > _MAX_TABLE_DEPTH:
-            raise RemoteProtocolError("field table nested too deeply")
         reader = _Reader(self.longstr())
         table = {}
         while reader.offset < len(reader.data):
@@ -770,6 +768,8 @@ class _Reader:
         return table
 
     def field_value(self, depth):
+        if depth > _MAX_TABLE_DEPTH:  # tables and arrays nested in each other
+            raise RemoteProtocolError("field table nested too deeply")
         tag = self.take(1)
         simple = _FIELD_STRUCTS.get(tag)
         if simple is not None:
@@ -1008,6 +1008,8 @@ class AMQPProtocol:
         if not data:
             self._ended = True
             return
+        if self.state == "closed":
+            return  # nothing more is read: keep memory bounded
         self._decoder.feed(data)
         self._last_received = now
 

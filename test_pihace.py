@@ -19,6 +19,9 @@ import time
 import types
 
 import pytest
+from hypothesis import HealthCheck as HypothesisHealthCheck
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
 
 import pihace
 import rabbitnode
@@ -794,6 +797,407 @@ def test_frames_that_make_no_sense_once_open(data, words):
     with pytest.raises(pihace.RemoteProtocolError) as raised:
         feed(protocol, data, "whole")
     assert words in str(raised.value)
+
+
+# ---------------------------------------------------------------------------
+# AMQP protocol: property-based fuzzing (hypothesis). Whatever the broker sends,
+# next_event() returns events or None, or raises RemoteProtocolError; it never
+# loops and never buffers much more than frame_max. PIHACE_FUZZ_EXAMPLES=20000
+# runs a longer, randomised session; otherwise runs are derandomised.
+# ---------------------------------------------------------------------------
+
+_LONG_FUZZ = os.environ.get("PIHACE_FUZZ_EXAMPLES")
+fuzz = settings(max_examples=int(_LONG_FUZZ or 200), deadline=None, derandomize=not _LONG_FUZZ,
+                suppress_health_check=[HypothesisHealthCheck.too_slow,
+                                       HypothesisHealthCheck.data_too_large])
+HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+
+
+def tune(frame_max, channel_max=2047, heartbeat=60):
+    return frame(1, 0, method_payload(10, 30, channel_max.to_bytes(2, "big")
+                                      + frame_max.to_bytes(4, "big")
+                                      + heartbeat.to_bytes(2, "big")))
+
+
+def ack(tag, multiple=False, nack=False):
+    return frame(1, 1, method_payload(60, 120 if nack else 80,
+                                      tag.to_bytes(8, "big") + bytes([multiple])))
+
+
+def content_header(channel, body_size, properties=b"\x00\x00"):
+    return frame(2, channel, b"\x00\x3c\x00\x00" + body_size.to_bytes(8, "big") + properties)
+
+
+BASIC_RETURN = frame(1, 1, method_payload(60, 50, b"\x01\x38" + sstr("NO_ROUTE") + sstr("")
+                                          + sstr("nowhere")))
+
+# A whole, valid conversation from the broker's side, frame by frame.
+BROKER_FRAMES = [
+    START, TUNE, OPEN_OK,
+    CHANNEL_OPEN_OK,                                            # after the client's Channel.Open
+    SELECT_OK,                                                  # after its Confirm.Select
+    ack(1),
+    BASIC_RETURN, content_header(1, 5, b"\x00\x80" + sstr("id-2")), frame(3, 1, b"he"),
+    frame(3, 1, b"llo"),
+    ack(2),
+    HEARTBEAT,
+    frame(1, 0, method_payload(10, 60, sstr("low on memory"))),  # Connection.Blocked
+    frame(1, 0, method_payload(10, 61)),                         # Connection.Unblocked
+    frame(1, 1, method_payload(20, 20, b"\x01")),                # Channel.Flow active
+    ack(2, multiple=True, nack=True),
+    frame(1, 1, method_payload(20, 40, b"\x01\x94" + sstr("NOT_FOUND") + b"\x00\x3c\x00\x28")),
+    frame(1, 0, method_payload(10, 50, b"\x01\x40" + sstr("CONNECTION_FORCED")
+                               + b"\x00\x00\x00\x00")),
+]
+EXPECTED_EVENTS = [
+    "Connection.Open-Ok", "Channel.Open-Ok", "Confirm.Select-Ok", "Basic.Ack", "Basic.Return",
+    "Basic.Ack", "Connection.Blocked", "Connection.Unblocked", "Channel.Flow", "Basic.Nack",
+    "Channel.Close", "Connection.Close", "ConnectionLost",
+]
+# Valid frames out of their place, for streams put together frame by frame.
+OTHER_FRAMES = [
+    frame(1, 1, method_payload(20, 41)),                        # Channel.Close-Ok
+    frame(1, 0, method_payload(10, 51)),                        # Connection.Close-Ok
+    frame(1, 0, method_payload(10, 20, lstr(b"challenge"))),    # Connection.Secure
+    frame(1, 1, method_payload(50, 11, sstr("q") + b"\x00" * 8)),  # Queue.Declare-Ok
+    frame(1, 1, method_payload(40, 11)),                        # Exchange.Declare-Ok
+    content_header(1, 0), frame(3, 1, b""), frame(8, 1, b""), tune(4096), tune(0),
+]
+# (class, method) of every method a broker may send, and some it may not.
+METHOD_IDS = [(10, 10), (10, 20), (10, 30), (10, 41), (10, 50), (10, 51), (10, 60), (10, 61),
+              (20, 11), (20, 20), (20, 40), (20, 41), (40, 11), (50, 11), (60, 50), (60, 80),
+              (60, 120), (85, 11), (10, 11), (60, 40), (0, 0), (65535, 65535)]
+
+
+class Client:
+    """Plays the client's part: opens channel 1 in confirm mode and publishes on it."""
+
+    def __init__(self, close_after=None):
+        self.close_after = close_after  # call close() after this many events
+        self.seen = 0
+
+    def on_event(self, protocol, event):
+        name = getattr(event, "name", None)
+        if name == "Connection.Open-Ok" and 1 not in protocol.channels:
+            protocol.open_channel(1)
+        elif name == "Channel.Open-Ok":
+            protocol.send_method(1, "Confirm.Select")
+        elif name == "Confirm.Select-Ok":
+            properties = pihace.encode_properties({"message_id": "id-1"})
+            protocol.publish(1, "", "q", b"hello", properties, mandatory=True)
+            protocol.publish(1, "", "q", b"", properties)
+        self.seen += 1
+        if self.seen == self.close_after and protocol.state == "opened":
+            protocol.close()
+        protocol.data_to_send()
+
+
+def split(data, sizes):
+    """data cut into chunks of the given sizes, the rest in one last chunk."""
+    chunks = []
+    for size in sizes:
+        if data:
+            chunks.append(data[:size])
+            data = data[size:]
+    return chunks + ([data] if data else [])
+
+
+def run(protocol, chunks, client=None):
+    """Feed chunks, then the end of the stream, draining next_event() after each.
+
+    Returns the events, ending with ConnectionLost, or with "error" after the first
+    RemoteProtocolError (where a transport drops the connection). Any other exception
+    propagates and fails the test.
+    """
+    events, fed = [], 0
+    for chunk in list(chunks) + [b""]:
+        protocol.receive_data(chunk)
+        fed += len(chunk)
+        while True:
+            try:
+                event = protocol.next_event()
+            except pihace.RemoteProtocolError:
+                return events + ["error"]
+            if event is None:
+                break
+            events.append(event)
+            # each event uses up a frame of at least 8 bytes, except the one ConnectionLost
+            assert len(events) <= fed // 8 + 1, "next_event() keeps returning events"
+            if client is not None:
+                client.on_event(protocol, event)
+        if protocol.state != "closed":
+            assert protocol._decoder.pending < protocol._decoder.frame_max
+    assert isinstance(events[-1], pihace.ConnectionLost), "the end of the stream went unreported"
+    assert protocol.next_event() is None
+    return events
+
+
+chunk_sizes = st.lists(st.integers(1, 64), max_size=30)
+
+
+# ---------------------------------------------------------------------------
+# arbitrary bytes
+# ---------------------------------------------------------------------------
+
+@fuzz
+@given(prefix=st.sampled_from([b"", START, START + TUNE, START + TUNE + OPEN_OK]),
+       data=st.binary(max_size=300), sizes=chunk_sizes)
+def test_arbitrary_bytes_give_events_or_a_remote_protocol_error(prefix, data, sizes):
+    run(pihace.AMQPProtocol(), split(prefix + data, sizes))
+
+
+# ---------------------------------------------------------------------------
+# mutated valid streams
+# ---------------------------------------------------------------------------
+
+def names(events):
+    return [getattr(event, "name", type(event).__name__) for event in events]
+
+
+@pytest.mark.parametrize("sizes", [[], [1] * 2000, [7, 9, 3, 100, 13]])
+def test_the_valid_stream_and_the_client_driving_it(sizes):
+    protocol = pihace.AMQPProtocol()
+    events = run(protocol, split(b"".join(BROKER_FRAMES), sizes), Client())
+    assert names(events) == EXPECTED_EVENTS
+    assert events[4].body_size == 5 and events[4].properties == {"message_id": "id-2"}
+
+
+FIELDS = {"size": (3, 7), "body_size": (11, 19)}  # where they are in a frame (and a header)
+
+
+@st.composite
+def frame_edits(draw):
+    """(frame index, field, delta, value): a new size or content body size, or one a bit off."""
+    field = draw(st.sampled_from(sorted(FIELDS)))
+    start, end = FIELDS[field]
+    return (draw(st.integers(0, len(BROKER_FRAMES) - 1)), field, draw(st.integers(-9, 9)),
+            draw(st.none() | st.integers(0, 256 ** (end - start) - 1)))
+
+
+byte_edits = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 1 << 16), st.integers(1, 255)),
+    st.tuples(st.just("insert"), st.integers(0, 1 << 16), st.binary(min_size=1, max_size=16)),
+    st.tuples(st.just("delete"), st.integers(0, 1 << 16), st.integers(1, 16)),
+    st.tuples(st.just("truncate"), st.integers(0, 1 << 16), st.just(None)),
+)
+
+
+def mutate(frames, edits, byte_ops):
+    frames = [bytearray(f) for f in frames]
+    for index, field, delta, value in edits:
+        data = frames[index]
+        if field == "body_size" and data[0] != 2:
+            continue
+        start, end = FIELDS[field]
+        new = int.from_bytes(data[start:end], "big") + delta if value is None else value
+        data[start:end] = (new % 256 ** (end - start)).to_bytes(end - start, "big")
+    data = bytearray(b"".join(frames))
+    for op, position, argument in byte_ops:
+        position %= len(data) + 1
+        if op == "flip" and position < len(data):
+            data[position] ^= argument
+        elif op == "insert":
+            data[position:position] = argument
+        elif op == "delete":
+            del data[position:position + argument]
+        elif op == "truncate":
+            del data[position:]
+    return bytes(data)
+
+
+@fuzz
+@given(edits=st.lists(frame_edits(), max_size=2), byte_ops=st.lists(byte_edits, max_size=4),
+       sizes=chunk_sizes, close_after=st.none() | st.integers(1, 12))
+def test_mutated_valid_streams(edits, byte_ops, sizes, close_after):
+    data = mutate(BROKER_FRAMES, edits, byte_ops)
+    run(pihace.AMQPProtocol(), split(data, sizes), Client(close_after))
+
+
+@fuzz
+@given(picks=st.lists(st.integers(0, len(BROKER_FRAMES + OTHER_FRAMES) - 1), max_size=25),
+       sizes=chunk_sizes, close_after=st.none() | st.integers(1, 12))
+def test_valid_frames_in_any_order(picks, sizes, close_after):
+    pool = BROKER_FRAMES + OTHER_FRAMES
+    data = START + TUNE + OPEN_OK + b"".join(pool[i] for i in picks)
+    run(pihace.AMQPProtocol(), split(data, sizes), Client(close_after))
+
+
+@fuzz
+@given(methods=st.lists(st.tuples(st.sampled_from([0, 1, 2]), st.sampled_from(METHOD_IDS),
+                                  st.binary(max_size=40)), min_size=1, max_size=6),
+       sizes=chunk_sizes)
+def test_broker_methods_with_arbitrary_arguments(methods, sizes):
+    """Once channel 1 is open in confirm mode, every method the broker may send, any arguments."""
+    data = b"".join(BROKER_FRAMES[:5]) + b"".join(
+        frame(1, channel, method_payload(class_id, method_id, arguments))
+        for channel, (class_id, method_id), arguments in methods)
+    run(pihace.AMQPProtocol(), split(data, sizes), Client())
+
+
+# ---------------------------------------------------------------------------
+# field tables
+# ---------------------------------------------------------------------------
+
+FIXED_SIZES = [(b"b", 1), (b"B", 1), (b"s", 2), (b"u", 2), (b"I", 4), (b"i", 4), (b"l", 8),
+               (b"L", 8), (b"T", 8), (b"f", 4), (b"d", 8), (b"t", 1), (b"D", 5), (b"V", 0)]
+
+
+def field_values(children):
+    """Encoded field values of every tag RabbitMQ sends, nested through A and F."""
+    return st.one_of(
+        st.sampled_from(FIXED_SIZES).flatmap(lambda item: st.binary(
+            min_size=item[1], max_size=item[1]).map(lambda data: item[0] + data)),
+        st.binary(max_size=20).map(lambda data: b"S" + lstr(data)),
+        st.binary(max_size=20).map(lambda data: b"x" + lstr(data)),
+        st.lists(children, max_size=4).map(lambda items: b"A" + lstr(b"".join(items))),
+        st.lists(st.tuples(st.text(max_size=5), children), max_size=4).map(
+            lambda items: b"F" + lstr(b"".join(sstr(key) + value for key, value in items))),
+    )
+
+
+encoded_values = st.recursive(st.just(b"V"), field_values, max_leaves=20)
+
+
+def decode_table(data):
+    """A decoded table, or None for a RemoteProtocolError; nothing else may come out."""
+    try:
+        return pihace._Reader(data).table()
+    except pihace.RemoteProtocolError:
+        return None
+
+
+@fuzz
+@given(data=st.binary(max_size=200))
+def test_arbitrary_table_bytes(data):
+    decode_table(data)
+    decode_table(lstr(data))
+
+
+@fuzz
+@given(items=st.lists(st.tuples(st.text(max_size=5), encoded_values), max_size=5),
+       byte_ops=st.lists(byte_edits, max_size=3))
+def test_mutated_tables(items, byte_ops):
+    table = b"".join(sstr(key) + value for key, value in items)
+    assert decode_table(lstr(table)) is not None
+    decode_table(mutate([lstr(table)], [], byte_ops))
+
+
+@fuzz
+@given(path=st.text(alphabet="AF", max_size=3000))
+@example(path="A" * 2000)
+@example(path="F" * 2000)
+def test_deeply_nested_tables_and_arrays(path):
+    value = b"V"
+    for tag in reversed(path):
+        value = b"A" + lstr(value) if tag == "A" else b"F" + lstr(b"\x01k" + value)
+    try:
+        decode_table(lstr(b"\x01k" + value))
+    except RecursionError:  # reported in one line: a 1,000-frame traceback takes pytest a minute
+        pytest.fail(f"RecursionError decoding values nested {len(path)} deep", pytrace=False)
+
+
+@fuzz
+@given(data=st.binary(max_size=100))
+def test_arbitrary_content_properties(data):
+    try:
+        pihace.decode_properties(pihace._Reader(data))
+    except pihace.RemoteProtocolError:
+        pass
+
+
+def depth(value):
+    return 1 + max(map(depth, value.values()), default=0) if isinstance(value, dict) else 0
+
+
+tables = st.dictionaries(st.text(max_size=63), st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 63, 2 ** 63 - 1) | st.text(),
+    lambda children: st.dictionaries(st.text(max_size=63), children, max_size=5),
+    max_leaves=30), max_size=8)
+
+
+@fuzz
+@given(table=tables)
+def test_tables_round_trip(table):
+    assume(depth(table) <= pihace._MAX_TABLE_DEPTH + 1)
+    assert pihace._Reader(pihace.encode_table(table)).table() == table
+
+
+# ---------------------------------------------------------------------------
+# memory: nothing past frame_max is buffered, whatever size is declared
+# ---------------------------------------------------------------------------
+
+def opened(frame_max=131072, broker_frame_max=131072):
+    protocol = pihace.AMQPProtocol(frame_max=frame_max)
+    data = START + tune(broker_frame_max) + OPEN_OK
+    events = run_without_end(protocol, data)
+    assert [event.name for event in events] == ["Connection.Open-Ok"]
+    protocol.open_channel(1)
+    assert run_without_end(protocol, CHANNEL_OPEN_OK)[0].name == "Channel.Open-Ok"
+    protocol.data_to_send()
+    return protocol
+
+
+def run_without_end(protocol, data):
+    protocol.receive_data(data)
+    return list(iter(protocol.next_event, None))
+
+
+@fuzz
+@given(size=st.one_of(st.integers(0, 2 ** 32 - 1), st.integers(4088, 4089),
+                      st.integers(131063, 131065)),
+       frame_type=st.sampled_from([1, 2, 3, 8]),
+       frame_max=st.sampled_from([4096, 8192, 131072, 1 << 20]),
+       broker_frame_max=st.sampled_from([0, 4096, 65536, 131072, 1 << 24]))
+def test_a_frame_larger_than_frame_max_is_refused_before_it_is_buffered(
+        size, frame_type, frame_max, broker_frame_max):
+    protocol = opened(frame_max, broker_frame_max)
+    limit = protocol._decoder.frame_max
+    assert limit == min(frame_max, broker_frame_max or frame_max)
+    protocol.receive_data(bytes([frame_type]) + b"\x00\x01" + size.to_bytes(4, "big"))
+    if size + 8 > limit:
+        with pytest.raises(pihace.RemoteProtocolError) as raised:
+            protocol.next_event()
+        assert "larger than the frame_max" in str(raised.value)
+        return
+    for start in range(0, size, 4096):  # the payload, but not yet the frame end
+        protocol.receive_data(b"\x00" * min(4096, size - start))
+        assert protocol.next_event() is None
+        assert protocol._decoder.pending < limit
+
+
+@fuzz
+@given(body_size=st.one_of(st.integers(0, 2 ** 64 - 1), st.integers(0, 20000)),
+       frames=st.lists(st.integers(0, 8192 - 8), max_size=8))
+def test_a_huge_declared_body_is_counted_not_kept(body_size, frames):
+    protocol = opened(broker_frame_max=8192)
+    protocol.receive_data(BASIC_RETURN + content_header(1, body_size))
+    received, done = 0, body_size == 0
+    event = protocol.next_event()
+    assert (event is not None) == done
+    for size in frames:
+        protocol.receive_data(frame(3, 1, b"b" * size))
+        received += size
+        if done or received > body_size:
+            with pytest.raises(pihace.RemoteProtocolError):
+                protocol.next_event()
+            return
+        event = protocol.next_event()
+        done = received == body_size
+        assert (event is not None) == done
+        if done:
+            assert event.name == "Basic.Return" and event.body_size == body_size
+        assert protocol._decoder.pending == 0
+
+
+def test_bytes_after_the_connection_closed_are_not_kept():
+    protocol = opened(broker_frame_max=8192)
+    close = frame(1, 0, method_payload(10, 50, b"\x01\x40" + sstr("CONNECTION_FORCED")
+                                       + b"\x00\x00\x00\x00"))
+    assert run_without_end(protocol, close)[0].name == "Connection.Close"
+    for _ in range(100):
+        protocol.receive_data(HEARTBEAT * 1024)
+        assert protocol.next_event() is None
+    assert protocol._decoder.pending < 8192
 
 
 # ---------------------------------------------------------------------------
