@@ -45,10 +45,14 @@ except ImportError:  # psutil is optional: the standard library covers Linux
 
 __version__ = "1.1.0"
 __all__ = [
+    "AMQP",
     "AMQPPusher",
+    "Disk",
+    "HTTP",
     "HealthCheck",
     "PihaceError",
     "SystemInfo",
+    "TCP",
     "calculate_status",
     "format_rate",
     "get_system_info",
@@ -248,7 +252,7 @@ _REASON_LIMIT = 2000  # characters of a checker's message kept in the report
 def _text(value):
     """Any checker message as a JSON-safe string of bounded length."""
     if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
+        value = str(value, "utf-8", "replace")
     elif not isinstance(value, str):
         try:
             value = str(value)
@@ -830,23 +834,53 @@ def encode_method(name, **values):
         _METHOD_ARGUMENTS[class_id, method_id], values)
 
 
+def _encode_property(kind, value):
+    if kind == "shortstr":
+        return encode_shortstr(value)
+    if kind == "table":
+        return encode_table(value)
+    return (_octet if kind == "octet" else _longlong).pack(value)
+
+
+class PropertiesTemplate:
+    """Encodes content properties, the ones that never change only once.
+
+    `fixed` maps property names to values; `varying` names the properties
+    given to encode() for each message (a None value leaves one out).
+    """
+
+    def __init__(self, fixed=None, varying=()):
+        fixed = fixed or {}
+        self.flags, self.segments = 0, []  # bytes for fixed runs, (name, kind, flag) else
+        for index, (name, kind) in enumerate(BASIC_PROPERTIES):
+            flag = 1 << (15 - index)
+            if name in varying:
+                self.segments.append((name, kind, flag))
+            elif fixed.get(name) is not None:
+                self.flags |= flag
+                encoded = _encode_property(kind, fixed[name])
+                if self.segments and isinstance(self.segments[-1], bytes):
+                    self.segments[-1] += encoded
+                else:
+                    self.segments.append(encoded)
+
+    def encode(self, **values):
+        flags, parts = self.flags, []
+        for segment in self.segments:
+            if segment.__class__ is bytes:
+                parts.append(segment)
+                continue
+            name, kind, flag = segment
+            value = values.get(name)
+            if value is not None:
+                flags |= flag
+                parts.append(_encode_property(kind, value))
+        return _short.pack(flags) + b"".join(parts)
+
+
 def encode_properties(properties):
     """The property flags and values of a content header, from a dict."""
-    flags, parts = 0, []
-    for index, (name, kind) in enumerate(BASIC_PROPERTIES):
-        value = properties.get(name)
-        if value is None:
-            continue
-        flags |= 1 << (15 - index)
-        if kind == "shortstr":
-            parts.append(encode_shortstr(value))
-        elif kind == "table":
-            parts.append(encode_table(value))
-        elif kind == "octet":
-            parts.append(_octet.pack(value))
-        else:
-            parts.append(_longlong.pack(int(value)))
-    return _short.pack(flags) + b"".join(parts)
+    return PropertiesTemplate(varying=properties).encode(**properties)
 
 
 def decode_properties(reader):
@@ -994,6 +1028,7 @@ class AMQPProtocol:
         self.channels = {}
         self._decoder = FrameDecoder(DEFAULT_FRAME_MAX)
         self._outbox = [PROTOCOL_HEADER]
+        self._publish_frames = {}
         self._content = None  # [Method, expected body size, received] while content arrives
         self._ended = False
         self._last_received = self._last_sent = None
@@ -1179,7 +1214,7 @@ class AMQPProtocol:
             raise RemoteProtocolError(f"the broker speaks AMQP {args['version_major']}-"
                                       f"{args['version_minor']}, not 0-9-1")
         self.server_properties = args["server_properties"]
-        offered = args["mechanisms"].decode("utf-8", "replace").split()  # "AMQPLAIN PLAIN"
+        offered = str(args["mechanisms"], "utf-8", "replace").split()  # "AMQPLAIN PLAIN"
         mechanism = next((m for m in self.mechanisms if m in offered), None)
         if mechanism is None:
             raise RemoteProtocolError(f"the broker does not offer the {' or '.join(self.mechanisms)}"
@@ -1241,10 +1276,14 @@ class AMQPProtocol:
         state = self.channels.get(channel)
         if state is None or state.state != "open":
             raise LocalProtocolError(f"cannot publish: channel {channel} is not open")
-        self._outbox.append(
-            encode_frame(FRAME_METHOD, channel, encode_method(
+        key = (channel, exchange, routing_key, mandatory)
+        method = self._publish_frames.get(key)
+        if method is None:  # the same few destinations over and over: encode each once
+            if len(self._publish_frames) > 64:
+                self._publish_frames.clear()
+            method = self._publish_frames[key] = encode_frame(FRAME_METHOD, channel, encode_method(
                 "Basic.Publish", exchange=exchange, routing_key=routing_key, mandatory=mandatory))
-            + encode_content(channel, properties, body, self.frame_max))
+        self._outbox.append(method + encode_content(channel, properties, body, self.frame_max))
         if not state.confirming:
             return None
         state.next_tag += 1
@@ -1374,13 +1413,22 @@ def platform_version():
     return ".".join(str(part) for part in sys.version_info[:3])
 
 
-def _readable(sock, timeout):
-    """Wait until sock can be read; poll() where there is one (select() stops at fd 1024)."""
+def _wait_io(sock, writing, timeout):
+    """Wait until sock can be read (or written): poll() where there is one, since
+    select() fails past file descriptor 1024. False when the time ran out."""
     if hasattr(select, "poll"):
         poller = select.poll()
-        poller.register(sock, select.POLLIN)
+        poller.register(sock, select.POLLOUT if writing else select.POLLIN)
         return bool(poller.poll(math.ceil(timeout * 1000)))
-    return bool(select.select([sock], [], [], timeout)[0])
+    readers, writers = ([], [sock]) if writing else ([sock], [])
+    return any(select.select(readers, writers, [], timeout)[:2])
+
+
+def _create_connection(address, timeout):
+    host, port = address
+    if host.isascii():  # as bytes: str would load the idna codec and unicodedata
+        host = host.encode()
+    return socket.create_connection((host, port), timeout)
 
 
 class BlockingConnection:
@@ -1392,10 +1440,11 @@ class BlockingConnection:
     def __init__(self, parameters, protocol, *, socket_factory=None, ssl_context=None,
                  clock=time.monotonic):
         self.parameters, self.protocol = parameters, protocol
-        self.socket_factory = socket_factory or socket.create_connection
+        self.socket_factory = socket_factory or _create_connection
         self.ssl_context = ssl_context
         self.clock = clock
         self.sock = None
+        self._would_block = (BlockingIOError, InterruptedError)
         self.replies = []  # Methods for the caller: Declare-Ok, Select-Ok ...
         self.outcomes = {}  # delivery tag -> (acked, None or the reason it failed)
         self.unconfirmed = collections.OrderedDict()  # delivery tag -> message_id
@@ -1429,6 +1478,7 @@ class BlockingConnection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.parameters.tls:
                 sock = self._start_tls(sock, deadline)
+            sock.setblocking(False)  # every wait is a poll() with a deadline
             self.sock = sock
             self.send_pending(deadline)
             self.wait_for(lambda: self.protocol.state == "opened", deadline,
@@ -1438,6 +1488,10 @@ class BlockingConnection:
             raise
 
     def _start_tls(self, sock, deadline):
+        import ssl
+
+        # a non-blocking TLS socket says "try again" with these
+        self._would_block += (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         context = self.ssl_context or self.parameters.ssl_context()
         sock.settimeout(self._deadline_left(deadline, "during the TLS handshake"))
         return context.wrap_socket(sock, server_hostname=self.parameters.server_name_indication
@@ -1457,15 +1511,20 @@ class BlockingConnection:
     def send_pending(self, deadline):
         """Send what the protocol has queued, all of it before the deadline."""
         data = memoryview(self.protocol.data_to_send(self.clock()))
-        while data:
-            # A timeout per send(), renewed with what is left: sendall() on a TLS
-            # socket would apply it to each piece. A blocked broker stops reading.
-            self.sock.settimeout(self._deadline_left(deadline, "sending to the broker"))
-            try:
-                data = data[self.sock.send(data):]
-            except socket.timeout:
-                raise TimeoutError("timed out sending to the broker "
-                                   "(it stopped reading: blocked, or overloaded?)") from None
+        try:
+            while data:
+                try:
+                    data = data[self.sock.send(data):]
+                except self._would_block:
+                    pass
+                # the socket's buffer is full: a blocked broker stops reading
+                if data and not _wait_io(self.sock, True, self._deadline_left(
+                        deadline, "sending to the broker")):
+                    raise TimeoutError("timed out sending to the broker "
+                                       "(it stopped reading: blocked, or overloaded?)")
+        except BaseException:  # Ctrl-C included: a frame cut half-way breaks the stream
+            self.abort()
+            raise
 
     def wait_for(self, condition, deadline, doing):
         """Read and handle broker frames until condition() is true."""
@@ -1496,16 +1555,18 @@ class BlockingConnection:
         wait = max(wait, 0.0)
         if heartbeat_in is not None:
             wait = min(wait, heartbeat_in)
-        pending = getattr(self.sock, "pending", None)  # TLS may hold decrypted bytes
-        if not (pending and pending()) and not _readable(self.sock, wait):
+        if not self.has_data(wait):
             return
-        # Readable, yet a TLS socket may hold only part of a record: a short timeout.
-        self.sock.settimeout(max(wait, 0.05))
         try:
             data = self.sock.recv(1 << 16)
-        except (socket.timeout, InterruptedError):
+        except self._would_block:  # TLS: only part of a record has come
             return
         self.protocol.receive_data(data, self.clock())
+
+    def has_data(self, wait=0.0):
+        """Has the broker sent something (within `wait` seconds)?"""
+        pending = getattr(self.sock, "pending", None)  # TLS may hold decrypted bytes
+        return bool(pending and pending()) or _wait_io(self.sock, False, wait)
 
     def _handle_events(self):
         while True:
@@ -1683,10 +1744,10 @@ class AMQPPusher:
         self._stop = threading.Event()
         self._message_ids = _MessageIds()
         app_id = getattr(healthcheck, "component_name", None)
-        self._report_properties = {
-            "content_type": "application/json", "content_encoding": "utf-8",
-            "delivery_mode": 2, "type": "pihace.health", "app_id": app_id and str(app_id),
-        }
+        self._properties = PropertiesTemplate(
+            {"content_type": "application/json", "content_encoding": "utf-8",
+             "delivery_mode": 2, "type": "pihace.health", "app_id": app_id and str(app_id)},
+            varying=("headers", "message_id", "timestamp"))
 
     def __repr__(self):
         return (f"<AMQPPusher {self.parameters.safe_url} exchange={self.exchange!r} "
@@ -1739,7 +1800,7 @@ class AMQPPusher:
     def _ready(self, deadline):
         """An open connection and channel, with the destination declared."""
         connection = self._connection
-        if connection is not None and connection.is_open:
+        if connection is not None and connection.is_open and connection.has_data():
             try:
                 connection.poll(0, deadline)  # notice a Close, or a dead socket, first
             except (PihaceError, OSError) as exc:
@@ -1785,7 +1846,7 @@ class AMQPPusher:
     # -- publishing -----------------------------------------------------------
 
     def _message(self, body, headers=None, message_id=None, timestamp=None, routing_key=None,
-                 exchange=None, properties=None):
+                 exchange=None):
         """Check and encode a message; ValueError for what can never be sent."""
         if isinstance(body, dict):
             try:
@@ -1798,16 +1859,20 @@ class AMQPPusher:
             body = bytes(body)
         elif not isinstance(body, bytes):
             raise ValueError(f"a message body must be bytes or a dict, not {type(body).__name__}")
-        routing_key = self.routing_key if routing_key is None else routing_key
-        exchange = self.exchange if exchange is None else exchange
-        encode_shortstr(routing_key), encode_shortstr(exchange)  # ValueError if too long
+        if routing_key is None:
+            routing_key = self.routing_key  # checked by the constructor
+        else:
+            encode_shortstr(routing_key)  # a ValueError if too long
+        if exchange is None:
+            exchange = self.exchange
+        else:
+            encode_shortstr(exchange)
         message_id = message_id or self._message_ids.next()
         timestamp = int(time.time() if timestamp is None else timestamp)
         if not 0 <= timestamp < 2 ** 63:
             raise ValueError(f"timestamp must be seconds since 1970, got {timestamp}")
-        encoded = encode_properties(dict(
-            properties or self._report_properties, headers=headers, message_id=message_id,
-            timestamp=timestamp))
+        encoded = self._properties.encode(headers=headers, message_id=message_id,
+                                          timestamp=timestamp)
         return _Message(body, encoded, message_id, exchange, routing_key)
 
     def _deliver(self, messages, deadline):
@@ -1995,7 +2060,6 @@ class AMQPPusher:
                 self._wait(wake - self.clock(), stop_event)
         except KeyboardInterrupt:
             log.info("interrupted: stopping")
-            self._drop()  # a send may have been cut half-way
         finally:
             if self.outbox:
                 self.flush(timeout=min(self.timeout, 5.0))
@@ -2042,16 +2106,153 @@ class _MessageIds:
 
 
 # ---------------------------------------------------------------------------
+# built-in checkers: callables for HealthCheck.register() that never raise for
+# what they check: True or (True, detail) when it is fine, else (False, reason)
+# ---------------------------------------------------------------------------
+
+def _number(name, value, valid, expected):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def _seconds(value):
+    return float(_number("timeout", value, lambda v: 0 < v < 1e6, "a positive number of seconds"))
+
+
+def _os_reason(exc):
+    """An OSError in a few words: "connection refused", "timed out" ..."""
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name: {exc.strerror}"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return reason[:1].lower() + reason[1:]
+
+
+class TCP:
+    """Passes when a TCP connection to host:port opens within `timeout` seconds."""
+
+    def __init__(self, host, port, timeout=5):
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"host must be a host name or an IP address, got {host!r}")
+        self.host, self.timeout = host, _seconds(timeout)
+        self.port = _number("port", port, lambda v: isinstance(v, int) and 0 < v < 65536,
+                            "an integer from 1 to 65535")
+
+    def __call__(self):
+        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        try:
+            socket.create_connection((self.host, self.port), self.timeout).close()
+        except OSError as exc:
+            return False, f"cannot connect to {where}: {_os_reason(exc)}"
+        return True, f"connected to {where}"
+
+
+class HTTP:
+    """pihace 1.0.0's HTTP plugin: GET `url`; a 2xx or 3xx answer passes.
+
+    Redirects are not followed (a 3xx is the service's answer), so the
+    reason of a failure is the status of `url` itself, or what stopped it.
+    """
+
+    def __init__(self, url, timeout=5):
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(url)
+            valid = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
+        except (TypeError, ValueError, AttributeError):  # not a string, or a bad port
+            valid = False
+        if not valid:
+            raise ValueError("url must be an http:// or https:// URL with a host and a valid port")
+        self.url, self.timeout = url, _seconds(timeout)
+        self._opener = None
+
+    def __call__(self):
+        import http.client  # here, not at the top: slow to import, and only HTTP needs them
+        import urllib.error
+        import urllib.request
+
+        if self._opener is None:
+            class NoRedirects(urllib.request.HTTPRedirectHandler):
+                def redirect_request(self, *args):
+                    return None  # urlopen() raises HTTPError with the 3xx instead
+
+            self._opener = urllib.request.build_opener(NoRedirects)
+        request = urllib.request.Request(self.url, headers={"User-Agent": f"pihace/{__version__}"})
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                status, phrase = response.status, response.reason
+        except urllib.error.HTTPError as exc:
+            status, phrase = exc.code, exc.reason
+            exc.close()
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            exc = getattr(exc, "reason", exc)  # a URLError's reason: an OSError or a string
+            return False, "GET failed: " + (_os_reason(exc) if isinstance(exc, OSError) else
+                                            _text(exc) or type(exc).__name__)
+        return 200 <= status < 400, f"HTTP {status} {phrase}".rstrip()
+
+
+class Disk:
+    """Fails when the file system holding `path` has less than `min_free_percent` free."""
+
+    def __init__(self, path, min_free_percent):
+        if not isinstance(path, (str, bytes, os.PathLike)) or not os.fspath(path):
+            raise ValueError(f"path must be a path, got {path!r}")
+        self.path = os.fspath(path)
+        self.min_free_percent = _number("min_free_percent", min_free_percent,
+                                        lambda v: 0 <= v <= 100, "a percentage from 0 to 100")
+
+    def __call__(self):
+        try:
+            usage = shutil.disk_usage(self.path)
+        except OSError as exc:
+            return False, f"cannot read the free space of {self.path!r}: {_os_reason(exc)}"
+        free = 100.0 * usage.free / usage.total if usage.total else 0.0
+        detail = f"{free:.1f}% free ({usage.free / 2 ** 30:.1f} GiB)"
+        if free < self.min_free_percent:
+            return False, f"{detail}, below {self.min_free_percent:g}%"
+        return True, detail
+
+
+class AMQP:
+    """Passes when an AMQP connection (login and vhost included) opens to `url`.
+
+    Opens and closes a connection per check; the reason never shows the password.
+    """
+
+    def __init__(self, url, timeout=5):
+        try:
+            self.safe_url = AMQPParameters(url).safe_url
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc).replace("amqp_url", "url", 1)) from None
+        self.url, self.timeout = url, _seconds(timeout)
+
+    def __call__(self):
+        pusher = AMQPPusher(None, self.url, timeout=self.timeout, connection_name="pihace check")
+        try:
+            pusher._connect(pusher.clock() + self.timeout)
+        except (PihaceError, OSError) as exc:
+            return False, pusher._describe(exc, pusher.parameters)
+        finally:
+            pusher.close()
+        return True, f"connected to {self.safe_url}"
+
+
+# ---------------------------------------------------------------------------
 # compatibility: pihace 1.0.0's module names point at this one file
 # ---------------------------------------------------------------------------
 
 def _register_aliases():
     module = sys.modules[__name__]
     sys.modules.setdefault("pihace", module)
-    for alias in ("healthcheck", "pusher", "pusher.messaging", "system_info", "utils"):
+    for alias in ("healthcheck", "pusher", "pusher.messaging", "system_info", "utils",
+                  "plugins", "plugins.http"):
         sys.modules.setdefault(f"pihace.{alias}", module)
     # ``import pihace.pusher.messaging`` then reaches attributes of the parent
-    for attribute in ("healthcheck", "pusher", "messaging", "system_info", "utils"):
+    for attribute in ("healthcheck", "pusher", "messaging", "system_info", "utils", "plugins",
+                      "http"):
         setattr(module, attribute, module)
 
 
@@ -2062,11 +2263,160 @@ _register_aliases()
 # command line
 # ---------------------------------------------------------------------------
 
+_EXAMPLES = """\
+examples:
+  pihace                      this machine's report as JSON, as `pihace check` prints it
+  pihace check --format str --tcp db=localhost:5432 --http web=http://localhost:8080/health
+  pihace check --no-system --disk data=/var/lib/app:10 --amqp mq=amqp://guest:guest@localhost/
+  PIHACE_AMQP_PASSWORD=secret pihace push --url amqp://app@broker/ --name app \\
+      --component-version 1.2 --interval 60
+
+exit codes: 0 Available (push: confirmed), 1 Partially Available, 2 Unavailable (push: not
+confirmed), 3 usage or internal error. Environment: PIHACE_AMQP_URL, PIHACE_AMQP_PASSWORD.
+"""
+_CHECK_OPTIONS = {  # --option: (its value, what makes the check pass)
+    "tcp": ("NAME=HOST:PORT", "a TCP connection opens ([::1]:5672 for IPv6)"),
+    "http": ("NAME=URL", "a GET answers 2xx or 3xx (redirects are not followed)"),
+    "disk": ("NAME=PATH:MIN_FREE_PERCENT", "at least that much space is free"),
+    "amqp": ("NAME=URL", "an AMQP connection opens"),
+}
+
+
+def _checker(kind, spec, http_timeout):
+    """(name, checker) from --tcp/--http/--disk/--amqp NAME=...; ValueError if malformed."""
+    name, _, target = spec.partition("=")
+    if not name or not target or "://" in name:
+        raise ValueError(f"expected {_CHECK_OPTIONS[kind][0]}")
+    if kind in ("http", "amqp"):
+        return name, HTTP(target, http_timeout) if kind == "http" else AMQP(target)
+    head, _, tail = target.rpartition(":")
+    if not head or not tail.replace(".", "", kind == "disk").isdigit():
+        raise ValueError(f"expected {_CHECK_OPTIONS[kind][0]}, a number after the last ':'")
+    if kind == "disk":
+        return name, Disk(head, float(tail))
+    host = head[1:-1] if head.startswith("[") and head.endswith("]") else head
+    if ":" in head and host == head:
+        raise ValueError("write an IPv6 address in brackets, as in [::1]:5672")
+    return name, TCP(host, int(tail))
+
+
+def _amqp_urls(urls, password):
+    """--url (else PIHACE_AMQP_URL), with PIHACE_AMQP_PASSWORD percent-encoded into each."""
+    from urllib.parse import quote, urlsplit
+
+    urls = urls or [os.environ.get("PIHACE_AMQP_URL") or ""]
+    if not urls[0]:
+        raise ValueError("push needs --url or PIHACE_AMQP_URL")
+    for index, parts in enumerate(map(urlsplit, urls if password else ())):
+        user, at, host = parts.netloc.rpartition("@")
+        user = user.partition(":")[0] if at else "guest"
+        urls[index] = parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
+    return urls
+
+
 def main(argv=None):
-    """Print this machine's health report as JSON; the exit code follows the status."""
-    report = HealthCheck(with_system=True).check("dict")
-    print(json.dumps(report, indent=4))
-    return {"Available": 0, "Partially Available": 1}.get(report["status"], 2)
+    """The ``pihace`` command: ``check`` (the default) or ``push``; returns the exit code."""
+    import argparse  # here, not at the top: importing pihace should not pay for it
+    import signal
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line and exit code 3, instead of usage and 2
+            self.exit(3, f"pihace: error: {message}\n")
+
+    common = Parser(add_help=False)
+    common.add_argument("--name", help="component name in the report")
+    common.add_argument("--component-version", metavar="VERSION")
+    common.add_argument("--system", action="store_true", default=True,
+                        help="include system information (default)")
+    common.add_argument("--no-system", dest="system", action="store_false")
+    for kind, (metavar, passes) in _CHECK_OPTIONS.items():
+        common.add_argument(f"--{kind}", action="append", default=[], metavar=metavar,
+                            help=f"a check that passes when {passes}; repeatable")
+    common.add_argument("--http-timeout", type=float, default=5.0, metavar="SECONDS")
+    common.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="of messages on stderr (default: INFO with --interval, else WARNING)")
+    parser = Parser(prog="pihace", description="Health checks, printed or pushed to an AMQP "
+                    "broker.", epilog=_EXAMPLES, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pihace {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{check,push}")
+    check = commands.add_parser("check", parents=[common], help="print the report (default)")
+    check.add_argument("--format", choices=("json", "str"), default="json")
+    push = commands.add_parser("push", parents=[common], help="publish the report to a queue")
+    push.add_argument("--url", action="append", help="amqp[s]:// URL; repeat for failover")
+    push.add_argument("--queue", default="pihace.healthcheck")
+    push.add_argument("--exchange", default="")
+    push.add_argument("--routing-key", help="default: the queue name")
+    push.add_argument("--interval", type=float, metavar="SECONDS",
+                      help="push every SECONDS until stopped (default: once)")
+    push.add_argument("--buffer-size", type=int, default=1000, metavar="REPORTS")
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "check")
+    handler, previous_level = logging.StreamHandler(), log.level
+    handler.setFormatter(logging.Formatter("%(asctime)s pihace %(levelname)s: %(message)s"))
+    try:
+        args = parser.parse_args(argv)
+        looping = args.command == "push" and args.interval is not None
+        log.addHandler(handler)
+        log.setLevel(args.log_level or ("INFO" if looping else "WARNING"))
+        if not 0 < args.http_timeout < 1e6:
+            parser.error("--http-timeout must be a positive number of seconds")
+        hc = HealthCheck(with_system=args.system, name=args.name, version=args.component_version)
+        for kind in _CHECK_OPTIONS:
+            for spec in getattr(args, kind):
+                name = spec.partition("=")[0] if "=" in spec else ""
+                shown = f" {name}" if name and "://" not in name else ""  # never a password
+                try:
+                    name, checker = _checker(kind, spec, args.http_timeout)
+                    if name in hc.checkers:
+                        raise ValueError("a second check with this name")
+                except ValueError as exc:
+                    parser.error(f"--{kind}{shown}: {exc}")
+                hc.register(name, checker, timeout=getattr(checker, "timeout", 4) + 1)
+        if args.command == "check":
+            report = hc.check("dict")
+            print(format_report(report, args.format))
+            return {"Available": 0, "Partially Available": 1}.get(report["status"], 2)
+        try:
+            urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
+            pusher = AMQPPusher(hc, urls, args.queue, exchange=args.exchange,
+                                routing_key=args.routing_key, buffer_size=args.buffer_size)
+            if looping:
+                _positive("--interval", args.interval)
+        except (TypeError, ValueError) as exc:
+            parser.error(str(exc).replace("amqp_url", "--url"))
+        if not looping:
+            with pusher:
+                result = pusher.push()
+            if result is not True:
+                print(f"pihace: not delivered: {result[1]}", file=sys.stderr)
+            return 0 if result is True else 2
+
+        def stop(*_):  # SIGTERM or a first Ctrl-C: end the round, then close cleanly
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one interrupts
+            pusher.stop()
+
+        signals = (signal.SIGTERM, signal.SIGINT)
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = [signal.signal(number, stop) for number in signals] if in_main_thread else []
+        try:
+            pusher.push_forever_in_loop(args.interval)
+        finally:
+            for number, previous_handler in zip(signals, previous):
+                signal.signal(number, previous_handler)
+        return 0
+    except SystemExit as exc:  # from argparse: --help and --version (0), or an error (3)
+        return exc.code if isinstance(exc.code, int) else 3
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        log.debug("internal error", exc_info=True)
+        print(f"pihace: internal error: {_describe_exception(exc)}", file=sys.stderr)
+        return 3
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous_level)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,8 @@ def test_source_is_python_3_8_compatible():
                              "--eval-annotations", os.path.join(HERE, "pihace.py")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "incompatible" not in result.stdout, result.stdout
+    assert re.search(r"Minimum required versions: 3\.[0-8]$", result.stdout, re.M), result.stdout
 
 
 def test_no_deprecation_warnings_in_use(lone_copy):
@@ -2013,3 +2015,319 @@ def test_the_password_never_leaks_on_any_failure_path(rabbit, fake_broker, caplo
     assert "connection refused" in everything and "timed out" in everything
     assert "connected to amqp://leaktest:***@" in everything
     assert password not in everything
+
+
+# ---------------------------------------------------------------------------
+# built-in checkers
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def web():
+    """A local HTTP server: /ok 200, /redirect 302 to /fail, /fail 500, /missing 404."""
+    import http.server
+
+    answers = {"/ok": 200, "/redirect": 302, "/fail": 500, "/missing": 404}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            server.paths.append(self.path)
+            self.send_response(answers.get(self.path, 404))
+            if self.path == "/redirect":
+                self.send_header("Location", "/fail")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.paths = []
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback port where nothing listens."""
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        return placeholder.getsockname()[1]
+
+
+def test_tcp_checker(closed_port):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        assert pihace.TCP("127.0.0.1", port)() == (True, f"connected to 127.0.0.1:{port}")
+    assert pihace.TCP("127.0.0.1", closed_port)() == (
+        False, f"cannot connect to 127.0.0.1:{closed_port}: connection refused")
+    passed, reason = pihace.TCP("no-such-host.invalid", 80)()
+    assert passed is False and "cannot resolve the host name" in reason
+
+
+def test_tcp_checker_with_ipv6():
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with listener:
+        port = listener.getsockname()[1]
+        assert pihace.TCP("::1", port)() == (True, f"connected to [::1]:{port}")
+
+
+def test_http_checker_passes_2xx_and_3xx_without_following_redirects(web):
+    assert pihace.HTTP(web.url + "/ok")() == (True, "HTTP 200 OK")
+    assert pihace.HTTP(web.url + "/redirect")() == (True, "HTTP 302 Found")
+    assert web.paths == ["/ok", "/redirect"]  # /fail, where the redirect points, never asked
+    assert pihace.HTTP(web.url + "/fail")() == (False, "HTTP 500 Internal Server Error")
+    assert pihace.HTTP(web.url + "/missing", timeout=2)() == (False, "HTTP 404 Not Found")
+
+
+def test_http_checker_network_errors_are_reasons(closed_port):
+    assert pihace.HTTP(f"http://127.0.0.1:{closed_port}/")() == (
+        False, "GET failed: connection refused")
+    with socket.create_server(("127.0.0.1", 0)) as silent_server:  # accepts, never answers
+        started = time.monotonic()
+        result = pihace.HTTP(f"http://127.0.0.1:{silent_server.getsockname()[1]}/",
+                             timeout=0.3)()
+    assert result == (False, "GET failed: timed out")
+    assert time.monotonic() - started < 3
+
+
+def test_disk_checker(tmp_path):
+    usage = shutil.disk_usage(tmp_path)
+    free = 100.0 * usage.free / usage.total
+    passed, detail = pihace.Disk(tmp_path, max(0.0, free - 1))()
+    assert passed is True and detail.startswith(f"{free:.1f}% free (")
+    passed, reason = pihace.Disk(str(tmp_path), min(100.0, free + 1))()
+    assert passed is False and reason.startswith(f"{free:.1f}% free (")
+    assert reason.endswith(f"below {min(100.0, free + 1):g}%")
+    passed, reason = pihace.Disk(tmp_path / "missing", 1)()
+    assert passed is False and "no such file or directory" in reason
+
+
+def test_amqp_checker(rabbit, closed_port):
+    safe_url = pihace.AMQPParameters(rabbit.url).safe_url
+    assert pihace.AMQP(rabbit.url)() == (True, f"connected to {safe_url}")
+    passed, reason = pihace.AMQP(rabbit.url.replace("guest:guest", "guest:sekrit-pw"))()
+    assert passed is False and "ACCESS_REFUSED" in reason and "sekrit-pw" not in reason
+    passed, reason = pihace.AMQP(f"amqp://u:sekrit@127.0.0.1:{closed_port}/", timeout=1)()
+    assert passed is False and "connection refused" in reason and "sekrit" not in reason
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: pihace.TCP("", 80), "host"),
+    (lambda: pihace.TCP("h", 0), "port"),
+    (lambda: pihace.TCP("h", "80"), "port"),
+    (lambda: pihace.TCP("h", 80, timeout=0), "timeout"),
+    (lambda: pihace.HTTP("ftp://h/"), "url"),
+    (lambda: pihace.HTTP("http://h:99999/"), "url"),
+    (lambda: pihace.HTTP(None), "url"),
+    (lambda: pihace.HTTP("http://h/", timeout=True), "timeout"),
+    (lambda: pihace.Disk("", 10), "path"),
+    (lambda: pihace.Disk("/", 101), "min_free_percent"),
+    (lambda: pihace.Disk("/", float("nan")), "min_free_percent"),
+    (lambda: pihace.AMQP("http://u:sekrit@h/"), "url must start with amqp://"),
+    (lambda: pihace.AMQP(None), "url"),
+    (lambda: pihace.AMQP("amqp://h/", timeout=-1), "timeout"),
+])
+def test_checker_arguments_are_checked(make, words):
+    with pytest.raises(ValueError) as raised:
+        make()
+    assert words in str(raised.value) and "sekrit" not in str(raised.value)
+
+
+# ---------------------------------------------------------------------------
+# command line: check
+# ---------------------------------------------------------------------------
+
+def run_main(capsys, *args):
+    """main(args) -> (exit code, stdout, stderr)."""
+    code = pihace.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_main_check_runs_the_built_in_checks(capsys, web, tmp_path, closed_port):
+    code, out, err = run_main(
+        capsys, "check", "--no-system", "--name", "app", "--component-version", "1.2",
+        "--http", f"web={web.url}/ok", "--disk", f"data={tmp_path}:0",
+        "--tcp", f"db=127.0.0.1:{closed_port}")
+    assert (code, err) == (1, "")
+    report = json.loads(out)
+    assert report["status"] == "Partially Available" and report["system"] is None
+    assert report["component"] == {"name": "app", "version": "1.2"}
+    assert report["checks"]["web"]["message"] == "HTTP 200 OK"
+    assert "% free" in report["checks"]["data"]["message"]
+    assert report["failure"] == {"db": f"cannot connect to 127.0.0.1:{closed_port}: "
+                                       "connection refused"}
+
+
+@pytest.mark.parametrize("checks, code", [
+    ([], 0),
+    (["--http", "/ok"], 0),
+    (["--http", "/ok", "--http", "/fail"], 1),
+    (["--http", "/fail"], 2),
+])
+def test_main_check_exit_code_follows_the_status(capsys, web, checks, code):
+    checks = [f"{arg[1:]}={web.url}{arg}" if arg.startswith("/") else arg for arg in checks]
+    assert run_main(capsys, "check", "--no-system", *checks)[0] == code
+
+
+def test_main_check_str_format_and_system_by_default(capsys, web):
+    code, out, err = run_main(capsys, "check", "--format", "str", "--http", f"w={web.url}/fail")
+    assert code == 2
+    assert out.startswith("Status: Unavailable (0/1 healthy)\n")
+    assert " - w: HTTP 500 Internal Server Error\n" in out and "\nSystem: CPU " in out
+
+
+def test_main_without_a_command_is_check(capsys):
+    code, out, _ = run_main(capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert report["status"] == "Available" and report["system"]["python_version"]
+    code, out, _ = run_main(capsys, "--no-system", "--format", "str")
+    assert code == 0 and out == f"Status: Available (0/0 healthy)\nTimestamp: {out.split()[-1]}\n"
+
+
+def test_main_help_and_version(capsys):
+    code, out, err = run_main(capsys, "--help")
+    assert code == 0 and "examples:" in out and "PIHACE_AMQP_PASSWORD" in out
+    code, out, err = run_main(capsys, "push", "--help")
+    assert code == 0 and "--interval" in out and "--buffer-size" in out
+    assert run_main(capsys, "--version") == (0, f"pihace {pihace.__version__}\n", "")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["check", "--format", "xml"], "invalid choice: 'xml'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["--tcp", "db"], "--tcp: expected NAME=HOST:PORT"),
+    (["--tcp", "db=localhost"], "--tcp db: expected NAME=HOST:PORT"),
+    (["--tcp", "db=::1:5672"], "--tcp db: write an IPv6 address in brackets"),
+    (["--tcp", "db=h:70000"], "--tcp db: port must be an integer from 1 to 65535"),
+    (["--tcp", "a=h:1", "--tcp", "a=h:2"], "--tcp a: a second check with this name"),
+    (["--http", "w=localhost"], "--http w: url must be an http:// or https:// URL"),
+    (["--http-timeout", "0"], "--http-timeout must be a positive number"),
+    (["--disk", "d=/:x"], "--disk d: expected NAME=PATH:MIN_FREE_PERCENT"),
+    (["--disk", "d=/:101"], "--disk d: min_free_percent must be a percentage from 0 to 100"),
+    (["--amqp", "amqp://u:sekrit@h/"], "--amqp: expected NAME=URL"),
+    (["--amqp", "amqp://u:sekrit=x@h/"], "--amqp: expected NAME=URL"),
+    (["--amqp", "mq=amqp://u:sekrit@h:x/"], "--amqp mq: url has a bad port"),
+    (["push"], "push needs --url or PIHACE_AMQP_URL"),
+    (["push", "--url", "http://u:sekrit@h/"], "--url must start with amqp://"),
+    (["push", "--url", "amqp://h/", "--interval", "0"], "--interval must be a positive number"),
+    (["push", "--url", "amqp://h/", "--buffer-size", "0"], "buffer_size must be an integer >= 1"),
+])
+def test_bad_arguments_are_one_line_and_exit_code_3(capsys, monkeypatch, args, words):
+    monkeypatch.delenv("PIHACE_AMQP_URL", raising=False)
+    code, out, err = run_main(capsys, *args)
+    assert (code, out) == (3, "")
+    assert err.startswith("pihace: error: ") and err.count("\n") == 1, err
+    assert words in err and "sekrit" not in err
+
+
+def test_the_entry_points_of_a_lone_copy(lone_copy, web):
+    for command in (["pihace.py"], ["-m", "pihace"]):
+        result = subprocess.run([sys.executable, *command, "check", "--no-system", "--http",
+                                 f"w={web.url}/ok"], capture_output=True, text=True, cwd=lone_copy,
+                                timeout=60)
+        assert (result.returncode, result.stderr) == (0, ""), result.stderr
+        assert json.loads(result.stdout)["checks"]["w"]["message"] == "HTTP 200 OK"
+    result = subprocess.run([sys.executable, "pihace.py", "--tcp", "x"], capture_output=True,
+                            text=True, cwd=lone_copy, timeout=60)
+    assert (result.returncode, result.stdout) == (3, "")
+    assert result.stderr == "pihace: error: --tcp: expected NAME=HOST:PORT\n"
+
+
+def test_importing_pihace_loads_neither_argparse_nor_urllib_request(lone_copy):
+    result = run_python("import sys, pihace\n"
+                        "print('argparse' in sys.modules, 'urllib.request' in sys.modules)",
+                        cwd=lone_copy)
+    assert result.stdout.strip() == "False False", result.stderr
+
+
+# ---------------------------------------------------------------------------
+# command line: push
+# ---------------------------------------------------------------------------
+
+def test_main_push_once(capsys, rabbit, unique_queue, get_message, web):
+    code, out, err = run_main(capsys, "push", "--url", rabbit.url, "--queue", unique_queue,
+                              "--name", "cli", "--component-version", "1",
+                              "--http", f"w={web.url}/ok")
+    assert (code, out, err) == (0, "", "")
+    _, properties, body = get_message(unique_queue)
+    report = json.loads(body)
+    assert report["component"] == {"name": "cli", "version": "1"}
+    assert report["checks"]["w"]["status"] == "pass" and report["system"] is not None
+    assert properties.headers == {"status": "Available"}
+
+
+def test_amqp_urls_take_the_password_from_the_environment_percent_encoded():
+    password = "p@ss/w:rd#%?é"
+    urls = pihace._amqp_urls(["amqp://bob@h:5673/v", "amqp://bob:old@h2/"], password)
+    for url, host in zip(urls, ("h", "h2")):
+        parameters = pihace.AMQPParameters(url)
+        assert (parameters.username, parameters.password, parameters.host) == ("bob", password,
+                                                                               host)
+    assert pihace.AMQPParameters(urls[0]).vhost == "v"
+
+
+def quote_all(text):
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+@pytest.mark.rabbit_control
+def test_main_push_with_the_password_only_in_the_environment(capsys, monkeypatch, rabbit,
+                                                             unique_queue, get_message):
+    password = "cli-p@ss/w:rd#%-" + os.urandom(4).hex()
+    rabbit.ctl("add_user", "pihace-cli", password)
+    rabbit.ctl("set_permissions", "pihace-cli", ".*", ".*", ".*")
+    url = rabbit.url.replace("guest:guest@", "pihace-cli@")
+    monkeypatch.setenv("PIHACE_AMQP_URL", url)
+    monkeypatch.setenv("PIHACE_AMQP_PASSWORD", password)
+    try:
+        code, out, err = run_main(capsys, "push", "--queue", unique_queue, "--log-level", "DEBUG")
+        assert code == 0, err
+        assert "connected to amqp://pihace-cli:***@" in err
+        assert password not in out + err and quote_all(password) not in out + err
+        assert json.loads(get_message(unique_queue)[2])["status"] == "Available"
+    finally:
+        rabbit.ctl("delete_user", "pihace-cli")
+
+
+def test_main_push_to_an_unreachable_broker_exits_2(capsys, monkeypatch, closed_port):
+    monkeypatch.setenv("PIHACE_AMQP_PASSWORD", "sekrit")
+    code, out, err = run_main(capsys, "push", "--url", f"amqp://u@127.0.0.1:{closed_port}/")
+    assert (code, out) == (2, "")
+    assert err == (f"pihace: not delivered: connection refused by 127.0.0.1:{closed_port}: "
+                   f"is the broker running on that port? (amqp://u:***@127.0.0.1:{closed_port}/)\n")
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_push_loop_stops_cleanly_on_sigterm_and_ctrl_c(lone_copy, rabbit, unique_queue,
+                                                         signal_number):
+    name = f"cli-loop-{os.urandom(4).hex()}"
+    process = subprocess.Popen(
+        [sys.executable, "pihace.py", "push", "--url", rabbit.url, "--queue", unique_queue,
+         "--interval", "0.2", "--name", name, "--component-version", "1", "--no-system"],
+        cwd=lone_copy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: queue_depth(rabbit.url, unique_queue) >= 2, 20, "two reports")
+        process.send_signal(signal_number)
+        signalled = time.monotonic()
+        out, err = process.communicate(timeout=10)
+        assert time.monotonic() - signalled < 3
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert (process.returncode, out) == (0, ""), err
+    assert "Traceback" not in err and "closed the connection to amqp://guest:***@" in err
+    if not isinstance(rabbit, ExternalBroker):
+        wait_until(lambda: name not in rabbit.ctl("list_connections", "client_properties"), 10,
+                   "the connection to be gone")
