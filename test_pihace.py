@@ -2331,3 +2331,41 @@ def test_a_push_loop_stops_cleanly_on_sigterm_and_ctrl_c(lone_copy, rabbit, uniq
     if not isinstance(rabbit, ExternalBroker):
         wait_until(lambda: name not in rabbit.ctl("list_connections", "client_properties"), 10,
                    "the connection to be gone")
+
+
+# ---------------------------------------------------------------------------
+# packaging
+# ---------------------------------------------------------------------------
+
+def test_the_wheel_installs_the_module_the_console_script_and_the_system_extra(tmp_path):
+    import zipfile
+
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                            "--no-build-isolation", "-w", str(tmp_path / "dist"), HERE],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    wheel, = (tmp_path / "dist").glob("pihace-*.whl")
+    assert wheel.name.startswith(f"pihace-{pihace.__version__}-py3-none-any")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        info = next(name for name in names if name.endswith(".dist-info/METADATA"))
+        metadata = archive.read(info).decode()
+        entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
+    assert "pihace.py" in names
+    assert not [name for name in names if not name.startswith(("pihace.py", "pihace-"))]
+    assert "pihace = pihace:main" in entry_points
+    assert "Provides-Extra: system" in metadata and 'psutil; extra == "system"' in metadata
+    assert "Requires-Python: >=3.8" in metadata
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index",
+                              "--no-deps", str(wheel)], capture_output=True, text=True,
+                             timeout=300)
+    assert install.returncode == 0, install.stderr
+    version = subprocess.run([str(venv / "bin" / "pihace"), "--version"], capture_output=True,
+                             text=True, timeout=60)
+    assert version.stdout.strip() == f"pihace {pihace.__version__}"
+    report = subprocess.run([str(venv / "bin" / "pihace"), "check"], capture_output=True,
+                            text=True, timeout=60, cwd=str(tmp_path))
+    assert report.returncode == 0 and json.loads(report.stdout)["system"]["os"]
