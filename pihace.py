@@ -36,7 +36,6 @@ import struct
 import sys
 import threading
 import time
-from concurrent.futures import Future
 
 try:
     import psutil
@@ -198,7 +197,12 @@ class SystemInfo:
         memory_percent, memory_available = self.memory()
         disk_percent, disk_free = self.disk()
         cpu = self.cpu_percent()
-        import platform  # here, not at the top: only reports with system figures need it
+        if hasattr(os, "uname"):  # what platform.system() and .version() read, cheaper
+            os_name, os_version = os.uname().sysname, os.uname().version
+        else:
+            import platform
+
+            os_name, os_version = platform.system(), platform.version()
         return {
             "cpu_usage": None if cpu is None else f"{cpu}%",
             "memory_usage": None if memory_percent is None else f"{memory_percent}%",
@@ -206,8 +210,8 @@ class SystemInfo:
             else f"{round(memory_available / 1024 ** 2, 2)} MB",
             "disk_usage": None if disk_percent is None else f"{disk_percent}%",
             "disk_available": None if disk_free is None else f"{round(disk_free / 1024 ** 3, 2)} GB",
-            "os": platform.system() or None,
-            "os_version": platform.version() or None,
+            "os": os_name or None,
+            "os_version": os_version or None,
             "python_version": f"{sys.version_info[0]}.{sys.version_info[1]}",
         }
 
@@ -294,6 +298,44 @@ def _is_async_callable(checker):
     return code is not None and bool(code.co_flags & _CO_COROUTINE)
 
 
+class _Run:
+    """The outcome of one run of a sync checker, with the methods of a
+    concurrent.futures.Future that check() uses (that module costs memory)."""
+
+    __slots__ = ("_outcome", "_callbacks", "_lock")
+
+    def __init__(self):
+        self._outcome = None  # (value, exception), once done
+        self._callbacks = []
+        self._lock = threading.Lock()
+
+    def done(self):
+        return self._outcome is not None
+
+    def finish(self, value, exception):
+        with self._lock:
+            self._outcome = (value, exception)
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    def add_done_callback(self, callback):
+        with self._lock:
+            if self._outcome is None:
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def result(self, timeout=None):
+        value, exception = self._outcome
+        if exception is not None:
+            raise exception
+        return value
+
+    def cancel(self):
+        return False  # a thread cannot be stopped
+
+
 class _Workers:
     """Daemon threads that run sync checkers.
 
@@ -309,7 +351,7 @@ class _Workers:
         self._idle = 0  # threads waiting for a task, minus tasks promised to them
 
     def submit(self, function):
-        future = Future()
+        future = _Run()
         with self._lock:
             reuse = self._idle > 0
             if reuse:
@@ -323,11 +365,10 @@ class _Workers:
 
     def _work(self, function, future):
         while True:
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(function())
-                except BaseException as exc:  # a checker's sys.exit() is a failure too
-                    future.set_exception(exc)
+            try:
+                future.finish(function(), None)
+            except BaseException as exc:  # a checker's sys.exit() is a failure too
+                future.finish(None, exc)
             del function, future
             with self._lock:
                 self._idle += 1
@@ -376,6 +417,10 @@ async def _awaited(awaitable):
     return await awaitable
 
 
+async def _awaited_call(function):
+    return await function()
+
+
 class _Checker:
     __slots__ = ("name", "function", "timeout", "retries", "is_async", "running", "started")
 
@@ -391,11 +436,7 @@ class _Checker:
         if self.running is None or self.running.done():
             self.started = now
             if self.is_async:
-                try:
-                    self.running = _async_runner.submit(_awaited(self.function()))
-                except Exception as exc:  # the call that makes the coroutine failed
-                    self.running = Future()
-                    self.running.set_exception(exc)
+                self.running = _async_runner.submit(_awaited_call(self.function))
             else:
                 self.running = _workers.submit(lambda: _call_checker(self.function))
         return self.running
