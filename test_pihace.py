@@ -2340,8 +2340,14 @@ def test_a_push_loop_stops_cleanly_on_sigterm_and_ctrl_c(lone_copy, rabbit, uniq
 def test_the_wheel_installs_the_module_the_console_script_and_the_system_extra(tmp_path):
     import zipfile
 
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    source.mkdir()
+    for name in ("pihace.py", "setup.cfg", "pyproject.toml", "README.md", "LICENSE",
+                 "MANIFEST.in", "test_pihace.py", "conftest.py", "rabbitnode.py",
+                 "requirements-test.txt"):
+        shutil.copy(os.path.join(HERE, name), source)
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                            "--no-build-isolation", "-w", str(tmp_path / "dist"), HERE],
+                            "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
                            capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr
     wheel, = (tmp_path / "dist").glob("pihace-*.whl")
