@@ -116,6 +116,41 @@ def test_no_deprecation_warnings_in_use(lone_copy):
     assert result.returncode == 0, result.stderr
 
 
+def other_pythons():
+    """Other CPython 3.8+ interpreters on this machine (pyenv's), to run the file under."""
+    import glob
+
+    found = []
+    for path in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3"))):
+        version = tuple(int(part) for part in path.split("/")[-3].split(".")[:2])
+        if version >= (3, 8) and version[:2] != sys.version_info[:2]:
+            found.append(pytest.param(path, id="%d.%d" % version))
+    return found or [pytest.param(None, marks=pytest.mark.skip("no other Python here"))]
+
+
+@pytest.mark.parametrize("python", other_pythons())
+def test_works_without_warnings_on_other_pythons(python, lone_copy):
+    code = (
+        "import warnings, asyncio\n"
+        "warnings.simplefilter('error')\n"
+        "import pihace\n"
+        "hc = pihace.HealthCheck(with_system=True, name='a', version='1')\n"
+        "async def ok(): return True\n"
+        "hc.register('sync', lambda: True); hc.register('async', ok)\n"
+        "assert hc.check()['status'] == 'Available'\n"
+        "hc.check('json'); hc.check('str')\n"
+        "async def main():\n"
+        "    hc.check(); return await hc.check_async()\n"
+        "assert asyncio.run(main())['rate'] == '2/2'\n"
+        "assert pihace.AMQPProtocol().data_to_send() == b'AMQP\\x00\\x00\\x09\\x01'\n"
+        "pihace.AMQPPusher(hc, 'amqps://u:p@h/?verify=verify_none')\n"
+        "assert pihace.main(['check', '--no-system', '--tcp', 'x=127.0.0.1:1']) == 2\n"
+    )
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True,
+                            cwd=lone_copy, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 # ---------------------------------------------------------------------------
 # system information
 # ---------------------------------------------------------------------------
