@@ -116,28 +116,6 @@ class PublishError(AMQPError):
 # system information
 # ---------------------------------------------------------------------------
 
-def _read_proc_cpu_times():
-    """(busy, total) jiffies from the first line of /proc/stat."""
-    with open("/proc/stat", "rb") as stat:
-        fields = [int(x) for x in stat.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice;
-    # guest time is already counted in user and nice.
-    fields += [0] * (10 - len(fields))
-    total = sum(fields[:8])
-    return total - fields[3] - fields[4], total
-
-
-def _read_proc_meminfo():
-    """(percent used, bytes available) from /proc/meminfo."""
-    values = {}
-    with open("/proc/meminfo", "rb") as meminfo:
-        for line in meminfo:
-            key, _, rest = line.partition(b":")
-            values[key] = int(rest.split()[0]) * 1024
-    total, available = values[b"MemTotal"], values[b"MemAvailable"]
-    return round((total - available) / total * 100, 1), available
-
-
 class SystemInfo:
     """Resource figures and platform facts, without ever blocking.
 
@@ -151,20 +129,21 @@ class SystemInfo:
         self.psutil = psutil_module
         self.disk_path = disk_path or os.path.abspath(os.sep)
         self._lock = threading.Lock()
-        self._last_cpu = (0, 0)
+        self._last_cpu = (0, 0)  # (busy, total) of the previous sample
         self._last_percent = None
 
-    def _cpu_times(self):
-        if self.psutil is not None:
-            times = self.psutil.cpu_times()
-            guest = getattr(times, "guest", 0) + getattr(times, "guest_nice", 0)
-            total = sum(times) - guest
-            return total - times.idle - getattr(times, "iowait", 0), total
-        return _read_proc_cpu_times()
-
     def cpu_percent(self):
+        # busy and total CPU time since boot; guest time is already inside user and nice
         try:
-            busy, total = self._cpu_times()
+            if self.psutil is not None:
+                times = self.psutil.cpu_times()
+                total = sum(times) - (getattr(times, "guest", 0) + getattr(times, "guest_nice", 0))
+                busy = total - times.idle - getattr(times, "iowait", 0)
+            else:
+                with open("/proc/stat", "rb") as stat:  # cpu user nice system idle iowait ...
+                    times = [int(x) for x in stat.readline().split()[1:9]] + [0] * 5
+                total = sum(times)
+                busy = total - times[3] - times[4]
         except (OSError, ValueError, IndexError, AttributeError):
             return None
         with self._lock:
@@ -180,7 +159,10 @@ class SystemInfo:
             if self.psutil is not None:
                 memory = self.psutil.virtual_memory()
                 return memory.percent, memory.available
-            return _read_proc_meminfo()
+            with open("/proc/meminfo", "rb") as meminfo:
+                values = dict(line.split()[:2] for line in meminfo)  # b"MemTotal:": b"16318044"
+            total, available = (int(values[key]) * 1024 for key in (b"MemTotal:", b"MemAvailable:"))
+            return round((total - available) / total * 100, 1), available
         except (OSError, ValueError, KeyError, IndexError, ZeroDivisionError):
             return None, None
 
@@ -197,12 +179,8 @@ class SystemInfo:
         memory_percent, memory_available = self.memory()
         disk_percent, disk_free = self.disk()
         cpu = self.cpu_percent()
-        if hasattr(os, "uname"):  # what platform.system() and .version() read, cheaper
-            os_name, os_version = os.uname().sysname, os.uname().version
-        else:
-            import platform
-
-            os_name, os_version = platform.system(), platform.version()
+        # os.uname() is what platform.uname() reads, cheaper; both: (system, node, release, version...)
+        uname = os.uname() if hasattr(os, "uname") else __import__("platform").uname()
         return {
             "cpu_usage": None if cpu is None else f"{cpu}%",
             "memory_usage": None if memory_percent is None else f"{memory_percent}%",
@@ -210,9 +188,9 @@ class SystemInfo:
             else f"{round(memory_available / 1024 ** 2, 2)} MB",
             "disk_usage": None if disk_percent is None else f"{disk_percent}%",
             "disk_available": None if disk_free is None else f"{round(disk_free / 1024 ** 3, 2)} GB",
-            "os": os_name or None,
-            "os_version": os_version or None,
-            "python_version": f"{sys.version_info[0]}.{sys.version_info[1]}",
+            "os": uname[0] or None,
+            "os_version": uname[3] or None,
+            "python_version": "%d.%d" % sys.version_info[:2],
         }
 
 
@@ -239,11 +217,7 @@ def get_utc_timestamp(now=None):
 def calculate_status(passed, total):
     """"Available" when all passed (or there is nothing to check), "Unavailable"
     when none did, else "Partially Available"."""
-    if passed == total:
-        return "Available"
-    if passed == 0:
-        return "Unavailable"
-    return "Partially Available"
+    return "Available" if passed == total else "Unavailable" if passed == 0 else "Partially Available"
 
 
 def format_rate(passed, total):
@@ -285,22 +259,18 @@ def _interpret(result):
                    "expected True, (True, detail), False or (False, reason)")
 
 
-_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE; inspect itself is slow to import
-
-
 def _is_async_callable(checker):
     """Is `checker` an async def function, or an object whose __call__ is one?"""
     while isinstance(checker, functools.partial):
         checker = checker.func
-    code = getattr(checker, "__code__", None)
-    if code is None:
-        code = getattr(getattr(type(checker), "__call__", None), "__code__", None)
-    return code is not None and bool(code.co_flags & _CO_COROUTINE)
+    code = getattr(checker, "__code__", None) or getattr(getattr(type(checker), "__call__", None),
+                                                         "__code__", None)
+    return code is not None and bool(code.co_flags & 0x80)  # inspect.CO_COROUTINE (slow import)
 
 
 class _Run:
-    """The outcome of one run of a sync checker, with the methods of a
-    concurrent.futures.Future that check() uses (that module costs memory)."""
+    """One run of a sync checker, with the methods of a concurrent.futures.Future
+    that check() uses (that module costs memory)."""
 
     __slots__ = ("_outcome", "_callbacks", "_lock")
 
@@ -326,14 +296,11 @@ class _Run:
                 return
         callback(self)
 
-    def result(self, timeout=None):
+    def result(self):
         value, exception = self._outcome
         if exception is not None:
             raise exception
         return value
-
-    def cancel(self):
-        return False  # a thread cannot be stopped
 
 
 class _Workers:
@@ -351,147 +318,127 @@ class _Workers:
         self._idle = 0  # threads waiting for a task, minus tasks promised to them
 
     def submit(self, function):
-        future = _Run()
+        run = _Run()
         with self._lock:
             reuse = self._idle > 0
-            if reuse:
-                self._idle -= 1
+            self._idle -= reuse
         if reuse:
-            self._tasks.put((function, future))
+            self._tasks.put((function, run))
         else:
-            threading.Thread(target=self._work, args=(function, future),
+            threading.Thread(target=self._work, args=(function, run),
                              name="pihace-check", daemon=True).start()
-        return future
+        return run
 
-    def _work(self, function, future):
+    def _work(self, function, run):
         while True:
             try:
-                future.finish(function(), None)
+                run.finish(function(), None)
             except BaseException as exc:  # a checker's sys.exit() is a failure too
-                future.finish(None, exc)
-            del function, future
+                run.finish(None, exc)
+            del function, run  # no references kept while idle
             with self._lock:
                 self._idle += 1
-            while True:
-                try:
-                    function, future = self._tasks.get(timeout=self.IDLE_SECONDS)
-                    break
-                except queue.Empty:
-                    with self._lock:
-                        if self._idle > 0:  # nobody promised us a task: retire
-                            self._idle -= 1
-                            return
-
-
-class _AsyncRunner:
-    """One event loop in a daemon thread, where async checkers run."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._loop = None
-
-    def submit(self, coroutine):
-        import asyncio  # here, not at the top: it is slow to import and rarely needed
-
-        with self._lock:
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-                threading.Thread(target=self._loop.run_forever, name="pihace-async",
-                                 daemon=True).start()
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+            try:
+                function, run = self._tasks.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:  # nobody promised us a task: retire
+                        self._idle -= 1
+                        return
+                function, run = self._tasks.get()  # the task promised to us is on its way
 
 
 _workers = _Workers()
-_async_runner = _AsyncRunner()
+_async_lock = threading.Lock()
+_async_loop = None
 
 
-def _call_checker(checker):
-    """Run a sync checker in a worker thread; a returned awaitable is awaited."""
-    result = checker()
-    if hasattr(result, "__await__"):
-        result = _async_runner.submit(_awaited(result)).result()
-    return result
+def _run_async(coroutine):
+    """Run `coroutine` on pihace's event loop, in a daemon thread; return its Future."""
+    global _async_loop
+    import asyncio  # here, not at the top: it is slow to import and rarely needed
 
-
-async def _awaited(awaitable):
-    return await awaitable
+    with _async_lock:
+        if _async_loop is None:
+            _async_loop = asyncio.new_event_loop()
+            threading.Thread(target=_async_loop.run_forever, name="pihace-async", daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coroutine, _async_loop)
 
 
 async def _awaited_call(function):
     return await function()
 
 
+def _call_checker(checker):
+    """Run a sync checker in a worker thread; a returned awaitable is awaited."""
+    result = checker()
+    if hasattr(result, "__await__"):
+        result = _run_async(_awaited_call(lambda: result)).result()
+    return result
+
+
 class _Checker:
-    __slots__ = ("name", "function", "timeout", "retries", "is_async", "running", "started")
+    """A registered checker, and its latest run: a run that outlives its check()
+    is waited for by the next check(), never started twice."""
+
+    __slots__ = ("name", "function", "timeout", "retries", "is_async", "run", "started", "lock")
 
     def __init__(self, name, function, timeout, retries):
-        self.name, self.function = name, function
-        self.timeout, self.retries = timeout, retries
+        self.name, self.function, self.timeout, self.retries = name, function, timeout, retries
         self.is_async = _is_async_callable(function)
-        self.running = None  # Future of the run in progress, kept across check() calls
-        self.started = 0.0
+        self.run, self.started = None, 0.0
+        self.lock = threading.Lock()  # check() from two threads at once: still one run
 
     def start(self, now):
         """The Future of this checker's run: the one still going, else a new one."""
-        if self.running is None or self.running.done():
-            self.started = now
-            if self.is_async:
-                self.running = _async_runner.submit(_awaited_call(self.function))
-            else:
-                self.running = _workers.submit(lambda: _call_checker(self.function))
-        return self.running
+        with self.lock:
+            if self.run is None or self.run.done():
+                self.started = now
+                self.run = (_run_async(_awaited_call(self.function)) if self.is_async
+                            else _workers.submit(functools.partial(_call_checker, self.function)))
+            return self.run
 
 
 class _Attempts:
-    """The state of one checker during one check(): attempts, deadline, outcome."""
+    """One checker's attempts during one check(); `outcome` is its entry in the report."""
 
-    __slots__ = ("checker", "wake", "future", "attempts", "deadline", "began", "passed",
-                 "message", "elapsed")
+    __slots__ = ("checker", "wake", "run", "count", "deadline", "outcome")
 
     def __init__(self, checker, wake, now):
-        self.checker = checker
-        self.wake = wake  # called with the future when a run ends
-        self.began = now
-        self.attempts = 0
-        self.passed = None
-        self.message = None
-        self.elapsed = 0.0
-        self.next_attempt(now)
+        self.checker, self.wake, self.count = checker, wake, 0
+        self.attempt(now, new_run=True)
 
-    def next_attempt(self, now):
-        self.attempts += 1
+    def attempt(self, now, new_run):
+        """Another attempt: a new run, or more time for the one that timed out."""
+        self.count += 1
         self.deadline = now + self.checker.timeout
-        self.future = self.checker.start(now)
-        self.future.add_done_callback(self.wake)
+        if new_run:
+            self.run = self.checker.start(now)
+            self.run.add_done_callback(self.wake)  # wake(run) when it ends
 
-    def finish(self, passed, message, now):
-        self.passed, self.message, self.elapsed = passed, message, now - self.began
-
-    def on_done(self, now):
-        """The run ended: pass, or fail and maybe try again."""
-        try:
-            passed, message = _interpret(self.future.result(0))
-        except BaseException as exc:
-            passed, message = False, _describe_exception(exc)
-        if passed or self.attempts > self.checker.retries:
-            self.finish(passed, message, now)
+    def over(self, now, began):
+        """Have the attempts ended (passed, or failed with no retry left)?"""
+        checker, run, done = self.checker, self.run, self.run.done()
+        if done:
+            try:
+                passed, message = _interpret(run.result())
+            except BaseException as exc:
+                passed, message = False, _describe_exception(exc)
+        elif now < self.deadline:
+            return False
         else:
-            self.next_attempt(now)
-
-    def on_timeout(self, now):
-        """The attempt ran out of time; a retry waits for the same run."""
-        if self.attempts > self.checker.retries:
-            timeout = self.checker.timeout
-            ran_for = now - self.checker.started
-            message = f"timed out after {timeout:g}s"
-            if ran_for > timeout * self.attempts + 0.5:
+            passed, message, ran_for = False, f"timed out after {checker.timeout:g}s", now - checker.started
+            if ran_for > checker.timeout * self.count + 0.5:
                 message += f" (still running since an earlier check, {ran_for:.0f}s ago)"
-            self.finish(False, message, now)
-            if self.checker.is_async:
-                self.future.cancel()
-        else:
-            self.attempts += 1
-            self.deadline = now + self.checker.timeout
+        if not passed and self.count <= checker.retries:
+            self.attempt(now, new_run=done)  # a timed-out run is given more time, not restarted
+            return False
+        if not done and checker.is_async:
+            run.cancel()
+        self.outcome = {"status": "pass" if passed else "fail",
+                        "duration_ms": round((now - began) * 1000, 3),
+                        "attempts": self.count, "message": message}
+        return True
 
 
 class HealthCheck:
@@ -526,56 +473,40 @@ class HealthCheck:
             self.checkers[name] = _Checker(str(name), checker, float(timeout), retries)
 
     def _run_checkers(self):
+        """[(name, its entry in the report)] for every checker, run at once."""
         with self._lock:
             checkers = list(self.checkers.values())
-        # Futures report their end on this queue: waiting on it is much
-        # cheaper than concurrent.futures.wait(), which matters for fast checkers.
+        # Runs report their end on this queue: waiting on it is much cheaper
+        # than concurrent.futures.wait(), which matters for fast checkers.
         ended = queue.SimpleQueue()
-        now = time.monotonic()
-        results = [_Attempts(checker, ended.put, now) for checker in checkers]
-        pending = results
+        began = time.monotonic()
+        results = pending = [_Attempts(checker, ended.put, began) for checker in checkers]
         while pending:
             now = time.monotonic()
-            still_pending = []
-            for attempt in pending:
-                if attempt.future.done():
-                    attempt.on_done(now)
-                elif now >= attempt.deadline:
-                    attempt.on_timeout(now)
-                if attempt.passed is None:
-                    still_pending.append(attempt)
-            pending = still_pending
+            pending = [attempts for attempts in pending if not attempts.over(now, began)]
             if pending:
-                wait_for = min(attempt.deadline for attempt in pending) - time.monotonic()
                 try:
-                    ended.get(timeout=max(0.0, wait_for))
+                    ended.get(timeout=max(0.0, min(a.deadline for a in pending) - time.monotonic()))
                 except queue.Empty:
                     pass
-        return results
+        return [(attempts.checker.name, attempts.outcome) for attempts in results]
 
     def report(self):
         """Run every checker and return the report as a dict."""
         start = time.perf_counter()
-        results = self._run_checkers()
-        passed = sum(1 for result in results if result.passed)
-        failures = {result.checker.name: result.message for result in results if not result.passed}
+        checks = self._run_checkers()
+        passed = sum(check["status"] == "pass" for _, check in checks)
         report = {
-            "status": calculate_status(passed, len(results)),
+            "status": calculate_status(passed, len(checks)),
             "timestamp": get_utc_timestamp(),
-            "failure": failures or None,
-            "rate": format_rate(passed, len(results)),
-            "duration": 0.0,
+            "failure": {name: check["message"] for name, check in checks
+                        if check["status"] == "fail"} or None,
+            "rate": format_rate(passed, len(checks)),
+            "duration": 0.0,  # set at the end; here for the order of the keys
             "system": self.system_info.read() if self.with_system else None,
             "component": {"name": self.component_name, "version": self.component_version}
             if self.component_name and self.component_version else None,
-            "checks": {
-                result.checker.name: {
-                    "status": "pass" if result.passed else "fail",
-                    "duration_ms": round(result.elapsed * 1000, 3),
-                    "attempts": result.attempts,
-                    "message": result.message,
-                } for result in results
-            },
+            "checks": dict(checks),
         }
         report["duration"] = time.perf_counter() - start
         return report
@@ -592,12 +523,9 @@ class HealthCheck:
 
     async def check_async(self, output="dict", pretty=True):
         """check() for async code: the checks run without blocking the event loop."""
-        if output not in ("dict", "json", "str"):
-            raise ValueError(f'output must be "dict", "json" or "str", got {output!r}')
         import asyncio
 
-        report = await asyncio.get_running_loop().run_in_executor(None, self.report)
-        return format_report(report, output, pretty)
+        return await asyncio.get_running_loop().run_in_executor(None, self.check, output, pretty)
 
 
 def format_report(report, output="dict", pretty=True):
@@ -612,13 +540,10 @@ def format_report(report, output="dict", pretty=True):
         lines.append("Failures:")
         lines.extend(f" - {name}: {reason}" for name, reason in report["failure"].items())
     if report["component"]:
-        lines.append(f"Component: {report['component']['name']} {report['component']['version']}")
-    system = report["system"]
-    if system:
-        lines.append(
-            f"System: CPU {system['cpu_usage']}, Mem {system['memory_usage']}, "
-            f"Disk {system['disk_usage']}, Free Mem: {system['memory_available']}, "
-            f"Python {system['python_version']}, OS: {system['os']}")
+        lines.append("Component: {name} {version}".format_map(report["component"]))
+    if report["system"]:
+        lines.append("System: CPU {cpu_usage}, Mem {memory_usage}, Disk {disk_usage}, Free Mem: "
+                     "{memory_available}, Python {python_version}, OS: {os}".format_map(report["system"]))
     return "\n".join(lines)
 
 

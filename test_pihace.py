@@ -2410,3 +2410,23 @@ def test_the_wheel_installs_the_module_the_console_script_and_the_system_extra(t
     report = subprocess.run([str(venv / "bin" / "pihace"), "check"], capture_output=True,
                             text=True, timeout=60, cwd=str(tmp_path))
     assert report.returncode == 0 and json.loads(report.stdout)["system"]["os"]
+
+
+def test_checks_from_two_threads_at_once_start_one_run(release):
+    calls = []
+
+    def slow():
+        calls.append(1)
+        release.wait(5)
+        return True
+
+    hc = pihace.HealthCheck()
+    hc.register("slow", slow, timeout=5)
+    threads = [threading.Thread(target=hc.check) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: calls, 5, "the checker to start")
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(calls) == 1
