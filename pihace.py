@@ -1291,17 +1291,16 @@ class AMQPParameters:
         self.host = parts.hostname or "localhost"
         try:
             port = parts.port
-        except ValueError:
-            port = -1
-        if port == -1 or port == 0:
+        except ValueError:  # not a number, or out of range
+            port = 0
+        if port == 0:
             raise ValueError(f"amqp_url has a bad port: "
                              f"{parts.netloc.rpartition('@')[2].rpartition(':')[2]!r}")
         self.port = port or (5671 if self.tls else 5672)
         self.username = unquote(parts.username) if parts.username else "guest"
         self.password_given = parts.password is not None
         self.password = unquote(parts.password) if self.password_given else "guest"
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
-        self.vhost = unquote(path) if path else "/"
+        self.vhost = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path) or "/"
         self.heartbeat = self.connection_timeout = self.frame_max = self.channel_max = None
         self.cacertfile = self.certfile = self.keyfile = self.server_name_indication = None
         self.verify = "verify_peer"
@@ -1363,20 +1362,12 @@ def _client_properties(connection_name):
     return {
         "product": "pihace",
         "version": __version__,
-        "platform": f"Python {platform_version()}",
+        "platform": "Python %d.%d.%d" % sys.version_info[:3],
         "information": "https://pypi.org/project/pihace/",
         "connection_name": connection_name,
-        "capabilities": {
-            "publisher_confirms": True,
-            "basic.nack": True,
-            "connection.blocked": True,
-            "authentication_failure_close": True,
-        },
+        "capabilities": {"publisher_confirms": True, "basic.nack": True,
+                         "connection.blocked": True, "authentication_failure_close": True},
     }
-
-
-def platform_version():
-    return ".".join(str(part) for part in sys.version_info[:3])
 
 
 def _wait_io(sock, writing, timeout):
@@ -1428,9 +1419,10 @@ class BlockingConnection:
 
     def connect(self, deadline):
         """Open the socket, then the AMQP connection, within the deadline."""
-        where = f"{self.parameters.host}:{self.parameters.port}"
+        host, port = self.parameters.host, self.parameters.port
+        where = f"{host}:{port}"
         try:
-            sock = self.socket_factory((self.parameters.host, self.parameters.port),
+            sock = self.socket_factory((host, port),
                                        self._deadline_left(deadline, f"connecting to {where}"))
         except socket.timeout:
             raise TimeoutError(f"timed out connecting to {where}") from None
@@ -1438,30 +1430,24 @@ class BlockingConnection:
             raise ConnectionRefusedError(f"connection refused by {where}: "
                                          "is the broker running on that port?") from None
         except socket.gaierror as exc:
-            raise OSError(f"cannot resolve host {self.parameters.host!r}: {exc.strerror}") \
-                from None
+            raise OSError(f"cannot resolve host {host!r}: {exc.strerror}") from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.parameters.tls:
-                sock = self._start_tls(sock, deadline)
+                import ssl
+
+                # a non-blocking TLS socket says "try again" with these
+                self._would_block += (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+                sock.settimeout(self._deadline_left(deadline, "during the TLS handshake"))
+                sock = (self.ssl_context or self.parameters.ssl_context()).wrap_socket(
+                    sock, server_hostname=self.parameters.server_name_indication or host)
             sock.setblocking(False)  # every wait is a poll() with a deadline
             self.sock = sock
-            self.send_pending(deadline)
             self.wait_for(lambda: self.protocol.state == "opened", deadline,
                           f"for the broker at {where} to open the connection")
         except BaseException:
             self.abort()
             raise
-
-    def _start_tls(self, sock, deadline):
-        import ssl
-
-        # a non-blocking TLS socket says "try again" with these
-        self._would_block += (ssl.SSLWantReadError, ssl.SSLWantWriteError)
-        context = self.ssl_context or self.parameters.ssl_context()
-        sock.settimeout(self._deadline_left(deadline, "during the TLS handshake"))
-        return context.wrap_socket(sock, server_hostname=self.parameters.server_name_indication
-                                   or self.parameters.host)
 
     def abort(self):
         """Drop the socket without the closing handshake."""
@@ -1471,8 +1457,7 @@ class BlockingConnection:
                 sock.close()
             except OSError:
                 pass
-        if self.protocol.state != "closed":
-            self.protocol.state = "closed"
+        self.protocol.state = "closed"
 
     def send_pending(self, deadline):
         """Send what the protocol has queued, all of it before the deadline."""
@@ -1498,7 +1483,6 @@ class BlockingConnection:
             self._handle_events()
             if condition():
                 return
-            self.send_pending(deadline)
             self._receive(deadline, doing, deadline)
 
     def poll(self, seconds, send_deadline=None):
@@ -1511,14 +1495,14 @@ class BlockingConnection:
                 return
 
     def _receive(self, deadline, doing, send_deadline):
-        """Wait for bytes until the deadline or the next heartbeat; feed them in."""
+        """Send what is queued, then wait for bytes until the deadline or the next
+        heartbeat; feed them in."""
         now = self.clock()
         heartbeat_in = self.protocol.tick(now)
         self.send_pending(send_deadline)
-        wait = deadline - now
-        if wait <= 0 and doing is not None:
+        wait = max(0.0, deadline - now)
+        if not wait and doing is not None:
             raise TimeoutError(f"timed out waiting {doing}")
-        wait = max(wait, 0.0)
         if heartbeat_in is not None:
             wait = min(wait, heartbeat_in)
         if not self.has_data(wait):
@@ -1544,12 +1528,15 @@ class BlockingConnection:
                 raise ConnectionResetError("the broker closed the connection")
             name, args = event.name, event.args
             if name in ("Connection.Close", "Channel.Close"):
-                self._send_now()  # the Close-Ok
-                error = ConnectionClosed if name == "Connection.Close" else ChannelClosed
-                if error is ConnectionClosed:
+                try:
+                    self.send_pending(self.clock() + 1)  # the Close-Ok, if the socket takes it
+                except OSError:
+                    pass
+                if name == "Connection.Close":
                     self.abort()
-                raise error(*(args[key] for key in ("reply_code", "reply_text", "class_id",
-                                                    "method_id")),
+                error = ConnectionClosed if name == "Connection.Close" else ChannelClosed
+                raise error(args["reply_code"], args["reply_text"], args["class_id"],
+                            args["method_id"],
                             cause=_METHOD_NAMES.get((args["class_id"], args["method_id"])))
             if name in ("Basic.Ack", "Basic.Nack"):
                 self._on_confirm(name == "Basic.Ack", args["delivery_tag"], args["multiple"])
@@ -1565,16 +1552,8 @@ class BlockingConnection:
             elif name not in ("Connection.Close-Ok", "Channel.Close-Ok", "Connection.Open-Ok"):
                 self.replies.append(event)
 
-    def _send_now(self):
-        """Send queued replies (a Close-Ok); a stream cut half-way is dropped."""
-        try:
-            self.send_pending(self.clock() + 1)
-        except OSError:
-            self.abort()
-
     def _on_confirm(self, acked, tag, multiple):
-        tags = [t for t in self.unconfirmed if t <= tag] if multiple else [tag]
-        for confirmed in tags:
+        for confirmed in [t for t in self.unconfirmed if t <= tag] if multiple else [tag]:
             message_id = self.unconfirmed.pop(confirmed, None)
             reason = self.returned.pop(message_id, None) if message_id is not None else None
             if not acked:
@@ -1628,14 +1607,10 @@ def _positive(name, value):
     return float(value)
 
 
-class _Message:
-    """A message waiting to be published, with the id and timestamp it keeps."""
+# A message waiting to be published, with the id and timestamp it keeps.
+_Message = collections.namedtuple("_Message", "body properties message_id exchange routing_key")
 
-    __slots__ = ("body", "properties", "message_id", "exchange", "routing_key")
-
-    def __init__(self, body, properties, message_id, exchange, routing_key):
-        self.body, self.properties, self.message_id = body, properties, message_id
-        self.exchange, self.routing_key = exchange, routing_key
+_BUSY = "timed out waiting for another thread's publish to finish"
 
 
 class AMQPPusher:
@@ -1655,6 +1630,8 @@ class AMQPPusher:
     `amqp_url` may be a list of URLs (nodes of one cluster), tried in turn.
     """
 
+    _channel = 1  # the one channel it publishes on
+
     def __init__(self, healthcheck=None, amqp_url="amqp://guest:guest@localhost:5672/",
                  queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
                  routing_key=None, declare=True, queue_arguments=None, confirm=True,
@@ -1662,15 +1639,12 @@ class AMQPPusher:
                  ssl_context=None, socket_factory=None, clock=time.monotonic):
         if healthcheck is not None and not isinstance(healthcheck, HealthCheck):
             raise TypeError(f"healthcheck must be a HealthCheck, got {type(healthcheck).__name__}")
-        self.healthcheck = healthcheck
         urls = [amqp_url] if isinstance(amqp_url, str) else list(amqp_url or ())
         if not urls:
             raise ValueError("amqp_url must be a URL or a non-empty list of URLs")
         self.endpoints = [AMQPParameters(url) for url in urls]
         self.parameters = self.endpoints[0]  # the endpoint in use, or tried last
-        self.queue_name = queue_name
         self.exchange = exchange or ""
-        self.exchange_type = exchange_type
         self.routing_key = queue_name if routing_key is None else routing_key
         for what, value in (("queue_name", queue_name), ("exchange", self.exchange),
                             ("routing_key", self.routing_key),
@@ -1681,38 +1655,32 @@ class AMQPPusher:
                 raise ValueError(f"{what} is {len(value.encode('utf-8'))} bytes long; "
                                  "AMQP allows at most 255")
         encode_table(queue_arguments)  # a ValueError now rather than at the first push
-        self.declare, self.queue_arguments = declare, dict(queue_arguments or {})
-        self.confirm = confirm
         if heartbeat is not None and (isinstance(heartbeat, bool) or not isinstance(
                 heartbeat, int) or not 0 <= heartbeat <= 65535):
             raise ValueError(f"heartbeat must be whole seconds from 0 (off) to 65535, "
                              f"got {heartbeat!r}")
-        self.heartbeat = heartbeat  # None: each URL's ?heartbeat=, else 60 s
-        self.timeout = _positive("timeout", timeout)
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
             raise ValueError(f"buffer_size must be an integer >= 1, got {buffer_size!r}")
-        self.outbox = collections.deque()
-        self.buffer_size = buffer_size
+        name, version = (getattr(healthcheck, key, None)
+                         for key in ("component_name", "component_version"))
+        self.healthcheck, self.queue_name, self.exchange_type = healthcheck, queue_name, exchange_type
+        self.declare, self.queue_arguments = declare, dict(queue_arguments or {})
+        self.confirm = confirm
+        self.heartbeat = heartbeat  # None: each URL's ?heartbeat=, else 60 s
+        self.timeout = _positive("timeout", timeout)
+        self.outbox, self.buffer_size = collections.deque(), buffer_size
         self.dropped = 0  # reports dropped from a full outbox
-        if connection_name is None:
-            parts = [getattr(healthcheck, "component_name", None),
-                     getattr(healthcheck, "component_version", None)]
-            connection_name = " ".join(str(p) for p in parts if p) or "pihace"
-        self.connection_name = connection_name
-        self.ssl_context = ssl_context
-        self.socket_factory = socket_factory
-        self.clock = clock
+        self.connection_name = connection_name if connection_name is not None else (
+            " ".join(str(part) for part in (name, version) if part) or "pihace")
+        self.ssl_context, self.socket_factory, self.clock = ssl_context, socket_factory, clock
         self.connections_opened = 0
-        self._connection = None
-        self._channel = 1
-        self._declared = False
-        self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._message_ids = _MessageIds()
-        app_id = getattr(healthcheck, "component_name", None)
+        self._connection, self._declared = None, False
+        self._lock, self._stop = threading.RLock(), threading.Event()
+        # unique message ids: a random prefix per pusher and a counter (thread-safe)
+        self._message_ids = map(f"{os.urandom(8).hex()}-{{}}".format, itertools.count(1))
         self._properties = PropertiesTemplate(
             {"content_type": "application/json", "content_encoding": "utf-8",
-             "delivery_mode": 2, "type": "pihace.health", "app_id": app_id and str(app_id)},
+             "delivery_mode": 2, "type": "pihace.health", "app_id": name and str(name)},
             varying=("headers", "message_id", "timestamp"))
 
     def __repr__(self):
@@ -1730,8 +1698,8 @@ class AMQPPusher:
     def _connect(self, deadline):
         """Connect to the first endpoint that answers, starting with the current one."""
         start = self.endpoints.index(self.parameters)
-        for attempt in range(len(self.endpoints)):
-            parameters = self.endpoints[(start + attempt) % len(self.endpoints)]
+        order = self.endpoints[start:] + self.endpoints[:start]
+        for left, parameters in zip(range(len(order), 0, -1), order):
             self.parameters = parameters
             protocol = AMQPProtocol(
                 parameters.username, parameters.password, parameters.vhost,
@@ -1746,22 +1714,20 @@ class AMQPPusher:
             connection = BlockingConnection(
                 parameters, protocol, socket_factory=self.socket_factory,
                 ssl_context=self.ssl_context, clock=self.clock)
-            endpoints_left = len(self.endpoints) - attempt
-            share = (deadline - self.clock()) / endpoints_left  # a dead node cannot eat it all
+            share = (deadline - self.clock()) / left  # a dead node cannot eat it all
             try:
                 connection.connect(self.clock() + min(
                     share, parameters.connection_timeout or self.timeout))
             except (PihaceError, OSError) as exc:
-                if endpoints_left == 1:
+                if left == 1:
                     raise
                 log.info("cannot use %s (%s); trying %s", parameters.safe_url,
-                         self._describe(exc, parameters),
-                         self.endpoints[(start + attempt + 1) % len(self.endpoints)].safe_url)
+                         self._describe(exc, parameters), order[-left + 1].safe_url)
                 continue
             log.info("connected to %s", parameters.safe_url)
             self.connections_opened += 1
             self._connection, self._declared = connection, False
-            return
+            return connection
 
     def _ready(self, deadline):
         """An open connection and channel, with the destination declared."""
@@ -1774,8 +1740,7 @@ class AMQPPusher:
         connection = self._connection
         if connection is None or not connection.is_open:
             self._drop()
-            self._connect(deadline)
-            connection = self._connection
+            connection = self._connect(deadline)
         if self._channel not in connection.protocol.channels:
             connection.open_channel(self._channel, deadline, self.confirm)
         if self.declare and not self._declared:
@@ -1825,28 +1790,24 @@ class AMQPPusher:
             body = bytes(body)
         elif not isinstance(body, bytes):
             raise ValueError(f"a message body must be bytes or a dict, not {type(body).__name__}")
-        if routing_key is None:
-            routing_key = self.routing_key  # checked by the constructor
-        else:
-            encode_shortstr(routing_key)  # a ValueError if too long
-        if exchange is None:
-            exchange = self.exchange
-        else:
-            encode_shortstr(exchange)
-        message_id = message_id or self._message_ids.next()
+        for name in (routing_key, exchange):  # the pusher's own were checked by __init__
+            if name is not None:
+                encode_shortstr(name)  # a ValueError if too long
+        message_id = message_id or next(self._message_ids)
         timestamp = int(time.time() if timestamp is None else timestamp)
         if not 0 <= timestamp < 2 ** 63:
             raise ValueError(f"timestamp must be seconds since 1970, got {timestamp}")
-        encoded = self._properties.encode(headers=headers, message_id=message_id,
-                                          timestamp=timestamp)
-        return _Message(body, encoded, message_id, exchange, routing_key)
+        return _Message(body, self._properties.encode(headers=headers, message_id=message_id,
+                                                      timestamp=timestamp), message_id,
+                        self.exchange if exchange is None else exchange,
+                        self.routing_key if routing_key is None else routing_key)
 
     def _deliver(self, messages, deadline):
         """Publish messages in order, then collect their confirms (pipelined).
 
         Returns {message_id: (acked, reason)}: (True, None) delivered, (True,
-        reason) returned as unroutable, (False, reason) nacked; a message with
-        no entry was not confirmed. Raises for connection and channel trouble.
+        reason) returned as unroutable, (False, reason) nacked. Raises for
+        connection and channel trouble. Call with the lock held.
         """
         connection = self._ready(deadline)
         if connection.protocol.blocked is not None:
@@ -1860,7 +1821,7 @@ class AMQPPusher:
             if tag is not None:
                 connection.unconfirmed[tag] = message.message_id
                 tags.append((tag, message.message_id))
-            if index % 64 == 63:
+            if index % 64 == 63:  # keep what is queued in memory small
                 connection.send_pending(deadline)
         connection.send_pending(deadline)
         if not self.confirm:
@@ -1876,11 +1837,6 @@ class AMQPPusher:
                                "not confirmed yet") from None
         return {message_id: connection.outcomes.pop(tag) for tag, message_id in tags}
 
-    def _hold_lock(self, deadline):
-        """Take the connection, counting the wait for other threads in the deadline."""
-        if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
-            raise TimeoutError("timed out waiting for another thread's publish to finish")
-
     def publish(self, body, *, headers=None, message_id=None, timestamp=None,
                 routing_key=None, exchange=None):
         """Send one message (bytes, or a dict as JSON) with the pusher's options.
@@ -1890,17 +1846,16 @@ class AMQPPusher:
         """
         message = self._message(body, headers, message_id, timestamp, routing_key, exchange)
         deadline = self.clock() + self.timeout
+        # waiting for another thread's publish counts in the deadline
+        if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
+            return False, _BUSY
         try:
-            self._hold_lock(deadline)
-        except TimeoutError as exc:
-            return False, str(exc)
-        try:
-            acked, reason = self._deliver([message], deadline)[message.message_id]
-            return True if reason is None else (False, reason)
+            reason = self._deliver([message], deadline)[message.message_id][1]
         except (PihaceError, OSError) as exc:
-            return False, self._failed(exc)
+            reason = self._failed(exc)
         finally:
             self._lock.release()
+        return True if reason is None else (False, reason)
 
     def push(self):
         """Take a report, put it in the outbox and deliver the outbox.
@@ -1923,40 +1878,37 @@ class AMQPPusher:
                     log.warning("outbox full (%d reports): dropped the oldest, %d so far",
                                 self.buffer_size, self.dropped)
             self.outbox.append(message)
-        result, reasons = self._flush(deadline)
-        return True if message.message_id not in reasons else (False, reasons[message.message_id])
+        reason = self._flush(deadline).get(message.message_id)
+        return True if reason is None else (False, reason)
 
     def flush(self, timeout=None):
         """Deliver the outbox, oldest first: True when it is empty, else (False, reason)."""
-        result, _ = self._flush(self.clock() + (self.timeout if timeout is None else timeout))
-        return result
+        reasons = self._flush(self.clock() + (self.timeout if timeout is None else timeout))
+        return True if not reasons else (False, next(iter(reasons.values())))
 
     def _flush(self, deadline):
-        """flush(), and the reason of each message that was not delivered."""
-        try:
-            self._hold_lock(deadline)
-        except TimeoutError as exc:
-            return (False, str(exc)), {message.message_id: str(exc) for message in self.outbox}
+        """Deliver the outbox: {message_id: reason} for each message not delivered."""
+        if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
+            return {message.message_id: _BUSY for message in self.outbox} or {None: _BUSY}
         try:
             reasons = {}
-            while self.outbox and not reasons:
+            while self.outbox and not reasons:  # a nacked report stays: stop there
                 batch = list(itertools.islice(self.outbox, 256))
                 try:
                     outcomes = self._deliver(batch, deadline)
                 except (PihaceError, OSError) as exc:
-                    reason = self._failed(exc)
-                    reasons = {message.message_id: reason for message in self.outbox}
-                    break
+                    return dict.fromkeys((m.message_id for m in self.outbox), self._failed(exc))
                 for message in batch:
-                    acked, reason = outcomes.get(message.message_id, (False, "not confirmed"))
+                    acked, reason = outcomes[message.message_id]
                     if acked:  # delivered, or unroutable: sending it again would not help
                         self.outbox.remove(message)
                         if reason is not None:
                             log.warning("report dropped: %s", reason)
                     if reason is not None:
                         reasons[message.message_id] = reason
-            first = next(iter(reasons.values()), None)
-            return (True if first is None else (False, first)), reasons
+            for message in self.outbox:  # not tried yet: they wait behind a refused one
+                reasons.setdefault(message.message_id, next(iter(reasons.values())))
+            return reasons
         finally:
             self._lock.release()
 
@@ -1990,40 +1942,36 @@ class AMQPPusher:
 
         Reports keep a fixed cadence (a slow round skips the ticks it missed).
         Between them the connection is kept alive (heartbeats), and after a
-        failure it is retried with exponential backoff, capped at 30 s, while
-        reports wait in the outbox. On the way out the outbox gets a short
-        last chance and the connection is closed cleanly.
+        failure the outbox is retried with exponential backoff, capped at 30 s.
+        On the way out the outbox gets a short last chance and the connection
+        is closed cleanly.
         """
         interval = _positive("interval", interval)
         self._stop.clear()
-        next_report = self.clock()
-        retry_at, failures = None, 0
+        next_report, retry_at, failures = self.clock(), math.inf, 0
         log.info("pushing a report to %s every %gs", self.parameters.safe_url, interval)
         try:
             while not self._stopped(stop_event):
                 now = self.clock()
+                result = None
                 if now >= next_report:
                     result = self.push()
-                    next_report += interval
-                    if next_report <= now:  # a slow round: skip the ticks it missed
-                        next_report = now + interval - (now - next_report) % interval
-                elif retry_at is not None and now >= retry_at and self.blocked is None:
-                    result = self.flush()
-                else:
-                    result = None
-                if result is True and failures:
-                    log.warning("publishing again through %s after %d failed attempt(s)",
-                                self.parameters.safe_url, failures)
-                    retry_at, failures = None, 0
-                elif result is not None and result is not True:
+                    next_report += interval * (1 + (now - next_report) // interval)
+                elif now >= retry_at:
+                    result = self.flush()  # fails fast while the broker blocks publishers
+                if result is True:
+                    if failures:
+                        log.warning("publishing again through %s after %d failed attempt(s)",
+                                    self.parameters.safe_url, failures)
+                    retry_at, failures = math.inf, 0
+                elif result is not None:
                     if not failures:
                         log.warning("cannot publish (%s); %d report(s) wait in the outbox",
                                     result[1], len(self.outbox))
                     failures += 1
                     backoff = min(30.0, 0.5 * 2 ** (failures - 1))
                     retry_at = self.clock() + backoff * (0.5 + random.random() / 2)
-                wake = next_report if retry_at is None else min(next_report, retry_at)
-                self._wait(wake - self.clock(), stop_event)
+                self._wait(min(next_report, retry_at) - self.clock(), stop_event)
         except KeyboardInterrupt:
             log.info("interrupted: stopping")
         finally:
@@ -2053,22 +2001,10 @@ class AMQPPusher:
                 if connection is not None and connection.is_open:
                     try:
                         connection.poll(step)
-                        continue
                     except (PihaceError, OSError) as exc:
                         log.warning("connection lost: %s", self._failed(exc))
-                        continue
+                    continue
             self._stop.wait(step)
-
-
-class _MessageIds:
-    """Unique message ids: a random prefix per process and a counter."""
-
-    def __init__(self):
-        self._prefix = os.urandom(8).hex()
-        self._counter = itertools.count(1)
-
-    def next(self):
-        return f"{self._prefix}-{next(self._counter)}"
 
 
 # ---------------------------------------------------------------------------

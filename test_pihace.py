@@ -2430,3 +2430,16 @@ def test_checks_from_two_threads_at_once_start_one_run(release):
     for thread in threads:
         thread.join(10)
     assert len(calls) == 1
+
+
+def test_a_report_behind_a_refused_one_is_not_called_delivered(rabbit, unique_queue):
+    arguments = {"x-max-length": 1, "x-overflow": "reject-publish"}
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue,
+                               queue_arguments=arguments)
+    assert pusher.push() is True  # fills the queue
+    for _ in range(300):  # more than one batch of 256 waits behind the refused ones
+        pusher.outbox.append(pusher._message({"queued": True}))
+    result = pusher.push()
+    assert result[0] is False and "Basic.Nack" in result[1]
+    assert len(pusher.outbox) == 301  # all kept, in order
+    pusher.close()
