@@ -569,56 +569,50 @@ REPLY_NAMES = {
     530: "NOT_ALLOWED", 540: "NOT_IMPLEMENTED", 541: "INTERNAL_ERROR",
 }
 
-# The methods pihace sends or accepts: (class id, method id) -> name, arguments.
-# The broker may send only those marked with "<-" in the comment.
-_METHOD_TABLE = {
-    (10, 10): ("Connection.Start", "version_major:octet version_minor:octet "
-               "server_properties:table mechanisms:longstr locales:longstr"),  # <-
-    (10, 11): ("Connection.Start-Ok", "client_properties:table mechanism:shortstr "
-               "response:longstr locale:shortstr"),
-    (10, 20): ("Connection.Secure", "challenge:longstr"),  # <-
-    (10, 30): ("Connection.Tune", "channel_max:short frame_max:long heartbeat:short"),  # <-
-    (10, 31): ("Connection.Tune-Ok", "channel_max:short frame_max:long heartbeat:short"),
-    (10, 40): ("Connection.Open", "virtual_host:shortstr capabilities:shortstr insist:bit"),
-    (10, 41): ("Connection.Open-Ok", "known_hosts:shortstr"),  # <-
-    (10, 50): ("Connection.Close", "reply_code:short reply_text:shortstr "
-               "class_id:short method_id:short"),  # <-
-    (10, 51): ("Connection.Close-Ok", ""),  # <-
-    (10, 60): ("Connection.Blocked", "reason:shortstr"),  # <-
-    (10, 61): ("Connection.Unblocked", ""),  # <-
-    (20, 10): ("Channel.Open", "out_of_band:shortstr"),
-    (20, 11): ("Channel.Open-Ok", "channel_id:longstr"),  # <-
-    (20, 20): ("Channel.Flow", "active:bit"),  # <-
-    (20, 21): ("Channel.Flow-Ok", "active:bit"),
-    (20, 40): ("Channel.Close", "reply_code:short reply_text:shortstr "
-               "class_id:short method_id:short"),  # <-
-    (20, 41): ("Channel.Close-Ok", ""),  # <-
-    (40, 10): ("Exchange.Declare", "ticket:short exchange:shortstr type:shortstr passive:bit "
-               "durable:bit auto_delete:bit internal:bit nowait:bit arguments:table"),
-    (40, 11): ("Exchange.Declare-Ok", ""),  # <-
-    (50, 10): ("Queue.Declare", "ticket:short queue:shortstr passive:bit durable:bit "
-               "exclusive:bit auto_delete:bit nowait:bit arguments:table"),
-    (50, 11): ("Queue.Declare-Ok", "queue:shortstr message_count:long consumer_count:long"),  # <-
-    (60, 40): ("Basic.Publish", "ticket:short exchange:shortstr routing_key:shortstr "
-               "mandatory:bit immediate:bit"),
-    (60, 50): ("Basic.Return", "reply_code:short reply_text:shortstr exchange:shortstr "
-               "routing_key:shortstr"),  # <-
-    (60, 80): ("Basic.Ack", "delivery_tag:longlong multiple:bit"),  # <-
-    (60, 120): ("Basic.Nack", "delivery_tag:longlong multiple:bit requeue:bit"),  # <-
-    (85, 10): ("Confirm.Select", "nowait:bit"),
-    (85, 11): ("Confirm.Select-Ok", ""),  # <-
-}
-_METHOD_NAMES = {key: name for key, (name, _) in _METHOD_TABLE.items()}
+# The methods pihace sends (>), accepts (<) or both: class id, method id, name, then the
+# arguments as name:type; consecutive bits share an octet (least significant first): a,b:bits.
+_METHOD_TABLE = [
+    "10 10 < Connection.Start version_major:octet version_minor:octet server_properties:table "
+    "mechanisms:longstr locales:longstr",
+    "10 11 > Connection.Start-Ok client_properties:table mechanism:shortstr response:longstr "
+    "locale:shortstr",
+    "10 20 < Connection.Secure challenge:longstr",
+    "10 30 < Connection.Tune channel_max:short frame_max:long heartbeat:short",
+    "10 31 > Connection.Tune-Ok channel_max:short frame_max:long heartbeat:short",
+    "10 40 > Connection.Open virtual_host:shortstr capabilities:shortstr insist:bits",
+    "10 41 < Connection.Open-Ok known_hosts:shortstr",
+    "10 50 <> Connection.Close reply_code:short reply_text:shortstr class_id:short method_id:short",
+    "10 51 <> Connection.Close-Ok",
+    "10 60 < Connection.Blocked reason:shortstr",
+    "10 61 < Connection.Unblocked",
+    "20 10 > Channel.Open out_of_band:shortstr",
+    "20 11 < Channel.Open-Ok channel_id:longstr",
+    "20 20 < Channel.Flow active:bits",
+    "20 21 > Channel.Flow-Ok active:bits",
+    "20 40 < Channel.Close reply_code:short reply_text:shortstr class_id:short method_id:short",
+    "20 41 <> Channel.Close-Ok",
+    "40 10 > Exchange.Declare ticket:short exchange:shortstr type:shortstr "
+    "passive,durable,auto_delete,internal,nowait:bits arguments:table",
+    "40 11 < Exchange.Declare-Ok",
+    "50 10 > Queue.Declare ticket:short queue:shortstr "
+    "passive,durable,exclusive,auto_delete,nowait:bits arguments:table",
+    "50 11 < Queue.Declare-Ok queue:shortstr message_count:long consumer_count:long",
+    "60 40 > Basic.Publish ticket:short exchange:shortstr routing_key:shortstr "
+    "mandatory,immediate:bits",
+    "60 50 < Basic.Return reply_code:short reply_text:shortstr exchange:shortstr "
+    "routing_key:shortstr",
+    "60 80 < Basic.Ack delivery_tag:longlong multiple:bits",
+    "60 120 < Basic.Nack delivery_tag:longlong multiple,requeue:bits",
+    "85 10 > Confirm.Select nowait:bits",
+    "85 11 < Confirm.Select-Ok",
+]
+_METHODS = [line.split() for line in _METHOD_TABLE]
+_METHOD_NAMES = {(int(c), int(m)): name for c, m, _, name, *_ in _METHODS}
 _METHOD_IDS = {name: key for key, name in _METHOD_NAMES.items()}
-_METHOD_ARGUMENTS = {key: [tuple(argument.split(":")) for argument in signature.split()]
-                     for key, (_, signature) in _METHOD_TABLE.items()}
-_FROM_BROKER = {
-    "Connection.Start", "Connection.Secure", "Connection.Tune", "Connection.Open-Ok",
-    "Connection.Close", "Connection.Close-Ok", "Connection.Blocked", "Connection.Unblocked",
-    "Channel.Open-Ok", "Channel.Flow", "Channel.Close", "Channel.Close-Ok",
-    "Exchange.Declare-Ok", "Queue.Declare-Ok", "Basic.Return", "Basic.Ack", "Basic.Nack",
-    "Confirm.Select-Ok",
-}
+_METHOD_ARGUMENTS = {name: [(argument.split(",") if kind == "bits" else argument, kind)
+                            for argument, kind in (item.split(":") for item in signature)]
+                     for _, _, _, name, *signature in _METHODS}
+_FROM_BROKER = {name for _, _, way, name, *_ in _METHODS if "<" in way}
 
 # Basic content properties in flag order: bit 15 (content_type) downwards.
 BASIC_PROPERTIES = (
@@ -635,6 +629,12 @@ BASIC_PROPERTIES = (
 # ---------------------------------------------------------------------------
 
 _octet, _short, _long, _longlong = (struct.Struct(f">{c}") for c in "BHIQ")
+_INTEGERS = {"octet": _octet, "short": _short, "long": _long, "longlong": _longlong,
+             "timestamp": _longlong}
+# RabbitMQ's field types (its "s" is a signed 16-bit integer, unlike the 0-9-1 text)
+_FIELD_STRUCTS = {tag.encode(): struct.Struct(">" + code) for tag, code in (
+    ("b", "b"), ("B", "B"), ("s", "h"), ("u", "H"), ("I", "i"), ("i", "I"), ("l", "q"),
+    ("L", "Q"), ("T", "Q"), ("f", "f"), ("d", "d"), ("t", "?"))}
 _MAX_TABLE_DEPTH = 16
 
 
@@ -659,9 +659,9 @@ def _encode_field_value(key, value):
         return b"t\x01" if value else b"t\x00"
     if isinstance(value, int):
         if -2 ** 31 <= value < 2 ** 31:
-            return b"I" + struct.pack(">i", value)
+            return b"I" + _FIELD_STRUCTS[b"I"].pack(value)
         if -2 ** 63 <= value < 2 ** 63:
-            return b"l" + struct.pack(">q", value)
+            return b"l" + _FIELD_STRUCTS[b"l"].pack(value)
         raise ValueError(f"table value of {key!r} does not fit in 64 bits: {value}")
     if isinstance(value, (str, bytes)):
         return b"S" + encode_longstr(value)
@@ -677,29 +677,21 @@ def encode_table(table):
     return _long.pack(len(payload)) + payload
 
 
-def _encode_arguments(arguments, values):
-    parts, bits, bit_count = [], 0, 0
-    for name, kind in arguments:
-        value = values.get(name)
-        if kind == "bit":  # consecutive bits share one octet, least significant first
-            bits |= bool(value) << bit_count
-            bit_count += 1
-            continue
-        if bit_count:
-            parts.append(bytes((bits,)))
-            bits = bit_count = 0
-        if kind == "shortstr":
-            parts.append(encode_shortstr(value or ""))
-        elif kind == "longstr":
-            parts.append(encode_longstr(value or b""))
-        elif kind == "table":
-            parts.append(encode_table(value))
+_ENCODERS = dict({kind: packer.pack for kind, packer in _INTEGERS.items()},
+                 shortstr=encode_shortstr, longstr=encode_longstr, table=encode_table)
+_EMPTY = {"shortstr": b"", "longstr": b"", "table": None}  # what a missing argument sends
+
+
+def encode_method(name, **values):
+    """A method frame's payload: class id, method id, then the arguments."""
+    class_id, method_id = _METHOD_IDS[name]
+    parts = [_short.pack(class_id), _short.pack(method_id)]
+    for argument, kind in _METHOD_ARGUMENTS[name]:
+        if kind == "bits":  # consecutive bits share one octet, least significant first
+            octet = sum(1 << i for i, bit in enumerate(argument) if values.get(bit))
+            parts.append(bytes((octet,)))
         else:
-            packer = {"octet": _octet, "short": _short, "long": _long, "longlong": _longlong,
-                      "timestamp": _longlong}[kind]
-            parts.append(packer.pack(value or 0))
-    if bit_count:
-        parts.append(bytes((bits,)))
+            parts.append(_ENCODERS[kind](values.get(argument) or _EMPTY.get(kind, 0)))
     return b"".join(parts)
 
 
@@ -729,23 +721,27 @@ class _Reader:
     def longstr(self):
         return self.take(self.unpack(_long))
 
-    def table(self, depth=0):
-        reader = _Reader(self.longstr())
-        table = {}
+    def read(self, kind):
+        """A value of a spec type other than bit, e.g. "short" or "table"."""
+        packer = _INTEGERS.get(kind)
+        return self.unpack(packer) if packer else getattr(self, kind)()
+
+    def _items(self, read):
+        """read(reader) for each item in a longstr (a table's or an array's), in order."""
+        reader, items = _Reader(self.longstr()), []
         while reader.offset < len(reader.data):
-            key = reader.shortstr()
-            table[key] = reader.field_value(depth)
-        return table
+            items.append(read(reader))
+        return items
+
+    def table(self, depth=0):
+        return dict(self._items(lambda reader: (reader.shortstr(), reader.field_value(depth))))
 
     def field_value(self, depth):
         if depth > _MAX_TABLE_DEPTH:  # tables and arrays nested in each other
             raise RemoteProtocolError("field table nested too deeply")
         tag = self.take(1)
-        simple = _FIELD_STRUCTS.get(tag)
-        if simple is not None:
-            return self.unpack(simple)
-        if tag == b"t":
-            return self.take(1) != b"\x00"
+        if tag in _FIELD_STRUCTS:
+            return self.unpack(_FIELD_STRUCTS[tag])
         if tag == b"S":
             return self.longstr().decode("utf-8", "replace")
         if tag == b"x":
@@ -753,11 +749,7 @@ class _Reader:
         if tag == b"F":
             return self.table(depth + 1)
         if tag == b"A":
-            reader = _Reader(self.longstr())
-            items = []
-            while reader.offset < len(reader.data):
-                items.append(reader.field_value(depth + 1))
-            return items
+            return self._items(lambda reader: reader.field_value(depth + 1))
         if tag == b"D":
             scale, value = self.unpack(_octet), self.unpack(_FIELD_STRUCTS[b"I"])
             return value / 10 ** scale
@@ -766,46 +758,14 @@ class _Reader:
         raise RemoteProtocolError(f"unknown field table tag {tag!r}")
 
     def arguments(self, arguments):
-        values, bits, bit_count = {}, 0, 8
+        values = {}
         for name, kind in arguments:
-            if kind == "bit":
-                if bit_count == 8:
-                    bits, bit_count = self.unpack(_octet), 0
-                values[name] = bool(bits & (1 << bit_count))
-                bit_count += 1
-                continue
-            bit_count = 8
-            if kind == "shortstr":
-                values[name] = self.shortstr()
-            elif kind == "longstr":
-                values[name] = self.longstr()
-            elif kind == "table":
-                values[name] = self.table()
+            if kind == "bits":
+                octet = self.unpack(_octet)
+                values.update((bit, bool(octet >> i & 1)) for i, bit in enumerate(name))
             else:
-                values[name] = self.unpack({"octet": _octet, "short": _short, "long": _long,
-                                            "longlong": _longlong, "timestamp": _longlong}[kind])
+                values[name] = self.read(kind)
         return values
-
-
-# RabbitMQ's field types (its "s" is a signed 16-bit integer, unlike the 0-9-1 text)
-_FIELD_STRUCTS = {tag.encode(): struct.Struct(">" + code) for tag, code in (
-    ("b", "b"), ("B", "B"), ("s", "h"), ("u", "H"), ("I", "i"), ("i", "I"), ("l", "q"),
-    ("L", "Q"), ("T", "Q"), ("f", "f"), ("d", "d"))}
-
-
-def encode_method(name, **values):
-    """A method frame's payload: class id, method id, then the arguments."""
-    class_id, method_id = _METHOD_IDS[name]
-    return _short.pack(class_id) + _short.pack(method_id) + _encode_arguments(
-        _METHOD_ARGUMENTS[class_id, method_id], values)
-
-
-def _encode_property(kind, value):
-    if kind == "shortstr":
-        return encode_shortstr(value)
-    if kind == "table":
-        return encode_table(value)
-    return (_octet if kind == "octet" else _longlong).pack(value)
 
 
 class PropertiesTemplate:
@@ -817,30 +777,27 @@ class PropertiesTemplate:
 
     def __init__(self, fixed=None, varying=()):
         fixed = fixed or {}
-        self.flags, self.segments = 0, []  # bytes for fixed runs, (name, kind, flag) else
+        self.flags, self.head = 0, b""  # the fixed properties before the first varying one
+        self.varying = []  # [name, encoder, flag, the fixed properties after it]
         for index, (name, kind) in enumerate(BASIC_PROPERTIES):
             flag = 1 << (15 - index)
             if name in varying:
-                self.segments.append((name, kind, flag))
+                self.varying.append([name, _ENCODERS[kind], flag, b""])
             elif fixed.get(name) is not None:
                 self.flags |= flag
-                encoded = _encode_property(kind, fixed[name])
-                if self.segments and isinstance(self.segments[-1], bytes):
-                    self.segments[-1] += encoded
+                if self.varying:
+                    self.varying[-1][3] += _ENCODERS[kind](fixed[name])
                 else:
-                    self.segments.append(encoded)
+                    self.head += _ENCODERS[kind](fixed[name])
 
     def encode(self, **values):
-        flags, parts = self.flags, []
-        for segment in self.segments:
-            if segment.__class__ is bytes:
-                parts.append(segment)
-                continue
-            name, kind, flag = segment
+        flags, parts = self.flags, [self.head]
+        for name, encode, flag, fixed in self.varying:
             value = values.get(name)
             if value is not None:
                 flags |= flag
-                parts.append(_encode_property(kind, value))
+                parts.append(encode(value))
+            parts.append(fixed)
         return _short.pack(flags) + b"".join(parts)
 
 
@@ -853,11 +810,8 @@ def decode_properties(reader):
     flags = reader.unpack(_short)
     if flags & 1:
         raise RemoteProtocolError("content header with continued property flags")
-    properties = {}
-    for index, (name, kind) in enumerate(BASIC_PROPERTIES):
-        if flags & (1 << (15 - index)):
-            properties[name] = reader.arguments([(name, kind)])[name]
-    return properties
+    return {name: reader.read(kind) for index, (name, kind) in enumerate(BASIC_PROPERTIES)
+            if flags & 1 << (15 - index)}
 
 
 # ---------------------------------------------------------------------------
@@ -907,10 +861,11 @@ class FrameDecoder:
             return None
         frame_type, channel, size = _frame_head.unpack_from(buffer)
         if frame_type not in (FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT):
-            if buffer[:4] == b"AMQP":
+            if buffer[:4] == b"AMQP":  # a protocol header: the server wants another version
                 if len(buffer) < 8:
                     return None
-                raise RemoteProtocolError(_describe_header(bytes(buffer[:8])))
+                raise RemoteProtocolError(f"the server only speaks AMQP {buffer[5]}.{buffer[6]}."
+                                          f"{buffer[7]} (protocol id {buffer[4]}), not AMQP 0-9-1")
             if buffer[0] in (0x15, 0x16) and buffer[1] == 3:  # a TLS record: alert, handshake
                 raise RemoteProtocolError("the server speaks TLS on this port: use amqps://")
             raise RemoteProtocolError(f"unknown frame type {frame_type} "
@@ -926,15 +881,6 @@ class FrameDecoder:
         payload = bytes(buffer[7:end])
         del buffer[:end + 1]
         return frame_type, channel, payload
-
-
-def _describe_header(header):
-    """Why a protocol header in place of a frame means we cannot talk."""
-    if len(header) == 8 and header[:4] == b"AMQP":
-        version = ".".join(str(part) for part in header[5:8])
-        return (f"the server only speaks AMQP {version} (protocol id {header[4]}), "
-                "not AMQP 0-9-1")
-    return f"the server answered {header!r}, not an AMQP 0-9-1 frame"
 
 
 # ---------------------------------------------------------------------------
@@ -1082,7 +1028,7 @@ class AMQPProtocol:
         name = _METHOD_NAMES.get(key)
         if name not in _FROM_BROKER:
             raise RemoteProtocolError(f"unexpected method {name or '%d.%d' % key} from the broker")
-        method = Method(channel, name, reader.arguments(_METHOD_ARGUMENTS[key]))
+        method = Method(channel, name, reader.arguments(_METHOD_ARGUMENTS[name]))
         if reader.offset != len(payload):
             raise RemoteProtocolError(f"{name} has {len(payload) - reader.offset} bytes too many")
         if name == "Basic.Return":
@@ -1155,7 +1101,7 @@ class AMQPProtocol:
             self.state = "closed"
         elif name in ("Connection.Blocked", "Connection.Unblocked"):
             self._expect(method, "opened")
-            self.blocked = args["reason"] if name == "Connection.Blocked" else None
+            self.blocked = args.get("reason")  # Unblocked has none
         elif name == "Channel.Open-Ok":
             self._check_channel(method, ("opening",)).state = "open"
         elif name == "Channel.Close":
@@ -1195,11 +1141,8 @@ class AMQPProtocol:
 
     def _on_tune(self, args):
         # Take the broker's limits; 0 means it sets none. Never ask for more.
-        def lower(ours, theirs):
-            return min(ours, theirs) if theirs else ours
-
-        self.channel_max = lower(self.channel_max, args["channel_max"])
-        self.frame_max = lower(self.frame_max, args["frame_max"])
+        self.channel_max = min(self.channel_max, args["channel_max"] or self.channel_max)
+        self.frame_max = min(self.frame_max, args["frame_max"] or self.frame_max)
         if self.frame_max < FRAME_MIN_SIZE:
             raise RemoteProtocolError(f"the broker's frame_max of {args['frame_max']} is below "
                                       f"the minimum of {FRAME_MIN_SIZE}")
@@ -1211,9 +1154,16 @@ class AMQPProtocol:
 
     # -- what the client does -------------------------------------------------
 
-    def _require_open(self, what):
+    def _require_open(self, what, channel=None):
+        """The _Channel of `channel` if given, once the connection (and it) are open."""
         if self.state != "opened":
             raise LocalProtocolError(f"cannot {what}: the connection is {self.state}")
+        if channel is None:
+            return None
+        state = self.channels.get(channel)
+        if state is None or state.state != "open":
+            raise LocalProtocolError(f"cannot {what}: channel {channel} is not open")
+        return state
 
     def open_channel(self, channel):
         self._require_open("open a channel")
@@ -1224,10 +1174,7 @@ class AMQPProtocol:
 
     def send_method(self, channel, name, **values):
         """Send a method on an open channel, e.g. Queue.Declare or Confirm.Select."""
-        self._require_open(f"send {name}")
-        state = self.channels.get(channel)
-        if state is None or state.state != "open":
-            raise LocalProtocolError(f"cannot send {name}: channel {channel} is not open")
+        state = self._require_open(f"send {name}", channel)
         if name == "Confirm.Select":
             state.confirming = True
         self._send(channel, name, **values)
@@ -1238,10 +1185,7 @@ class AMQPProtocol:
         `properties` are encoded property bytes (see encode_properties), so a
         publisher can encode the ones that never change once.
         """
-        self._require_open("publish")
-        state = self.channels.get(channel)
-        if state is None or state.state != "open":
-            raise LocalProtocolError(f"cannot publish: channel {channel} is not open")
+        state = self._require_open("publish", channel)
         key = (channel, exchange, routing_key, mandatory)
         method = self._publish_frames.get(key)
         if method is None:  # the same few destinations over and over: encode each once
@@ -1249,7 +1193,7 @@ class AMQPProtocol:
                 self._publish_frames.clear()
             method = self._publish_frames[key] = encode_frame(FRAME_METHOD, channel, encode_method(
                 "Basic.Publish", exchange=exchange, routing_key=routing_key, mandatory=mandatory))
-        self._outbox.append(method + encode_content(channel, properties, body, self.frame_max))
+        self._outbox += method, encode_content(channel, properties, body, self.frame_max)
         if not state.confirming:
             return None
         state.next_tag += 1
