@@ -23,19 +23,17 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-import json
-import logging
 import math
 import os
 import queue
-import random
-import select
-import shutil
-import socket
 import struct
 import sys
 import threading
 import time
+
+# logging, json, socket, select, shutil and random are imported where they are
+# used: together they cost more import time than the rest of pihace (the
+# import-time budget is 15 ms).
 
 try:
     import psutil
@@ -59,7 +57,16 @@ __all__ = [
     "main",
 ]
 
-log = logging.getLogger("pihace")
+class _Log:
+    """logging.getLogger("pihace"), looked up when first used (see the imports)."""
+
+    def __getattr__(self, name):
+        import logging
+
+        return getattr(logging.getLogger("pihace"), name)
+
+
+log = _Log()
 
 
 # ---------------------------------------------------------------------------
@@ -169,6 +176,8 @@ class SystemInfo:
     def disk(self):
         """(percent used, bytes free) of the disk holding disk_path, or (None, None)."""
         try:
+            import shutil
+
             usage = shutil.disk_usage(self.disk_path)
             return round(usage.used / (usage.used + usage.free) * 100, 1), usage.free
         except (OSError, ZeroDivisionError):
@@ -533,6 +542,8 @@ def format_report(report, output="dict", pretty=True):
     if output == "dict":
         return report
     if output == "json":
+        import json
+
         return json.dumps(report, indent=4 if pretty else None)
     lines = [f"Status: {report['status']} ({report['rate']} healthy)",
              f"Timestamp: {report['timestamp']}"]
@@ -1317,6 +1328,8 @@ def _client_properties(connection_name):
 def _wait_io(sock, writing, timeout):
     """Wait until sock can be read (or written): poll() where there is one, since
     select() fails past file descriptor 1024. False when the time ran out."""
+    import select
+
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(sock, select.POLLOUT if writing else select.POLLIN)
@@ -1326,6 +1339,8 @@ def _wait_io(sock, writing, timeout):
 
 
 def _create_connection(address, timeout):
+    import socket
+
     host, port = address
     if host.isascii():  # as bytes: str would load the idna codec and unicodedata
         host = host.encode()
@@ -1363,6 +1378,8 @@ class BlockingConnection:
 
     def connect(self, deadline):
         """Open the socket, then the AMQP connection, within the deadline."""
+        import socket
+
         host, port = self.parameters.host, self.parameters.port
         where = f"{host}:{port}"
         try:
@@ -1725,6 +1742,8 @@ class AMQPPusher:
         """Check and encode a message; ValueError for what can never be sent."""
         if isinstance(body, dict):
             try:
+                import json
+
                 body = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"the message cannot be serialised as JSON: {exc}") from None
@@ -1914,6 +1933,8 @@ class AMQPPusher:
                                     result[1], len(self.outbox))
                     failures += 1
                     backoff = min(30.0, 0.5 * 2 ** (failures - 1))
+                    import random
+
                     retry_at = self.clock() + backoff * (0.5 + random.random() / 2)
                 self._wait(min(next_report, retry_at) - self.clock(), stop_event)
         except KeyboardInterrupt:
@@ -1968,6 +1989,8 @@ def _seconds(value):
 
 def _os_reason(exc):
     """An OSError in a few words: "connection refused", "timed out" ..."""
+    import socket
+
     if isinstance(exc, socket.timeout):
         return "timed out"
     if isinstance(exc, socket.gaierror):
@@ -1989,7 +2012,7 @@ class TCP:
     def __call__(self):
         where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:
-            socket.create_connection((self.host, self.port), self.timeout).close()
+            _create_connection((self.host, self.port), self.timeout).close()
         except OSError as exc:
             return False, f"cannot connect to {where}: {_os_reason(exc)}"
         return True, f"connected to {where}"
@@ -2051,6 +2074,8 @@ class Disk:
                                         lambda v: 0 <= v <= 100, "a percentage from 0 to 100")
 
     def __call__(self):
+        import shutil
+
         try:
             usage = shutil.disk_usage(self.path)
         except OSError as exc:
@@ -2163,6 +2188,7 @@ def _amqp_urls(urls, password):
 def main(argv=None):
     """The ``pihace`` command: ``check`` (the default) or ``push``; returns the exit code."""
     import argparse  # here, not at the top: importing pihace should not pay for it
+    import logging
     import signal
 
     class Parser(argparse.ArgumentParser):

@@ -62,6 +62,28 @@ def _timed_checks(hc, warmup, iterations):
     return times, report
 
 
+def _handoff_times(iterations):
+    """ms of a bare round trip to another thread (SimpleQueue there and back)."""
+    import queue
+    import threading
+
+    calls, results = queue.SimpleQueue(), queue.SimpleQueue()
+
+    def serve():
+        while True:
+            results.put(calls.get()())
+
+    threading.Thread(target=serve, daemon=True).start()
+    times = []
+    for index in range(iterations + 200):
+        start = time.perf_counter()
+        calls.put(bool)
+        results.get()
+        if index >= 200:
+            times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
 def worker(figure, iterations, block_psutil):
     if block_psutil:
         sys.modules["psutil"] = None  # import psutil now raises ImportError
@@ -82,6 +104,8 @@ def worker(figure, iterations, block_psutil):
         hc = HealthCheck()
         hc.register("trivial", lambda: True)
         times, report = _timed_checks(hc, 200, iterations)
+    elif figure == "handoff":  # the floor of any check with a real timeout: one thread
+        times = _handoff_times(iterations)  # hands the call over and one hands it back
     else:
         raise SystemExit(f"unknown figure {figure!r}")
     psutil_module = sys.modules.get("psutil")
@@ -244,6 +268,8 @@ def print_table(results, import_env, import_cached, bare_ms, rounds, import_runs
         ("50 checkers sleep(0.05), later check(), ms",
          [results[("sleepers-later", p)] for p in PEERS], 80),
         ("1 checker lambda: True, ms/check()", [results[("trivial", p)] for p in PEERS], 0.1),
+        ("  floor: a bare thread round trip, ms", [results[("handoff", p)] for p in PEERS],
+         None),
         ("import - bare, no bytecode cache (env), ms", [import_env[p] for p in PEERS], None),
         ("import - bare, bytecode cached, ms", [import_cached[p] for p in PEERS], None),
     ]
@@ -295,9 +321,9 @@ def main(argv=None):
     rounds = args.rounds or (2 if quick else 5)
     import_runs = 8 if quick else 20
     ours_n = {"system": 100 if quick else 500, "sleepers": 3 if quick else 5,
-              "trivial": 1000 if quick else 5000}
+              "trivial": 1000 if quick else 5000, "handoff": 1000 if quick else 5000}
     theirs_n = {"system": 2 if quick else 5, "sleepers": 3 if quick else 5,
-                "trivial": 200 if quick else 1000}
+                "trivial": 200 if quick else 1000, "handoff": 1000 if quick else 5000}
     plan = {figure: {"ours": ours_n[figure], "ours+psutil": ours_n[figure],
                      "1.0.0": theirs_n[figure]} for figure in ours_n}
 
