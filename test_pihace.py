@@ -1294,12 +1294,28 @@ def test_repr_masks_the_password():
     ({"timeout": 0}, ValueError, "timeout must be a positive"),
     ({"heartbeat": -1}, ValueError, "heartbeat must be"),
     ({"healthcheck": "not one"}, TypeError, "healthcheck must be a HealthCheck"),
+    ({"buffer_size": 0}, ValueError, "buffer_size must be an integer >= 1"),
+    ({"timeout": -1}, ValueError, "timeout must be a positive"),
+    ({"amqp_url": []}, ValueError, "amqp_url must be a URL or a non-empty list"),
+    ({"queue_name": 7}, TypeError, "queue_name must be a string"),
 ])
 def test_constructor_checks_its_arguments(kwargs, error, words):
     kwargs.setdefault("healthcheck", None)
+    kwargs.setdefault("amqp_url", "amqp://localhost/")
     with pytest.raises(error) as raised:
-        pihace.AMQPPusher(amqp_url="amqp://localhost/", **kwargs)
+        pihace.AMQPPusher(**kwargs)
     assert words in str(raised.value)
+
+
+@pytest.mark.parametrize("interval", [0, -5, "soon", True])
+def test_a_bad_interval_is_a_value_error_before_anything_runs(interval):
+    calls = []
+    pusher = pihace.AMQPPusher(pihace.HealthCheck(), "amqp://localhost/",
+                               socket_factory=lambda *args: calls.append(args))
+    with pytest.raises(ValueError) as raised:
+        pusher.push_forever_in_loop(interval)
+    assert "interval must be a positive number" in str(raised.value)
+    assert calls == []
 
 
 def test_constructor_never_touches_the_network():
