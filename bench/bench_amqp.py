@@ -23,29 +23,25 @@ Each queue is used by one measurement only: a separate pika subprocess then
 counts its messages (the count must match what was published, so no client
 can win by dropping messages) and deletes it, so every run starts from the
 same broker state. The peers alternate order from round to round; each figure
-is the median over rounds. This file is stdlib-only: the parent only drives
-subprocesses, and a subprocess re-enters it with --worker.
+is the median over rounds. This file is stdlib-only (with common.py, shared
+with bench_check.py): the parent only drives subprocesses, and a subprocess
+re-enters it with --worker.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import platform
-import shutil
 import socket
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-VENV = os.path.join(BENCH, ".venv-pihace100")
-VENV_PYTHON = os.path.join(VENV, "bin", "python")
-REQUIREMENTS = os.path.join(BENCH, "requirements.txt")
+import common
+from common import (BENCH, REPO, VENV, VENV_PYTHON, ensure_venv, identity_after, in_order,
+                    machine, ours_identity, ours_snapshots, print_rows, usable_cpus)
 
 BODY_SIZE = 1024
 CONTENT_TYPE = "application/json"
@@ -373,29 +369,7 @@ IMPORT_CODE = {
 
 def env_for(peer, ours_dir, bytecode=False):
     """The environment of a subprocess: the snapshot of pihace.py on the path for ours only."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONPYCACHEPREFIX")}
-    if peer in OURS:
-        env["PYTHONPATH"] = ours_dir
-    if bytecode:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-    else:
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
-
-
-def ensure_venv():
-    """bench/.venv-pihace100 with pihace 1.0.0, psutil, pika and py-amqp, unless it has them."""
-    probe = [VENV_PYTHON, "-c", "import pihace.pusher.messaging, psutil, pika, amqp"]
-    if os.path.exists(VENV_PYTHON) and subprocess.run(probe, cwd=BENCH, env=env_for("", None),
-                                                      capture_output=True).returncode == 0:
-        return
-    print(f"setting up {VENV} ...", file=sys.stderr)
-    if not os.path.exists(VENV_PYTHON):
-        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-    subprocess.run([VENV_PYTHON, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "-r", REQUIREMENTS], check=True)
-    subprocess.run(probe, cwd=BENCH, env=env_for("", None), check=True)
+    return common.env_for(ours_dir if peer in OURS else None, bytecode)
 
 
 class Runner:
@@ -457,10 +431,6 @@ class Runner:
         return rss, hwm, pushed
 
 
-def in_order(items, round_number):
-    return list(items) if round_number % 2 == 0 else list(reversed(items))
-
-
 def bench_rounds(runner, rounds, sizes):
     """{(figure, peer): [one value per round]}."""
     results = {}
@@ -493,54 +463,13 @@ def bench_rounds(runner, rounds, sizes):
 
 def bench_import(runs, bytecode, ours_dir):
     """Wall ms of each import minus the median of `python -c pass`, alternating order."""
-    def run(name):
-        start = time.perf_counter()
-        subprocess.run([VENV_PYTHON, "-c", IMPORT_CODE[name]], cwd=BENCH, check=True,
-                       env=env_for("pihace" if name == "pihace" else "", ours_dir, bytecode),
-                       stdout=subprocess.DEVNULL)
-        return (time.perf_counter() - start) * 1000
-
-    for name in IMPORT_CODE:
-        run(name)  # warm: the OS file cache, and __pycache__ when bytecode=True
-    times = {name: [] for name in IMPORT_CODE}
-    for run_number in range(runs):
-        for name in in_order(IMPORT_CODE, run_number):
-            times[name].append(run(name))
-    bare = statistics.median(times["bare"])
-    return {peer: [ms - bare for ms in times[peer]] for peer in IMPORT_PEERS}, bare
-
-
-def machine(info):
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"nproc {usable}, {model}, {info['python']}, pika {info['pika']}, py-amqp "
-            f"{info['amqp']}, {info['broker']}, {platform.system()} {platform.release()}")
-
-
-def ours_identity():
-    """pihace.py's line count, hash and git commit: the other engineer may be editing it."""
-    with open(os.path.join(REPO, "pihace.py"), "rb") as source:
-        text = source.read()
-    commit = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h", "--", "pihace.py"],
-                            capture_output=True, text=True).stdout.strip() or "?"
-    dirty = subprocess.run(["git", "-C", REPO, "diff", "--quiet", "--", "pihace.py"]).returncode
-    lines = text.count(b"\n")
-    return (f"{lines} lines, sha256 {hashlib.sha256(text).hexdigest()[:12]}, "
-            f"last commit {commit}{' + uncommitted changes' if dirty else ''}")
+    codes = {name: (code, ours_dir if name == "pihace" else None)
+             for name, code in IMPORT_CODE.items()}
+    return common.bench_import(codes, runs, bytecode, IMPORT_PEERS)
 
 
 def fmt(value):
-    if value is None:
-        return "-"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+    return common.fmt(value, decimals=2, thousands=True)
 
 
 def print_table(results, sizes, rounds, import_runs, bare_ms, header_lines, notes, loads):
@@ -587,16 +516,11 @@ def print_table(results, sizes, rounds, import_runs, bare_ms, header_lines, note
             lines.append((label if index == 0 else "", names.get(peer, peer),
                           fmt(median[(figure, peer)]), f"{fmt(min(values))}..{fmt(max(values))}",
                           ratio, target))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     print()
     for line in header_lines:
         print(line)
     print()
-    for i, line in enumerate(lines):
-        print("  ".join(cell.rjust(width) if j in (2, 3, 4) else cell.ljust(width)
-                        for j, (cell, width) in enumerate(zip(line, widths))).rstrip())
-        if i == 0:
-            print("  ".join("-" * width for width in widths))
+    print_rows(lines, right=(2, 3, 4))
     print()
     ceiling = median[("throughput", "raw socket")]
     print(f"Medians of {rounds} round{'s' if rounds != 1 else ''} (imports: {import_runs} runs "
@@ -629,7 +553,7 @@ def print_table(results, sizes, rounds, import_runs, bare_ms, header_lines, note
           "compiled every run while pika and pihace 1.0.0 use the .pyc pip wrote.")
     for note in notes:
         print(f"- {note}")
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cpus()
     if max(loads) > usable - 0.5:
         print(f"- The load average ({max(loads):.2f}) is close to or above the {usable} CPUs: "
               "other processes compete with the client and the broker. Trust only differences "
@@ -651,7 +575,7 @@ def main(argv=None):
     rounds = args.rounds or (2 if args.quick else 5)
     sizes = (5000, 200, 300, 2.0) if args.quick else (20000, 500, 1000, 3.0)
     import_runs = 5 if args.quick else 10
-    ensure_venv()
+    ensure_venv("pihace.pusher.messaging, psutil, pika, amqp")
     identity = ours_identity()
     loads = [os.getloadavg()[0]]
     url = args.url or os.environ.get("PIHACE_TEST_AMQP_URL")
@@ -670,9 +594,7 @@ def main(argv=None):
         notes.append(f"broker: a private RabbitMQ node on the same machine (started in "
                      f"{node.startup_seconds:.1f} s), sharing its CPUs with the client")
     try:
-        with tempfile.TemporaryDirectory() as snapshot, tempfile.TemporaryDirectory() as cached:
-            for directory in (snapshot, cached):
-                shutil.copy2(os.path.join(REPO, "pihace.py"), directory)
+        with ours_snapshots() as (snapshot, cached):
             runner = Runner(url, snapshot, cached)
             info = runner.worker("info")
             print(f"rounds of figures 1-5 against {info['broker']} ...", file=sys.stderr)
@@ -687,11 +609,10 @@ def main(argv=None):
         results[("import", peer)] = results_cached[peer]
         results[("import-env", peer)] = results_env[peer]
     loads.append(os.getloadavg()[0])
-    if ours_identity() != identity:
-        identity += " (pihace.py has changed since: these figures are of this version)"
+    versions = f"{info['python']}, pika {info['pika']}, py-amqp {info['amqp']}, {info['broker']}"
     header = [f"pihace.py ({REPO}) vs pika and py-amqp, one broker, peers alternating",
-              f"pihace.py: {identity}",
-              f"machine: {machine(info)}; load average {loads[0]:.2f} before, "
+              f"pihace.py: {identity_after(identity)}",
+              f"machine: {machine(versions)}; load average {loads[0]:.2f} before, "
               f"{loads[1]:.2f} after"]
     print_table(results, sizes, rounds, import_runs, (bare_env, bare_cached), header, notes,
                 loads)

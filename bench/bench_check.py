@@ -15,27 +15,22 @@ subprocess with exactly one of them on the path:
 
 All three use the virtualenv's interpreter, so only the module differs. The
 order of the peers alternates from round to round; each figure is the median
-over rounds of each subprocess's median. This file is stdlib-only: the parent
-only drives subprocesses, and a subprocess re-enters it with --worker.
+over rounds of each subprocess's median. This file is stdlib-only (with
+common.py, shared with bench_amqp.py): the parent only drives subprocesses, and
+a subprocess re-enters it with --worker.
 """
 
 import argparse
-import hashlib
 import json
 import os
-import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-VENV = os.path.join(BENCH, ".venv-pihace100")
-VENV_PYTHON = os.path.join(VENV, "bin", "python")
-REQUIREMENTS = os.path.join(BENCH, "requirements.txt")
+import common
+from common import (BENCH, REPO, VENV, VENV_PYTHON, ensure_venv, fmt, identity_after, in_order,
+                    machine, ours_identity, ours_snapshots, print_rows)
 
 PEERS = ("ours", "ours+psutil", "1.0.0")
 
@@ -116,30 +111,9 @@ def worker(figure, iterations, block_psutil):
 # parent: set-up, subprocesses, table
 # ---------------------------------------------------------------------------
 
-def ensure_venv():
-    """Create bench/.venv-pihace100 with pihace 1.0.0 and psutil, unless it works already."""
-    probe = [VENV_PYTHON, "-c", "import pihace.healthcheck, psutil"]
-    if os.path.exists(VENV_PYTHON) and subprocess.run(probe, cwd=BENCH, env=env_for("1.0.0", None),
-                                                      capture_output=True).returncode == 0:
-        return
-    print(f"setting up {VENV} (once) ...", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-    subprocess.run([VENV_PYTHON, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "-r", REQUIREMENTS], check=True)
-    subprocess.run(probe, cwd=BENCH, env=env_for("1.0.0", None), check=True)
-
-
-def env_for(peer, pythonpath, bytecode=False):
+def env_for(peer, ours_dir, bytecode=False):
     """The environment of a subprocess for `peer`: only its pihace importable."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONPYCACHEPREFIX")}
-    if peer != "1.0.0":
-        env["PYTHONPATH"] = pythonpath
-    if bytecode:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-    else:
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
+    return common.env_for(None if peer == "1.0.0" else ours_dir, bytecode)
 
 
 def run_worker(peer, figure, iterations, ours_dir):
@@ -154,10 +128,6 @@ def run_worker(peer, figure, iterations, ours_dir):
     assert os.path.abspath(result["file"]).startswith(expected + os.sep), (peer, result["file"])
     assert result["psutil"] == (peer != "ours"), (peer, result)
     return result["ms"]
-
-
-def in_order(items, round_number):
-    return list(items) if round_number % 2 == 0 else list(reversed(items))
 
 
 def bench_checks(rounds, plan, ours_dir):
@@ -189,61 +159,21 @@ def bench_import(runs, bytecode, ours_dir):
         "ours+psutil": ("ours+psutil", "import pihace"),
         "1.0.0": ("1.0.0", "import pihace"),
     }
-
-    def run(name):
-        peer, code = commands[name]
-        start = time.perf_counter()
-        subprocess.run([VENV_PYTHON, "-c", code], cwd=BENCH, check=True,
-                       env=env_for(peer, ours_dir, bytecode), stdout=subprocess.DEVNULL)
-        return (time.perf_counter() - start) * 1000
-
     for peer in PEERS:  # guard against timing the wrong module
         where = subprocess.run([VENV_PYTHON, "-c", commands[peer][1] + "; print(pihace.__file__)"],
                                cwd=BENCH, env=env_for(peer, ours_dir), check=True,
                                capture_output=True, text=True).stdout.strip()
         assert where.startswith((VENV if peer == "1.0.0" else ours_dir) + os.sep), (peer, where)
-    for name in commands:
-        run(name)  # warm: the OS file cache, and __pycache__ when bytecode=True
-    times = {name: [] for name in commands}
-    for run_number in range(runs):
-        for name in in_order(commands, run_number):
-            times[name].append(run(name))
-    bare = statistics.median(times["bare"])
-    return {peer: [ms - bare for ms in times[peer]] for peer in PEERS}, bare
+    codes = {name: (code, None if peer == "1.0.0" else ours_dir)
+             for name, (peer, code) in commands.items()}
+    return common.bench_import(codes, runs, bytecode, PEERS)
 
 
-def machine():
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = subprocess.run(
+def versions():
+    return subprocess.run(
         [VENV_PYTHON, "-c", "import platform, psutil; print(platform.python_implementation(), "
          "platform.python_version(), 'psutil', psutil.__version__)"],
         cwd=BENCH, env=env_for("1.0.0", None), capture_output=True, text=True).stdout.strip()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"nproc {usable}, {model}, {versions}, {platform.system()} {platform.release()}"
-
-
-def ours_identity():
-    """pihace.py's line count, hash and git commit: the other engineer may be editing it."""
-    with open(os.path.join(REPO, "pihace.py"), "rb") as source:
-        text = source.read()
-    commit = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h", "--", "pihace.py"],
-                            capture_output=True, text=True).stdout.strip() or "?"
-    dirty = subprocess.run(["git", "-C", REPO, "diff", "--quiet", "--", "pihace.py"]).returncode
-    lines = text.count(b"\n")
-    return (f"{lines} lines, sha256 {hashlib.sha256(text).hexdigest()[:12]}, "
-            f"last commit {commit}{' + uncommitted changes' if dirty else ''}")
-
-
-def fmt(value):
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
 
 
 def ratio(ours, theirs):
@@ -281,18 +211,14 @@ def print_table(results, import_env, import_cached, bare_ms, rounds, import_runs
     for name, (ours, ours_psutil, theirs), target in rows:
         lines.append((name, fmt(ours), fmt(ours_psutil), fmt(theirs), ratio(ours, theirs),
                       ratio(ours_psutil, theirs), verdict(target, ours, ours_psutil)))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     print()
     print(f"pihace.py ({REPO}) vs pihace 1.0.0: medians of {rounds} rounds "
           f"(imports: {import_runs} runs each), peers alternating")
     print(f"pihace.py: {identity}")
-    print(f"machine: {machine()}; load average {loads[0]:.2f} before, {loads[1]:.2f} after")
+    print(f"machine: {machine(versions())}; load average {loads[0]:.2f} before, "
+          f"{loads[1]:.2f} after")
     print()
-    for i, line in enumerate(lines):
-        print("  ".join(cell.ljust(width) if j == 0 else cell.rjust(width)
-                        for j, (cell, width) in enumerate(zip(line, widths))).rstrip())
-        if i == 0:
-            print("  ".join("-" * width for width in widths))
+    widths = print_rows(lines, right=range(1, len(header)))
     print()
     print("spread, min..max of the values whose median is shown (per-round medians; "
           "single runs for imports):")
@@ -327,24 +253,19 @@ def main(argv=None):
     plan = {figure: {"ours": ours_n[figure], "ours+psutil": ours_n[figure],
                      "1.0.0": theirs_n[figure]} for figure in ours_n}
 
-    ensure_venv()
+    ensure_venv("pihace.healthcheck, psutil")
     identity = ours_identity()
     loads = [os.getloadavg()[0]]
-    # Ours runs from snapshots of pihace.py taken now, so an edit during the run changes
-    # nothing, and the repository's __pycache__ never matters (one snapshot never gets one).
-    with tempfile.TemporaryDirectory() as snapshot, tempfile.TemporaryDirectory() as cached:
-        for directory in (snapshot, cached):
-            shutil.copy2(os.path.join(REPO, "pihace.py"), directory)
+    # Ours runs from snapshots of pihace.py taken now (one snapshot never gets a __pycache__).
+    with ours_snapshots() as (snapshot, cached):
         print("figures 1-3 ...", file=sys.stderr)
         results = bench_checks(rounds, plan, snapshot)
         print("imports ...", file=sys.stderr)
         import_env, bare_env = bench_import(import_runs, False, snapshot)
         import_cached, bare_cached = bench_import(import_runs, True, cached)
     loads.append(os.getloadavg()[0])
-    if ours_identity() != identity:
-        identity += " (pihace.py has changed since: these figures are of this version)"
     print_table(results, import_env, import_cached, (bare_env, bare_cached), rounds,
-                import_runs, loads, identity)
+                import_runs, loads, identity_after(identity))
     return 0
 
 
