@@ -65,6 +65,11 @@ class _Log:
 
         return getattr(logging.getLogger("pihace"), name)
 
+    def __setattr__(self, name, value):
+        import logging
+
+        setattr(logging.getLogger("pihace"), name, value)
+
 
 log = _Log()
 
@@ -1248,9 +1253,10 @@ class AMQPParameters:
             port = parts.port
         except ValueError:  # not a number, or out of range
             port = 0
-        if port == 0:
-            raise ValueError(f"amqp_url has a bad port: "
-                             f"{parts.netloc.rpartition('@')[2].rpartition(':')[2]!r}")
+        if port == 0:  # without an @, the "port" may be a password: amqp://user:password/
+            shown = parts.netloc.rpartition("@")[2].rpartition(":")[2] if "@" in parts.netloc \
+                else "(not shown: without a host it may be a password)"
+            raise ValueError(f"amqp_url has a bad port: {shown!r}")
         self.port = port or (5671 if self.tls else 5672)
         self.username = unquote(parts.username) if parts.username else "guest"
         self.password_given = parts.password is not None
@@ -1339,12 +1345,33 @@ def _wait_io(sock, writing, timeout):
 
 
 def _create_connection(address, timeout):
+    """A connected TCP socket, trying each address of the host within one timeout
+    (socket.create_connection gives each address the whole of it). Resolving
+    the name is up to the system's resolver and its own timeouts."""
     import socket
 
     host, port = address
-    if host.isascii():  # as bytes: str would load the idna codec and unicodedata
-        host = host.encode()
-    return socket.create_connection((host, port), timeout)
+    try:  # ASCII as bytes: a str would load the idna codec and unicodedata
+        host = host.encode("ascii" if host.isascii() else "idna")
+    except UnicodeError:
+        raise OSError(f"invalid host name {host!r}") from None
+    deadline, error = time.monotonic() + timeout, None
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port,
+                                                               type=socket.SOCK_STREAM):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    if error is None or isinstance(error, socket.timeout):
+        raise socket.timeout("timed out")
+    raise error
 
 
 class BlockingConnection:
@@ -1392,6 +1419,7 @@ class BlockingConnection:
                                          "is the broker running on that port?") from None
         except socket.gaierror as exc:
             raise OSError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+        self.sock = sock  # abort() closes it, whatever fails from here
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.parameters.tls:
@@ -1458,10 +1486,9 @@ class BlockingConnection:
     def _receive(self, deadline, doing, send_deadline):
         """Send what is queued, then wait for bytes until the deadline or the next
         heartbeat; feed them in."""
-        now = self.clock()
-        heartbeat_in = self.protocol.tick(now)
+        heartbeat_in = self.protocol.tick(self.clock())
         self.send_pending(send_deadline)
-        wait = max(0.0, deadline - now)
+        wait = max(0.0, deadline - self.clock())  # the send's time counts
         if not wait and doing is not None:
             raise TimeoutError(f"timed out waiting {doing}")
         if heartbeat_in is not None:
@@ -1630,6 +1657,7 @@ class AMQPPusher:
         self.heartbeat = heartbeat  # None: each URL's ?heartbeat=, else 60 s
         self.timeout = _positive("timeout", timeout)
         self.outbox, self.buffer_size = collections.deque(), buffer_size
+        self._outbox_lock = threading.Lock()  # held briefly, unlike the connection's lock
         self.dropped = 0  # reports dropped from a full outbox
         self.connection_name = connection_name if connection_name is not None else (
             " ".join(str(part) for part in (name, version) if part) or "pihace")
@@ -1670,8 +1698,9 @@ class AMQPPusher:
                 channel_max=parameters.channel_max or DEFAULT_CHANNEL_MAX,
                 client_properties=_client_properties(self.connection_name),
                 # a client certificate and no password: log in as the certificate says
-                mechanisms=("PLAIN",) if parameters.password_given or not parameters.tls
-                else ("EXTERNAL", "PLAIN"))
+                mechanisms=("EXTERNAL", "PLAIN") if parameters.tls and not
+                parameters.password_given and (parameters.certfile or self.ssl_context)
+                else ("PLAIN",))
             connection = BlockingConnection(
                 parameters, protocol, socket_factory=self.socket_factory,
                 ssl_context=self.ssl_context, clock=self.clock)
@@ -1738,13 +1767,15 @@ class AMQPPusher:
     # -- publishing -----------------------------------------------------------
 
     def _message(self, body, headers=None, message_id=None, timestamp=None, routing_key=None,
-                 exchange=None):
-        """Check and encode a message; ValueError for what can never be sent."""
+                 exchange=None, as_text=None):
+        """Check and encode a message; ValueError for what can never be sent.
+        `as_text` turns what JSON cannot hold into text instead (for reports)."""
         if isinstance(body, dict):
             try:
                 import json
 
-                body = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+                body = json.dumps(body, separators=(",", ":"), allow_nan=False,
+                                  default=as_text).encode()
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"the message cannot be serialised as JSON: {exc}") from None
         elif isinstance(body, str):
@@ -1831,9 +1862,10 @@ class AMQPPusher:
             raise ValueError("push() needs the pusher's healthcheck; use publish() to send "
                              "other messages")
         report = self.healthcheck.check(output="dict")
-        message = self._message(report, headers={"status": report["status"]})
+        # a component name that is a Path, say, must not stop the reports
+        message = self._message(report, headers={"status": report["status"]}, as_text=_text)
         deadline = self.clock() + self.timeout
-        with self._lock:  # the outbox takes the report even while another push runs
+        with self._outbox_lock:  # the report goes in even while another push runs
             if len(self.outbox) >= self.buffer_size:
                 self.outbox.popleft()
                 self.dropped += 1
@@ -1852,28 +1884,39 @@ class AMQPPusher:
     def _flush(self, deadline):
         """Deliver the outbox: {message_id: reason} for each message not delivered."""
         if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
-            return {message.message_id: _BUSY for message in self.outbox} or {None: _BUSY}
+            return dict.fromkeys(self._outbox_ids(), _BUSY) or {None: _BUSY}
         try:
-            reasons = {}
-            while self.outbox and not reasons:  # a nacked report stays: stop there
-                batch = list(itertools.islice(self.outbox, 256))
+            reasons, refused = {}, False
+            while self.outbox and not refused:  # a report that stays: stop there
+                with self._outbox_lock:
+                    batch = list(itertools.islice(self.outbox, 256))
                 try:
                     outcomes = self._deliver(batch, deadline)
                 except (PihaceError, OSError) as exc:
-                    return dict.fromkeys((m.message_id for m in self.outbox), self._failed(exc))
+                    return dict.fromkeys(self._outbox_ids(), self._failed(exc))
                 for message in batch:
                     acked, reason = outcomes[message.message_id]
                     if acked:  # delivered, or unroutable: sending it again would not help
-                        self.outbox.remove(message)
+                        with self._outbox_lock:
+                            if self.outbox and self.outbox[0] is message:
+                                self.outbox.popleft()
+                            elif message in self.outbox:  # behind a refused one
+                                self.outbox.remove(message)
                         if reason is not None:
                             log.warning("report dropped: %s", reason)
+                    else:
+                        refused = True
                     if reason is not None:
                         reasons[message.message_id] = reason
-            for message in self.outbox:  # not tried yet: they wait behind a refused one
-                reasons.setdefault(message.message_id, next(iter(reasons.values())))
+            for message_id in self._outbox_ids():  # not tried: behind a refused one
+                reasons.setdefault(message_id, next(iter(reasons.values()), ""))
             return reasons
         finally:
             self._lock.release()
+
+    def _outbox_ids(self):
+        with self._outbox_lock:
+            return [message.message_id for message in self.outbox]
 
     def _describe(self, exc, parameters):
         """One line saying what went wrong: never the password."""
@@ -1910,7 +1953,6 @@ class AMQPPusher:
         is closed cleanly.
         """
         interval = _positive("interval", interval)
-        self._stop.clear()
         next_report, retry_at, failures = self.clock(), math.inf, 0
         log.info("pushing a report to %s every %gs", self.parameters.safe_url, interval)
         try:
@@ -1945,6 +1987,7 @@ class AMQPPusher:
                 if self.outbox:
                     log.warning("stopping with %d undelivered report(s)", len(self.outbox))
             self.close()
+            self._stop.clear()  # ready for another run
 
     def stop(self):
         """End push_forever_in_loop (from any thread) after its current wait."""
@@ -1961,6 +2004,14 @@ class AMQPPusher:
             if left <= 0:
                 return
             step = min(left, 0.25)  # in slices: stop() and other threads' pushes get in
+            connection = self._connection
+            sock = connection.sock if connection is not None else None
+            if sock is not None:
+                try:
+                    _wait_io(sock, False, step)  # without the lock: others may publish
+                except (OSError, ValueError):  # closed meanwhile by another thread
+                    pass
+                step = 0.0
             with self._lock:
                 connection = self._connection
                 if connection is not None and connection.is_open:
@@ -2189,10 +2240,12 @@ def main(argv=None):
     """The ``pihace`` command: ``check`` (the default) or ``push``; returns the exit code."""
     import argparse  # here, not at the top: importing pihace should not pay for it
     import logging
+    import re
     import signal
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line and exit code 3, instead of usage and 2
+            message = re.sub(r"(//[^/:@\s]*):[^/@\s]*@", r"\1:***@", message)  # echoed URLs
             self.exit(3, f"pihace: error: {message}\n")
 
     common = Parser(add_help=False)

@@ -439,16 +439,25 @@ def test_a_hung_sync_checker_is_bounded_and_never_started_twice(release):
 
 
 def test_a_later_check_gets_the_result_of_the_run_still_going(release):
+    calls = []
+
     def slow():
+        calls.append(1)
         release.wait()
         return True, "finally"
 
     hc = pihace.HealthCheck()
-    hc.register("slow", slow, timeout=0.1, retries=0)
-    assert hc.check()["status"] == "Unavailable"
+    hc.register("slow", slow, timeout=0.2, retries=0)
+    assert hc.check()["status"] == "Unavailable"  # timed out; the run goes on
+    hc.checkers["slow"].timeout = 10.0
+    later = []
+    waiting = threading.Thread(target=lambda: later.append(hc.check()))
+    waiting.start()  # waits for the same run: released while it waits
+    wait_until(lambda: hc.checkers["slow"].run is not None, 5, "the run")
     release.set()
-    report = hc.check()
-    assert report["status"] == "Available"
+    waiting.join(10)
+    assert later[0]["checks"]["slow"]["message"] == "finally"
+    assert len(calls) == 1
 
 
 def test_a_hung_async_checker_is_cancelled_at_its_timeout():
@@ -1272,6 +1281,7 @@ def test_url_query_keys():
     ("amqp://u:sekrit@h/?frame_max=100", "frame_max must be between 8192"),
     ("amqp://u:sek/rit@h/", "percent-encode"),  # the password would be cut at the /
     ("amqp://u:1234/5@h/", "percent-encode"),
+    ("amqp://guest:sekrit/", "bad port: '(not shown"),  # no host: the "port" is a password
 ])
 def test_bad_urls_name_the_problem_and_never_the_password(url, words):
     with pytest.raises(ValueError) as raised:
@@ -1583,7 +1593,9 @@ def test_nack_is_a_failure(rabbit, unique_queue):
         assert pusher.publish(b"1") is True
         result = pusher.publish(b"2")
         assert result == (False, "the broker refused the message (Basic.Nack)")
-        assert pusher.publish(b"3")[0] is False  # still full, and the channel still works
+        # still full, and the same channel still answers with a Nack
+        assert pusher.publish(b"3") == (False, "the broker refused the message (Basic.Nack)")
+        assert pusher.connections_opened == 1
 
 
 def test_broker_closing_the_connection_is_reported_then_replaced(rabbit, unique_queue, caplog):
@@ -2438,10 +2450,14 @@ def test_checks_from_two_threads_at_once_start_one_run(release):
 
     hc = pihace.HealthCheck()
     hc.register("slow", slow, timeout=5)
-    threads = [threading.Thread(target=hc.check) for _ in range(6)]
+    together = threading.Barrier(6, timeout=10)
+    threads = [threading.Thread(target=lambda: together.wait() >= 0 and hc.check())
+               for _ in range(6)]
     for thread in threads:
         thread.start()
-    wait_until(lambda: calls, 5, "the checker to start")
+    run = lambda: hc.checkers["slow"].run  # noqa: E731
+    wait_until(lambda: run() is not None and len(run()._callbacks) == 6, 5,
+               "all six checks waiting on one run")
     release.set()
     for thread in threads:
         thread.join(10)
@@ -2458,4 +2474,65 @@ def test_a_report_behind_a_refused_one_is_not_called_delivered(rabbit, unique_qu
     result = pusher.push()
     assert result[0] is False and "Basic.Nack" in result[1]
     assert len(pusher.outbox) == 301  # all kept, in order
+    kept = [json.loads(message.body) for message in pusher.outbox]
+    assert kept[:-1] == [{"queued": True}] * 300
+    assert kept[-1]["checks"]["n"]["message"] == "2"
     pusher.close()
+
+
+def test_review_fixes_without_a_broker(caplog):
+    bad_host = pihace.AMQPPusher(None, "amqp://" + "\u00e9" * 70 + ".example/", timeout=1)
+    result = bad_host.publish(b"{}")  # an IDN host the codec refuses: a reason, not a raise
+    assert result[0] is False and "invalid host name" in result[1]
+    import logging as logging_module
+
+    pihace.log.propagate = False  # writes reach the real logger, not the proxy
+    try:
+        assert logging_module.getLogger("pihace").propagate is False
+    finally:
+        pihace.log.propagate = True
+
+
+def test_push_while_another_thread_holds_the_connection_is_a_clear_failure():
+    pusher = pihace.AMQPPusher(counting_check(), "amqp://localhost/", timeout=0.3)
+    holding, done = threading.Event(), threading.Event()
+
+    def hold():
+        with pusher._lock:
+            holding.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(5)
+    try:
+        first, second = pusher.push(), pusher.push()
+    finally:
+        done.set()
+        holder.join(10)
+    assert first == second == (False, "timed out waiting for another thread's publish to finish")
+    assert len(pusher.outbox) == 2  # both kept for later
+
+
+def test_cli_errors_mask_passwords_in_echoed_urls(capsys):
+    code = pihace.main(["check", "--amqp", "mq", "amqp://u:s3cret-cli@h/"])
+    err = capsys.readouterr().err
+    assert code == 3 and "s3cret-cli" not in err and "u:***@h" in err
+
+
+def test_a_report_with_a_component_json_cannot_hold_still_goes(rabbit, unique_queue,
+                                                                get_message):
+    import pathlib
+
+    hc = pihace.HealthCheck(name=pathlib.Path("edge"), version=2)
+    with pihace.AMQPPusher(hc, rabbit.url, unique_queue) as pusher:
+        assert pusher.push() is True
+    report = json.loads(get_message(unique_queue)[2])
+    assert report["component"] == {"name": "edge", "version": 2}
+
+
+def test_tls_without_a_password_or_certificate_logs_in_as_guest(fault_rabbit, tls_files,
+                                                                unique_queue):
+    url = tls_url(fault_rabbit, credentials="", query=f"?cacertfile={tls_files['ca']}")
+    with pihace.AMQPPusher(None, url, unique_queue) as pusher:  # EXTERNAL is on offer
+        assert pusher.publish(b"{}") is True
