@@ -57,6 +57,7 @@ __all__ = [
     "main",
 ]
 
+
 class _Log:
     """logging.getLogger("pihace"), looked up when first used (see the imports)."""
 
