@@ -26,14 +26,18 @@ import itertools
 import math
 import os
 import queue
+import random
+import select
+import shutil
 import struct
 import sys
 import threading
 import time
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-# logging, json, socket, select, shutil and random are imported where they are
-# used: together they cost more import time than the rest of pihace (the
-# import-time budget is 15 ms).
+# Imported where they are used, because of what they cost (bench/bench_check.py):
+# logging (about 6 ms), socket (4 ms) and json (2 ms) would take most of the 15 ms
+# import budget; asyncio, ssl, argparse, http.client and platform serve few callers.
 
 try:
     import psutil
@@ -58,21 +62,28 @@ __all__ = [
 ]
 
 
-class _Log:
-    """logging.getLogger("pihace"), looked up when first used (see the imports)."""
+class _Logger:
+    """logging.getLogger("pihace") with a NullHandler, made on first use (logging is slow
+    to import). The NullHandler keeps Python from printing pihace's warnings to stderr
+    when the application configured no logging."""
+
+    @staticmethod
+    def _logger():
+        import logging
+
+        logger = logging.getLogger("pihace")
+        if not any(isinstance(handler, logging.NullHandler) for handler in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+        return logger
 
     def __getattr__(self, name):
-        import logging
+        return getattr(self._logger(), name)
 
-        return getattr(logging.getLogger("pihace"), name)
-
-    def __setattr__(self, name, value):
-        import logging
-
-        setattr(logging.getLogger("pihace"), name, value)
+    def __setattr__(self, name, value):  # pihace.log.propagate = False reaches the logger
+        setattr(self._logger(), name, value)
 
 
-log = _Log()
+log = _Logger()
 
 
 # ---------------------------------------------------------------------------
@@ -103,6 +114,7 @@ class _ClosedByBroker(AMQPError):
     """The broker closed a connection or channel, and said why."""
 
     what = "connection"
+    hints = {}  # reply code -> what to check, said with the URL
 
     def __init__(self, reply_code=0, reply_text="", class_id=0, method_id=0, cause=None):
         self.reply_code, self.reply_text = reply_code, reply_text
@@ -114,6 +126,8 @@ class _ClosedByBroker(AMQPError):
 class ConnectionClosed(_ClosedByBroker):
     """The broker closed the connection (Connection.Close)."""
 
+    hints = {403: "check the user name and password", 530: "check the vhost"}
+
 
 class ChannelClosed(_ClosedByBroker):
     """The broker closed the channel (Channel.Close); the connection lives on."""
@@ -123,6 +137,74 @@ class ChannelClosed(_ClosedByBroker):
 
 class PublishError(AMQPError):
     """A message the broker nacked, returned as unroutable, or did not confirm in time."""
+
+
+# ---------------------------------------------------------------------------
+# small helpers: the one number validator, the one error description
+# ---------------------------------------------------------------------------
+
+def _number(name, value, valid, expected, kind=(int, float)):
+    """`value` when it is a number of `kind` (never a bool) and valid(value), else a
+    ValueError that names `name` and says what was `expected`."""
+    if isinstance(value, bool) or not isinstance(value, kind) or not valid(value):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def _seconds(name, value):
+    """A duration: a positive number of seconds (below a million), as a float."""
+    return float(_number(name, value, lambda v: 0 < v < 1e6, "a positive number of seconds"))
+
+
+_TEXT_LIMIT = 2000  # characters of a checker's message, or of an error, that are kept
+
+
+def _text(value):
+    """Any value as a string of bounded length (a checker's message, an error's)."""
+    if isinstance(value, bytes):
+        value = str(value, "utf-8", "replace")
+    elif not isinstance(value, str):
+        try:
+            value = str(value)
+        except Exception:
+            value = f"<{type(value).__name__} that cannot be shown>"
+    if len(value) > _TEXT_LIMIT:
+        value = f"{value[:_TEXT_LIMIT]}... ({len(value) - _TEXT_LIMIT} more characters)"
+    return value
+
+
+# C0 and C1 control characters and DEL, written as escapes: text from outside (a
+# broker's reply text, an exception's message) must not move a terminal's cursor.
+_CONTROL_ESCAPES = {code: repr(chr(code))[1:-1]
+                    for code in itertools.chain(range(32), range(127, 160))}
+
+
+def describe_error(exc, where=None):
+    """What went wrong, in one line for people.
+
+    An OSError in the system's words ("connection refused", "timed out", or
+    the sentence pihace gave it); an error pihace raised on purpose as its
+    message; anything else as "Type: message". `where`, a URL whose password
+    is masked, is added to errors that do not come from the broker, and to the
+    broker's refusals that a URL can explain (a wrong password or vhost).
+    """
+    import socket  # only failures need it, and it is slow to import
+
+    if isinstance(exc, socket.gaierror):
+        reason = f"cannot resolve the host name: {exc.strerror}"
+    elif isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        reason = exc.strerror[:1].lower() + exc.strerror[1:]  # "Connection refused"
+    elif isinstance(exc, (OSError, PihaceError)):
+        reason = _text(exc) or type(exc).__name__
+    else:
+        message = _text(exc)
+        reason = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    hint = getattr(exc, "hints", {}).get(getattr(exc, "reply_code", None))
+    if where and hint:
+        reason += f"; {hint} of {where}"
+    elif where and not isinstance(exc, (PublishError, _ClosedByBroker)):
+        reason += f" ({where})"
+    return reason.translate(_CONTROL_ESCAPES)
 
 
 # ---------------------------------------------------------------------------
@@ -182,8 +264,6 @@ class SystemInfo:
     def disk(self):
         """(percent used, bytes free) of the disk holding disk_path, or (None, None)."""
         try:
-            import shutil
-
             usage = shutil.disk_usage(self.disk_path)
             return round(usage.used / (usage.used + usage.free) * 100, 1), usage.free
         except (OSError, ZeroDivisionError):
@@ -194,8 +274,12 @@ class SystemInfo:
         memory_percent, memory_available = self.memory()
         disk_percent, disk_free = self.disk()
         cpu = self.cpu_percent()
-        # os.uname() is what platform.uname() reads, cheaper; both: (system, node, release, version...)
-        uname = os.uname() if hasattr(os, "uname") else __import__("platform").uname()
+        if hasattr(os, "uname"):  # what platform.uname() reads: (system, node, release, version...)
+            uname = os.uname()
+        else:  # Windows
+            import platform  # here, not at the top: slow to import, and only Windows needs it
+
+            uname = platform.uname()
         return {
             "cpu_usage": None if cpu is None else f"{cpu}%",
             "memory_usage": None if memory_percent is None else f"{memory_percent}%",
@@ -239,28 +323,6 @@ def format_rate(passed, total):
     return f"{passed}/{total}"
 
 
-_REASON_LIMIT = 2000  # characters of a checker's message kept in the report
-
-
-def _text(value):
-    """Any checker message as a JSON-safe string of bounded length."""
-    if isinstance(value, bytes):
-        value = str(value, "utf-8", "replace")
-    elif not isinstance(value, str):
-        try:
-            value = str(value)
-        except Exception:
-            value = f"<{type(value).__name__} that cannot be shown>"
-    if len(value) > _REASON_LIMIT:
-        value = f"{value[:_REASON_LIMIT]}... ({len(value) - _REASON_LIMIT} more characters)"
-    return value
-
-
-def _describe_exception(exc):
-    message = _text(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
 def _interpret(result):
     """A checker's return value as (passed, message)."""
     if result is True:
@@ -274,13 +336,16 @@ def _interpret(result):
                    "expected True, (True, detail), False or (False, reason)")
 
 
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE: inspect costs 6 ms of import time
+
+
 def _is_async_callable(checker):
     """Is `checker` an async def function, or an object whose __call__ is one?"""
     while isinstance(checker, functools.partial):
         checker = checker.func
     code = getattr(checker, "__code__", None) or getattr(getattr(type(checker), "__call__", None),
                                                          "__code__", None)
-    return code is not None and bool(code.co_flags & 0x80)  # inspect.CO_COROUTINE (slow import)
+    return code is not None and bool(code.co_flags & _CO_COROUTINE)
 
 
 class _Run:
@@ -431,14 +496,15 @@ class _Attempts:
             self.run = self.checker.start(now)
             self.run.add_done_callback(self.wake)  # wake(run) when it ends
 
-    def over(self, now, began):
-        """Have the attempts ended (passed, or failed with no retry left)?"""
+    def advance(self, now, began):
+        """Settle the outcome, or start the next attempt after a failed one; True once
+        settled (passed, or failed with no retry left)."""
         checker, run, done = self.checker, self.run, self.run.done()
         if done:
             try:
                 passed, message = _interpret(run.result())
             except BaseException as exc:
-                passed, message = False, _describe_exception(exc)
+                passed, message = False, describe_error(exc)
         elif now < self.deadline:
             return False
         else:
@@ -479,13 +545,10 @@ class HealthCheck:
         """Add (or replace) the checker called `name`."""
         if not callable(checker):
             raise ValueError(f"checker {name!r} must be callable, got {type(checker).__name__}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout of checker {name!r} must be a positive number of seconds, "
-                             f"got {timeout!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries of checker {name!r} must be an integer >= 0, got {retries!r}")
+        timeout = _seconds(f"timeout of checker {name!r}", timeout)
+        _number(f"retries of checker {name!r}", retries, lambda v: v >= 0, "an integer >= 0", int)
         with self._lock:
-            self.checkers[name] = _Checker(str(name), checker, float(timeout), retries)
+            self.checkers[name] = _Checker(str(name), checker, timeout, retries)
 
     def _run_checkers(self):
         """[(name, its entry in the report)] for every checker, run at once."""
@@ -498,7 +561,7 @@ class HealthCheck:
         results = pending = [_Attempts(checker, ended.put, began) for checker in checkers]
         while pending:
             now = time.monotonic()
-            pending = [attempts for attempts in pending if not attempts.over(now, began)]
+            pending = [attempts for attempts in pending if not attempts.advance(now, began)]
             if pending:
                 try:
                     ended.get(timeout=max(0.0, min(a.deadline for a in pending) - time.monotonic()))
@@ -565,6 +628,125 @@ def format_report(report, output="dict", pretty=True):
 
 
 # ---------------------------------------------------------------------------
+# checkers: callables for HealthCheck.register() that never raise for what they
+# check: True or (True, detail) when it is fine, else (False, reason)
+# ---------------------------------------------------------------------------
+
+def connect_tcp(address, timeout):
+    """A connected TCP socket, trying each address of the host within one timeout
+    (socket.create_connection gives each address the whole of it). Resolving
+    the name is up to the system's resolver and its own timeouts."""
+    import socket  # here, not at the top: slow to import, and only network checks need it
+
+    host, port = address
+    try:  # ASCII as bytes: a str would load the idna codec and unicodedata
+        host = host.encode("ascii" if host.isascii() else "idna")
+    except UnicodeError:
+        raise OSError(f"invalid host name {host!r}") from None
+    deadline, error = time.monotonic() + timeout, None
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port,
+                                                               type=socket.SOCK_STREAM):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    if error is None or isinstance(error, socket.timeout):
+        raise socket.timeout("timed out")
+    raise error
+
+
+class TCP:
+    """Passes when a TCP connection to host:port opens within `timeout` seconds."""
+
+    def __init__(self, host, port, timeout=5):
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"host must be a host name or an IP address, got {host!r}")
+        self.host, self.timeout = host, _seconds("timeout", timeout)
+        self.port = _number("port", port, lambda v: 0 < v < 65536, "an integer from 1 to 65535",
+                            int)
+
+    def __call__(self):
+        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        try:
+            connect_tcp((self.host, self.port), self.timeout).close()
+        except OSError as exc:
+            return False, f"cannot connect to {where}: {describe_error(exc)}"
+        return True, f"connected to {where}"
+
+
+class HTTP:
+    """pihace 1.0.0's HTTP plugin: GET `url`; a 2xx or 3xx answer passes.
+
+    Redirects are not followed (a 3xx is the service's answer), so the
+    reason of a failure is the status of `url` itself, or what stopped it.
+    """
+
+    def __init__(self, url, timeout=5):
+        try:
+            parts = urlsplit(url)
+            valid = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
+        except (TypeError, ValueError, AttributeError):  # not a string, or a bad port
+            valid = False
+        if not valid:
+            raise ValueError("url must be an http:// or https:// URL with a host and a valid port")
+        self.url, self.timeout = url, _seconds("timeout", timeout)
+        self._opener = None
+
+    def __call__(self):
+        import http.client  # here, not at the top: slow to import, and only HTTP needs them
+        import urllib.error
+        import urllib.request
+
+        if self._opener is None:
+            class NoRedirects(urllib.request.HTTPRedirectHandler):
+                def redirect_request(self, *args):
+                    return None  # urlopen() raises HTTPError with the 3xx instead
+
+            self._opener = urllib.request.build_opener(NoRedirects)
+        request = urllib.request.Request(self.url, headers={"User-Agent": f"pihace/{__version__}"})
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                status, phrase = response.status, response.reason
+        except urllib.error.HTTPError as exc:
+            status, phrase = exc.code, exc.reason
+            exc.close()
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)  # a URLError's reason: an OSError or a string
+            return False, "GET failed: " + (describe_error(reason) if isinstance(reason, OSError)
+                                            else _text(reason) or type(exc).__name__)
+        return 200 <= status < 400, f"HTTP {status} {phrase}".rstrip()
+
+
+class Disk:
+    """Fails when the file system holding `path` has less than `min_free_percent` free."""
+
+    def __init__(self, path, min_free_percent):
+        if not isinstance(path, (str, bytes, os.PathLike)) or not os.fspath(path):
+            raise ValueError(f"path must be a path, got {path!r}")
+        self.path = os.fspath(path)
+        self.min_free_percent = _number("min_free_percent", min_free_percent,
+                                        lambda v: 0 <= v <= 100, "a percentage from 0 to 100")
+
+    def __call__(self):
+        try:
+            usage = shutil.disk_usage(self.path)
+        except OSError as exc:
+            return False, f"cannot read the free space of {self.path!r}: {describe_error(exc)}"
+        free = 100.0 * usage.free / usage.total if usage.total else 0.0
+        detail = f"{free:.1f}% free ({usage.free / 2 ** 30:.1f} GiB)"
+        if free < self.min_free_percent:
+            return False, f"{detail}, below {self.min_free_percent:g}%"
+        return True, detail
+
+
+# ---------------------------------------------------------------------------
 # AMQP constants
 # ---------------------------------------------------------------------------
 
@@ -598,7 +780,7 @@ _METHOD_TABLE = [
     "20 11 < Channel.Open-Ok channel_id:longstr",
     "20 20 < Channel.Flow active:bits",
     "20 21 > Channel.Flow-Ok active:bits",
-    "20 40 < Channel.Close reply_code:short reply_text:shortstr class_id:short method_id:short",
+    "20 40 <> Channel.Close reply_code:short reply_text:shortstr class_id:short method_id:short",
     "20 41 <> Channel.Close-Ok",
     "40 10 > Exchange.Declare ticket:short exchange:shortstr type:shortstr "
     "passive,durable,auto_delete,internal,nowait:bits arguments:table",
@@ -916,13 +1098,52 @@ class ConnectionLost:
         return "ConnectionLost()"
 
 
+class Acked:
+    """An event: the broker took responsibility for a message published in confirm mode."""
+
+    __slots__ = ("channel", "message_id", "delivery_tag")
+
+    def __init__(self, channel, message_id, delivery_tag):
+        self.channel, self.message_id, self.delivery_tag = channel, message_id, delivery_tag
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.channel}, {self.message_id!r}, {self.delivery_tag})"
+
+
+class Nacked(Acked):
+    """An event: the broker refused a message published in confirm mode (Basic.Nack)."""
+
+    __slots__ = ()
+
+
+class Returned(Acked):
+    """An event: nobody took a mandatory message (Basic.Return). In confirm mode it
+    comes when the broker's Ack does, in place of Acked; delivery_tag is then set."""
+
+    __slots__ = ("reply_code", "reply_text", "exchange", "routing_key")
+
+    def __init__(self, channel, message_id, args):
+        super().__init__(channel, message_id, None)
+        self.reply_code, self.reply_text = args["reply_code"], args["reply_text"]
+        self.exchange, self.routing_key = args["exchange"], args["routing_key"]
+
+
 class _Channel:
-    __slots__ = ("state", "confirming", "next_tag")
+    __slots__ = ("state", "expecting", "confirming", "next_tag", "unconfirmed", "returned")
 
     def __init__(self):
-        self.state = "opening"  # opening -> open -> closing -> closed
+        self.state = "opening"  # opening -> open -> closing (by the client) -> gone
+        self.expecting = "Channel.Open-Ok"  # the reply to the synchronous method sent last
         self.confirming = False
         self.next_tag = 1  # delivery tags count publishes from Confirm.Select on
+        self.unconfirmed = {}  # delivery tag -> message id, oldest first
+        self.returned = {}  # message id -> Returned, until the broker's Ack for it
+
+
+# The synchronous methods a client sends on a channel, and the reply each waits for.
+_REPLIES = {name: name + "-Ok" for name in _METHOD_IDS
+            if name + "-Ok" in _FROM_BROKER and _METHOD_IDS[name][0] != 10}
+_REPLY_NAMES = set(_REPLIES.values())
 
 
 class AMQPProtocol:
@@ -932,6 +1153,11 @@ class AMQPProtocol:
     and send what data_to_send() returns. Replies the protocol requires
     (Start-Ok, Tune-Ok, Open, Close-Ok, heartbeats) are queued on their own.
     Time is passed in as `now` (seconds, any monotonic clock).
+
+    It owns the connection's state: channels, the replies each one awaits, and
+    publisher confirms (delivery tags are mapped back to message ids: Acked,
+    Nacked and Returned events name the message). After a RemoteProtocolError
+    it is in the "error" state and refuses further use.
     """
 
     def __init__(self, username="guest", password="guest", vhost="/", *, heartbeat=60,
@@ -943,12 +1169,15 @@ class AMQPProtocol:
         self.mechanisms = mechanisms  # in order of preference: PLAIN and/or EXTERNAL
         self.mechanism = None  # the one chosen
         self.locale = locale
-        self.state = "start"  # start -> tune -> open -> opened -> closing -> closed
+        # start -> tune -> opening -> open -> closing -> closed, or error from anywhere
+        self.state = "start"
+        self.error = None  # the RemoteProtocolError that put it in the error state
         self.server_properties = {}
         self.blocked = None  # the reason, while the broker blocks publishing
         self.channels = {}
         self._decoder = FrameDecoder(DEFAULT_FRAME_MAX)
         self._outbox = [PROTOCOL_HEADER]
+        self._events = collections.deque()  # events made ahead: one Ack can confirm many
         self._publish_frames = {}
         self._content = None  # [Method, expected body size, received] while content arrives
         self._ended = False
@@ -957,10 +1186,24 @@ class AMQPProtocol:
     def __repr__(self):
         return f"<AMQPProtocol {self.username}@{self.vhost} {self.state}>"
 
+    @property
+    def is_open(self):
+        return self.state == "open"
+
+    def channel_is_open(self, channel):
+        state = self.channels.get(channel)
+        return state is not None and state.state == "open"
+
+    def _refuse_if_broken(self, what):
+        if self.state == "error":
+            raise LocalProtocolError(f"cannot {what}: the connection broke the protocol "
+                                     f"earlier ({self.error})")
+
     # -- bytes in, bytes out ------------------------------------------------
 
     def receive_data(self, data, now=0.0):
         """Bytes from the broker; b"" means the stream ended."""
+        self._refuse_if_broken("receive data")
         if not data:
             self._ended = True
             return
@@ -982,7 +1225,7 @@ class AMQPProtocol:
         Raises TimeoutError when the broker has been silent for more than two
         heartbeat periods: the connection is dead even if the socket is not.
         """
-        if not self.heartbeat or self.state not in ("opened", "closing"):
+        if not self.heartbeat or self.state not in ("open", "closing"):
             return None
         if self._last_received is None:
             self._last_received = now
@@ -1004,8 +1247,17 @@ class AMQPProtocol:
     # -- events ---------------------------------------------------------------
 
     def next_event(self):
-        """The next Method or ConnectionLost event, or None while more bytes are needed."""
-        while True:
+        """The next event (Method, Acked, Nacked, Returned or ConnectionLost), or None
+        while more bytes are needed."""
+        self._refuse_if_broken("read events")
+        try:
+            return self._next_event()
+        except RemoteProtocolError as exc:
+            self.state, self.error = "error", exc
+            raise
+
+    def _next_event(self):
+        while not self._events:
             frame = self._decoder.next_frame() if self.state != "closed" else None
             if frame is None:
                 if self._ended:
@@ -1020,7 +1272,8 @@ class AMQPProtocol:
                                           f"{frame[0]}")
             event = self._handle_frame(*frame)
             if event is not None:
-                return event
+                self._events.append(event)
+        return self._events.popleft()
 
     def _handle_frame(self, frame_type, channel, payload):
         if frame_type == FRAME_HEARTBEAT:
@@ -1064,11 +1317,11 @@ class AMQPProtocol:
             if received > size:
                 raise RemoteProtocolError(f"content body longer than its declared {size} bytes")
         self._content = [method, size, received]
-        if received == size:
-            self._content = None
-            method.body_size = size
-            return method
-        return None
+        if received != size:
+            return None
+        self._content = None
+        method.body_size = size
+        return self._on_return(method)
 
     def _check_channel(self, method, states):
         channel = self.channels.get(method.channel)
@@ -1086,9 +1339,36 @@ class AMQPProtocol:
         name, args = method.name, method.args
         if self.state == "closing" and name not in ("Connection.Close", "Connection.Close-Ok"):
             return None  # after our Connection.Close, everything else is dropped
+        if name.startswith("Connection."):
+            return self._on_connection_method(method)
+        channel = self._check_channel(method, ("opening", "open", "closing"))
+        if channel.state == "closing" and name not in ("Channel.Close", "Channel.Close-Ok"):
+            return None  # after our Channel.Close, the rest of the channel's traffic is dropped
+        if name == "Channel.Close":  # the broker's: the channel is gone once we answer
+            self._send(method.channel, "Channel.Close-Ok")
+            del self.channels[method.channel]
+        elif name in ("Basic.Ack", "Basic.Nack"):
+            self._on_confirm(method, channel)
+            return None  # the events are queued, one per message
+        elif name == "Channel.Flow":
+            self._send(method.channel, "Channel.Flow-Ok", active=args["active"])
+        elif name == channel.expecting:  # Open-Ok, Close-Ok, Declare-Ok, Select-Ok
+            channel.expecting = None
+            if name == "Channel.Open-Ok":
+                channel.state = "open"
+            elif name == "Channel.Close-Ok":
+                del self.channels[method.channel]
+        else:
+            raise RemoteProtocolError(f"unexpected {name} on channel {method.channel}: "
+                                      f"{'nothing' if channel.expecting is None else channel.expecting}"
+                                      " was awaited")
+        return method
+
+    def _on_connection_method(self, method):
+        name = method.name
         if name == "Connection.Start":
             self._expect(method, "start")
-            self._on_start(args)
+            self._on_start(method.args)
             return None
         if name == "Connection.Secure":
             self._expect(method, "tune")
@@ -1096,39 +1376,54 @@ class AMQPProtocol:
                                       f"which the {self.mechanism} login does not use")
         if name == "Connection.Tune":
             self._expect(method, "tune")
-            self._on_tune(args)
+            self._on_tune(method.args)
             return None
         if name == "Connection.Open-Ok":
-            self._expect(method, "open")
-            self.state = "opened"
+            self._expect(method, "opening")
+            self.state = "open"
         elif name == "Connection.Close":
-            self._expect(method, "tune", "open", "opened", "closing")
+            self._expect(method, "tune", "opening", "open", "closing")
             self._send(0, "Connection.Close-Ok")
             self.state = "closed"
         elif name == "Connection.Close-Ok":
             self._expect(method, "closing")
             self.state = "closed"
-        elif name in ("Connection.Blocked", "Connection.Unblocked"):
-            self._expect(method, "opened")
-            self.blocked = args.get("reason")  # Unblocked has none
-        elif name == "Channel.Open-Ok":
-            self._check_channel(method, ("opening",)).state = "open"
-        elif name == "Channel.Close":
-            self._check_channel(method, ("opening", "open", "closing")).state = "closed"
-            self._send(method.channel, "Channel.Close-Ok")
-            del self.channels[method.channel]
-        elif name == "Channel.Close-Ok":
-            self._check_channel(method, ("closing",))
-            del self.channels[method.channel]
-        elif name == "Channel.Flow":
-            self._check_channel(method, ("open",))
-            self._send(method.channel, "Channel.Flow-Ok", active=args["active"])
-        elif name in ("Basic.Ack", "Basic.Nack"):
-            if not self._check_channel(method, ("open", "closing")).confirming:
-                raise RemoteProtocolError(f"{name} on a channel not in confirm mode")
-        else:  # Declare-Ok, Select-Ok: replies for the caller
-            self._check_channel(method, ("open", "closing"))
+        else:  # Blocked, Unblocked
+            self._expect(method, "open")
+            self.blocked = method.args.get("reason")  # Unblocked has none
         return method
+
+    def _on_confirm(self, method, channel):
+        tag, multiple = method.args["delivery_tag"], method.args["multiple"]
+        if not channel.confirming or tag >= channel.next_tag or (
+                not multiple and tag not in channel.unconfirmed):
+            raise RemoteProtocolError(f"{method.name} for delivery tag {tag} on channel "
+                                      f"{method.channel}, which awaits no such confirm")
+        tags = [t for t in itertools.takewhile(lambda t: t <= tag, channel.unconfirmed)] \
+            if multiple else [tag]
+        for confirmed in tags:
+            message_id = channel.unconfirmed.pop(confirmed)
+            returned = channel.returned.pop(message_id, None)
+            if method.name == "Basic.Nack":
+                self._events.append(Nacked(method.channel, message_id, confirmed))
+            elif returned is not None:
+                returned.delivery_tag = confirmed
+                self._events.append(returned)
+            else:
+                self._events.append(Acked(method.channel, message_id, confirmed))
+
+    def _on_return(self, method):
+        channel = self.channels.get(method.channel)
+        if channel is None or channel.state == "closing":
+            return None  # the channel closed while the content came
+        returned = Returned(method.channel, method.properties.get("message_id"), method.args)
+        if not channel.confirming:
+            return returned
+        if returned.message_id not in channel.unconfirmed.values():
+            raise RemoteProtocolError(f"Basic.Return of message {returned.message_id!r}, which "
+                                      "awaits no confirm")
+        channel.returned[returned.message_id] = returned  # the Ack that follows settles it
+        return None
 
     def _on_start(self, args):
         if (args["version_major"], args["version_minor"]) != (0, 9):
@@ -1159,13 +1454,14 @@ class AMQPProtocol:
         self._send(0, "Connection.Tune-Ok", channel_max=self.channel_max,
                    frame_max=self.frame_max, heartbeat=self.heartbeat)
         self._send(0, "Connection.Open", virtual_host=self.vhost)
-        self.state = "open"
+        self.state = "opening"
 
     # -- what the client does -------------------------------------------------
 
     def _require_open(self, what, channel=None):
         """The _Channel of `channel` if given, once the connection (and it) are open."""
-        if self.state != "opened":
+        self._refuse_if_broken(what)
+        if self.state != "open":
             raise LocalProtocolError(f"cannot {what}: the connection is {self.state}")
         if channel is None:
             return None
@@ -1175,24 +1471,41 @@ class AMQPProtocol:
         return state
 
     def open_channel(self, channel):
+        """Send Channel.Open; Channel.Open-Ok opens it (channel_is_open)."""
         self._require_open("open a channel")
         if not 0 < channel <= self.channel_max or channel in self.channels:
             raise LocalProtocolError(f"channel {channel} is in use or out of range")
         self.channels[channel] = _Channel()
         self._send(channel, "Channel.Open")
 
+    def close_channel(self, channel, reply_code=200, reply_text="bye"):
+        """Send Channel.Close; the broker's Channel.Close-Ok frees the channel number.
+        Confirms still awaited on it will not come."""
+        state = self._require_open("close a channel", channel)
+        state.state, state.expecting = "closing", "Channel.Close-Ok"
+        self._send(channel, "Channel.Close", reply_code=reply_code, reply_text=reply_text)
+
     def send_method(self, channel, name, **values):
-        """Send a method on an open channel, e.g. Queue.Declare or Confirm.Select."""
+        """Send a method on an open channel, e.g. Queue.Declare or Confirm.Select; its
+        reply (Queue.Declare-Ok ...) comes as a Method event."""
         state = self._require_open(f"send {name}", channel)
+        reply = _REPLIES.get(name)
+        if reply is not None and state.expecting is not None:
+            raise LocalProtocolError(f"cannot send {name} on channel {channel}: it still "
+                                     f"awaits {state.expecting}")
         if name == "Confirm.Select":
             state.confirming = True
+        state.expecting = reply
         self._send(channel, name, **values)
 
-    def publish(self, channel, exchange, routing_key, body, properties, mandatory=False):
+    def publish(self, channel, exchange, routing_key, body, properties, mandatory=False,
+                message_id=None):
         """Queue a message; its delivery tag in confirm mode, else None.
 
         `properties` are encoded property bytes (see encode_properties), so a
-        publisher can encode the ones that never change once.
+        publisher can encode the ones that never change once. In confirm mode
+        the broker's answer comes as an Acked, Nacked or Returned event naming
+        `message_id`.
         """
         state = self._require_open("publish", channel)
         key = (channel, exchange, routing_key, mandatory)
@@ -1205,12 +1518,14 @@ class AMQPProtocol:
         self._outbox += method, encode_content(channel, properties, body, self.frame_max)
         if not state.confirming:
             return None
-        state.next_tag += 1
-        return state.next_tag - 1
+        tag, state.next_tag = state.next_tag, state.next_tag + 1
+        state.unconfirmed[tag] = message_id
+        return tag
 
     def close(self, reply_code=200, reply_text="bye"):
         """Start closing the connection; Connection.Close-Ok ends it."""
-        if self.state in ("open", "opened"):
+        self._refuse_if_broken("close the connection")
+        if self.state in ("opening", "open"):
             self._send(0, "Connection.Close", reply_code=reply_code, reply_text=reply_text)
             self.state = "closing"
         elif self.state != "closing":
@@ -1218,7 +1533,7 @@ class AMQPProtocol:
 
 
 # ---------------------------------------------------------------------------
-# transport: the only code that touches sockets, TLS, select and the clock
+# transport: the AMQP client's only code that touches sockets, TLS and poll()
 # ---------------------------------------------------------------------------
 
 class AMQPParameters:
@@ -1229,8 +1544,6 @@ class AMQPParameters:
     TLS_KEYS = ("cacertfile", "certfile", "keyfile", "verify", "server_name_indication")
 
     def __init__(self, url):
-        from urllib.parse import parse_qsl, unquote, urlsplit  # only pushers need it
-
         if not isinstance(url, str):
             raise TypeError(f"amqp_url must be a string, got {type(url).__name__}")
         parts = urlsplit(url.strip())
@@ -1287,7 +1600,7 @@ class AMQPParameters:
     def ssl_context(self):
         """The TLS settings of the URL's query (made once): verified by default."""
         if self._ssl_context is None:
-            import ssl  # here, not at the top: only TLS users pay for it
+            import ssl  # here, not at the top: slow to import, and only TLS users need it
 
             context = ssl.create_default_context(cafile=self.cacertfile)
             if self.verify == "verify_none":
@@ -1301,8 +1614,6 @@ class AMQPParameters:
     @property
     def safe_url(self):
         """The URL with the password masked: safe to print and log."""
-        from urllib.parse import quote
-
         host = f"[{self.host}]" if ":" in self.host else self.host
         vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
         scheme = "amqps" if self.tls else "amqp"
@@ -1324,87 +1635,71 @@ def _client_properties(connection_name):
     }
 
 
-def _wait_io(sock, writing, timeout):
-    """Wait until sock can be read (or written): poll() where there is one, since
-    select() fails past file descriptor 1024. False when the time ran out."""
-    import select
-
+def _wait_io(socks, writing, timeout):
+    """Wait until one of `socks` can be read (or written): poll() where there is one,
+    since select() fails past file descriptor 1024. False when the time ran out."""
+    timeout = min(max(0.0, timeout), 1e6)
     if hasattr(select, "poll"):
         poller = select.poll()
-        poller.register(sock, select.POLLOUT if writing else select.POLLIN)
+        for sock in socks:
+            poller.register(sock, select.POLLOUT if writing else select.POLLIN)
         return bool(poller.poll(math.ceil(timeout * 1000)))
-    readers, writers = ([], [sock]) if writing else ([sock], [])
+    readers, writers = ([], socks) if writing else (socks, [])
     return any(select.select(readers, writers, [], timeout)[:2])
 
 
-def _create_connection(address, timeout):
-    """A connected TCP socket, trying each address of the host within one timeout
-    (socket.create_connection gives each address the whole of it). Resolving
-    the name is up to the system's resolver and its own timeouts."""
-    import socket
-
-    host, port = address
-    try:  # ASCII as bytes: a str would load the idna codec and unicodedata
-        host = host.encode("ascii" if host.isascii() else "idna")
-    except UnicodeError:
-        raise OSError(f"invalid host name {host!r}") from None
-    deadline, error = time.monotonic() + timeout, None
-    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port,
-                                                               type=socket.SOCK_STREAM):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.settimeout(left)
-            sock.connect(sockaddr)
-            return sock
-        except OSError as exc:
-            error = exc
-            sock.close()
-    if error is None or isinstance(error, socket.timeout):
-        raise socket.timeout("timed out")
-    raise error
+# A message to publish: encoded body and properties, and the id its confirm names.
+_Message = collections.namedtuple("_Message", "body properties message_id exchange routing_key")
 
 
 class BlockingConnection:
     """An AMQPProtocol over a socket, with a deadline on every wait.
 
-    Not thread-safe: AMQPPusher serialises its use.
+    Not thread-safe: AMQPPusher serialises its use, except for Wakeup.wait(),
+    which only waits for the socket to become readable.
     """
 
     def __init__(self, parameters, protocol, *, socket_factory=None, ssl_context=None,
                  clock=time.monotonic):
         self.parameters, self.protocol = parameters, protocol
-        self.socket_factory = socket_factory or _create_connection
+        self.socket_factory = socket_factory or connect_tcp
         self.ssl_context = ssl_context
         self.clock = clock
         self.sock = None
         self._would_block = (BlockingIOError, InterruptedError)
-        self.replies = []  # Methods for the caller: Declare-Ok, Select-Ok ...
-        self.outcomes = {}  # delivery tag -> (acked, None or the reason it failed)
-        self.unconfirmed = collections.OrderedDict()  # delivery tag -> message_id
-        self.returned = {}  # message_id -> reason, for mandatory messages nobody took
+        self._replies = {}  # channel -> the reply to its last synchronous method
+        self._awaited = set()  # message ids whose confirms publish() waits for
+        self._outcomes = {}  # message id -> (acked, reason), for publish() to collect
 
     @property
     def is_open(self):
-        return self.sock is not None and self.protocol.state == "opened"
+        return self.sock is not None and self.protocol.is_open
 
-    def _deadline_left(self, deadline, doing):
+    @property
+    def blocked(self):
+        """Why the broker blocks publishing (a resource alarm), or None."""
+        return self.protocol.blocked
+
+    def channel_is_open(self, channel):
+        return self.is_open and self.protocol.channel_is_open(channel)
+
+    def _time_left(self, deadline, doing):
         left = deadline - self.clock()
         if left <= 0:
             raise TimeoutError(f"timed out {doing}")
         return left
 
+    # -- opening and closing --------------------------------------------------
+
     def connect(self, deadline):
         """Open the socket, then the AMQP connection, within the deadline."""
-        import socket
+        import socket  # only connections need it, and it is slow to import
 
         host, port = self.parameters.host, self.parameters.port
         where = f"{host}:{port}"
         try:
             sock = self.socket_factory((host, port),
-                                       self._deadline_left(deadline, f"connecting to {where}"))
+                                       self._time_left(deadline, f"connecting to {where}"))
         except socket.timeout:
             raise TimeoutError(f"timed out connecting to {where}") from None
         except ConnectionRefusedError:
@@ -1416,16 +1711,16 @@ class BlockingConnection:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.parameters.tls:
-                import ssl
+                import ssl  # here, not at the top: only TLS users pay for it
 
                 # a non-blocking TLS socket says "try again" with these
                 self._would_block += (ssl.SSLWantReadError, ssl.SSLWantWriteError)
-                sock.settimeout(self._deadline_left(deadline, "during the TLS handshake"))
+                sock.settimeout(self._time_left(deadline, "during the TLS handshake"))
                 sock = (self.ssl_context or self.parameters.ssl_context()).wrap_socket(
                     sock, server_hostname=self.parameters.server_name_indication or host)
             sock.setblocking(False)  # every wait is a poll() with a deadline
             self.sock = sock
-            self.wait_for(lambda: self.protocol.state == "opened", deadline,
+            self.wait_for(lambda: self.protocol.is_open, deadline,
                           f"for the broker at {where} to open the connection")
         except BaseException:
             self.abort()
@@ -1439,129 +1734,6 @@ class BlockingConnection:
                 sock.close()
             except OSError:
                 pass
-        self.protocol.state = "closed"
-
-    def send_pending(self, deadline):
-        """Send what the protocol has queued, all of it before the deadline."""
-        data = memoryview(self.protocol.data_to_send(self.clock()))
-        try:
-            while data:
-                try:
-                    data = data[self.sock.send(data):]
-                except self._would_block:
-                    pass
-                # the socket's buffer is full: a blocked broker stops reading
-                if data and not _wait_io(self.sock, True, self._deadline_left(
-                        deadline, "sending to the broker")):
-                    raise TimeoutError("timed out sending to the broker "
-                                       "(it stopped reading: blocked, or overloaded?)")
-        except BaseException:  # Ctrl-C included: a frame cut half-way breaks the stream
-            self.abort()
-            raise
-
-    def wait_for(self, condition, deadline, doing):
-        """Read and handle broker frames until condition() is true."""
-        while True:
-            self._handle_events()
-            if condition():
-                return
-            self._receive(deadline, doing, deadline)
-
-    def poll(self, seconds, send_deadline=None):
-        """Spend up to `seconds` reading broker frames and sending heartbeats."""
-        end = self.clock() + seconds
-        while True:
-            self._receive(end, None, send_deadline or end + 1.0)
-            self._handle_events()
-            if self.clock() >= end:
-                return
-
-    def _receive(self, deadline, doing, send_deadline):
-        """Send what is queued, then wait for bytes until the deadline or the next
-        heartbeat; feed them in."""
-        heartbeat_in = self.protocol.tick(self.clock())
-        self.send_pending(send_deadline)
-        wait = max(0.0, deadline - self.clock())  # the send's time counts
-        if not wait and doing is not None:
-            raise TimeoutError(f"timed out waiting {doing}")
-        if heartbeat_in is not None:
-            wait = min(wait, heartbeat_in)
-        if not self.has_data(wait):
-            return
-        try:
-            data = self.sock.recv(1 << 16)
-        except self._would_block:  # TLS: only part of a record has come
-            return
-        self.protocol.receive_data(data, self.clock())
-
-    def has_data(self, wait=0.0):
-        """Has the broker sent something (within `wait` seconds)?"""
-        pending = getattr(self.sock, "pending", None)  # TLS may hold decrypted bytes
-        return bool(pending and pending()) or _wait_io(self.sock, False, wait)
-
-    def _handle_events(self):
-        while True:
-            event = self.protocol.next_event()
-            if event is None:
-                return
-            if isinstance(event, ConnectionLost):
-                self.abort()
-                raise ConnectionResetError("the broker closed the connection")
-            name, args = event.name, event.args
-            if name in ("Connection.Close", "Channel.Close"):
-                try:
-                    self.send_pending(self.clock() + 1)  # the Close-Ok, if the socket takes it
-                except OSError:
-                    pass
-                if name == "Connection.Close":
-                    self.abort()
-                error = ConnectionClosed if name == "Connection.Close" else ChannelClosed
-                raise error(args["reply_code"], args["reply_text"], args["class_id"],
-                            args["method_id"],
-                            cause=_METHOD_NAMES.get((args["class_id"], args["method_id"])))
-            if name in ("Basic.Ack", "Basic.Nack"):
-                self._on_confirm(name == "Basic.Ack", args["delivery_tag"], args["multiple"])
-            elif name == "Basic.Return":
-                message_id = (event.properties or {}).get("message_id")
-                self.returned[message_id] = (
-                    f"the broker could not route the message: {args['reply_text']} "
-                    f"(exchange {args['exchange']!r}, routing key {args['routing_key']!r})")
-            elif name == "Connection.Blocked":
-                log.warning("broker blocked publishing: %s", args["reason"])
-            elif name == "Connection.Unblocked":
-                log.warning("broker unblocked publishing")
-            elif name not in ("Connection.Close-Ok", "Channel.Close-Ok", "Connection.Open-Ok"):
-                self.replies.append(event)
-
-    def _on_confirm(self, acked, tag, multiple):
-        for confirmed in [t for t in self.unconfirmed if t <= tag] if multiple else [tag]:
-            message_id = self.unconfirmed.pop(confirmed, None)
-            reason = self.returned.pop(message_id, None) if message_id is not None else None
-            if not acked:
-                reason = "the broker refused the message (Basic.Nack)"
-            self.outcomes[confirmed] = (acked, reason)
-
-    def call(self, channel, name, reply, deadline, **values):
-        """Send a synchronous method and wait for its reply."""
-        self.protocol.send_method(channel, name, **values)
-        self.send_pending(deadline)
-        self.wait_for(lambda: any(r.name == reply for r in self.replies), deadline,
-                      f"for {reply}")
-        event = next(r for r in self.replies if r.name == reply)
-        self.replies.remove(event)
-        return event
-
-    def open_channel(self, channel, deadline, confirm):
-        # delivery tags start again at 1 on a new channel: forget the old ones
-        self.outcomes.clear()
-        self.unconfirmed.clear()
-        self.returned.clear()
-        self.protocol.open_channel(channel)
-        self.send_pending(deadline)
-        self.wait_for(lambda: self.protocol.channels[channel].state == "open", deadline,
-                      "for Channel.Open-Ok")
-        if confirm:
-            self.call(channel, "Confirm.Select", "Confirm.Select-Ok", deadline)
 
     def close(self, deadline):
         """Connection.Close, then wait (until the deadline) for Close-Ok."""
@@ -1577,19 +1749,273 @@ class BlockingConnection:
         finally:
             self.abort()
 
+    # -- bytes and events -----------------------------------------------------
+
+    def send_pending(self, deadline):
+        """Send what the protocol has queued, all of it before the deadline."""
+        data = memoryview(self.protocol.data_to_send(self.clock()))
+        try:
+            while data:
+                try:
+                    data = data[self.sock.send(data):]
+                except self._would_block:
+                    pass
+                # the socket's buffer is full: a blocked broker stops reading
+                if data and not _wait_io([self.sock], True, self._time_left(
+                        deadline, "sending to the broker")):
+                    raise TimeoutError("timed out sending to the broker "
+                                       "(it stopped reading: blocked, or overloaded?)")
+        except BaseException:  # Ctrl-C included: a frame cut half-way breaks the stream
+            self.abort()
+            raise
+
+    def wait_for(self, condition, deadline, waiting_for):
+        """Read and handle broker frames until condition() is true."""
+        while True:
+            self._handle_events()
+            if condition():
+                return
+            self._exchange(self._time_left(deadline, f"waiting {waiting_for}"), deadline)
+
+    def keep_alive(self, send_deadline):
+        """Handle what the broker has sent and send a heartbeat if one is due, without
+        waiting for the broker. The seconds until the next heartbeat is due, or None."""
+        heartbeat_in = self._exchange(0.0, send_deadline)
+        self._handle_events()
+        return heartbeat_in
+
+    def _exchange(self, wait, send_deadline):
+        """Send what is queued (a heartbeat too, when due), then wait up to `wait`
+        seconds for the broker's bytes and feed them in. Returns the seconds until
+        the next heartbeat is due, or None."""
+        heartbeat_in = self.protocol.tick(self.clock())
+        self.send_pending(send_deadline)
+        if heartbeat_in is not None:
+            wait = min(wait, heartbeat_in)
+        if self._buffered() or _wait_io([self.sock], False, wait):
+            try:
+                data = self.sock.recv(1 << 16)
+            except self._would_block:  # TLS: only part of a record has come
+                return heartbeat_in
+            self.protocol.receive_data(data, self.clock())
+        return heartbeat_in
+
+    def _buffered(self):
+        """Does TLS hold bytes it already decrypted (which poll() cannot see)?"""
+        pending = getattr(self.sock, "pending", None)
+        return bool(pending and pending())
+
+    def _handle_events(self):
+        while True:
+            event = self.protocol.next_event()
+            if event is None:
+                return
+            if isinstance(event, ConnectionLost):
+                self.abort()
+                raise ConnectionResetError("the broker closed the connection")
+            if isinstance(event, Acked):  # or Nacked, or Returned
+                self._settle(event)
+                continue
+            name, args = event.name, event.args
+            if name in ("Connection.Close", "Channel.Close"):
+                try:
+                    self.send_pending(self.clock() + 1)  # the Close-Ok, if the socket takes it
+                except OSError:
+                    pass
+                if name == "Connection.Close":
+                    self.abort()
+                error = ConnectionClosed if name == "Connection.Close" else ChannelClosed
+                raise error(args["reply_code"], args["reply_text"], args["class_id"],
+                            args["method_id"],
+                            cause=_METHOD_NAMES.get((args["class_id"], args["method_id"])))
+            if name == "Connection.Blocked":
+                log.warning("broker blocked publishing: %s", args["reason"])
+            elif name == "Connection.Unblocked":
+                log.warning("broker unblocked publishing")
+            elif name in _REPLY_NAMES:
+                self._replies[event.channel] = event
+
+    def _settle(self, event):
+        """Keep the outcome of a message publish() waits for; a late one is dropped."""
+        if event.message_id not in self._awaited:
+            log.debug("dropped the late outcome of message %r: %r", event.message_id, event)
+            return
+        self._awaited.discard(event.message_id)
+        if isinstance(event, Nacked):
+            outcome = (False, "the broker refused the message (Basic.Nack)")
+        elif isinstance(event, Returned):
+            outcome = (True, f"the broker could not route the message: {event.reply_text} "
+                             f"(exchange {event.exchange!r}, routing key {event.routing_key!r})")
+        else:
+            outcome = (True, None)
+        self._outcomes[event.message_id] = outcome
+
+    # -- channels and publishing ----------------------------------------------
+
+    def call(self, channel, name, deadline, **values):
+        """Send a synchronous method (Queue.Declare ...) and wait for its reply."""
+        self._replies.pop(channel, None)
+        self.protocol.send_method(channel, name, **values)
+        self.send_pending(deadline)
+        self.wait_for(lambda: channel in self._replies, deadline, f"for {_REPLIES[name]}")
+        return self._replies.pop(channel)
+
+    def open_channel(self, channel, deadline, confirm):
+        """Open a channel (in confirm mode if `confirm`) and wait until it is."""
+        self.protocol.open_channel(channel)
+        self.send_pending(deadline)
+        self.wait_for(lambda: self.protocol.channel_is_open(channel), deadline,
+                      "for Channel.Open-Ok")
+        if confirm:
+            self.call(channel, "Confirm.Select", deadline)
+
+    def close_channel(self, channel, deadline):
+        """Close a channel and wait until the broker has freed it."""
+        self.protocol.close_channel(channel)
+        self.send_pending(deadline)
+        self.wait_for(lambda: channel not in self.protocol.channels, deadline,
+                      "for Channel.Close-Ok")
+
+    def publish(self, channel, messages, deadline, mandatory=False):
+        """Publish `messages` (_Message) in order and, on a channel in confirm mode,
+        wait for the broker's answer to each: pipelined, not one at a time.
+
+        Returns {message_id: (acked, reason)}: (True, None) delivered (or sent,
+        without confirms), (True, reason) returned as unroutable, (False, reason)
+        nacked. Raises for connection and channel trouble, TimeoutError when the
+        broker does not answer in time, and PublishError while it blocks publishers.
+        """
+        if self.blocked is not None:
+            raise PublishError(f"the broker blocks publishers ({self.blocked})")
+        self._outcomes.clear()
+        for index, message in enumerate(messages):
+            tag = self.protocol.publish(channel, message.exchange, message.routing_key,
+                                        message.body, message.properties, mandatory,
+                                        message.message_id)
+            if tag is not None:
+                self._awaited.add(message.message_id)
+            if index % 64 == 63:  # keep what is queued in memory small
+                self.send_pending(deadline)
+        try:
+            self.send_pending(deadline)
+            self.wait_for(lambda: not self._awaited, deadline, "for the broker to confirm")
+        except TimeoutError:
+            if self.blocked is None:
+                raise  # a broker that does not answer: the caller drops the connection
+            # Blocked after we published: the connection stays, and will resume.
+            raise PublishError(f"the broker blocks publishers ({self.blocked}); "
+                               "not confirmed yet") from None
+        finally:
+            self._awaited.clear()  # what comes later for these messages is dropped
+        return {message.message_id: self._outcomes.pop(message.message_id, (True, None))
+                for message in messages}
+
+
+class Wakeup:
+    """Lets stop(), from another thread or a signal handler, end a wait at once.
+
+    wait() sleeps until the time is up, wake() is called, or the broker sends
+    something; it holds no lock, so other threads may use the connection meanwhile.
+    """
+
+    def __init__(self):
+        import socket  # only a push loop needs it, and it is slow to import
+
+        self._reader, self._writer = socket.socketpair()
+        for sock in (self._reader, self._writer):
+            sock.setblocking(False)
+
+    def wake(self):
+        try:
+            self._writer.send(b"\0")
+        except OSError:  # its buffer is full (it is awake already), or it is closed
+            pass
+
+    def wait(self, seconds, connection=None):
+        socks = [self._reader]
+        if connection is not None and connection.sock is not None:
+            if connection._buffered():
+                return
+            socks.append(connection.sock)
+        try:
+            _wait_io(socks, False, seconds)
+        except (OSError, ValueError):  # another thread closed the connection's socket
+            pass
+        try:
+            while self._reader.recv(64):
+                pass
+        except OSError:  # nothing left to read
+            pass
+
+    def close(self):
+        self._reader.close()
+        self._writer.close()
+
+
+def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
+                    connection_name="pihace", ssl_context=None, socket_factory=None,
+                    clock=time.monotonic):
+    """An open BlockingConnection to the first of `endpoints` (AMQPParameters of the
+    nodes of one cluster, tried in order) that answers before the deadline.
+
+    Each endpoint gets a fair share of the time left, and at most its URL's
+    connection_timeout (else `timeout`): a dead node cannot use it all. The
+    heartbeat is `heartbeat` if given, else the URL's, else 60 s. Over TLS with
+    a client certificate and no password, the login is SASL EXTERNAL when the
+    broker offers it. Raises what the last endpoint failed with.
+    """
+    for left, parameters in zip(range(len(endpoints), 0, -1), endpoints):
+        protocol = AMQPProtocol(
+            parameters.username, parameters.password, parameters.vhost,
+            heartbeat=heartbeat if heartbeat is not None else
+            parameters.heartbeat if parameters.heartbeat is not None else 60,
+            frame_max=parameters.frame_max or DEFAULT_FRAME_MAX,
+            channel_max=parameters.channel_max or DEFAULT_CHANNEL_MAX,
+            client_properties=_client_properties(connection_name),
+            mechanisms=("EXTERNAL", "PLAIN") if parameters.tls and not
+            parameters.password_given and (parameters.certfile or ssl_context) else ("PLAIN",))
+        connection = BlockingConnection(parameters, protocol, socket_factory=socket_factory,
+                                        ssl_context=ssl_context, clock=clock)
+        share = (deadline - clock()) / left
+        try:
+            connection.connect(clock() + min(share, parameters.connection_timeout or timeout))
+        except (PihaceError, OSError) as exc:
+            if left == 1:
+                raise
+            log.info("cannot use %s (%s); trying %s", parameters.safe_url,
+                     describe_error(exc, parameters.safe_url), endpoints[-left + 1].safe_url)
+            continue
+        log.info("connected to %s", parameters.safe_url)
+        return connection
+
+
+class AMQP:
+    """A checker: passes when an AMQP connection (login and vhost included) opens to `url`.
+
+    Opens and closes a connection per check; the reason never shows the password.
+    """
+
+    def __init__(self, url, timeout=5):
+        try:
+            self.parameters = AMQPParameters(url)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc).replace("amqp_url", "url", 1)) from None
+        self.url, self.safe_url = url, self.parameters.safe_url
+        self.timeout = _seconds("timeout", timeout)
+
+    def __call__(self):
+        try:
+            connection = open_connection([self.parameters], time.monotonic() + self.timeout,
+                                         timeout=self.timeout, connection_name="pihace check")
+        except (PihaceError, OSError) as exc:
+            return False, describe_error(exc, self.safe_url)
+        connection.close(time.monotonic() + min(self.timeout, 5.0))
+        return True, f"connected to {self.safe_url}"
+
 
 # ---------------------------------------------------------------------------
 # pusher
 # ---------------------------------------------------------------------------
-
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-# A message waiting to be published, with the id and timestamp it keeps.
-_Message = collections.namedtuple("_Message", "body properties message_id exchange routing_key")
 
 _BUSY = "timed out waiting for another thread's publish to finish"
 
@@ -1636,19 +2062,17 @@ class AMQPPusher:
                 raise ValueError(f"{what} is {len(value.encode('utf-8'))} bytes long; "
                                  "AMQP allows at most 255")
         encode_table(queue_arguments)  # a ValueError now rather than at the first push
-        if heartbeat is not None and (isinstance(heartbeat, bool) or not isinstance(
-                heartbeat, int) or not 0 <= heartbeat <= 65535):
-            raise ValueError(f"heartbeat must be whole seconds from 0 (off) to 65535, "
-                             f"got {heartbeat!r}")
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
-            raise ValueError(f"buffer_size must be an integer >= 1, got {buffer_size!r}")
+        if heartbeat is not None:
+            _number("heartbeat", heartbeat, lambda v: 0 <= v <= 65535,
+                    "whole seconds from 0 (off) to 65535", int)
+        _number("buffer_size", buffer_size, lambda v: v >= 1, "an integer >= 1", int)
         name, version = (getattr(healthcheck, key, None)
                          for key in ("component_name", "component_version"))
         self.healthcheck, self.queue_name, self.exchange_type = healthcheck, queue_name, exchange_type
         self.declare, self.queue_arguments = declare, dict(queue_arguments or {})
         self.confirm = confirm
         self.heartbeat = heartbeat  # None: each URL's ?heartbeat=, else 60 s
-        self.timeout = _positive("timeout", timeout)
+        self.timeout = _seconds("timeout", timeout)
         self.outbox, self.buffer_size = collections.deque(), buffer_size
         self._outbox_lock = threading.Lock()  # held briefly, unlike the connection's lock
         self.dropped = 0  # reports dropped from a full outbox
@@ -1657,7 +2081,9 @@ class AMQPPusher:
         self.ssl_context, self.socket_factory, self.clock = ssl_context, socket_factory, clock
         self.connections_opened = 0
         self._connection, self._declared = None, False
-        self._lock, self._stop = threading.RLock(), threading.Event()
+        self._lock = threading.RLock()  # held while the connection is in use
+        self._stop_requested = False  # by stop(); kept until the loop ends
+        self._wakeup = None  # while push_forever_in_loop runs: how stop() wakes it
         # unique message ids: a random prefix per pusher and a counter (thread-safe)
         self._message_ids = map(f"{os.urandom(8).hex()}-{{}}".format, itertools.count(1))
         self._properties = PropertiesTemplate(
@@ -1681,60 +2107,40 @@ class AMQPPusher:
         """Connect to the first endpoint that answers, starting with the current one."""
         start = self.endpoints.index(self.parameters)
         order = self.endpoints[start:] + self.endpoints[:start]
-        for left, parameters in zip(range(len(order), 0, -1), order):
-            self.parameters = parameters
-            protocol = AMQPProtocol(
-                parameters.username, parameters.password, parameters.vhost,
-                heartbeat=next(h for h in (self.heartbeat, parameters.heartbeat, 60)
-                               if h is not None),
-                frame_max=parameters.frame_max or DEFAULT_FRAME_MAX,
-                channel_max=parameters.channel_max or DEFAULT_CHANNEL_MAX,
-                client_properties=_client_properties(self.connection_name),
-                # a client certificate and no password: log in as the certificate says
-                mechanisms=("EXTERNAL", "PLAIN") if parameters.tls and not
-                parameters.password_given and (parameters.certfile or self.ssl_context)
-                else ("PLAIN",))
-            connection = BlockingConnection(
-                parameters, protocol, socket_factory=self.socket_factory,
-                ssl_context=self.ssl_context, clock=self.clock)
-            share = (deadline - self.clock()) / left  # a dead node cannot eat it all
-            try:
-                connection.connect(self.clock() + min(
-                    share, parameters.connection_timeout or self.timeout))
-            except (PihaceError, OSError) as exc:
-                if left == 1:
-                    raise
-                log.info("cannot use %s (%s); trying %s", parameters.safe_url,
-                         self._describe(exc, parameters), order[-left + 1].safe_url)
-                continue
-            log.info("connected to %s", parameters.safe_url)
-            self.connections_opened += 1
-            self._connection, self._declared = connection, False
-            return connection
+        try:
+            connection = open_connection(
+                order, deadline, timeout=self.timeout, heartbeat=self.heartbeat,
+                connection_name=self.connection_name, ssl_context=self.ssl_context,
+                socket_factory=self.socket_factory, clock=self.clock)
+        except (PihaceError, OSError):
+            self.parameters = order[-1]  # what the error is about; the next try starts there
+            raise
+        self.parameters = connection.parameters
+        self.connections_opened += 1
+        self._connection, self._declared = connection, False
+        return connection
 
     def _ready(self, deadline):
         """An open connection and channel, with the destination declared."""
         connection = self._connection
-        if connection is not None and connection.is_open and connection.has_data():
+        if connection is not None and connection.is_open:
             try:
-                connection.poll(0, deadline)  # notice a Close, or a dead socket, first
+                connection.keep_alive(deadline)  # notice a Close, or a dead socket, first
             except (PihaceError, OSError) as exc:
-                log.warning("connection lost, opening a new one: %s", self._failed(exc))
+                log.warning("connection lost, opening a new one: %s", self._handle_failure(exc))
         connection = self._connection
         if connection is None or not connection.is_open:
             self._drop()
             connection = self._connect(deadline)
-        if self._channel not in connection.protocol.channels:
+        if not connection.channel_is_open(self._channel):
             connection.open_channel(self._channel, deadline, self.confirm)
         if self.declare and not self._declared:
             if self.exchange and self.exchange_type:
-                connection.call(self._channel, "Exchange.Declare", "Exchange.Declare-Ok",
-                                deadline, exchange=self.exchange, type=self.exchange_type,
-                                durable=True)
+                connection.call(self._channel, "Exchange.Declare", deadline,
+                                exchange=self.exchange, type=self.exchange_type, durable=True)
             if not self.exchange:
-                connection.call(self._channel, "Queue.Declare", "Queue.Declare-Ok", deadline,
-                                queue=self.queue_name, durable=True,
-                                arguments=self.queue_arguments)
+                connection.call(self._channel, "Queue.Declare", deadline, queue=self.queue_name,
+                                durable=True, arguments=self.queue_arguments)
             self._declared = True
         return connection
 
@@ -1747,7 +2153,7 @@ class AMQPPusher:
     def blocked(self):
         """Why the broker blocks publishing (a resource alarm), or None."""
         connection = self._connection
-        return connection.protocol.blocked if connection is not None else None
+        return connection.blocked if connection is not None else None
 
     def close(self):
         """Close the connection cleanly (bounded wait); safe to call again."""
@@ -1790,39 +2196,14 @@ class AMQPPusher:
                         self.routing_key if routing_key is None else routing_key)
 
     def _deliver(self, messages, deadline):
-        """Publish messages in order, then collect their confirms (pipelined).
+        """Publish messages in order and collect their confirms (pipelined).
 
         Returns {message_id: (acked, reason)}: (True, None) delivered, (True,
         reason) returned as unroutable, (False, reason) nacked. Raises for
         connection and channel trouble. Call with the lock held.
         """
         connection = self._ready(deadline)
-        if connection.protocol.blocked is not None:
-            raise PublishError(f"the broker blocks publishers ({connection.protocol.blocked})")
-        connection.outcomes.clear()  # late confirms of an earlier call that gave up
-        tags = []
-        for index, message in enumerate(messages):
-            tag = connection.protocol.publish(
-                self._channel, message.exchange, message.routing_key, message.body,
-                message.properties, mandatory=self.confirm)
-            if tag is not None:
-                connection.unconfirmed[tag] = message.message_id
-                tags.append((tag, message.message_id))
-            if index % 64 == 63:  # keep what is queued in memory small
-                connection.send_pending(deadline)
-        connection.send_pending(deadline)
-        if not self.confirm:
-            return {message.message_id: (True, None) for message in messages}
-        try:
-            connection.wait_for(lambda: all(tag in connection.outcomes for tag, _ in tags),
-                                deadline, "for the broker to confirm")
-        except TimeoutError:
-            if connection.protocol.blocked is None:
-                raise  # a broker that does not answer: the connection is dropped
-            # Blocked after we published: keep the connection, it will resume.
-            raise PublishError(f"the broker blocks publishers ({connection.protocol.blocked}); "
-                               "not confirmed yet") from None
-        return {message_id: connection.outcomes.pop(tag) for tag, message_id in tags}
+        return connection.publish(self._channel, messages, deadline, mandatory=self.confirm)
 
     def publish(self, body, *, headers=None, message_id=None, timestamp=None,
                 routing_key=None, exchange=None):
@@ -1839,7 +2220,7 @@ class AMQPPusher:
         try:
             reason = self._deliver([message], deadline)[message.message_id][1]
         except (PihaceError, OSError) as exc:
-            reason = self._failed(exc)
+            reason = self._handle_failure(exc)
         finally:
             self._lock.release()
         return True if reason is None else (False, reason)
@@ -1886,7 +2267,7 @@ class AMQPPusher:
                 try:
                     outcomes = self._deliver(batch, deadline)
                 except (PihaceError, OSError) as exc:
-                    return dict.fromkeys(self._outbox_ids(), self._failed(exc))
+                    return dict.fromkeys(self._outbox_ids(), self._handle_failure(exc))
                 for message in batch:
                     acked, reason = outcomes[message.message_id]
                     if acked:  # delivered, or unroutable: sending it again would not help
@@ -1911,26 +2292,13 @@ class AMQPPusher:
         with self._outbox_lock:
             return [message.message_id for message in self.outbox]
 
-    def _describe(self, exc, parameters):
-        """One line saying what went wrong: never the password."""
-        reason = str(exc) or type(exc).__name__
-        if isinstance(exc, OSError) and exc.errno is not None:  # the system's words: name them
-            reason = f"{type(exc).__name__}: {reason}"
-        if isinstance(exc, ConnectionClosed) and exc.reply_code == 403:
-            reason += f"; check the user name and password of {parameters.safe_url}"
-        elif isinstance(exc, ConnectionClosed) and exc.reply_code == 530:
-            reason += f"; check the vhost of {parameters.safe_url}"
-        elif not isinstance(exc, (PublishError, _ClosedByBroker)):
-            reason += f" ({parameters.safe_url})"
-        return reason
-
-    def _failed(self, exc):
-        """Drop what the error broke and describe it."""
+    def _handle_failure(self, exc):
+        """Drop what the error broke; the reason, for people."""
         if isinstance(exc, ChannelClosed):
             self._declared = False  # the next push opens a new channel and declares again
         elif not isinstance(exc, PublishError):
             self._drop()
-        reason = self._describe(exc, self.parameters)
+        reason = describe_error(exc, self.parameters.safe_url)
         log.debug("publish failed: %s", reason)
         return reason
 
@@ -1940,13 +2308,16 @@ class AMQPPusher:
         """Push a report every `interval` seconds until stop(), stop_event or Ctrl-C.
 
         Reports keep a fixed cadence (a slow round skips the ticks it missed).
-        Between them the connection is kept alive (heartbeats), and after a
-        failure the outbox is retried with exponential backoff, capped at 30 s.
-        On the way out the outbox gets a short last chance and the connection
-        is closed cleanly.
+        Between them the loop sleeps, waking only to send heartbeats and to read
+        what the broker sends, so the connection is kept alive; after a failure
+        the outbox is retried with exponential backoff, capped at 30 s. stop()
+        ends the wait at once; a stop_event is looked at every second. On the
+        way out the outbox gets a short last chance and the connection is
+        closed cleanly.
         """
-        interval = _positive("interval", interval)
+        interval = _seconds("interval", interval)
         next_report, retry_at, failures = self.clock(), math.inf, 0
+        self._wakeup = Wakeup()
         log.info("pushing a report to %s every %gs", self.parameters.safe_url, interval)
         try:
             while not self._stopped(stop_event):
@@ -1968,10 +2339,8 @@ class AMQPPusher:
                                     result[1], len(self.outbox))
                     failures += 1
                     backoff = min(30.0, 0.5 * 2 ** (failures - 1))
-                    import random
-
                     retry_at = self.clock() + backoff * (0.5 + random.random() / 2)
-                self._wait(min(next_report, retry_at) - self.clock(), stop_event)
+                self._idle(min(next_report, retry_at), stop_event)
         except KeyboardInterrupt:
             log.info("interrupted: stopping")
         finally:
@@ -1980,179 +2349,43 @@ class AMQPPusher:
                 if self.outbox:
                     log.warning("stopping with %d undelivered report(s)", len(self.outbox))
             self.close()
-            self._stop.clear()  # ready for another run
+            wakeup, self._wakeup = self._wakeup, None
+            wakeup.close()
+            self._stop_requested = False  # ready for another run
 
     def stop(self):
-        """End push_forever_in_loop (from any thread) after its current wait."""
-        self._stop.set()
+        """End push_forever_in_loop at once; from any thread, or a signal handler."""
+        self._stop_requested = True
+        wakeup = self._wakeup
+        if wakeup is not None:
+            wakeup.wake()
 
     def _stopped(self, stop_event):
-        return self._stop.is_set() or (stop_event is not None and stop_event.is_set())
+        return self._stop_requested or (stop_event is not None and stop_event.is_set())
 
-    def _wait(self, seconds, stop_event=None):
-        """Wait, keeping the connection alive: heartbeats, and frames such as Close."""
-        end = self.clock() + seconds
+    def _idle(self, until, stop_event=None):
+        """Sleep until the clock reaches `until` or a stop is asked for, waking only to
+        keep the connection alive: heartbeats when due, broker frames (Close,
+        Blocked) when they come. Other threads may publish meanwhile."""
         while not self._stopped(stop_event):
-            left = end - self.clock()
-            if left <= 0:
+            wait = until - self.clock()
+            if wait <= 0:
                 return
-            step = min(left, 0.25)  # in slices: stop() and other threads' pushes get in
-            connection = self._connection
-            sock = connection.sock if connection is not None else None
-            if sock is not None:
-                try:
-                    _wait_io(sock, False, step)  # without the lock: others may publish
-                except (OSError, ValueError):  # closed meanwhile by another thread
-                    pass
-                step = 0.0
+            if stop_event is not None:
+                wait = min(wait, 1.0)  # nothing wakes us when a plain Event is set
             with self._lock:
                 connection = self._connection
-                if connection is not None and connection.is_open:
+                if connection is not None and not connection.is_open:
+                    connection = None
+                if connection is not None:
                     try:
-                        connection.poll(step)
+                        heartbeat_in = connection.keep_alive(self.clock() + self.timeout)
+                        if heartbeat_in is not None:
+                            wait = min(wait, heartbeat_in)
                     except (PihaceError, OSError) as exc:
-                        log.warning("connection lost: %s", self._failed(exc))
-                    continue
-            self._stop.wait(step)
-
-
-# ---------------------------------------------------------------------------
-# built-in checkers: callables for HealthCheck.register() that never raise for
-# what they check: True or (True, detail) when it is fine, else (False, reason)
-# ---------------------------------------------------------------------------
-
-def _number(name, value, valid, expected):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return value
-
-
-def _seconds(value):
-    return float(_number("timeout", value, lambda v: 0 < v < 1e6, "a positive number of seconds"))
-
-
-def _os_reason(exc):
-    """An OSError in a few words: "connection refused", "timed out" ..."""
-    import socket
-
-    if isinstance(exc, socket.timeout):
-        return "timed out"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host name: {exc.strerror}"
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return reason[:1].lower() + reason[1:]
-
-
-class TCP:
-    """Passes when a TCP connection to host:port opens within `timeout` seconds."""
-
-    def __init__(self, host, port, timeout=5):
-        if not isinstance(host, str) or not host:
-            raise ValueError(f"host must be a host name or an IP address, got {host!r}")
-        self.host, self.timeout = host, _seconds(timeout)
-        self.port = _number("port", port, lambda v: isinstance(v, int) and 0 < v < 65536,
-                            "an integer from 1 to 65535")
-
-    def __call__(self):
-        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        try:
-            _create_connection((self.host, self.port), self.timeout).close()
-        except OSError as exc:
-            return False, f"cannot connect to {where}: {_os_reason(exc)}"
-        return True, f"connected to {where}"
-
-
-class HTTP:
-    """pihace 1.0.0's HTTP plugin: GET `url`; a 2xx or 3xx answer passes.
-
-    Redirects are not followed (a 3xx is the service's answer), so the
-    reason of a failure is the status of `url` itself, or what stopped it.
-    """
-
-    def __init__(self, url, timeout=5):
-        from urllib.parse import urlsplit
-
-        try:
-            parts = urlsplit(url)
-            valid = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
-        except (TypeError, ValueError, AttributeError):  # not a string, or a bad port
-            valid = False
-        if not valid:
-            raise ValueError("url must be an http:// or https:// URL with a host and a valid port")
-        self.url, self.timeout = url, _seconds(timeout)
-        self._opener = None
-
-    def __call__(self):
-        import http.client  # here, not at the top: slow to import, and only HTTP needs them
-        import urllib.error
-        import urllib.request
-
-        if self._opener is None:
-            class NoRedirects(urllib.request.HTTPRedirectHandler):
-                def redirect_request(self, *args):
-                    return None  # urlopen() raises HTTPError with the 3xx instead
-
-            self._opener = urllib.request.build_opener(NoRedirects)
-        request = urllib.request.Request(self.url, headers={"User-Agent": f"pihace/{__version__}"})
-        try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                status, phrase = response.status, response.reason
-        except urllib.error.HTTPError as exc:
-            status, phrase = exc.code, exc.reason
-            exc.close()
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            exc = getattr(exc, "reason", exc)  # a URLError's reason: an OSError or a string
-            return False, "GET failed: " + (_os_reason(exc) if isinstance(exc, OSError) else
-                                            _text(exc) or type(exc).__name__)
-        return 200 <= status < 400, f"HTTP {status} {phrase}".rstrip()
-
-
-class Disk:
-    """Fails when the file system holding `path` has less than `min_free_percent` free."""
-
-    def __init__(self, path, min_free_percent):
-        if not isinstance(path, (str, bytes, os.PathLike)) or not os.fspath(path):
-            raise ValueError(f"path must be a path, got {path!r}")
-        self.path = os.fspath(path)
-        self.min_free_percent = _number("min_free_percent", min_free_percent,
-                                        lambda v: 0 <= v <= 100, "a percentage from 0 to 100")
-
-    def __call__(self):
-        import shutil
-
-        try:
-            usage = shutil.disk_usage(self.path)
-        except OSError as exc:
-            return False, f"cannot read the free space of {self.path!r}: {_os_reason(exc)}"
-        free = 100.0 * usage.free / usage.total if usage.total else 0.0
-        detail = f"{free:.1f}% free ({usage.free / 2 ** 30:.1f} GiB)"
-        if free < self.min_free_percent:
-            return False, f"{detail}, below {self.min_free_percent:g}%"
-        return True, detail
-
-
-class AMQP:
-    """Passes when an AMQP connection (login and vhost included) opens to `url`.
-
-    Opens and closes a connection per check; the reason never shows the password.
-    """
-
-    def __init__(self, url, timeout=5):
-        try:
-            self.safe_url = AMQPParameters(url).safe_url
-        except (TypeError, ValueError) as exc:
-            raise ValueError(str(exc).replace("amqp_url", "url", 1)) from None
-        self.url, self.timeout = url, _seconds(timeout)
-
-    def __call__(self):
-        pusher = AMQPPusher(None, self.url, timeout=self.timeout, connection_name="pihace check")
-        try:
-            pusher._connect(pusher.clock() + self.timeout)
-        except (PihaceError, OSError) as exc:
-            return False, pusher._describe(exc, pusher.parameters)
-        finally:
-            pusher.close()
-        return True, f"connected to {self.safe_url}"
+                        log.warning("connection lost: %s", self._handle_failure(exc))
+                        connection = None
+            self._wakeup.wait(wait, connection)  # without the lock
 
 
 # ---------------------------------------------------------------------------
@@ -2217,8 +2450,6 @@ def _checker(kind, spec, http_timeout):
 
 def _amqp_urls(urls, password):
     """--url (else PIHACE_AMQP_URL), with PIHACE_AMQP_PASSWORD percent-encoded into each."""
-    from urllib.parse import quote, urlsplit
-
     urls = urls or [os.environ.get("PIHACE_AMQP_URL") or ""]
     if not urls[0]:
         raise ValueError("push needs --url or PIHACE_AMQP_URL")
@@ -2229,12 +2460,10 @@ def _amqp_urls(urls, password):
     return urls
 
 
-def main(argv=None):
-    """The ``pihace`` command: ``check`` (the default) or ``push``; returns the exit code."""
+def _parser():
+    """The pihace command's argument parser: an error is one line and exit code 3."""
     import argparse  # here, not at the top: importing pihace should not pay for it
-    import logging
     import re
-    import signal
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line and exit code 3, instead of usage and 2
@@ -2267,7 +2496,79 @@ def main(argv=None):
     push.add_argument("--interval", type=float, metavar="SECONDS",
                       help="push every SECONDS until stopped (default: once)")
     push.add_argument("--buffer-size", type=int, default=1000, metavar="REPORTS")
+    return parser
 
+
+def _health_check(args):
+    """The HealthCheck that the arguments describe; ValueError names a bad option."""
+    http_timeout = _seconds("--http-timeout", args.http_timeout)
+    hc = HealthCheck(with_system=args.system, name=args.name, version=args.component_version)
+    for kind in _CHECK_OPTIONS:
+        for spec in getattr(args, kind):
+            name = spec.partition("=")[0] if "=" in spec else ""
+            shown = f" {name}" if name and "://" not in name else ""  # never a password
+            try:
+                name, checker = _checker(kind, spec, http_timeout)
+                if name in hc.checkers:
+                    raise ValueError("a second check with this name")
+            except ValueError as exc:
+                raise ValueError(f"--{kind}{shown}: {exc}") from None
+            hc.register(name, checker, timeout=getattr(checker, "timeout", 4) + 1)
+    return hc
+
+
+def _check(args, hc):
+    """pihace check: print the report; the exit code says its status."""
+    report = hc.check("dict")
+    print(format_report(report, args.format))
+    return {"Available": 0, "Partially Available": 1}.get(report["status"], 2)
+
+
+def _pusher(args, hc):
+    """The AMQPPusher that the push arguments describe; ValueError names a bad option."""
+    urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
+    if args.interval is not None:
+        _seconds("--interval", args.interval)
+    try:
+        return AMQPPusher(hc, urls, args.queue, exchange=args.exchange,
+                          routing_key=args.routing_key, buffer_size=args.buffer_size)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc).replace("amqp_url", "--url")) from None
+
+
+def _push(pusher):
+    """pihace push: one report; exit code 0 when the broker confirmed it, else 2."""
+    with pusher:
+        result = pusher.push()
+    if result is not True:
+        print(f"pihace: not delivered: {result[1]}", file=sys.stderr)
+    return 0 if result is True else 2
+
+
+def _push_until_signalled(pusher, interval):
+    """pihace push --interval: push until SIGTERM or Ctrl-C, then close cleanly."""
+    import signal
+
+    def stop(*_):  # SIGTERM or a first Ctrl-C: end the round, then close cleanly
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one interrupts
+        pusher.stop()
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = [signal.signal(number, stop) for number in signals] if in_main_thread else []
+    try:
+        pusher.push_forever_in_loop(interval)
+    finally:
+        for number, previous_handler in zip(signals, previous):
+            signal.signal(number, previous_handler)
+    return 0
+
+
+def main(argv=None):
+    """The ``pihace`` command: ``check`` (the default) or ``push``; returns the exit code."""
+    import logging
+
+    parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "check")
@@ -2278,59 +2579,21 @@ def main(argv=None):
         looping = args.command == "push" and args.interval is not None
         log.addHandler(handler)
         log.setLevel(args.log_level or ("INFO" if looping else "WARNING"))
-        if not 0 < args.http_timeout < 1e6:
-            parser.error("--http-timeout must be a positive number of seconds")
-        hc = HealthCheck(with_system=args.system, name=args.name, version=args.component_version)
-        for kind in _CHECK_OPTIONS:
-            for spec in getattr(args, kind):
-                name = spec.partition("=")[0] if "=" in spec else ""
-                shown = f" {name}" if name and "://" not in name else ""  # never a password
-                try:
-                    name, checker = _checker(kind, spec, args.http_timeout)
-                    if name in hc.checkers:
-                        raise ValueError("a second check with this name")
-                except ValueError as exc:
-                    parser.error(f"--{kind}{shown}: {exc}")
-                hc.register(name, checker, timeout=getattr(checker, "timeout", 4) + 1)
-        if args.command == "check":
-            report = hc.check("dict")
-            print(format_report(report, args.format))
-            return {"Available": 0, "Partially Available": 1}.get(report["status"], 2)
         try:
-            urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
-            pusher = AMQPPusher(hc, urls, args.queue, exchange=args.exchange,
-                                routing_key=args.routing_key, buffer_size=args.buffer_size)
-            if looping:
-                _positive("--interval", args.interval)
-        except (TypeError, ValueError) as exc:
-            parser.error(str(exc).replace("amqp_url", "--url"))
-        if not looping:
-            with pusher:
-                result = pusher.push()
-            if result is not True:
-                print(f"pihace: not delivered: {result[1]}", file=sys.stderr)
-            return 0 if result is True else 2
-
-        def stop(*_):  # SIGTERM or a first Ctrl-C: end the round, then close cleanly
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one interrupts
-            pusher.stop()
-
-        signals = (signal.SIGTERM, signal.SIGINT)
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = [signal.signal(number, stop) for number in signals] if in_main_thread else []
-        try:
-            pusher.push_forever_in_loop(args.interval)
-        finally:
-            for number, previous_handler in zip(signals, previous):
-                signal.signal(number, previous_handler)
-        return 0
+            hc = _health_check(args)
+            pusher = _pusher(args, hc) if args.command == "push" else None
+        except ValueError as exc:
+            parser.error(str(exc))
+        if pusher is None:
+            return _check(args, hc)
+        return _push_until_signalled(pusher, args.interval) if looping else _push(pusher)
     except SystemExit as exc:  # from argparse: --help and --version (0), or an error (3)
         return exc.code if isinstance(exc.code, int) else 3
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
         log.debug("internal error", exc_info=True)
-        print(f"pihace: internal error: {_describe_exception(exc)}", file=sys.stderr)
+        print(f"pihace: internal error: {describe_error(exc)}", file=sys.stderr)
         return 3
     finally:
         log.removeHandler(handler)

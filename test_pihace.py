@@ -712,7 +712,7 @@ def test_handshake(how):
         b"\x01\x00\x00\x00\x00\x00\x08\x00\x0a\x00\x28\x01/\x00\x00\xce")
     events = feed(protocol, OPEN_OK + pihace.HEARTBEAT_FRAME, how)
     assert [event.name for event in events] == ["Connection.Open-Ok"]
-    assert protocol.state == "opened"
+    assert protocol.state == "open"
 
 
 def test_tune_never_asks_for_more_than_the_broker_allows():
@@ -734,8 +734,8 @@ def test_publish_with_confirms_counts_delivery_tags_from_one():
     protocol.send_method(1, "Confirm.Select")
     feed(protocol, SELECT_OK, "whole")
     protocol.data_to_send()
-    assert protocol.publish(1, "", "q", b"hi", b"\x00\x00", mandatory=True) == 1
-    assert protocol.publish(1, "", "q", b"", b"\x00\x00") == 2
+    assert protocol.publish(1, "", "q", b"hi", b"\x00\x00", mandatory=True, message_id="a") == 1
+    assert protocol.publish(1, "", "q", b"", b"\x00\x00", message_id="b") == 2
     sent = protocol.data_to_send()
     assert sent == (frame(1, 1, b"\x00\x3c\x00\x28\x00\x00\x00\x01q\x01")
                     + frame(2, 1, b"\x00\x3c\x00\x00" + (2).to_bytes(8, "big") + b"\x00\x00")
@@ -743,9 +743,9 @@ def test_publish_with_confirms_counts_delivery_tags_from_one():
                     + frame(1, 1, b"\x00\x3c\x00\x28\x00\x00\x00\x01q\x00")
                     + frame(2, 1, b"\x00\x3c\x00\x00" + (0).to_bytes(8, "big") + b"\x00\x00"))
     ack = frame(1, 1, method_payload(60, 80, (2).to_bytes(8, "big") + b"\x01"))
-    events = feed(protocol, ack, "bytewise")
-    assert [(e.name, e.args) for e in events] == [
-        ("Basic.Ack", {"delivery_tag": 2, "multiple": True})]
+    events = feed(protocol, ack, "bytewise")  # one Ack for both: an event for each message
+    assert [(type(e), e.message_id, e.delivery_tag) for e in events] == [
+        (pihace.Acked, "a", 1), (pihace.Acked, "b", 2)]
 
 
 @pytest.mark.parametrize("how", ["whole", "bytewise"])
@@ -759,9 +759,11 @@ def test_basic_return_arrives_with_its_content(how):
                         + sstr("id-1"))
                 + frame(3, 1, b"abc"))
     events = feed(protocol, returned + b"\x08\x00", how)  # plus the start of a heartbeat
-    assert len(events) == 1
-    assert events[0].name == "Basic.Return" and events[0].args["reply_code"] == 312
-    assert events[0].properties == {"message_id": "id-1"} and events[0].body_size == 3
+    assert len(events) == 1  # not in confirm mode: no Ack will follow
+    returned = events[0]
+    assert isinstance(returned, pihace.Returned) and returned.message_id == "id-1"
+    assert (returned.reply_code, returned.reply_text, returned.exchange, returned.routing_key) \
+        == (312, "NO_ROUTE", "", "nowhere")
 
 
 def test_broker_close_queues_close_ok_and_is_an_event():
@@ -890,14 +892,14 @@ BROKER_FRAMES = [
     frame(1, 0, method_payload(10, 60, sstr("low on memory"))),  # Connection.Blocked
     frame(1, 0, method_payload(10, 61)),                         # Connection.Unblocked
     frame(1, 1, method_payload(20, 20, b"\x01")),                # Channel.Flow active
-    ack(2, multiple=True, nack=True),
+    ack(3, multiple=True, nack=True),
     frame(1, 1, method_payload(20, 40, b"\x01\x94" + sstr("NOT_FOUND") + b"\x00\x3c\x00\x28")),
     frame(1, 0, method_payload(10, 50, b"\x01\x40" + sstr("CONNECTION_FORCED")
                                + b"\x00\x00\x00\x00")),
 ]
 EXPECTED_EVENTS = [
-    "Connection.Open-Ok", "Channel.Open-Ok", "Confirm.Select-Ok", "Basic.Ack", "Basic.Return",
-    "Basic.Ack", "Connection.Blocked", "Connection.Unblocked", "Channel.Flow", "Basic.Nack",
+    "Connection.Open-Ok", "Channel.Open-Ok", "Confirm.Select-Ok", "Acked", "Returned",
+    "Connection.Blocked", "Connection.Unblocked", "Channel.Flow", "Nacked",
     "Channel.Close", "Connection.Close", "ConnectionLost",
 ]
 # Valid frames out of their place, for streams put together frame by frame.
@@ -929,11 +931,11 @@ class Client:
         elif name == "Channel.Open-Ok":
             protocol.send_method(1, "Confirm.Select")
         elif name == "Confirm.Select-Ok":
-            properties = pihace.encode_properties({"message_id": "id-1"})
-            protocol.publish(1, "", "q", b"hello", properties, mandatory=True)
-            protocol.publish(1, "", "q", b"", properties)
+            for message_id, mandatory in (("id-1", True), ("id-2", True), ("id-3", False)):
+                properties = pihace.encode_properties({"message_id": message_id})
+                protocol.publish(1, "", "q", b"hello", properties, mandatory, message_id)
         self.seen += 1
-        if self.seen == self.close_after and protocol.state == "opened":
+        if self.seen == self.close_after and protocol.state == "open":
             protocol.close()
         protocol.data_to_send()
 
@@ -1005,7 +1007,9 @@ def test_the_valid_stream_and_the_client_driving_it(sizes):
     protocol = pihace.AMQPProtocol()
     events = run(protocol, split(b"".join(BROKER_FRAMES), sizes), Client())
     assert names(events) == EXPECTED_EVENTS
-    assert events[4].body_size == 5 and events[4].properties == {"message_id": "id-2"}
+    assert [(e.message_id, e.delivery_tag) for e in events[3:5] + events[8:9]] == [
+        ("id-1", 1), ("id-2", 2), ("id-3", 3)]
+    assert (events[4].reply_code, events[4].routing_key) == (312, "nowhere")
 
 
 FIELDS = {"size": (3, 7), "body_size": (11, 19)}  # where they are in a frame (and a header)
@@ -1231,7 +1235,7 @@ def test_a_huge_declared_body_is_counted_not_kept(body_size, frames):
         done = received == body_size
         assert (event is not None) == done
         if done:
-            assert event.name == "Basic.Return" and event.body_size == body_size
+            assert isinstance(event, pihace.Returned) and event.reply_code == 312
         assert protocol._decoder.pending == 0
 
 
