@@ -69,7 +69,7 @@ class _Logger:
 
     @staticmethod
     def _logger():
-        import logging
+        import logging  # here, not at the top: slow to import (see the imports)
 
         logger = logging.getLogger("pihace")
         if not any(isinstance(handler, logging.NullHandler) for handler in logger.handlers):
@@ -601,7 +601,7 @@ class HealthCheck:
 
     async def check_async(self, output="dict", pretty=True):
         """check() for async code: the checks run without blocking the event loop."""
-        import asyncio
+        import asyncio  # here, not at the top: slow to import, and only async callers need it
 
         return await asyncio.get_running_loop().run_in_executor(None, self.check, output, pretty)
 
@@ -611,7 +611,7 @@ def format_report(report, output="dict", pretty=True):
     if output == "dict":
         return report
     if output == "json":
-        import json
+        import json  # here, not at the top: slow to import (see the imports)
 
         return json.dumps(report, indent=4 if pretty else None)
     lines = [f"Status: {report['status']} ({report['rate']} healthy)",
@@ -1711,7 +1711,7 @@ class BlockingConnection:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.parameters.tls:
-                import ssl  # here, not at the top: only TLS users pay for it
+                import ssl  # here, not at the top: slow to import, and only TLS users need it
 
                 # a non-blocking TLS socket says "try again" with these
                 self._would_block += (ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -1932,13 +1932,12 @@ class Wakeup:
             pass
 
     def wait(self, seconds, connection=None):
-        socks = [self._reader]
-        if connection is not None and connection.sock is not None:
-            if connection._buffered():
-                return
-            socks.append(connection.sock)
         try:
-            _wait_io(socks, False, seconds)
+            sock = connection.sock if connection is not None else None
+            if sock is None:
+                _wait_io([self._reader], False, seconds)
+            elif not connection._buffered():
+                _wait_io([self._reader, sock], False, seconds)
         except (OSError, ValueError):  # another thread closed the connection's socket
             pass
         try:
@@ -2171,7 +2170,7 @@ class AMQPPusher:
         `as_text` turns what JSON cannot hold into text instead (for reports)."""
         if isinstance(body, dict):
             try:
-                import json
+                import json  # here, not at the top: slow to import (see the imports)
 
                 body = json.dumps(body, separators=(",", ":"), allow_nan=False,
                                   default=as_text).encode()
@@ -2463,7 +2462,7 @@ def _amqp_urls(urls, password):
 def _parser():
     """The pihace command's argument parser: an error is one line and exit code 3."""
     import argparse  # here, not at the top: importing pihace should not pay for it
-    import re
+    import re  # argparse imports it anyway
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line and exit code 3, instead of usage and 2
@@ -2547,7 +2546,7 @@ def _push(pusher):
 
 def _push_until_signalled(pusher, interval):
     """pihace push --interval: push until SIGTERM or Ctrl-C, then close cleanly."""
-    import signal
+    import signal  # here, not at the top: only the command line's push loop needs it
 
     def stop(*_):  # SIGTERM or a first Ctrl-C: end the round, then close cleanly
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one interrupts
@@ -2566,7 +2565,7 @@ def _push_until_signalled(pusher, interval):
 
 def main(argv=None):
     """The ``pihace`` command: ``check`` (the default) or ``push``; returns the exit code."""
-    import logging
+    import logging  # here, not at the top: slow to import (see the imports)
 
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)

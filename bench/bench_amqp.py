@@ -164,8 +164,8 @@ def _client(peer, url, queue, confirm):
         def round_trip():
             # pihace has no public call that waits for the broker without publishing; this is
             # its own connection's synchronous call (private: follow pihace if it changes).
-            pusher._connection.call(pusher._channel, "Queue.Declare", "Queue.Declare-Ok",
-                                    pusher.clock() + 60, queue=queue, passive=True)
+            pusher._connection.call(pusher._channel, "Queue.Declare", pusher.clock() + 60,
+                                    queue=queue, passive=True)
 
         publish(b"{}")  # connects, opens the channel, declares the queue
         return publish, round_trip, pusher.close, pihace.__file__
