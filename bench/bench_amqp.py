@@ -31,7 +31,6 @@ re-enters it with --worker.
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import struct
@@ -41,7 +40,7 @@ import time
 
 import common
 from common import (BENCH, REPO, VENV, VENV_PYTHON, ensure_venv, identity_after, in_order,
-                    machine, ours_identity, ours_snapshots, print_rows, usable_cpus)
+                    machine, ours_identity, ours_snapshots, print_rows)
 
 BODY_SIZE = 1024
 CONTENT_TYPE = "application/json"
@@ -291,19 +290,7 @@ def work_cleanup(url, queue):
 
 
 def work_info(url):
-    import amqp
-    import pika
-
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    properties = connection._impl.server_properties  # noqa: SLF001 - only for the header line
-    connection.close()
-
-    def text(value):
-        return value.decode() if isinstance(value, bytes) else str(value)
-
-    return {"broker": f"{text(properties.get('product'))} {text(properties.get('version'))}",
-            "pika": pika.__version__, "amqp": amqp.__version__,
-            "python": f"{platform.python_implementation()} {platform.python_version()}"}
+    return common.versions_info(url, ("pika", "amqp"))
 
 
 def worker(name, options):
@@ -387,13 +374,8 @@ class Runner:
         return f"bench.{what}.{os.getpid()}.{self.queues}"
 
     def worker(self, name, peer="", **options):
-        command = [VENV_PYTHON, os.path.abspath(__file__), "--worker", name,
-                   json.dumps(dict(options, peer=peer, url=self.url))]
-        done = subprocess.run(command, cwd=BENCH, env=env_for(peer, self.ours_dir),
-                              capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            raise SystemExit(f"worker {name} {peer} failed:\n{done.stderr}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result = common.run_worker(__file__, name, dict(options, peer=peer, url=self.url),
+                                   env_for(peer, self.ours_dir))
         if peer in OURS:  # guard against measuring the wrong pihace
             assert result["file"].startswith(self.ours_dir + os.sep), (peer, result["file"])
         return result
@@ -551,13 +533,9 @@ def print_table(results, sizes, rounds, import_runs, bare_ms, header_lines, note
     print(f"- bare `python -c pass`: {bare_ms[0]:.1f} ms (env), {bare_ms[1]:.1f} ms (cached). "
           "'env' is PYTHONDONTWRITEBYTECODE=1 as this environment sets it: pihace.py is "
           "compiled every run while pika and pihace 1.0.0 use the .pyc pip wrote.")
-    for note in notes:
-        print(f"- {note}")
-    usable = usable_cpus()
-    if max(loads) > usable - 0.5:
-        print(f"- The load average ({max(loads):.2f}) is close to or above the {usable} CPUs: "
-              "other processes compete with the client and the broker. Trust only differences "
-              "larger than the min..max spread.")
+    for note in notes + [common.load_note(loads)]:
+        if note:
+            print(f"- {note}")
 
 
 def main(argv=None):
@@ -578,33 +556,14 @@ def main(argv=None):
     ensure_venv("pihace.pusher.messaging, psutil, pika, amqp")
     identity = ours_identity()
     loads = [os.getloadavg()[0]]
-    url = args.url or os.environ.get("PIHACE_TEST_AMQP_URL")
-    node, notes = None, []
-    if url:
-        notes.append("broker: the one given (--url or PIHACE_TEST_AMQP_URL), shared with "
-                     "whatever else uses it")
-    else:
-        sys.path.insert(0, REPO)
-        from rabbitnode import RabbitNode
-
-        print("starting a private RabbitMQ node ...", file=sys.stderr)
-        node = RabbitNode(name="pihace-bench")
-        node.start()
-        url = node.url
-        notes.append(f"broker: a private RabbitMQ node on the same machine (started in "
-                     f"{node.startup_seconds:.1f} s), sharing its CPUs with the client")
-    try:
-        with ours_snapshots() as (snapshot, cached):
-            runner = Runner(url, snapshot, cached)
-            info = runner.worker("info")
-            print(f"rounds of figures 1-5 against {info['broker']} ...", file=sys.stderr)
-            results = bench_rounds(runner, rounds, sizes)
-            print("imports ...", file=sys.stderr)
-            results_env, bare_env = bench_import(import_runs, False, snapshot)
-            results_cached, bare_cached = bench_import(import_runs, True, cached)
-    finally:
-        if node is not None:
-            node.close()
+    with common.broker(args.url) as (url, notes), ours_snapshots() as (snapshot, cached):
+        runner = Runner(url, snapshot, cached)
+        info = runner.worker("info")
+        print(f"rounds of figures 1-5 against {info['broker']} ...", file=sys.stderr)
+        results = bench_rounds(runner, rounds, sizes)
+        print("imports ...", file=sys.stderr)
+        results_env, bare_env = bench_import(import_runs, False, snapshot)
+        results_cached, bare_cached = bench_import(import_runs, True, cached)
     for peer in IMPORT_PEERS:
         results[("import", peer)] = results_cached[peer]
         results[("import-env", peer)] = results_env[peer]

@@ -1,5 +1,6 @@
-"""What bench_check.py and bench_amqp.py share: the venv, subprocess environments, imports timed,
-the machine and pihace.py identity lines, number formatting and the table layout.
+"""What the benchmarks share: the venv, subprocess environments and workers, the broker, imports
+timed, snapshots of pihace.py (this tree's or a git revision's), the machine and pihace.py
+identity lines, number formatting and the table layout.
 
 Stdlib only. The scripts import it as ``common``: run as ``python3 bench/bench_X.py`` or as a
 ``--worker`` subprocess of the venv's interpreter, a script's own folder is sys.path[0].
@@ -7,6 +8,7 @@ Stdlib only. The scripts import it as ``common``: run as ``python3 bench/bench_X
 
 import contextlib
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -61,6 +63,28 @@ def ours_snapshots():
         yield snapshot, cached
 
 
+@contextlib.contextmanager
+def revision_snapshot(revision):
+    """A temporary folder holding pihace.py as of git `revision`, the short commit, and a line
+    naming that version: (folder, commit, identity)."""
+    def git(*args):
+        done = subprocess.run(["git", "-C", REPO, *args], capture_output=True)
+        if done.returncode != 0:
+            raise SystemExit(f"git {' '.join(args)}: {done.stderr.decode(errors='replace').strip()}")
+        return done.stdout
+
+    commit = git("rev-parse", "--short", f"{revision}^{{commit}}").decode().strip()
+    text = git("show", f"{commit}:pihace.py")
+    subject = git("log", "-1", "--format=%s", commit).decode().strip()
+    if len(subject) > 60:
+        subject = subject[:57] + "..."
+    lines, digest = text.count(b"\n"), hashlib.sha256(text).hexdigest()[:12]
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "pihace.py"), "wb") as copy:
+            copy.write(text)
+        yield folder, commit, f"{lines} lines, sha256 {digest}, commit {commit} \"{subject}\""
+
+
 def in_order(items, round_number):
     """The peers in order on even rounds, reversed on odd ones."""
     return list(items) if round_number % 2 == 0 else list(reversed(items))
@@ -87,6 +111,60 @@ def bench_import(codes, runs, bytecode, peers):
             times[name].append(run(name))
     bare = statistics.median(times["bare"])
     return {peer: [ms - bare for ms in times[peer]] for peer in peers}, bare
+
+
+def run_worker(script, name, options, env, timeout=600):
+    """Run `script --worker NAME JSON` with the venv's interpreter; the JSON of its last line."""
+    command = [VENV_PYTHON, os.path.abspath(script), "--worker", name, json.dumps(options)]
+    done = subprocess.run(command, cwd=BENCH, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode != 0:
+        raise SystemExit(f"worker {name} {options.get('peer', '')} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def versions_info(url, modules=("pika",)):
+    """In a venv worker: the broker's product and version (asked through pika), Python's, and
+    the __version__ of each of `modules`."""
+    import importlib
+
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    properties = connection._impl.server_properties  # noqa: SLF001 - only for the header line
+    connection.close()
+
+    def text(value):
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    info = {module: importlib.import_module(module).__version__ for module in modules}
+    info.update(broker=f"{text(properties.get('product'))} {text(properties.get('version'))}",
+                python=f"{platform.python_implementation()} {platform.python_version()}")
+    return info
+
+
+@contextlib.contextmanager
+def broker(url=None, name="pihace-bench"):
+    """(url, notes) of the broker to use: `url`, else $PIHACE_TEST_AMQP_URL, else a private
+    RabbitMQ node started now with rabbitnode.py and stopped (its folder removed) on the way out,
+    also after an error or Ctrl-C."""
+    url = url or os.environ.get("PIHACE_TEST_AMQP_URL")
+    if url:
+        yield url, ["broker: the one given (--url or PIHACE_TEST_AMQP_URL), shared with "
+                    "whatever else uses it"]
+        return
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from rabbitnode import RabbitNode
+
+    print("starting a private RabbitMQ node ...", file=sys.stderr)
+    node = RabbitNode(name=name)
+    try:
+        node.start()
+        yield node.url, [f"broker: a private RabbitMQ node on the same machine (started in "
+                         f"{node.startup_seconds:.1f} s), sharing its CPUs with the client"]
+    finally:
+        node.close()
 
 
 def usable_cpus():
@@ -122,6 +200,16 @@ def identity_after(identity):
     if ours_identity() != identity:
         identity += " (pihace.py has changed since: these figures are of this version)"
     return identity
+
+
+def load_note(loads):
+    """A warning when the load average (samples in `loads`) nears the number of CPUs, else None."""
+    usable = usable_cpus()
+    if max(loads) <= usable - 0.5:
+        return None
+    return (f"The load average ({max(loads):.2f}) is close to or above the {usable} CPUs: "
+            "other processes compete with the client and the broker. Trust only differences "
+            "larger than the min..max spread.")
 
 
 def fmt(value, decimals=3, thousands=False):
