@@ -629,7 +629,8 @@ def format_report(report, output="dict", pretty=True):
 
 # ---------------------------------------------------------------------------
 # checkers: callables for HealthCheck.register() that never raise for what they
-# check: True or (True, detail) when it is fine, else (False, reason)
+# check: True or (True, detail) when it is fine, else (False, reason). The AMQP
+# checker comes after the transport it uses.
 # ---------------------------------------------------------------------------
 
 def connect_tcp(address, timeout):
@@ -1222,8 +1223,14 @@ class AMQPProtocol:
     def tick(self, now):
         """Queue a heartbeat if one is due; the seconds until the next is due.
 
-        Raises TimeoutError when the broker has been silent for more than two
-        heartbeat periods: the connection is dead even if the socket is not.
+        A heartbeat goes out when the broker has heard nothing from us for three
+        quarters of the heartbeat period, or, once it has heard nothing for a
+        quarter, in answer to bytes from the broker. RabbitMQ sends its own every
+        half period, so an idle connection answers those and wakes once per half
+        period for both directions; RabbitMQ drops a peer silent for two of its
+        half periods. Raises TimeoutError when the broker has been silent for
+        more than two heartbeat periods: the connection is dead even if the
+        socket is not.
         """
         if not self.heartbeat or self.state not in ("open", "closing"):
             return None
@@ -1234,12 +1241,13 @@ class AMQPProtocol:
         if now - self._last_received > 2 * self.heartbeat:
             raise TimeoutError(f"the broker sent nothing for {now - self._last_received:.0f}s "
                                f"(heartbeat {self.heartbeat}s): connection presumed dead")
-        interval = self.heartbeat / 2
-        if now - self._last_sent >= interval:
+        quiet = now - self._last_sent
+        if quiet >= 0.75 * self.heartbeat or (
+                quiet >= 0.25 * self.heartbeat and self._last_received > self._last_sent):
             self._outbox.append(HEARTBEAT_FRAME)
             self._last_sent = now
-        return max(0.0, min(self._last_sent + interval, self._last_received + 2 * self.heartbeat)
-                   - now)
+        return max(0.0, min(self._last_sent + 0.75 * self.heartbeat,
+                            self._last_received + 2 * self.heartbeat) - now)
 
     def _send(self, channel, name, **values):
         self._outbox.append(encode_frame(FRAME_METHOD, channel, encode_method(name, **values)))
@@ -1399,8 +1407,8 @@ class AMQPProtocol:
                 not multiple and tag not in channel.unconfirmed):
             raise RemoteProtocolError(f"{method.name} for delivery tag {tag} on channel "
                                       f"{method.channel}, which awaits no such confirm")
-        tags = [t for t in itertools.takewhile(lambda t: t <= tag, channel.unconfirmed)] \
-            if multiple else [tag]
+        tags = list(itertools.takewhile(lambda t: t <= tag, channel.unconfirmed)) if multiple \
+            else [tag]
         for confirmed in tags:
             message_id = channel.unconfirmed.pop(confirmed)
             returned = channel.returned.pop(message_id, None)
@@ -1775,30 +1783,32 @@ class BlockingConnection:
             self._handle_events()
             if condition():
                 return
-            self._exchange(self._time_left(deadline, f"waiting {waiting_for}"), deadline)
+            heartbeat_in = self._send_queued(deadline)
+            wait = self._time_left(deadline, f"waiting {waiting_for}")
+            self._receive(wait if heartbeat_in is None else min(wait, heartbeat_in))
 
     def keep_alive(self, send_deadline):
-        """Handle what the broker has sent and send a heartbeat if one is due, without
+        """Handle what the broker has sent, then send a heartbeat if one is due, without
         waiting for the broker. The seconds until the next heartbeat is due, or None."""
-        heartbeat_in = self._exchange(0.0, send_deadline)
+        self._receive(0.0)
         self._handle_events()
+        return self._send_queued(send_deadline)
+
+    def _send_queued(self, deadline):
+        """Send what is queued, with a heartbeat when one is due; the seconds until the
+        next heartbeat is due, or None."""
+        heartbeat_in = self.protocol.tick(self.clock())
+        self.send_pending(deadline)
         return heartbeat_in
 
-    def _exchange(self, wait, send_deadline):
-        """Send what is queued (a heartbeat too, when due), then wait up to `wait`
-        seconds for the broker's bytes and feed them in. Returns the seconds until
-        the next heartbeat is due, or None."""
-        heartbeat_in = self.protocol.tick(self.clock())
-        self.send_pending(send_deadline)
-        if heartbeat_in is not None:
-            wait = min(wait, heartbeat_in)
+    def _receive(self, wait):
+        """Wait up to `wait` seconds for the broker's bytes, and feed them in."""
         if self._buffered() or _wait_io([self.sock], False, wait):
             try:
                 data = self.sock.recv(1 << 16)
             except self._would_block:  # TLS: only part of a record has come
-                return heartbeat_in
+                return
             self.protocol.receive_data(data, self.clock())
-        return heartbeat_in
 
     def _buffered(self):
         """Does TLS hold bytes it already decrypted (which poll() cannot see)?"""

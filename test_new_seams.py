@@ -260,7 +260,7 @@ def test_keep_alive_says_when_the_next_heartbeat_is_due(rabbit):
     connection = open_to(rabbit.url, heartbeat=4)
     try:
         due = connection.keep_alive(time.monotonic() + 5)
-        assert 0 < due <= 2.0  # a heartbeat every half period
+        assert 0 < due <= 3.0  # at the latest after three quarters of the period
     finally:
         connection.close(time.monotonic() + 5)
     off = open_to(rabbit.url + "?heartbeat=0")
@@ -347,7 +347,7 @@ def test_an_idle_loop_sleeps_until_the_next_heartbeat_not_in_slices(rabbit, uniq
         thread.join(10)
     assert not thread.is_alive() and time.monotonic() - stopped_at < 5
     assert queue_depth(rabbit.url, unique_queue) == 1
-    # one wait until the next heartbeat is due (every 30 s), not a wake every 0.25 s
+    # one wait until the next heartbeat is due (45 s, or the broker's at 30 s), not every 0.25 s
     assert waits[0] > 20
 
 

@@ -786,11 +786,19 @@ def test_broker_close_queues_close_ok_and_is_an_event():
 
 def test_heartbeats_are_sent_and_silence_is_noticed():
     protocol = opened_protocol(heartbeat=10)  # its last bytes went both ways at time 0
-    assert protocol.tick(1.0) == 4.0  # a heartbeat is due every half period
+    assert protocol.tick(1.0) == 6.5  # on its own, one is due after three quarters of a period
     assert protocol.data_to_send(1.0) == b""
-    protocol.tick(5.0)
-    assert protocol.data_to_send(5.0) == pihace.HEARTBEAT_FRAME
+    protocol.tick(7.5)
+    assert protocol.data_to_send(7.5) == pihace.HEARTBEAT_FRAME
+    # the broker's heartbeat is answered once we have been quiet for a quarter period
+    protocol.receive_data(pihace.HEARTBEAT_FRAME, 9.0)
+    assert protocol.next_event() is None
+    protocol.tick(9.0)
+    assert protocol.data_to_send(9.0) == b""  # quiet for 1.5 s only
     protocol.receive_data(pihace.HEARTBEAT_FRAME, 10.0)
+    protocol.tick(10.0)
+    assert protocol.data_to_send(10.0) == pihace.HEARTBEAT_FRAME
+    assert protocol.tick(10.0) == 7.5
     protocol.tick(25.0)
     with pytest.raises(TimeoutError) as raised:
         protocol.tick(31.0)
