@@ -27,6 +27,11 @@ import pihace
 import rabbitnode
 from conftest import ExternalBroker
 
+
+# ---------------------------------------------------------------------------
+# helpers and fixtures shared by several sections (the others sit with their tests)
+# ---------------------------------------------------------------------------
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -45,35 +50,95 @@ def lone_copy(tmp_path):
 
 
 @pytest.fixture
-def release():
-    """An event that hung checkers wait on; set at teardown so their threads end."""
-    event = threading.Event()
-    yield event
-    event.set()
+def closed_port():
+    """A loopback port where nothing listens."""
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        return placeholder.getsockname()[1]
+
+
+@pytest.fixture
+def web():
+    """A local HTTP server: /ok 200, /redirect 302 to /fail, /fail 500, /missing 404."""
+    import http.server
+
+    answers = {"/ok": 200, "/redirect": 302, "/fail": 500, "/missing": 404}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            server.paths.append(self.path)
+            self.send_response(answers.get(self.path, 404))
+            if self.path == "/redirect":
+                self.send_header("Location", "/fail")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.paths = []
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def wait_until(condition, timeout, what):
+    """Poll condition() until it is true; fail the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def queue_depth(url, queue):
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def drain(url, queue):
+    """Every message in the queue, in order: (properties, body) pairs."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        messages = []
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return messages
+            messages.append((properties, body))
+    finally:
+        connection.close()
+
+
+def counting_check(name="loop"):
+    """A HealthCheck whose reports carry a sequence number (checks.n.message)."""
+    counter = itertools.count(1)
+    hc = pihace.HealthCheck(name=name, version="1")
+    hc.register("n", lambda: (True, str(next(counter))))
+    return hc
+
+
+def sequence(body):
+    return int(json.loads(body)["checks"]["n"]["message"])
 
 
 # ---------------------------------------------------------------------------
-# header: standard library only, Python 3.8+, pihace 1.0.0's import paths
+# header: standard library only, Python 3.8+
 # ---------------------------------------------------------------------------
-
-def test_imports_of_pihace_1_0_0_work_with_only_the_file(lone_copy):
-    code = (
-        "import sys; sys.modules['psutil'] = None\n"
-        "from pihace.healthcheck import HealthCheck\n"
-        "from pihace.pusher.messaging import AMQPPusher\n"
-        "from pihace import HealthCheck as H2, AMQPPusher as A2\n"
-        "from pihace.system_info import get_system_info\n"
-        "from pihace.utils import get_utc_timestamp, calculate_status, format_rate\n"
-        "import pihace.pusher.messaging, pihace.healthcheck\n"
-        "assert HealthCheck is H2 is pihace.healthcheck.HealthCheck\n"
-        "assert AMQPPusher is A2 is pihace.pusher.messaging.AMQPPusher\n"
-        "assert pihace.psutil is None\n"
-        "print(pihace.__file__)\n"
-    )
-    result = run_python(code, cwd=lone_copy)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == os.path.join(lone_copy, "pihace.py")
-
 
 def test_pihace_imports_only_the_standard_library_and_not_ssl_or_asyncio(lone_copy):
     code = (
@@ -149,6 +214,45 @@ def test_works_without_warnings_on_other_pythons(python, lone_copy):
     result = subprocess.run([python, "-c", code], capture_output=True, text=True,
                             cwd=lone_copy, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_log_proxy_forwards_attribute_writes_to_the_real_logger():
+    pihace.log.propagate = False  # writes reach the real logger, not the proxy
+    try:
+        assert logging.getLogger("pihace").propagate is False
+    finally:
+        pihace.log.propagate = True
+
+
+# ---------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------
+
+def test_one_root_and_errors_that_say_who_is_at_fault():
+    assert issubclass(pihace.PihaceError, Exception)
+    assert not issubclass(pihace.PihaceError, OSError)  # socket errors stay OSError
+    assert issubclass(pihace.AMQPError, pihace.PihaceError)
+    for error in (pihace.ProtocolError, pihace.ConnectionClosed, pihace.ChannelClosed,
+                  pihace.PublishError):
+        assert issubclass(error, pihace.AMQPError), error
+    for error in (pihace.LocalProtocolError, pihace.RemoteProtocolError):
+        assert issubclass(error, pihace.ProtocolError), error
+    assert not issubclass(pihace.LocalProtocolError, pihace.RemoteProtocolError)
+    assert not issubclass(pihace.RemoteProtocolError, pihace.LocalProtocolError)
+    assert not issubclass(pihace.ConnectionClosed, pihace.ChannelClosed)
+    assert not issubclass(pihace.ChannelClosed, pihace.ConnectionClosed)
+    assert not issubclass(pihace.PublishError, pihace.ProtocolError)
+
+
+@pytest.mark.parametrize("error, what", [(pihace.ConnectionClosed, "connection"),
+                                         (pihace.ChannelClosed, "channel")])
+def test_a_close_by_the_broker_carries_what_the_broker_said(error, what):
+    closed = error(reply_code=404, reply_text="NOT_FOUND - no exchange 'x'", class_id=60,
+                   method_id=40)
+    assert (closed.reply_code, closed.reply_text, closed.class_id, closed.method_id) == (
+        404, "NOT_FOUND - no exchange 'x'", 60, 40)
+    assert "NOT_FOUND - no exchange 'x'" in str(closed) and "404" in str(closed)
+    assert what in str(closed)
 
 
 # ---------------------------------------------------------------------------
@@ -414,6 +518,14 @@ def test_huge_reasons_are_cut_and_stay_json():
 # health checks: timeouts and retries
 # ---------------------------------------------------------------------------
 
+@pytest.fixture
+def release():
+    """An event that hung checkers wait on; set at teardown so their threads end."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
 def test_a_hung_sync_checker_is_bounded_and_never_started_twice(release):
     calls = []
 
@@ -529,6 +641,30 @@ def test_check_from_many_threads_at_once():
     assert [r["rate"] for r in reports] == ["2/2"] * 8
 
 
+def test_checks_from_two_threads_at_once_start_one_run(release):
+    calls = []
+
+    def slow():
+        calls.append(1)
+        release.wait(5)
+        return True
+
+    hc = pihace.HealthCheck()
+    hc.register("slow", slow, timeout=5)
+    together = threading.Barrier(6, timeout=10)
+    threads = [threading.Thread(target=lambda: together.wait() >= 0 and hc.check())
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    run = lambda: hc.checkers["slow"].run  # noqa: E731
+    wait_until(lambda: run() is not None and len(run()._callbacks) == 6, 5,
+               "all six checks waiting on one run")
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(calls) == 1
+
+
 def test_check_inside_a_running_event_loop_and_check_async():
     hc = make_mixed_check()
 
@@ -555,16 +691,89 @@ def test_check_async_does_not_block_the_loop(release):
 
 
 # ---------------------------------------------------------------------------
-# command line
+# checkers: the built-in TCP, HTTP, Disk and AMQP
 # ---------------------------------------------------------------------------
 
-def test_running_the_file_prints_the_local_report(lone_copy):
-    result = subprocess.run([sys.executable, os.path.join(lone_copy, "pihace.py")],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["status"] == "Available"
-    assert_system_formats(report["system"])
+def test_tcp_checker(closed_port):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        assert pihace.TCP("127.0.0.1", port)() == (True, f"connected to 127.0.0.1:{port}")
+    assert pihace.TCP("127.0.0.1", closed_port)() == (
+        False, f"cannot connect to 127.0.0.1:{closed_port}: connection refused")
+    passed, reason = pihace.TCP("no-such-host.invalid", 80)()
+    assert passed is False and "cannot resolve the host name" in reason
+
+
+def test_tcp_checker_with_ipv6():
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with listener:
+        port = listener.getsockname()[1]
+        assert pihace.TCP("::1", port)() == (True, f"connected to [::1]:{port}")
+
+
+def test_http_checker_passes_2xx_and_3xx_without_following_redirects(web):
+    assert pihace.HTTP(web.url + "/ok")() == (True, "HTTP 200 OK")
+    assert pihace.HTTP(web.url + "/redirect")() == (True, "HTTP 302 Found")
+    assert web.paths == ["/ok", "/redirect"]  # /fail, where the redirect points, never asked
+    assert pihace.HTTP(web.url + "/fail")() == (False, "HTTP 500 Internal Server Error")
+    assert pihace.HTTP(web.url + "/missing", timeout=2)() == (False, "HTTP 404 Not Found")
+
+
+def test_http_checker_network_errors_are_reasons(closed_port):
+    assert pihace.HTTP(f"http://127.0.0.1:{closed_port}/")() == (
+        False, "GET failed: connection refused")
+    with socket.create_server(("127.0.0.1", 0)) as silent_server:  # accepts, never answers
+        started = time.monotonic()
+        result = pihace.HTTP(f"http://127.0.0.1:{silent_server.getsockname()[1]}/",
+                             timeout=0.3)()
+    assert result == (False, "GET failed: timed out")
+    assert time.monotonic() - started < 3
+
+
+def test_disk_checker(tmp_path):
+    usage = shutil.disk_usage(tmp_path)
+    free = 100.0 * usage.free / usage.total
+    passed, detail = pihace.Disk(tmp_path, max(0.0, free - 1))()
+    assert passed is True and detail.startswith(f"{free:.1f}% free (")
+    passed, reason = pihace.Disk(str(tmp_path), min(100.0, free + 1))()
+    assert passed is False and reason.startswith(f"{free:.1f}% free (")
+    assert reason.endswith(f"below {min(100.0, free + 1):g}%")
+    passed, reason = pihace.Disk(tmp_path / "missing", 1)()
+    assert passed is False and "no such file or directory" in reason
+
+
+def test_amqp_checker(rabbit, closed_port):
+    safe_url = pihace.AMQPParameters(rabbit.url).safe_url
+    assert pihace.AMQP(rabbit.url)() == (True, f"connected to {safe_url}")
+    passed, reason = pihace.AMQP(rabbit.url.replace("guest:guest", "guest:sekrit-pw"))()
+    assert passed is False and "ACCESS_REFUSED" in reason and "sekrit-pw" not in reason
+    passed, reason = pihace.AMQP(f"amqp://u:sekrit@127.0.0.1:{closed_port}/", timeout=1)()
+    assert passed is False and "connection refused" in reason and "sekrit" not in reason
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: pihace.TCP("", 80), "host"),
+    (lambda: pihace.TCP("h", 0), "port"),
+    (lambda: pihace.TCP("h", "80"), "port"),
+    (lambda: pihace.TCP("h", 80, timeout=0), "timeout"),
+    (lambda: pihace.HTTP("ftp://h/"), "url"),
+    (lambda: pihace.HTTP("http://h:99999/"), "url"),
+    (lambda: pihace.HTTP(None), "url"),
+    (lambda: pihace.HTTP("http://h/", timeout=True), "timeout"),
+    (lambda: pihace.Disk("", 10), "path"),
+    (lambda: pihace.Disk("/", 101), "min_free_percent"),
+    (lambda: pihace.Disk("/", float("nan")), "min_free_percent"),
+    (lambda: pihace.AMQP("http://u:sekrit@h/"), "url must start with amqp://"),
+    (lambda: pihace.AMQP(None), "url"),
+    (lambda: pihace.AMQP("amqp://h/", timeout=-1), "timeout"),
+])
+def test_checker_arguments_are_checked(make, words):
+    with pytest.raises(ValueError) as raised:
+        make()
+    assert words in str(raised.value) and "sekrit" not in str(raised.value)
 
 
 # ---------------------------------------------------------------------------
@@ -597,6 +806,7 @@ TUNE = frame(1, 0, method_payload(10, 30, b"\x07\xff\x00\x02\x00\x00\x00\x3c"))
 OPEN_OK = frame(1, 0, method_payload(10, 41, b"\x00"))
 CHANNEL_OPEN_OK = frame(1, 1, method_payload(20, 11, lstr(b"")))
 SELECT_OK = frame(1, 1, method_payload(85, 11))
+HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
 
 def test_golden_frames():
@@ -850,13 +1060,13 @@ def test_frames_that_make_no_sense_once_open(data, words):
 # next_event() returns events or None, or raises RemoteProtocolError; it never
 # loops and never buffers much more than frame_max. PIHACE_FUZZ_EXAMPLES=20000
 # runs a longer, randomised session; otherwise runs are derandomised.
+# First: arbitrary bytes.
 # ---------------------------------------------------------------------------
 
 _LONG_FUZZ = os.environ.get("PIHACE_FUZZ_EXAMPLES")
 fuzz = settings(max_examples=int(_LONG_FUZZ or 200), deadline=None, derandomize=not _LONG_FUZZ,
                 suppress_health_check=[HypothesisHealthCheck.too_slow,
                                        HypothesisHealthCheck.data_too_large])
-HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
 
 def tune(frame_max, channel_max=2047, heartbeat=60):
@@ -876,6 +1086,7 @@ def content_header(channel, body_size, properties=b"\x00\x00"):
 
 BASIC_RETURN = frame(1, 1, method_payload(60, 50, b"\x01\x38" + sstr("NO_ROUTE") + sstr("")
                                           + sstr("nowhere")))
+
 
 # A whole, valid conversation from the broker's side, frame by frame.
 BROKER_FRAMES = [
@@ -981,10 +1192,6 @@ def run(protocol, chunks, client=None):
 chunk_sizes = st.lists(st.integers(1, 64), max_size=30)
 
 
-# ---------------------------------------------------------------------------
-# arbitrary bytes
-# ---------------------------------------------------------------------------
-
 @fuzz
 @given(prefix=st.sampled_from([b"", START, START + TUNE, START + TUNE + OPEN_OK]),
        data=st.binary(max_size=300), sizes=chunk_sizes)
@@ -993,7 +1200,7 @@ def test_arbitrary_bytes_give_events_or_a_remote_protocol_error(prefix, data, si
 
 
 # ---------------------------------------------------------------------------
-# mutated valid streams
+# AMQP protocol: fuzzing with mutated valid streams
 # ---------------------------------------------------------------------------
 
 def names(events):
@@ -1081,7 +1288,7 @@ def test_broker_methods_with_arbitrary_arguments(methods, sizes):
 
 
 # ---------------------------------------------------------------------------
-# field tables
+# AMQP protocol: fuzzing field tables and content properties
 # ---------------------------------------------------------------------------
 
 FIXED_SIZES = [(b"b", 1), (b"B", 1), (b"s", 2), (b"u", 2), (b"I", 4), (b"i", 4), (b"l", 8),
@@ -1169,7 +1376,7 @@ def test_tables_round_trip(table):
 
 
 # ---------------------------------------------------------------------------
-# memory: nothing past frame_max is buffered, whatever size is declared
+# AMQP protocol: memory: nothing past frame_max is buffered, whatever size is declared
 # ---------------------------------------------------------------------------
 
 def opened(frame_max=131072, broker_frame_max=131072):
@@ -1247,7 +1454,7 @@ def test_bytes_after_the_connection_closed_are_not_kept():
 
 
 # ---------------------------------------------------------------------------
-# transport: URLs, and a scripted fake broker for what a real one cannot do
+# transport: URLs
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("url, expected", [
@@ -1296,59 +1503,9 @@ def test_repr_masks_the_password():
     assert "sekrit" not in repr(pusher) + repr(pusher.parameters)
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    ({"queue_name": "q" * 256}, ValueError, "queue_name is 256 bytes"),
-    ({"exchange": "é" * 128}, ValueError, "exchange is 256 bytes"),
-    ({"routing_key": "r" * 300}, ValueError, "routing_key is 300 bytes"),
-    ({"queue_arguments": {"x-ratio": 0.5}}, ValueError, "x-ratio"),
-    ({"timeout": 0}, ValueError, "timeout must be a positive"),
-    ({"heartbeat": -1}, ValueError, "heartbeat must be"),
-    ({"healthcheck": "not one"}, TypeError, "healthcheck must be a HealthCheck"),
-    ({"buffer_size": 0}, ValueError, "buffer_size must be an integer >= 1"),
-    ({"timeout": -1}, ValueError, "timeout must be a positive"),
-    ({"amqp_url": []}, ValueError, "amqp_url must be a URL or a non-empty list"),
-    ({"queue_name": 7}, TypeError, "queue_name must be a string"),
-])
-def test_constructor_checks_its_arguments(kwargs, error, words):
-    kwargs.setdefault("healthcheck", None)
-    kwargs.setdefault("amqp_url", "amqp://localhost/")
-    with pytest.raises(error) as raised:
-        pihace.AMQPPusher(**kwargs)
-    assert words in str(raised.value)
-
-
-@pytest.mark.parametrize("interval", [0, -5, "soon", True])
-def test_a_bad_interval_is_a_value_error_before_anything_runs(interval):
-    calls = []
-    pusher = pihace.AMQPPusher(pihace.HealthCheck(), "amqp://localhost/",
-                               socket_factory=lambda *args: calls.append(args))
-    with pytest.raises(ValueError) as raised:
-        pusher.push_forever_in_loop(interval)
-    assert "interval must be a positive number" in str(raised.value)
-    assert calls == []
-
-
-def test_constructor_never_touches_the_network():
-    calls = []
-    pusher = pihace.AMQPPusher(None, "amqp://localhost/",
-                               socket_factory=lambda *args: calls.append(args))
-    pusher.close()
-    pusher.close()
-    assert calls == []
-
-
-def test_bodies_that_cannot_be_sent_are_value_errors_before_any_io():
-    calls = []
-    pusher = pihace.AMQPPusher(None, "amqp://localhost/",
-                               socket_factory=lambda *args: calls.append(args))
-    for body in ({"x": object()}, {"x": float("nan")}, 12, None):
-        with pytest.raises(ValueError):
-            pusher.publish(body)
-    with pytest.raises(ValueError) as raised:
-        pusher.publish(b"x", routing_key="k" * 256)
-    assert "256 bytes" in str(raised.value)
-    assert calls == []
-
+# ---------------------------------------------------------------------------
+# transport: a scripted fake broker on loopback, for what a real one cannot do
+# ---------------------------------------------------------------------------
 
 class FakeBroker:
     """A scripted server on loopback: `script(connection)` runs per client."""
@@ -1456,7 +1613,204 @@ def test_connection_refused_names_host_and_port():
 
 
 # ---------------------------------------------------------------------------
-# pusher, against a real RabbitMQ read back with pika
+# transport: TLS against a real RabbitMQ TLS listener
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A test CA (trustme), a server certificate for localhost, a client certificate."""
+    trustme = pytest.importorskip("trustme")
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost")
+    client = ca.issue_cert("pihace-client.example", common_name="pihace-client")
+    files = {name: str(folder / f"{name}.pem") for name in
+             ("ca", "server", "server_key", "client", "client_key", "other_ca")}
+    ca.cert_pem.write_to_path(files["ca"])
+    server.cert_chain_pems[0].write_to_path(files["server"])
+    server.private_key_pem.write_to_path(files["server_key"])
+    client.cert_chain_pems[0].write_to_path(files["client"])
+    client.private_key_pem.write_to_path(files["client_key"])
+    trustme.CA().cert_pem.write_to_path(files["other_ca"])
+    return files
+
+
+@pytest.fixture(scope="module")
+def fault_rabbit(rabbit, tls_files):
+    """A second private node, for tests that stop, kill or restart the broker, with a
+    TLS listener that also takes client certificates (SASL EXTERNAL)."""
+    if isinstance(rabbit, ExternalBroker):
+        pytest.skip("needs a private RabbitMQ node")
+    node = rabbitnode.RabbitNode(
+        name="pihace-fault",
+        tls={"cacertfile": tls_files["ca"], "certfile": tls_files["server"],
+             "keyfile": tls_files["server_key"], "verify": "verify_peer",
+             "fail_if_no_peer_cert": "false"},
+        extra_config=["ssl_cert_login_from = common_name", "auth_mechanisms.1 = PLAIN",
+                      "auth_mechanisms.2 = EXTERNAL"])
+    with open(os.path.join(node.dir, "enabled_plugins"), "w") as plugins:
+        plugins.write("[rabbitmq_auth_mechanism_ssl].\n")
+    node.start()
+    yield node
+    node.close()
+
+
+def tls_url(node, host="localhost", credentials="guest:sekrit-tls@", query=""):
+    return f"amqps://{credentials}{host}:{node.tls_port}/{query}"
+
+
+@pytest.fixture
+def tls_guest(fault_rabbit):
+    """guest with a known password on the TLS node, so leaks can be searched for."""
+    fault_rabbit.ctl("change_password", "guest", "sekrit-tls")
+    yield
+    fault_rabbit.ctl("change_password", "guest", "guest")
+
+
+def test_tls_with_a_trusted_ca_end_to_end(fault_rabbit, tls_files, tls_guest, unique_queue):
+    url = tls_url(fault_rabbit, query=f"?cacertfile={tls_files['ca']}")
+    with pihace.AMQPPusher(counting_check(), url, unique_queue) as pusher:
+        assert pusher.push() is True
+        listing = fault_rabbit.ctl("list_connections", "ssl", "auth_mechanism", "user")
+    assert "true\tPLAIN\tguest" in listing
+    tls_guest_url = fault_rabbit.url.replace("guest:guest", "guest:sekrit-tls")
+    assert [sequence(body) for _, body in drain(tls_guest_url, unique_queue)] == [1]
+
+
+def test_tls_with_an_ssl_context(fault_rabbit, tls_files, tls_guest, unique_queue):
+    import ssl
+
+    context = ssl.create_default_context(cafile=tls_files["ca"])
+    with pihace.AMQPPusher(None, tls_url(fault_rabbit), unique_queue,
+                           ssl_context=context) as pusher:
+        assert pusher.publish(b"{}") is True
+
+
+def test_tls_client_certificate_logs_in_with_external(fault_rabbit, tls_files, unique_queue):
+    fault_rabbit.ctl("add_user", "pihace-client", "unused-password")
+    fault_rabbit.ctl("set_permissions", "pihace-client", ".*", ".*", ".*")
+    query = (f"?cacertfile={tls_files['ca']}&certfile={tls_files['client']}"
+             f"&keyfile={tls_files['client_key']}")
+    with pihace.AMQPPusher(None, tls_url(fault_rabbit, credentials="", query=query),
+                           unique_queue) as pusher:
+        assert pusher.publish(b"{}") is True
+        listing = fault_rabbit.ctl("list_connections", "auth_mechanism", "user", "peer_cert_subject")
+    assert "EXTERNAL\tpihace-client" in listing
+
+
+def test_tls_without_a_password_or_certificate_logs_in_as_guest(fault_rabbit, tls_files,
+                                                                unique_queue):
+    url = tls_url(fault_rabbit, credentials="", query=f"?cacertfile={tls_files['ca']}")
+    with pihace.AMQPPusher(None, url, unique_queue) as pusher:  # EXTERNAL is on offer
+        assert pusher.publish(b"{}") is True
+
+
+@pytest.mark.parametrize("host, query, words", [
+    ("localhost", "", "CERTIFICATE_VERIFY_FAILED"),  # the system store does not know our CA
+    ("localhost", "?cacertfile={other_ca}", "CERTIFICATE_VERIFY_FAILED"),
+    ("127.0.0.1", "?cacertfile={ca}", "IP address mismatch"),
+])
+def test_tls_refuses_what_it_cannot_verify(fault_rabbit, tls_files, tls_guest, host, query,
+                                           words):
+    url = tls_url(fault_rabbit, host=host, query=query.format(**tls_files))
+    started = time.monotonic()
+    result = pihace.AMQPPusher(None, url, timeout=3).publish(b"{}")
+    assert time.monotonic() - started < 5
+    assert result[0] is False and words in result[1], result
+    assert "sekrit-tls" not in result[1]
+
+
+def test_verify_none_is_an_explicit_choice(fault_rabbit, tls_guest):
+    url = tls_url(fault_rabbit, query="?verify=verify_none")
+    with pihace.AMQPPusher(None, url, "tls.verify.none") as pusher:
+        assert pusher.publish(b"{}") is True
+
+
+def test_plain_amqp_to_the_tls_port_is_a_clear_failure(fault_rabbit, tls_guest):
+    url = f"amqp://guest:sekrit-tls@localhost:{fault_rabbit.tls_port}/"
+    started = time.monotonic()
+    result = pihace.AMQPPusher(None, url, timeout=3).publish(b"{}")
+    assert time.monotonic() - started < 5
+    assert result[0] is False and "sekrit-tls" not in result[1]
+    assert "TLS" in result[1] or "closed the connection" in result[1], result
+
+
+def test_ssl_is_imported_only_when_tls_is_used(lone_copy):
+    code = ("import sys, pihace\n"
+            "p = pihace.AMQPPusher(None, 'amqps://h/?verify=verify_none')\n"
+            "print('ssl' in sys.modules)\n")
+    result = run_python(code, cwd=lone_copy)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+# ---------------------------------------------------------------------------
+# pusher: arguments, checked before any I/O
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"queue_name": "q" * 256}, ValueError, "queue_name is 256 bytes"),
+    ({"exchange": "é" * 128}, ValueError, "exchange is 256 bytes"),
+    ({"routing_key": "r" * 300}, ValueError, "routing_key is 300 bytes"),
+    ({"queue_arguments": {"x-ratio": 0.5}}, ValueError, "x-ratio"),
+    ({"timeout": 0}, ValueError, "timeout must be a positive"),
+    ({"heartbeat": -1}, ValueError, "heartbeat must be"),
+    ({"healthcheck": "not one"}, TypeError, "healthcheck must be a HealthCheck"),
+    ({"buffer_size": 0}, ValueError, "buffer_size must be an integer >= 1"),
+    ({"timeout": -1}, ValueError, "timeout must be a positive"),
+    ({"amqp_url": []}, ValueError, "amqp_url must be a URL or a non-empty list"),
+    ({"queue_name": 7}, TypeError, "queue_name must be a string"),
+])
+def test_constructor_checks_its_arguments(kwargs, error, words):
+    kwargs.setdefault("healthcheck", None)
+    kwargs.setdefault("amqp_url", "amqp://localhost/")
+    with pytest.raises(error) as raised:
+        pihace.AMQPPusher(**kwargs)
+    assert words in str(raised.value)
+
+
+@pytest.mark.parametrize("interval", [0, -5, "soon", True])
+def test_a_bad_interval_is_a_value_error_before_anything_runs(interval):
+    calls = []
+    pusher = pihace.AMQPPusher(pihace.HealthCheck(), "amqp://localhost/",
+                               socket_factory=lambda *args: calls.append(args))
+    with pytest.raises(ValueError) as raised:
+        pusher.push_forever_in_loop(interval)
+    assert "interval must be a positive number" in str(raised.value)
+    assert calls == []
+
+
+def test_constructor_never_touches_the_network():
+    calls = []
+    pusher = pihace.AMQPPusher(None, "amqp://localhost/",
+                               socket_factory=lambda *args: calls.append(args))
+    pusher.close()
+    pusher.close()
+    assert calls == []
+
+
+def test_bodies_that_cannot_be_sent_are_value_errors_before_any_io():
+    calls = []
+    pusher = pihace.AMQPPusher(None, "amqp://localhost/",
+                               socket_factory=lambda *args: calls.append(args))
+    for body in ({"x": object()}, {"x": float("nan")}, 12, None):
+        with pytest.raises(ValueError):
+            pusher.publish(body)
+    with pytest.raises(ValueError) as raised:
+        pusher.publish(b"x", routing_key="k" * 256)
+    assert "256 bytes" in str(raised.value)
+    assert calls == []
+
+
+def test_timestamps_out_of_range_are_value_errors():
+    pusher = pihace.AMQPPusher(None, "amqp://localhost/")
+    for timestamp in (-1, 2 ** 64):
+        with pytest.raises(ValueError) as raised:
+            pusher.publish(b"{}", timestamp=timestamp)
+        assert "timestamp" in str(raised.value)
+
+
+# ---------------------------------------------------------------------------
+# pusher: against a real RabbitMQ read back with pika
 # ---------------------------------------------------------------------------
 
 def test_the_documented_example_verbatim(rabbit, get_message, pika_channel):
@@ -1506,6 +1860,17 @@ def test_a_report_of_several_megabytes_arrives_intact(rabbit, unique_queue, get_
         assert pusher.publish(b"") is True
     assert json.loads(get_message(unique_queue)[2]) == payload
     assert get_message(unique_queue)[2] == b""
+
+
+def test_a_report_with_a_component_json_cannot_hold_still_goes(rabbit, unique_queue,
+                                                                get_message):
+    import pathlib
+
+    hc = pihace.HealthCheck(name=pathlib.Path("edge"), version=2)
+    with pihace.AMQPPusher(hc, rabbit.url, unique_queue) as pusher:
+        assert pusher.push() is True
+    report = json.loads(get_message(unique_queue)[2])
+    assert report["component"] == {"name": "edge", "version": 2}
 
 
 def test_named_vhost_with_a_slash(rabbit, get_message):
@@ -1598,6 +1963,22 @@ def test_nack_is_a_failure(rabbit, unique_queue):
         assert pusher.connections_opened == 1
 
 
+def test_a_report_behind_a_refused_one_is_not_called_delivered(rabbit, unique_queue):
+    arguments = {"x-max-length": 1, "x-overflow": "reject-publish"}
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue,
+                               queue_arguments=arguments)
+    assert pusher.push() is True  # fills the queue
+    for _ in range(300):  # more than one batch of 256 waits behind the refused ones
+        pusher.outbox.append(pusher._message({"queued": True}))
+    result = pusher.push()
+    assert result[0] is False and "Basic.Nack" in result[1]
+    assert len(pusher.outbox) == 301  # all kept, in order
+    kept = [json.loads(message.body) for message in pusher.outbox]
+    assert kept[:-1] == [{"queued": True}] * 300
+    assert kept[-1]["checks"]["n"]["message"] == "2"
+    pusher.close()
+
+
 def test_broker_closing_the_connection_is_reported_then_replaced(rabbit, unique_queue, caplog):
     with pihace.AMQPPusher(None, rabbit.url, unique_queue, connection_name="to-close") as pusher:
         assert pusher.publish(b"1") is True
@@ -1643,57 +2024,6 @@ def test_three_threads_pushing_at_once(rabbit, unique_queue, pika_channel):
 # pusher: the reliable loop, with real faults
 # ---------------------------------------------------------------------------
 
-def wait_until(condition, timeout, what):
-    """Poll condition() until it is true; fail the test after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def queue_depth(url, queue):
-    import pika
-
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
-def drain(url, queue):
-    """Every message in the queue, in order: (properties, body) pairs."""
-    import pika
-
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        messages = []
-        while True:
-            method, properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return messages
-            messages.append((properties, body))
-    finally:
-        connection.close()
-
-
-def counting_check(name="loop"):
-    """A HealthCheck whose reports carry a sequence number (checks.n.message)."""
-    counter = itertools.count(1)
-    hc = pihace.HealthCheck(name=name, version="1")
-    hc.register("n", lambda: (True, str(next(counter))))
-    return hc
-
-
-def sequence(body):
-    return int(json.loads(body)["checks"]["n"]["message"])
-
-
 class LoopThread:
     """push_forever_in_loop in a thread, stopped and joined at the end."""
 
@@ -1707,45 +2037,6 @@ class LoopThread:
         self.pusher.stop()
         self.thread.join(within)
         assert not self.thread.is_alive(), "the loop did not stop"
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory):
-    """A test CA (trustme), a server certificate for localhost, a client certificate."""
-    trustme = pytest.importorskip("trustme")
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    server = ca.issue_cert("localhost")
-    client = ca.issue_cert("pihace-client.example", common_name="pihace-client")
-    files = {name: str(folder / f"{name}.pem") for name in
-             ("ca", "server", "server_key", "client", "client_key", "other_ca")}
-    ca.cert_pem.write_to_path(files["ca"])
-    server.cert_chain_pems[0].write_to_path(files["server"])
-    server.private_key_pem.write_to_path(files["server_key"])
-    client.cert_chain_pems[0].write_to_path(files["client"])
-    client.private_key_pem.write_to_path(files["client_key"])
-    trustme.CA().cert_pem.write_to_path(files["other_ca"])
-    return files
-
-
-@pytest.fixture(scope="module")
-def fault_rabbit(rabbit, tls_files):
-    """A second private node, for tests that stop, kill or restart the broker, with a
-    TLS listener that also takes client certificates (SASL EXTERNAL)."""
-    if isinstance(rabbit, ExternalBroker):
-        pytest.skip("needs a private RabbitMQ node")
-    node = rabbitnode.RabbitNode(
-        name="pihace-fault",
-        tls={"cacertfile": tls_files["ca"], "certfile": tls_files["server"],
-             "keyfile": tls_files["server_key"], "verify": "verify_peer",
-             "fail_if_no_peer_cert": "false"},
-        extra_config=["ssl_cert_login_from = common_name", "auth_mechanisms.1 = PLAIN",
-                      "auth_mechanisms.2 = EXTERNAL"])
-    with open(os.path.join(node.dir, "enabled_plugins"), "w") as plugins:
-        plugins.write("[rabbitmq_auth_mechanism_ssl].\n")
-    node.start()
-    yield node
-    node.close()
 
 
 def test_loop_survives_a_broker_restart_and_delivers_the_outbox_in_order(fault_rabbit,
@@ -1904,91 +2195,6 @@ def test_a_full_outbox_drops_the_oldest_and_counts(caplog):
 
 
 # ---------------------------------------------------------------------------
-# transport: TLS against a real RabbitMQ TLS listener
-# ---------------------------------------------------------------------------
-
-def tls_url(node, host="localhost", credentials="guest:sekrit-tls@", query=""):
-    return f"amqps://{credentials}{host}:{node.tls_port}/{query}"
-
-
-@pytest.fixture
-def tls_guest(fault_rabbit):
-    """guest with a known password on the TLS node, so leaks can be searched for."""
-    fault_rabbit.ctl("change_password", "guest", "sekrit-tls")
-    yield
-    fault_rabbit.ctl("change_password", "guest", "guest")
-
-
-def test_tls_with_a_trusted_ca_end_to_end(fault_rabbit, tls_files, tls_guest, unique_queue):
-    url = tls_url(fault_rabbit, query=f"?cacertfile={tls_files['ca']}")
-    with pihace.AMQPPusher(counting_check(), url, unique_queue) as pusher:
-        assert pusher.push() is True
-        listing = fault_rabbit.ctl("list_connections", "ssl", "auth_mechanism", "user")
-    assert "true\tPLAIN\tguest" in listing
-    tls_guest_url = fault_rabbit.url.replace("guest:guest", "guest:sekrit-tls")
-    assert [sequence(body) for _, body in drain(tls_guest_url, unique_queue)] == [1]
-
-
-def test_tls_with_an_ssl_context(fault_rabbit, tls_files, tls_guest, unique_queue):
-    import ssl
-
-    context = ssl.create_default_context(cafile=tls_files["ca"])
-    with pihace.AMQPPusher(None, tls_url(fault_rabbit), unique_queue,
-                           ssl_context=context) as pusher:
-        assert pusher.publish(b"{}") is True
-
-
-def test_tls_client_certificate_logs_in_with_external(fault_rabbit, tls_files, unique_queue):
-    fault_rabbit.ctl("add_user", "pihace-client", "unused-password")
-    fault_rabbit.ctl("set_permissions", "pihace-client", ".*", ".*", ".*")
-    query = (f"?cacertfile={tls_files['ca']}&certfile={tls_files['client']}"
-             f"&keyfile={tls_files['client_key']}")
-    with pihace.AMQPPusher(None, tls_url(fault_rabbit, credentials="", query=query),
-                           unique_queue) as pusher:
-        assert pusher.publish(b"{}") is True
-        listing = fault_rabbit.ctl("list_connections", "auth_mechanism", "user", "peer_cert_subject")
-    assert "EXTERNAL\tpihace-client" in listing
-
-
-@pytest.mark.parametrize("host, query, words", [
-    ("localhost", "", "CERTIFICATE_VERIFY_FAILED"),  # the system store does not know our CA
-    ("localhost", "?cacertfile={other_ca}", "CERTIFICATE_VERIFY_FAILED"),
-    ("127.0.0.1", "?cacertfile={ca}", "IP address mismatch"),
-])
-def test_tls_refuses_what_it_cannot_verify(fault_rabbit, tls_files, tls_guest, host, query,
-                                           words):
-    url = tls_url(fault_rabbit, host=host, query=query.format(**tls_files))
-    started = time.monotonic()
-    result = pihace.AMQPPusher(None, url, timeout=3).publish(b"{}")
-    assert time.monotonic() - started < 5
-    assert result[0] is False and words in result[1], result
-    assert "sekrit-tls" not in result[1]
-
-
-def test_verify_none_is_an_explicit_choice(fault_rabbit, tls_guest):
-    url = tls_url(fault_rabbit, query="?verify=verify_none")
-    with pihace.AMQPPusher(None, url, "tls.verify.none") as pusher:
-        assert pusher.publish(b"{}") is True
-
-
-def test_plain_amqp_to_the_tls_port_is_a_clear_failure(fault_rabbit, tls_guest):
-    url = f"amqp://guest:sekrit-tls@localhost:{fault_rabbit.tls_port}/"
-    started = time.monotonic()
-    result = pihace.AMQPPusher(None, url, timeout=3).publish(b"{}")
-    assert time.monotonic() - started < 5
-    assert result[0] is False and "sekrit-tls" not in result[1]
-    assert "TLS" in result[1] or "closed the connection" in result[1], result
-
-
-def test_ssl_is_imported_only_when_tls_is_used(lone_copy):
-    code = ("import sys, pihace\n"
-            "p = pihace.AMQPPusher(None, 'amqps://h/?verify=verify_none')\n"
-            "print('ssl' in sys.modules)\n")
-    result = run_python(code, cwd=lone_copy)
-    assert result.stdout.strip() == "False", result.stderr
-
-
-# ---------------------------------------------------------------------------
 # pusher: edge cases found in review
 # ---------------------------------------------------------------------------
 
@@ -2035,12 +2241,31 @@ def test_waiting_for_another_thread_counts_in_the_timeout(fake_broker):
     assert sorted(r[1][:9] for r in results) == ["timed out"] * 3
 
 
-def test_timestamps_out_of_range_are_value_errors():
-    pusher = pihace.AMQPPusher(None, "amqp://localhost/")
-    for timestamp in (-1, 2 ** 64):
-        with pytest.raises(ValueError) as raised:
-            pusher.publish(b"{}", timestamp=timestamp)
-        assert "timestamp" in str(raised.value)
+def test_push_while_another_thread_holds_the_connection_is_a_clear_failure():
+    pusher = pihace.AMQPPusher(counting_check(), "amqp://localhost/", timeout=0.3)
+    holding, done = threading.Event(), threading.Event()
+
+    def hold():
+        with pusher._lock:
+            holding.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(5)
+    try:
+        first, second = pusher.push(), pusher.push()
+    finally:
+        done.set()
+        holder.join(10)
+    assert first == second == (False, "timed out waiting for another thread's publish to finish")
+    assert len(pusher.outbox) == 2  # both kept for later
+
+
+def test_a_host_name_the_idna_codec_refuses_is_a_reason_not_a_raise():
+    bad_host = pihace.AMQPPusher(None, "amqp://" + "\u00e9" * 70 + ".example/", timeout=1)
+    result = bad_host.publish(b"{}")  # an IDN host the codec refuses: a reason, not a raise
+    assert result[0] is False and "invalid host name" in result[1]
 
 
 def test_the_password_never_leaks_on_any_failure_path(rabbit, fake_broker, caplog):
@@ -2081,125 +2306,26 @@ def test_the_password_never_leaks_on_any_failure_path(rabbit, fake_broker, caplo
 
 
 # ---------------------------------------------------------------------------
-# built-in checkers
+# compatibility: pihace 1.0.0's names
 # ---------------------------------------------------------------------------
 
-@pytest.fixture
-def web():
-    """A local HTTP server: /ok 200, /redirect 302 to /fail, /fail 500, /missing 404."""
-    import http.server
-
-    answers = {"/ok": 200, "/redirect": 302, "/fail": 500, "/missing": 404}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            server.paths.append(self.path)
-            self.send_response(answers.get(self.path, 404))
-            if self.path == "/redirect":
-                self.send_header("Location", "/fail")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.paths = []
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def closed_port():
-    """A loopback port where nothing listens."""
-    with socket.create_server(("127.0.0.1", 0)) as placeholder:
-        return placeholder.getsockname()[1]
-
-
-def test_tcp_checker(closed_port):
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-        assert pihace.TCP("127.0.0.1", port)() == (True, f"connected to 127.0.0.1:{port}")
-    assert pihace.TCP("127.0.0.1", closed_port)() == (
-        False, f"cannot connect to 127.0.0.1:{closed_port}: connection refused")
-    passed, reason = pihace.TCP("no-such-host.invalid", 80)()
-    assert passed is False and "cannot resolve the host name" in reason
-
-
-def test_tcp_checker_with_ipv6():
-    try:
-        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
-    except OSError:
-        pytest.skip("no IPv6 loopback")
-    with listener:
-        port = listener.getsockname()[1]
-        assert pihace.TCP("::1", port)() == (True, f"connected to [::1]:{port}")
-
-
-def test_http_checker_passes_2xx_and_3xx_without_following_redirects(web):
-    assert pihace.HTTP(web.url + "/ok")() == (True, "HTTP 200 OK")
-    assert pihace.HTTP(web.url + "/redirect")() == (True, "HTTP 302 Found")
-    assert web.paths == ["/ok", "/redirect"]  # /fail, where the redirect points, never asked
-    assert pihace.HTTP(web.url + "/fail")() == (False, "HTTP 500 Internal Server Error")
-    assert pihace.HTTP(web.url + "/missing", timeout=2)() == (False, "HTTP 404 Not Found")
-
-
-def test_http_checker_network_errors_are_reasons(closed_port):
-    assert pihace.HTTP(f"http://127.0.0.1:{closed_port}/")() == (
-        False, "GET failed: connection refused")
-    with socket.create_server(("127.0.0.1", 0)) as silent_server:  # accepts, never answers
-        started = time.monotonic()
-        result = pihace.HTTP(f"http://127.0.0.1:{silent_server.getsockname()[1]}/",
-                             timeout=0.3)()
-    assert result == (False, "GET failed: timed out")
-    assert time.monotonic() - started < 3
-
-
-def test_disk_checker(tmp_path):
-    usage = shutil.disk_usage(tmp_path)
-    free = 100.0 * usage.free / usage.total
-    passed, detail = pihace.Disk(tmp_path, max(0.0, free - 1))()
-    assert passed is True and detail.startswith(f"{free:.1f}% free (")
-    passed, reason = pihace.Disk(str(tmp_path), min(100.0, free + 1))()
-    assert passed is False and reason.startswith(f"{free:.1f}% free (")
-    assert reason.endswith(f"below {min(100.0, free + 1):g}%")
-    passed, reason = pihace.Disk(tmp_path / "missing", 1)()
-    assert passed is False and "no such file or directory" in reason
-
-
-def test_amqp_checker(rabbit, closed_port):
-    safe_url = pihace.AMQPParameters(rabbit.url).safe_url
-    assert pihace.AMQP(rabbit.url)() == (True, f"connected to {safe_url}")
-    passed, reason = pihace.AMQP(rabbit.url.replace("guest:guest", "guest:sekrit-pw"))()
-    assert passed is False and "ACCESS_REFUSED" in reason and "sekrit-pw" not in reason
-    passed, reason = pihace.AMQP(f"amqp://u:sekrit@127.0.0.1:{closed_port}/", timeout=1)()
-    assert passed is False and "connection refused" in reason and "sekrit" not in reason
-
-
-@pytest.mark.parametrize("make, words", [
-    (lambda: pihace.TCP("", 80), "host"),
-    (lambda: pihace.TCP("h", 0), "port"),
-    (lambda: pihace.TCP("h", "80"), "port"),
-    (lambda: pihace.TCP("h", 80, timeout=0), "timeout"),
-    (lambda: pihace.HTTP("ftp://h/"), "url"),
-    (lambda: pihace.HTTP("http://h:99999/"), "url"),
-    (lambda: pihace.HTTP(None), "url"),
-    (lambda: pihace.HTTP("http://h/", timeout=True), "timeout"),
-    (lambda: pihace.Disk("", 10), "path"),
-    (lambda: pihace.Disk("/", 101), "min_free_percent"),
-    (lambda: pihace.Disk("/", float("nan")), "min_free_percent"),
-    (lambda: pihace.AMQP("http://u:sekrit@h/"), "url must start with amqp://"),
-    (lambda: pihace.AMQP(None), "url"),
-    (lambda: pihace.AMQP("amqp://h/", timeout=-1), "timeout"),
-])
-def test_checker_arguments_are_checked(make, words):
-    with pytest.raises(ValueError) as raised:
-        make()
-    assert words in str(raised.value) and "sekrit" not in str(raised.value)
+def test_imports_of_pihace_1_0_0_work_with_only_the_file(lone_copy):
+    code = (
+        "import sys; sys.modules['psutil'] = None\n"
+        "from pihace.healthcheck import HealthCheck\n"
+        "from pihace.pusher.messaging import AMQPPusher\n"
+        "from pihace import HealthCheck as H2, AMQPPusher as A2\n"
+        "from pihace.system_info import get_system_info\n"
+        "from pihace.utils import get_utc_timestamp, calculate_status, format_rate\n"
+        "import pihace.pusher.messaging, pihace.healthcheck\n"
+        "assert HealthCheck is H2 is pihace.healthcheck.HealthCheck\n"
+        "assert AMQPPusher is A2 is pihace.pusher.messaging.AMQPPusher\n"
+        "assert pihace.psutil is None\n"
+        "print(pihace.__file__)\n"
+    )
+    result = run_python(code, cwd=lone_copy)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == os.path.join(lone_copy, "pihace.py")
 
 
 # ---------------------------------------------------------------------------
@@ -2211,6 +2337,15 @@ def run_main(capsys, *args):
     code = pihace.main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def test_running_the_file_prints_the_local_report(lone_copy):
+    result = subprocess.run([sys.executable, os.path.join(lone_copy, "pihace.py")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "Available"
+    assert_system_formats(report["system"])
 
 
 def test_main_check_runs_the_built_in_checks(capsys, web, tmp_path, closed_port):
@@ -2290,6 +2425,12 @@ def test_bad_arguments_are_one_line_and_exit_code_3(capsys, monkeypatch, args, w
     assert (code, out) == (3, "")
     assert err.startswith("pihace: error: ") and err.count("\n") == 1, err
     assert words in err and "sekrit" not in err
+
+
+def test_cli_errors_mask_passwords_in_echoed_urls(capsys):
+    code = pihace.main(["check", "--amqp", "mq", "amqp://u:s3cret-cli@h/"])
+    err = capsys.readouterr().err
+    assert code == 3 and "s3cret-cli" not in err and "u:***@h" in err
 
 
 def test_the_entry_points_of_a_lone_copy(lone_copy, web):
@@ -2438,101 +2579,3 @@ def test_the_wheel_installs_the_module_the_console_script_and_the_system_extra(t
     report = subprocess.run([str(venv / "bin" / "pihace"), "check"], capture_output=True,
                             text=True, timeout=60, cwd=str(tmp_path))
     assert report.returncode == 0 and json.loads(report.stdout)["system"]["os"]
-
-
-def test_checks_from_two_threads_at_once_start_one_run(release):
-    calls = []
-
-    def slow():
-        calls.append(1)
-        release.wait(5)
-        return True
-
-    hc = pihace.HealthCheck()
-    hc.register("slow", slow, timeout=5)
-    together = threading.Barrier(6, timeout=10)
-    threads = [threading.Thread(target=lambda: together.wait() >= 0 and hc.check())
-               for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    run = lambda: hc.checkers["slow"].run  # noqa: E731
-    wait_until(lambda: run() is not None and len(run()._callbacks) == 6, 5,
-               "all six checks waiting on one run")
-    release.set()
-    for thread in threads:
-        thread.join(10)
-    assert len(calls) == 1
-
-
-def test_a_report_behind_a_refused_one_is_not_called_delivered(rabbit, unique_queue):
-    arguments = {"x-max-length": 1, "x-overflow": "reject-publish"}
-    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue,
-                               queue_arguments=arguments)
-    assert pusher.push() is True  # fills the queue
-    for _ in range(300):  # more than one batch of 256 waits behind the refused ones
-        pusher.outbox.append(pusher._message({"queued": True}))
-    result = pusher.push()
-    assert result[0] is False and "Basic.Nack" in result[1]
-    assert len(pusher.outbox) == 301  # all kept, in order
-    kept = [json.loads(message.body) for message in pusher.outbox]
-    assert kept[:-1] == [{"queued": True}] * 300
-    assert kept[-1]["checks"]["n"]["message"] == "2"
-    pusher.close()
-
-
-def test_review_fixes_without_a_broker(caplog):
-    bad_host = pihace.AMQPPusher(None, "amqp://" + "\u00e9" * 70 + ".example/", timeout=1)
-    result = bad_host.publish(b"{}")  # an IDN host the codec refuses: a reason, not a raise
-    assert result[0] is False and "invalid host name" in result[1]
-    import logging as logging_module
-
-    pihace.log.propagate = False  # writes reach the real logger, not the proxy
-    try:
-        assert logging_module.getLogger("pihace").propagate is False
-    finally:
-        pihace.log.propagate = True
-
-
-def test_push_while_another_thread_holds_the_connection_is_a_clear_failure():
-    pusher = pihace.AMQPPusher(counting_check(), "amqp://localhost/", timeout=0.3)
-    holding, done = threading.Event(), threading.Event()
-
-    def hold():
-        with pusher._lock:
-            holding.set()
-            done.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    holding.wait(5)
-    try:
-        first, second = pusher.push(), pusher.push()
-    finally:
-        done.set()
-        holder.join(10)
-    assert first == second == (False, "timed out waiting for another thread's publish to finish")
-    assert len(pusher.outbox) == 2  # both kept for later
-
-
-def test_cli_errors_mask_passwords_in_echoed_urls(capsys):
-    code = pihace.main(["check", "--amqp", "mq", "amqp://u:s3cret-cli@h/"])
-    err = capsys.readouterr().err
-    assert code == 3 and "s3cret-cli" not in err and "u:***@h" in err
-
-
-def test_a_report_with_a_component_json_cannot_hold_still_goes(rabbit, unique_queue,
-                                                                get_message):
-    import pathlib
-
-    hc = pihace.HealthCheck(name=pathlib.Path("edge"), version=2)
-    with pihace.AMQPPusher(hc, rabbit.url, unique_queue) as pusher:
-        assert pusher.push() is True
-    report = json.loads(get_message(unique_queue)[2])
-    assert report["component"] == {"name": "edge", "version": 2}
-
-
-def test_tls_without_a_password_or_certificate_logs_in_as_guest(fault_rabbit, tls_files,
-                                                                unique_queue):
-    url = tls_url(fault_rabbit, credentials="", query=f"?cacertfile={tls_files['ca']}")
-    with pihace.AMQPPusher(None, url, unique_queue) as pusher:  # EXTERNAL is on offer
-        assert pusher.publish(b"{}") is True
