@@ -820,13 +820,66 @@ SELECT_OK = frame(1, 1, method_payload(85, 11))
 HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
 
+# Golden frames, tables and properties, written from the spec.
+CHANNEL_OPEN = b"\x01\x00\x01\x00\x00\x00\x05\x00\x14\x00\x0a\x00\xce"
+QUEUE_DECLARE = b"\x01\x00\x01\x00\x00\x00\x0d\x00\x32\x00\x0a\x00\x00\x01q\x02\x00\x00\x00\x00\xce"
+TABLE = (b"\x00\x00\x00\x2c" b"\x01at\x01" b"\x01bI\x00\x00\x00\x01" b"\x01cS\x00\x00\x00\x01x"
+         b"\x01dV" b"\x01el\x00\x00\x01\x00\x00\x00\x00\x00" b"\x01fF\x00\x00\x00\x00"
+         b"\x01gt\x00")
+PROPERTIES = b"\x90\x40" b"\x10application/json" b"\x02" b"\x00\x00\x00\x00\x00\x00\x00\x01"
+CONTENT = (b"\x02\x00\x01\x00\x00\x00\x0e" b"\x00\x3c\x00\x00"
+           b"\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00\xce"
+           b"\x03\x00\x01\x00\x00\x00\x05hello\xce")
+
+# Every decoder test feeds its input whole, byte by byte, and with trailing data.
+HOW = ["whole", "bytewise", "trailing"]
+
+
+def decode_frames(data, how, frame_max=131072):
+    """The frames a FrameDecoder cuts out of data fed whole, byte by byte, or followed by
+    trailing bytes: a heartbeat and the start of another frame, which must give one more
+    frame, then None with the start of the other kept."""
+    decoder = pihace.FrameDecoder(frame_max)
+    if how == "bytewise":
+        chunks = [data[i:i + 1] for i in range(len(data))]
+    else:
+        chunks = [data + HEARTBEAT + HEARTBEAT[:3] if how == "trailing" else data]
+    frames = []
+    for chunk in chunks:
+        decoder.feed(chunk)
+        frames.extend(iter(decoder.next_frame, None))
+    if how == "trailing":
+        assert frames.pop() == (8, 0, b"")
+        assert decoder.next_frame() is None and decoder.pending == 3
+    else:
+        assert decoder.pending == 0
+    return frames
+
+
+def decode_value(method, data, how):
+    """method(a pihace._Reader) on data given whole, byte by byte, or with trailing bytes.
+
+    A reader holds one payload, so byte by byte means every prefix of the data: each one
+    short of the whole must be refused as truncated, never read as some other value.
+    Trailing bytes must be left unread.
+    """
+    if how == "bytewise":
+        for end in range(len(data)):
+            with pytest.raises(pihace.RemoteProtocolError) as raised:
+                method(pihace._Reader(data[:end]))
+            assert "truncated" in str(raised.value)
+    trailing = b"\xce\x08trailing" if how == "trailing" else b""
+    reader = pihace._Reader(data + trailing)
+    value = method(reader)
+    assert reader.offset == len(data)
+    return value
+
+
 def test_golden_frames():
     assert pihace.HEARTBEAT_FRAME == b"\x08\x00\x00\x00\x00\x00\x00\xce"
-    assert pihace.encode_frame(1, 1, pihace.encode_method("Channel.Open")) == \
-        b"\x01\x00\x01\x00\x00\x00\x05\x00\x14\x00\x0a\x00\xce"
+    assert pihace.encode_frame(1, 1, pihace.encode_method("Channel.Open")) == CHANNEL_OPEN
     assert pihace.encode_frame(1, 1, pihace.encode_method("Queue.Declare", queue="q",
-                                                          durable=True)) == \
-        b"\x01\x00\x01\x00\x00\x00\x0d\x00\x32\x00\x0a\x00\x00\x01q\x02\x00\x00\x00\x00\xce"
+                                                          durable=True)) == QUEUE_DECLARE
     assert pihace.encode_method("Confirm.Select") == b"\x00\x55\x00\x0a\x00"
     assert pihace.encode_method("Basic.Publish", exchange="", routing_key="q", mandatory=True) \
         == b"\x00\x3c\x00\x28\x00\x00\x00\x01q\x01"
@@ -836,30 +889,46 @@ def test_golden_frames():
         b"\x00\x0a\x00\x28\x01/\x00\x00"
 
 
+@pytest.mark.parametrize("how", HOW)
+def test_golden_frames_decode(how):
+    assert decode_frames(HEARTBEAT + CHANNEL_OPEN + QUEUE_DECLARE + CONTENT, how) == [
+        (8, 0, b""),
+        (1, 1, b"\x00\x14\x00\x0a\x00"),
+        (1, 1, b"\x00\x32\x00\x0a\x00\x00\x01q\x02\x00\x00\x00\x00"),
+        (2, 1, b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00"),
+        (3, 1, b"hello"),
+    ]
+
+
 def test_golden_tables_and_properties():
     assert pihace.encode_table({"a": True, "b": 1, "c": "x", "d": None, "e": 2 ** 40,
-                                "f": {}, "g": False}) == (
-        b"\x00\x00\x00\x2c" b"\x01at\x01" b"\x01bI\x00\x00\x00\x01" b"\x01cS\x00\x00\x00\x01x"
-        b"\x01dV" b"\x01el\x00\x00\x01\x00\x00\x00\x00\x00" b"\x01fF\x00\x00\x00\x00"
-        b"\x01gt\x00")
+                                "f": {}, "g": False}) == TABLE
     assert pihace.encode_properties({"content_type": "application/json", "delivery_mode": 2,
-                                     "timestamp": 1}) == (
-        b"\x90\x40" b"\x10application/json" b"\x02" b"\x00\x00\x00\x00\x00\x00\x00\x01")
+                                     "timestamp": 1}) == PROPERTIES
     content = pihace.encode_content(1, b"\x00\x00", b"hello", 4096)
-    assert content == (b"\x02\x00\x01\x00\x00\x00\x0e" b"\x00\x3c\x00\x00"
-                       b"\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00\xce"
-                       b"\x03\x00\x01\x00\x00\x00\x05hello\xce")
+    assert content == CONTENT
     assert pihace.encode_content(1, b"\x00\x00", b"", 4096).count(b"\xce") == 1  # no body frame
 
 
-def test_body_frames_are_split_at_frame_max_minus_8():
+@pytest.mark.parametrize("how", HOW)
+def test_golden_tables_and_properties_decode(how):
+    assert decode_value(pihace._Reader.table, TABLE, how) == {
+        "a": True, "b": 1, "c": "x", "d": None, "e": 2 ** 40, "f": {}, "g": False}
+    assert decode_value(pihace.decode_properties, PROPERTIES, how) == {
+        "content_type": "application/json", "delivery_mode": 2, "timestamp": 1}
+    assert decode_value(pihace.decode_properties, b"\x00\x80" + sstr("id-1"), how) == {
+        "message_id": "id-1"}
+    assert decode_value(pihace.decode_properties, b"\x00\x00", how) == {}
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_body_frames_are_split_at_frame_max_minus_8(how):
     body = bytes(range(256)) * 40  # 10,240 bytes
     content = pihace.encode_content(1, b"\x00\x00", body, 4096)
-    decoder = pihace.FrameDecoder(4096)
-    decoder.feed(content)
-    frames = iter(lambda: decoder.next_frame(), None)
+    frames = decode_frames(content, how, frame_max=4096)
     sizes = [len(payload) for frame_type, _, payload in frames if frame_type == 3]
     assert sizes == [4088, 4088, 2064]
+    assert b"".join(payload for frame_type, _, payload in frames if frame_type == 3) == body
 
 
 def test_shortstr_limit_is_255_bytes_after_utf8():
@@ -875,7 +944,8 @@ def test_tables_refuse_what_brokers_cannot_read():
     assert "x-ratio" in str(raised.value)
 
 
-def test_decoding_rabbitmq_field_types():
+@pytest.mark.parametrize("how", HOW)
+def test_decoding_rabbitmq_field_types(how):
     table = (b"\x01bb\xff" b"\x01BB\xff" b"\x01ss\xff\xfe" b"\x01uu\xff\xfe" b"\x01II\xff\xff\xff\xfe"
              b"\x01ii\xff\xff\xff\xfe" b"\x01ll\xff\xff\xff\xff\xff\xff\xff\xfe"
              b"\x01LL\x00\x00\x00\x00\x00\x00\x00\x07" b"\x01dd?\xf0\x00\x00\x00\x00\x00\x00"
@@ -884,7 +954,7 @@ def test_decoding_rabbitmq_field_types():
              b"\x01TT\x00\x00\x00\x00\x00\x00\x00\x09"
              b"\x01AA\x00\x00\x00\x07I\x00\x00\x00\x01t\x00"
              b"\x01FF\x00\x00\x00\x03\x01kV")
-    decoded = pihace._Reader(lstr(table)).table()
+    decoded = decode_value(pihace._Reader.table, lstr(table), how)
     assert decoded == {"b": -1, "B": 255, "s": -2, "u": 65534, "I": -2, "i": 4294967294, "l": -2,
                        "L": 7, "d": 1.0, "f": 1.0, "t": True, "D": 3.0, "S": "hi", "x": b"\x00",
                        "V": None, "T": 9, "A": [1, False], "F": {"k": None}}
@@ -894,13 +964,23 @@ def test_decoding_rabbitmq_field_types():
 # AMQP protocol: the state machine fed by hand
 # ---------------------------------------------------------------------------
 
-def feed(protocol, data, how):
-    """Feed data whole, byte by byte, or in two halves; return all events."""
+def feed(protocol, data, how, now=0.0):
+    """Feed data whole, byte by byte, in two halves, or with trailing data; return all events.
+
+    The trailing data is the start of a heartbeat: it must give no event and stay unconsumed,
+    so that the rest of it, then one more heartbeat, are read as two heartbeats (had it been
+    dropped, the rest would read as a frame of unknown type 0).
+    """
+    if how == "trailing":
+        events = feed(protocol, data + HEARTBEAT[:5], "whole", now)
+        assert protocol.next_event() is None
+        assert feed(protocol, HEARTBEAT[5:] + HEARTBEAT, "whole", now) == []
+        return events
     chunks = {"whole": [data], "bytewise": [data[i:i + 1] for i in range(len(data))],
               "halves": [data[:len(data) // 2], data[len(data) // 2:]]}[how]
     events = []
     for chunk in chunks:
-        protocol.receive_data(chunk)
+        protocol.receive_data(chunk, now)
         while True:
             event = protocol.next_event()
             if event is None:
@@ -917,12 +997,13 @@ def opened_protocol(**kwargs):
     return protocol
 
 
-@pytest.mark.parametrize("how", ["whole", "bytewise", "halves"])
+@pytest.mark.parametrize("how", HOW + ["halves"])
 def test_handshake(how):
     protocol = pihace.AMQPProtocol("guest", "secret", "/", heartbeat=30,
                                    client_properties={"connection_name": "edge"})
     assert protocol.data_to_send() == b"AMQP\x00\x00\x09\x01"
     assert feed(protocol, START, how) == []
+    assert protocol.server_properties == {"product": "RabbitMQ"}
     start_ok = protocol.data_to_send()
     assert start_ok.startswith(b"\x01\x00\x00") and start_ok[7:11] == b"\x00\x0a\x00\x0b"
     assert start_ok.endswith(b"\x05PLAIN" + lstr(b"\x00guest\x00secret") + b"\x05en_US\xce")
@@ -931,29 +1012,30 @@ def test_handshake(how):
     assert protocol.data_to_send() == (
         b"\x01\x00\x00\x00\x00\x00\x0c\x00\x0a\x00\x1f\x07\xff\x00\x02\x00\x00\x00\x1e\xce"
         b"\x01\x00\x00\x00\x00\x00\x08\x00\x0a\x00\x28\x01/\x00\x00\xce")
-    events = feed(protocol, OPEN_OK + pihace.HEARTBEAT_FRAME, how)
+    events = feed(protocol, OPEN_OK + HEARTBEAT, how)
     assert [event.name for event in events] == ["Connection.Open-Ok"]
     assert protocol.state == "opened"
 
 
-def test_tune_never_asks_for_more_than_the_broker_allows():
+@pytest.mark.parametrize("how", HOW)
+def test_tune_never_asks_for_more_than_the_broker_allows(how):
     protocol = pihace.AMQPProtocol(frame_max=1 << 20, channel_max=65535)
-    protocol.receive_data(START + frame(1, 0, method_payload(10, 30, b"\x00\x10\x00\x00\x20\x00"
-                                                            b"\x00\x00")))
+    assert feed(protocol, START + frame(1, 0, method_payload(10, 30, b"\x00\x10\x00\x00\x20\x00"
+                                                               b"\x00\x00")), how) == []
     assert protocol.next_event() is None
     assert (protocol.channel_max, protocol.frame_max) == (16, 8192)
     unlimited = pihace.AMQPProtocol()
-    unlimited.receive_data(START + frame(1, 0, method_payload(10, 30, b"\x00" * 8)))
-    unlimited.next_event()
+    assert feed(unlimited, START + frame(1, 0, method_payload(10, 30, b"\x00" * 8)), how) == []
     assert (unlimited.channel_max, unlimited.frame_max) == (2047, 131072)
 
 
-def test_publish_with_confirms_counts_delivery_tags_from_one():
+@pytest.mark.parametrize("how", HOW)
+def test_publish_with_confirms_counts_delivery_tags_from_one(how):
     protocol = opened_protocol()
     protocol.open_channel(1)
-    feed(protocol, CHANNEL_OPEN_OK, "whole")
+    assert [event.name for event in feed(protocol, CHANNEL_OPEN_OK, how)] == ["Channel.Open-Ok"]
     protocol.send_method(1, "Confirm.Select")
-    feed(protocol, SELECT_OK, "whole")
+    assert [event.name for event in feed(protocol, SELECT_OK, how)] == ["Confirm.Select-Ok"]
     protocol.data_to_send()
     assert protocol.publish(1, "", "q", b"hi", b"\x00\x00", mandatory=True) == 1
     assert protocol.publish(1, "", "q", b"", b"\x00\x00") == 2
@@ -964,12 +1046,12 @@ def test_publish_with_confirms_counts_delivery_tags_from_one():
                     + frame(1, 1, b"\x00\x3c\x00\x28\x00\x00\x00\x01q\x00")
                     + frame(2, 1, b"\x00\x3c\x00\x00" + (0).to_bytes(8, "big") + b"\x00\x00"))
     ack = frame(1, 1, method_payload(60, 80, (2).to_bytes(8, "big") + b"\x01"))
-    events = feed(protocol, ack, "bytewise")
+    events = feed(protocol, ack, how)
     assert [(e.name, e.args) for e in events] == [
         ("Basic.Ack", {"delivery_tag": 2, "multiple": True})]
 
 
-@pytest.mark.parametrize("how", ["whole", "bytewise"])
+@pytest.mark.parametrize("how", HOW)
 def test_basic_return_arrives_with_its_content(how):
     protocol = opened_protocol()
     protocol.open_channel(1)
@@ -979,49 +1061,55 @@ def test_basic_return_arrives_with_its_content(how):
                 + frame(2, 1, b"\x00\x3c\x00\x00" + (3).to_bytes(8, "big") + b"\x00\x80"
                         + sstr("id-1"))
                 + frame(3, 1, b"abc"))
-    events = feed(protocol, returned + b"\x08\x00", how)  # plus the start of a heartbeat
+    events = feed(protocol, returned, how)
     assert len(events) == 1
     assert events[0].name == "Basic.Return" and events[0].args["reply_code"] == 312
     assert events[0].properties == {"message_id": "id-1"} and events[0].body_size == 3
 
 
-def test_broker_close_queues_close_ok_and_is_an_event():
+@pytest.mark.parametrize("how", HOW)
+def test_broker_close_queues_close_ok_and_is_an_event(how):
     protocol = opened_protocol()
     protocol.open_channel(1)
     feed(protocol, CHANNEL_OPEN_OK, "whole")
     protocol.data_to_send()
     close = frame(1, 1, method_payload(20, 40, b"\x01\x94" + sstr("NOT_FOUND - no exchange")
                                        + b"\x00\x3c\x00\x28"))
-    events = feed(protocol, close, "whole")
+    events = feed(protocol, close, how)
+    assert len(events) == 1
     assert events[0].name == "Channel.Close" and events[0].args["reply_code"] == 404
     assert protocol.data_to_send() == b"\x01\x00\x01\x00\x00\x00\x04\x00\x14\x00\x29\xce"
     assert 1 not in protocol.channels
     connection_close = frame(1, 0, method_payload(10, 50, b"\x01\x40" + sstr("CONNECTION_FORCED")
                                                   + b"\x00\x00\x00\x00"))
-    assert feed(protocol, connection_close, "whole")[0].name == "Connection.Close"
+    assert [event.name for event in feed(protocol, connection_close, how)] == ["Connection.Close"]
     assert protocol.data_to_send() == b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x33\xce"
     assert protocol.state == "closed"
 
 
-def test_heartbeats_are_sent_and_silence_is_noticed():
+@pytest.mark.parametrize("how", HOW)
+def test_heartbeats_are_sent_and_silence_is_noticed(how):
     protocol = opened_protocol(heartbeat=10)  # its last bytes went both ways at time 0
     assert protocol.tick(1.0) == 4.0  # a heartbeat is due every half period
     assert protocol.data_to_send(1.0) == b""
     protocol.tick(5.0)
-    assert protocol.data_to_send(5.0) == pihace.HEARTBEAT_FRAME
-    protocol.receive_data(pihace.HEARTBEAT_FRAME, 10.0)
+    assert protocol.data_to_send(5.0) == HEARTBEAT
+    assert feed(protocol, HEARTBEAT, how, now=10.0) == []
     protocol.tick(25.0)
     with pytest.raises(TimeoutError) as raised:
         protocol.tick(31.0)
     assert "sent nothing for 21s" in str(raised.value)
 
 
-def test_end_of_stream_is_an_event_unless_it_cuts_a_frame():
+@pytest.mark.parametrize("how", HOW)
+def test_end_of_stream_is_an_event_unless_it_cuts_a_frame(how):
     protocol = opened_protocol()
+    assert feed(protocol, HEARTBEAT, how) == []
     protocol.receive_data(b"")
     assert isinstance(protocol.next_event(), pihace.ConnectionLost)
-    cut = opened_protocol()
-    cut.receive_data(pihace.HEARTBEAT_FRAME[:5])
+    assert protocol.next_event() is None
+    cut = opened_protocol()  # the cut frame is the trailing data: fed whole or byte by byte
+    assert feed(cut, HEARTBEAT[:5], "bytewise" if how == "bytewise" else "whole") == []
     cut.receive_data(b"")
     with pytest.raises(pihace.RemoteProtocolError) as raised:
         cut.next_event()
@@ -1042,11 +1130,11 @@ def test_end_of_stream_is_an_event_unless_it_cuts_a_frame():
     (frame(1, 0, method_payload(10, 10, b"\x00\x09" + lstr(b"") + lstr("EXTERNAL")
                                 + lstr("en_US"))), "does not offer the PLAIN login"),
 ])
-def test_hostile_bytes_before_the_handshake(data, words):
+@pytest.mark.parametrize("how", HOW)
+def test_hostile_bytes_before_the_handshake(data, words, how):
     protocol = pihace.AMQPProtocol()
-    protocol.receive_data(data)
     with pytest.raises(pihace.RemoteProtocolError) as raised:
-        protocol.next_event()
+        feed(protocol, data, how)
     assert words in str(raised.value)
 
 
@@ -1059,10 +1147,11 @@ def test_hostile_bytes_before_the_handshake(data, words):
     (frame(1, 0, method_payload(10, 61, b"")) + frame(1, 0, method_payload(10, 41, b"\x00")),
      "unexpected Connection.Open-Ok"),
 ])
-def test_frames_that_make_no_sense_once_open(data, words):
+@pytest.mark.parametrize("how", HOW)
+def test_frames_that_make_no_sense_once_open(data, words, how):
     protocol = opened_protocol()
     with pytest.raises(pihace.RemoteProtocolError) as raised:
-        feed(protocol, data, "whole")
+        feed(protocol, data, how)
     assert words in str(raised.value)
 
 
@@ -1453,11 +1542,12 @@ def test_a_huge_declared_body_is_counted_not_kept(body_size, frames):
         assert protocol._decoder.pending == 0
 
 
-def test_bytes_after_the_connection_closed_are_not_kept():
+@pytest.mark.parametrize("how", HOW)
+def test_bytes_after_the_connection_closed_are_not_kept(how):
     protocol = opened(broker_frame_max=8192)
     close = frame(1, 0, method_payload(10, 50, b"\x01\x40" + sstr("CONNECTION_FORCED")
                                        + b"\x00\x00\x00\x00"))
-    assert run_without_end(protocol, close)[0].name == "Connection.Close"
+    assert [event.name for event in feed(protocol, close, how)] == ["Connection.Close"]
     for _ in range(100):
         protocol.receive_data(HEARTBEAT * 1024)
         assert protocol.next_event() is None
