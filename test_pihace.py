@@ -137,7 +137,7 @@ def sequence(body):
 
 
 # ---------------------------------------------------------------------------
-# header: standard library only, Python 3.8+
+# header: standard library only, Python 3.8+, the "pihace" logger
 # ---------------------------------------------------------------------------
 
 def test_pihace_imports_only_the_standard_library_and_not_ssl_or_asyncio(lone_copy):
