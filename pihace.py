@@ -153,7 +153,8 @@ def _number(name, value, valid, expected, kind=(int, float)):
 
 def _seconds(name, value):
     """A duration: a positive number of seconds (below a million), as a float."""
-    return float(_number(name, value, lambda v: 0 < v < 1e6, "a positive number of seconds"))
+    return float(_number(name, value, lambda v: 0 < v < 1e6,
+                         "a positive number of seconds, below a million"))
 
 
 _TEXT_LIMIT = 2000  # characters of a checker's message, or of an error, that are kept
@@ -194,6 +195,9 @@ def describe_error(exc, where=None):
         reason = f"cannot resolve the host name: {exc.strerror}"
     elif isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
         reason = exc.strerror[:1].lower() + exc.strerror[1:]  # "Connection refused"
+        if exc.filename is not None:  # "no such file or directory: '/etc/app.conf'"
+            reason += f": {exc.filename!r}" + (f" -> {exc.filename2!r}"
+                                                if exc.filename2 is not None else "")
     elif isinstance(exc, (OSError, PihaceError)):
         reason = _text(exc) or type(exc).__name__
     else:
@@ -1227,10 +1231,10 @@ class AMQPProtocol:
         quarters of the heartbeat period, or, once it has heard nothing for a
         quarter, in answer to bytes from the broker. RabbitMQ sends its own every
         half period, so an idle connection answers those and wakes once per half
-        period for both directions; RabbitMQ drops a peer silent for two of its
-        half periods. Raises TimeoutError when the broker has been silent for
-        more than two heartbeat periods: the connection is dead even if the
-        socket is not.
+        period for both directions; RabbitMQ drops a peer only after two missed
+        heartbeats. Raises TimeoutError when the broker has been silent for more
+        than two heartbeat periods: the connection is dead even if the socket is
+        not.
         """
         if not self.heartbeat or self.state not in ("open", "closing"):
             return None
@@ -1354,7 +1358,8 @@ class AMQPProtocol:
             return None  # after our Channel.Close, the rest of the channel's traffic is dropped
         if name == "Channel.Close":  # the broker's: the channel is gone once we answer
             self._send(method.channel, "Channel.Close-Ok")
-            del self.channels[method.channel]
+            if channel.state != "closing":  # else our own Close crossed it: its Close-Ok comes
+                del self.channels[method.channel]
         elif name in ("Basic.Ack", "Basic.Nack"):
             self._on_confirm(method, channel)
             return None  # the events are queued, one per message
@@ -1407,7 +1412,8 @@ class AMQPProtocol:
                 not multiple and tag not in channel.unconfirmed):
             raise RemoteProtocolError(f"{method.name} for delivery tag {tag} on channel "
                                       f"{method.channel}, which awaits no such confirm")
-        tags = list(itertools.takewhile(lambda t: t <= tag, channel.unconfirmed)) if multiple \
+        last = channel.next_tag if multiple and tag == 0 else tag  # 0 and multiple: all of them
+        tags = list(itertools.takewhile(lambda t: t <= last, channel.unconfirmed)) if multiple \
             else [tag]
         for confirmed in tags:
             message_id = channel.unconfirmed.pop(confirmed)
@@ -1497,7 +1503,7 @@ class AMQPProtocol:
         """Send a method on an open channel, e.g. Queue.Declare or Confirm.Select; its
         reply (Queue.Declare-Ok ...) comes as a Method event."""
         state = self._require_open(f"send {name}", channel)
-        reply = _REPLIES.get(name)
+        reply = None if values.get("nowait") else _REPLIES.get(name)
         if reply is not None and state.expecting is not None:
             raise LocalProtocolError(f"cannot send {name} on channel {channel}: it still "
                                      f"awaits {state.expecting}")
@@ -1791,6 +1797,8 @@ class BlockingConnection:
         """Handle what the broker has sent, then send a heartbeat if one is due, without
         waiting for the broker. The seconds until the next heartbeat is due, or None."""
         self._receive(0.0)
+        while self._buffered():  # TLS may hold more decrypted bytes than one recv() took
+            self._receive(0.0)
         self._handle_events()
         return self._send_queued(send_deadline)
 
@@ -1883,8 +1891,11 @@ class BlockingConnection:
         """Close a channel and wait until the broker has freed it."""
         self.protocol.close_channel(channel)
         self.send_pending(deadline)
-        self.wait_for(lambda: channel not in self.protocol.channels, deadline,
-                      "for Channel.Close-Ok")
+        closed = lambda: channel not in self.protocol.channels  # noqa: E731
+        try:
+            self.wait_for(closed, deadline, "for Channel.Close-Ok")
+        except ChannelClosed:  # the broker closed it at the same time: its Close-Ok follows
+            self.wait_for(closed, deadline, "for Channel.Close-Ok")
 
     def publish(self, channel, messages, deadline, mandatory=False):
         """Publish `messages` (_Message) in order and, on a channel in confirm mode,
@@ -1942,12 +1953,11 @@ class Wakeup:
             pass
 
     def wait(self, seconds, connection=None):
+        """Sleep up to `seconds`, until wake() or, given a connection whose received
+        bytes were all handled (keep_alive), until the broker sends more."""
+        sock = connection.sock if connection is not None else None
         try:
-            sock = connection.sock if connection is not None else None
-            if sock is None:
-                _wait_io([self._reader], False, seconds)
-            elif not connection._buffered():
-                _wait_io([self._reader, sock], False, seconds)
+            _wait_io([self._reader] if sock is None else [self._reader, sock], False, seconds)
         except (OSError, ValueError):  # another thread closed the connection's socket
             pass
         try:
@@ -2127,6 +2137,7 @@ class AMQPPusher:
         self.parameters = connection.parameters
         self.connections_opened += 1
         self._connection, self._declared = connection, False
+        self._wake_loop()  # a loop sleeping without a connection must keep this one alive
         return connection
 
     def _ready(self, deadline):
@@ -2156,6 +2167,7 @@ class AMQPPusher:
     def _drop(self):
         if self._connection is not None:
             self._connection.abort()
+            self._wake_loop()  # its poll() still holds the socket open
         self._connection = None
 
     @property
@@ -2170,6 +2182,7 @@ class AMQPPusher:
             connection, self._connection = self._connection, None
             if connection is not None:
                 connection.close(self.clock() + min(self.timeout, 5.0))
+                self._wake_loop()  # its poll() still holds the socket open
                 log.info("closed the connection to %s", self.parameters.safe_url)
 
     # -- publishing -----------------------------------------------------------
@@ -2365,6 +2378,10 @@ class AMQPPusher:
     def stop(self):
         """End push_forever_in_loop at once; from any thread, or a signal handler."""
         self._stop_requested = True
+        self._wake_loop()
+
+    def _wake_loop(self):
+        """Make the loop's wait, if one runs, look again at the stop flag and the connection."""
         wakeup = self._wakeup
         if wakeup is not None:
             wakeup.wake()
@@ -2389,11 +2406,12 @@ class AMQPPusher:
                 if connection is not None:
                     try:
                         heartbeat_in = connection.keep_alive(self.clock() + self.timeout)
-                        if heartbeat_in is not None:
-                            wait = min(wait, heartbeat_in)
                     except (PihaceError, OSError) as exc:
-                        log.warning("connection lost: %s", self._handle_failure(exc))
-                        connection = None
+                        log.warning("while waiting for the next report: %s",
+                                    self._handle_failure(exc))
+                        continue  # a closed channel leaves the connection: look again
+                    if heartbeat_in is not None:
+                        wait = min(wait, heartbeat_in)
             self._wakeup.wait(wait, connection)  # without the lock
 
 

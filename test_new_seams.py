@@ -37,6 +37,8 @@ WHERE = "amqp://edge:***@broker:5672/"
 
 @pytest.mark.parametrize("error, where, expected", [
     (ConnectionRefusedError(111, "Connection refused"), None, "connection refused"),
+    (FileNotFoundError(2, "No such file or directory", "/etc/app.conf"), None,
+     "no such file or directory: '/etc/app.conf'"),
     (socket.gaierror(-2, "Name or service not known"), None,
      "cannot resolve the host name: Name or service not known"),
     (socket.timeout("timed out"), WHERE, f"timed out ({WHERE})"),
@@ -71,7 +73,8 @@ def test_describe_error_escapes_control_characters_from_outside():
 def test_seconds_is_the_one_rule_for_durations(value):
     with pytest.raises(ValueError) as raised:
         pihace._seconds("interval", value)
-    assert str(raised.value) == f"interval must be a positive number of seconds, got {value!r}"
+    assert str(raised.value) == ("interval must be a positive number of seconds, below a million, "
+                                 f"got {value!r}")
 
 
 def test_the_logger_prints_nothing_when_the_application_configured_no_logging(tmp_path):
@@ -198,6 +201,39 @@ def test_the_client_closes_a_channel_and_may_open_it_again(how):
     assert protocol.data_to_send() == b"\x01\x00\x01\x00\x00\x00\x05\x00\x14\x00\x0a\x00\xce"
 
 
+def test_an_ack_of_tag_0_with_multiple_confirms_everything_outstanding():
+    protocol = confirming_protocol()
+    for message_id in ("a", "b", "c"):
+        protocol.publish(1, "", "q", b"", b"\x00\x00", message_id=message_id)
+    events = feed(protocol, ack(0, multiple=True), "whole")
+    assert [(e.message_id, e.delivery_tag) for e in events] == [("a", 1), ("b", 2), ("c", 3)]
+
+
+CHANNEL_CLOSE_404 = frame(1, 1, method_payload(20, 40, b"\x01\x94" + sstr("NOT_FOUND")
+                                               + b"\x00\x3c\x00\x28"))
+
+
+@pytest.mark.parametrize("how", ["whole", "bytewise"])
+def test_a_close_from_the_broker_crossing_ours_waits_for_its_close_ok(how):
+    protocol = confirming_protocol()
+    protocol.close_channel(1)
+    protocol.data_to_send()
+    events = feed(protocol, CHANNEL_CLOSE_404, how)
+    assert [(e.name, e.args["reply_code"]) for e in events] == [("Channel.Close", 404)]
+    assert protocol.data_to_send() == frame(1, 1, method_payload(20, 41))  # answered
+    assert 1 in protocol.channels  # the broker still answers our Close
+    assert [e.name for e in feed(protocol, CHANNEL_CLOSE_OK, how)] == ["Channel.Close-Ok"]
+    assert 1 not in protocol.channels and protocol.state == "open"
+
+
+def test_a_nowait_method_awaits_no_reply():
+    protocol = opened_protocol()
+    protocol.open_channel(1)
+    feed(protocol, CHANNEL_OPEN_OK, "whole")
+    protocol.send_method(1, "Queue.Declare", queue="q", nowait=True)
+    protocol.send_method(1, "Queue.Declare", queue="r")  # allowed: nothing was awaited
+
+
 def test_one_synchronous_method_at_a_time_on_a_channel():
     protocol = opened_protocol()
     protocol.open_channel(1)
@@ -254,6 +290,21 @@ def test_blocking_connection_declares_publishes_and_collects_outcomes(rabbit, un
     finally:
         connection.close(time.monotonic() + 5)
     assert not connection.is_open
+
+
+def test_closing_a_channel_the_broker_closes_at_the_same_time(rabbit):
+    connection = open_to(rabbit.url)
+    try:
+        deadline = time.monotonic() + 10
+        connection.open_channel(1, deadline, confirm=False)
+        # published and closed in one write: the broker's Close (404) crosses ours
+        connection.protocol.publish(1, "no-such-exchange", "q", b"{}", b"\x00\x00")
+        connection.close_channel(1, deadline)
+        assert not connection.channel_is_open(1) and connection.is_open
+        connection.open_channel(1, deadline, confirm=False)
+        assert connection.channel_is_open(1)
+    finally:
+        connection.close(time.monotonic() + 5)
 
 
 def test_keep_alive_says_when_the_next_heartbeat_is_due(rabbit):
@@ -362,3 +413,44 @@ def test_a_stop_before_the_loop_is_kept_and_a_later_loop_runs_again(rabbit, uniq
     pusher.stop()
     thread.join(10)
     assert not thread.is_alive()
+
+
+def connection_names(rabbit):
+    return rabbit.ctl("list_connections", "client_properties")
+
+
+@pytest.mark.rabbit_control
+def test_the_idle_loop_keeps_alive_a_connection_another_thread_opened(rabbit, unique_queue):
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url + "?heartbeat=1", unique_queue,
+                               connection_name="idle-adopts")
+    thread = threading.Thread(target=pusher.push_forever_in_loop, args=(60,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: queue_depth(rabbit.url, unique_queue) == 1, 20, "a first report")
+        pusher.close()  # from this thread, while the loop sleeps ...
+        assert pusher.publish(b"{}") is True  # ... and a new connection, opened here
+        time.sleep(4)  # idle for four heartbeat periods: the time itself is under test
+        assert pusher.publish(b"{}") is True
+        assert pusher.connections_opened == 2  # the second one lived: its heartbeats went out
+    finally:
+        pusher.stop()
+        thread.join(10)
+
+
+@pytest.mark.rabbit_control
+def test_a_channel_closed_while_idle_leaves_the_connection_alive(rabbit):
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url + "?heartbeat=1", "q",
+                               exchange="no-such-exchange", confirm=False,
+                               connection_name="idle-channel-closed")
+    thread = threading.Thread(target=pusher.push_forever_in_loop, args=(60,), daemon=True)
+    thread.start()
+    try:
+        # the broker closes the channel (404) after the first report: noticed while idle
+        wait_until(lambda: pusher.connections_opened == 1 and not pusher._declared, 20,
+                   "the broker to close the channel")
+        time.sleep(4)  # idle for four heartbeat periods: the time itself is under test
+        assert "idle-channel-closed" in connection_names(rabbit)
+        assert pusher.connections_opened == 1
+    finally:
+        pusher.stop()
+        thread.join(10)
