@@ -25,6 +25,11 @@ def pytest_configure(config):
         "rabbit_control: needs to stop, kill or rabbitmqctl the broker "
         f"(skipped when {EXTERNAL_URL_VAR} points to an external broker)",
     )
+    config.addinivalue_line(
+        "markers",
+        "slow: takes several seconds (broker restarts, kills, failover, idle windows, the "
+        "wheel build); skip locally with -m 'not slow', CI runs every test",
+    )
 
 
 class ExternalBroker:

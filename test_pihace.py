@@ -2492,6 +2492,7 @@ class LoopThread:
         return self.ended - stopped
 
 
+@pytest.mark.slow
 def test_loop_survives_a_broker_restart_and_delivers_the_outbox_in_order(fault_rabbit,
                                                                           unique_queue, caplog):
     pusher = pihace.AMQPPusher(counting_check(), fault_rabbit.url, unique_queue, timeout=2)
@@ -2520,6 +2521,7 @@ def test_loop_survives_a_broker_restart_and_delivers_the_outbox_in_order(fault_r
     assert "publishing again" in caplog.text
 
 
+@pytest.mark.slow
 def test_every_confirmed_report_survives_a_broker_kill(fault_rabbit, unique_queue):
     pusher = pihace.AMQPPusher(counting_check(), fault_rabbit.url, unique_queue, timeout=2)
     confirmed = []  # sequence numbers of the reports push() said were confirmed
@@ -2539,6 +2541,7 @@ def test_every_confirmed_report_survives_a_broker_kill(fault_rabbit, unique_queu
     assert set(confirmed) <= received, sorted(set(confirmed) - received)[:10]
 
 
+@pytest.mark.slow
 def test_failover_to_the_next_node_of_a_url_list(fault_rabbit, rabbit, unique_queue):
     pusher = pihace.AMQPPusher(counting_check(), [fault_rabbit.url, rabbit.url], unique_queue,
                                timeout=3)
@@ -2556,6 +2559,7 @@ def test_failover_to_the_next_node_of_a_url_list(fault_rabbit, rabbit, unique_qu
     pusher.close()
 
 
+@pytest.mark.slow
 def test_one_connection_when_the_interval_is_longer_than_three_heartbeats(rabbit, unique_queue):
     pusher = pihace.AMQPPusher(counting_check("heartbeats"), rabbit.url + "?heartbeat=1",
                                unique_queue, connection_name="heartbeat-test")
@@ -2569,6 +2573,7 @@ def test_one_connection_when_the_interval_is_longer_than_three_heartbeats(rabbit
     assert listing.count("heartbeat-test") == 1
 
 
+@pytest.mark.slow
 def test_memory_alarm_blocks_then_the_waiting_reports_arrive(rabbit, unique_queue, caplog):
     pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue, timeout=2)
     with caplog.at_level(logging.INFO, logger="pihace"):
@@ -2627,6 +2632,7 @@ def test_stop_event_and_ctrl_c(rabbit, unique_queue):
     assert delivered in ([4], [4, 5])  # the fifth if the Ctrl-C came after its check
 
 
+@pytest.mark.slow
 def test_cadence_is_fixed_not_interval_plus_work(rabbit, unique_queue):
     hc = counting_check()
     hc.register("slow", lambda: time.sleep(0.3) or True)  # simulated work, not synchronisation
@@ -2702,6 +2708,7 @@ def connection_names(rabbit):
 
 
 @pytest.mark.rabbit_control
+@pytest.mark.slow
 def test_the_idle_loop_keeps_alive_a_connection_another_thread_opened(rabbit, unique_queue):
     pusher = pihace.AMQPPusher(counting_check(), rabbit.url + "?heartbeat=1", unique_queue,
                                connection_name="idle-adopts")
@@ -2720,6 +2727,7 @@ def test_the_idle_loop_keeps_alive_a_connection_another_thread_opened(rabbit, un
 
 
 @pytest.mark.rabbit_control
+@pytest.mark.slow
 def test_a_channel_closed_while_idle_leaves_the_connection_alive(rabbit):
     pusher = pihace.AMQPPusher(counting_check(), rabbit.url + "?heartbeat=1", "q",
                                exchange="no-such-exchange", confirm=False,
@@ -2812,6 +2820,7 @@ def test_a_host_name_the_idna_codec_refuses_is_a_reason_not_a_raise():
     assert result[0] is False and "invalid host name" in result[1]
 
 
+@pytest.mark.slow
 def test_the_password_never_leaks_on_any_failure_path(rabbit, fake_broker, caplog):
     password = "Pa55-w0rd-never-shown"
     base = rabbit.url.replace("guest:guest", f"guest:{password}")
@@ -3085,6 +3094,7 @@ def test_a_push_loop_stops_cleanly_on_sigterm_and_ctrl_c(lone_copy, rabbit, uniq
 # packaging
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_wheel_installs_the_module_the_console_script_and_the_system_extra(tmp_path):
     import zipfile
 
