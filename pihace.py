@@ -1274,7 +1274,8 @@ class AMQPProtocol:
             if frame is None:
                 if self._ended:
                     self._ended = False
-                    if self._decoder.pending or self._content:
+                    if self.state != "closed" and (self._decoder.pending or self._content):
+                        # (once closed, what followed the Close is ignored, whole or cut)
                         raise RemoteProtocolError("the connection ended in the middle of a frame")
                     self.state = "closed"
                     return ConnectionLost()

@@ -64,6 +64,11 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+# Its own generator: pytest-randomly reseeds the global one before every test, which would
+# make every test (and every session with the same seed) try the same ports first.
+_ports = random.Random()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now and not handed out before.
 
@@ -75,7 +80,7 @@ def free_port() -> int:
     if high - low < 1000:  # odd ip_local_port_range: use the whole range
         low, high = 1024, 65536
     for _ in range(1000):
-        port = random.randrange(low, high)
+        port = _ports.randrange(low, high)
         if port in _AVOID_PORTS or port in _reserved_ports:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

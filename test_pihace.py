@@ -1159,6 +1159,18 @@ def test_broker_close_queues_close_ok_and_is_an_event(how):
     assert protocol.state == "closed"
 
 
+@pytest.mark.parametrize("after", [b"", HEARTBEAT, HEARTBEAT[:3]])
+def test_the_end_of_the_stream_after_a_broker_close_is_clean_whatever_followed_it(after):
+    protocol = opened_protocol()
+    connection_close = frame(1, 0, method_payload(10, 50, b"\x01\x40" + sstr("CONNECTION_FORCED")
+                                                  + b"\x00\x00\x00\x00"))
+    protocol.receive_data(connection_close + after)  # in the same chunk as the Close
+    assert protocol.next_event().name == "Connection.Close"
+    protocol.receive_data(b"")
+    assert isinstance(protocol.next_event(), pihace.ConnectionLost)
+    assert protocol.next_event() is None
+
+
 @pytest.mark.parametrize("how", HOW)
 def test_heartbeats_are_sent_and_silence_is_noticed(how):
     protocol = opened_protocol(heartbeat=10)  # its last bytes went both ways at time 0
