@@ -1475,8 +1475,8 @@ class AMQPProtocol:
 
     def _require_open(self, what, channel=None):
         """The _Channel of `channel` if given, once the connection (and it) are open."""
-        self._refuse_if_broken(what)
         if self.state != "open":
+            self._refuse_if_broken(what)
             raise LocalProtocolError(f"cannot {what}: the connection is {self.state}")
         if channel is None:
             return None
@@ -1653,7 +1653,7 @@ def _client_properties(connection_name):
 def _wait_io(socks, writing, timeout):
     """Wait until one of `socks` can be read (or written): poll() where there is one,
     since select() fails past file descriptor 1024. False when the time ran out."""
-    timeout = min(max(0.0, timeout), 1e6)
+    timeout = 0.0 if timeout < 0 else min(timeout, 1e6)
     if hasattr(select, "poll"):
         poller = select.poll()
         for sock in socks:
@@ -1696,7 +1696,7 @@ class BlockingConnection:
         return self.protocol.blocked
 
     def channel_is_open(self, channel):
-        return self.is_open and self.protocol.channel_is_open(channel)
+        return self.sock is not None and self.protocol.channel_is_open(channel)
 
     def _time_left(self, deadline, doing):
         left = deadline - self.clock()
@@ -1768,7 +1768,10 @@ class BlockingConnection:
 
     def send_pending(self, deadline):
         """Send what the protocol has queued, all of it before the deadline."""
-        data = memoryview(self.protocol.data_to_send(self.clock()))
+        data = self.protocol.data_to_send(self.clock())
+        if not data:
+            return
+        data = memoryview(data)
         try:
             while data:
                 try:
@@ -1797,10 +1800,10 @@ class BlockingConnection:
     def keep_alive(self, send_deadline):
         """Handle what the broker has sent, then send a heartbeat if one is due, without
         waiting for the broker. The seconds until the next heartbeat is due, or None."""
-        self._receive(0.0)
-        while self._buffered():  # TLS may hold more decrypted bytes than one recv() took
-            self._receive(0.0)
-        self._handle_events()
+        if self._receive(0.0):
+            while self._buffered():  # TLS may hold more decrypted bytes than one recv() took
+                self._receive(0.0)
+            self._handle_events()
         return self._send_queued(send_deadline)
 
     def _send_queued(self, deadline):
@@ -1811,13 +1814,15 @@ class BlockingConnection:
         return heartbeat_in
 
     def _receive(self, wait):
-        """Wait up to `wait` seconds for the broker's bytes, and feed them in."""
-        if self._buffered() or _wait_io([self.sock], False, wait):
-            try:
-                data = self.sock.recv(1 << 16)
-            except self._would_block:  # TLS: only part of a record has come
-                return
-            self.protocol.receive_data(data, self.clock())
+        """Wait up to `wait` seconds for the broker's bytes, and feed them in; were there any?"""
+        if not (self._buffered() or _wait_io([self.sock], False, wait)):
+            return False
+        try:
+            data = self.sock.recv(1 << 16)
+        except self._would_block:  # TLS: only part of a record has come
+            return False
+        self.protocol.receive_data(data, self.clock())
+        return True
 
     def _buffered(self):
         """Does TLS hold bytes it already decrypted (which poll() cannot see)?"""
@@ -1920,7 +1925,8 @@ class BlockingConnection:
                 self.send_pending(deadline)
         try:
             self.send_pending(deadline)
-            self.wait_for(lambda: not self._awaited, deadline, "for the broker to confirm")
+            if self._awaited:
+                self.wait_for(lambda: not self._awaited, deadline, "for the broker to confirm")
         except TimeoutError:
             if self.blocked is None:
                 raise  # a broker that does not answer: the caller drops the connection
@@ -2149,7 +2155,7 @@ class AMQPPusher:
                 connection.keep_alive(deadline)  # notice a Close, or a dead socket, first
             except (PihaceError, OSError) as exc:
                 log.warning("connection lost, opening a new one: %s", self._handle_failure(exc))
-        connection = self._connection
+                connection = self._connection  # still there after a channel was closed
         if connection is None or not connection.is_open:
             self._drop()
             connection = self._connect(deadline)
