@@ -26,18 +26,17 @@ import itertools
 import math
 import os
 import queue
-import random
 import select
-import shutil
 import struct
 import sys
 import threading
 import time
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-# Imported where they are used, because of what they cost (bench/bench_check.py):
-# logging (about 6 ms), socket (4 ms) and json (2 ms) would take most of the 15 ms
-# import budget; asyncio, ssl, argparse, http.client and platform serve few callers.
+# Imported where they are used, because of what they cost: logging (about 6 ms),
+# socket (4 ms), json (2 ms) and, on an interpreter that has not loaded re at start
+# (Debian's python3), urllib.parse and shutil (5 ms each) and random (3 ms) would take
+# most of the 15 ms import budget (bench/bench_check.py); asyncio, ssl, argparse,
+# http.client and platform serve few callers.
 
 try:
     import psutil
@@ -267,6 +266,8 @@ class SystemInfo:
 
     def disk(self):
         """(percent used, bytes free) of the disk holding disk_path, or (None, None)."""
+        import shutil  # here, not at the top: slow to import (see the imports)
+
         try:
             usage = shutil.disk_usage(self.disk_path)
             return round(usage.used / (usage.used + usage.free) * 100, 1), usage.free
@@ -694,6 +695,8 @@ class HTTP:
     """
 
     def __init__(self, url, timeout=5):
+        from urllib.parse import urlsplit  # here, not at the top: slow to import
+
         try:
             parts = urlsplit(url)
             valid = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
@@ -740,6 +743,8 @@ class Disk:
                                         lambda v: 0 <= v <= 100, "a percentage from 0 to 100")
 
     def __call__(self):
+        import shutil  # here, not at the top: slow to import (see the imports)
+
         try:
             usage = shutil.disk_usage(self.path)
         except OSError as exc:
@@ -1559,6 +1564,8 @@ class AMQPParameters:
     TLS_KEYS = ("cacertfile", "certfile", "keyfile", "verify", "server_name_indication")
 
     def __init__(self, url):
+        from urllib.parse import parse_qsl, unquote, urlsplit  # here: slow to import
+
         if not isinstance(url, str):
             raise TypeError(f"amqp_url must be a string, got {type(url).__name__}")
         parts = urlsplit(url.strip())
@@ -1629,6 +1636,8 @@ class AMQPParameters:
     @property
     def safe_url(self):
         """The URL with the password masked: safe to print and log."""
+        from urllib.parse import quote  # here, not at the top: slow to import
+
         host = f"[{self.host}]" if ":" in self.host else self.host
         vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
         scheme = "amqps" if self.tls else "amqp"
@@ -2344,6 +2353,8 @@ class AMQPPusher:
         way out the outbox gets a short last chance and the connection is
         closed cleanly.
         """
+        import random  # here, not at the top: slow to import, and only the loop needs it
+
         interval = _seconds("interval", interval)
         next_report, retry_at, failures = self.clock(), math.inf, 0
         self._wakeup = Wakeup()
@@ -2484,6 +2495,8 @@ def _checker(kind, spec, http_timeout):
 
 def _amqp_urls(urls, password):
     """--url (else PIHACE_AMQP_URL), with PIHACE_AMQP_PASSWORD percent-encoded into each."""
+    from urllib.parse import quote, urlsplit  # here, not at the top: slow to import
+
     urls = urls or [os.environ.get("PIHACE_AMQP_URL") or ""]
     if not urls[0]:
         raise ValueError("push needs --url or PIHACE_AMQP_URL")
