@@ -179,6 +179,11 @@ _CONTROL_ESCAPES = {code: repr(chr(code))[1:-1]
                     for code in itertools.chain(range(32), range(127, 160))}
 
 
+def _printable(text):
+    """Text from outside, safe for a terminal or a log line: control characters escaped."""
+    return str(text).translate(_CONTROL_ESCAPES)
+
+
 def describe_error(exc, where=None):
     """What went wrong, in one line for people.
 
@@ -207,7 +212,7 @@ def describe_error(exc, where=None):
         reason += f"; {hint} of {where}"
     elif where and not isinstance(exc, (PublishError, _ClosedByBroker)):
         reason += f" ({where})"
-    return reason.translate(_CONTROL_ESCAPES)
+    return _printable(reason)
 
 
 # ---------------------------------------------------------------------------
@@ -588,7 +593,7 @@ class HealthCheck:
             "duration": 0.0,  # set at the end; here for the order of the keys
             "system": self.system_info.read() if self.with_system else None,
             "component": {"name": self.component_name, "version": self.component_version}
-            if self.component_name and self.component_version else None,
+            if self.component_name else None,  # pihace 1.0.0: None without a version
             "checks": dict(checks),
         }
         report["duration"] = time.perf_counter() - start
@@ -623,13 +628,15 @@ def format_report(report, output="dict", pretty=True):
              f"Timestamp: {report['timestamp']}"]
     if report["failure"]:
         lines.append("Failures:")
-        lines.extend(f" - {name}: {reason}" for name, reason in report["failure"].items())
+        lines.extend(f" - {_printable(name)}: {_printable(reason)}"
+                     for name, reason in report["failure"].items())
     if report["component"]:
-        lines.append("Component: {name} {version}".format_map(report["component"]))
+        lines.append("Component: " + " ".join(_printable(part) for part in (
+            report["component"]["name"], report["component"]["version"]) if part is not None))
     if report["system"]:
         lines.append("System: CPU {cpu_usage}, Mem {memory_usage}, Disk {disk_usage}, Free Mem: "
                      "{memory_available}, Python {python_version}, OS: {os}".format_map(report["system"]))
-    return "\n".join(lines)
+    return "\n".join(lines)  # one line each: names and reasons can forge none
 
 
 # ---------------------------------------------------------------------------
@@ -1556,12 +1563,21 @@ class AMQPProtocol:
 # transport: the AMQP client's only code that touches sockets, TLS and poll()
 # ---------------------------------------------------------------------------
 
+def _is_host_name(name):
+    """Can `name` go out as a TLS server name (IDNA, no NUL)?"""
+    try:
+        return bool(name) and "\x00" not in name and bool(name.encode("idna"))
+    except UnicodeError:
+        return False
+
+
 class AMQPParameters:
     """Where and how to connect, parsed from an amqp:// or amqps:// URL."""
 
     NUMBER_KEYS = {"heartbeat": (0, 65535), "connection_timeout": (1e-3, 1e6),
                    "frame_max": (8192, 2 ** 31), "channel_max": (1, 65535)}
-    TLS_KEYS = ("cacertfile", "certfile", "keyfile", "verify", "server_name_indication")
+    TLS_KEYS = ("cacertfile", "certfile", "keyfile", "keyfile_password", "verify",
+                "server_name_indication")
 
     def __init__(self, url):
         from urllib.parse import parse_qsl, unquote, urlsplit  # here: slow to import
@@ -1592,6 +1608,7 @@ class AMQPParameters:
         self.vhost = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path) or "/"
         self.heartbeat = self.connection_timeout = self.frame_max = self.channel_max = None
         self.cacertfile = self.certfile = self.keyfile = self.server_name_indication = None
+        self.keyfile_password = None  # for an encrypted keyfile; never asked for on a terminal
         self.verify = "verify_peer"
         self._ssl_context = None
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -1618,6 +1635,10 @@ class AMQPParameters:
             setattr(self, key, number)
         if self.keyfile and not self.certfile:
             raise ValueError("amqp_url has a keyfile but no certfile")
+        if self.server_name_indication is not None and not _is_host_name(
+                self.server_name_indication):
+            raise ValueError(f"amqp_url query key server_name_indication must be a host name, "
+                             f"got {_printable(repr(self.server_name_indication))}")
 
     def ssl_context(self):
         """The TLS settings of the URL's query (made once): verified by default."""
@@ -1629,9 +1650,28 @@ class AMQPParameters:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
             if self.certfile:
-                context.load_cert_chain(self.certfile, self.keyfile)
+                self._load_client_certificate(context, ssl)
             self._ssl_context = context
         return self._ssl_context
+
+    def _load_client_certificate(self, context, ssl):
+        asked = []
+
+        def password():  # OpenSSL asks only for an encrypted key: never on the terminal
+            asked.append(True)
+            return self.keyfile_password or ""
+
+        try:
+            context.load_cert_chain(self.certfile, self.keyfile, password=password)
+        except ssl.SSLError:
+            if not asked:
+                raise
+            key = self.keyfile or self.certfile
+            raise ssl.SSLError(
+                f"the key file {key!r} is encrypted: give its password as keyfile_password= "
+                "in the URL's query, or pass an ssl_context" if self.keyfile_password is None
+                else f"the key file {key!r} cannot be decrypted with its keyfile_password"
+            ) from None
 
     @property
     def safe_url(self):
@@ -1877,8 +1917,9 @@ class BlockingConnection:
         if isinstance(event, Nacked):
             outcome = (False, "the broker refused the message (Basic.Nack)")
         elif isinstance(event, Returned):
-            outcome = (True, f"the broker could not route the message: {event.reply_text} "
-                             f"(exchange {event.exchange!r}, routing key {event.routing_key!r})")
+            outcome = (True, "the broker could not route the message: " + _printable(
+                f"{event.reply_text} (exchange {event.exchange!r}, routing key "
+                f"{event.routing_key!r})"))
         else:
             outcome = (True, None)
         self._outcomes[event.message_id] = outcome
@@ -2021,6 +2062,10 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
                      describe_error(exc, parameters.safe_url), endpoints[-left + 1].safe_url)
             continue
         log.info("connected to %s", parameters.safe_url)
+        if connection.protocol.mechanism == "EXTERNAL" and parameters.username != "guest":
+            log.warning("the user name %r of %s is not used: with SASL EXTERNAL the broker "
+                        "logs in as its TLS client certificate says", parameters.username,
+                        parameters.safe_url)
         return connection
 
 
@@ -2364,10 +2409,10 @@ class AMQPPusher:
                 now = self.clock()
                 result = None
                 if now >= next_report:
-                    result = self.push()
+                    result = self._survive(self.push)
                     next_report += interval * (1 + (now - next_report) // interval)
                 elif now >= retry_at:
-                    result = self.flush()  # fails fast while the broker blocks publishers
+                    result = self._survive(self.flush)  # fails fast while the broker blocks
                 if result is True:
                     if failures:
                         log.warning("publishing again through %s after %d failed attempt(s)",
@@ -2392,6 +2437,26 @@ class AMQPPusher:
             wakeup, self._wakeup = self._wakeup, None
             wakeup.close()
             self._stop_requested = False  # ready for another run
+
+    def _survive(self, step):
+        """step()'s result; an unexpected exception (a bug) is logged with its traceback,
+        passwords masked, and counts as a failed round: the loop goes on."""
+        try:
+            return step()
+        except Exception as exc:
+            import traceback  # here, not at the top: only a bug needs them
+            from urllib.parse import quote
+
+            reason = describe_error(exc)
+            text = reason + "\n" + "".join(
+                traceback.format_exception(type(exc), exc, exc.__traceback__))
+            for password in {p.password for p in self.endpoints if p.password_given}:
+                if password:
+                    text = text.replace(password, "***").replace(quote(password, safe=""), "***")
+            reason, _, trace = text.partition("\n")
+            log.error("unexpected error in the push loop (a bug: please report it); the loop "
+                      "goes on: %s\n%s", reason, "\n".join(map(_printable, trace.splitlines())))
+            return False, reason
 
     def stop(self):
         """End push_forever_in_loop at once; from any thread, or a signal handler."""
@@ -2543,6 +2608,13 @@ def _parser():
     push.add_argument("--interval", type=float, metavar="SECONDS",
                       help="push every SECONDS until stopped (default: once)")
     push.add_argument("--buffer-size", type=int, default=1000, metavar="REPORTS")
+    push.add_argument("--no-declare", dest="declare", action="store_false",
+                      help="publish without declaring the queue or exchange (it exists already, "
+                      "or the user may not configure)")
+    push.add_argument("--queue-arg", action="append", default=[], metavar="KEY=VALUE",
+                      help="an argument of the declared queue, e.g. x-max-length=1000 or "
+                      "x-queue-type=quorum (a whole number is sent as one, true/false as a "
+                      "boolean); repeatable")
     return parser
 
 
@@ -2576,11 +2648,23 @@ def _pusher(args, hc):
     urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
     if args.interval is not None:
         _seconds("--interval", args.interval)
+    queue_arguments = dict(map(_queue_argument, args.queue_arg))
     try:
         return AMQPPusher(hc, urls, args.queue, exchange=args.exchange,
-                          routing_key=args.routing_key, buffer_size=args.buffer_size)
+                          routing_key=args.routing_key, buffer_size=args.buffer_size,
+                          declare=args.declare, queue_arguments=queue_arguments)
     except (TypeError, ValueError) as exc:
         raise ValueError(str(exc).replace("amqp_url", "--url")) from None
+
+
+def _queue_argument(spec):
+    """(key, value) from --queue-arg KEY=VALUE: a whole number as an int, true/false as a bool."""
+    key, equals, value = spec.partition("=")
+    if not key or not equals:
+        raise ValueError(f"--queue-arg: expected KEY=VALUE, got {_printable(repr(spec))}")
+    if value.lstrip("-").isdigit():
+        return key, int(value)
+    return key, {"true": True, "false": False}.get(value, value)
 
 
 def _push(pusher):

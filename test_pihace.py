@@ -467,7 +467,9 @@ def test_report_keys_timestamp_component_and_checks():
     assert isinstance(report["duration"], float)
     check = report["checks"]["example"]
     assert check["status"] == "pass" and check["attempts"] == 1 and check["message"] == "fine"
-    assert pihace.HealthCheck(name="only-name").check()["component"] is None
+    assert pihace.HealthCheck(name="only-name").check()["component"] == {  # who sent it
+        "name": "only-name", "version": None}
+    assert pihace.HealthCheck(version="1.0").check()["component"] is None
 
 
 def test_timestamp_is_utc():
@@ -514,6 +516,16 @@ def test_register_validates_its_arguments():
     assert "retries" in str(raised.value)
     assert hc.checkers == {}
 
+
+def test_the_text_format_escapes_names_and_reasons_so_none_can_forge_a_line():
+    hc = pihace.HealthCheck(name="app\x1b[2J", version="1\n2")
+    hc.register("db\nStatus: Available", lambda: (False, "\x1b[32mgreen\r\nforged\x9b"))
+    lines = hc.check(output="str").split("\n")
+    assert lines[0].startswith("Status: Unavailable (0/1 healthy)")
+    assert lines[2:] == ["Failures:",
+                         " - db\\nStatus: Available: \\x1b[32mgreen\\r\\nforged\\x9b",
+                         "Component: app\\x1b[2J 1\\n2"]
+    assert all(line.isprintable() for line in lines)
 
 # ---------------------------------------------------------------------------
 # health checks: the checker contract
@@ -1833,6 +1845,14 @@ def test_repr_masks_the_password():
     assert "sekrit" not in repr(pusher) + repr(pusher.parameters)
 
 
+@pytest.mark.parametrize("sni", ["bad\x00host", "a" * 64 + ".example", "", "\u00e9" * 70])
+def test_a_server_name_that_cannot_be_sent_is_a_value_error_at_construction(sni):
+    from urllib.parse import quote
+
+    with pytest.raises(ValueError) as raised:
+        pihace.AMQPPusher(None, f"amqps://h/?server_name_indication={quote(sni)}")
+    assert "server_name_indication must be a host name" in str(raised.value)
+
 # ---------------------------------------------------------------------------
 # transport: a scripted fake broker on loopback, for what a real one cannot do
 # ---------------------------------------------------------------------------
@@ -2141,9 +2161,15 @@ def test_tls_with_an_ssl_context(fault_rabbit, tls_files, tls_guest, unique_queu
         assert pusher.publish(b"{}") is True
 
 
+def client_certificate_user(node):
+    """The broker user that the test client certificate logs in as (SASL EXTERNAL)."""
+    if "pihace-client" not in node.ctl("list_users"):
+        node.ctl("add_user", "pihace-client", "unused-password")
+        node.ctl("set_permissions", "pihace-client", ".*", ".*", ".*")
+
+
 def test_tls_client_certificate_logs_in_with_external(fault_rabbit, tls_files, unique_queue):
-    fault_rabbit.ctl("add_user", "pihace-client", "unused-password")
-    fault_rabbit.ctl("set_permissions", "pihace-client", ".*", ".*", ".*")
+    client_certificate_user(fault_rabbit)
     query = (f"?cacertfile={tls_files['ca']}&certfile={tls_files['client']}"
              f"&keyfile={tls_files['client_key']}")
     with pihace.AMQPPusher(None, tls_url(fault_rabbit, credentials="", query=query),
@@ -2197,6 +2223,57 @@ def test_ssl_is_imported_only_when_tls_is_used(lone_copy):
     result = run_python(code, cwd=lone_copy)
     assert result.stdout.strip() == "False", result.stderr
 
+
+@pytest.fixture
+def encrypted_client_key(tls_files, tmp_path):
+    """The client certificate's key, encrypted with the password k3y-secret."""
+    from cryptography.hazmat.primitives import serialization
+
+    with open(tls_files["client_key"], "rb") as plain:
+        key = serialization.load_pem_private_key(plain.read(), None)
+    path = tmp_path / "client-key-encrypted.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.BestAvailableEncryption(b"k3y-secret")))
+    return str(path)
+
+
+@pytest.mark.parametrize("password, expected", [
+    (None, "is encrypted: give its password as keyfile_password="),
+    ("wrong", "cannot be decrypted with its keyfile_password"),
+    ("k3y-secret", "True"),
+])
+def test_an_encrypted_key_file_never_prompts(fault_rabbit, tls_files, encrypted_client_key,
+                                            unique_queue, password, expected):
+    client_certificate_user(fault_rabbit)
+    query = (f"?cacertfile={tls_files['ca']}&certfile={tls_files['client']}"
+             f"&keyfile={encrypted_client_key}"
+             + (f"&keyfile_password={password}" if password else ""))
+    code = ("import pihace\n"
+            f"pusher = pihace.AMQPPusher(None, {tls_url(fault_rabbit, credentials='', query=query)!r},"
+            f" {unique_queue!r}, timeout=5)\n"
+            "print(pusher.publish(b'{}'))\n")
+    # no terminal to prompt on, and no input: a prompt would fail or hang, never ask us
+    result = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True,
+                            text=True, stdin=subprocess.DEVNULL, start_new_session=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
+    assert "k3y-secret" not in result.stdout + result.stderr
+
+
+def test_with_sasl_external_a_user_name_in_the_url_is_said_to_be_unused(fault_rabbit, tls_files,
+                                                                         unique_queue, caplog):
+    client_certificate_user(fault_rabbit)
+    query = (f"?cacertfile={tls_files['ca']}&certfile={tls_files['client']}"
+             f"&keyfile={tls_files['client_key']}")
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        with pihace.AMQPPusher(None, tls_url(fault_rabbit, credentials="nobody@", query=query),
+                               unique_queue) as pusher:
+            assert pusher.publish(b"{}") is True
+    assert "the user name 'nobody' of amqps://nobody:***@" in caplog.text
+    assert "with SASL EXTERNAL the broker logs in as its TLS client certificate says" \
+        in caplog.text
 
 # ---------------------------------------------------------------------------
 # pusher: arguments, checked before any I/O
@@ -2758,6 +2835,35 @@ def test_a_channel_closed_while_idle_leaves_the_connection_alive(rabbit):
         thread.join(10)
 
 
+class FailsOnce(pihace.HealthCheck):
+    """A HealthCheck whose second check() raises: a bug in one round."""
+
+    def __init__(self):
+        super().__init__(name="fails-once", version="1")
+        self.calls = itertools.count(1)
+
+    def check(self, output="dict", pretty=True):
+        if next(self.calls) == 2:
+            raise RuntimeError("bug, with the password sekrit-loop in its message")
+        return super().check(output, pretty)
+
+
+def test_an_unexpected_error_in_one_round_is_logged_and_the_loop_goes_on(rabbit, unique_queue,
+                                                                         closed_port, caplog):
+    urls = [rabbit.url, f"amqp://u:sekrit-loop@127.0.0.1:{closed_port}/"]
+    pusher = pihace.AMQPPusher(FailsOnce(), urls, unique_queue)
+    with caplog.at_level(logging.ERROR, logger="pihace"):
+        loop = LoopThread(pusher, 0.2)
+        try:
+            wait_until(lambda: queue_depth(rabbit.url, unique_queue) >= 2, 20,
+                       "a report after the round that failed")
+        finally:
+            loop.stop()
+    assert "unexpected error in the push loop (a bug: please report it); the loop goes on: " \
+           "RuntimeError: bug, with the password *** in its message" in caplog.text
+    assert "Traceback (most recent call last)" in caplog.text
+    assert "sekrit-loop" not in caplog.text
+
 # ---------------------------------------------------------------------------
 # pusher: edge cases found in review
 # ---------------------------------------------------------------------------
@@ -2983,6 +3089,10 @@ def test_main_help_and_version(capsys):
     (["push", "--url", "http://u:sekrit@h/"], "--url must start with amqp://"),
     (["push", "--url", "amqp://h/", "--interval", "0"], "--interval must be a positive number"),
     (["push", "--url", "amqp://h/", "--buffer-size", "0"], "buffer_size must be an integer >= 1"),
+    (["push", "--url", "amqp://h/", "--interval", "inf"],
+     "--interval must be a positive number of seconds, below a million, got inf"),
+    (["push", "--url", "amqp://h/", "--queue-arg", "x-max-length"],
+     "--queue-arg: expected KEY=VALUE, got 'x-max-length'"),
 ])
 def test_bad_arguments_are_one_line_and_exit_code_3(capsys, monkeypatch, args, words):
     monkeypatch.delenv("PIHACE_AMQP_URL", raising=False)
@@ -3032,6 +3142,35 @@ def test_main_push_once(capsys, rabbit, unique_queue, get_message, web):
     assert report["component"] == {"name": "cli", "version": "1"}
     assert report["checks"]["w"]["status"] == "pass" and report["system"] is not None
     assert properties.headers == {"status": "Available"}
+
+
+@pytest.mark.parametrize("options, declared", [
+    (["--queue-arg", "x-max-length=5", "--queue-arg", "x-overflow=reject-publish"], True),
+    (["--no-declare"], False),
+])
+def test_main_push_to_a_queue_an_operator_declared_with_arguments(capsys, rabbit, unique_queue,
+                                                                 pika_channel, options, declared):
+    pika_channel.queue_declare(unique_queue, durable=True,
+                               arguments={"x-max-length": 5, "x-overflow": "reject-publish"})
+    assert run_main(capsys, "push", "--url", rabbit.url, "--queue", unique_queue,
+                    "--no-system")[0] == 2  # declared without them: PRECONDITION_FAILED
+    code, out, err = run_main(capsys, "push", "--url", rabbit.url, "--queue", unique_queue,
+                              "--no-system", *options)
+    assert (code, out, err) == (0, "", "")
+    assert queue_depth(rabbit.url, unique_queue) == 1
+
+
+def test_queue_arguments_from_the_command_line_are_typed():
+    assert [pihace._queue_argument(spec) for spec in (
+        "x-max-length=1000", "x-queue-type=quorum", "x-single-active-consumer=true",
+        "x-message-ttl=-1", "name=a=b")] == [
+        ("x-max-length", 1000), ("x-queue-type", "quorum"), ("x-single-active-consumer", True),
+        ("x-message-ttl", -1), ("name", "a=b")]
+
+
+def test_a_report_with_only_a_name_still_says_who_sent_it(capsys):
+    code, out, _ = run_main(capsys, "check", "--no-system", "--name", "edge-17")
+    assert code == 0 and json.loads(out)["component"] == {"name": "edge-17", "version": None}
 
 
 def test_amqp_urls_take_the_password_from_the_environment_percent_encoded():
@@ -3105,6 +3244,26 @@ def test_a_push_loop_stops_cleanly_on_sigterm_and_ctrl_c(lone_copy, rabbit, uniq
 # ---------------------------------------------------------------------------
 # packaging
 # ---------------------------------------------------------------------------
+
+def readme_systemd_unit():
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as readme:
+        return re.search(r"```ini\n(# /etc/systemd/system/pihace.service\n.*?)```",
+                         readme.read(), re.S).group(1)
+
+
+def test_the_readmes_systemd_unit_has_no_comment_inside_a_value(tmp_path):
+    # systemd reads # and ; as comments only at the start of a line: after a value they
+    # are part of it (an EnvironmentFile named "/etc/pihace/secret  # ...")
+    unit = readme_systemd_unit()
+    for line in unit.splitlines():
+        if "=" in line and not line.startswith(("#", ";")):
+            assert "#" not in line and ";" not in line, line
+    path = tmp_path / "pihace.service"
+    path.write_text(unit)
+    result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
 
 @pytest.mark.slow
 def test_the_wheel_installs_the_module_the_console_script_and_the_system_extra(tmp_path):
