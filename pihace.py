@@ -1568,7 +1568,14 @@ class AMQPParameters:
 
         if not isinstance(url, str):
             raise TypeError(f"amqp_url must be a string, got {type(url).__name__}")
-        parts = urlsplit(url.strip())
+        try:
+            parts = urlsplit(url.strip())
+        except ValueError:  # its message quotes the user name, password and host
+            parts = None
+        if parts is None:  # raised here, not in the except: no __context__ to quote them either
+            raise ValueError("amqp_url is not a valid URL (not shown: it may hold a password); "
+                             "percent-encode the user name and password, and write an IPv6 "
+                             "address in brackets")
         if "@" in parts.path + parts.query + parts.fragment:
             raise ValueError("amqp_url has an @ after the host: percent-encode '/', '?', '#' "
                              "and '@' in the user name and password (%2F, %3F, %23, %40)")

@@ -58,7 +58,8 @@ def closed_port():
 
 @pytest.fixture
 def web():
-    """A local HTTP server: /ok 200, /redirect 302 to /fail, /fail 500, /missing 404."""
+    """A local HTTP server: /ok 200, /redirect 302 to /fail, /fail 500, /missing 404; it
+    records each request's path and Authorization header."""
     import http.server
 
     answers = {"/ok": 200, "/redirect": 302, "/fail": 500, "/missing": 404}
@@ -66,6 +67,7 @@ def web():
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             server.paths.append(self.path)
+            server.authorizations.append(self.headers.get("Authorization"))
             self.send_response(answers.get(self.path, 404))
             if self.path == "/redirect":
                 self.send_header("Location", "/fail")
@@ -76,7 +78,7 @@ def web():
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.paths = []
+    server.paths, server.authorizations = [], []
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -134,6 +136,27 @@ def counting_check(name="loop"):
 
 def sequence(body):
     return int(json.loads(body)["checks"]["n"]["message"])
+
+
+# Passwords that break naive URL handling: what urllib.parse and ipaddress quote back in their
+# errors (a full-width ＠ or ：, ℀, brackets), URL delimiters, %, spaces, non-ASCII. Each holds
+# the marker SECRET at least once, so a test can look for any piece of it, not only the whole.
+SECRET = "sekrit"
+_password_pieces = st.one_of(st.just(SECRET), st.sampled_from(list("＠：℀[]@:/?#% é\u00a0\t")),
+                             st.text(max_size=3))
+hostile_passwords = st.tuples(st.lists(_password_pieces, max_size=6),
+                              st.lists(_password_pieces, max_size=6)).map(
+    lambda halves: "".join(halves[0]) + SECRET + "".join(halves[1]))
+
+
+def exception_texts(exc):
+    """str() and repr() of an exception and of every exception chained to it."""
+    texts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts += [str(exc), repr(exc)]
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(texts)
 
 
 # ---------------------------------------------------------------------------
@@ -1831,6 +1854,44 @@ def test_repr_masks_the_password():
     pusher = pihace.AMQPPusher(None, "amqp://edge:sekrit@broker:5672/prod")
     assert repr(pusher).startswith("<AMQPPusher amqp://edge:***@broker:5672/prod ")
     assert "sekrit" not in repr(pusher) + repr(pusher.parameters)
+
+
+@pytest.mark.parametrize("url", [  # urllib.parse and ipaddress quote the host part in errors
+    "amqp://user:Sekrit＠@host/",
+    "amqp://user:Sekrit：x@host/",
+    "amqp://user:Sekrit℀@host/",
+    "amqp://user:[Sekrit]@host/",
+    "amqp://user:[Sekrit@host/",
+    "amqp://user:Sekrit＠/",
+    "amqp://user:Sekrit＠/x@host/",
+    "amqp://user:123456/",  # no host: the password is read as a port, out of range
+])
+def test_urls_that_cannot_be_parsed_never_quote_the_password(url):
+    with pytest.raises(ValueError) as raised:
+        pihace.AMQPParameters(url)
+    assert "ekrit" not in exception_texts(raised.value)
+    assert "123456" not in exception_texts(raised.value)
+
+
+def test_a_numeric_password_without_a_host_is_a_host_and_port():
+    # amqp://user:12345/ is the host "user" on port 12345, as amqp://broker:5673/ is: the URL
+    # cannot say otherwise. A password needs its @host.
+    parameters = pihace.AMQPParameters("amqp://user:12345/")
+    assert (parameters.host, parameters.port, parameters.password_given) == ("user", 12345, False)
+
+
+@fuzz
+@given(password=hostile_passwords, template=st.sampled_from([
+    "amqp://user:{}@host/", "amqps://user:{}@[::1]:5671/edge?heartbeat=5",
+    "amqp://user:{}@host:99999/", "amqp://user:{}@host:x/", "amqp://user:{}@host/?nope=1"]))
+def test_no_url_puts_its_password_in_an_error_or_a_repr(password, template):
+    try:
+        parameters = pihace.AMQPParameters(template.format(password))
+    except ValueError as exc:
+        shown = exception_texts(exc)
+    else:
+        shown = f"{parameters!r} {parameters.safe_url}"
+    assert SECRET not in shown and password not in shown
 
 
 # ---------------------------------------------------------------------------
