@@ -692,19 +692,31 @@ class HTTP:
 
     Redirects are not followed (a 3xx is the service's answer), so the
     reason of a failure is the status of `url` itself, or what stopped it.
+    A user name and password in `url` are sent as HTTP basic authentication
+    (as requests and curl do) and kept out of `self.url` and every reason.
     """
 
     def __init__(self, url, timeout=5):
-        from urllib.parse import urlsplit  # here, not at the top: slow to import
+        from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
 
         try:
             parts = urlsplit(url)
             valid = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
         except (TypeError, ValueError, AttributeError):  # not a string, or a bad port
             valid = False
-        if not valid:
+        if not valid:  # the URL is not quoted: it may hold a password
             raise ValueError("url must be an http:// or https:// URL with a host and a valid port")
-        self.url, self.timeout = url, _seconds("timeout", timeout)
+        self.timeout = _seconds("timeout", timeout)
+        self._headers = {"User-Agent": f"pihace/{__version__}"}
+        userinfo, at, host = parts.netloc.rpartition("@")
+        self.url = parts._replace(netloc=host).geturl() if at else url
+        if at:
+            import base64  # here, not at the top: only URLs with credentials need it
+
+            user, _, password = userinfo.partition(":")
+            credentials = f"{unquote(user)}:{unquote(password)}".encode(
+                "utf-8", "surrogateescape")  # bytes that argv could not decode, as they came
+            self._headers["Authorization"] = f"Basic {base64.b64encode(credentials).decode()}"
         self._opener = None
 
     def __call__(self):
@@ -718,14 +730,15 @@ class HTTP:
                     return None  # urlopen() raises HTTPError with the 3xx instead
 
             self._opener = urllib.request.build_opener(NoRedirects)
-        request = urllib.request.Request(self.url, headers={"User-Agent": f"pihace/{__version__}"})
+        request = urllib.request.Request(self.url, headers=self._headers)
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 status, phrase = response.status, response.reason
         except urllib.error.HTTPError as exc:
             status, phrase = exc.code, exc.reason
             exc.close()
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException,
+                UnicodeError) as exc:  # UnicodeError: a host name the idna codec refuses
             reason = getattr(exc, "reason", exc)  # a URLError's reason: an OSError or a string
             return False, "GET failed: " + (describe_error(reason) if isinstance(reason, OSError)
                                             else _text(reason) or type(exc).__name__)

@@ -1,6 +1,7 @@
 """Tests of pihace.py, in the order of the module's sections."""
 
 import asyncio
+import base64
 import calendar
 import functools
 import itertools
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 import types
+import urllib.parse
 
 import pytest
 from hypothesis import HealthCheck as HypothesisHealthCheck
@@ -835,6 +837,36 @@ def test_http_checker_network_errors_are_reasons(closed_port):
                              timeout=0.3)()
     assert result == (False, "GET failed: timed out")
     assert time.monotonic() - started < 3
+
+
+def test_http_checker_sends_url_credentials_as_basic_auth_and_never_shows_them(web):
+    checker = pihace.HTTP(web.url.replace("//", "//us%40er:p%3Asekrit@") + "/ok")
+    assert checker() == (True, "HTTP 200 OK")
+    assert web.authorizations == ["Basic " + base64.b64encode(b"us@er:p:sekrit").decode()]
+    assert checker.url == web.url + "/ok"
+    passed, reason = pihace.HTTP("http://user:sekrit@no-such-host.invalid/")()  # no port
+    assert passed is False and "cannot resolve the host name" in reason and SECRET not in reason
+    passed, reason = pihace.HTTP("http://" + "\u00e9" * 70 + ".example/")()  # idna refuses it
+    assert passed is False and "idna" in reason
+
+
+# An unencoded / ? or # ends the user info: what follows is a path, query or fragment, where an
+# HTTP URL may hold an @ (/@scope, ?mail=a@b). AMQP URLs cannot, and refuse it.
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(password=hostile_passwords.map(lambda password: password.translate(
+    {ord(delimiter): None for delimiter in "/?#"})))
+def test_the_http_checker_never_shows_a_password_of_its_url(password):
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        closed_port = placeholder.getsockname()[1]
+    url = f"http://user:{password}@127.0.0.1:{closed_port}/"
+    try:
+        checker = pihace.HTTP(url, timeout=1)
+    except ValueError as exc:
+        shown = exception_texts(exc)
+    else:  # only where the URL really names 127.0.0.1, to ask no name server
+        asked = urllib.parse.urlsplit(checker.url).hostname == "127.0.0.1"
+        shown = f"{checker.url} {checker() if asked else ''}"
+    assert SECRET not in shown and password not in shown
 
 
 def test_disk_checker(tmp_path):
