@@ -2500,8 +2500,10 @@ def _checker(kind, spec, http_timeout):
     name, _, target = spec.partition("=")
     if not name or not target or "://" in name:
         raise ValueError(f"expected {_CHECK_OPTIONS[kind][0]}")
-    if kind in ("http", "amqp"):
-        return name, HTTP(target, http_timeout) if kind == "http" else AMQP(target)
+    if kind == "http":
+        return name, HTTP(target, http_timeout)
+    if kind == "amqp":
+        return name, AMQP(_amqp_urls([target], os.environ.get("PIHACE_AMQP_PASSWORD"))[0])
     head, _, tail = target.rpartition(":")
     if not head or not tail.replace(".", "", kind == "disk").isdigit():
         raise ValueError(f"expected {_CHECK_OPTIONS[kind][0]}, a number after the last ':'")
@@ -2514,16 +2516,22 @@ def _checker(kind, spec, http_timeout):
 
 
 def _amqp_urls(urls, password):
-    """--url (else PIHACE_AMQP_URL), with PIHACE_AMQP_PASSWORD percent-encoded into each."""
+    """The URLs of --url or --amqp (else PIHACE_AMQP_URL), with `password` (from
+    PIHACE_AMQP_PASSWORD) percent-encoded into each that has none."""
     from urllib.parse import quote, urlsplit  # here, not at the top: slow to import
 
-    urls = urls or [os.environ.get("PIHACE_AMQP_URL") or ""]
+    urls = list(urls or [os.environ.get("PIHACE_AMQP_URL") or ""])
     if not urls[0]:
         raise ValueError("push needs --url or PIHACE_AMQP_URL")
-    for index, parts in enumerate(map(urlsplit, urls if password else ())):
-        user, at, host = parts.netloc.rpartition("@")
-        user = user.partition(":")[0] if at else "guest"
-        urls[index] = parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
+    for index, url in enumerate(urls if password else ()):
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # left as it is: AMQPParameters says what is wrong, masked
+            continue
+        if parts.password is None:
+            user, at, host = parts.netloc.rpartition("@")
+            netloc = f"{user if at else 'guest'}:{quote(password, safe='')}@{host}"
+            urls[index] = parts._replace(netloc=netloc).geturl()
     return urls
 
 

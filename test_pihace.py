@@ -3085,6 +3085,25 @@ def test_bad_arguments_are_one_line_and_exit_code_3(capsys, monkeypatch, args, w
     assert words in err and "sekrit" not in err
 
 
+@pytest.mark.rabbit_control
+def test_main_check_amqp_takes_the_password_from_the_environment(capsys, monkeypatch, rabbit):
+    password = "chk-p@ss/w:rd#%-" + os.urandom(4).hex()
+    rabbit.ctl("add_user", "pihace-check", password)
+    rabbit.ctl("set_permissions", "pihace-check", ".*", ".*", ".*")
+    monkeypatch.setenv("PIHACE_AMQP_PASSWORD", password)
+    try:  # a URL without a password takes it; one with its own (guest:guest) keeps it
+        code, out, err = run_main(
+            capsys, "check", "--no-system", "--amqp",
+            f"mq={rabbit.url.replace('guest:guest@', 'pihace-check@')}", "--amqp", f"g={rabbit.url}")
+        assert (code, err) == (0, ""), out
+        report = json.loads(out)
+        assert report["checks"]["mq"]["message"].startswith("connected to amqp://pihace-check:***@")
+        assert report["checks"]["g"]["message"].startswith("connected to amqp://guest:***@")
+        assert password not in out + err and quote_all(password) not in out + err
+    finally:
+        rabbit.ctl("delete_user", "pihace-check")
+
+
 def test_cli_errors_mask_passwords_in_echoed_urls(capsys):
     code = pihace.main(["check", "--amqp", "mq", "amqp://u:s3cret-cli@h/"])
     err = capsys.readouterr().err
@@ -3129,12 +3148,15 @@ def test_main_push_once(capsys, rabbit, unique_queue, get_message, web):
 
 def test_amqp_urls_take_the_password_from_the_environment_percent_encoded():
     password = "p@ss/w:rd#%?é"
-    urls = pihace._amqp_urls(["amqp://bob@h:5673/v", "amqp://bob:old@h2/"], password)
-    for url, host in zip(urls, ("h", "h2")):
+    urls = pihace._amqp_urls(["amqp://bob@h:5673/v", "amqp://h2/", "amqp://bob:own@h3/",
+                              "amqp://bob:[x@h4/"], password)
+    expected = [("bob", password, "h"), ("guest", password, "h2"), ("bob", "own", "h3")]
+    for url, (user, password_used, host) in zip(urls, expected):
         parameters = pihace.AMQPParameters(url)
-        assert (parameters.username, parameters.password, parameters.host) == ("bob", password,
-                                                                               host)
+        assert (parameters.username, parameters.password, parameters.host) == (
+            user, password_used, host)
     assert pihace.AMQPParameters(urls[0]).vhost == "v"
+    assert urls[3] == "amqp://bob:[x@h4/"  # not a URL: AMQPParameters refuses it, masked
 
 
 def quote_all(text):
