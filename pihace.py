@@ -2535,15 +2535,23 @@ def _amqp_urls(urls, password):
     return urls
 
 
+def _mask_user_info(text):
+    """`text` with all between its first :// and the last @ after it written ***, so that no
+    piece of a URL's user name or password shows, whatever its shape (spaces, @, quotes) and
+    however many arguments argparse joined into `text`. The full-width and small commercial
+    at count as @: NFKC, which urllib applies to host parts, turns them into one."""
+    start = text.find("://") + 3
+    end = max(text.rfind(at) for at in "@\uff20\ufe6b")
+    return f"{text[:start]}***{text[end:]}" if 3 <= start <= end else text
+
+
 def _parser():
     """The pihace command's argument parser: an error is one line and exit code 3."""
     import argparse  # here, not at the top: importing pihace should not pay for it
-    import re  # argparse imports it anyway
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line and exit code 3, instead of usage and 2
-            message = re.sub(r"(//[^/:@\s]*):[^/@\s]*@", r"\1:***@", message)  # echoed URLs
-            self.exit(3, f"pihace: error: {message}\n")
+            self.exit(3, f"pihace: error: {_mask_user_info(message)}\n")  # echoes arguments
 
     common = Parser(add_help=False)
     common.add_argument("--name", help="component name in the report")

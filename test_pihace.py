@@ -3,7 +3,9 @@
 import asyncio
 import base64
 import calendar
+import contextlib
 import functools
+import io
 import itertools
 import json
 import logging
@@ -3107,7 +3109,37 @@ def test_main_check_amqp_takes_the_password_from_the_environment(capsys, monkeyp
 def test_cli_errors_mask_passwords_in_echoed_urls(capsys):
     code = pihace.main(["check", "--amqp", "mq", "amqp://u:s3cret-cli@h/"])
     err = capsys.readouterr().err
-    assert code == 3 and "s3cret-cli" not in err and "u:***@h" in err
+    assert code == 3 and "s3cret-cli" not in err and "amqp://***@h/" in err
+
+
+@pytest.mark.parametrize("args, masked", [
+    (["check", "--bogus", "amqp://u:p w-sekrit@h/"], "amqp://***@h/"),
+    (["check", "--bogus", "amqp://u:p@ss-sekrit@h/"], "amqp://***@h/"),
+    (["check", "--bogus", "amqp://u:sekrit://x@h/"], "amqp://***@h/"),
+    (["check", "--bogus", "amqp://u:sekrit\n@h/"], "amqp://***@h/"),
+    (["check", "--bogus", "amqp://u:sekrit＠/"], "amqp://***＠/"),
+    (["check", "--url=amqp://u:sekrit w@h/"], "--url=amqp://***@h/"),
+    (["check", "--format", "amqp://u:'sekrit w@h/"], "amqp://***@h/"),  # quoted with repr
+    (["push", "--interval", "amqp://u:sekrit @h/"], "invalid float value: 'amqp://***@h/'"),
+])
+def test_cli_errors_mask_url_user_info_whatever_its_shape(capsys, args, masked):
+    code, out, err = run_main(capsys, *args)
+    assert (code, out) == (3, "") and err.startswith("pihace: error: ")
+    assert masked in err and SECRET not in err and err.count("\n") == 1, err
+
+
+@fuzz
+@given(password=hostile_passwords, form=st.sampled_from([
+    ["check", "--bogus", "{}"], ["check", "{}"], ["check", "--url={}"], ["check", "--format", "{}"],
+    ["push", "--interval", "{}"], ["push", "--url", "amqp://h/", "--buffer-size", "{}"]]))
+def test_no_cli_error_echoes_a_password(password, form):
+    url = f"amqp://user:{password}@host/"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = pihace.main([arg.format(url) for arg in form])
+    out, err = out.getvalue(), err.getvalue()
+    assert (code, out) == (3, "") and err.startswith("pihace: error: ")
+    assert SECRET not in err and password not in err and err.count("\n") == 1, err
 
 
 def test_the_entry_points_of_a_lone_copy(lone_copy, web):
