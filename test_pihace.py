@@ -3093,10 +3093,10 @@ def test_main_check_amqp_takes_the_password_from_the_environment(capsys, monkeyp
     rabbit.ctl("add_user", "pihace-check", password)
     rabbit.ctl("set_permissions", "pihace-check", ".*", ".*", ".*")
     monkeypatch.setenv("PIHACE_AMQP_PASSWORD", password)
+    without_password = rabbit.url.replace("guest:guest@", "pihace-check@")
     try:  # a URL without a password takes it; one with its own (guest:guest) keeps it
-        code, out, err = run_main(
-            capsys, "check", "--no-system", "--amqp",
-            f"mq={rabbit.url.replace('guest:guest@', 'pihace-check@')}", "--amqp", f"g={rabbit.url}")
+        code, out, err = run_main(capsys, "check", "--no-system", "--amqp",
+                                  f"mq={without_password}", "--amqp", f"g={rabbit.url}")
         assert (code, err) == (0, ""), out
         report = json.loads(out)
         assert report["checks"]["mq"]["message"].startswith("connected to amqp://pihace-check:***@")
