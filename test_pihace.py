@@ -1884,12 +1884,6 @@ def test_bad_urls_name_the_problem_and_never_the_password(url, words):
     assert "sekrit" not in str(raised.value)
 
 
-def test_repr_masks_the_password():
-    pusher = pihace.AMQPPusher(None, "amqp://edge:sekrit@broker:5672/prod")
-    assert repr(pusher).startswith("<AMQPPusher amqp://edge:***@broker:5672/prod ")
-    assert "sekrit" not in repr(pusher) + repr(pusher.parameters)
-
-
 @pytest.mark.parametrize("url", [  # urllib.parse and ipaddress quote the host part in errors
     "amqp://user:Sekrit＠@host/",
     "amqp://user:Sekrit：x@host/",
@@ -1926,6 +1920,12 @@ def test_no_url_puts_its_password_in_an_error_or_a_repr(password, template):
     else:
         shown = f"{parameters!r} {parameters.safe_url}"
     assert SECRET not in shown and password not in shown
+
+
+def test_repr_masks_the_password():
+    pusher = pihace.AMQPPusher(None, "amqp://edge:sekrit@broker:5672/prod")
+    assert repr(pusher).startswith("<AMQPPusher amqp://edge:***@broker:5672/prod ")
+    assert "sekrit" not in repr(pusher) + repr(pusher.parameters)
 
 
 # ---------------------------------------------------------------------------
