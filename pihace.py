@@ -699,19 +699,31 @@ class HTTP:
 
     Redirects are not followed (a 3xx is the service's answer), so the
     reason of a failure is the status of `url` itself, or what stopped it.
+    A user name and password in `url` are sent as HTTP basic authentication
+    (as requests and curl do) and kept out of `self.url` and every reason.
     """
 
     def __init__(self, url, timeout=5):
-        from urllib.parse import urlsplit  # here, not at the top: slow to import
+        from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
 
         try:
             parts = urlsplit(url)
             valid = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
         except (TypeError, ValueError, AttributeError):  # not a string, or a bad port
             valid = False
-        if not valid:
+        if not valid:  # the URL is not quoted: it may hold a password
             raise ValueError("url must be an http:// or https:// URL with a host and a valid port")
-        self.url, self.timeout = url, _seconds("timeout", timeout)
+        self.timeout = _seconds("timeout", timeout)
+        self._headers = {"User-Agent": f"pihace/{__version__}"}
+        userinfo, at, host = parts.netloc.rpartition("@")
+        self.url = parts._replace(netloc=host).geturl() if at else url
+        if at:
+            import base64  # here, not at the top: only URLs with credentials need it
+
+            user, _, password = userinfo.partition(":")
+            credentials = f"{unquote(user)}:{unquote(password)}".encode(
+                "utf-8", "surrogateescape")  # bytes that argv could not decode, as they came
+            self._headers["Authorization"] = f"Basic {base64.b64encode(credentials).decode()}"
         self._opener = None
 
     def __call__(self):
@@ -725,14 +737,15 @@ class HTTP:
                     return None  # urlopen() raises HTTPError with the 3xx instead
 
             self._opener = urllib.request.build_opener(NoRedirects)
-        request = urllib.request.Request(self.url, headers={"User-Agent": f"pihace/{__version__}"})
+        request = urllib.request.Request(self.url, headers=self._headers)
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 status, phrase = response.status, response.reason
         except urllib.error.HTTPError as exc:
             status, phrase = exc.code, exc.reason
             exc.close()
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException,
+                UnicodeError) as exc:  # UnicodeError: a host name the idna codec refuses
             reason = getattr(exc, "reason", exc)  # a URLError's reason: an OSError or a string
             return False, "GET failed: " + (describe_error(reason) if isinstance(reason, OSError)
                                             else _text(reason) or type(exc).__name__)
@@ -1584,7 +1597,14 @@ class AMQPParameters:
 
         if not isinstance(url, str):
             raise TypeError(f"amqp_url must be a string, got {type(url).__name__}")
-        parts = urlsplit(url.strip())
+        try:
+            parts = urlsplit(url.strip())
+        except ValueError:  # its message quotes the user name, password and host
+            parts = None
+        if parts is None:  # raised here, not in the except: no __context__ to quote them either
+            raise ValueError("amqp_url is not a valid URL (not shown: it may hold a password); "
+                             "percent-encode the user name and password, and write an IPv6 "
+                             "address in brackets")
         if "@" in parts.path + parts.query + parts.fragment:
             raise ValueError("amqp_url has an @ after the host: percent-encode '/', '?', '#' "
                              "and '@' in the user name and password (%2F, %3F, %23, %40)")
@@ -2545,8 +2565,10 @@ def _checker(kind, spec, http_timeout):
     name, _, target = spec.partition("=")
     if not name or not target or "://" in name:
         raise ValueError(f"expected {_CHECK_OPTIONS[kind][0]}")
-    if kind in ("http", "amqp"):
-        return name, HTTP(target, http_timeout) if kind == "http" else AMQP(target)
+    if kind == "http":
+        return name, HTTP(target, http_timeout)
+    if kind == "amqp":
+        return name, AMQP(_amqp_urls([target], os.environ.get("PIHACE_AMQP_PASSWORD"))[0])
     head, _, tail = target.rpartition(":")
     if not head or not tail.replace(".", "", kind == "disk").isdigit():
         raise ValueError(f"expected {_CHECK_OPTIONS[kind][0]}, a number after the last ':'")
@@ -2559,28 +2581,42 @@ def _checker(kind, spec, http_timeout):
 
 
 def _amqp_urls(urls, password):
-    """--url (else PIHACE_AMQP_URL), with PIHACE_AMQP_PASSWORD percent-encoded into each."""
+    """The URLs of --url or --amqp (else PIHACE_AMQP_URL), with `password` (from
+    PIHACE_AMQP_PASSWORD) percent-encoded into each that has none."""
     from urllib.parse import quote, urlsplit  # here, not at the top: slow to import
 
-    urls = urls or [os.environ.get("PIHACE_AMQP_URL") or ""]
+    urls = list(urls or [os.environ.get("PIHACE_AMQP_URL") or ""])
     if not urls[0]:
         raise ValueError("push needs --url or PIHACE_AMQP_URL")
-    for index, parts in enumerate(map(urlsplit, urls if password else ())):
-        user, at, host = parts.netloc.rpartition("@")
-        user = user.partition(":")[0] if at else "guest"
-        urls[index] = parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
+    for index, url in enumerate(urls if password else ()):
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # left as it is: AMQPParameters says what is wrong, masked
+            continue
+        if parts.password is None:
+            user, at, host = parts.netloc.rpartition("@")
+            netloc = f"{user if at else 'guest'}:{quote(password, safe='')}@{host}"
+            urls[index] = parts._replace(netloc=netloc).geturl()
     return urls
+
+
+def _mask_user_info(text):
+    """`text` with all between its first :// and the last @ after it written ***, so that no
+    piece of a URL's user name or password shows, whatever its shape (spaces, @, quotes) and
+    however many arguments argparse joined into `text`. The full-width and small commercial
+    at count as @: NFKC, which urllib applies to host parts, turns them into one."""
+    start = text.find("://") + 3
+    end = max(text.rfind(at) for at in "@\uff20\ufe6b")
+    return f"{text[:start]}***{text[end:]}" if 3 <= start <= end else text
 
 
 def _parser():
     """The pihace command's argument parser: an error is one line and exit code 3."""
     import argparse  # here, not at the top: importing pihace should not pay for it
-    import re  # argparse imports it anyway
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line and exit code 3, instead of usage and 2
-            message = re.sub(r"(//[^/:@\s]*):[^/@\s]*@", r"\1:***@", message)  # echoed URLs
-            self.exit(3, f"pihace: error: {message}\n")
+            self.exit(3, f"pihace: error: {_mask_user_info(message)}\n")  # echoes arguments
 
     common = Parser(add_help=False)
     common.add_argument("--name", help="component name in the report")

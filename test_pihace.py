@@ -1,8 +1,11 @@
 """Tests of pihace.py, in the order of the module's sections."""
 
 import asyncio
+import base64
 import calendar
+import contextlib
 import functools
+import io
 import itertools
 import json
 import logging
@@ -17,6 +20,7 @@ import sys
 import threading
 import time
 import types
+import urllib.parse
 
 import pytest
 from hypothesis import HealthCheck as HypothesisHealthCheck
@@ -58,7 +62,8 @@ def closed_port():
 
 @pytest.fixture
 def web():
-    """A local HTTP server: /ok 200, /redirect 302 to /fail, /fail 500, /missing 404."""
+    """A local HTTP server: /ok 200, /redirect 302 to /fail, /fail 500, /missing 404; it
+    records each request's path and Authorization header."""
     import http.server
 
     answers = {"/ok": 200, "/redirect": 302, "/fail": 500, "/missing": 404}
@@ -66,6 +71,7 @@ def web():
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             server.paths.append(self.path)
+            server.authorizations.append(self.headers.get("Authorization"))
             self.send_response(answers.get(self.path, 404))
             if self.path == "/redirect":
                 self.send_header("Location", "/fail")
@@ -76,7 +82,7 @@ def web():
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.paths = []
+    server.paths, server.authorizations = [], []
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -134,6 +140,27 @@ def counting_check(name="loop"):
 
 def sequence(body):
     return int(json.loads(body)["checks"]["n"]["message"])
+
+
+# Passwords that break naive URL handling: what urllib.parse and ipaddress quote back in their
+# errors (a full-width ＠ or ：, ℀, brackets), URL delimiters, %, spaces, non-ASCII. Each holds
+# the marker SECRET at least once, so a test can look for any piece of it, not only the whole.
+SECRET = "sekrit"
+_password_pieces = st.one_of(st.just(SECRET), st.sampled_from(list("＠：℀[]@:/?#% é\u00a0\t")),
+                             st.text(max_size=3))
+hostile_passwords = st.tuples(st.lists(_password_pieces, max_size=6),
+                              st.lists(_password_pieces, max_size=6)).map(
+    lambda halves: "".join(halves[0]) + SECRET + "".join(halves[1]))
+
+
+def exception_texts(exc):
+    """str() and repr() of an exception and of every exception chained to it."""
+    texts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts += [str(exc), repr(exc)]
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(texts)
 
 
 # ---------------------------------------------------------------------------
@@ -824,6 +851,36 @@ def test_http_checker_network_errors_are_reasons(closed_port):
                              timeout=0.3)()
     assert result == (False, "GET failed: timed out")
     assert time.monotonic() - started < 3
+
+
+def test_http_checker_sends_url_credentials_as_basic_auth_and_never_shows_them(web):
+    checker = pihace.HTTP(web.url.replace("//", "//us%40er:p%3Asekrit@") + "/ok")
+    assert checker() == (True, "HTTP 200 OK")
+    assert web.authorizations == ["Basic " + base64.b64encode(b"us@er:p:sekrit").decode()]
+    assert checker.url == web.url + "/ok"
+    passed, reason = pihace.HTTP("http://user:sekrit@no-such-host.invalid/")()  # no port
+    assert passed is False and "cannot resolve the host name" in reason and SECRET not in reason
+    passed, reason = pihace.HTTP("http://" + "\u00e9" * 70 + ".example/")()  # idna refuses it
+    assert passed is False and "idna" in reason
+
+
+# An unencoded / ? or # ends the user info: what follows is a path, query or fragment, where an
+# HTTP URL may hold an @ (/@scope, ?mail=a@b). AMQP URLs cannot, and refuse it.
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(password=hostile_passwords.map(lambda password: password.translate(
+    {ord(delimiter): None for delimiter in "/?#"})))
+def test_the_http_checker_never_shows_a_password_of_its_url(password):
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        closed_port = placeholder.getsockname()[1]
+    url = f"http://user:{password}@127.0.0.1:{closed_port}/"
+    try:
+        checker = pihace.HTTP(url, timeout=1)
+    except ValueError as exc:
+        shown = exception_texts(exc)
+    else:  # only where the URL really names 127.0.0.1, to ask no name server
+        asked = urllib.parse.urlsplit(checker.url).hostname == "127.0.0.1"
+        shown = f"{checker.url} {checker() if asked else ''}"
+    assert SECRET not in shown and password not in shown
 
 
 def test_disk_checker(tmp_path):
@@ -1837,6 +1894,44 @@ def test_bad_urls_name_the_problem_and_never_the_password(url, words):
         pihace.AMQPPusher(None, url)
     assert words in str(raised.value)
     assert "sekrit" not in str(raised.value)
+
+
+@pytest.mark.parametrize("url", [  # urllib.parse and ipaddress quote the host part in errors
+    "amqp://user:Sekrit＠@host/",
+    "amqp://user:Sekrit：x@host/",
+    "amqp://user:Sekrit℀@host/",
+    "amqp://user:[Sekrit]@host/",
+    "amqp://user:[Sekrit@host/",
+    "amqp://user:Sekrit＠/",
+    "amqp://user:Sekrit＠/x@host/",
+    "amqp://user:123456/",  # no host: the password is read as a port, out of range
+])
+def test_urls_that_cannot_be_parsed_never_quote_the_password(url):
+    with pytest.raises(ValueError) as raised:
+        pihace.AMQPParameters(url)
+    assert "ekrit" not in exception_texts(raised.value)
+    assert "123456" not in exception_texts(raised.value)
+
+
+def test_a_numeric_password_without_a_host_is_a_host_and_port():
+    # amqp://user:12345/ is the host "user" on port 12345, as amqp://broker:5673/ is: the URL
+    # cannot say otherwise. A password needs its @host.
+    parameters = pihace.AMQPParameters("amqp://user:12345/")
+    assert (parameters.host, parameters.port, parameters.password_given) == ("user", 12345, False)
+
+
+@fuzz
+@given(password=hostile_passwords, template=st.sampled_from([
+    "amqp://user:{}@host/", "amqps://user:{}@[::1]:5671/edge?heartbeat=5",
+    "amqp://user:{}@host:99999/", "amqp://user:{}@host:x/", "amqp://user:{}@host/?nope=1"]))
+def test_no_url_puts_its_password_in_an_error_or_a_repr(password, template):
+    try:
+        parameters = pihace.AMQPParameters(template.format(password))
+    except ValueError as exc:
+        shown = exception_texts(exc)
+    else:
+        shown = f"{parameters!r} {parameters.safe_url}"
+    assert SECRET not in shown and password not in shown
 
 
 def test_repr_masks_the_password():
@@ -3102,10 +3197,59 @@ def test_bad_arguments_are_one_line_and_exit_code_3(capsys, monkeypatch, args, w
     assert words in err and "sekrit" not in err
 
 
+@pytest.mark.rabbit_control
+def test_main_check_amqp_takes_the_password_from_the_environment(capsys, monkeypatch, rabbit):
+    password = "chk-p@ss/w:rd#%-" + os.urandom(4).hex()
+    rabbit.ctl("add_user", "pihace-check", password)
+    rabbit.ctl("set_permissions", "pihace-check", ".*", ".*", ".*")
+    monkeypatch.setenv("PIHACE_AMQP_PASSWORD", password)
+    without_password = rabbit.url.replace("guest:guest@", "pihace-check@")
+    try:  # a URL without a password takes it; one with its own (guest:guest) keeps it
+        code, out, err = run_main(capsys, "check", "--no-system", "--amqp",
+                                  f"mq={without_password}", "--amqp", f"g={rabbit.url}")
+        assert (code, err) == (0, ""), out
+        report = json.loads(out)
+        assert report["checks"]["mq"]["message"].startswith("connected to amqp://pihace-check:***@")
+        assert report["checks"]["g"]["message"].startswith("connected to amqp://guest:***@")
+        assert password not in out + err and quote_all(password) not in out + err
+    finally:
+        rabbit.ctl("delete_user", "pihace-check")
+
+
 def test_cli_errors_mask_passwords_in_echoed_urls(capsys):
     code = pihace.main(["check", "--amqp", "mq", "amqp://u:s3cret-cli@h/"])
     err = capsys.readouterr().err
-    assert code == 3 and "s3cret-cli" not in err and "u:***@h" in err
+    assert code == 3 and "s3cret-cli" not in err and "amqp://***@h/" in err
+
+
+@pytest.mark.parametrize("args, masked", [
+    (["check", "--bogus", "amqp://u:p w-sekrit@h/"], "amqp://***@h/"),
+    (["check", "--bogus", "amqp://u:p@ss-sekrit@h/"], "amqp://***@h/"),
+    (["check", "--bogus", "amqp://u:sekrit://x@h/"], "amqp://***@h/"),
+    (["check", "--bogus", "amqp://u:sekrit\n@h/"], "amqp://***@h/"),
+    (["check", "--bogus", "amqp://u:sekrit＠/"], "amqp://***＠/"),
+    (["check", "--url=amqp://u:sekrit w@h/"], "--url=amqp://***@h/"),
+    (["check", "--format", "amqp://u:'sekrit w@h/"], "amqp://***@h/"),  # quoted with repr
+    (["push", "--interval", "amqp://u:sekrit @h/"], "invalid float value: 'amqp://***@h/'"),
+])
+def test_cli_errors_mask_url_user_info_whatever_its_shape(capsys, args, masked):
+    code, out, err = run_main(capsys, *args)
+    assert (code, out) == (3, "") and err.startswith("pihace: error: ")
+    assert masked in err and SECRET not in err and err.count("\n") == 1, err
+
+
+@fuzz
+@given(password=hostile_passwords, form=st.sampled_from([
+    ["check", "--bogus", "{}"], ["check", "{}"], ["check", "--url={}"], ["check", "--format", "{}"],
+    ["push", "--interval", "{}"], ["push", "--url", "amqp://h/", "--buffer-size", "{}"]]))
+def test_no_cli_error_echoes_a_password(password, form):
+    url = f"amqp://user:{password}@host/"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = pihace.main([arg.format(url) for arg in form])
+    out, err = out.getvalue(), err.getvalue()
+    assert (code, out) == (3, "") and err.startswith("pihace: error: ")
+    assert SECRET not in err and password not in err and err.count("\n") == 1, err
 
 
 def test_the_entry_points_of_a_lone_copy(lone_copy, web):
@@ -3175,12 +3319,15 @@ def test_a_report_with_only_a_name_still_says_who_sent_it(capsys):
 
 def test_amqp_urls_take_the_password_from_the_environment_percent_encoded():
     password = "p@ss/w:rd#%?é"
-    urls = pihace._amqp_urls(["amqp://bob@h:5673/v", "amqp://bob:old@h2/"], password)
-    for url, host in zip(urls, ("h", "h2")):
+    urls = pihace._amqp_urls(["amqp://bob@h:5673/v", "amqp://h2/", "amqp://bob:own@h3/",
+                              "amqp://bob:[x@h4/"], password)
+    expected = [("bob", password, "h"), ("guest", password, "h2"), ("bob", "own", "h3")]
+    for url, (user, password_used, host) in zip(urls, expected):
         parameters = pihace.AMQPParameters(url)
-        assert (parameters.username, parameters.password, parameters.host) == ("bob", password,
-                                                                               host)
+        assert (parameters.username, parameters.password, parameters.host) == (
+            user, password_used, host)
     assert pihace.AMQPParameters(urls[0]).vhost == "v"
+    assert urls[3] == "amqp://bob:[x@h4/"  # not a URL: AMQPParameters refuses it, masked
 
 
 def quote_all(text):
