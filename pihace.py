@@ -2616,7 +2616,7 @@ def _parser():
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line and exit code 3, instead of usage and 2
-            self.exit(3, f"pihace: error: {_mask_user_info(message)}\n")  # echoes arguments
+            self.exit(3, f"pihace: error: {_printable(_mask_user_info(message))}\n")
 
     common = Parser(add_help=False)
     common.add_argument("--name", help="component name in the report")

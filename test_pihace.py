@@ -3188,6 +3188,8 @@ def test_main_help_and_version(capsys):
      "--interval must be a positive number of seconds, below a million, got inf"),
     (["push", "--url", "amqp://h/", "--queue-arg", "x-max-length"],
      "--queue-arg: expected KEY=VALUE, got 'x-max-length'"),
+    (["--bogus", "\x1b[2J\nStatus: Available"], "unrecognized arguments: --bogus "
+                                                 "\\x1b[2J\\nStatus: Available"),
 ])
 def test_bad_arguments_are_one_line_and_exit_code_3(capsys, monkeypatch, args, words):
     monkeypatch.delenv("PIHACE_AMQP_URL", raising=False)
