@@ -1942,6 +1942,69 @@ def test_connection_refused_names_host_and_port():
                              f"on that port? (amqp://u:***@127.0.0.1:{port}/)")
 
 
+def read_frame(broker, connection):
+    """The client's next frame: (type, channel, payload)."""
+    head = broker.read(connection, 7)
+    if len(head) < 7:
+        raise ConnectionResetError("the client closed the connection")
+    payload = broker.read(connection, int.from_bytes(head[3:], "big") + 1)[:-1]
+    return head[0], int.from_bytes(head[1:3], "big"), payload
+
+
+QUEUE_DECLARE_OK = frame(1, 1, method_payload(50, 11, sstr("q") + b"\x00" * 8))
+# What a broker answers to the (class, method) a client sends while it opens a connection.
+ANSWERS = {(10, 11): TUNE, (10, 40): OPEN_OK, (20, 10): CHANNEL_OPEN_OK, (85, 10): SELECT_OK,
+           (50, 10): QUEUE_DECLARE_OK}
+
+
+def opens_then(then, until=(10, 40)):
+    """A broker that answers the client until it has sent `until` (Connection.Open; (50, 10)
+    for Queue.Declare), then runs then(broker, connection)."""
+    def script(broker, connection):
+        broker.read(connection, 8)
+        connection.sendall(START)
+        key = None
+        while key != until:
+            frame_type, _, payload = read_frame(broker, connection)
+            key = (int.from_bytes(payload[:2], "big"), int.from_bytes(payload[2:4], "big")) \
+                if frame_type == 1 else None
+            connection.sendall(ANSWERS.get(key, b""))
+        then(broker, connection)
+    return script
+
+
+def flood(unsolicited, seconds=10):
+    """unsolicited(0), unsolicited(1) ... as fast as the client reads, until it drops the
+    connection (sendall fails) or `seconds` have passed."""
+    def then(broker, connection):
+        end = time.monotonic() + seconds
+        for start in itertools.count(0, 1000):
+            if time.monotonic() > end:
+                return
+            connection.sendall(b"".join(map(unsolicited, range(start, start + 1000))))
+    return then
+
+
+# A flood of frames nobody asked for made pihace grow without limit (issue 12: 772 MB in 30 s).
+@pytest.mark.parametrize("unsolicited, words", [
+    (lambda n: SELECT_OK, "unexpected Confirm.Select-Ok on channel 1: nothing was awaited"),
+    (lambda n: ack(n + 2),  # tags never published: the report is tag 1
+     "Basic.Ack for delivery tag 2 on channel 1, which awaits no such confirm"),
+    (lambda n: BASIC_RETURN + returned_content(f"flood-{n}"),
+     "Basic.Return of message 'flood-0', which awaits no confirm"),
+], ids=["Select-Ok", "Ack", "Return"])
+def test_a_flood_nobody_asked_for_fails_the_push_at_once_and_drops_the_connection(
+        fake_broker, unsolicited, words):
+    broker = fake_broker(opens_then(flood(unsolicited), until=(50, 10)))
+    pusher = pihace.AMQPPusher(counting_check(), broker.url, timeout=5)
+    started = time.monotonic()
+    result = pusher.push()
+    assert time.monotonic() - started < 2  # the first such frame is enough: not the timeout
+    assert result[0] is False and words in result[1], result
+    assert broker.done.wait(5)  # the connection is dropped: the flood has nowhere to go
+    assert len(pusher.outbox) == 1  # the report waits for a broker that keeps to the protocol
+
+
 # ---------------------------------------------------------------------------
 # transport: BlockingConnection, open_connection and Wakeup, against a real RabbitMQ
 # ---------------------------------------------------------------------------
