@@ -2005,6 +2005,52 @@ def test_a_flood_nobody_asked_for_fails_the_push_at_once_and_drops_the_connectio
     assert len(pusher.outbox) == 1  # the report waits for a broker that keeps to the protocol
 
 
+def blocked(reason):
+    return frame(1, 0, method_payload(10, 60, sstr(reason)))
+
+
+UNBLOCKED = frame(1, 0, method_payload(10, 61))
+MORE = re.compile(r" \(and ([\d,]+) more changes? in the last [\d.]+ s\)$")
+
+
+# A Blocked/Unblocked flood gave 137,454 warning lines in 5 s (issue 12). The line owed at the
+# end of a flood comes when the period is over, or when the connection ends before that.
+@pytest.mark.parametrize("owed_line_by", ["the period", "close"])
+def test_a_blocked_unblocked_flood_is_logged_once_per_period_with_a_count_and_escaped(
+        fake_broker, caplog, owed_line_by):
+    flips = 5000
+
+    def then(broker, connection):
+        connection.sendall((blocked("low on \x1b[2Jmemory") + UNBLOCKED) * flips
+                           + blocked("last\x07"))
+        connection.recv(1)  # until the client closes
+    broker = fake_broker(opens_then(then))
+    shift = [0.0]
+    clock = lambda: time.monotonic() + shift[0]  # noqa: E731 - a clock the test moves on
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        connection = pihace.open_connection([pihace.AMQPParameters(broker.url)], clock() + 5,
+                                            clock=clock)
+        try:
+            connection.wait_for(lambda: connection.blocked == "last\x07", clock() + 10,
+                                "for the flood's last Blocked")
+            flooded = time.monotonic() - started
+            if owed_line_by == "the period":
+                assert 0 < connection.keep_alive(clock() + 5) <= 5  # when to log what is owed
+                shift[0] += 5
+                connection.keep_alive(clock() + 5)
+        finally:
+            connection.close(clock() + 5)
+    lines = [record.getMessage() for record in caplog.records if record.name == "pihace"]
+    assert lines[0] == "broker blocked publishing: low on \\x1b[2Jmemory"
+    assert len(lines) <= 2 + flooded // 5, lines
+    assert lines[-1].startswith("broker blocked publishing: last\\x07 (and ")
+    assert sum(1 + int(MORE.search(line).group(1).replace(",", "")) if MORE.search(line) else 1
+               for line in lines) == 2 * flips + 1  # every change counted, none twice
+    assert "\x1b" not in caplog.text and "\x07" not in caplog.text
+    assert connection.blocked == "last\x07"  # the state itself is exact
+
+
 # ---------------------------------------------------------------------------
 # transport: BlockingConnection, open_connection and Wakeup, against a real RabbitMQ
 # ---------------------------------------------------------------------------
