@@ -1735,6 +1735,10 @@ def _wait_io(socks, writing, timeout):
 # A message to publish: encoded body and properties, and the id its confirm names.
 _Message = collections.namedtuple("_Message", "body properties message_id exchange routing_key")
 
+# Seconds between two log lines about Connection.Blocked and Unblocked: a broker, or anyone in
+# the middle of a plain amqp:// connection, may send thousands of them a second.
+_BLOCKED_LOG_PERIOD = 5.0
+
 
 class BlockingConnection:
     """An AMQPProtocol over a socket, with a deadline on every wait.
@@ -1754,6 +1758,8 @@ class BlockingConnection:
         self._replies = {}  # channel -> the reply to its last synchronous method
         self._awaited = set()  # message ids whose confirms publish() waits for
         self._outcomes = {}  # message id -> (acked, reason), for publish() to collect
+        self._blocked_changes = 0  # Blocked and Unblocked not logged yet
+        self._blocked_logged = None  # when the last line about them was
 
     @property
     def is_open(self):
@@ -1812,6 +1818,8 @@ class BlockingConnection:
 
     def abort(self):
         """Drop the socket without the closing handshake."""
+        if self._blocked_changes:  # the line owed about Blocked comes now, not never
+            self._log_blocked(at_once=True)
         sock, self.sock = self.sock, None
         if sock is not None:
             try:
@@ -1868,12 +1876,17 @@ class BlockingConnection:
 
     def keep_alive(self, send_deadline):
         """Handle what the broker has sent, then send a heartbeat if one is due, without
-        waiting for the broker. The seconds until the next heartbeat is due, or None."""
+        waiting for the broker. The seconds until it needs calling again (a heartbeat is
+        due, or a line about Blocked is owed to the log), or None."""
         if self._receive(0.0):
             while self._buffered():  # TLS may hold more decrypted bytes than one recv() took
                 self._receive(0.0)
             self._handle_events()
-        return self._send_queued(send_deadline)
+        heartbeat_in = self._send_queued(send_deadline)
+        log_in = self._log_blocked() if self._blocked_changes else None
+        if log_in is not None and (heartbeat_in is None or log_in < heartbeat_in):
+            return log_in
+        return heartbeat_in
 
     def _send_queued(self, deadline):
         """Send what is queued, with a heartbeat when one is due; the seconds until the
@@ -1902,6 +1915,8 @@ class BlockingConnection:
         while True:
             event = self.protocol.next_event()
             if event is None:
+                if self._blocked_changes:
+                    self._log_blocked()
                 return
             if isinstance(event, ConnectionLost):
                 self.abort()
@@ -1921,12 +1936,31 @@ class BlockingConnection:
                 raise error(args["reply_code"], args["reply_text"], args["class_id"],
                             args["method_id"],
                             cause=_METHOD_NAMES.get((args["class_id"], args["method_id"])))
-            if name == "Connection.Blocked":
-                log.warning("broker blocked publishing: %s", args["reason"])
-            elif name == "Connection.Unblocked":
-                log.warning("broker unblocked publishing")
+            if name in ("Connection.Blocked", "Connection.Unblocked"):
+                self._blocked_changes += 1
+                self._log_blocked()
             elif name in _REPLY_NAMES:
                 self._replies[event.channel] = event
+
+    def _log_blocked(self, at_once=False):
+        """Log the broker's Blocked and Unblocked: the first at once, then at most one line
+        per _BLOCKED_LOG_PERIOD (sooner if `at_once`), which gives the state then and counts
+        the changes since the last line. self.blocked stays exact. The seconds until a line
+        is owed, or None."""
+        now = self.clock()
+        if self._blocked_logged is not None and not at_once:
+            owed_in = self._blocked_logged + _BLOCKED_LOG_PERIOD - now
+            if owed_in > 0:
+                return owed_in
+        more, self._blocked_changes = self._blocked_changes - 1, 0
+        since = "" if not more else (f" (and {more:,} more change{'s' if more > 1 else ''} "
+                                     f"in the last {now - self._blocked_logged:.1f} s)")
+        self._blocked_logged = now
+        if self.blocked is None:
+            log.warning("broker unblocked publishing%s", since)
+        else:
+            log.warning("broker blocked publishing: %s%s", _printable(self.blocked), since)
+        return None
 
     def _settle(self, event):
         """Keep the outcome of a message publish() waits for; a late one is dropped."""

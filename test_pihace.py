@@ -2057,6 +2057,115 @@ def test_connection_refused_names_host_and_port():
                              f"on that port? (amqp://u:***@127.0.0.1:{port}/)")
 
 
+def read_frame(broker, connection):
+    """The client's next frame: (type, channel, payload)."""
+    head = broker.read(connection, 7)
+    if len(head) < 7:
+        raise ConnectionResetError("the client closed the connection")
+    payload = broker.read(connection, int.from_bytes(head[3:], "big") + 1)[:-1]
+    return head[0], int.from_bytes(head[1:3], "big"), payload
+
+
+QUEUE_DECLARE_OK = frame(1, 1, method_payload(50, 11, sstr("q") + b"\x00" * 8))
+# What a broker answers to the (class, method) a client sends while it opens a connection.
+ANSWERS = {(10, 11): TUNE, (10, 40): OPEN_OK, (20, 10): CHANNEL_OPEN_OK, (85, 10): SELECT_OK,
+           (50, 10): QUEUE_DECLARE_OK}
+
+
+def opens_then(then, until=(10, 40)):
+    """A broker that answers the client until it has sent `until` (Connection.Open; (50, 10)
+    for Queue.Declare), then runs then(broker, connection)."""
+    def script(broker, connection):
+        broker.read(connection, 8)
+        connection.sendall(START)
+        key = None
+        while key != until:
+            frame_type, _, payload = read_frame(broker, connection)
+            key = (int.from_bytes(payload[:2], "big"), int.from_bytes(payload[2:4], "big")) \
+                if frame_type == 1 else None
+            connection.sendall(ANSWERS.get(key, b""))
+        then(broker, connection)
+    return script
+
+
+def flood(unsolicited, seconds=10):
+    """unsolicited(0), unsolicited(1) ... as fast as the client reads, until it drops the
+    connection (sendall fails) or `seconds` have passed."""
+    def then(broker, connection):
+        end = time.monotonic() + seconds
+        for start in itertools.count(0, 1000):
+            if time.monotonic() > end:
+                return
+            connection.sendall(b"".join(map(unsolicited, range(start, start + 1000))))
+    return then
+
+
+# A flood of frames nobody asked for made pihace grow without limit (issue 12: 772 MB in 30 s).
+@pytest.mark.parametrize("unsolicited, words", [
+    (lambda n: SELECT_OK, "unexpected Confirm.Select-Ok on channel 1: nothing was awaited"),
+    (lambda n: ack(n + 2),  # tags never published: the report is tag 1
+     "Basic.Ack for delivery tag 2 on channel 1, which awaits no such confirm"),
+    (lambda n: BASIC_RETURN + returned_content(f"flood-{n}"),
+     "Basic.Return of message 'flood-0', which awaits no confirm"),
+], ids=["Select-Ok", "Ack", "Return"])
+def test_a_flood_nobody_asked_for_fails_the_push_at_once_and_drops_the_connection(
+        fake_broker, unsolicited, words):
+    broker = fake_broker(opens_then(flood(unsolicited), until=(50, 10)))
+    pusher = pihace.AMQPPusher(counting_check(), broker.url, timeout=5)
+    started = time.monotonic()
+    result = pusher.push()
+    assert time.monotonic() - started < 2  # the first such frame is enough: not the timeout
+    assert result[0] is False and words in result[1], result
+    assert broker.done.wait(5)  # the connection is dropped: the flood has nowhere to go
+    assert len(pusher.outbox) == 1  # the report waits for a broker that keeps to the protocol
+
+
+def blocked(reason):
+    return frame(1, 0, method_payload(10, 60, sstr(reason)))
+
+
+UNBLOCKED = frame(1, 0, method_payload(10, 61))
+MORE = re.compile(r" \(and ([\d,]+) more changes? in the last [\d.]+ s\)$")
+
+
+# A Blocked/Unblocked flood gave 137,454 warning lines in 5 s (issue 12). The line owed at the
+# end of a flood comes when the period is over, or when the connection ends before that.
+@pytest.mark.parametrize("owed_line_by", ["the period", "close"])
+def test_a_blocked_unblocked_flood_is_logged_once_per_period_with_a_count_and_escaped(
+        fake_broker, caplog, owed_line_by):
+    flips = 5000
+
+    def then(broker, connection):
+        connection.sendall((blocked("low on \x1b[2Jmemory") + UNBLOCKED) * flips
+                           + blocked("last\x07"))
+        connection.recv(1)  # until the client closes
+    broker = fake_broker(opens_then(then))
+    shift = [0.0]
+    clock = lambda: time.monotonic() + shift[0]  # noqa: E731 - a clock the test moves on
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        connection = pihace.open_connection([pihace.AMQPParameters(broker.url)], clock() + 5,
+                                            clock=clock)
+        try:
+            connection.wait_for(lambda: connection.blocked == "last\x07", clock() + 10,
+                                "for the flood's last Blocked")
+            flooded = time.monotonic() - started
+            if owed_line_by == "the period":
+                assert 0 < connection.keep_alive(clock() + 5) <= 5  # when to log what is owed
+                shift[0] += 5
+                connection.keep_alive(clock() + 5)
+        finally:
+            connection.close(clock() + 5)
+    lines = [record.getMessage() for record in caplog.records if record.name == "pihace"]
+    assert lines[0] == "broker blocked publishing: low on \\x1b[2Jmemory"
+    assert len(lines) <= 2 + flooded // 5, lines
+    assert lines[-1].startswith("broker blocked publishing: last\\x07 (and ")
+    assert sum(1 + int(MORE.search(line).group(1).replace(",", "")) if MORE.search(line) else 1
+               for line in lines) == 2 * flips + 1  # every change counted, none twice
+    assert "\x1b" not in caplog.text and "\x07" not in caplog.text
+    assert connection.blocked == "last\x07"  # the state itself is exact
+
+
 # ---------------------------------------------------------------------------
 # transport: BlockingConnection, open_connection and Wakeup, against a real RabbitMQ
 # ---------------------------------------------------------------------------
