@@ -46,9 +46,7 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -385,54 +383,14 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Worker:
-    """The pusher's subprocess, in its own session (a Ctrl-C reaches only the parent, which
-    then kills it); kill() is safe to call twice."""
+class Worker(common.WorkerProcess):
+    """The pusher's subprocess, driven line by line (see common.WorkerProcess)."""
 
     def __init__(self, url, folder, limit):
-        self.stderr = tempfile.TemporaryFile()
         options = {"url": url, "limit": limit}
-        self.process = subprocess.Popen(
+        super().__init__(
             [sys.executable, os.path.abspath(__file__), "--worker", "flood", json.dumps(options)],
-            cwd=BENCH, env=common.env_for(folder), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self.stderr, start_new_session=True)
-        self.pid = self.process.pid
-        self._buffer = b""
-
-    def send(self, word):
-        self.process.stdin.write(word.encode() + b"\n")
-        self.process.stdin.flush()
-
-    def receive(self, timeout, doing):
-        """The worker's next message, or SystemExit with its stderr."""
-        deadline = time.monotonic() + timeout
-        descriptor = self.process.stdout.fileno()
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            chunk = None
-            if left > 0 and select.select([descriptor], [], [], left)[0]:
-                chunk = os.read(descriptor, 1 << 16)
-            if not chunk:
-                raise SystemExit(f"the worker gave no answer {doing}"
-                                 f"{' in time' if left <= 0 else ''}:\n{self.error()}")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
-
-    def error(self):
-        self.kill()
-        self.stderr.seek(0)
-        return self.stderr.read().decode(errors="replace")[-4000:]
-
-    def kill(self):
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            try:
-                stream.close()
-            except OSError:  # stdin: the worker is gone with bytes unread
-                pass
+            common.env_for(folder), BENCH)
 
 
 def trial(kind, folder, seconds, rss_cap):

@@ -39,12 +39,9 @@ import json
 import math
 import os
 import resource
-import select
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -264,52 +261,15 @@ def worker(name, options):
 # parent: set-up, subprocesses, table
 # ---------------------------------------------------------------------------
 
-class Worker:
-    """One client's subprocess, driven line by line: its own session, so that a Ctrl-C reaches
-    only the parent, which then kills it (kill() is safe to call twice)."""
+class Worker(common.WorkerProcess):
+    """One client's subprocess, driven line by line (see common.WorkerProcess)."""
 
     def __init__(self, client, count, url, queue, window, pythonpath):
         self.client, self.count = client, count
-        self.stderr = tempfile.TemporaryFile()
         options = {"client": client, "n": count, "url": url, "queue": queue, "window": window}
-        self.process = subprocess.Popen(
+        super().__init__(
             [VENV_PYTHON, os.path.abspath(__file__), "--worker", "idle", json.dumps(options)],
-            cwd=BENCH, env=common.env_for(pythonpath), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self.stderr, start_new_session=True)
-        self._buffer = b""
-
-    def send(self, word):
-        self.process.stdin.write(word.encode() + b"\n")
-        self.process.stdin.flush()
-
-    def receive(self, timeout, doing):
-        """The worker's next message, or SystemExit with its stderr."""
-        deadline = time.monotonic() + timeout
-        descriptor = self.process.stdout.fileno()
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            chunk = None
-            if left > 0 and select.select([descriptor], [], [], left)[0]:
-                chunk = os.read(descriptor, 1 << 16)
-            if not chunk:
-                self.kill()
-                self.stderr.seek(0)
-                error = self.stderr.read().decode(errors="replace")[-4000:]
-                raise SystemExit(f"{self.client} x{self.count}: no answer {doing}"
-                                 f"{' in time' if left <= 0 else ''}:\n{error}")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
-
-    def kill(self):
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout, self.stderr):
-            try:
-                stream.close()
-            except OSError:  # stdin: the worker is gone with bytes unread
-                pass
+            common.env_for(pythonpath), BENCH, no_answer=f"{client} x{count}: no answer")
 
 
 def bench_rounds(url, rounds, sizes, window, together, folders):

@@ -1,6 +1,6 @@
-"""What the benchmarks share: the venv, subprocess environments and workers, the broker, imports
-timed, snapshots of pihace.py (this tree's or a git revision's), the machine and pihace.py
-identity lines, number formatting and the table layout.
+"""What the benchmarks share: the venv, subprocess environments and workers (run once, or driven
+line by line), the broker, imports timed, snapshots of pihace.py (this tree's or a git
+revision's), the machine and pihace.py identity lines, number formatting and the table layout.
 
 Stdlib only. The scripts import it as ``common``: run as ``python3 bench/bench_X.py`` or as a
 ``--worker`` subprocess of the venv's interpreter, a script's own folder is sys.path[0].
@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import select
 import shutil
 import statistics
 import subprocess
@@ -121,6 +122,65 @@ def run_worker(script, name, options, env, timeout=600):
     if done.returncode != 0:
         raise SystemExit(f"worker {name} {options.get('peer', '')} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class WorkerProcess:
+    """A `--worker` subprocess driven line by line: `argv` run in `cwd` with `env`, in its own
+    session (a Ctrl-C reaches only the parent, which then kills it); words go to its stdin, JSON
+    lines come back on its stdout, its stderr goes to a temporary file. kill() is safe to call
+    twice. `no_answer` begins the SystemExit message of receive()."""
+
+    def __init__(self, argv, env, cwd=BENCH, no_answer="the worker gave no answer"):
+        self.no_answer = no_answer
+        self.stderr = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.stderr, start_new_session=True)
+        self.pid = self.process.pid
+        self._buffer = b""
+
+    def send(self, word):
+        self.process.stdin.write(word.encode() + b"\n")
+        self.process.stdin.flush()
+
+    def receive(self, timeout, doing):
+        """The worker's next message, or SystemExit with its stderr."""
+        deadline = time.monotonic() + timeout
+        descriptor = self.process.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            chunk = None
+            if left > 0 and select.select([descriptor], [], [], left)[0]:
+                chunk = os.read(descriptor, 1 << 16)
+            if not chunk:
+                raise SystemExit(f"{self.no_answer} {doing}"
+                                 f"{' in time' if left <= 0 else ''}:\n{self.error()}")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def error(self):
+        """The end of what the worker wrote to stderr, once it is killed."""
+        self._end()
+        text = ""
+        if not self.stderr.closed:
+            self.stderr.seek(0)
+            text = self.stderr.read().decode(errors="replace")[-4000:]
+        self.kill()
+        return text
+
+    def _end(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def kill(self):
+        self._end()
+        for stream in (self.process.stdin, self.process.stdout, self.stderr):
+            try:
+                stream.close()
+            except OSError:  # stdin: the worker is gone with bytes unread
+                pass
 
 
 def versions_info(url, modules=("pika",)):
