@@ -1773,6 +1773,11 @@ class BlockingConnection:
     def channel_is_open(self, channel):
         return self.sock is not None and self.protocol.channel_is_open(channel)
 
+    @property
+    def mechanism(self):
+        """The SASL mechanism it logged in with (PLAIN or EXTERNAL), once it has."""
+        return self.protocol.mechanism
+
     def _time_left(self, deadline, doing):
         left = deadline - self.clock()
         if left <= 0:
@@ -2116,7 +2121,7 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
                      describe_error(exc, parameters.safe_url), endpoints[-left + 1].safe_url)
             continue
         log.info("connected to %s", parameters.safe_url)
-        if connection.protocol.mechanism == "EXTERNAL" and parameters.username != "guest":
+        if connection.mechanism == "EXTERNAL" and parameters.username != "guest":
             log.warning("the user name %r of %s is not used: with SASL EXTERNAL the broker "
                         "logs in as its TLS client certificate says", parameters.username,
                         parameters.safe_url)
