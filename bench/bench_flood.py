@@ -43,7 +43,6 @@ import logging
 import os
 import re
 import select
-import signal
 import socket
 import struct
 import sys
@@ -532,15 +531,6 @@ def print_table(results, header_lines, seconds, baseline, notes):
             print(f"- {note}")
 
 
-def _read(folder):
-    with open(os.path.join(folder, "pihace.py"), "rb") as source:
-        return source.read()
-
-
-def _sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds: the worker killed, the broker closed
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 s per flood")
@@ -567,13 +557,13 @@ def main(argv=None):
     if seconds <= 0 or args.rss_cap <= 0:
         parser.error("--seconds and --rss-cap must be positive")
 
-    signal.signal(signal.SIGTERM, _sigterm)
+    common.stop_on_sigterm()
     identity = ours_identity()
     loads = [os.getloadavg()[0]]
     results = []
     with common.revision_snapshot(args.baseline) as (before, baseline, before_identity), \
             ours_snapshots() as (snapshot, _):
-        same = _read(snapshot) == _read(before)
+        same = common.same_source(snapshot, before)
         print(f"{len(kinds)} flood(s) of {seconds:g} s, each against this tree's pihace.py and "
               f"{baseline}'s ...", file=sys.stderr)
         for kind in kinds:

@@ -39,7 +39,6 @@ import json
 import math
 import os
 import resource
-import signal
 import statistics
 import sys
 import threading
@@ -407,15 +406,6 @@ def print_table(results, counts, settings, header_lines, notes):
             print(f"- {note}")
 
 
-def _read(folder):
-    with open(os.path.join(folder, "pihace.py"), "rb") as source:
-        return source.read()
-
-
-def _sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds: workers killed, broker stopped
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 round, 5 s window")
@@ -441,13 +431,13 @@ def main(argv=None):
         parser.error("--rounds, --window and --pushers must be positive")
     sizes = sorted({args.pushers, 1}, reverse=True)
 
-    signal.signal(signal.SIGTERM, _sigterm)
+    common.stop_on_sigterm()
     ensure_venv("pihace.pusher.messaging, pika")
     identity = ours_identity()
     loads = [os.getloadavg()[0]]
     with common.revision_snapshot(args.baseline) as (before, baseline, before_identity), \
             ours_snapshots() as (snapshot, _), common.broker(args.url) as (url, notes):
-        same = _read(snapshot) == _read(before)
+        same = common.same_source(snapshot, before)
         info = common.run_worker(__file__, "info", {"url": url}, common.env_for())
         print(f"{rounds} round(s) of {window:g} s windows, {' and '.join(map(str, sizes))} "
               f"pusher(s), against {info['broker']} ...", file=sys.stderr)

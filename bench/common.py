@@ -203,6 +203,24 @@ def versions_info(url, modules=("pika",)):
     return info
 
 
+def same_source(folder, other):
+    """Do two snapshot folders hold the same pihace.py?"""
+    def read(where):
+        with open(os.path.join(where, "pihace.py"), "rb") as source:
+            return source.read()
+    return read(folder) == read(other)
+
+
+def stop_on_sigterm():
+    """SIGTERM unwinds like Ctrl-C: workers killed, the broker stopped on the way out."""
+    import signal
+
+    def unwind(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
+
+
 @contextlib.contextmanager
 def broker(url=None, name="pihace-bench"):
     """(url, notes) of the broker to use: `url`, else $PIHACE_TEST_AMQP_URL, else a private
