@@ -3000,18 +3000,49 @@ def connection_names(rabbit):
     return rabbit.ctl("list_connections", "client_properties")
 
 
+def heartbeats_sent(monkeypatch):
+    """A list that gets the time of every heartbeat frame a protocol sends from now on."""
+    sent, real = [], pihace.AMQPProtocol.data_to_send
+
+    def counting(self, now=0.0):
+        data = real(self, now)
+        if data == pihace.HEARTBEAT_FRAME:  # idle: heartbeats go out alone
+            sent.append(time.monotonic())
+        return data
+
+    monkeypatch.setattr(pihace.AMQPProtocol, "data_to_send", counting)
+    return sent
+
+
+def heartbeats_for(sent, seconds):
+    """Heartbeats went out, one after another, for longer than `seconds` (RabbitMQ drops a
+    peer silent for about three heartbeat periods)."""
+    return len(sent) > 2 and sent[-1] - sent[0] > seconds
+
+
 @pytest.mark.rabbit_control
 @pytest.mark.slow
-def test_the_idle_loop_keeps_alive_a_connection_another_thread_opened(rabbit, unique_queue):
+def test_the_idle_loop_keeps_alive_a_connection_another_thread_opened(rabbit, unique_queue,
+                                                                      monkeypatch):
+    sleeping_alone, real_wait_io = threading.Event(), pihace._wait_io
+
+    def recording_wait_io(socks, writing, timeout):
+        if len(socks) == 1 and not writing and timeout > 30:  # the wakeup only, till the report
+            sleeping_alone.set()
+        return real_wait_io(socks, writing, timeout)
+
+    monkeypatch.setattr(pihace, "_wait_io", recording_wait_io)
     pusher = pihace.AMQPPusher(counting_check(), rabbit.url + "?heartbeat=1", unique_queue,
                                connection_name="idle-adopts")
     thread = threading.Thread(target=pusher.push_forever_in_loop, args=(60,), daemon=True)
     thread.start()
     try:
         wait_until(lambda: queue_depth(rabbit.url, unique_queue) == 1, 20, "a first report")
-        pusher.close()  # from this thread, while the loop sleeps ...
-        assert pusher.publish(b"{}") is True  # ... and a new connection, opened here
-        time.sleep(4)  # idle for four heartbeat periods: the time itself is under test
+        pusher.close()  # from this thread: the loop then sleeps without a connection ...
+        wait_until(sleeping_alone.is_set, 20, "the loop to sleep without a connection")
+        assert pusher.publish(b"{}") is True  # ... and a new connection is opened here
+        sent = heartbeats_sent(monkeypatch)
+        wait_until(lambda: heartbeats_for(sent, 4.0), 20, "heartbeats on the new connection")
         assert pusher.publish(b"{}") is True
         assert pusher.connections_opened == 2  # the second one lived: its heartbeats went out
     finally:
@@ -3021,7 +3052,7 @@ def test_the_idle_loop_keeps_alive_a_connection_another_thread_opened(rabbit, un
 
 @pytest.mark.rabbit_control
 @pytest.mark.slow
-def test_a_channel_closed_while_idle_leaves_the_connection_alive(rabbit):
+def test_a_channel_closed_while_idle_leaves_the_connection_alive(rabbit, monkeypatch):
     pusher = pihace.AMQPPusher(counting_check(), rabbit.url + "?heartbeat=1", "q",
                                exchange="no-such-exchange", confirm=False,
                                connection_name="idle-channel-closed")
@@ -3031,7 +3062,8 @@ def test_a_channel_closed_while_idle_leaves_the_connection_alive(rabbit):
         # the broker closes the channel (404) after the first report: noticed while idle
         wait_until(lambda: pusher.connections_opened == 1 and not pusher._declared, 20,
                    "the broker to close the channel")
-        time.sleep(4)  # idle for four heartbeat periods: the time itself is under test
+        sent = heartbeats_sent(monkeypatch)
+        wait_until(lambda: heartbeats_for(sent, 4.0), 20, "heartbeats after the channel closed")
         assert "idle-channel-closed" in connection_names(rabbit)
         assert pusher.connections_opened == 1
     finally:
