@@ -2705,7 +2705,7 @@ def test_a_report_behind_a_refused_one_is_not_called_delivered(rabbit, unique_qu
                                queue_arguments=arguments)
     assert pusher.push() is True  # fills the queue
     for _ in range(300):  # more than one batch of 256 waits behind the refused ones
-        pusher.outbox.append(pusher._message({"queued": True}))
+        pusher.outbox.add(pusher._message({"queued": True}))
     result = pusher.push()
     assert result[0] is False and "Basic.Nack" in result[1]
     assert len(pusher.outbox) == 301  # all kept, in order
@@ -2836,9 +2836,14 @@ def test_every_confirmed_report_survives_a_broker_kill(fault_rabbit, unique_queu
 
 @pytest.mark.slow
 def test_failover_to_the_next_node_of_a_url_list(fault_rabbit, rabbit, unique_queue):
-    pusher = pihace.AMQPPusher(counting_check(), [fault_rabbit.url, rabbit.url], unique_queue,
-                               timeout=3)
-    assert pusher.push() is True
+    for _ in range(40):  # each pusher starts at a random node of its list: one on the first
+        pusher = pihace.AMQPPusher(counting_check(), [rabbit.url, fault_rabbit.url],
+                                   unique_queue, timeout=3)
+        assert pusher.push() is True
+        if pusher.parameters.port == fault_rabbit.port:
+            break
+        pusher.close()
+        drain(rabbit.url, unique_queue)
     assert pusher.parameters.port == fault_rabbit.port
     fault_rabbit.stop()
     try:
@@ -2962,10 +2967,10 @@ def test_an_idle_loop_sleeps_until_the_next_heartbeat_not_in_slices(rabbit, uniq
     waits = []
     real_wait_io = pihace._wait_io
 
-    def recording_wait_io(socks, writing, timeout):
+    def recording_wait_io(socks, writing, timeout, also_readable=None):
         if len(socks) == 2:  # the loop's idle wait: the wakeup and the broker's socket
             waits.append(timeout)
-        return real_wait_io(socks, writing, timeout)
+        return real_wait_io(socks, writing, timeout, also_readable)
 
     monkeypatch.setattr(pihace, "_wait_io", recording_wait_io)
     pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue, heartbeat=60)
@@ -3026,10 +3031,10 @@ def test_the_idle_loop_keeps_alive_a_connection_another_thread_opened(rabbit, un
                                                                       monkeypatch):
     sleeping_alone, real_wait_io = threading.Event(), pihace._wait_io
 
-    def recording_wait_io(socks, writing, timeout):
+    def recording_wait_io(socks, writing, timeout, also_readable=None):
         if len(socks) == 1 and not writing and timeout > 30:  # the wakeup only, till the report
             sleeping_alone.set()
-        return real_wait_io(socks, writing, timeout)
+        return real_wait_io(socks, writing, timeout, also_readable)
 
     monkeypatch.setattr(pihace, "_wait_io", recording_wait_io)
     pusher = pihace.AMQPPusher(counting_check(), rabbit.url + "?heartbeat=1", unique_queue,
@@ -3135,7 +3140,7 @@ def test_many_open_files_do_not_break_waiting(rabbit, unique_queue):
 
 def test_waiting_for_another_thread_counts_in_the_timeout(fake_broker):
     broker = fake_broker(silent)
-    pusher = pihace.AMQPPusher(None, broker.url, timeout=1.0)
+    pusher = pihace.AMQPPusher(None, broker.url, timeout=1.0, connect_timeout=1.0)
     results, threads = [], []
     started = time.monotonic()
     for _ in range(3):
