@@ -2401,7 +2401,7 @@ class Outbox:
     """
 
     def __init__(self, size, path=None):
-        self.size = size
+        self.size, self.path = size, path
         self.dropped = 0
         self._messages = collections.deque()
         self._lock = threading.Lock()
@@ -2426,7 +2426,11 @@ class Outbox:
         be asked for it."""
         with self._lock:
             if self._spool is not None:
-                self._spool.write(message)
+                try:
+                    self._spool.write(message)
+                except OSError as exc:  # a full disk, say: the report is still kept in memory
+                    log.warning("cannot keep a report in %s (%s); it waits in memory only",
+                                self._spool.path, describe_error(exc))
             if waited_for:
                 self._outcomes[message.message_id] = _PENDING
             self._append(message)
@@ -2923,8 +2927,8 @@ class AMQPPusher:
         finally:
             if self.outbox:
                 log.warning("stopping with %d undelivered report(s)%s", len(self.outbox),
-                            "" if self.outbox._spool is None else
-                            f", kept in {self.outbox._spool.path} for the next run")
+                            "" if self.outbox.path is None else
+                            f", kept in {self.outbox.path} for the next run")
             self._interruptible(False)
             self.close()
             wakeup, stopping, self._wakeup, self._stopping = self._wakeup, self._stopping, None, None
@@ -3131,6 +3135,12 @@ def _parser():
     push.add_argument("--interval", type=float, metavar="SECONDS",
                       help="push every SECONDS until stopped (default: once)")
     push.add_argument("--buffer-size", type=int, default=1000, metavar="REPORTS")
+    push.add_argument("--spool", metavar="DIR",
+                      help="keep undelivered reports in this folder, so that they survive a "
+                      "restart (delivered first, in order, by the next run)")
+    push.add_argument("--max-connection-age", type=float, metavar="SECONDS",
+                      help="with several --url: replace a connection this old at the next "
+                      "report, at a random node (spreads a fleet again after a node returns)")
     push.add_argument("--no-declare", dest="declare", action="store_false",
                       help="publish without declaring the queue or exchange (it exists already, "
                       "or the user may not configure)")
@@ -3175,7 +3185,10 @@ def _pusher(args, hc):
     try:
         return AMQPPusher(hc, urls, args.queue, exchange=args.exchange,
                           routing_key=args.routing_key, buffer_size=args.buffer_size,
-                          declare=args.declare, queue_arguments=queue_arguments)
+                          declare=args.declare, queue_arguments=queue_arguments,
+                          outbox_path=args.spool, max_connection_age=args.max_connection_age)
+    except OSError as exc:  # the spool folder
+        raise ValueError(f"--spool: {describe_error(exc)}") from None
     except (TypeError, ValueError) as exc:
         raise ValueError(str(exc).replace("amqp_url", "--url")) from None
 
@@ -3194,8 +3207,12 @@ def _push(pusher):
     """pihace push: one report; exit code 0 when the broker confirmed it, else 2."""
     with pusher:
         result = pusher.push()
+        kept = len(pusher.outbox) if pusher.outbox.path else 0
     if result is not True:
-        print(f"pihace: not delivered: {result[1]}", file=sys.stderr)
+        print(f"pihace: not delivered: {_printable(result[1])}", file=sys.stderr)
+    if kept:
+        print(f"pihace: {kept} report(s) kept in {pusher.outbox.path} for the next run",
+              file=sys.stderr)
     return 0 if result is True else 2
 
 
