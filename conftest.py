@@ -74,9 +74,39 @@ def rabbit():
 @pytest.fixture(autouse=True)
 def _rabbit_control(request):
     """Skip tests marked rabbit_control when the broker is external."""
+    # The variable, not the `rabbit` fixture: a cluster test must not start a single node too.
     if request.node.get_closest_marker("rabbit_control") is not None:
-        if isinstance(request.getfixturevalue("rabbit"), ExternalBroker):
+        if os.environ.get(EXTERNAL_URL_VAR):
             pytest.skip(f"needs a private RabbitMQ node, but {EXTERNAL_URL_VAR} is set")
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster():
+    """The session's 3-node RabbitMQ cluster (rabbitnode.RabbitCluster), started on first use.
+
+    Tests that kill or stop a node should use ``cluster`` instead, which brings every node
+    back before the test. Skipped when PIHACE_TEST_AMQP_URL names an external broker.
+    """
+    if os.environ.get(EXTERNAL_URL_VAR):
+        pytest.skip(f"needs private RabbitMQ nodes, but {EXTERNAL_URL_VAR} is set")
+    _require_server()
+    cluster = rabbitnode.RabbitCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def cluster(rabbit_cluster):
+    """The session's cluster with all three nodes running in it when the test starts.
+
+    A node an earlier test killed or stopped is started again (about 4 s) and waited for
+    until the cluster lists it as running.
+    """
+    rabbit_cluster.ensure_running()
+    return rabbit_cluster
 
 
 @pytest.fixture
