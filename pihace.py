@@ -475,6 +475,17 @@ def _run_async(coroutine):
     return asyncio.run_coroutine_threadsafe(coroutine, _async_loop)
 
 
+def _new_workers_after_fork():
+    """In a forked child: only the thread that forked survives, so the worker threads and
+    the event loop's thread are gone, and a lock one of them held stays held."""
+    global _workers, _async_loop, _async_lock
+    _workers, _async_loop, _async_lock = _Workers(), None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_new_workers_after_fork)
+
+
 async def _awaited_call(function):
     return await function()
 
@@ -574,8 +585,6 @@ class HealthCheck:
 
     def _after_fork(self):
         """In a forked child: the runs in progress died with the parent's threads."""
-        global _workers, _async_loop, _async_lock
-        _workers, _async_loop, _async_lock = _Workers(), None, threading.Lock()
         self._lock = threading.Lock()
         for checker in self.checkers.values():
             checker.run, checker.lock = None, threading.Lock()
