@@ -137,6 +137,23 @@ def amqp_url(rabbit) -> str:
 
 
 @pytest.fixture
+def fault_proxy(rabbit):
+    """A started faultproxy.FaultProxy in front of the session's broker, closed after the test.
+
+    Connect through ``fault_proxy.url_for(amqp_url)``; switch faults with
+    ``fault_proxy.set_mode("blackhole" | "refuse" | "pass")`` or ``set_mode("latency", s)``.
+    """
+    import urllib.parse
+
+    from faultproxy import FaultProxy
+
+    parts = urllib.parse.urlsplit(rabbit.url)
+    default_port = 5671 if parts.scheme == "amqps" else 5672
+    with FaultProxy(parts.hostname or "localhost", parts.port or default_port) as proxy:
+        yield proxy
+
+
+@pytest.fixture
 def pika_channel(amqp_url):
     """A channel of an independent client (pika) on the test broker."""
     import pika

@@ -653,10 +653,17 @@ class RabbitCluster:
     # -- what the cluster says
 
     def running_node(self) -> RabbitNode:
-        """A member whose process runs, to ask the cluster through."""
-        for node in self.nodes:
-            if node.running:
+        """A member to ask the cluster through: one that answers AMQP if any.
+
+        (A node being restarted has a process long before it can answer
+        rabbitmqctl.)
+        """
+        running = [node for node in self.nodes if node.running]
+        for node in running:
+            if amqp_probe(node.port, timeout=1.0):
                 return node
+        if running:
+            return running[0]
         raise RabbitNodeError("no node of the cluster is running")
 
     def ctl(self, *args: str, timeout: float = 30) -> str:

@@ -245,6 +245,27 @@ def test_proxy_close_ends_its_thread_and_resets_clients(echo):
     proxy.close()  # twice is fine
 
 
+def test_proxy_carries_amqp_to_a_real_broker_with_latency(fault_proxy, rabbit):
+    import pika
+
+    with fault_proxy as proxy:  # the fixture closes it too; twice is fine
+        proxy.set_mode("latency", 0.05)
+        started = time.monotonic()
+        connection = pika.BlockingConnection(pika.URLParameters(proxy.url_for(rabbit.url)))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            queue = channel.queue_declare("", exclusive=True).method.queue
+            channel.basic_publish("", queue, b"through the proxy")  # raises unless acked
+            took = time.monotonic() - started
+        finally:
+            connection.close()
+        # handshake, channel, confirm, declare, publish: at least 5 round trips of 0.1 s
+        assert took >= 0.5
+        assert proxy.connections_accepted == 1
+        assert proxy.bytes_to_target > 8 and proxy.bytes_from_target > 0
+
+
 # ---------------------------------------------------------------- RabbitCluster
 
 def test_cluster_nodes_have_their_own_names_ports_folders_and_one_cookie():
@@ -295,6 +316,11 @@ def test_cluster_kill_restart_leader_and_connections(cluster):
 
     cluster.restart(leader)
     assert cluster.running_nodes() == {n.nodename for n in cluster.nodes}
+
+    cluster.stop(third)  # gracefully; the `cluster` fixture of the next test does this:
+    assert cluster.ensure_running() == [third]
+    assert cluster.running_nodes() == {n.nodename for n in cluster.nodes}
+    assert cluster.ensure_running() == []
     for node in cluster.nodes:  # guest works on every node
         connection = pika.BlockingConnection(pika.URLParameters(node.url))
         connection.close()
