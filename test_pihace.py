@@ -27,7 +27,6 @@ from hypothesis import HealthCheck as HypothesisHealthCheck
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-import faultproxy
 import pihace
 import rabbitnode
 from conftest import ExternalBroker
@@ -3222,17 +3221,10 @@ def test_the_password_never_leaks_on_any_failure_path(rabbit, fake_broker, caplo
 # pusher: under faults (a fault-injecting proxy, a cluster, fork(), SIGKILL)
 # ---------------------------------------------------------------------------
 
-@pytest.fixture
-def proxy(fault_rabbit):
-    """A FaultProxy in front of the fault_rabbit node (pass-through until told otherwise)."""
-    with faultproxy.FaultProxy("127.0.0.1", fault_rabbit.port) as fault_proxy:
-        yield fault_proxy
-
-
-def test_a_report_dropped_from_a_full_outbox_is_a_failure_for_its_push(proxy, fault_rabbit,
+def test_a_report_dropped_from_a_full_outbox_is_a_failure_for_its_push(fault_proxy, rabbit,
                                                                       unique_queue):
-    proxy.set_mode("blackhole")
-    pusher = pihace.AMQPPusher(counting_check(), proxy.url_for(fault_rabbit.url), unique_queue,
+    fault_proxy.set_mode("blackhole")
+    pusher = pihace.AMQPPusher(counting_check(), fault_proxy.url_for(rabbit.url), unique_queue,
                                buffer_size=2, timeout=0.5, connect_timeout=0.5)
     results = []
 
@@ -3244,7 +3236,8 @@ def test_a_report_dropped_from_a_full_outbox_is_a_failure_for_its_push(proxy, fa
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert len(results) == 32 and proxy.bytes_to_target == 0  # nothing ever reached the broker
+    assert len(results) == 32
+    assert fault_proxy.bytes_to_target == 0  # nothing ever reached the broker
     assert all(result is not True for result in results), results.count(True)
     assert pusher.dropped == 30
     assert sum(result == (False, "dropped from a full outbox") for result in results) >= 16
@@ -3272,10 +3265,10 @@ def test_connection_attempts_back_off_while_reports_keep_their_schedule(closed_p
 
 
 @pytest.mark.slow
-def test_a_connection_being_set_up_over_a_slow_link_is_allowed_to_finish(proxy, fault_rabbit,
+def test_a_connection_being_set_up_over_a_slow_link_is_allowed_to_finish(fault_proxy, rabbit,
                                                                         unique_queue):
-    proxy.set_mode("latency", 0.25)  # a 500 ms round trip: set-up and first confirm take ~3.5 s
-    pusher = pihace.AMQPPusher(counting_check(), proxy.url_for(fault_rabbit.url), unique_queue,
+    fault_proxy.set_mode("latency", 0.25)  # 500 ms round trips: set-up and confirm take 3.5 s
+    pusher = pihace.AMQPPusher(counting_check(), fault_proxy.url_for(rabbit.url), unique_queue,
                                timeout=3)
     try:
         assert pusher.push() is True
@@ -3283,21 +3276,21 @@ def test_a_connection_being_set_up_over_a_slow_link_is_allowed_to_finish(proxy, 
         assert pusher.connections_opened == 1
     finally:
         pusher.close()
-    assert queue_depth(fault_rabbit.url, unique_queue) == 2
+    assert queue_depth(rabbit.url, unique_queue) == 2
 
 
 @pytest.mark.slow
 def test_stop_interrupts_a_push_into_a_blackhole_and_a_second_stop_ends_the_last_chance(
-        proxy, fault_rabbit, unique_queue):
-    proxy.set_mode("blackhole")
-    pusher = pihace.AMQPPusher(counting_check(), proxy.url_for(fault_rabbit.url), unique_queue,
+        fault_proxy, rabbit, unique_queue):
+    fault_proxy.set_mode("blackhole")
+    pusher = pihace.AMQPPusher(counting_check(), fault_proxy.url_for(rabbit.url), unique_queue,
                                timeout=10)
     loop = LoopThread(pusher, 60)
-    wait_until(lambda: proxy.connections_accepted == 1, 10, "the first push to connect")
+    wait_until(lambda: fault_proxy.connections_accepted == 1, 10, "the first push to connect")
     first_stop = time.monotonic()
     pusher.stop()
     # the push ends at once; the outbox's last chance connects again, for at most 5 s
-    wait_until(lambda: proxy.connections_accepted == 2, 3, "the last chance to start")
+    wait_until(lambda: fault_proxy.connections_accepted == 2, 3, "the last chance to start")
     assert loop.thread.is_alive()
     assert loop.stop(within=2.0) < 1.0  # the second stop
     assert loop.ended - first_stop < 3.0
