@@ -3415,6 +3415,35 @@ def test_the_spool_keeps_reports_in_order_for_the_next_pusher(tmp_path, closed_p
     second.close()
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 120))
+def test_a_spool_file_is_a_report_or_a_value_error_never_a_crash(noise, cut):
+    pusher = pihace.AMQPPusher(None, "amqp://127.0.0.1:1/")
+    message = pusher._message({"n": 1})
+    spool = pihace._Spool.__new__(pihace._Spool)
+    good = spool._encode(message)
+    assert spool._decode(good) == message
+    for data in (good[:cut], good[:cut] + noise, spool.MAGIC + noise, noise):
+        if data == good:
+            continue
+        try:
+            spool._decode(data)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {data!r}")
+
+
+def test_a_spool_file_whose_properties_were_changed_is_not_sent(tmp_path):
+    pusher = pihace.AMQPPusher(None, "amqp://127.0.0.1:1/")
+    message = pusher._message({"n": 1})
+    other = pusher._message({"n": 2})
+    spool = pihace._Spool.__new__(pihace._Spool)
+    forged = spool._encode(message._replace(properties=other.properties))  # a valid checksum
+    with pytest.raises(ValueError) as error:
+        spool._decode(forged)
+    assert "do not fit together" in str(error.value)
+
+
 def test_the_spool_is_bounded_and_used_by_one_pusher_at_a_time(tmp_path, closed_port):
     url = f"amqp://127.0.0.1:{closed_port}/"
     pusher = pihace.AMQPPusher(counting_check(), url, buffer_size=2, outbox_path=tmp_path)
