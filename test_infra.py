@@ -121,7 +121,9 @@ def test_proxy_pass_forwards_both_ways_and_counts(proxy, echo):
         assert recv_exactly(sock, len(payload)) == payload
         sender.join(5)
     assert proxy.connections_accepted == 1
-    assert proxy.bytes_to_target == proxy.bytes_from_target == 300_005
+    # the counters follow each send() of the proxy's thread, which may not have run yet
+    wait_until(lambda: proxy.bytes_to_target == proxy.bytes_from_target == 300_005,
+               what="the counters at 300,005 bytes each way")
     assert echo.received == 300_005
 
 
@@ -203,12 +205,12 @@ def test_proxy_latency_delays_each_direction_and_keeps_order(proxy):
             sock.sendall(b"%d" % i)
         assert recv_exactly(sock, 5) == b"01234"
         rtt = time.monotonic() - started
-        assert 0.4 <= rtt < 2.0
+        assert 0.4 <= rtt < 3.0  # a loose upper bound: 2 cores shared
         proxy.set_mode("pass")
         started = time.monotonic()
         sock.sendall(b"x")
         assert recv_exactly(sock, 1) == b"x"
-        assert time.monotonic() - started < 0.3
+        assert time.monotonic() - started < 0.4  # under the 0.4 s the latency would add
 
 
 def test_proxy_resets_the_client_when_the_target_is_down():
