@@ -306,15 +306,13 @@ def test_cluster_kill_restart_leader_and_connections(cluster):
         assert counts == {first: 0, second: 1, third: 0}
     finally:
         connection.close()
-    leader = wait_until(lambda: cluster.quorum_leader(queue), timeout=30, what="a leader")
-    assert leader in cluster.nodes
+    leader = cluster.wait_quorum_leader(queue)
+    assert leader in cluster.nodes and leader is cluster.quorum_leader(queue)
 
     cluster.kill(leader)
     assert not leader.running
-    new_leader = wait_until(
-        lambda: (lambda n: n if n not in (None, leader) else None)(cluster.quorum_leader(queue)),
-        timeout=30, what="a new leader")
-    assert new_leader.running
+    new_leader = cluster.wait_quorum_leader(queue, other_than=leader)
+    assert new_leader.running and new_leader is not leader
 
     cluster.restart(leader)
     assert cluster.running_nodes() == {n.nodename for n in cluster.nodes}
