@@ -2515,6 +2515,13 @@ def test_a_bad_interval_is_a_value_error_before_anything_runs(interval):
     assert calls == []
 
 
+def test_a_loop_without_a_healthcheck_is_a_value_error_before_anything_runs():
+    pusher = pihace.AMQPPusher(None, "amqp://localhost/")
+    with pytest.raises(ValueError) as raised:
+        pusher.push_forever_in_loop(1)
+    assert "needs the pusher's healthcheck" in str(raised.value)
+
+
 def test_constructor_never_touches_the_network():
     calls = []
     pusher = pihace.AMQPPusher(None, "amqp://localhost/",
