@@ -3793,6 +3793,18 @@ def test_main_push_to_a_queue_an_operator_declared_with_arguments(capsys, rabbit
     assert queue_depth(rabbit.url, unique_queue) == 1
 
 
+def test_main_push_keeps_an_undelivered_report_in_the_spool(capsys, tmp_path, closed_port):
+    url = f"amqp://127.0.0.1:{closed_port}/"
+    code, out, err = run_main(capsys, "push", "--url", url, "--no-system", "--spool",
+                              str(tmp_path))
+    assert code == 2 and "connection refused" in err
+    assert f"1 report(s) kept in {tmp_path} for the next run" in err
+    assert len(spooled(tmp_path)) == 1
+    with pihace.AMQPPusher(None, url, outbox_path=tmp_path):  # another pusher uses it
+        code, out, err = run_main(capsys, "push", "--url", url, "--spool", str(tmp_path))
+    assert code == 3 and "is in use by another pusher" in err
+
+
 def test_queue_arguments_from_the_command_line_are_typed():
     assert [pihace._queue_argument(spec) for spec in (
         "x-max-length=1000", "x-queue-type=quorum", "x-single-active-consumer=true",
