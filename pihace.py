@@ -134,6 +134,10 @@ class ChannelClosed(_ClosedByBroker):
     what = "channel"
 
 
+class ConsumerCancelled(AMQPError):
+    """The broker cancelled our consumer: its queue was deleted, or its node went away."""
+
+
 class PublishError(AMQPError):
     """A message the broker nacked, returned as unroutable, or did not confirm in time."""
 
@@ -818,11 +822,23 @@ _METHOD_TABLE = [
     "50 10 > Queue.Declare ticket:short queue:shortstr "
     "passive,durable,exclusive,auto_delete,nowait:bits arguments:table",
     "50 11 < Queue.Declare-Ok queue:shortstr message_count:long consumer_count:long",
+    "50 20 > Queue.Bind ticket:short queue:shortstr exchange:shortstr routing_key:shortstr "
+    "nowait:bits arguments:table",
+    "50 21 < Queue.Bind-Ok",
+    "60 10 > Basic.Qos prefetch_size:long prefetch_count:short global:bits",
+    "60 11 < Basic.Qos-Ok",
+    "60 20 > Basic.Consume ticket:short queue:shortstr consumer_tag:shortstr "
+    "no_local,no_ack,exclusive,nowait:bits arguments:table",
+    "60 21 < Basic.Consume-Ok consumer_tag:shortstr",
+    "60 30 <> Basic.Cancel consumer_tag:shortstr nowait:bits",
+    "60 31 <> Basic.Cancel-Ok consumer_tag:shortstr",
     "60 40 > Basic.Publish ticket:short exchange:shortstr routing_key:shortstr "
     "mandatory,immediate:bits",
     "60 50 < Basic.Return reply_code:short reply_text:shortstr exchange:shortstr "
     "routing_key:shortstr",
-    "60 80 < Basic.Ack delivery_tag:longlong multiple:bits",
+    "60 60 < Basic.Deliver consumer_tag:shortstr delivery_tag:longlong redelivered:bits "
+    "exchange:shortstr routing_key:shortstr",
+    "60 80 <> Basic.Ack delivery_tag:longlong multiple:bits",
     "60 120 < Basic.Nack delivery_tag:longlong multiple,requeue:bits",
     "85 10 > Confirm.Select nowait:bits",
     "85 11 < Confirm.Select-Ok",
@@ -1158,8 +1174,28 @@ class Returned(Acked):
         self.exchange, self.routing_key = args["exchange"], args["routing_key"]
 
 
+class Delivery:
+    """An event: a message the broker delivered to one of our consumers (Basic.Deliver
+    with its content). `body` is None when the message was larger than the consumer's
+    max_body_size: it was counted, not kept; `body_size` says how large it was."""
+
+    __slots__ = ("channel", "consumer_tag", "delivery_tag", "redelivered", "exchange",
+                 "routing_key", "properties", "body", "body_size")
+
+    def __init__(self, channel, args, properties, body, body_size):
+        self.channel, self.consumer_tag = channel, args["consumer_tag"]
+        self.delivery_tag, self.redelivered = args["delivery_tag"], args["redelivered"]
+        self.exchange, self.routing_key = args["exchange"], args["routing_key"]
+        self.properties, self.body, self.body_size = properties, body, body_size
+
+    def __repr__(self):
+        return (f"Delivery({self.channel}, {self.consumer_tag!r}, {self.delivery_tag}, "
+                f"{self.body_size} bytes)")
+
+
 class _Channel:
-    __slots__ = ("state", "expecting", "confirming", "next_tag", "unconfirmed", "returned")
+    __slots__ = ("state", "expecting", "confirming", "next_tag", "unconfirmed", "returned",
+                 "consumers", "consuming", "last_delivery", "unacked")
 
     def __init__(self):
         self.state = "opening"  # opening -> open -> closing (by the client) -> gone
@@ -1168,12 +1204,17 @@ class _Channel:
         self.next_tag = 1  # delivery tags count publishes from Confirm.Select on
         self.unconfirmed = {}  # delivery tag -> message id, oldest first
         self.returned = {}  # message id -> Returned, until the broker's Ack for it
+        self.consumers = {}  # consumer tag -> (no_ack, max_body_size), from Consume-Ok on
+        self.consuming = None  # (no_ack, max_body_size) of the Basic.Consume awaiting its Ok
+        self.last_delivery = 0  # the broker numbers its deliveries from 1 on each channel
+        self.unacked = set()  # delivery tags not acknowledged yet
 
 
 # The synchronous methods a client sends on a channel, and the reply each waits for.
 _REPLIES = {name: name + "-Ok" for name in _METHOD_IDS
             if name + "-Ok" in _FROM_BROKER and _METHOD_IDS[name][0] != 10}
 _REPLY_NAMES = set(_REPLIES.values())
+_ACK_HEAD = _short.pack(BASIC_CLASS) + _short.pack(80)  # Basic.Ack, sent once per batch
 
 
 class AMQPProtocol:
@@ -1333,12 +1374,33 @@ class AMQPProtocol:
             raise RemoteProtocolError(f"{name} has {len(payload) - reader.offset} bytes too many")
         if name == "Basic.Return":
             self._check_channel(method, ("open", "closing"))
-            self._content = [method, None, 0]
+            self._content = [method, None, 0, None]
+            return None
+        if name == "Basic.Deliver":
+            self._content = [method, None, 0, self._on_deliver(method)]
             return None
         return self._handle_method(method)
 
+    def _on_deliver(self, method):
+        """The list its body parts go to, or None when the body is not kept."""
+        channel = self._check_channel(method, ("open", "closing"))
+        tag, consumer = method.args["delivery_tag"], method.args["consumer_tag"]
+        if tag <= channel.last_delivery:
+            raise RemoteProtocolError(f"Basic.Deliver with delivery tag {tag} on channel "
+                                      f"{method.channel}, after {channel.last_delivery}")
+        if consumer not in channel.consumers:
+            if channel.state == "closing":
+                return None  # dropped with the rest of the channel's traffic
+            raise RemoteProtocolError(f"Basic.Deliver to consumer {consumer!r} on channel "
+                                      f"{method.channel}, which has no such consumer")
+        channel.last_delivery = tag
+        no_ack, _ = channel.consumers[consumer]
+        if not no_ack:
+            channel.unacked.add(tag)
+        return []
+
     def _handle_content(self, frame_type, channel, payload):
-        method, size, received = self._content
+        method, size, received, parts = self._content
         if channel != method.channel or frame_type == FRAME_METHOD or (
                 (frame_type == FRAME_HEADER) != (size is None)):
             raise RemoteProtocolError(f"expected the content of {method.name} on channel "
@@ -1350,16 +1412,35 @@ class AMQPProtocol:
             if class_id != BASIC_CLASS:
                 raise RemoteProtocolError(f"content header of class {class_id}")
             method.properties = decode_properties(reader)
+            if parts is not None and size > self._max_body(method):
+                parts = None  # too large: counted, not kept
         else:
             received += len(payload)  # the body of a returned message is not kept
             if received > size:
                 raise RemoteProtocolError(f"content body longer than its declared {size} bytes")
-        self._content = [method, size, received]
+            if parts is not None:
+                parts.append(payload)
+        self._content = [method, size, received, parts]
         if received != size:
             return None
         self._content = None
         method.body_size = size
+        if method.name == "Basic.Deliver":
+            return self._delivered(method, parts)
         return self._on_return(method)
+
+    def _max_body(self, method):
+        channel = self.channels.get(method.channel)
+        consumer = channel and channel.consumers.get(method.args["consumer_tag"])
+        return math.inf if consumer is None or consumer[1] is None else consumer[1]
+
+    def _delivered(self, method, parts):
+        channel = self.channels.get(method.channel)
+        if channel is None or channel.state == "closing" or (
+                method.args["consumer_tag"] not in channel.consumers):
+            return None  # the channel closed, or the consumer was cancelled, meanwhile
+        body = None if parts is None else parts[0] if len(parts) == 1 else b"".join(parts)
+        return Delivery(method.channel, method.args, method.properties, body, method.body_size)
 
     def _check_channel(self, method, states):
         channel = self.channels.get(method.channel)
@@ -1391,12 +1472,22 @@ class AMQPProtocol:
             return None  # the events are queued, one per message
         elif name == "Channel.Flow":
             self._send(method.channel, "Channel.Flow-Ok", active=args["active"])
-        elif name == channel.expecting:  # Open-Ok, Close-Ok, Declare-Ok, Select-Ok
+        elif name == "Basic.Cancel":  # the broker's: the queue was deleted, or a node failed
+            if channel.consumers.pop(args["consumer_tag"], None) is None:
+                return None  # crossed our own Cancel: its Cancel-Ok follows
+            if not args["nowait"]:
+                self._send(method.channel, "Basic.Cancel-Ok", consumer_tag=args["consumer_tag"])
+        elif name == channel.expecting:  # Open-Ok, Close-Ok, Declare-Ok, Select-Ok, ...
             channel.expecting = None
             if name == "Channel.Open-Ok":
                 channel.state = "open"
             elif name == "Channel.Close-Ok":
                 del self.channels[method.channel]
+            elif name == "Basic.Consume-Ok":
+                channel.consumers[args["consumer_tag"]], channel.consuming = \
+                    channel.consuming, None
+            elif name == "Basic.Cancel-Ok":
+                channel.consumers.pop(args["consumer_tag"], None)
         else:
             raise RemoteProtocolError(f"unexpected {name} on channel {method.channel}: "
                                       f"{'nothing' if channel.expecting is None else channel.expecting}"
@@ -1537,6 +1628,39 @@ class AMQPProtocol:
             state.confirming = True
         state.expecting = reply
         self._send(channel, name, **values)
+
+    def consume(self, channel, queue, consumer_tag="", *, no_ack=False, exclusive=False,
+                arguments=None, max_body_size=None):
+        """Send Basic.Consume; deliveries come as Delivery events once Basic.Consume-Ok
+        (a Method event naming the consumer tag, the broker's if `consumer_tag` is "")
+        has come. A body larger than `max_body_size` bytes is counted, not kept."""
+        state = self._require_open("consume", channel)
+        self.send_method(channel, "Basic.Consume", queue=queue, consumer_tag=consumer_tag,
+                         no_ack=no_ack, exclusive=exclusive, arguments=arguments)
+        state.consuming = (no_ack, max_body_size)
+
+    def cancel(self, channel, consumer_tag):
+        """Send Basic.Cancel; deliveries may still come until its Basic.Cancel-Ok."""
+        state = self._require_open("cancel a consumer", channel)
+        if consumer_tag not in state.consumers:
+            raise LocalProtocolError(f"cannot cancel consumer {consumer_tag!r}: channel "
+                                     f"{channel} has no such consumer")
+        self.send_method(channel, "Basic.Cancel", consumer_tag=consumer_tag)
+
+    def ack(self, channel, delivery_tag, multiple=False):
+        """Acknowledge a delivery, or with `multiple` every one up to it (0: all)."""
+        state = self._require_open("acknowledge a delivery", channel)
+        unacked = state.unacked
+        if not (multiple and delivery_tag == 0) and delivery_tag not in unacked:
+            raise LocalProtocolError(f"cannot acknowledge delivery tag {delivery_tag} on "
+                                     f"channel {channel}: it awaits no acknowledgement")
+        if multiple:
+            last = delivery_tag or state.last_delivery
+            state.unacked = {tag for tag in unacked if tag > last} if len(unacked) > 1 else set()
+        else:
+            unacked.discard(delivery_tag)
+        self._outbox.append(encode_frame(FRAME_METHOD, channel, _ACK_HEAD + _longlong.pack(
+            delivery_tag) + (b"\x01" if multiple else b"\x00")))
 
     def publish(self, channel, exchange, routing_key, body, properties, mandatory=False,
                 message_id=None):
@@ -1715,7 +1839,8 @@ def _client_properties(connection_name):
         "information": "https://pypi.org/project/pihace/",
         "connection_name": connection_name,
         "capabilities": {"publisher_confirms": True, "basic.nack": True,
-                         "connection.blocked": True, "authentication_failure_close": True},
+                         "connection.blocked": True, "authentication_failure_close": True,
+                         "consumer_cancel_notify": True},
     }
 
 
@@ -1758,6 +1883,7 @@ class BlockingConnection:
         self._replies = {}  # channel -> the reply to its last synchronous method
         self._awaited = set()  # message ids whose confirms publish() waits for
         self._outcomes = {}  # message id -> (acked, reason), for publish() to collect
+        self._deliveries = collections.deque()  # Delivery events, for deliveries() to collect
         self._blocked_changes = 0  # Blocked and Unblocked not logged yet
         self._blocked_logged = None  # when the last line about them was
 
@@ -1900,9 +2026,11 @@ class BlockingConnection:
         self.send_pending(deadline)
         return heartbeat_in
 
-    def _receive(self, wait):
-        """Wait up to `wait` seconds for the broker's bytes, and feed them in; were there any?"""
-        if not (self._buffered() or _wait_io([self.sock], False, wait)):
+    def _receive(self, wait, wakeup=None):
+        """Wait up to `wait` seconds (or until `wakeup` is woken) for the broker's bytes, and
+        feed them in; were there any?"""
+        socks = [self.sock] if wakeup is None else [self.sock, wakeup]
+        if not (self._buffered() or _wait_io(socks, False, wait)):
             return False
         try:
             data = self.sock.recv(1 << 16)
@@ -1926,6 +2054,9 @@ class BlockingConnection:
             if isinstance(event, ConnectionLost):
                 self.abort()
                 raise ConnectionResetError("the broker closed the connection")
+            if isinstance(event, Delivery):
+                self._deliveries.append(event)
+                continue
             if isinstance(event, Acked):  # or Nacked, or Returned
                 self._settle(event)
                 continue
@@ -1941,6 +2072,10 @@ class BlockingConnection:
                 raise error(args["reply_code"], args["reply_text"], args["class_id"],
                             args["method_id"],
                             cause=_METHOD_NAMES.get((args["class_id"], args["method_id"])))
+            if name == "Basic.Cancel":
+                raise ConsumerCancelled(f"the broker cancelled consumer "
+                                        f"{_printable(args['consumer_tag'])!r} (its queue was "
+                                        "deleted, or its node went down)")
             if name in ("Connection.Blocked", "Connection.Unblocked"):
                 self._blocked_changes += 1
                 self._log_blocked()
@@ -2048,6 +2183,49 @@ class BlockingConnection:
                 for message in messages}
 
 
+    # -- consuming ------------------------------------------------------------
+
+    def consume(self, channel, queue, deadline, *, prefetch=100, consumer_tag="", no_ack=False,
+                exclusive=False, arguments=None, max_body_size=None):
+        """Basic.Qos (prefetch_count, unless 0), then Basic.Consume on an open channel;
+        waits for both replies and returns the consumer tag. Deliveries are then
+        collected with deliveries(); a body over max_body_size bytes comes as None."""
+        if prefetch:
+            self.call(channel, "Basic.Qos", deadline, prefetch_count=prefetch)
+        self._replies.pop(channel, None)
+        self.protocol.consume(channel, queue, consumer_tag, no_ack=no_ack, exclusive=exclusive,
+                              arguments=arguments, max_body_size=max_body_size)
+        self.send_pending(deadline)
+        self.wait_for(lambda: channel in self._replies, deadline, "for Basic.Consume-Ok")
+        return self._replies.pop(channel).args["consumer_tag"]
+
+    def cancel(self, channel, consumer_tag, deadline):
+        """Basic.Cancel, and wait for its Basic.Cancel-Ok; what was delivered meanwhile
+        is still returned by deliveries()."""
+        self.call(channel, "Basic.Cancel", deadline, consumer_tag=consumer_tag)
+
+    def deliveries(self, wait, send_deadline, wakeup=None):
+        """The deliveries that came (Delivery events, in order), waiting up to `wait`
+        seconds for a first one, or until `wakeup` (a Wakeup) is woken; [] when none
+        came. Heartbeats are sent meanwhile, each send bounded by `send_deadline`.
+        Raises ConsumerCancelled when the broker cancels a consumer."""
+        self._handle_events()
+        if not self._deliveries:
+            heartbeat_in = self._send_queued(send_deadline)
+            if self._receive(wait if heartbeat_in is None else min(wait, heartbeat_in), wakeup):
+                while self._buffered():  # TLS may hold more decrypted bytes than one recv() took
+                    self._receive(0.0)
+                self._handle_events()
+        deliveries = list(self._deliveries)
+        self._deliveries.clear()
+        return deliveries
+
+    def ack(self, channel, delivery_tag, deadline, multiple=False):
+        """Acknowledge a delivery (with `multiple`, every one up to it) and send it now."""
+        self.protocol.ack(channel, delivery_tag, multiple)
+        self.send_pending(deadline)
+
+
 class Wakeup:
     """Lets stop(), from another thread or a signal handler, end a wait at once.
 
@@ -2061,6 +2239,9 @@ class Wakeup:
         self._reader, self._writer = socket.socketpair()
         for sock in (self._reader, self._writer):
             sock.setblocking(False)
+
+    def fileno(self):  # poll() waits on it beside a connection's socket (deliveries())
+        return self._reader.fileno()
 
     def wake(self):
         try:
