@@ -2338,6 +2338,7 @@ class AMQP:
 # ---------------------------------------------------------------------------
 
 _BUSY = "timed out waiting for another thread's publish to finish"
+_HOST = os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "")
 
 
 class AMQPPusher:
@@ -2358,6 +2359,7 @@ class AMQPPusher:
     """
 
     _channel = 1  # the one channel it publishes on
+    interval = None  # seconds between reports while push_forever_in_loop runs
 
     def __init__(self, healthcheck=None, amqp_url="amqp://guest:guest@localhost:5672/",
                  queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
@@ -2559,6 +2561,8 @@ class AMQPPusher:
             raise ValueError("push() needs the pusher's healthcheck; use publish() to send "
                              "other messages")
         report = self.healthcheck.check(output="dict")
+        # what a watcher needs to tell "late" (new keys, after pihace 1.0.0's): who, how often
+        report.update(host=_HOST, **({"interval": self.interval} if self.interval else {}))
         # a component name that is a Path, say, must not stop the reports
         message = self._message(report, headers={"status": report["status"]}, as_text=_text)
         deadline = self.clock() + self.timeout
@@ -2640,7 +2644,7 @@ class AMQPPusher:
         """
         import random  # here, not at the top: slow to import, and only the loop needs it
 
-        interval = _seconds("interval", interval)
+        interval = self.interval = _seconds("interval", interval)
         next_report, retry_at, failures = self.clock(), math.inf, 0
         self._wakeup = Wakeup()
         log.info("pushing a report to %s every %gs", self.parameters.safe_url, interval)
@@ -2736,6 +2740,485 @@ class AMQPPusher:
                     if heartbeat_in is not None:
                         wait = min(wait, heartbeat_in)
             self._wakeup.wait(wait, connection)  # without the lock
+
+
+# ---------------------------------------------------------------------------
+# watcher: consuming the fleet's reports, one state per device, hooks on changes
+# ---------------------------------------------------------------------------
+
+# The states of a device, worst first (the live table's order).
+DEVICE_STATES = ("silent", "down", "late", "degraded", "new", "up")
+_STATE_OF_STATUS = {"Available": "up", "Partially Available": "degraded", "Unavailable": "down"}
+_NAME_LIMIT = 200  # characters of a device's name or host that are kept
+_FAILING_LIMIT = 20  # names of failing checks kept per device
+
+
+class Device:
+    """What the watcher knows of one device (a component name on a host).
+
+    `last_seen` is wall-clock time (seconds since 1970) of its newest report:
+    the report's AMQP timestamp, never later than its arrival. `state` is one
+    of DEVICE_STATES; `status` the newest report's.
+    """
+
+    __slots__ = ("name", "host", "state", "status", "last_seen", "interval", "reports",
+                 "rate", "failing", "due")
+
+    def __init__(self, name, host):
+        self.name, self.host = name, host
+        self.state = self.status = self.rate = None
+        self.last_seen = self.interval = 0.0
+        self.reports, self.failing = 0, ()
+        self.due = math.inf  # when its age next changes its state
+
+    @property
+    def id(self):
+        return f"{self.name}@{self.host}" if self.host else self.name
+
+    def snapshot(self, now):
+        return {"device": self.id, "name": self.name, "host": self.host, "state": self.state,
+                "status": self.status, "last_seen": self.last_seen,
+                "age": max(0.0, now - self.last_seen), "interval": self.interval,
+                "reports": self.reports, "rate": self.rate, "failing": list(self.failing)}
+
+
+def _bounded_text(value, limit=_NAME_LIMIT):
+    """A name from a report: text, at most `limit` characters (escaped only when shown)."""
+    text = value if isinstance(value, str) else "" if value is None else _text(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class Watcher:
+    """Consumes the fleet's health reports and keeps one state per device.
+
+    A device is a component name on a host (a report without a name falls
+    back to the AMQP app_id, then user_id). Its state is `new` on its first
+    report, then `up`, `degraded` or `down` as its newest report's status
+    says; `late` when no report came for interval + grace seconds, `silent`
+    after interval + silent_grace (or silent_limit, if sooner). The interval
+    is the report's own `interval` key (pushers in a loop send it), else
+    `default_interval`. Each change calls every on_change(device, old_state,
+    new_state, report) once (device: a dict; report: None for late and silent).
+
+    Delivery is at-least-once: a report is acknowledged only after it has been
+    applied; one whose message_id was seen already is counted as a duplicate
+    and not applied again. A report that is not JSON, not a pihace report, or
+    larger than max_report_size bytes is counted, logged (once per producer)
+    and acknowledged, so it cannot come back. After any loss the watcher
+    reconnects with exponential backoff and jitter, trying each URL in turn.
+    """
+
+    _channel = 1
+
+    def __init__(self, amqp_url="amqp://guest:guest@localhost:5672/",
+                 queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
+                 binding_key="#", declare=True, queue_arguments=None, prefetch=100,
+                 default_interval=60.0, grace=None, silent_grace=None, silent_limit=None,
+                 on_change=None, tick=1.0, max_report_size=1 << 20, dedup_window=100000,
+                 heartbeat=None, timeout=10.0, connection_name="pihace watch",
+                 ssl_context=None, socket_factory=None, clock=time.time):
+        urls = [amqp_url] if isinstance(amqp_url, str) else list(amqp_url or ())
+        if not urls:
+            raise ValueError("amqp_url must be a URL or a non-empty list of URLs")
+        self.endpoints = [AMQPParameters(url) for url in urls]
+        self.parameters = self.endpoints[0]
+        for what, value in (("queue_name", queue_name), ("exchange", exchange or ""),
+                            ("binding_key", binding_key), ("exchange_type", exchange_type or "")):
+            if not isinstance(value, str):
+                raise TypeError(f"{what} must be a string, got {type(value).__name__}")
+            encode_shortstr(value)  # a ValueError when over 255 bytes
+        if not queue_name and not exchange:
+            raise ValueError("queue_name may be empty (a queue of the watcher's own) only with "
+                             "an exchange to bind it to")
+        encode_table(queue_arguments)
+        _number("prefetch", prefetch, lambda v: 0 <= v <= 65535, "an integer from 0 to 65535",
+                int)
+        _number("max_report_size", max_report_size, lambda v: v >= 1, "an integer >= 1", int)
+        _number("dedup_window", dedup_window, lambda v: v >= 0, "an integer >= 0", int)
+        self.default_interval = _seconds("default_interval", default_interval)
+        self.grace = None if grace is None else _seconds("grace", grace)
+        self.silent_grace = None if silent_grace is None else _seconds("silent_grace",
+                                                                       silent_grace)
+        self.silent_limit = None if silent_limit is None else _seconds("silent_limit",
+                                                                       silent_limit)
+        self.tick = _seconds("tick", tick)
+        self.timeout = _seconds("timeout", timeout)
+        if heartbeat is not None:
+            _number("heartbeat", heartbeat, lambda v: 0 <= v <= 65535,
+                    "whole seconds from 0 (off) to 65535", int)
+        callbacks = on_change if isinstance(on_change, (list, tuple)) else [on_change]
+        if not all(callable(callback) for callback in callbacks if callback is not None):
+            raise TypeError("on_change must be a callable or a list of callables")
+        self.on_change = [callback for callback in callbacks if callback is not None]
+        self.queue_name, self.exchange, self.exchange_type = queue_name, exchange or "", exchange_type
+        self.binding_key, self.declare = binding_key, declare
+        self.queue_arguments = dict(queue_arguments or {})
+        self.prefetch, self.max_report_size = prefetch, max_report_size
+        self.heartbeat, self.connection_name = heartbeat, connection_name
+        self.ssl_context, self.socket_factory, self.clock = ssl_context, socket_factory, clock
+        self.counts = collections.Counter()  # applied, duplicate, invalid, stale
+        self.connections_opened = 0
+        self._devices = {}  # (name, host) -> Device
+        self._lock = threading.Lock()  # the devices, for snapshots from other threads
+        self._seen, self._seen_order = set(), collections.deque()
+        self._dedup_window = dedup_window
+        self._garbage_from = set()  # producers whose bad reports were logged already
+        self._connection = None
+        self._stop_requested = False
+        self._wakeup = None
+        self._next_tick = -math.inf
+
+    def __repr__(self):
+        return f"<Watcher {self.parameters.safe_url} queue={self.queue_name!r}>"
+
+    # -- what it knows ----------------------------------------------------------
+
+    @property
+    def devices(self):
+        """A snapshot: {device id: dict of name, host, state, status, last_seen, age,
+        interval, reports, rate, failing}."""
+        now = self.clock()
+        with self._lock:
+            return {device.id: device.snapshot(now) for device in self._devices.values()}
+
+    def _limits(self, interval):
+        """(late, silent): the seconds without a report after which a device is each."""
+        grace = self.grace if self.grace is not None else max(0.5 * interval, 2.0)
+        silent = interval + (self.silent_grace if self.silent_grace is not None else 4 * grace)
+        if self.silent_limit is not None:
+            silent = min(silent, self.silent_limit)
+        return interval + grace, max(silent, interval + grace)
+
+    # -- applying reports -------------------------------------------------------
+
+    def apply(self, body, properties=None, now=None):
+        """Apply one report (bytes, as it came) to its device: "applied", "duplicate",
+        "invalid" (counted and logged) or "stale" (older than the device's newest).
+        `properties` are its AMQP properties (message_id, timestamp, app_id, ...)."""
+        properties = properties or {}
+        now = self.clock() if now is None else now
+        message_id = properties.get("message_id")
+        if message_id is not None:
+            if message_id in self._seen:
+                self.counts["duplicate"] += 1
+                return "duplicate"
+            self._remember(message_id)
+        report = self._parse(body, properties)
+        if report is None:
+            self.counts["invalid"] += 1
+            return "invalid"
+        outcome, changes = self._update(report, properties, now)
+        self.counts[outcome] += 1
+        for change in changes:
+            self._fire(*change)
+        return outcome
+
+    def _remember(self, message_id):
+        if not self._dedup_window:
+            return
+        self._seen.add(message_id)
+        self._seen_order.append(message_id)
+        if len(self._seen_order) > self._dedup_window:
+            self._seen.discard(self._seen_order.popleft())
+
+    def _parse(self, body, properties):
+        """The report as a dict, or None (logged once per producer) when it is not one."""
+        import json  # here, not at the top: slow to import (see the imports)
+
+        size = properties.get("body_size", len(body) if body is not None else 0)
+        if body is None or len(body) > self.max_report_size:
+            return self._garbage(properties, size, f"larger than {self.max_report_size} bytes")
+        try:
+            report = json.loads(body)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return self._garbage(properties, size, "not JSON")
+        if not isinstance(report, dict) or report.get("status") not in _STATE_OF_STATUS:
+            return self._garbage(properties, size, "not a pihace report (no valid status)")
+        return report
+
+    def _garbage(self, properties, size, why):
+        producer = _bounded_text(properties.get("app_id") or properties.get("user_id") or "?", 60)
+        if producer not in self._garbage_from and len(self._garbage_from) < 1000:
+            self._garbage_from.add(producer)
+            log.warning("ignored a message of %d bytes from %s: %s (logged once per producer)",
+                        size, _printable(repr(producer)), why)
+        return None
+
+    def _identify(self, report, properties):
+        """(name, host, interval) of the device that sent a report."""
+        component = report.get("component")
+        name = component.get("name") if isinstance(component, dict) else None
+        name = _bounded_text(name or properties.get("app_id") or properties.get(
+            "user_id") or "unknown")
+        host = _bounded_text(report.get("host") or "")
+        interval = report.get("interval")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (
+                0 < interval < 1e6):
+            interval = self.default_interval
+        return name, host, float(interval)
+
+    def _update(self, report, properties, now):
+        """Apply a parsed report: (outcome, [changes to announce])."""
+        name, host, interval = self._identify(report, properties)
+        stamp = properties.get("timestamp")
+        seen = min(now, stamp + 1.0) if isinstance(stamp, int) and stamp > 0 else now
+        failure = report.get("failure")
+        with self._lock:
+            device = self._devices.get((name, host))
+            if device is None:
+                device = self._devices[(name, host)] = Device(name, host)
+            elif seen < device.last_seen:
+                return "stale", ()  # an older report that came late (an outbox, say)
+            device.status, device.last_seen, device.interval = report["status"], seen, interval
+            device.reports += 1
+            device.rate = _bounded_text(report.get("rate"), 20) if report.get("rate") else None
+            device.failing = tuple(_bounded_text(key) for key in itertools.islice(
+                failure, _FAILING_LIMIT)) if isinstance(failure, dict) else ()
+            late, _ = self._limits(interval)
+            device.due = seen + late
+            old = device.state
+            new = "new" if old is None else _STATE_OF_STATUS[report["status"]]
+            if new == old:
+                return "applied", ()
+            device.state = new
+            return "applied", [(device, old, new, report, now)]
+
+    def check_ages(self, now=None):
+        """Turn devices late or silent whose reports stopped; the changes, announced."""
+        now = self.clock() if now is None else now
+        changes = []
+        with self._lock:
+            for device in self._devices.values():
+                if device.due > now:
+                    continue
+                late, silent = self._limits(device.interval)
+                age = now - device.last_seen
+                new = "silent" if age > silent else "late"
+                device.due = math.inf if new == "silent" else device.last_seen + silent
+                if new != device.state:
+                    changes.append((device, device.state, new, None, now))
+                    device.state = new
+        for change in changes:
+            self._fire(*change)
+        return len(changes)
+
+    def _fire(self, device, old, new, report, now):
+        snapshot = device.snapshot(now)
+        for callback in self.on_change:
+            try:
+                callback(snapshot, old, new, report)
+            except Exception as exc:  # a bug in a callback must not stop the watcher
+                log.error("on_change callback %s failed: %s", _printable(repr(callback)),
+                          describe_error(exc))
+
+    def _apply_delivery(self, delivery):
+        properties = delivery.properties or {}
+        if delivery.body is None:
+            properties = dict(properties, body_size=delivery.body_size)
+        self.apply(delivery.body, properties)
+
+    # -- the connection ---------------------------------------------------------
+
+    def _connect(self, deadline):
+        """Connect, declare what it needs and start consuming."""
+        start = self.endpoints.index(self.parameters)
+        order = self.endpoints[start:] + self.endpoints[:start]
+        try:
+            connection = open_connection(
+                order, deadline, timeout=self.timeout, heartbeat=self.heartbeat,
+                connection_name=self.connection_name, ssl_context=self.ssl_context,
+                socket_factory=self.socket_factory)
+        except (PihaceError, OSError):
+            self.parameters = order[-1]  # the next try starts after it
+            raise
+        self.parameters, self._connection = connection.parameters, connection
+        self.connections_opened += 1
+        channel = self._channel
+        connection.open_channel(channel, deadline, confirm=False)
+        queue = self.queue_name
+        if self.declare:
+            if self.exchange and self.exchange_type:
+                connection.call(channel, "Exchange.Declare", deadline, exchange=self.exchange,
+                                type=self.exchange_type, durable=True)
+            own = not queue  # a server-named queue of its own, gone with the connection
+            reply = connection.call(channel, "Queue.Declare", deadline, queue=queue,
+                                    durable=not own, exclusive=own, auto_delete=own,
+                                    arguments=self.queue_arguments)
+            queue = reply.args["queue"]
+            if self.exchange:
+                connection.call(channel, "Queue.Bind", deadline, queue=queue,
+                                exchange=self.exchange, routing_key=self.binding_key)
+        connection.consume(channel, queue, deadline, prefetch=self.prefetch,
+                           max_body_size=self.max_report_size)
+        log.info("watching queue %s on %s", _printable(repr(queue)), self.parameters.safe_url)
+        return connection
+
+    def _drop(self):
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abort()
+
+    def _reconnect_delay(self, failures):
+        """Seconds to wait before the next connection attempt: exponential, with jitter,
+        at most 30 s."""
+        import random  # here, not at the top: slow to import, and only reconnecting needs it
+
+        return min(30.0, 0.5 * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self, stop_event=None, *, duration=None, idle=None):
+        """Consume and apply reports until stop(), stop_event or Ctrl-C; or for at most
+        `duration` seconds; or, given `idle`, until no report came for `idle` seconds
+        (what --once uses to read what is waiting). Returns True when it consumed."""
+        monotonic = time.monotonic
+        ends = math.inf if duration is None else monotonic() + _seconds("duration", duration)
+        consumed, failures, quiet_since = False, 0, None
+        self._wakeup = Wakeup()
+        try:
+            while not self._stopped(stop_event) and monotonic() < ends:
+                if self._connection is None:
+                    try:
+                        self._connect(min(ends, monotonic() + self.timeout))
+                    except (PihaceError, OSError) as exc:
+                        self._drop()
+                        failures += 1
+                        reason = describe_error(exc, self.parameters.safe_url)
+                        if failures == 1:
+                            log.warning("cannot watch: %s; trying again", reason)
+                        self._wakeup.wait(min(self._reconnect_delay(failures),
+                                              max(0.0, ends - monotonic())))
+                        continue
+                    if failures:
+                        log.warning("watching again after %d failed attempt(s)", failures)
+                    consumed, failures, quiet_since = True, 0, monotonic()
+                    self._next_tick = quiet_since + self.tick + 1.0  # the backlog comes first
+                wait = min(self.tick, 1.0 if stop_event is not None else self.tick,
+                           max(0.0, ends - monotonic()))
+                try:
+                    deliveries = self._connection.deliveries(wait, monotonic() + self.timeout,
+                                                             self._wakeup)
+                    for delivery in deliveries:
+                        self._apply_delivery(delivery)
+                    if deliveries:  # after they were applied: at-least-once
+                        self._connection.ack(self._channel, deliveries[-1].delivery_tag,
+                                             monotonic() + self.timeout, multiple=True)
+                        quiet_since = monotonic()
+                except (PihaceError, OSError) as exc:
+                    log.warning("connection lost, opening a new one: %s",
+                                describe_error(exc, self.parameters.safe_url))
+                    self._drop()
+                    failures = 1
+                    continue
+                self._tick()
+                if idle is not None and monotonic() - quiet_since >= idle:
+                    break
+        except KeyboardInterrupt:
+            log.info("interrupted: stopping")
+        finally:
+            self._close()
+            wakeup, self._wakeup = self._wakeup, None
+            wakeup.close()
+            self._stop_requested = False
+        self.check_ages()
+        return consumed
+
+    def _tick(self):
+        """Look at the devices' ages once per tick (not while it cannot read: a watcher
+        that lost its broker cannot tell a silent device from its own blindness)."""
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + self.tick
+            self.check_ages()
+
+    def _close(self):
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close(time.monotonic() + min(self.timeout, 5.0))
+
+    def stop(self):
+        """End run() at once; from any thread, or a signal handler."""
+        self._stop_requested = True
+        wakeup = self._wakeup
+        if wakeup is not None:
+            wakeup.wake()
+
+    def _stopped(self, stop_event):
+        return self._stop_requested or (stop_event is not None and stop_event.is_set())
+
+
+# -- the fleet's state, as text -------------------------------------------------
+
+def fleet_exit_code(devices):
+    """0 when every device is up (a new one by its report), 1 when some are degraded or
+    late, 2 when some are down or silent: Nagios' OK, WARNING, CRITICAL."""
+    code = 0
+    for device in devices.values():
+        state = device["state"]
+        if state == "new":
+            state = _STATE_OF_STATUS.get(device["status"], "up")
+        code = max(code, {"down": 2, "silent": 2, "degraded": 1, "late": 1}.get(state, 0))
+    return code
+
+
+def _worst_first(devices):
+    rank = {state: index for index, state in enumerate(DEVICE_STATES)}
+    return sorted(devices.values(), key=lambda d: (rank.get(d["state"], 0), -d["age"],
+                                                   d["device"]))
+
+
+def _state_counts(devices):
+    counts = dict.fromkeys(DEVICE_STATES, 0)
+    for device in devices.values():
+        counts[device["state"]] = counts.get(device["state"], 0) + 1
+    return counts
+
+
+def _prometheus_label(value):
+    """A label value: backslash, quote and newline escaped, other control characters
+    replaced (the text format has no escape for them)."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return text.translate({code: "\ufffd" for code in _CONTROL_ESCAPES if code != 10})
+
+
+def format_fleet(devices, output="json"):
+    """The fleet (Watcher.devices) as "json", "nagios" (status line, perfdata, then one
+    line per device not up) or "prometheus" (the text exposition format)."""
+    if output == "json":
+        import json  # here, not at the top: slow to import (see the imports)
+
+        return json.dumps({"status": ("OK", "WARNING", "CRITICAL")[fleet_exit_code(devices)],
+                           "counts": _state_counts(devices),
+                           "devices": _worst_first(devices)}, indent=2)
+    counts = _state_counts(devices)
+    if output == "nagios":
+        status = ("OK", "WARNING", "CRITICAL")[fleet_exit_code(devices)]
+        summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no devices"
+        perfdata = " ".join(f"{state}={n};;;0" for state, n in counts.items())
+        lines = [f"PIHACE FLEET {status} - {len(devices)} devices: {summary} | {perfdata}"]
+        lines += [f"{_printable(d['device']).replace('|', '/')}: {d['state']}, last seen "
+                  f"{d['age']:.0f}s ago" + (f", failing: {_printable(', '.join(d['failing']))}"
+                                            .replace("|", "/") if d["failing"] else "")
+                  for d in _worst_first(devices) if d["state"] not in ("up", "new")]
+        return "\n".join(lines)
+    if output != "prometheus":
+        raise ValueError(f'output must be "json", "nagios" or "prometheus", got {output!r}')
+    lines = ["# HELP pihace_device_up 1 when the device's newest report says Available and it "
+             "is not late, else 0.",
+             "# TYPE pihace_device_up gauge"]
+    rows = _worst_first(devices)
+    labels = [f'device="{_prometheus_label(d["device"])}",name="{_prometheus_label(d["name"])}",'
+              f'host="{_prometheus_label(d["host"])}"' for d in rows]
+    lines += [f'pihace_device_up{{{label},state="{d["state"]}"}} '
+              f'{1 if d["state"] in ("up", "new") and d["status"] == "Available" else 0}'
+              for label, d in zip(labels, rows)]
+    lines += ["# HELP pihace_device_last_seen_timestamp_seconds When the device's newest "
+              "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
+    lines += [f"pihace_device_last_seen_timestamp_seconds{{{label}}} {d['last_seen']:.3f}"
+              for label, d in zip(labels, rows)]
+    lines += ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
+    lines += [f'pihace_devices{{state="{state}"}} {n}' for state, n in counts.items()]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------
