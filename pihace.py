@@ -2858,6 +2858,7 @@ class Watcher:
         self.ssl_context, self.socket_factory, self.clock = ssl_context, socket_factory, clock
         self.counts = collections.Counter()  # applied, duplicate, invalid, stale
         self.connections_opened = 0
+        self.last_error = None  # why it could not read, the last time it could not
         self._devices = {}  # (name, host) -> Device
         self._lock = threading.Lock()  # the devices, for snapshots from other threads
         self._seen, self._seen_order = set(), collections.deque()
@@ -3083,7 +3084,7 @@ class Watcher:
                     except (PihaceError, OSError) as exc:
                         self._drop()
                         failures += 1
-                        reason = describe_error(exc, self.parameters.safe_url)
+                        reason = self.last_error = describe_error(exc, self.parameters.safe_url)
                         if failures == 1:
                             log.warning("cannot watch: %s; trying again", reason)
                         self._wakeup.wait(min(self._reconnect_delay(failures),
@@ -3105,8 +3106,8 @@ class Watcher:
                                              monotonic() + self.timeout, multiple=True)
                         quiet_since = monotonic()
                 except (PihaceError, OSError) as exc:
-                    log.warning("connection lost, opening a new one: %s",
-                                describe_error(exc, self.parameters.safe_url))
+                    self.last_error = describe_error(exc, self.parameters.safe_url)
+                    log.warning("connection lost, opening a new one: %s", self.last_error)
                     self._drop()
                     failures = 1
                     continue
@@ -3149,16 +3150,17 @@ class Watcher:
 
 # -- the fleet's state, as text -------------------------------------------------
 
+def _health(device):
+    """A device's state, with a new one's taken from its report: up, degraded, down..."""
+    state = device["state"]
+    return _STATE_OF_STATUS.get(device["status"], "up") if state == "new" else state
+
+
 def fleet_exit_code(devices):
     """0 when every device is up (a new one by its report), 1 when some are degraded or
     late, 2 when some are down or silent: Nagios' OK, WARNING, CRITICAL."""
-    code = 0
-    for device in devices.values():
-        state = device["state"]
-        if state == "new":
-            state = _STATE_OF_STATUS.get(device["status"], "up")
-        code = max(code, {"down": 2, "silent": 2, "degraded": 1, "late": 1}.get(state, 0))
-    return code
+    return max([{"down": 2, "silent": 2, "degraded": 1, "late": 1}.get(_health(device), 0)
+                for device in devices.values()], default=0)
 
 
 def _worst_first(devices):
@@ -3199,7 +3201,7 @@ def format_fleet(devices, output="json"):
         lines += [f"{_printable(d['device']).replace('|', '/')}: {d['state']}, last seen "
                   f"{d['age']:.0f}s ago" + (f", failing: {_printable(', '.join(d['failing']))}"
                                             .replace("|", "/") if d["failing"] else "")
-                  for d in _worst_first(devices) if d["state"] not in ("up", "new")]
+                  for d in _worst_first(devices) if _health(d) != "up"]
         return "\n".join(lines)
     if output != "prometheus":
         raise ValueError(f'output must be "json", "nagios" or "prometheus", got {output!r}')
@@ -3210,7 +3212,7 @@ def format_fleet(devices, output="json"):
     labels = [f'device="{_prometheus_label(d["device"])}",name="{_prometheus_label(d["name"])}",'
               f'host="{_prometheus_label(d["host"])}"' for d in rows]
     lines += [f'pihace_device_up{{{label},state="{d["state"]}"}} '
-              f'{1 if d["state"] in ("up", "new") and d["status"] == "Available" else 0}'
+              f'{1 if _health(d) == "up" else 0}'
               for label, d in zip(labels, rows)]
     lines += ["# HELP pihace_device_last_seen_timestamp_seconds When the device's newest "
               "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
@@ -3336,7 +3338,7 @@ def _parser():
     parser = Parser(prog="pihace", description="Health checks, printed or pushed to an AMQP "
                     "broker.", epilog=_EXAMPLES, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--version", action="version", version=f"pihace {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{check,push}")
+    commands = parser.add_subparsers(dest="command", metavar="{check,push,watch}")
     check = commands.add_parser("check", parents=[common], help="print the report (default)")
     check.add_argument("--format", choices=("json", "str"), default="json")
     push = commands.add_parser("push", parents=[common], help="publish the report to a queue")
@@ -3354,7 +3356,42 @@ def _parser():
                       help="an argument of the declared queue, e.g. x-max-length=1000 or "
                       "x-queue-type=quorum (a whole number is sent as one, true/false as a "
                       "boolean); repeatable")
+    _watch_parser(commands, Parser)
     return parser
+
+
+def _watch_parser(commands, parser_class):
+    watch = commands.add_parser("watch", help="follow the fleet's reports: who is up, late, "
+                                "silent", description="Consume the reports pushers send and "
+                                "keep one state per device.")
+    watch.add_argument("--url", action="append", help="amqp[s]:// URL; repeat for failover")
+    watch.add_argument("--queue", default="pihace.healthcheck",
+                       help="queue to consume (with --exchange: '' for a queue of its own)")
+    watch.add_argument("--exchange", default="", help="bind the queue to this exchange, so "
+                       "that several watchers each see every report")
+    watch.add_argument("--exchange-type", help="declare the exchange (fanout, topic...)")
+    watch.add_argument("--binding-key", default="#", metavar="KEY")
+    watch.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
+                       help="expected interval of reports that do not say theirs (default 60)")
+    watch.add_argument("--grace", type=float, metavar="SECONDS",
+                       help="late after interval + grace (default: half the interval, >= 2 s)")
+    watch.add_argument("--silent-grace", type=float, metavar="SECONDS",
+                       help="silent after interval + this (default: 4 x grace)")
+    watch.add_argument("--silent-after", type=float, metavar="SECONDS",
+                       help="silent after this many seconds without a report, at the latest")
+    watch.add_argument("--once", action="store_true",
+                       help="read what is waiting, print the fleet's state and exit")
+    watch.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                       help="with --once: read for at most this long (default 5)")
+    watch.add_argument("--format", choices=("json", "nagios", "prometheus"), default="json",
+                       help="with --once (default json)")
+    watch.add_argument("--on-change", metavar="COMMAND", help="run COMMAND (split like a "
+                       "shell would, never run by one) on each change, with PIHACE_DEVICE, "
+                       "PIHACE_OLD_STATE, PIHACE_NEW_STATE and PIHACE_REPORT in its environment")
+    watch.add_argument("--hook-timeout", type=float, default=10.0, metavar="SECONDS")
+    watch.add_argument("--listen", metavar="HOST:PORT", help="serve the fleet as Prometheus "
+                       "metrics (/metrics) and JSON (/devices)")
+    watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 def _health_check(args):
@@ -3434,6 +3471,245 @@ def _push_until_signalled(pusher, interval):
     return 0
 
 
+def _watcher(args):
+    """The Watcher that the watch arguments describe; ValueError names a bad option."""
+    try:
+        urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
+    except ValueError:
+        raise ValueError("watch needs --url or PIHACE_AMQP_URL") from None
+    _seconds("--wait", args.wait)
+    _seconds("--hook-timeout", args.hook_timeout)
+    try:
+        return Watcher(urls, args.queue, exchange=args.exchange,
+                       exchange_type=args.exchange_type, binding_key=args.binding_key,
+                       default_interval=args.interval, grace=args.grace,
+                       silent_grace=args.silent_grace, silent_limit=args.silent_after,
+                       tick=0.5 if args.once else 1.0)
+    except (TypeError, ValueError) as exc:
+        for name, option in (("amqp_url", "--url"), ("default_interval", "--interval"),
+                             ("silent_limit", "--silent-after"), ("silent_grace",
+                                                                   "--silent-grace"),
+                             ("grace", "--grace"), ("queue_name", "--queue")):
+            exc = str(exc).replace(name, option, 1)
+        raise ValueError(exc) from None
+
+
+def _watch(parser, args):
+    """pihace watch: --once, or follow the fleet until SIGTERM or Ctrl-C."""
+    try:
+        watcher = _watcher(args)
+        hooks = _Hooks(args.on_change, args.hook_timeout) if args.on_change else None
+        server = _serve_fleet(watcher, args.listen) if args.listen and not args.once else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.once:
+        return _watch_once(watcher, args.wait, args.format)
+    if hooks is not None:
+        watcher.on_change.append(hooks)
+    live = sys.stdout.isatty()
+    if not live:
+        watcher.on_change.append(_print_change)
+    try:
+        return _watch_until_signalled(watcher, _live_table if live else None)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if hooks is not None:
+            hooks.close()
+
+
+def _watch_once(watcher, wait, output):
+    """--once: read what is waiting (at most `wait` seconds), print the fleet, exit 0, 1, 2,
+    or 3 when nothing could be read."""
+    if not watcher.run(duration=wait, idle=0.5):
+        print(f"pihace: could not read the reports: {watcher.last_error or 'timed out'}",
+              file=sys.stderr)
+        return 3
+    devices = watcher.devices
+    print(format_fleet(devices, output), end="" if output == "prometheus" else "\n")
+    return fleet_exit_code(devices)
+
+
+def _watch_until_signalled(watcher, show=None):
+    """Run the watcher in a thread until SIGTERM or Ctrl-C; show(watcher) once a second."""
+    import signal  # here, not at the top: only the command line's loops need it
+
+    thread = threading.Thread(target=watcher.run, name="pihace-watch", daemon=True)
+    signals = (signal.SIGTERM, signal.SIGINT)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = [signal.signal(number, lambda *_: watcher.stop()) for number in signals] \
+        if in_main_thread else []
+    thread.start()
+    try:
+        while thread.is_alive():
+            if show is not None:
+                show(watcher)
+            thread.join(1.0)
+    finally:
+        for number, previous_handler in zip(signals, previous):
+            signal.signal(number, previous_handler)
+        watcher.stop()
+        thread.join(10)
+        if show is not None:
+            sys.stdout.write("\x1b[?25h")  # the cursor back
+            sys.stdout.flush()
+    return 0
+
+
+def _print_change(device, old, new, report):
+    """One line per change, for a pipe or a log: text from outside escaped."""
+    failing = f" failing: {_printable(', '.join(device['failing']))}" if (
+        report is not None and device["failing"]) else ""
+    print(f"{get_utc_timestamp()[:19]}Z {_printable(device['device'])} {old or '-'} -> {new}"
+          f"{failing}", flush=True)
+
+
+def _age(seconds):
+    seconds = int(seconds)
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else \
+        f"{seconds // 3600}h"
+
+
+def fleet_table(devices, width=80, height=24):
+    """The live table's text: a summary line, then one line per device, worst first, each
+    cut to `width` columns; as many devices as fit in `height` lines."""
+    rows = _worst_first(devices)
+    summary = ", ".join(f"{n} {state}" for state, n in _state_counts(devices).items() if n)
+    name_width = min(40, max([6] + [len(_printable(d["device"])) for d in rows]))
+    lines = [f"pihace watch: {len(rows)} devices{': ' if summary else ''}{summary}   "
+             f"{get_utc_timestamp()[:19]}Z",
+             f"{'DEVICE':<{name_width}}  {'STATE':<8}  {'LAST SEEN':<9}  {'AGE':>5}  "
+             f"{'RATE':<7}  FAILING"]
+    room = max(1, height - 3)
+    for device in rows[:room if len(rows) <= room else room - 1]:
+        name = _printable(device["device"])
+        if len(name) > name_width:
+            name = name[:name_width - 1] + "~"
+        seen = time.strftime("%H:%M:%S", time.gmtime(device["last_seen"]))
+        lines.append(f"{name:<{name_width}}  {device['state']:<8}  {seen:<9}  "
+                     f"{_age(device['age']):>5}  {_printable(device['rate'] or '-'):<7}  "
+                     f"{_printable(', '.join(device['failing']))}")
+    if len(rows) > room:
+        lines.append(f"... and {len(rows) - room + 1} more")
+    return "\n".join(line[:width] for line in lines)
+
+
+def _live_table(watcher):
+    """Redraw the table in place: cursor home, the table, clear what is left below."""
+    import shutil  # here, not at the top: slow to import (see the imports)
+
+    size = shutil.get_terminal_size()
+    table = fleet_table(watcher.devices, size.columns, size.lines)
+    sys.stdout.write("\x1b[?25l\x1b[H" + table.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J")
+    sys.stdout.flush()
+
+
+class _Hooks:
+    """--on-change: runs a command per change, with bounded concurrency and a timeout;
+    the watcher only queues (a full queue drops the change, counted and logged)."""
+
+    def __init__(self, command, timeout, workers=4, backlog=1000):
+        import shlex  # here, not at the top: only --on-change needs it
+
+        self.command, self.timeout = shlex.split(command), timeout
+        if not self.command:
+            raise ValueError("--on-change needs a command")
+        self.dropped = 0
+        self._queue = queue.Queue(backlog)
+        self._threads = [threading.Thread(target=self._work, daemon=True, name="pihace-hook")
+                         for _ in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def __call__(self, device, old, new, report):
+        import json  # here, not at the top: slow to import (see the imports)
+
+        env = dict(os.environ, PIHACE_DEVICE=_printable(device["device"]),
+                   PIHACE_NAME=_printable(device["name"]), PIHACE_HOST=_printable(device["host"]),
+                   PIHACE_OLD_STATE=old or "", PIHACE_NEW_STATE=new,
+                   PIHACE_REPORT=json.dumps(report) if report is not None else "")
+        try:
+            self._queue.put_nowait(env)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("--on-change is too slow: dropped %d change(s) so far", self.dropped)
+
+    def _work(self):
+        import subprocess  # here, not at the top: only --on-change needs it
+
+        while True:
+            env = self._queue.get()
+            if env is None:
+                return
+            try:
+                result = subprocess.run(self.command, env=env, timeout=self.timeout,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                if result.returncode:
+                    log.warning("--on-change exited with %d for %s", result.returncode,
+                                env["PIHACE_DEVICE"])
+            except subprocess.TimeoutExpired:
+                log.warning("--on-change ran past %gs for %s: killed", self.timeout,
+                            env["PIHACE_DEVICE"])
+            except OSError as exc:
+                log.warning("--on-change cannot run: %s", describe_error(exc))
+
+    def close(self, timeout=5.0):
+        """Let the queued commands finish (each within its timeout), at most `timeout`
+        seconds more; then stop the workers."""
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _serve_fleet(watcher, listen):
+    """--listen HOST:PORT: /metrics (Prometheus) and /devices (JSON) in a thread."""
+    import http.server  # here, not at the top: only --listen needs it
+
+    host, _, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen: expected HOST:PORT, got {_printable(repr(listen))}")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            if path == "/metrics":
+                body, kind = format_fleet(watcher.devices, "prometheus"), \
+                    "text/plain; version=0.0.4; charset=utf-8"
+            elif path in ("/", "/devices"):
+                body, kind = format_fleet(watcher.devices, "json"), "application/json"
+            else:
+                body, kind = "not found: try /metrics or /devices\n", "text/plain"
+            data = body.encode()
+            self.send_response(200 if kind != "text/plain" else 404)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server_class = http.server.ThreadingHTTPServer
+    if ":" in host:
+        import socket  # here, not at the top: slow to import
+
+        server_class = type("Server6", (server_class,), {"address_family": socket.AF_INET6})
+    try:
+        server = server_class((host or "0.0.0.0", int(port)), Handler)
+    except OSError as exc:
+        raise ValueError(f"--listen {_printable(listen)}: {describe_error(exc)}") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True, name="pihace-listen").start()
+    log.warning("serving the fleet on http://%s:%d/metrics and /devices", listen.rpartition(
+        ":")[0] or "0.0.0.0", server.server_address[1])
+    return server
+
+
 def main(argv=None):
     """The ``pihace`` command: ``check`` (the default) or ``push``; returns the exit code."""
     import logging  # here, not at the top: slow to import (see the imports)
@@ -3449,6 +3725,8 @@ def main(argv=None):
         looping = args.command == "push" and args.interval is not None
         log.addHandler(handler)
         log.setLevel(args.log_level or ("INFO" if looping else "WARNING"))
+        if args.command == "watch":
+            return _watch(parser, args)
         try:
             hc = _health_check(args)
             pusher = _pusher(args, hc) if args.command == "push" else None

@@ -1461,6 +1461,198 @@ def test_one_synchronous_method_at_a_time_on_a_channel():
 
 
 # ---------------------------------------------------------------------------
+# AMQP protocol: consuming (golden bytes written from the spec, then the state machine)
+# ---------------------------------------------------------------------------
+
+# Basic.Qos prefetch_count 100 on channel 1: prefetch_size 0 (long), count (short), global 0.
+QOS = b"\x01\x00\x01\x00\x00\x00\x0b\x00\x3c\x00\x0a\x00\x00\x00\x00\x00\x64\x00\xce"
+# Basic.Consume of "q", broker-named consumer: ticket 0, queue, tag "", bits, arguments {}.
+CONSUME = b"\x01\x00\x01\x00\x00\x00\x0e\x00\x3c\x00\x14\x00\x00\x01q\x00\x00\x00\x00\x00\x00\xce"
+# Queue.Bind of "q" to exchange "x" with routing key "#".
+QUEUE_BIND = (b"\x01\x00\x01\x00\x00\x00\x11\x00\x32\x00\x14\x00\x00\x01q\x01x\x01#\x00"
+              b"\x00\x00\x00\x00\xce")
+QOS_OK = frame(1, 1, method_payload(60, 11))
+BIND_OK = frame(1, 1, method_payload(50, 21))
+
+
+def consume_ok(tag="ctag"):
+    return frame(1, 1, method_payload(60, 21, sstr(tag)))
+
+
+def deliver(tag, consumer="ctag", body=b"{}", properties=b"\x00\x00", redelivered=False,
+            frame_max=None):
+    """Basic.Deliver, its content header and its body in frames of at most frame_max - 8."""
+    step = (frame_max - 8) if frame_max else max(1, len(body))
+    return (frame(1, 1, method_payload(60, 60, sstr(consumer) + tag.to_bytes(8, "big")
+                                       + bytes([redelivered]) + sstr("") + sstr("q")))
+            + frame(2, 1, b"\x00\x3c\x00\x00" + len(body).to_bytes(8, "big") + properties)
+            + b"".join(frame(3, 1, body[i:i + step]) for i in range(0, len(body), step)))
+
+
+def frames_of(data):
+    """The frames in data, each on its own (by their size fields)."""
+    frames = []
+    while data:
+        end = 8 + int.from_bytes(data[3:7], "big")
+        frames.append(data[:end])
+        data = data[end:]
+    return frames
+
+
+def broker_cancel(consumer="ctag", nowait=True):
+    return frame(1, 1, method_payload(60, 30, sstr(consumer) + bytes([nowait])))
+
+
+def test_golden_consumer_frames():
+    assert pihace.encode_frame(1, 1, pihace.encode_method("Basic.Qos", prefetch_count=100)) \
+        == QOS
+    assert pihace.encode_frame(1, 1, pihace.encode_method("Basic.Consume", queue="q")) == CONSUME
+    assert pihace.encode_method("Basic.Consume", queue="q", consumer_tag="t", no_ack=True,
+                                exclusive=True) == b"\x00\x3c\x00\x14\x00\x00\x01q\x01t\x06" \
+        b"\x00\x00\x00\x00"
+    assert pihace.encode_method("Basic.Cancel", consumer_tag="t") == b"\x00\x3c\x00\x1e\x01t\x00"
+    assert pihace.encode_method("Basic.Cancel-Ok", consumer_tag="t") == \
+        b"\x00\x3c\x00\x1f\x01t"
+    assert pihace.encode_method("Basic.Ack", delivery_tag=5, multiple=True) == \
+        b"\x00\x3c\x00\x50\x00\x00\x00\x00\x00\x00\x00\x05\x01"
+    assert pihace.encode_frame(1, 1, pihace.encode_method(
+        "Queue.Bind", queue="q", exchange="x", routing_key="#")) == QUEUE_BIND
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_golden_consumer_frames_decode(how):
+    deliver_args = (sstr("ctag") + b"\x00\x00\x00\x00\x00\x00\x00\x07" b"\x01" + sstr("ex")
+                    + sstr("rk"))
+    for payload, name, args in [
+            (b"", "Basic.Qos-Ok", {}), (sstr("ctag"), "Basic.Consume-Ok", {"consumer_tag": "ctag"}),
+            (sstr("ctag") + b"\x01", "Basic.Cancel", {"consumer_tag": "ctag", "nowait": True}),
+            (sstr("ctag"), "Basic.Cancel-Ok", {"consumer_tag": "ctag"}),
+            (deliver_args, "Basic.Deliver", {"consumer_tag": "ctag", "delivery_tag": 7,
+                                             "redelivered": True, "exchange": "ex",
+                                             "routing_key": "rk"})]:
+        class_id, method_id = pihace._METHOD_IDS[name]
+        data = (60).to_bytes(2, "big") + method_id.to_bytes(2, "big") + payload
+        assert class_id == 60
+        reader = lambda r: (r.unpack(pihace._short), r.unpack(pihace._short),  # noqa: E731
+                            r.arguments(pihace._METHOD_ARGUMENTS[name]))
+        assert decode_value(reader, data, how) == (60, method_id, args)
+
+
+def consuming_protocol(**consume):
+    protocol = opened_protocol()
+    protocol.open_channel(1)
+    feed(protocol, CHANNEL_OPEN_OK, "whole")
+    protocol.consume(1, "q", **consume)
+    protocol.data_to_send()
+    [event] = feed(protocol, consume_ok(), "whole")
+    assert (event.name, event.args) == ("Basic.Consume-Ok", {"consumer_tag": "ctag"})
+    return protocol
+
+
+@pytest.mark.parametrize("how", HOW + ["halves"])
+def test_deliveries_with_several_body_frames_and_one_ack_for_many(how):
+    protocol = opened_protocol()
+    protocol.open_channel(1)
+    feed(protocol, CHANNEL_OPEN_OK, how)
+    protocol.data_to_send()
+    protocol.send_method(1, "Basic.Qos", prefetch_count=100)
+    assert protocol.data_to_send() == QOS
+    assert [e.name for e in feed(protocol, QOS_OK, how)] == ["Basic.Qos-Ok"]
+    protocol.consume(1, "q")
+    assert protocol.data_to_send() == CONSUME
+    assert [e.args for e in feed(protocol, consume_ok(), how)] == [{"consumer_tag": "ctag"}]
+    body = bytes(range(256)) * 40  # 10,240 bytes in body frames of 4,088 at most
+    events = feed(protocol, deliver(1, body=body, properties=b"\x00\x80" + sstr("id-1"),
+                                    frame_max=4096) + deliver(2, redelivered=True)
+                  + deliver(3, body=b""), how)
+    assert [(type(e), e.delivery_tag, e.body, e.body_size) for e in events] == [
+        (pihace.Delivery, 1, body, 10240), (pihace.Delivery, 2, b"{}", 2),
+        (pihace.Delivery, 3, b"", 0)]
+    assert (events[0].properties, events[0].redelivered, events[1].redelivered) == (
+        {"message_id": "id-1"}, False, True)
+    assert (events[0].consumer_tag, events[0].exchange, events[0].routing_key) == ("ctag", "", "q")
+    protocol.ack(1, 2, multiple=True)  # 1 and 2
+    protocol.ack(1, 3)
+    assert protocol.data_to_send() == (
+        frame(1, 1, b"\x00\x3c\x00\x50" + (2).to_bytes(8, "big") + b"\x01")
+        + frame(1, 1, b"\x00\x3c\x00\x50" + (3).to_bytes(8, "big") + b"\x00"))
+    for tag, multiple in ((1, False), (2, True), (4, False)):  # acknowledged, or never delivered
+        with pytest.raises(pihace.LocalProtocolError) as raised:
+            protocol.ack(1, tag, multiple)
+        assert f"delivery tag {tag} on channel 1: it awaits no acknowledgement" in str(raised.value)
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_body_over_max_body_size_is_counted_not_kept(how):
+    protocol = consuming_protocol(max_body_size=100)
+    events = feed(protocol, deliver(1, body=b"x" * 101, frame_max=4096)
+                  + deliver(2, body=b"y" * 100), how)
+    assert [(e.body, e.body_size) for e in events] == [(None, 101), (b"y" * 100, 100)]
+
+
+def test_acknowledging_with_multiple_and_tag_0_takes_everything_delivered():
+    protocol = consuming_protocol()
+    feed(protocol, deliver(1) + deliver(2) + deliver(3), "whole")
+    protocol.ack(1, 2)
+    protocol.ack(1, 0, multiple=True)
+    assert protocol.data_to_send().endswith(frame(1, 1, b"\x00\x3c\x00\x50" + bytes(8) + b"\x01"))
+    with pytest.raises(pihace.LocalProtocolError):
+        protocol.ack(1, 3)
+    no_ack = consuming_protocol(no_ack=True)
+    feed(no_ack, deliver(1), "whole")
+    with pytest.raises(pihace.LocalProtocolError):  # nothing awaits an acknowledgement
+        no_ack.ack(1, 1)
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_the_brokers_cancel_is_an_event_and_answered_unless_nowait(how):
+    protocol = consuming_protocol()
+    [event] = feed(protocol, broker_cancel(nowait=False), how)
+    assert (event.name, event.args["consumer_tag"]) == ("Basic.Cancel", "ctag")
+    assert protocol.data_to_send() == frame(1, 1, method_payload(60, 31, sstr("ctag")))
+    with pytest.raises(pihace.RemoteProtocolError) as raised:  # the consumer is gone
+        feed(protocol, deliver(1), how)
+    assert "has no such consumer" in str(raised.value)
+    quiet = consuming_protocol()
+    assert [e.name for e in feed(quiet, broker_cancel(nowait=True), how)] == ["Basic.Cancel"]
+    assert quiet.data_to_send() == b""
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_our_cancel_takes_deliveries_until_its_cancel_ok(how):
+    protocol = consuming_protocol()
+    protocol.cancel(1, "ctag")
+    assert protocol.data_to_send() == frame(1, 1, b"\x00\x3c\x00\x1e" + sstr("ctag") + b"\x00")
+    cancel_ok = frame(1, 1, method_payload(60, 31, sstr("ctag")))
+    events = feed(protocol, deliver(1) + cancel_ok + broker_cancel(), how)  # crossing Cancels
+    assert names(events) == ["Delivery", "Basic.Cancel-Ok"]
+    with pytest.raises(pihace.LocalProtocolError) as raised:
+        protocol.cancel(1, "ctag")
+    assert "has no such consumer" in str(raised.value)
+
+
+@pytest.mark.parametrize("data, words", [
+    (deliver(1, consumer="other"), "to consumer 'other' on channel 1, which has no such"),
+    (deliver(2) + deliver(2), "delivery tag 2 on channel 1, after 2"),
+    (deliver(1, body=b"abc")[:-11] + frame(3, 1, b"abcd"), "longer than its declared 3"),
+    (deliver(1)[:-10] + frame(1, 1, method_payload(60, 21, sstr("x"))), "expected the content"),
+    (consume_ok("again"), "nothing was awaited"),
+])
+def test_deliveries_that_make_no_sense_are_protocol_errors(data, words):
+    protocol = consuming_protocol()
+    with pytest.raises(pihace.RemoteProtocolError) as raised:
+        feed(protocol, data, "whole")
+    assert words in str(raised.value)
+
+
+def test_deliveries_on_a_channel_we_close_are_dropped():
+    protocol = consuming_protocol()
+    protocol.close_channel(1)
+    assert names(feed(protocol, deliver(1) + CHANNEL_CLOSE_OK, "bytewise")) == ["Channel.Close-Ok"]
+    assert 1 not in protocol.channels
+
+
+# ---------------------------------------------------------------------------
 # AMQP protocol: property-based fuzzing (hypothesis). Whatever the broker sends,
 # next_event() returns events or None, or raises RemoteProtocolError; it never
 # loops and never buffers much more than frame_max. PIHACE_FUZZ_EXAMPLES=20000
@@ -1498,6 +1690,9 @@ BROKER_FRAMES = [
     frame(1, 0, method_payload(10, 61)),                         # Connection.Unblocked
     frame(1, 1, method_payload(20, 20, b"\x01")),                # Channel.Flow active
     ack(3, multiple=True, nack=True),
+    consume_ok(),                                               # after its Basic.Consume
+    *frames_of(deliver(1, body=b"hello", properties=b"\x00\x80" + sstr("id-9"), frame_max=11)),
+    broker_cancel(nowait=False),                                # the queue was deleted
     frame(1, 1, method_payload(20, 40, b"\x01\x94" + sstr("NOT_FOUND") + b"\x00\x3c\x00\x28")),
     frame(1, 0, method_payload(10, 50, b"\x01\x40" + sstr("CONNECTION_FORCED")
                                + b"\x00\x00\x00\x00")),
@@ -1505,7 +1700,7 @@ BROKER_FRAMES = [
 EXPECTED_EVENTS = [
     "Connection.Open-Ok", "Channel.Open-Ok", "Confirm.Select-Ok", "Acked", "Returned",
     "Connection.Blocked", "Connection.Unblocked", "Channel.Flow", "Nacked",
-    "Channel.Close", "Connection.Close", "ConnectionLost",
+    "Basic.Consume-Ok", "Delivery", "Basic.Cancel", "Channel.Close", "Connection.Close", "ConnectionLost",
 ]
 # Valid frames out of their place, for streams put together frame by frame.
 OTHER_FRAMES = [
@@ -1515,15 +1710,20 @@ OTHER_FRAMES = [
     frame(1, 1, method_payload(50, 11, sstr("q") + b"\x00" * 8)),  # Queue.Declare-Ok
     frame(1, 1, method_payload(40, 11)),                        # Exchange.Declare-Ok
     content_header(1, 0), frame(3, 1, b""), frame(8, 1, b""), tune(4096), tune(0),
+    QOS_OK, BIND_OK, deliver(2), deliver(3, body=b"x" * 300, frame_max=4096),
+    frame(1, 1, method_payload(60, 31, sstr("ctag"))),          # Basic.Cancel-Ok
+    broker_cancel(), consume_ok("other"),
 ]
 # (class, method) of every method a broker may send, and some it may not.
 METHOD_IDS = [(10, 10), (10, 20), (10, 30), (10, 41), (10, 50), (10, 51), (10, 60), (10, 61),
               (20, 11), (20, 20), (20, 40), (20, 41), (40, 11), (50, 11), (60, 50), (60, 80),
-              (60, 120), (85, 11), (10, 11), (60, 40), (0, 0), (65535, 65535)]
+              (60, 120), (85, 11), (10, 11), (60, 40), (0, 0), (65535, 65535),
+              (50, 21), (60, 11), (60, 21), (60, 30), (60, 31), (60, 60), (60, 10), (60, 20)]
 
 
 class Client:
-    """Plays the client's part: opens channel 1 in confirm mode and publishes on it."""
+    """Plays the client's part: opens channel 1 in confirm mode, publishes on it, consumes
+    from it (bodies over 100 bytes not kept) and acknowledges what is delivered."""
 
     def __init__(self, close_after=None):
         self.close_after = close_after  # call close() after this many events
@@ -1539,6 +1739,11 @@ class Client:
             for message_id, mandatory in (("id-1", True), ("id-2", True), ("id-3", False)):
                 properties = pihace.encode_properties({"message_id": message_id})
                 protocol.publish(1, "", "q", b"hello", properties, mandatory, message_id)
+            protocol.consume(1, "q", "ctag", max_body_size=100)
+        elif isinstance(event, pihace.Delivery) and protocol.is_open and \
+                protocol.channel_is_open(1):
+            assert event.body is None or len(event.body) == event.body_size <= 100
+            protocol.ack(1, event.delivery_tag, multiple=event.delivery_tag % 2 == 0)
         self.seen += 1
         if self.seen == self.close_after and protocol.state == "open":
             protocol.close()
@@ -1838,6 +2043,34 @@ def test_a_huge_declared_body_is_counted_not_kept(body_size, frames):
         if done:
             assert isinstance(event, pihace.Returned) and event.reply_code == 312
         assert protocol._decoder.pending == 0
+
+
+@fuzz
+@given(body_size=st.one_of(st.integers(0, 2 ** 64 - 1), st.integers(0, 20000)),
+       frames=st.lists(st.integers(0, 8192 - 8), max_size=8))
+def test_a_delivery_over_max_body_size_is_counted_not_kept(body_size, frames):
+    protocol = opened(broker_frame_max=8192)
+    protocol.consume(1, "q", "ctag", max_body_size=1000)
+    run_without_end(protocol, consume_ok())
+    protocol.receive_data(frames_of(deliver(1))[0] + content_header(1, body_size))
+    event = protocol.next_event()
+    assert (event is not None) == (body_size == 0)
+    received = 0
+    for size in frames:
+        if received >= body_size:
+            break
+        protocol.receive_data(frame(3, 1, b"b" * size))
+        received += size
+        if received > body_size:
+            with pytest.raises(pihace.RemoteProtocolError):
+                protocol.next_event()
+            return
+        event = protocol.next_event()
+        assert (event is not None) == (received == body_size)
+        kept = protocol._content[3] if protocol._content else None
+        assert sum(map(len, kept or ())) <= 1000  # what is kept of a body it will not return
+        if event is not None:
+            assert event.body_size == body_size and (event.body is None) == (body_size > 1000)
 
 
 @pytest.mark.parametrize("how", HOW)
