@@ -2525,6 +2525,100 @@ def test_a_wakeup_ends_a_long_wait_from_another_thread():
 
 
 # ---------------------------------------------------------------------------
+# transport: consuming, against a real RabbitMQ (pika publishes and looks)
+# ---------------------------------------------------------------------------
+
+def consume_all(connection, count, ack=True, timeout=20):
+    """`count` deliveries from channel 1, each batch acknowledged (multiple) if `ack`."""
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"{len(got)} of {count} deliveries came"
+        batch = connection.deliveries(0.5, time.monotonic() + 5)
+        if batch and ack:
+            connection.ack(1, batch[-1].delivery_tag, time.monotonic() + 5, multiple=True)
+        got += batch
+    return got
+
+
+def test_consume_collects_deliveries_in_order_and_acks_remove_them(rabbit, unique_queue,
+                                                                   pika_channel):
+    import pika
+
+    pika_channel.queue_declare(unique_queue, durable=True)
+    big = os.urandom(300_000)  # three body frames at frame_max 131072
+    for index in range(200):
+        pika_channel.basic_publish("", unique_queue, b"m%d" % index,
+                                   pika.BasicProperties(message_id=f"id-{index}"))
+    pika_channel.basic_publish("", unique_queue, big)
+    connection = open_to(rabbit.url)
+    try:
+        deadline = time.monotonic() + 10
+        connection.open_channel(1, deadline, confirm=False)
+        tag = connection.consume(1, unique_queue, deadline, prefetch=50)
+        assert tag.startswith("amq.ctag-")
+        got = consume_all(connection, 201)
+        assert [d.body for d in got[:200]] == [b"m%d" % i for i in range(200)]
+        assert [d.properties["message_id"] for d in got[:3]] == ["id-0", "id-1", "id-2"]
+        assert got[200].body == big and [d.delivery_tag for d in got] == list(range(1, 202))
+        connection.cancel(1, tag, deadline)
+    finally:
+        connection.close(time.monotonic() + 5)
+    assert queue_depth(rabbit.url, unique_queue) == 0  # every one acknowledged
+
+
+def test_what_is_not_acknowledged_goes_back_to_the_queue(rabbit, unique_queue, pika_channel):
+    pika_channel.queue_declare(unique_queue, durable=True)
+    for index in range(10):
+        pika_channel.basic_publish("", unique_queue, b"m%d" % index)
+    connection = open_to(rabbit.url)
+    try:
+        deadline = time.monotonic() + 10
+        connection.open_channel(1, deadline, confirm=False)
+        connection.consume(1, unique_queue, deadline, prefetch=10, max_body_size=1)
+        got = consume_all(connection, 10, ack=False)
+        assert {(d.body, d.body_size) for d in got} == {(None, 2)}  # counted, not kept
+        connection.ack(1, 4, deadline, multiple=True)
+        connection.ack(1, 6, deadline)
+    finally:
+        connection.close(time.monotonic() + 5)
+    assert [body for _, body in drain(rabbit.url, unique_queue)] == [
+        b"m4", b"m6", b"m7", b"m8", b"m9"]
+
+
+def test_a_deleted_queue_cancels_the_consumer(rabbit, unique_queue, pika_channel):
+    pika_channel.queue_declare(unique_queue)
+    connection = open_to(rabbit.url)
+    try:
+        deadline = time.monotonic() + 10
+        connection.open_channel(1, deadline, confirm=False)
+        connection.consume(1, unique_queue, deadline)
+        pika_channel.queue_delete(unique_queue)
+        with pytest.raises(pihace.ConsumerCancelled) as raised:
+            while time.monotonic() < deadline:
+                connection.deliveries(0.5, deadline)
+        assert connection.is_open  # the connection stays; the consumer is gone
+    finally:
+        connection.close(time.monotonic() + 5)
+    assert "the broker cancelled consumer 'amq.ctag-" in str(raised.value)
+
+
+def test_a_wakeup_ends_the_wait_for_deliveries(rabbit, unique_queue, pika_channel):
+    pika_channel.queue_declare(unique_queue)
+    connection, wakeup = open_to(rabbit.url), pihace.Wakeup()
+    try:
+        deadline = time.monotonic() + 10
+        connection.open_channel(1, deadline, confirm=False)
+        connection.consume(1, unique_queue, deadline)
+        threading.Timer(0.2, wakeup.wake).start()
+        began = time.monotonic()
+        assert connection.deliveries(30, time.monotonic() + 5, wakeup) == []
+        assert time.monotonic() - began < 5
+    finally:
+        connection.close(time.monotonic() + 5)
+        wakeup.close()
+
+
+# ---------------------------------------------------------------------------
 # transport: TLS against a real RabbitMQ TLS listener
 # ---------------------------------------------------------------------------
 
@@ -3443,6 +3537,377 @@ def test_the_password_never_leaks_on_any_failure_path(rabbit, fake_broker, caplo
     assert "connection refused" in everything and "timed out" in everything
     assert "connected to amqp://leaktest:***@" in everything
     assert password not in everything
+
+
+# ---------------------------------------------------------------------------
+# watcher: device states, fed by hand (a clock of the test's own)
+# ---------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self, now=1_800_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def report(status="Available", name="dev", host="h", interval=10, **extra):
+    """The body of a pushed report: pihace 1.0.0's keys and the watcher's host and interval."""
+    body = {"status": status, "timestamp": "2027-01-15T08:00:00.000000Z",
+            "failure": {"db": "refused"} if status != "Available" else None,
+            "rate": "1/1" if status == "Available" else "0/1", "duration": 0.001,
+            "system": None, "component": {"name": name, "version": "1"} if name else None,
+            "checks": {}, "host": host, "interval": interval}
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+def recording_watcher(**kwargs):
+    changes = []
+    kwargs.setdefault("clock", Clock())
+    watcher = pihace.Watcher("amqp://localhost/", on_change=lambda device, old, new, r: changes.append(
+        (device["device"], old, new, r is not None)), **kwargs)
+    return watcher, changes
+
+
+def test_each_state_and_each_transition_once():
+    watcher, changes = recording_watcher(grace=5, silent_grace=20)
+    clock, ids = watcher.clock, map(str, itertools.count())
+    for status in ("Available", "Available", "Partially Available", "Unavailable", "Available"):
+        assert watcher.apply(report(status), {"message_id": next(ids)}) == "applied"
+        clock.now += 1
+    assert [change[1:3] for change in changes] == [
+        (None, "new"), ("new", "up"), ("up", "degraded"), ("degraded", "down"), ("down", "up")]
+    del changes[:]
+    last = clock.now - 1
+    for offset, expected in ((14.9, 0), (15.1, 1), (20, 0), (30.1, 1), (100, 0)):
+        clock.now = last + offset  # late after interval + grace, silent after interval + 20
+        assert watcher.check_ages() == expected
+    assert watcher.apply(report(), {"message_id": next(ids)}) == "applied"
+    assert changes == [("dev@h", "up", "late", False), ("dev@h", "late", "silent", False),
+                       ("dev@h", "silent", "up", True)]
+    device = watcher.devices["dev@h"]
+    assert (device["state"], device["reports"], device["interval"], device["age"]) == (
+        "up", 6, 10.0, 0.0)
+
+
+def test_default_limits_and_a_set_limit_for_silent():
+    watcher = pihace.Watcher("amqp://localhost/", default_interval=30)
+    assert watcher._limits(30) == (45, 30 + 4 * 15)  # grace: half the interval, at least 2 s
+    assert watcher._limits(1) == (3, 1 + 8)
+    limited = pihace.Watcher("amqp://localhost/", grace=5, silent_limit=8)
+    assert limited._limits(10) == (15, 15)  # never silent before late
+
+
+def test_duplicates_are_counted_never_applied_twice_and_older_reports_are_stale():
+    watcher, changes = recording_watcher()
+    properties = {"message_id": "m-1", "timestamp": int(watcher.clock.now)}
+    assert watcher.apply(report(), properties) == "applied"
+    assert watcher.apply(report("Unavailable"), properties) == "duplicate"
+    assert watcher.apply(report("Unavailable"), {"message_id": "m-0", "timestamp": int(
+        watcher.clock.now) - 60}) == "stale"  # from an outbox: sent before the newest
+    assert watcher.devices["dev@h"]["reports"] == 1 and len(changes) == 1
+    assert watcher.counts == {"applied": 1, "duplicate": 1, "stale": 1}
+
+
+def test_the_duplicate_window_is_bounded():
+    watcher, _ = recording_watcher(dedup_window=3)
+    for index in range(5):
+        watcher.apply(report(), {"message_id": str(index)})
+    assert len(watcher._seen) == 3 and watcher.apply(report(), {"message_id": "4"}) == \
+        "duplicate"
+
+
+def test_a_device_is_its_name_and_host_with_fallbacks():
+    watcher, _ = recording_watcher(default_interval=42)
+    watcher.apply(report(name=None, host="a"), {"app_id": "from-app-id"})
+    watcher.apply(report(name=None, host=None), {"user_id": "edge-user"})
+    watcher.apply(b'{"status": "Available"}', {})
+    watcher.apply(report(name="dev", host="b", interval="soon"), {})
+    assert sorted(watcher.devices) == ["dev@b", "edge-user", "from-app-id@a", "unknown"]
+    assert watcher.devices["dev@b"]["interval"] == 42  # not a number: the default
+
+
+def test_the_age_counts_from_the_reports_timestamp_never_after_its_arrival():
+    watcher, _ = recording_watcher()
+    now = watcher.clock.now
+    watcher.apply(report(host="old"), {"timestamp": int(now) - 100})  # waited in the queue
+    watcher.apply(report(host="future"), {"timestamp": int(now) + 100})  # a clock ahead
+    assert watcher.devices["dev@old"]["last_seen"] == int(now) - 99
+    assert watcher.devices["dev@future"]["last_seen"] == now
+
+
+HOSTILE_NAME = "evil\x1b[2J\x1b]0;owned\x07\nFORGED up\r\u009b31m\"\\"
+
+
+@pytest.mark.parametrize("body, why", [
+    (b"\xff\xfe not json", "not JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # nesting deeper than the parser goes
+    (b"x" * 300_001, "larger than 300000 bytes"),
+    (None, "larger than 300000 bytes"),  # what the protocol did not keep
+    (b'["status", "Available"]', "no valid status"),
+    (b'{"status": "Fine"}', "no valid status"),
+], ids=["binary", "deep", "huge", "not-kept", "list", "bad-status"])
+def test_garbage_is_counted_and_logged_once_per_producer(caplog, body, why):
+    watcher, changes = recording_watcher(max_report_size=300_000)
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        for _ in range(3):
+            assert watcher.apply(body, {"app_id": HOSTILE_NAME, "body_size": 5000}) == "invalid"
+        assert watcher.apply(report(), {}) == "applied"  # and the watcher goes on
+    assert watcher.counts == {"invalid": 3, "applied": 1} and len(changes) == 1
+    [record] = [r for r in caplog.records if "ignored" in r.getMessage()]
+    assert why in record.getMessage() and "\x1b" not in record.getMessage()
+
+
+def test_hostile_names_are_kept_but_shown_escaped_everywhere():
+    watcher, _ = recording_watcher()
+    watcher.apply(report("Unavailable", name=HOSTILE_NAME, failure={HOSTILE_NAME: "x"}), {})
+    devices = watcher.devices
+    assert list(devices) == [HOSTILE_NAME + "@h"]
+    texts = [pihace.fleet_table(devices, 200, 10), pihace.format_fleet(devices, "nagios"),
+             pihace.format_fleet(devices, "prometheus")]
+    for text in texts:
+        assert not set(text) & set(map(chr, [*range(9), *range(11, 32), *range(127, 160)]))
+    for text in texts:  # no line forged by the name
+        assert not any(line.startswith("FORGED") for line in text.splitlines())
+    nagios = texts[1].splitlines()
+    assert len(nagios) == 2 and nagios[1].startswith("evil\\x1b[2J") and "|" not in nagios[1]
+    assert json.loads(pihace.format_fleet(devices, "json"))["devices"][0]["name"] == HOSTILE_NAME
+
+
+def test_a_hook_that_raises_is_logged_and_the_others_still_run(caplog):
+    calls = []
+
+    def broken(*args):
+        raise RuntimeError("hook bug")
+
+    watcher = pihace.Watcher("amqp://localhost/", on_change=[broken, lambda *a: calls.append(a)])
+    with caplog.at_level(logging.ERROR, logger="pihace"):
+        assert watcher.apply(report(), {}) == "applied"
+    assert len(calls) == 1 and "hook bug" in caplog.text
+
+
+def fleet(*states):
+    """Watcher.devices of devices in the given states (a new one reported Available)."""
+    watcher, _ = recording_watcher(grace=5, silent_grace=20)
+    statuses = {"up": "Available", "degraded": "Partially Available", "down": "Unavailable"}
+    for index, state in enumerate(states):
+        body = report(statuses.get(state, "Available"), name=f"d{index}")
+        watcher.apply(body, {})
+        if state != "new":
+            watcher.apply(body, {})
+    watcher.clock.now += {"late": 16, "silent": 31}.get(states[-1], 0) if states else 0
+    if states and states[-1] in ("late", "silent"):
+        for index in range(len(states) - 1):  # the others report on time
+            watcher.apply(report(statuses.get(states[index], "Available"), name=f"d{index}"), {})
+        watcher.check_ages()
+    return watcher.devices
+
+
+@pytest.mark.parametrize("states, code", [
+    ((), 0), (("up", "new"), 0), (("up", "degraded"), 1), (("up", "late"), 1),
+    (("degraded", "down"), 2), (("up", "silent"), 2)])
+def test_the_fleets_exit_code(states, code):
+    devices = fleet(*states)
+    assert sorted(d["state"] for d in devices.values()) == sorted(states)
+    assert pihace.fleet_exit_code(devices) == code
+    assert pihace.format_fleet(devices, "nagios").startswith(
+        f"PIHACE FLEET {('OK', 'WARNING', 'CRITICAL')[code]} - {len(states)} devices")
+    assert json.loads(pihace.format_fleet(devices, "json"))["status"] == \
+        ("OK", "WARNING", "CRITICAL")[code]
+
+
+def test_prometheus_output_passes_promtool_with_hostile_names(tmp_path):
+    watcher, _ = recording_watcher()
+    watcher.apply(report(name=HOSTILE_NAME), {})
+    watcher.apply(report(name="plain", host="h2"), {})
+    text = pihace.format_fleet(watcher.devices, "prometheus")
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'pihace_device_up{device="plain@h2",name="plain",host="h2",state="new"} 1' in text
+    assert 'pihace_devices{state="new"} 2' in text
+
+
+def test_the_table_is_worst_first_and_fits_the_width():
+    devices = fleet("up", "degraded", "late")
+    lines = pihace.fleet_table(devices, 50, 24).splitlines()
+    assert lines[0].startswith("pihace watch: 3 devices: 1 late, 1 degraded, 1 up")
+    assert [line.split()[1] for line in lines[2:]] == ["late", "degraded", "up"]
+    assert max(map(len, lines)) <= 50
+    many = fleet(*["up"] * 30)
+    lines = pihace.fleet_table(many, 80, 10).splitlines()
+    assert len(lines) == 9 and lines[-1] == "... and 24 more"  # height - 1: the cursor's line
+
+
+def test_watcher_arguments_are_checked():
+    for kwargs, words in [({"amqp_url": []}, "non-empty list"), ({"grace": 0}, "grace must be"),
+                          ({"prefetch": 70000}, "prefetch must be"),
+                          ({"queue_name": ""}, "only with an exchange"),
+                          ({"on_change": "print"}, "callable"),
+                          ({"amqp_url": "http://x/"}, "amqp://")]:
+        with pytest.raises((TypeError, ValueError)) as raised:
+            pihace.Watcher(**kwargs)
+        assert words in str(raised.value)
+
+
+# ---------------------------------------------------------------------------
+# watcher: against a real RabbitMQ, with pushers and pika
+# ---------------------------------------------------------------------------
+
+class WatcherThread:
+    """Watcher.run() in a thread, stopped and joined at the end; on_change calls recorded
+    with the time they came."""
+
+    def __init__(self, url, queue, **kwargs):
+        self.changes = []
+        kwargs.setdefault("tick", 0.2)
+        self.watcher = pihace.Watcher(url, queue, on_change=self._record, **kwargs)
+        self.thread = threading.Thread(target=self.watcher.run, daemon=True)
+        self.thread.start()
+
+    def _record(self, device, old, new, report):
+        self.changes.append((device["device"], old, new, time.monotonic()))
+
+    def of(self, device):
+        return [(old, new) for name, old, new, _ in self.changes if name == device]
+
+    def state(self, device):
+        return self.watcher.devices.get(device, {}).get("state")
+
+    def stop(self):
+        self.watcher.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the watcher did not stop"
+
+
+def pika_reports(url, queue, name, interval, stop, host="pika-host"):
+    """A producer pihace did not write: pika publishing a report every `interval` s."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    try:
+        while not stop.is_set():
+            channel.basic_publish("", queue, report(name=name, host=host, interval=interval),
+                                  pika.BasicProperties(message_id=os.urandom(8).hex(),
+                                                       timestamp=int(time.time())))
+            stop.wait(interval)
+    finally:
+        connection.close()
+
+
+def start_pushers(url, queue, names, interval):
+    return [subprocess.Popen(
+        [sys.executable, "pihace.py", "push", "--url", url, "--queue", queue, "--interval",
+         str(interval), "--name", name, "--no-system"], cwd=HERE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL) for name in names]
+
+
+def end(processes):
+    for process in processes:
+        process.send_signal(signal.SIGCONT)
+        process.kill()
+        process.wait(10)
+
+
+@pytest.mark.slow
+def test_a_paused_pusher_goes_late_then_silent_and_comes_back(rabbit, unique_queue):
+    interval, grace, silent_grace = 1.0, 2.0, 5.0
+    names = [f"dev{index}" for index in range(5)]
+    pushers = start_pushers(rabbit.url, unique_queue, names, interval)
+    stop_pika = threading.Event()
+    publisher = threading.Thread(target=pika_reports, daemon=True, args=(
+        rabbit.url, unique_queue, "pika-dev", interval, stop_pika))
+    watched = WatcherThread(rabbit.url, unique_queue, grace=grace, silent_grace=silent_grace)
+    try:
+        wait_until(lambda: queue_depth(rabbit.url, unique_queue) >= 0, 5, "the queue")
+        publisher.start()
+        devices = [f"{name}@{pihace._HOST}" for name in names] + ["pika-dev@pika-host"]
+        wait_until(lambda: all(watched.state(d) == "up" for d in devices), 30, "all up")
+        pushers[0].send_signal(signal.SIGSTOP)
+        paused = time.monotonic()
+        wait_until(lambda: watched.state(devices[0]) == "silent", interval + silent_grace + 8,
+                   "the paused pusher to be silent")
+        late_at, silent_at = (at - paused for name, _, new, at in watched.changes
+                              if name == devices[0] and new in ("late", "silent"))
+        # within interval + grace (+ 1 s: timestamps are whole seconds), with scheduling slack
+        assert grace - 1 <= late_at <= interval + grace + 1 + 3, late_at
+        assert silent_grace - 1 <= silent_at <= interval + silent_grace + 1 + 3, silent_at
+        pushers[0].send_signal(signal.SIGCONT)
+        wait_until(lambda: watched.state(devices[0]) == "up", 15, "the pusher to be back")
+    finally:
+        stop_pika.set()
+        end(pushers)
+        watched.stop()
+    assert watched.of(devices[0]) == [(None, "new"), ("new", "up"), ("up", "late"),
+                                      ("late", "silent"), ("silent", "up")]
+    for device in devices[1:]:
+        assert watched.of(device) == [(None, "new"), ("new", "up")], device
+    assert watched.watcher.counts["invalid"] == 0
+
+
+def test_a_duplicate_delivery_is_counted_once(rabbit, unique_queue, pika_channel):
+    import pika
+
+    pika_channel.queue_declare(unique_queue, durable=True)
+    for status in ("Available", "Unavailable"):  # the same message_id: the second is a copy
+        pika_channel.basic_publish("", unique_queue, report(status, name="twice"),
+                                   pika.BasicProperties(message_id="same-id"))
+    watched = WatcherThread(rabbit.url, unique_queue)
+    try:
+        wait_until(lambda: sum(watched.watcher.counts.values()) == 2, 10, "both deliveries")
+    finally:
+        watched.stop()
+    assert watched.watcher.counts == {"applied": 1, "duplicate": 1}
+    assert watched.watcher.devices["twice@h"]["state"] == "new"
+    assert queue_depth(rabbit.url, unique_queue) == 0  # both acknowledged
+
+
+def test_garbage_bodies_neither_stop_the_watcher_nor_reach_the_output(rabbit, unique_queue,
+                                                                      pika_channel):
+    import pika
+
+    pika_channel.queue_declare(unique_queue, durable=True)
+    for body in (b"not json \x1b[2J", b"{" * 5 * 1024 * 1024, b"[" * 200_000,
+                 report(name=HOSTILE_NAME, host="\x1b[31mhost")):
+        pika_channel.basic_publish("", unique_queue, body,
+                                   pika.BasicProperties(app_id="garbage\x1b[5m"))
+    pika_channel.basic_publish("", unique_queue, report(name="fine"))
+    process = subprocess.run(
+        [sys.executable, "pihace.py", "watch", "--url", rabbit.url, "--queue", unique_queue,
+         "--once", "--format", "nagios"], cwd=HERE, capture_output=True, text=True, timeout=60)
+    assert process.returncode == 0, process.stderr  # two new devices, both Available
+    assert process.stdout.startswith("PIHACE FLEET OK - 2 devices: 2 new")
+    assert "ignored a message of 13 bytes from 'garbage\\x1b[5m': not JSON" in process.stderr
+    assert process.stderr.count("ignored a message") == 1  # once per producer
+    for text in (process.stdout, process.stderr):
+        assert "\x1b" not in text
+    assert queue_depth(rabbit.url, unique_queue) == 0  # garbage is acknowledged too
+
+
+@pytest.mark.slow
+@pytest.mark.rabbit_control
+def test_the_watcher_reconnects_after_a_broker_restart_and_states_go_on(fault_rabbit,
+                                                                        unique_queue):
+    pusher = pihace.AMQPPusher(counting_check("restarted"), fault_rabbit.url, unique_queue,
+                               timeout=2)
+    loop = LoopThread(pusher, 0.3)
+    watched = WatcherThread(fault_rabbit.url, unique_queue, grace=30)
+    device = f"restarted@{pihace._HOST}"
+    try:
+        wait_until(lambda: watched.state(device) == "up", 20, "the device up")
+        fault_rabbit.stop()
+        before = watched.watcher.devices[device]["reports"]
+        fault_rabbit.start()
+        wait_until(lambda: watched.watcher.connections_opened == 2, 30, "a reconnection")
+        wait_until(lambda: watched.watcher.devices[device]["reports"] > before + 3, 20,
+                   "reports after the restart")
+    finally:
+        loop.stop()
+        watched.stop()
+    assert watched.of(device) == [(None, "new"), ("new", "up")]  # one device all along
+    assert watched.watcher.counts["invalid"] == 0
 
 
 # ---------------------------------------------------------------------------
