@@ -4230,6 +4230,205 @@ def test_a_push_loop_stops_cleanly_on_sigterm_and_ctrl_c(lone_copy, rabbit, uniq
 
 
 # ---------------------------------------------------------------------------
+# command line: watch
+# ---------------------------------------------------------------------------
+
+def publish_reports(url, queue, *reports):
+    """Publish (body, properties kwargs) pairs with pika to a durable queue."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=True)
+        for body, properties in reports:
+            channel.basic_publish("", queue, body, pika.BasicProperties(**properties))
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("statuses, code, first", [
+    (["Available", "Available"], 0, "PIHACE FLEET OK - 2 devices: 2 up"),
+    (["Available", "Partially Available"], 1, "PIHACE FLEET WARNING - 2 devices: 1 degraded"),
+    (["Unavailable", "Available"], 2, "PIHACE FLEET CRITICAL - 2 devices: 1 down, 1 up"),
+])
+def test_watch_once_prints_the_fleet_and_exits_with_its_state(capsys, rabbit, unique_queue,
+                                                              statuses, code, first):
+    now = int(time.time())
+    publish_reports(rabbit.url, unique_queue, *[  # a first report (new), then this one
+        (report(status, name=f"d{index}"), {"timestamp": now}) for first in (True, False)
+        for index, status in enumerate(["Available"] * 2 if first else statuses)])
+    result = run_main(capsys, "watch", "--url", rabbit.url, "--queue", unique_queue, "--once",
+                      "--format", "nagios")
+    assert result[0] == code and result[1].startswith(first), result
+
+
+def test_watch_once_sees_devices_that_stopped_reporting_long_ago(capsys, rabbit, unique_queue):
+    now = int(time.time())
+    publish_reports(rabbit.url, unique_queue,
+                    (report(name="gone", interval=5), {"timestamp": now - 100}),
+                    (report(name="slow", interval=5), {"timestamp": now - 10}),
+                    (report(name="fresh", interval=5), {"timestamp": now}))
+    code, out, _ = run_main(capsys, "watch", "--url", rabbit.url, "--queue", unique_queue,
+                            "--once", "--format", "json", "--grace", "2", "--silent-grace", "30")
+    fleet_json = json.loads(out)
+    assert code == 2 and fleet_json["status"] == "CRITICAL"
+    assert [(d["name"], d["state"]) for d in fleet_json["devices"]] == [
+        ("gone", "silent"), ("slow", "late"), ("fresh", "new")]
+
+
+def test_watch_once_prometheus_output_passes_promtool(capsys, rabbit, unique_queue):
+    publish_reports(rabbit.url, unique_queue, (report(name="p1"), {}), (report(name="p2"), {}))
+    code, out, _ = run_main(capsys, "watch", "--url", rabbit.url, "--queue", unique_queue,
+                            "--once", "--format", "prometheus")
+    result = subprocess.run(["promtool", "check", "metrics"], input=out, capture_output=True,
+                            text=True, timeout=30)
+    assert code == 0 and result.returncode == 0, result.stdout + result.stderr
+    assert out.count("pihace_device_up{") == 2
+
+
+def test_watch_once_that_cannot_read_exits_3_without_the_password(capsys, closed_port):
+    code, out, err = run_main(capsys, "watch", "--url",
+                              f"amqp://u:{SECRET}@127.0.0.1:{closed_port}/", "--once",
+                              "--wait", "1")
+    assert (code, out) == (3, "")
+    assert "could not read the reports: connection refused" in err and SECRET not in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["watch"], "watch needs --url"),
+    (["watch", "--url", "amqp://x/", "--interval", "0"], "--interval must be"),
+    (["watch", "--url", "amqp://x/", "--listen", "nowhere"], "--listen: expected HOST:PORT"),
+    (["watch", "--url", "amqp://x/", "--queue", ""], "--queue may be empty"),
+    (["watch", "--url", "amqp://x/", "--on-change", "  "], "--on-change needs a command"),
+])
+def test_bad_watch_arguments_are_one_line_and_exit_code_3(capsys, monkeypatch, args, words):
+    monkeypatch.delenv("PIHACE_AMQP_URL", raising=False)
+    code, out, err = run_main(capsys, *args)
+    assert code == 3 and words in err and len(err.splitlines()) == 1, err
+
+
+def watch_process(url, queue, *options, **kwargs):
+    return subprocess.Popen([sys.executable, "pihace.py", "watch", "--url", url, "--queue",
+                             queue, *options], cwd=HERE, text=True, **kwargs)
+
+
+def stopped(process, timeout=10):
+    """SIGTERM, then (exit code, stdout, stderr)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, out, err
+
+
+def test_watch_prints_one_line_per_change_when_not_on_a_terminal(rabbit, unique_queue):
+    publish_reports(rabbit.url, unique_queue)  # the queue exists
+    process = watch_process(rabbit.url, unique_queue, "--grace", "1", "--silent-grace", "2",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        publish_reports(rabbit.url, unique_queue, (report(name=HOSTILE_NAME, interval=0.5), {}),
+                        (report("Unavailable", name=HOSTILE_NAME, interval=0.5), {}))
+        wait_until(lambda: queue_depth(rabbit.url, unique_queue) == 0, 10, "the reports read")
+    finally:
+        code, out, err = stopped(process, timeout=15)
+    assert code == 0 and "Traceback" not in err, err
+    changes = [line.split(" ", 1)[1] for line in out.splitlines()]
+    name = "evil\\x1b[2J\\x1b]0;owned\\x07\\nFORGED up\\r\\x9b31m\"\\@h"
+    assert changes[:2] == [f"{name} - -> new", f"{name} new -> down failing: db"]
+    assert "\x1b" not in out
+
+
+def test_on_change_runs_a_command_per_change_and_a_slow_one_stalls_nothing(
+        rabbit, unique_queue, tmp_path):
+    publish_reports(rabbit.url, unique_queue)
+    hook = tmp_path / "hook.py"
+    hook.write_text("import json, os, sys, time\n"
+                    "if os.environ['PIHACE_NEW_STATE'] == 'down':\n"
+                    "    time.sleep(60)  # a hung hook: killed at --hook-timeout\n"
+                    "with open(sys.argv[1], 'a') as out:\n"
+                    "    out.write(json.dumps({k: v for k, v in os.environ.items()\n"
+                    "                          if k.startswith('PIHACE_')}) + '\\n')\n")
+    calls = tmp_path / "calls"
+    process = watch_process(rabbit.url, unique_queue, "--on-change",
+                            f"{sys.executable} {hook} '{calls}'", "--hook-timeout", "2",
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        publish_reports(rabbit.url, unique_queue, *[
+            (report(status, name=f"h{index}"), {}) for index in range(3)
+            for status in ("Available", "Unavailable", "Available")])
+        wait_until(lambda: calls.exists() and len(calls.read_text().splitlines()) == 6, 20,
+                   "the hooks of the changes to new and back up")
+        assert queue_depth(rabbit.url, unique_queue) == 0  # consumed while hooks hung
+    finally:
+        code, _, err = stopped(process, timeout=20)
+    hooks = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert sorted((h["PIHACE_DEVICE"], h["PIHACE_OLD_STATE"], h["PIHACE_NEW_STATE"])
+                  for h in hooks) == sorted([(f"h{i}@h", "", "new") for i in range(3)]
+                                            + [(f"h{i}@h", "down", "up") for i in range(3)])
+    assert all(json.loads(h["PIHACE_REPORT"])["status"] == "Available" for h in hooks)
+    assert "--on-change ran past 2s for h" in err
+
+
+def test_listen_serves_the_fleet_as_prometheus_metrics_and_json(rabbit, unique_queue,
+                                                                closed_port):
+    publish_reports(rabbit.url, unique_queue, (report(name="scraped"), {}))
+    process = watch_process(rabbit.url, unique_queue, "--listen", f"127.0.0.1:{closed_port}",
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def curl(path):
+        return subprocess.run(["curl", "-sf", f"http://127.0.0.1:{closed_port}{path}"],
+                              capture_output=True, text=True, timeout=10).stdout
+
+    try:
+        wait_until(lambda: "scraped" in curl("/metrics"), 20, "the device in /metrics")
+        metrics, devices = curl("/metrics"), json.loads(curl("/devices"))
+    finally:
+        code, _, err = stopped(process)
+    assert code == 0, err
+    assert 'pihace_device_up{device="scraped@h",name="scraped",host="h",state="new"} 1' in metrics
+    assert subprocess.run(["promtool", "check", "metrics"], input=metrics, text=True,
+                          capture_output=True).returncode == 0
+    assert devices["devices"][0]["device"] == "scraped@h"
+
+
+def test_the_live_table_under_tmux_is_redrawn_in_place(rabbit, unique_queue, tmp_path):
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is missing: install it with bash .ci/setup")
+    publish_reports(rabbit.url, unique_queue, (report(name="first"), {}))
+    session = f"pihace-{os.urandom(4).hex()}"
+    socket_name = str(tmp_path / "tmux")
+    tmux = ["tmux", "-S", socket_name]
+    command = (f"{sys.executable} pihace.py watch --url {rabbit.url} --queue {unique_queue}; "
+               "echo EXITED $?; sleep 60")
+    subprocess.run(tmux + ["new-session", "-d", "-s", session, "-x", "100", "-y", "20", "-c",
+                           HERE, command], check=True, timeout=10)
+
+    def screen():
+        return subprocess.run(tmux + ["capture-pane", "-p", "-t", session], capture_output=True,
+                              text=True, timeout=10).stdout
+
+    try:
+        wait_until(lambda: "first@h" in screen(), 20, "the table")
+        publish_reports(rabbit.url, unique_queue, (report(name="second"), {}),
+                        (report("Unavailable", name="first"), {}))
+        wait_until(lambda: "2 devices" in screen(), 20, "the second device")
+        lines = screen().splitlines()
+        assert lines[0].startswith("pihace watch: 2 devices: 1 down, 1 new")  # in place: top
+        assert sum("DEVICE" in line for line in lines) == 1
+        assert lines[2].split()[:2] == ["first@h", "down"] and lines[3].split()[:2] == [
+            "second@h", "new"]
+        assert max(map(len, lines)) <= 100
+        subprocess.run(tmux + ["send-keys", "-t", session, "C-c"], check=True, timeout=10)
+        wait_until(lambda: "EXITED 0" in screen(), 10, "Ctrl-C to end it")
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True, timeout=10)
+
+
+# ---------------------------------------------------------------------------
 # packaging
 # ---------------------------------------------------------------------------
 
