@@ -2788,6 +2788,9 @@ def _bounded_text(value, limit=_NAME_LIMIT):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+_ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
+
+
 class Watcher:
     """Consumes the fleet's health reports and keeps one state per device.
 
@@ -2854,6 +2857,7 @@ class Watcher:
         self.binding_key, self.declare = binding_key, declare
         self.queue_arguments = dict(queue_arguments or {})
         self.prefetch, self.max_report_size = prefetch, max_report_size
+        self._ack_every = max(1, prefetch // 2) if prefetch else 50
         self.heartbeat, self.connection_name = heartbeat, connection_name
         self.ssl_context, self.socket_factory, self.clock = ssl_context, socket_factory, clock
         self.counts = collections.Counter()  # applied, duplicate, invalid, stale
@@ -3075,6 +3079,7 @@ class Watcher:
         monotonic = time.monotonic
         ends = math.inf if duration is None else monotonic() + _seconds("duration", duration)
         consumed, failures, quiet_since = False, 0, None
+        unacked, last_tag = 0, None  # applied, not acknowledged yet: acks go in batches
         self._wakeup = Wakeup()
         try:
             while not self._stopped(stop_event) and monotonic() < ends:
@@ -3093,18 +3098,30 @@ class Watcher:
                     if failures:
                         log.warning("watching again after %d failed attempt(s)", failures)
                     consumed, failures, quiet_since = True, 0, monotonic()
+                    unacked = 0
                     self._next_tick = quiet_since + self.tick + 1.0  # the backlog comes first
-                wait = min(self.tick, 1.0 if stop_event is not None else self.tick,
-                           max(0.0, ends - monotonic()))
+                wait = _ACK_PAUSE if unacked else min(
+                    self.tick, 1.0 if stop_event is not None else self.tick,
+                    max(0.0, ends - monotonic()))
                 try:
-                    deliveries = self._connection.deliveries(wait, monotonic() + self.timeout,
-                                                             self._wakeup)
+                    connection = self._connection
+                    deliveries = connection.deliveries(wait, monotonic() + self.timeout,
+                                                       self._wakeup)
+                    # Acknowledged once applied (at-least-once): one Ack (multiple) for each
+                    # half of the prefetch, and one for what came before a pause.
                     for delivery in deliveries:
                         self._apply_delivery(delivery)
-                    if deliveries:  # after they were applied: at-least-once
-                        self._connection.ack(self._channel, deliveries[-1].delivery_tag,
-                                             monotonic() + self.timeout, multiple=True)
-                        quiet_since = monotonic()
+                        unacked += 1
+                        if unacked >= self._ack_every:
+                            connection.ack(self._channel, delivery.delivery_tag,
+                                           monotonic() + self.timeout, multiple=True)
+                            unacked = 0
+                    if deliveries:
+                        last_tag, quiet_since = deliveries[-1].delivery_tag, monotonic()
+                    elif unacked:
+                        connection.ack(self._channel, last_tag, monotonic() + self.timeout,
+                                       multiple=True)
+                        unacked = 0
                 except (PihaceError, OSError) as exc:
                     self.last_error = describe_error(exc, self.parameters.safe_url)
                     log.warning("connection lost, opening a new one: %s", self.last_error)
@@ -3117,6 +3134,12 @@ class Watcher:
         except KeyboardInterrupt:
             log.info("interrupted: stopping")
         finally:
+            if unacked and self._connection is not None:  # applied: not to come back
+                try:
+                    self._connection.ack(self._channel, last_tag, monotonic() + 1.0,
+                                         multiple=True)
+                except (PihaceError, OSError):
+                    pass
             self._close()
             wakeup, self._wakeup = self._wakeup, None
             wakeup.close()
