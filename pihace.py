@@ -53,6 +53,7 @@ __all__ = [
     "PihaceError",
     "SystemInfo",
     "TCP",
+    "Watcher",
     "calculate_status",
     "format_rate",
     "get_system_info",
