@@ -1044,12 +1044,50 @@ def encode_properties(properties):
     return PropertiesTemplate(varying=properties).encode(**properties)
 
 
+_PROPERTY_FLAGS = [(1 << (15 - index), name, _INTEGERS.get(kind, kind))
+                   for index, (name, kind) in enumerate(BASIC_PROPERTIES)]
+_HEADERS_SEEN = {}  # the bytes of a headers table of plain values -> its decoded dict
+
+
+def _headers(reader):
+    """A headers table; those of plain values (say {"status": "Available"}), which come
+    again and again, are decoded once."""
+    data, offset = reader.data, reader.offset
+    end = offset + 4 + (_long.unpack_from(data, offset)[0] if offset + 4 <= len(data) else 0)
+    raw = data[offset:end] if end <= len(data) else None
+    table = _HEADERS_SEEN.get(raw)
+    if table is None:
+        table = reader.table()
+        if raw is not None and len(raw) <= 256 and not any(
+                isinstance(value, (dict, list)) for value in table.values()):
+            if len(_HEADERS_SEEN) >= 256:
+                _HEADERS_SEEN.clear()
+            _HEADERS_SEEN[raw] = dict(table)
+        return table
+    reader.offset = end
+    return dict(table)
+
+
 def decode_properties(reader):
     flags = reader.unpack(_short)
     if flags & 1:
         raise RemoteProtocolError("content header with continued property flags")
-    return {name: reader.read(kind) for index, (name, kind) in enumerate(BASIC_PROPERTIES)
-            if flags & 1 << (15 - index)}
+    properties, data = {}, reader.data
+    for flag, name, kind in _PROPERTY_FLAGS:
+        if not flags & flag:
+            continue
+        offset = reader.offset
+        if kind == "shortstr" and offset < len(data) and offset + data[offset] < len(data):
+            end = offset + 1 + data[offset]  # the common cases, read inline
+            properties[name] = str(data[offset + 1:end], "utf-8", "replace")
+            reader.offset = end
+        elif kind == "table":
+            properties[name] = _headers(reader)
+        elif isinstance(kind, str):
+            properties[name] = reader.read(kind)
+        else:  # an integer's struct
+            properties[name] = reader.unpack(kind)
+    return properties
 
 
 # ---------------------------------------------------------------------------
@@ -1216,6 +1254,32 @@ _REPLIES = {name: name + "-Ok" for name in _METHOD_IDS
             if name + "-Ok" in _FROM_BROKER and _METHOD_IDS[name][0] != 10}
 _REPLY_NAMES = set(_REPLIES.values())
 _ACK_HEAD = _short.pack(BASIC_CLASS) + _short.pack(80)  # Basic.Ack, sent once per batch
+_DELIVER = _short.pack(BASIC_CLASS) + _short.pack(60)
+_deliver_tag = struct.Struct(">QB")
+
+
+def _deliver_arguments(payload):
+    """The arguments of a Basic.Deliver payload (what _Reader.arguments would give, faster):
+    consumer_tag shortstr, delivery_tag longlong, redelivered bit, exchange and routing_key
+    shortstr."""
+    try:
+        end = 5 + payload[4]
+        consumer = payload[5:end]
+        tag, bits = _deliver_tag.unpack_from(payload, end)
+        start = end + 10
+        end = start + payload[start - 1]
+        exchange = payload[start:end]
+        start = end + 1
+        end = start + payload[end]
+    except (IndexError, struct.error):
+        end = len(payload) + 1
+    if end != len(payload):
+        raise RemoteProtocolError(f"truncated frame: Basic.Deliver of {len(payload)} bytes"
+                                  if end > len(payload) else
+                                  f"Basic.Deliver has {len(payload) - end} bytes too many")
+    return {"consumer_tag": str(consumer, "utf-8", "replace"), "delivery_tag": tag,
+            "redelivered": bool(bits & 1), "exchange": str(exchange, "utf-8", "replace"),
+            "routing_key": str(payload[start:end], "utf-8", "replace")}
 
 
 class AMQPProtocol:
@@ -1365,6 +1429,10 @@ class AMQPProtocol:
         if frame_type != FRAME_METHOD:
             raise RemoteProtocolError(f"unexpected content frame (type {frame_type}) on "
                                       f"channel {channel}")
+        if payload[:4] == _DELIVER:  # with every message: read without the generic reader
+            method = Method(channel, "Basic.Deliver", _deliver_arguments(payload))
+            self._content = [method, None, 0, self._on_deliver(method)]
+            return None
         reader = _Reader(payload)
         key = (reader.unpack(_short), reader.unpack(_short))
         name = _METHOD_NAMES.get(key)

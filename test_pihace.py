@@ -1283,7 +1283,7 @@ def test_end_of_stream_is_an_event_unless_it_cuts_a_frame(how):
     (b"\x01\x00\x00\x7f\xff\xff\xff", "larger than the frame_max"),
     (frame(1, 0, method_payload(10, 10, b"\x00\x09\x00\x00")), "truncated"),
     (frame(1, 0, method_payload(10, 30, b"\x00" * 8)), "unexpected Connection.Tune"),
-    (frame(1, 0, method_payload(60, 60, b"")), "unexpected method 60.60"),
+    (frame(1, 0, method_payload(60, 100, b"")), "unexpected method 60.100"),
     (frame(2, 0, b"\x00" * 14), "expected Connection.Start"),
     (frame(1, 0, method_payload(10, 10, b"\x00\x09" + lstr(b"\x01kZ") + lstr("PLAIN")
                                 + lstr("en_US"))), "unknown field table tag b'Z'"),
