@@ -1068,14 +1068,18 @@ def _headers(reader):
     return dict(table)
 
 
+@functools.lru_cache(maxsize=64)
+def _properties_present(flags):
+    """[(name, kind)] of the properties that property flags say are there, in order."""
+    return [(name, kind) for flag, name, kind in _PROPERTY_FLAGS if flags & flag]
+
+
 def decode_properties(reader):
     flags = reader.unpack(_short)
     if flags & 1:
         raise RemoteProtocolError("content header with continued property flags")
     properties, data = {}, reader.data
-    for flag, name, kind in _PROPERTY_FLAGS:
-        if not flags & flag:
-            continue
+    for name, kind in _properties_present(flags):
         offset = reader.offset
         if kind == "shortstr" and offset < len(data) and offset + data[offset] < len(data):
             end = offset + 1 + data[offset]  # the common cases, read inline
@@ -3578,12 +3582,11 @@ def _watcher(args):
                        silent_grace=args.silent_grace, silent_limit=args.silent_after,
                        tick=0.5 if args.once else 1.0)
     except (TypeError, ValueError) as exc:
-        for name, option in (("amqp_url", "--url"), ("default_interval", "--interval"),
-                             ("silent_limit", "--silent-after"), ("silent_grace",
-                                                                   "--silent-grace"),
-                             ("grace", "--grace"), ("queue_name", "--queue")):
-            exc = str(exc).replace(name, option, 1)
-        raise ValueError(exc) from None
+        name, space, rest = str(exc).partition(" ")  # "grace must be ...": the option's name
+        options = {"amqp_url": "--url", "default_interval": "--interval", "grace": "--grace",
+                   "silent_limit": "--silent-after", "silent_grace": "--silent-grace",
+                   "queue_name": "--queue"}
+        raise ValueError(options.get(name, name) + space + rest) from None
 
 
 def _watch(parser, args):

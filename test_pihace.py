@@ -4298,6 +4298,8 @@ def test_watch_once_that_cannot_read_exits_3_without_the_password(capsys, closed
 @pytest.mark.parametrize("args, words", [
     (["watch"], "watch needs --url"),
     (["watch", "--url", "amqp://x/", "--interval", "0"], "--interval must be"),
+    (["watch", "--url", "amqp://x/", "--silent-grace", "-1"], "--silent-grace must be"),
+    (["watch", "--url", "http://x/"], "--url must start with amqp://"),
     (["watch", "--url", "amqp://x/", "--listen", "nowhere"], "--listen: expected HOST:PORT"),
     (["watch", "--url", "amqp://x/", "--queue", ""], "--queue may be empty"),
     (["watch", "--url", "amqp://x/", "--on-change", "  "], "--on-change needs a command"),
