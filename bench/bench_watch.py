@@ -75,16 +75,18 @@ def _pihace():
 def work_fill(url, queue, count):
     """Fill a durable queue with `count` persistent reports, each confirmed."""
     pihace = _pihace()
-    pusher = pihace.AMQPPusher(None, url, queue)
-    connection = pusher._ready(time.monotonic() + 30)
+    connection = pihace.open_connection([pihace.AMQPParameters(url)], time.monotonic() + 30)
+    deadline = time.monotonic() + 120
+    connection.open_channel(1, deadline, confirm=True)
+    connection.call(1, "Queue.Declare", deadline, queue=queue, durable=True)
     properties = pihace.encode_properties({"content_type": "application/json",
                                            "delivery_mode": 2})
     for start in range(0, count, 1000):
         messages = [pihace._Message(report_body(index), properties, str(index), "", queue)
                     for index in range(start, min(count, start + 1000))]
-        outcomes = connection.publish(1, messages, time.monotonic() + 60)
+        outcomes = connection.publish(1, messages, deadline)
         assert all(outcome == (True, None) for outcome in outcomes.values())
-    pusher.close()
+    connection.close(time.monotonic() + 5)
     return {"file": pihace.__file__}
 
 
