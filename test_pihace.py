@@ -4207,6 +4207,14 @@ def test_garbage_bodies_neither_stop_the_watcher_nor_reach_the_output(rabbit, un
     assert queue_depth(rabbit.url, unique_queue) == 0  # garbage is acknowledged too
 
 
+def test_the_watcher_fails_over_to_the_node_that_answers(rabbit, unique_queue, closed_port):
+    publish_reports(rabbit.url, unique_queue, (report(name="over"), {}))
+    watcher = pihace.Watcher([f"amqp://127.0.0.1:{closed_port}/", rabbit.url], unique_queue)
+    assert watcher.run(duration=20, idle=0.5) is True
+    assert list(watcher.devices) == ["over@h"]
+    assert watcher.parameters.port == pihace.AMQPParameters(rabbit.url).port
+
+
 @pytest.mark.slow
 @pytest.mark.rabbit_control
 def test_the_watcher_reconnects_after_a_broker_restart_and_states_go_on(fault_rabbit,
