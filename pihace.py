@@ -55,6 +55,7 @@ __all__ = [
     "PihaceError",
     "SystemInfo",
     "TCP",
+    "Watcher",
     "calculate_status",
     "format_rate",
     "get_system_info",
@@ -134,6 +135,10 @@ class ChannelClosed(_ClosedByBroker):
     """The broker closed the channel (Channel.Close); the connection lives on."""
 
     what = "channel"
+
+
+class ConsumerCancelled(AMQPError):
+    """The broker cancelled our consumer: its queue was deleted, or its node went away."""
 
 
 class PublishError(AMQPError):
@@ -856,11 +861,23 @@ _METHOD_TABLE = [
     "50 10 > Queue.Declare ticket:short queue:shortstr "
     "passive,durable,exclusive,auto_delete,nowait:bits arguments:table",
     "50 11 < Queue.Declare-Ok queue:shortstr message_count:long consumer_count:long",
+    "50 20 > Queue.Bind ticket:short queue:shortstr exchange:shortstr routing_key:shortstr "
+    "nowait:bits arguments:table",
+    "50 21 < Queue.Bind-Ok",
+    "60 10 > Basic.Qos prefetch_size:long prefetch_count:short global:bits",
+    "60 11 < Basic.Qos-Ok",
+    "60 20 > Basic.Consume ticket:short queue:shortstr consumer_tag:shortstr "
+    "no_local,no_ack,exclusive,nowait:bits arguments:table",
+    "60 21 < Basic.Consume-Ok consumer_tag:shortstr",
+    "60 30 <> Basic.Cancel consumer_tag:shortstr nowait:bits",
+    "60 31 <> Basic.Cancel-Ok consumer_tag:shortstr",
     "60 40 > Basic.Publish ticket:short exchange:shortstr routing_key:shortstr "
     "mandatory,immediate:bits",
     "60 50 < Basic.Return reply_code:short reply_text:shortstr exchange:shortstr "
     "routing_key:shortstr",
-    "60 80 < Basic.Ack delivery_tag:longlong multiple:bits",
+    "60 60 < Basic.Deliver consumer_tag:shortstr delivery_tag:longlong redelivered:bits "
+    "exchange:shortstr routing_key:shortstr",
+    "60 80 <> Basic.Ack delivery_tag:longlong multiple:bits",
     "60 120 < Basic.Nack delivery_tag:longlong multiple,requeue:bits",
     "85 10 > Confirm.Select nowait:bits",
     "85 11 < Confirm.Select-Ok",
@@ -1065,12 +1082,54 @@ def encode_properties(properties):
     return PropertiesTemplate(varying=properties).encode(**properties)
 
 
+_PROPERTY_FLAGS = [(1 << (15 - index), name, _INTEGERS.get(kind, kind))
+                   for index, (name, kind) in enumerate(BASIC_PROPERTIES)]
+_HEADERS_SEEN = {}  # the bytes of a headers table of plain values -> its decoded dict
+
+
+def _headers(reader):
+    """A headers table; those of plain values (say {"status": "Available"}), which come
+    again and again, are decoded once."""
+    data, offset = reader.data, reader.offset
+    end = offset + 4 + (_long.unpack_from(data, offset)[0] if offset + 4 <= len(data) else 0)
+    raw = data[offset:end] if end <= len(data) else None
+    table = _HEADERS_SEEN.get(raw)
+    if table is None:
+        table = reader.table()
+        if raw is not None and len(raw) <= 256 and not any(
+                isinstance(value, (dict, list)) for value in table.values()):
+            if len(_HEADERS_SEEN) >= 256:
+                _HEADERS_SEEN.clear()
+            _HEADERS_SEEN[raw] = dict(table)
+        return table
+    reader.offset = end
+    return dict(table)
+
+
+@functools.lru_cache(maxsize=64)
+def _properties_present(flags):
+    """[(name, kind)] of the properties that property flags say are there, in order."""
+    return [(name, kind) for flag, name, kind in _PROPERTY_FLAGS if flags & flag]
+
+
 def decode_properties(reader):
     flags = reader.unpack(_short)
     if flags & 1:
         raise RemoteProtocolError("content header with continued property flags")
-    return {name: reader.read(kind) for index, (name, kind) in enumerate(BASIC_PROPERTIES)
-            if flags & 1 << (15 - index)}
+    properties, data = {}, reader.data
+    for name, kind in _properties_present(flags):
+        offset = reader.offset
+        if kind == "shortstr" and offset < len(data) and offset + data[offset] < len(data):
+            end = offset + 1 + data[offset]  # the common cases, read inline
+            properties[name] = str(data[offset + 1:end], "utf-8", "replace")
+            reader.offset = end
+        elif kind == "table":
+            properties[name] = _headers(reader)
+        elif isinstance(kind, str):
+            properties[name] = reader.read(kind)
+        else:  # an integer's struct
+            properties[name] = reader.unpack(kind)
+    return properties
 
 
 # ---------------------------------------------------------------------------
@@ -1196,8 +1255,28 @@ class Returned(Acked):
         self.exchange, self.routing_key = args["exchange"], args["routing_key"]
 
 
+class Delivery:
+    """An event: a message the broker delivered to one of our consumers (Basic.Deliver
+    with its content). `body` is None when the message was larger than the consumer's
+    max_body_size: it was counted, not kept; `body_size` says how large it was."""
+
+    __slots__ = ("channel", "consumer_tag", "delivery_tag", "redelivered", "exchange",
+                 "routing_key", "properties", "body", "body_size")
+
+    def __init__(self, channel, args, properties, body, body_size):
+        self.channel, self.consumer_tag = channel, args["consumer_tag"]
+        self.delivery_tag, self.redelivered = args["delivery_tag"], args["redelivered"]
+        self.exchange, self.routing_key = args["exchange"], args["routing_key"]
+        self.properties, self.body, self.body_size = properties, body, body_size
+
+    def __repr__(self):
+        return (f"Delivery({self.channel}, {self.consumer_tag!r}, {self.delivery_tag}, "
+                f"{self.body_size} bytes)")
+
+
 class _Channel:
-    __slots__ = ("state", "expecting", "confirming", "next_tag", "unconfirmed", "returned")
+    __slots__ = ("state", "expecting", "confirming", "next_tag", "unconfirmed", "returned",
+                 "consumers", "consuming", "last_delivery", "unacked")
 
     def __init__(self):
         self.state = "opening"  # opening -> open -> closing (by the client) -> gone
@@ -1206,12 +1285,43 @@ class _Channel:
         self.next_tag = 1  # delivery tags count publishes from Confirm.Select on
         self.unconfirmed = {}  # delivery tag -> message id, oldest first
         self.returned = {}  # message id -> Returned, until the broker's Ack for it
+        self.consumers = {}  # consumer tag -> (no_ack, max_body_size), from Consume-Ok on
+        self.consuming = None  # (no_ack, max_body_size) of the Basic.Consume awaiting its Ok
+        self.last_delivery = 0  # the broker numbers its deliveries from 1 on each channel
+        self.unacked = set()  # delivery tags not acknowledged yet
 
 
 # The synchronous methods a client sends on a channel, and the reply each waits for.
 _REPLIES = {name: name + "-Ok" for name in _METHOD_IDS
             if name + "-Ok" in _FROM_BROKER and _METHOD_IDS[name][0] != 10}
 _REPLY_NAMES = set(_REPLIES.values())
+_ACK_HEAD = _short.pack(BASIC_CLASS) + _short.pack(80)  # Basic.Ack, sent once per batch
+_DELIVER = _short.pack(BASIC_CLASS) + _short.pack(60)
+_deliver_tag = struct.Struct(">QB")
+
+
+def _deliver_arguments(payload):
+    """The arguments of a Basic.Deliver payload (what _Reader.arguments would give, faster):
+    consumer_tag shortstr, delivery_tag longlong, redelivered bit, exchange and routing_key
+    shortstr."""
+    try:
+        end = 5 + payload[4]
+        consumer = payload[5:end]
+        tag, bits = _deliver_tag.unpack_from(payload, end)
+        start = end + 10
+        end = start + payload[start - 1]
+        exchange = payload[start:end]
+        start = end + 1
+        end = start + payload[end]
+    except (IndexError, struct.error):
+        end = len(payload) + 1
+    if end != len(payload):
+        raise RemoteProtocolError(f"truncated frame: Basic.Deliver of {len(payload)} bytes"
+                                  if end > len(payload) else
+                                  f"Basic.Deliver has {len(payload) - end} bytes too many")
+    return {"consumer_tag": str(consumer, "utf-8", "replace"), "delivery_tag": tag,
+            "redelivered": bool(bits & 1), "exchange": str(exchange, "utf-8", "replace"),
+            "routing_key": str(payload[start:end], "utf-8", "replace")}
 
 
 class AMQPProtocol:
@@ -1361,6 +1471,10 @@ class AMQPProtocol:
         if frame_type != FRAME_METHOD:
             raise RemoteProtocolError(f"unexpected content frame (type {frame_type}) on "
                                       f"channel {channel}")
+        if payload[:4] == _DELIVER:  # with every message: read without the generic reader
+            method = Method(channel, "Basic.Deliver", _deliver_arguments(payload))
+            self._content = [method, None, 0, self._on_deliver(method)]
+            return None
         reader = _Reader(payload)
         key = (reader.unpack(_short), reader.unpack(_short))
         name = _METHOD_NAMES.get(key)
@@ -1371,12 +1485,33 @@ class AMQPProtocol:
             raise RemoteProtocolError(f"{name} has {len(payload) - reader.offset} bytes too many")
         if name == "Basic.Return":
             self._check_channel(method, ("open", "closing"))
-            self._content = [method, None, 0]
+            self._content = [method, None, 0, None]
+            return None
+        if name == "Basic.Deliver":
+            self._content = [method, None, 0, self._on_deliver(method)]
             return None
         return self._handle_method(method)
 
+    def _on_deliver(self, method):
+        """The list its body parts go to, or None when the body is not kept."""
+        channel = self._check_channel(method, ("open", "closing"))
+        tag, consumer = method.args["delivery_tag"], method.args["consumer_tag"]
+        if tag <= channel.last_delivery:
+            raise RemoteProtocolError(f"Basic.Deliver with delivery tag {tag} on channel "
+                                      f"{method.channel}, after {channel.last_delivery}")
+        if consumer not in channel.consumers:
+            if channel.state == "closing":
+                return None  # dropped with the rest of the channel's traffic
+            raise RemoteProtocolError(f"Basic.Deliver to consumer {consumer!r} on channel "
+                                      f"{method.channel}, which has no such consumer")
+        channel.last_delivery = tag
+        no_ack, _ = channel.consumers[consumer]
+        if not no_ack:
+            channel.unacked.add(tag)
+        return []
+
     def _handle_content(self, frame_type, channel, payload):
-        method, size, received = self._content
+        method, size, received, parts = self._content
         if channel != method.channel or frame_type == FRAME_METHOD or (
                 (frame_type == FRAME_HEADER) != (size is None)):
             raise RemoteProtocolError(f"expected the content of {method.name} on channel "
@@ -1388,16 +1523,35 @@ class AMQPProtocol:
             if class_id != BASIC_CLASS:
                 raise RemoteProtocolError(f"content header of class {class_id}")
             method.properties = decode_properties(reader)
+            if parts is not None and size > self._max_body(method):
+                parts = None  # too large: counted, not kept
         else:
             received += len(payload)  # the body of a returned message is not kept
             if received > size:
                 raise RemoteProtocolError(f"content body longer than its declared {size} bytes")
-        self._content = [method, size, received]
+            if parts is not None:
+                parts.append(payload)
+        self._content = [method, size, received, parts]
         if received != size:
             return None
         self._content = None
         method.body_size = size
+        if method.name == "Basic.Deliver":
+            return self._delivered(method, parts)
         return self._on_return(method)
+
+    def _max_body(self, method):
+        channel = self.channels.get(method.channel)
+        consumer = channel and channel.consumers.get(method.args["consumer_tag"])
+        return math.inf if consumer is None or consumer[1] is None else consumer[1]
+
+    def _delivered(self, method, parts):
+        channel = self.channels.get(method.channel)
+        if channel is None or channel.state == "closing" or (
+                method.args["consumer_tag"] not in channel.consumers):
+            return None  # the channel closed, or the consumer was cancelled, meanwhile
+        body = None if parts is None else parts[0] if len(parts) == 1 else b"".join(parts)
+        return Delivery(method.channel, method.args, method.properties, body, method.body_size)
 
     def _check_channel(self, method, states):
         channel = self.channels.get(method.channel)
@@ -1429,12 +1583,22 @@ class AMQPProtocol:
             return None  # the events are queued, one per message
         elif name == "Channel.Flow":
             self._send(method.channel, "Channel.Flow-Ok", active=args["active"])
-        elif name == channel.expecting:  # Open-Ok, Close-Ok, Declare-Ok, Select-Ok
+        elif name == "Basic.Cancel":  # the broker's: the queue was deleted, or a node failed
+            if channel.consumers.pop(args["consumer_tag"], None) is None:
+                return None  # crossed our own Cancel: its Cancel-Ok follows
+            if not args["nowait"]:
+                self._send(method.channel, "Basic.Cancel-Ok", consumer_tag=args["consumer_tag"])
+        elif name == channel.expecting:  # Open-Ok, Close-Ok, Declare-Ok, Select-Ok, ...
             channel.expecting = None
             if name == "Channel.Open-Ok":
                 channel.state = "open"
             elif name == "Channel.Close-Ok":
                 del self.channels[method.channel]
+            elif name == "Basic.Consume-Ok":
+                channel.consumers[args["consumer_tag"]], channel.consuming = \
+                    channel.consuming, None
+            elif name == "Basic.Cancel-Ok":
+                channel.consumers.pop(args["consumer_tag"], None)
         else:
             raise RemoteProtocolError(f"unexpected {name} on channel {method.channel}: "
                                       f"{'nothing' if channel.expecting is None else channel.expecting}"
@@ -1575,6 +1739,39 @@ class AMQPProtocol:
             state.confirming = True
         state.expecting = reply
         self._send(channel, name, **values)
+
+    def consume(self, channel, queue, consumer_tag="", *, no_ack=False, exclusive=False,
+                arguments=None, max_body_size=None):
+        """Send Basic.Consume; deliveries come as Delivery events once Basic.Consume-Ok
+        (a Method event naming the consumer tag, the broker's if `consumer_tag` is "")
+        has come. A body larger than `max_body_size` bytes is counted, not kept."""
+        state = self._require_open("consume", channel)
+        self.send_method(channel, "Basic.Consume", queue=queue, consumer_tag=consumer_tag,
+                         no_ack=no_ack, exclusive=exclusive, arguments=arguments)
+        state.consuming = (no_ack, max_body_size)
+
+    def cancel(self, channel, consumer_tag):
+        """Send Basic.Cancel; deliveries may still come until its Basic.Cancel-Ok."""
+        state = self._require_open("cancel a consumer", channel)
+        if consumer_tag not in state.consumers:
+            raise LocalProtocolError(f"cannot cancel consumer {consumer_tag!r}: channel "
+                                     f"{channel} has no such consumer")
+        self.send_method(channel, "Basic.Cancel", consumer_tag=consumer_tag)
+
+    def ack(self, channel, delivery_tag, multiple=False):
+        """Acknowledge a delivery, or with `multiple` every one up to it (0: all)."""
+        state = self._require_open("acknowledge a delivery", channel)
+        unacked = state.unacked
+        if not (multiple and delivery_tag == 0) and delivery_tag not in unacked:
+            raise LocalProtocolError(f"cannot acknowledge delivery tag {delivery_tag} on "
+                                     f"channel {channel}: it awaits no acknowledgement")
+        if multiple:
+            last = delivery_tag or state.last_delivery
+            state.unacked = {tag for tag in unacked if tag > last} if len(unacked) > 1 else set()
+        else:
+            unacked.discard(delivery_tag)
+        self._outbox.append(encode_frame(FRAME_METHOD, channel, _ACK_HEAD + _longlong.pack(
+            delivery_tag) + (b"\x01" if multiple else b"\x00")))
 
     def publish(self, channel, exchange, routing_key, body, properties, mandatory=False,
                 message_id=None):
@@ -1753,7 +1950,8 @@ def _client_properties(connection_name):
         "information": "https://pypi.org/project/pihace/",
         "connection_name": connection_name,
         "capabilities": {"publisher_confirms": True, "basic.nack": True,
-                         "connection.blocked": True, "authentication_failure_close": True},
+                         "connection.blocked": True, "authentication_failure_close": True,
+                         "consumer_cancel_notify": True},
     }
 
 
@@ -1807,6 +2005,7 @@ class BlockingConnection:
         self._replies = {}  # channel -> the reply to its last synchronous method
         self._awaited = set()  # message ids whose confirms publish() waits for
         self._outcomes = {}  # message id -> (acked, reason), for publish() to collect
+        self._deliveries = collections.deque()  # Delivery events, for deliveries() to collect
         self._blocked_changes = 0  # Blocked and Unblocked not logged yet
         self._blocked_logged = None  # when the last line about them was
 
@@ -1986,6 +2185,9 @@ class BlockingConnection:
             if isinstance(event, ConnectionLost):
                 self.abort()
                 raise ConnectionResetError("the broker closed the connection")
+            if isinstance(event, Delivery):
+                self._deliveries.append(event)
+                continue
             if isinstance(event, Acked):  # or Nacked, or Returned
                 self._settle(event)
                 continue
@@ -2001,6 +2203,10 @@ class BlockingConnection:
                 raise error(args["reply_code"], args["reply_text"], args["class_id"],
                             args["method_id"],
                             cause=_METHOD_NAMES.get((args["class_id"], args["method_id"])))
+            if name == "Basic.Cancel":
+                raise ConsumerCancelled(f"the broker cancelled consumer "
+                                        f"{_printable(args['consumer_tag'])!r} (its queue was "
+                                        "deleted, or its node went down)")
             if name in ("Connection.Blocked", "Connection.Unblocked"):
                 self._blocked_changes += 1
                 self._log_blocked()
@@ -2106,6 +2312,49 @@ class BlockingConnection:
             self._awaited.clear()  # what comes later for these messages is dropped
         return {message.message_id: self._outcomes.pop(message.message_id, (True, None))
                 for message in messages}
+
+
+    # -- consuming ------------------------------------------------------------
+
+    def consume(self, channel, queue, deadline, *, prefetch=100, consumer_tag="", no_ack=False,
+                exclusive=False, arguments=None, max_body_size=None):
+        """Basic.Qos (prefetch_count, unless 0), then Basic.Consume on an open channel;
+        waits for both replies and returns the consumer tag. Deliveries are then
+        collected with deliveries(); a body over max_body_size bytes comes as None."""
+        if prefetch:
+            self.call(channel, "Basic.Qos", deadline, prefetch_count=prefetch)
+        self._replies.pop(channel, None)
+        self.protocol.consume(channel, queue, consumer_tag, no_ack=no_ack, exclusive=exclusive,
+                              arguments=arguments, max_body_size=max_body_size)
+        self.send_pending(deadline)
+        self.wait_for(lambda: channel in self._replies, deadline, "for Basic.Consume-Ok")
+        return self._replies.pop(channel).args["consumer_tag"]
+
+    def cancel(self, channel, consumer_tag, deadline):
+        """Basic.Cancel, and wait for its Basic.Cancel-Ok; what was delivered meanwhile
+        is still returned by deliveries()."""
+        self.call(channel, "Basic.Cancel", deadline, consumer_tag=consumer_tag)
+
+    def deliveries(self, wait, send_deadline):
+        """The deliveries that came (Delivery events, in order), waiting up to `wait`
+        seconds for a first one; [] when none came. Heartbeats are sent meanwhile, each
+        send bounded by `send_deadline`. Raises ConsumerCancelled when the broker cancels
+        a consumer, Interrupted when `interrupt` is signalled."""
+        self._handle_events()
+        if not self._deliveries:
+            heartbeat_in = self._send_queued(send_deadline)
+            if self._receive(wait if heartbeat_in is None else min(wait, heartbeat_in)):
+                while self._buffered():  # TLS may hold more decrypted bytes than one recv() took
+                    self._receive(0.0)
+                self._handle_events()
+        deliveries = list(self._deliveries)
+        self._deliveries.clear()
+        return deliveries
+
+    def ack(self, channel, delivery_tag, deadline, multiple=False):
+        """Acknowledge a delivery (with `multiple`, every one up to it) and send it now."""
+        self.protocol.ack(channel, delivery_tag, multiple)
+        self.send_pending(deadline)
 
 
 class Wakeup:
@@ -2271,6 +2520,7 @@ class AMQP:
 # ---------------------------------------------------------------------------
 
 _BUSY = "timed out waiting for another thread's publish to finish"
+_HOST = os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "")
 _DROPPED = "dropped from a full outbox"
 _PENDING = "not confirmed yet"  # the outcome of a report still in the outbox
 
@@ -2523,6 +2773,7 @@ class AMQPPusher:
     """
 
     _channel = 1  # the one channel it publishes on
+    interval = None  # seconds between reports while push_forever_in_loop runs
 
     def __init__(self, healthcheck=None, amqp_url="amqp://guest:guest@localhost:5672/",
                  queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
@@ -2804,6 +3055,8 @@ class AMQPPusher:
             raise ValueError("push() needs the pusher's healthcheck; use publish() to send "
                              "other messages")
         report = self.healthcheck.check(output="dict")
+        # what a watcher needs to tell "late" (new keys, after pihace 1.0.0's): who, how often
+        report.update(host=_HOST, **({"interval": self.interval} if self.interval else {}))
         # a component name that is a Path, say, must not stop the reports
         message = self._message(report, headers={"status": report["status"]}, as_text=_text)
         self.outbox.add(message, waited_for)  # even while another push runs
@@ -2901,7 +3154,7 @@ class AMQPPusher:
         `timeout` and 5 s (a second stop() or Ctrl-C ends it at once), and the
         connection is closed cleanly.
         """
-        interval = _seconds("interval", interval)
+        interval = self.interval = _seconds("interval", interval)
         if self.healthcheck is None:
             raise ValueError("push_forever_in_loop() needs the pusher's healthcheck")
         backoff = Backoff(spread=interval / 2)
@@ -3040,6 +3293,509 @@ class AMQPPusher:
 
 
 # ---------------------------------------------------------------------------
+# watcher: consuming the fleet's reports, one state per device, hooks on changes
+# ---------------------------------------------------------------------------
+
+# The states of a device, worst first (the live table's order).
+DEVICE_STATES = ("silent", "down", "late", "degraded", "new", "up")
+_STATE_OF_STATUS = {"Available": "up", "Partially Available": "degraded", "Unavailable": "down"}
+_NAME_LIMIT = 200  # characters of a device's name or host that are kept
+_FAILING_LIMIT = 20  # names of failing checks kept per device
+
+
+class Device:
+    """What the watcher knows of one device (a component name on a host).
+
+    `last_seen` is wall-clock time (seconds since 1970) of its newest report:
+    the report's AMQP timestamp, never later than its arrival. `state` is one
+    of DEVICE_STATES; `status` the newest report's.
+    """
+
+    __slots__ = ("name", "host", "state", "status", "last_seen", "interval", "reports",
+                 "rate", "failing", "due")
+
+    def __init__(self, name, host):
+        self.name, self.host = name, host
+        self.state = self.status = self.rate = None
+        self.last_seen = self.interval = 0.0
+        self.reports, self.failing = 0, ()
+        self.due = math.inf  # when its age next changes its state
+
+    @property
+    def id(self):
+        return f"{self.name}@{self.host}" if self.host else self.name
+
+    def snapshot(self, now):
+        return {"device": self.id, "name": self.name, "host": self.host, "state": self.state,
+                "status": self.status, "last_seen": self.last_seen,
+                "age": max(0.0, now - self.last_seen), "interval": self.interval,
+                "reports": self.reports, "rate": self.rate, "failing": list(self.failing)}
+
+
+def _bounded_text(value, limit=_NAME_LIMIT):
+    """A name from a report: text, at most `limit` characters (escaped only when shown)."""
+    text = value if isinstance(value, str) else "" if value is None else _text(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+_ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
+
+
+class Watcher:
+    """Consumes the fleet's health reports and keeps one state per device.
+
+    A device is a component name on a host (a report without a name falls
+    back to the AMQP app_id, then user_id). Its state is `new` on its first
+    report, then `up`, `degraded` or `down` as its newest report's status
+    says; `late` when no report came for interval + grace seconds, `silent`
+    after interval + silent_grace (or silent_limit, if sooner). The interval
+    is the report's own `interval` key (pushers in a loop send it), else
+    `default_interval`. Each change calls every on_change(device, old_state,
+    new_state, report) once (device: a dict; report: None for late and silent).
+
+    Delivery is at-least-once: a report is acknowledged only after it has been
+    applied; one whose message_id was seen already is counted as a duplicate
+    and not applied again. A report that is not JSON, not a pihace report, or
+    larger than max_report_size bytes is counted, logged (once per producer)
+    and acknowledged, so it cannot come back. After any loss the watcher
+    reconnects with exponential backoff and jitter, trying each URL in turn.
+    """
+
+    _channel = 1
+
+    def __init__(self, amqp_url="amqp://guest:guest@localhost:5672/",
+                 queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
+                 binding_key="#", declare=True, queue_arguments=None, prefetch=100,
+                 default_interval=60.0, grace=None, silent_grace=None, silent_limit=None,
+                 on_change=None, tick=1.0, max_report_size=1 << 20, dedup_window=100000,
+                 heartbeat=None, timeout=10.0, connection_name="pihace watch",
+                 ssl_context=None, socket_factory=None, clock=time.time):
+        urls = [amqp_url] if isinstance(amqp_url, str) else list(amqp_url or ())
+        if not urls:
+            raise ValueError("amqp_url must be a URL or a non-empty list of URLs")
+        self.endpoints = [AMQPParameters(url) for url in urls]
+        self.parameters = self.endpoints[0]
+        for what, value in (("queue_name", queue_name), ("exchange", exchange or ""),
+                            ("binding_key", binding_key), ("exchange_type", exchange_type or "")):
+            if not isinstance(value, str):
+                raise TypeError(f"{what} must be a string, got {type(value).__name__}")
+            encode_shortstr(value)  # a ValueError when over 255 bytes
+        if not queue_name and not exchange:
+            raise ValueError("queue_name may be empty (a queue of the watcher's own) only with "
+                             "an exchange to bind it to")
+        encode_table(queue_arguments)
+        _number("prefetch", prefetch, lambda v: 0 <= v <= 65535, "an integer from 0 to 65535",
+                int)
+        _number("max_report_size", max_report_size, lambda v: v >= 1, "an integer >= 1", int)
+        _number("dedup_window", dedup_window, lambda v: v >= 0, "an integer >= 0", int)
+        self.default_interval = _seconds("default_interval", default_interval)
+        self.grace = None if grace is None else _seconds("grace", grace)
+        self.silent_grace = None if silent_grace is None else _seconds("silent_grace",
+                                                                       silent_grace)
+        self.silent_limit = None if silent_limit is None else _seconds("silent_limit",
+                                                                       silent_limit)
+        self.tick = _seconds("tick", tick)
+        self.timeout = _seconds("timeout", timeout)
+        if heartbeat is not None:
+            _number("heartbeat", heartbeat, lambda v: 0 <= v <= 65535,
+                    "whole seconds from 0 (off) to 65535", int)
+        callbacks = on_change if isinstance(on_change, (list, tuple)) else [on_change]
+        if not all(callable(callback) for callback in callbacks if callback is not None):
+            raise TypeError("on_change must be a callable or a list of callables")
+        self.on_change = [callback for callback in callbacks if callback is not None]
+        self.queue_name, self.exchange, self.exchange_type = queue_name, exchange or "", exchange_type
+        self.binding_key, self.declare = binding_key, declare
+        self.queue_arguments = dict(queue_arguments or {})
+        self.prefetch, self.max_report_size = prefetch, max_report_size
+        self._ack_every = max(1, prefetch // 2) if prefetch else 50
+        self.heartbeat, self.connection_name = heartbeat, connection_name
+        self.ssl_context, self.socket_factory, self.clock = ssl_context, socket_factory, clock
+        self.counts = collections.Counter()  # applied, duplicate, invalid, stale
+        self.connections_opened = 0
+        self.last_error = None  # why it could not read, the last time it could not
+        self._devices = {}  # (name, host) -> Device
+        self._lock = threading.Lock()  # the devices, for snapshots from other threads
+        self._seen, self._seen_order = set(), collections.deque()
+        self._dedup_window = dedup_window
+        self._garbage_from = set()  # producers whose bad reports were logged already
+        self._connection = self._last_node = None
+        self._stop_requested = False
+        self._wakeup = None  # while run() runs: how stop() wakes it, wherever it waits
+        self._next_tick = -math.inf
+
+    def __repr__(self):
+        return f"<Watcher {self.parameters.safe_url} queue={self.queue_name!r}>"
+
+    # -- what it knows ----------------------------------------------------------
+
+    @property
+    def devices(self):
+        """A snapshot: {device id: dict of name, host, state, status, last_seen, age,
+        interval, reports, rate, failing}."""
+        now = self.clock()
+        with self._lock:
+            return {device.id: device.snapshot(now) for device in self._devices.values()}
+
+    def _limits(self, interval):
+        """(late, silent): the seconds without a report after which a device is each."""
+        grace = self.grace if self.grace is not None else max(0.5 * interval, 2.0)
+        silent = interval + (self.silent_grace if self.silent_grace is not None else 4 * grace)
+        if self.silent_limit is not None:
+            silent = min(silent, self.silent_limit)
+        return interval + grace, max(silent, interval + grace)
+
+    # -- applying reports -------------------------------------------------------
+
+    def apply(self, body, properties=None, now=None):
+        """Apply one report (bytes, as it came) to its device: "applied", "duplicate",
+        "invalid" (counted and logged) or "stale" (older than the device's newest).
+        `properties` are its AMQP properties (message_id, timestamp, app_id, ...)."""
+        properties = properties or {}
+        now = self.clock() if now is None else now
+        message_id = properties.get("message_id")
+        if message_id is not None:
+            if message_id in self._seen:
+                self.counts["duplicate"] += 1
+                return "duplicate"
+            self._remember(message_id)
+        report = self._parse(body, properties)
+        if report is None:
+            self.counts["invalid"] += 1
+            return "invalid"
+        outcome, changes = self._update(report, properties, now)
+        self.counts[outcome] += 1
+        for change in changes:
+            self._fire(*change)
+        return outcome
+
+    def _remember(self, message_id):
+        if not self._dedup_window:
+            return
+        self._seen.add(message_id)
+        self._seen_order.append(message_id)
+        if len(self._seen_order) > self._dedup_window:
+            self._seen.discard(self._seen_order.popleft())
+
+    def _parse(self, body, properties):
+        """The report as a dict, or None (logged once per producer) when it is not one."""
+        import json  # here, not at the top: slow to import (see the imports)
+
+        size = properties.get("body_size", len(body) if body is not None else 0)
+        if body is None or len(body) > self.max_report_size:
+            return self._garbage(properties, size, f"larger than {self.max_report_size} bytes")
+        try:
+            report = json.loads(body)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return self._garbage(properties, size, "not JSON")
+        if not isinstance(report, dict) or report.get("status") not in _STATE_OF_STATUS:
+            return self._garbage(properties, size, "not a pihace report (no valid status)")
+        return report
+
+    def _garbage(self, properties, size, why):
+        producer = _bounded_text(properties.get("app_id") or properties.get("user_id") or "?", 60)
+        if producer not in self._garbage_from and len(self._garbage_from) < 1000:
+            self._garbage_from.add(producer)
+            log.warning("ignored a message of %d bytes from %s: %s (logged once per producer)",
+                        size, _printable(repr(producer)), why)
+        return None
+
+    def _identify(self, report, properties):
+        """(name, host, interval) of the device that sent a report."""
+        component = report.get("component")
+        name = component.get("name") if isinstance(component, dict) else None
+        name = _bounded_text(name or properties.get("app_id") or properties.get(
+            "user_id") or "unknown")
+        host = _bounded_text(report.get("host") or "")
+        interval = report.get("interval")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (
+                0 < interval < 1e6):
+            interval = self.default_interval
+        return name, host, float(interval)
+
+    def _update(self, report, properties, now):
+        """Apply a parsed report: (outcome, [changes to announce])."""
+        name, host, interval = self._identify(report, properties)
+        stamp = properties.get("timestamp")
+        seen = min(now, stamp + 1.0) if isinstance(stamp, int) and stamp > 0 else now
+        failure = report.get("failure")
+        with self._lock:
+            device = self._devices.get((name, host))
+            if device is None:
+                device = self._devices[(name, host)] = Device(name, host)
+            elif seen < device.last_seen:
+                return "stale", ()  # an older report that came late (an outbox, say)
+            device.status, device.last_seen, device.interval = report["status"], seen, interval
+            device.reports += 1
+            device.rate = _bounded_text(report.get("rate"), 20) if report.get("rate") else None
+            device.failing = tuple(_bounded_text(key) for key in itertools.islice(
+                failure, _FAILING_LIMIT)) if isinstance(failure, dict) else ()
+            late, _ = self._limits(interval)
+            device.due = seen + late
+            old = device.state
+            new = "new" if old is None else _STATE_OF_STATUS[report["status"]]
+            if new == old:
+                return "applied", ()
+            device.state = new
+            return "applied", [(device, old, new, report, now)]
+
+    def check_ages(self, now=None):
+        """Turn devices late or silent whose reports stopped; the changes, announced."""
+        now = self.clock() if now is None else now
+        changes = []
+        with self._lock:
+            for device in self._devices.values():
+                if device.due > now:
+                    continue
+                late, silent = self._limits(device.interval)
+                age = now - device.last_seen
+                new = "silent" if age > silent else "late"
+                device.due = math.inf if new == "silent" else device.last_seen + silent
+                if new != device.state:
+                    changes.append((device, device.state, new, None, now))
+                    device.state = new
+        for change in changes:
+            self._fire(*change)
+        return len(changes)
+
+    def _fire(self, device, old, new, report, now):
+        snapshot = device.snapshot(now)
+        for callback in self.on_change:
+            try:
+                callback(snapshot, old, new, report)
+            except Exception as exc:  # a bug in a callback must not stop the watcher
+                log.error("on_change callback %s failed: %s", _printable(repr(callback)),
+                          describe_error(exc))
+
+    def _apply_delivery(self, delivery):
+        properties = delivery.properties or {}
+        if delivery.body is None:
+            properties = dict(properties, body_size=delivery.body_size)
+        self.apply(delivery.body, properties)
+
+    # -- the connection ---------------------------------------------------------
+
+    def _connect(self, deadline):
+        """Connect (nodes in a random order, the one lost last tried last), declare what
+        it needs and start consuming; stop() interrupts every wait for the broker."""
+        order = failover_order(self.endpoints, self._last_node)
+        try:
+            connection = open_connection(
+                order, deadline, timeout=self.timeout, heartbeat=self.heartbeat,
+                connection_name=self.connection_name, ssl_context=self.ssl_context,
+                socket_factory=self.socket_factory, interrupt=self._wakeup)
+        except (PihaceError, OSError):
+            self.parameters = order[-1]  # what the error is about
+            raise
+        self.parameters, self._connection = connection.parameters, connection
+        self.connections_opened += 1
+        channel = self._channel
+        connection.open_channel(channel, deadline, confirm=False)
+        queue = self.queue_name
+        if self.declare:
+            if self.exchange and self.exchange_type:
+                connection.call(channel, "Exchange.Declare", deadline, exchange=self.exchange,
+                                type=self.exchange_type, durable=True)
+            own = not queue  # a server-named queue of its own, gone with the connection
+            reply = connection.call(channel, "Queue.Declare", deadline, queue=queue,
+                                    durable=not own, exclusive=own, auto_delete=own,
+                                    arguments=self.queue_arguments)
+            queue = reply.args["queue"]
+            if self.exchange:
+                connection.call(channel, "Queue.Bind", deadline, queue=queue,
+                                exchange=self.exchange, routing_key=self.binding_key)
+        connection.consume(channel, queue, deadline, prefetch=self.prefetch,
+                           max_body_size=self.max_report_size)
+        log.info("watching queue %s on %s", _printable(repr(queue)), self.parameters.safe_url)
+        return connection
+
+    def _drop(self):
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._last_node = connection.parameters
+            connection.abort()
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self, stop_event=None, *, duration=None, idle=None):
+        """Consume and apply reports until stop(), stop_event or Ctrl-C; or for at most
+        `duration` seconds; or, given `idle`, until no report came for `idle` seconds
+        (what --once uses to read what is waiting). Returns True when it consumed."""
+        monotonic = time.monotonic
+        ends = math.inf if duration is None else monotonic() + _seconds("duration", duration)
+        consumed, quiet_since = False, None
+        unacked, last_tag = 0, None  # applied, not acknowledged yet: acks go in batches
+        backoff = Backoff(spread=1.0)
+        self._wakeup = Wakeup()
+        try:
+            while not self._stopped(stop_event) and monotonic() < ends:
+                if self._connection is None:
+                    try:
+                        self._connect(min(ends, monotonic() + self.timeout))
+                    except Interrupted:
+                        break
+                    except (PihaceError, OSError) as exc:
+                        self._drop()
+                        reason = self.last_error = describe_error(exc, self.parameters.safe_url)
+                        if not backoff.failures:
+                            log.warning("cannot watch: %s; trying again", reason)
+                        self._wakeup.wait(min(backoff.failed(), max(0.0, ends - monotonic())))
+                        continue
+                    if backoff.failures:
+                        log.warning("watching again after %d failed attempt(s)",
+                                    backoff.failures)
+                    backoff.succeeded()
+                    consumed, quiet_since = True, monotonic()
+                    unacked = 0
+                    self._next_tick = quiet_since + self.tick + 1.0  # the backlog comes first
+                wait = _ACK_PAUSE if unacked else min(
+                    self.tick, 1.0 if stop_event is not None else self.tick,
+                    max(0.0, ends - monotonic()))
+                try:
+                    connection = self._connection
+                    deliveries = connection.deliveries(wait, monotonic() + self.timeout)
+                    # Acknowledged once applied (at-least-once): one Ack (multiple) for each
+                    # half of the prefetch, and one for what came before a pause.
+                    for delivery in deliveries:
+                        self._apply_delivery(delivery)
+                        unacked += 1
+                        if unacked >= self._ack_every:
+                            connection.ack(self._channel, delivery.delivery_tag,
+                                           monotonic() + self.timeout, multiple=True)
+                            unacked = 0
+                    if deliveries:
+                        last_tag, quiet_since = deliveries[-1].delivery_tag, monotonic()
+                    elif unacked:
+                        connection.ack(self._channel, last_tag, monotonic() + self.timeout,
+                                       multiple=True)
+                        unacked = 0
+                except Interrupted:
+                    break
+                except (PihaceError, OSError) as exc:
+                    self.last_error = describe_error(exc, self.parameters.safe_url)
+                    log.warning("connection lost, opening a new one: %s", self.last_error)
+                    self._drop()
+                    self._wakeup.wait(backoff.failed())
+                    continue
+                self._tick()
+                if idle is not None and monotonic() - quiet_since >= idle:
+                    break
+        except KeyboardInterrupt:
+            log.info("interrupted: stopping")
+        finally:
+            self._wakeup.clear()  # a stop() already acted on must not cut the close short
+            if unacked and self._connection is not None:  # applied: not to come back
+                try:
+                    self._connection.ack(self._channel, last_tag, monotonic() + 1.0,
+                                         multiple=True)
+                except (PihaceError, OSError):
+                    pass
+            self._close()
+            wakeup, self._wakeup = self._wakeup, None
+            wakeup.close()
+            self._stop_requested = False
+        self.check_ages()
+        return consumed
+
+    def _tick(self):
+        """Look at the devices' ages once per tick (not while it cannot read: a watcher
+        that lost its broker cannot tell a silent device from its own blindness)."""
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + self.tick
+            self.check_ages()
+
+    def _close(self):
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close(time.monotonic() + min(self.timeout, 5.0))
+
+    def stop(self):
+        """End run() at once; from any thread, or a signal handler."""
+        self._stop_requested = True
+        wakeup = self._wakeup
+        if wakeup is not None:
+            wakeup.wake()
+
+    def _stopped(self, stop_event):
+        return self._stop_requested or (stop_event is not None and stop_event.is_set())
+
+
+# -- the fleet's state, as text -------------------------------------------------
+
+def _health(device):
+    """A device's state, with a new one's taken from its report: up, degraded, down..."""
+    state = device["state"]
+    return _STATE_OF_STATUS.get(device["status"], "up") if state == "new" else state
+
+
+def fleet_exit_code(devices):
+    """0 when every device is up (a new one by its report), 1 when some are degraded or
+    late, 2 when some are down or silent: Nagios' OK, WARNING, CRITICAL."""
+    return max([{"down": 2, "silent": 2, "degraded": 1, "late": 1}.get(_health(device), 0)
+                for device in devices.values()], default=0)
+
+
+def _worst_first(devices):
+    rank = {state: index for index, state in enumerate(DEVICE_STATES)}
+    return sorted(devices.values(), key=lambda d: (rank.get(d["state"], 0), -d["age"],
+                                                   d["device"]))
+
+
+def _state_counts(devices):
+    counts = dict.fromkeys(DEVICE_STATES, 0)
+    for device in devices.values():
+        counts[device["state"]] = counts.get(device["state"], 0) + 1
+    return counts
+
+
+def _prometheus_label(value):
+    """A label value: backslash, quote and newline escaped, other control characters
+    replaced (the text format has no escape for them)."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return text.translate({code: "\ufffd" for code in _CONTROL_ESCAPES if code != 10})
+
+
+def format_fleet(devices, output="json"):
+    """The fleet (Watcher.devices) as "json", "nagios" (status line, perfdata, then one
+    line per device not up) or "prometheus" (the text exposition format)."""
+    if output == "json":
+        import json  # here, not at the top: slow to import (see the imports)
+
+        return json.dumps({"status": ("OK", "WARNING", "CRITICAL")[fleet_exit_code(devices)],
+                           "counts": _state_counts(devices),
+                           "devices": _worst_first(devices)}, indent=2)
+    counts = _state_counts(devices)
+    if output == "nagios":
+        status = ("OK", "WARNING", "CRITICAL")[fleet_exit_code(devices)]
+        summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no devices"
+        perfdata = " ".join(f"{state}={n};;;0" for state, n in counts.items())
+        lines = [f"PIHACE FLEET {status} - {len(devices)} devices: {summary} | {perfdata}"]
+        lines += [f"{_printable(d['device']).replace('|', '/')}: {d['state']}, last seen "
+                  f"{d['age']:.0f}s ago" + (f", failing: {_printable(', '.join(d['failing']))}"
+                                            .replace("|", "/") if d["failing"] else "")
+                  for d in _worst_first(devices) if _health(d) != "up"]
+        return "\n".join(lines)
+    if output != "prometheus":
+        raise ValueError(f'output must be "json", "nagios" or "prometheus", got {output!r}')
+    lines = ["# HELP pihace_device_up 1 when the device's newest report says Available and it "
+             "is not late, else 0.",
+             "# TYPE pihace_device_up gauge"]
+    rows = _worst_first(devices)
+    labels = [f'device="{_prometheus_label(d["device"])}",name="{_prometheus_label(d["name"])}",'
+              f'host="{_prometheus_label(d["host"])}"' for d in rows]
+    lines += [f'pihace_device_up{{{label},state="{d["state"]}"}} '
+              f'{1 if _health(d) == "up" else 0}'
+              for label, d in zip(labels, rows)]
+    lines += ["# HELP pihace_device_last_seen_timestamp_seconds When the device's newest "
+              "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
+    lines += [f"pihace_device_last_seen_timestamp_seconds{{{label}}} {d['last_seen']:.3f}"
+              for label, d in zip(labels, rows)]
+    lines += ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
+    lines += [f'pihace_devices{{state="{state}"}} {n}' for state, n in counts.items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
 # compatibility: pihace 1.0.0's module names point at this one file
 # ---------------------------------------------------------------------------
 
@@ -3154,7 +3910,7 @@ def _parser():
     parser = Parser(prog="pihace", description="Health checks, printed or pushed to an AMQP "
                     "broker.", epilog=_EXAMPLES, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--version", action="version", version=f"pihace {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{check,push}")
+    commands = parser.add_subparsers(dest="command", metavar="{check,push,watch}")
     check = commands.add_parser("check", parents=[common], help="print the report (default)")
     check.add_argument("--format", choices=("json", "str"), default="json")
     push = commands.add_parser("push", parents=[common], help="publish the report to a queue")
@@ -3178,7 +3934,42 @@ def _parser():
                       help="an argument of the declared queue, e.g. x-max-length=1000 or "
                       "x-queue-type=quorum (a whole number is sent as one, true/false as a "
                       "boolean); repeatable")
+    _watch_parser(commands, Parser)
     return parser
+
+
+def _watch_parser(commands, parser_class):
+    watch = commands.add_parser("watch", help="follow the fleet's reports: who is up, late, "
+                                "silent", description="Consume the reports pushers send and "
+                                "keep one state per device.")
+    watch.add_argument("--url", action="append", help="amqp[s]:// URL; repeat for failover")
+    watch.add_argument("--queue", default="pihace.healthcheck",
+                       help="queue to consume (with --exchange: '' for a queue of its own)")
+    watch.add_argument("--exchange", default="", help="bind the queue to this exchange, so "
+                       "that several watchers each see every report")
+    watch.add_argument("--exchange-type", help="declare the exchange (fanout, topic...)")
+    watch.add_argument("--binding-key", default="#", metavar="KEY")
+    watch.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
+                       help="expected interval of reports that do not say theirs (default 60)")
+    watch.add_argument("--grace", type=float, metavar="SECONDS",
+                       help="late after interval + grace (default: half the interval, >= 2 s)")
+    watch.add_argument("--silent-grace", type=float, metavar="SECONDS",
+                       help="silent after interval + this (default: 4 x grace)")
+    watch.add_argument("--silent-after", type=float, metavar="SECONDS",
+                       help="silent after this many seconds without a report, at the latest")
+    watch.add_argument("--once", action="store_true",
+                       help="read what is waiting, print the fleet's state and exit")
+    watch.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                       help="with --once: read for at most this long (default 5)")
+    watch.add_argument("--format", choices=("json", "nagios", "prometheus"), default="json",
+                       help="with --once (default json)")
+    watch.add_argument("--on-change", metavar="COMMAND", help="run COMMAND (split like a "
+                       "shell would, never run by one) on each change, with PIHACE_DEVICE, "
+                       "PIHACE_OLD_STATE, PIHACE_NEW_STATE and PIHACE_REPORT in its environment")
+    watch.add_argument("--hook-timeout", type=float, default=10.0, metavar="SECONDS")
+    watch.add_argument("--listen", metavar="HOST:PORT", help="serve the fleet as Prometheus "
+                       "metrics (/metrics) and JSON (/devices)")
+    watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 def _health_check(args):
@@ -3265,6 +4056,244 @@ def _push_until_signalled(pusher, interval):
     return 0
 
 
+def _watcher(args):
+    """The Watcher that the watch arguments describe; ValueError names a bad option."""
+    try:
+        urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
+    except ValueError:
+        raise ValueError("watch needs --url or PIHACE_AMQP_URL") from None
+    _seconds("--wait", args.wait)
+    _seconds("--hook-timeout", args.hook_timeout)
+    try:
+        return Watcher(urls, args.queue, exchange=args.exchange,
+                       exchange_type=args.exchange_type, binding_key=args.binding_key,
+                       default_interval=args.interval, grace=args.grace,
+                       silent_grace=args.silent_grace, silent_limit=args.silent_after,
+                       tick=0.5 if args.once else 1.0)
+    except (TypeError, ValueError) as exc:
+        name, space, rest = str(exc).partition(" ")  # "grace must be ...": the option's name
+        options = {"amqp_url": "--url", "default_interval": "--interval", "grace": "--grace",
+                   "silent_limit": "--silent-after", "silent_grace": "--silent-grace",
+                   "queue_name": "--queue"}
+        raise ValueError(options.get(name, name) + space + rest) from None
+
+
+def _watch(parser, args):
+    """pihace watch: --once, or follow the fleet until SIGTERM or Ctrl-C."""
+    try:
+        watcher = _watcher(args)
+        hooks = _Hooks(args.on_change, args.hook_timeout) if args.on_change else None
+        server = _serve_fleet(watcher, args.listen) if args.listen and not args.once else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.once:
+        return _watch_once(watcher, args.wait, args.format)
+    if hooks is not None:
+        watcher.on_change.append(hooks)
+    live = sys.stdout.isatty()
+    if not live:
+        watcher.on_change.append(_print_change)
+    try:
+        return _watch_until_signalled(watcher, _live_table if live else None)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if hooks is not None:
+            hooks.close()
+
+
+def _watch_once(watcher, wait, output):
+    """--once: read what is waiting (at most `wait` seconds), print the fleet, exit 0, 1, 2,
+    or 3 when nothing could be read."""
+    if not watcher.run(duration=wait, idle=0.5):
+        print(f"pihace: could not read the reports: {watcher.last_error or 'timed out'}",
+              file=sys.stderr)
+        return 3
+    devices = watcher.devices
+    print(format_fleet(devices, output), end="" if output == "prometheus" else "\n")
+    return fleet_exit_code(devices)
+
+
+def _watch_until_signalled(watcher, show=None):
+    """Run the watcher in a thread until SIGTERM or Ctrl-C; show(watcher) once a second."""
+    import signal  # here, not at the top: only the command line's loops need it
+
+    thread = threading.Thread(target=watcher.run, name="pihace-watch", daemon=True)
+    signals = (signal.SIGTERM, signal.SIGINT)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = [signal.signal(number, lambda *_: watcher.stop()) for number in signals] \
+        if in_main_thread else []
+    thread.start()
+    try:
+        while thread.is_alive():
+            if show is not None:
+                show(watcher)
+            thread.join(1.0)
+    finally:
+        for number, previous_handler in zip(signals, previous):
+            signal.signal(number, previous_handler)
+        watcher.stop()
+        thread.join(10)
+        if show is not None:
+            sys.stdout.write("\x1b[?25h")  # the cursor back
+            sys.stdout.flush()
+    return 0
+
+
+def _print_change(device, old, new, report):
+    """One line per change, for a pipe or a log: text from outside escaped."""
+    failing = f" failing: {_printable(', '.join(device['failing']))}" if (
+        report is not None and device["failing"]) else ""
+    print(f"{get_utc_timestamp()[:19]}Z {_printable(device['device'])} {old or '-'} -> {new}"
+          f"{failing}", flush=True)
+
+
+def _age(seconds):
+    seconds = int(seconds)
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else \
+        f"{seconds // 3600}h"
+
+
+def fleet_table(devices, width=80, height=24):
+    """The live table's text: a summary line, then one line per device, worst first, each
+    cut to `width` columns; as many devices as fit in `height` lines."""
+    rows = _worst_first(devices)
+    summary = ", ".join(f"{n} {state}" for state, n in _state_counts(devices).items() if n)
+    name_width = min(40, max([6] + [len(_printable(d["device"])) for d in rows]))
+    lines = [f"pihace watch: {len(rows)} devices{': ' if summary else ''}{summary}   "
+             f"{get_utc_timestamp()[:19]}Z",
+             f"{'DEVICE':<{name_width}}  {'STATE':<8}  {'LAST SEEN':<9}  {'AGE':>5}  "
+             f"{'RATE':<7}  FAILING"]
+    room = max(1, height - 3)
+    for device in rows[:room if len(rows) <= room else room - 1]:
+        name = _printable(device["device"])
+        if len(name) > name_width:
+            name = name[:name_width - 1] + "~"
+        seen = time.strftime("%H:%M:%S", time.gmtime(device["last_seen"]))
+        lines.append(f"{name:<{name_width}}  {device['state']:<8}  {seen:<9}  "
+                     f"{_age(device['age']):>5}  {_printable(device['rate'] or '-'):<7}  "
+                     f"{_printable(', '.join(device['failing']))}")
+    if len(rows) > room:
+        lines.append(f"... and {len(rows) - room + 1} more")
+    return "\n".join(line[:width] for line in lines)
+
+
+def _live_table(watcher):
+    """Redraw the table in place: cursor home, the table, clear what is left below."""
+    import shutil  # here, not at the top: slow to import (see the imports)
+
+    size = shutil.get_terminal_size()
+    table = fleet_table(watcher.devices, size.columns, size.lines)
+    sys.stdout.write("\x1b[?25l\x1b[H" + table.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J")
+    sys.stdout.flush()
+
+
+class _Hooks:
+    """--on-change: runs a command per change, with bounded concurrency and a timeout;
+    the watcher only queues (a full queue drops the change, counted and logged)."""
+
+    def __init__(self, command, timeout, workers=4, backlog=1000):
+        import shlex  # here, not at the top: only --on-change needs it
+
+        self.command, self.timeout = shlex.split(command), timeout
+        if not self.command:
+            raise ValueError("--on-change needs a command")
+        self.dropped = 0
+        self._queue = queue.Queue(backlog)
+        self._threads = [threading.Thread(target=self._work, daemon=True, name="pihace-hook")
+                         for _ in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def __call__(self, device, old, new, report):
+        import json  # here, not at the top: slow to import (see the imports)
+
+        env = dict(os.environ, PIHACE_DEVICE=_printable(device["device"]),
+                   PIHACE_NAME=_printable(device["name"]), PIHACE_HOST=_printable(device["host"]),
+                   PIHACE_OLD_STATE=old or "", PIHACE_NEW_STATE=new,
+                   PIHACE_REPORT=json.dumps(report) if report is not None else "")
+        try:
+            self._queue.put_nowait(env)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("--on-change is too slow: dropped %d change(s) so far", self.dropped)
+
+    def _work(self):
+        import subprocess  # here, not at the top: only --on-change needs it
+
+        while True:
+            env = self._queue.get()
+            if env is None:
+                return
+            try:
+                result = subprocess.run(self.command, env=env, timeout=self.timeout,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                if result.returncode:
+                    log.warning("--on-change exited with %d for %s", result.returncode,
+                                env["PIHACE_DEVICE"])
+            except subprocess.TimeoutExpired:
+                log.warning("--on-change ran past %gs for %s: killed", self.timeout,
+                            env["PIHACE_DEVICE"])
+            except OSError as exc:
+                log.warning("--on-change cannot run: %s", describe_error(exc))
+
+    def close(self, timeout=5.0):
+        """Let the queued commands finish (each within its timeout), at most `timeout`
+        seconds more; then stop the workers."""
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _serve_fleet(watcher, listen):
+    """--listen HOST:PORT: /metrics (Prometheus) and /devices (JSON) in a thread."""
+    import http.server  # here, not at the top: only --listen needs it
+
+    host, _, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen: expected HOST:PORT, got {_printable(repr(listen))}")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            if path == "/metrics":
+                body, kind = format_fleet(watcher.devices, "prometheus"), \
+                    "text/plain; version=0.0.4; charset=utf-8"
+            elif path in ("/", "/devices"):
+                body, kind = format_fleet(watcher.devices, "json"), "application/json"
+            else:
+                body, kind = "not found: try /metrics or /devices\n", "text/plain"
+            data = body.encode()
+            self.send_response(200 if kind != "text/plain" else 404)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server_class = http.server.ThreadingHTTPServer
+    if ":" in host:
+        import socket  # here, not at the top: slow to import
+
+        server_class = type("Server6", (server_class,), {"address_family": socket.AF_INET6})
+    try:
+        server = server_class((host or "0.0.0.0", int(port)), Handler)
+    except OSError as exc:
+        raise ValueError(f"--listen {_printable(listen)}: {describe_error(exc)}") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True, name="pihace-listen").start()
+    log.warning("serving the fleet on http://%s:%d/metrics and /devices", listen.rpartition(
+        ":")[0] or "0.0.0.0", server.server_address[1])
+    return server
+
+
 def main(argv=None):
     """The ``pihace`` command: ``check`` (the default) or ``push``; returns the exit code."""
     import logging  # here, not at the top: slow to import (see the imports)
@@ -3280,6 +4309,8 @@ def main(argv=None):
         looping = args.command == "push" and args.interval is not None
         log.addHandler(handler)
         log.setLevel(args.log_level or ("INFO" if looping else "WARNING"))
+        if args.command == "watch":
+            return _watch(parser, args)
         try:
             hc = _health_check(args)
             pusher = _pusher(args, hc) if args.command == "push" else None

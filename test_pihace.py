@@ -1283,7 +1283,7 @@ def test_end_of_stream_is_an_event_unless_it_cuts_a_frame(how):
     (b"\x01\x00\x00\x7f\xff\xff\xff", "larger than the frame_max"),
     (frame(1, 0, method_payload(10, 10, b"\x00\x09\x00\x00")), "truncated"),
     (frame(1, 0, method_payload(10, 30, b"\x00" * 8)), "unexpected Connection.Tune"),
-    (frame(1, 0, method_payload(60, 60, b"")), "unexpected method 60.60"),
+    (frame(1, 0, method_payload(60, 100, b"")), "unexpected method 60.100"),
     (frame(2, 0, b"\x00" * 14), "expected Connection.Start"),
     (frame(1, 0, method_payload(10, 10, b"\x00\x09" + lstr(b"\x01kZ") + lstr("PLAIN")
                                 + lstr("en_US"))), "unknown field table tag b'Z'"),
@@ -1461,6 +1461,198 @@ def test_one_synchronous_method_at_a_time_on_a_channel():
 
 
 # ---------------------------------------------------------------------------
+# AMQP protocol: consuming (golden bytes written from the spec, then the state machine)
+# ---------------------------------------------------------------------------
+
+# Basic.Qos prefetch_count 100 on channel 1: prefetch_size 0 (long), count (short), global 0.
+QOS = b"\x01\x00\x01\x00\x00\x00\x0b\x00\x3c\x00\x0a\x00\x00\x00\x00\x00\x64\x00\xce"
+# Basic.Consume of "q", broker-named consumer: ticket 0, queue, tag "", bits, arguments {}.
+CONSUME = b"\x01\x00\x01\x00\x00\x00\x0e\x00\x3c\x00\x14\x00\x00\x01q\x00\x00\x00\x00\x00\x00\xce"
+# Queue.Bind of "q" to exchange "x" with routing key "#".
+QUEUE_BIND = (b"\x01\x00\x01\x00\x00\x00\x11\x00\x32\x00\x14\x00\x00\x01q\x01x\x01#\x00"
+              b"\x00\x00\x00\x00\xce")
+QOS_OK = frame(1, 1, method_payload(60, 11))
+BIND_OK = frame(1, 1, method_payload(50, 21))
+
+
+def consume_ok(tag="ctag"):
+    return frame(1, 1, method_payload(60, 21, sstr(tag)))
+
+
+def deliver(tag, consumer="ctag", body=b"{}", properties=b"\x00\x00", redelivered=False,
+            frame_max=None):
+    """Basic.Deliver, its content header and its body in frames of at most frame_max - 8."""
+    step = (frame_max - 8) if frame_max else max(1, len(body))
+    return (frame(1, 1, method_payload(60, 60, sstr(consumer) + tag.to_bytes(8, "big")
+                                       + bytes([redelivered]) + sstr("") + sstr("q")))
+            + frame(2, 1, b"\x00\x3c\x00\x00" + len(body).to_bytes(8, "big") + properties)
+            + b"".join(frame(3, 1, body[i:i + step]) for i in range(0, len(body), step)))
+
+
+def frames_of(data):
+    """The frames in data, each on its own (by their size fields)."""
+    frames = []
+    while data:
+        end = 8 + int.from_bytes(data[3:7], "big")
+        frames.append(data[:end])
+        data = data[end:]
+    return frames
+
+
+def broker_cancel(consumer="ctag", nowait=True):
+    return frame(1, 1, method_payload(60, 30, sstr(consumer) + bytes([nowait])))
+
+
+def test_golden_consumer_frames():
+    assert pihace.encode_frame(1, 1, pihace.encode_method("Basic.Qos", prefetch_count=100)) \
+        == QOS
+    assert pihace.encode_frame(1, 1, pihace.encode_method("Basic.Consume", queue="q")) == CONSUME
+    assert pihace.encode_method("Basic.Consume", queue="q", consumer_tag="t", no_ack=True,
+                                exclusive=True) == b"\x00\x3c\x00\x14\x00\x00\x01q\x01t\x06" \
+        b"\x00\x00\x00\x00"
+    assert pihace.encode_method("Basic.Cancel", consumer_tag="t") == b"\x00\x3c\x00\x1e\x01t\x00"
+    assert pihace.encode_method("Basic.Cancel-Ok", consumer_tag="t") == \
+        b"\x00\x3c\x00\x1f\x01t"
+    assert pihace.encode_method("Basic.Ack", delivery_tag=5, multiple=True) == \
+        b"\x00\x3c\x00\x50\x00\x00\x00\x00\x00\x00\x00\x05\x01"
+    assert pihace.encode_frame(1, 1, pihace.encode_method(
+        "Queue.Bind", queue="q", exchange="x", routing_key="#")) == QUEUE_BIND
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_golden_consumer_frames_decode(how):
+    deliver_args = (sstr("ctag") + b"\x00\x00\x00\x00\x00\x00\x00\x07" b"\x01" + sstr("ex")
+                    + sstr("rk"))
+    for payload, name, args in [
+            (b"", "Basic.Qos-Ok", {}), (sstr("ctag"), "Basic.Consume-Ok", {"consumer_tag": "ctag"}),
+            (sstr("ctag") + b"\x01", "Basic.Cancel", {"consumer_tag": "ctag", "nowait": True}),
+            (sstr("ctag"), "Basic.Cancel-Ok", {"consumer_tag": "ctag"}),
+            (deliver_args, "Basic.Deliver", {"consumer_tag": "ctag", "delivery_tag": 7,
+                                             "redelivered": True, "exchange": "ex",
+                                             "routing_key": "rk"})]:
+        class_id, method_id = pihace._METHOD_IDS[name]
+        data = (60).to_bytes(2, "big") + method_id.to_bytes(2, "big") + payload
+        assert class_id == 60
+        reader = lambda r: (r.unpack(pihace._short), r.unpack(pihace._short),  # noqa: E731
+                            r.arguments(pihace._METHOD_ARGUMENTS[name]))
+        assert decode_value(reader, data, how) == (60, method_id, args)
+
+
+def consuming_protocol(**consume):
+    protocol = opened_protocol()
+    protocol.open_channel(1)
+    feed(protocol, CHANNEL_OPEN_OK, "whole")
+    protocol.consume(1, "q", **consume)
+    protocol.data_to_send()
+    [event] = feed(protocol, consume_ok(), "whole")
+    assert (event.name, event.args) == ("Basic.Consume-Ok", {"consumer_tag": "ctag"})
+    return protocol
+
+
+@pytest.mark.parametrize("how", HOW + ["halves"])
+def test_deliveries_with_several_body_frames_and_one_ack_for_many(how):
+    protocol = opened_protocol()
+    protocol.open_channel(1)
+    feed(protocol, CHANNEL_OPEN_OK, how)
+    protocol.data_to_send()
+    protocol.send_method(1, "Basic.Qos", prefetch_count=100)
+    assert protocol.data_to_send() == QOS
+    assert [e.name for e in feed(protocol, QOS_OK, how)] == ["Basic.Qos-Ok"]
+    protocol.consume(1, "q")
+    assert protocol.data_to_send() == CONSUME
+    assert [e.args for e in feed(protocol, consume_ok(), how)] == [{"consumer_tag": "ctag"}]
+    body = bytes(range(256)) * 40  # 10,240 bytes in body frames of 4,088 at most
+    events = feed(protocol, deliver(1, body=body, properties=b"\x00\x80" + sstr("id-1"),
+                                    frame_max=4096) + deliver(2, redelivered=True)
+                  + deliver(3, body=b""), how)
+    assert [(type(e), e.delivery_tag, e.body, e.body_size) for e in events] == [
+        (pihace.Delivery, 1, body, 10240), (pihace.Delivery, 2, b"{}", 2),
+        (pihace.Delivery, 3, b"", 0)]
+    assert (events[0].properties, events[0].redelivered, events[1].redelivered) == (
+        {"message_id": "id-1"}, False, True)
+    assert (events[0].consumer_tag, events[0].exchange, events[0].routing_key) == ("ctag", "", "q")
+    protocol.ack(1, 2, multiple=True)  # 1 and 2
+    protocol.ack(1, 3)
+    assert protocol.data_to_send() == (
+        frame(1, 1, b"\x00\x3c\x00\x50" + (2).to_bytes(8, "big") + b"\x01")
+        + frame(1, 1, b"\x00\x3c\x00\x50" + (3).to_bytes(8, "big") + b"\x00"))
+    for tag, multiple in ((1, False), (2, True), (4, False)):  # acknowledged, or never delivered
+        with pytest.raises(pihace.LocalProtocolError) as raised:
+            protocol.ack(1, tag, multiple)
+        assert f"delivery tag {tag} on channel 1: it awaits no acknowledgement" in str(raised.value)
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_body_over_max_body_size_is_counted_not_kept(how):
+    protocol = consuming_protocol(max_body_size=100)
+    events = feed(protocol, deliver(1, body=b"x" * 101, frame_max=4096)
+                  + deliver(2, body=b"y" * 100), how)
+    assert [(e.body, e.body_size) for e in events] == [(None, 101), (b"y" * 100, 100)]
+
+
+def test_acknowledging_with_multiple_and_tag_0_takes_everything_delivered():
+    protocol = consuming_protocol()
+    feed(protocol, deliver(1) + deliver(2) + deliver(3), "whole")
+    protocol.ack(1, 2)
+    protocol.ack(1, 0, multiple=True)
+    assert protocol.data_to_send().endswith(frame(1, 1, b"\x00\x3c\x00\x50" + bytes(8) + b"\x01"))
+    with pytest.raises(pihace.LocalProtocolError):
+        protocol.ack(1, 3)
+    no_ack = consuming_protocol(no_ack=True)
+    feed(no_ack, deliver(1), "whole")
+    with pytest.raises(pihace.LocalProtocolError):  # nothing awaits an acknowledgement
+        no_ack.ack(1, 1)
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_the_brokers_cancel_is_an_event_and_answered_unless_nowait(how):
+    protocol = consuming_protocol()
+    [event] = feed(protocol, broker_cancel(nowait=False), how)
+    assert (event.name, event.args["consumer_tag"]) == ("Basic.Cancel", "ctag")
+    assert protocol.data_to_send() == frame(1, 1, method_payload(60, 31, sstr("ctag")))
+    with pytest.raises(pihace.RemoteProtocolError) as raised:  # the consumer is gone
+        feed(protocol, deliver(1), how)
+    assert "has no such consumer" in str(raised.value)
+    quiet = consuming_protocol()
+    assert [e.name for e in feed(quiet, broker_cancel(nowait=True), how)] == ["Basic.Cancel"]
+    assert quiet.data_to_send() == b""
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_our_cancel_takes_deliveries_until_its_cancel_ok(how):
+    protocol = consuming_protocol()
+    protocol.cancel(1, "ctag")
+    assert protocol.data_to_send() == frame(1, 1, b"\x00\x3c\x00\x1e" + sstr("ctag") + b"\x00")
+    cancel_ok = frame(1, 1, method_payload(60, 31, sstr("ctag")))
+    events = feed(protocol, deliver(1) + cancel_ok + broker_cancel(), how)  # crossing Cancels
+    assert names(events) == ["Delivery", "Basic.Cancel-Ok"]
+    with pytest.raises(pihace.LocalProtocolError) as raised:
+        protocol.cancel(1, "ctag")
+    assert "has no such consumer" in str(raised.value)
+
+
+@pytest.mark.parametrize("data, words", [
+    (deliver(1, consumer="other"), "to consumer 'other' on channel 1, which has no such"),
+    (deliver(2) + deliver(2), "delivery tag 2 on channel 1, after 2"),
+    (deliver(1, body=b"abc")[:-11] + frame(3, 1, b"abcd"), "longer than its declared 3"),
+    (deliver(1)[:-10] + frame(1, 1, method_payload(60, 21, sstr("x"))), "expected the content"),
+    (consume_ok("again"), "nothing was awaited"),
+])
+def test_deliveries_that_make_no_sense_are_protocol_errors(data, words):
+    protocol = consuming_protocol()
+    with pytest.raises(pihace.RemoteProtocolError) as raised:
+        feed(protocol, data, "whole")
+    assert words in str(raised.value)
+
+
+def test_deliveries_on_a_channel_we_close_are_dropped():
+    protocol = consuming_protocol()
+    protocol.close_channel(1)
+    assert names(feed(protocol, deliver(1) + CHANNEL_CLOSE_OK, "bytewise")) == ["Channel.Close-Ok"]
+    assert 1 not in protocol.channels
+
+
+# ---------------------------------------------------------------------------
 # AMQP protocol: property-based fuzzing (hypothesis). Whatever the broker sends,
 # next_event() returns events or None, or raises RemoteProtocolError; it never
 # loops and never buffers much more than frame_max. PIHACE_FUZZ_EXAMPLES=20000
@@ -1498,6 +1690,9 @@ BROKER_FRAMES = [
     frame(1, 0, method_payload(10, 61)),                         # Connection.Unblocked
     frame(1, 1, method_payload(20, 20, b"\x01")),                # Channel.Flow active
     ack(3, multiple=True, nack=True),
+    consume_ok(),                                               # after its Basic.Consume
+    *frames_of(deliver(1, body=b"hello", properties=b"\x00\x80" + sstr("id-9"), frame_max=11)),
+    broker_cancel(nowait=False),                                # the queue was deleted
     frame(1, 1, method_payload(20, 40, b"\x01\x94" + sstr("NOT_FOUND") + b"\x00\x3c\x00\x28")),
     frame(1, 0, method_payload(10, 50, b"\x01\x40" + sstr("CONNECTION_FORCED")
                                + b"\x00\x00\x00\x00")),
@@ -1505,7 +1700,7 @@ BROKER_FRAMES = [
 EXPECTED_EVENTS = [
     "Connection.Open-Ok", "Channel.Open-Ok", "Confirm.Select-Ok", "Acked", "Returned",
     "Connection.Blocked", "Connection.Unblocked", "Channel.Flow", "Nacked",
-    "Channel.Close", "Connection.Close", "ConnectionLost",
+    "Basic.Consume-Ok", "Delivery", "Basic.Cancel", "Channel.Close", "Connection.Close", "ConnectionLost",
 ]
 # Valid frames out of their place, for streams put together frame by frame.
 OTHER_FRAMES = [
@@ -1515,15 +1710,20 @@ OTHER_FRAMES = [
     frame(1, 1, method_payload(50, 11, sstr("q") + b"\x00" * 8)),  # Queue.Declare-Ok
     frame(1, 1, method_payload(40, 11)),                        # Exchange.Declare-Ok
     content_header(1, 0), frame(3, 1, b""), frame(8, 1, b""), tune(4096), tune(0),
+    QOS_OK, BIND_OK, deliver(2), deliver(3, body=b"x" * 300, frame_max=4096),
+    frame(1, 1, method_payload(60, 31, sstr("ctag"))),          # Basic.Cancel-Ok
+    broker_cancel(), consume_ok("other"),
 ]
 # (class, method) of every method a broker may send, and some it may not.
 METHOD_IDS = [(10, 10), (10, 20), (10, 30), (10, 41), (10, 50), (10, 51), (10, 60), (10, 61),
               (20, 11), (20, 20), (20, 40), (20, 41), (40, 11), (50, 11), (60, 50), (60, 80),
-              (60, 120), (85, 11), (10, 11), (60, 40), (0, 0), (65535, 65535)]
+              (60, 120), (85, 11), (10, 11), (60, 40), (0, 0), (65535, 65535),
+              (50, 21), (60, 11), (60, 21), (60, 30), (60, 31), (60, 60), (60, 10), (60, 20)]
 
 
 class Client:
-    """Plays the client's part: opens channel 1 in confirm mode and publishes on it."""
+    """Plays the client's part: opens channel 1 in confirm mode, publishes on it, consumes
+    from it (bodies over 100 bytes not kept) and acknowledges what is delivered."""
 
     def __init__(self, close_after=None):
         self.close_after = close_after  # call close() after this many events
@@ -1539,6 +1739,11 @@ class Client:
             for message_id, mandatory in (("id-1", True), ("id-2", True), ("id-3", False)):
                 properties = pihace.encode_properties({"message_id": message_id})
                 protocol.publish(1, "", "q", b"hello", properties, mandatory, message_id)
+            protocol.consume(1, "q", "ctag", max_body_size=100)
+        elif isinstance(event, pihace.Delivery) and protocol.is_open and \
+                protocol.channel_is_open(1):
+            assert event.body is None or len(event.body) == event.body_size <= 100
+            protocol.ack(1, event.delivery_tag, multiple=event.delivery_tag % 2 == 0)
         self.seen += 1
         if self.seen == self.close_after and protocol.state == "open":
             protocol.close()
@@ -1838,6 +2043,34 @@ def test_a_huge_declared_body_is_counted_not_kept(body_size, frames):
         if done:
             assert isinstance(event, pihace.Returned) and event.reply_code == 312
         assert protocol._decoder.pending == 0
+
+
+@fuzz
+@given(body_size=st.one_of(st.integers(0, 2 ** 64 - 1), st.integers(0, 20000)),
+       frames=st.lists(st.integers(0, 8192 - 8), max_size=8))
+def test_a_delivery_over_max_body_size_is_counted_not_kept(body_size, frames):
+    protocol = opened(broker_frame_max=8192)
+    protocol.consume(1, "q", "ctag", max_body_size=1000)
+    run_without_end(protocol, consume_ok())
+    protocol.receive_data(frames_of(deliver(1))[0] + content_header(1, body_size))
+    event = protocol.next_event()
+    assert (event is not None) == (body_size == 0)
+    received = 0
+    for size in frames:
+        if received >= body_size:
+            break
+        protocol.receive_data(frame(3, 1, b"b" * size))
+        received += size
+        if received > body_size:
+            with pytest.raises(pihace.RemoteProtocolError):
+                protocol.next_event()
+            return
+        event = protocol.next_event()
+        assert (event is not None) == (received == body_size)
+        kept = protocol._content[3] if protocol._content else None
+        assert sum(map(len, kept or ())) <= 1000  # what is kept of a body it will not return
+        if event is not None:
+            assert event.body_size == body_size and (event.body is None) == (body_size > 1000)
 
 
 @pytest.mark.parametrize("how", HOW)
@@ -2288,6 +2521,102 @@ def test_a_wakeup_ends_a_long_wait_from_another_thread():
         wakeup.wake()  # several wakes: the next wait returns at once, and drains them
         wakeup.wait(60)
     finally:
+        wakeup.close()
+
+
+# ---------------------------------------------------------------------------
+# transport: consuming, against a real RabbitMQ (pika publishes and looks)
+# ---------------------------------------------------------------------------
+
+def consume_all(connection, count, ack=True, timeout=20):
+    """`count` deliveries from channel 1, each batch acknowledged (multiple) if `ack`."""
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"{len(got)} of {count} deliveries came"
+        batch = connection.deliveries(0.5, time.monotonic() + 5)
+        if batch and ack:
+            connection.ack(1, batch[-1].delivery_tag, time.monotonic() + 5, multiple=True)
+        got += batch
+    return got
+
+
+def test_consume_collects_deliveries_in_order_and_acks_remove_them(rabbit, unique_queue,
+                                                                   pika_channel):
+    import pika
+
+    pika_channel.queue_declare(unique_queue, durable=True)
+    big = os.urandom(300_000)  # three body frames at frame_max 131072
+    for index in range(200):
+        pika_channel.basic_publish("", unique_queue, b"m%d" % index,
+                                   pika.BasicProperties(message_id=f"id-{index}"))
+    pika_channel.basic_publish("", unique_queue, big)
+    connection = open_to(rabbit.url)
+    try:
+        deadline = time.monotonic() + 10
+        connection.open_channel(1, deadline, confirm=False)
+        tag = connection.consume(1, unique_queue, deadline, prefetch=50)
+        assert tag.startswith("amq.ctag-")
+        got = consume_all(connection, 201)
+        assert [d.body for d in got[:200]] == [b"m%d" % i for i in range(200)]
+        assert [d.properties["message_id"] for d in got[:3]] == ["id-0", "id-1", "id-2"]
+        assert got[200].body == big and [d.delivery_tag for d in got] == list(range(1, 202))
+        connection.cancel(1, tag, deadline)
+    finally:
+        connection.close(time.monotonic() + 5)
+    assert queue_depth(rabbit.url, unique_queue) == 0  # every one acknowledged
+
+
+def test_what_is_not_acknowledged_goes_back_to_the_queue(rabbit, unique_queue, pika_channel):
+    pika_channel.queue_declare(unique_queue, durable=True)
+    for index in range(10):
+        pika_channel.basic_publish("", unique_queue, b"m%d" % index)
+    connection = open_to(rabbit.url)
+    try:
+        deadline = time.monotonic() + 10
+        connection.open_channel(1, deadline, confirm=False)
+        connection.consume(1, unique_queue, deadline, prefetch=10, max_body_size=1)
+        got = consume_all(connection, 10, ack=False)
+        assert {(d.body, d.body_size) for d in got} == {(None, 2)}  # counted, not kept
+        connection.ack(1, 4, deadline, multiple=True)
+        connection.ack(1, 6, deadline)
+    finally:
+        connection.close(time.monotonic() + 5)
+    assert [body for _, body in drain(rabbit.url, unique_queue)] == [
+        b"m4", b"m6", b"m7", b"m8", b"m9"]
+
+
+def test_a_deleted_queue_cancels_the_consumer(rabbit, unique_queue, pika_channel):
+    pika_channel.queue_declare(unique_queue)
+    connection = open_to(rabbit.url)
+    try:
+        deadline = time.monotonic() + 10
+        connection.open_channel(1, deadline, confirm=False)
+        connection.consume(1, unique_queue, deadline)
+        pika_channel.queue_delete(unique_queue)
+        with pytest.raises(pihace.ConsumerCancelled) as raised:
+            while time.monotonic() < deadline:
+                connection.deliveries(0.5, deadline)
+        assert connection.is_open  # the connection stays; the consumer is gone
+    finally:
+        connection.close(time.monotonic() + 5)
+    assert "the broker cancelled consumer 'amq.ctag-" in str(raised.value)
+
+
+def test_the_interrupt_ends_the_wait_for_deliveries(rabbit, unique_queue, pika_channel):
+    pika_channel.queue_declare(unique_queue)
+    wakeup = pihace.Wakeup()
+    connection = open_to(rabbit.url, interrupt=wakeup)
+    try:
+        deadline = time.monotonic() + 10
+        connection.open_channel(1, deadline, confirm=False)
+        connection.consume(1, unique_queue, deadline)
+        threading.Timer(0.2, wakeup.wake).start()
+        began = time.monotonic()
+        with pytest.raises(pihace.Interrupted):
+            connection.deliveries(30, time.monotonic() + 5)
+        assert time.monotonic() - began < 5 and connection.is_open
+    finally:
+        connection.close(time.monotonic() + 5)
         wakeup.close()
 
 
@@ -3531,6 +3860,384 @@ def test_pushes_spread_over_the_nodes_and_spread_again_after_a_node_returns(clus
     assert max(after.values()) < 20, after
 
 
+# ---------------------------------------------------------------------------
+# watcher: device states, fed by hand (a clock of the test's own)
+# ---------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self, now=1_800_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def report(status="Available", name="dev", host="h", interval=10, **extra):
+    """The body of a pushed report: pihace 1.0.0's keys and the watcher's host and interval."""
+    body = {"status": status, "timestamp": "2027-01-15T08:00:00.000000Z",
+            "failure": {"db": "refused"} if status != "Available" else None,
+            "rate": "1/1" if status == "Available" else "0/1", "duration": 0.001,
+            "system": None, "component": {"name": name, "version": "1"} if name else None,
+            "checks": {}, "host": host, "interval": interval}
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+def recording_watcher(**kwargs):
+    changes = []
+    kwargs.setdefault("clock", Clock())
+    watcher = pihace.Watcher("amqp://localhost/", on_change=lambda device, old, new, r: changes.append(
+        (device["device"], old, new, r is not None)), **kwargs)
+    return watcher, changes
+
+
+def test_each_state_and_each_transition_once():
+    watcher, changes = recording_watcher(grace=5, silent_grace=20)
+    clock, ids = watcher.clock, map(str, itertools.count())
+    for status in ("Available", "Available", "Partially Available", "Unavailable", "Available"):
+        assert watcher.apply(report(status), {"message_id": next(ids)}) == "applied"
+        clock.now += 1
+    assert [change[1:3] for change in changes] == [
+        (None, "new"), ("new", "up"), ("up", "degraded"), ("degraded", "down"), ("down", "up")]
+    del changes[:]
+    last = clock.now - 1
+    for offset, expected in ((14.9, 0), (15.1, 1), (20, 0), (30.1, 1), (100, 0)):
+        clock.now = last + offset  # late after interval + grace, silent after interval + 20
+        assert watcher.check_ages() == expected
+    assert watcher.apply(report(), {"message_id": next(ids)}) == "applied"
+    assert changes == [("dev@h", "up", "late", False), ("dev@h", "late", "silent", False),
+                       ("dev@h", "silent", "up", True)]
+    device = watcher.devices["dev@h"]
+    assert (device["state"], device["reports"], device["interval"], device["age"]) == (
+        "up", 6, 10.0, 0.0)
+
+
+def test_default_limits_and_a_set_limit_for_silent():
+    watcher = pihace.Watcher("amqp://localhost/", default_interval=30)
+    assert watcher._limits(30) == (45, 30 + 4 * 15)  # grace: half the interval, at least 2 s
+    assert watcher._limits(1) == (3, 1 + 8)
+    limited = pihace.Watcher("amqp://localhost/", grace=5, silent_limit=8)
+    assert limited._limits(10) == (15, 15)  # never silent before late
+
+
+def test_duplicates_are_counted_never_applied_twice_and_older_reports_are_stale():
+    watcher, changes = recording_watcher()
+    properties = {"message_id": "m-1", "timestamp": int(watcher.clock.now)}
+    assert watcher.apply(report(), properties) == "applied"
+    assert watcher.apply(report("Unavailable"), properties) == "duplicate"
+    assert watcher.apply(report("Unavailable"), {"message_id": "m-0", "timestamp": int(
+        watcher.clock.now) - 60}) == "stale"  # from an outbox: sent before the newest
+    assert watcher.devices["dev@h"]["reports"] == 1 and len(changes) == 1
+    assert watcher.counts == {"applied": 1, "duplicate": 1, "stale": 1}
+
+
+def test_the_duplicate_window_is_bounded():
+    watcher, _ = recording_watcher(dedup_window=3)
+    for index in range(5):
+        watcher.apply(report(), {"message_id": str(index)})
+    assert len(watcher._seen) == 3 and watcher.apply(report(), {"message_id": "4"}) == \
+        "duplicate"
+
+
+def test_a_device_is_its_name_and_host_with_fallbacks():
+    watcher, _ = recording_watcher(default_interval=42)
+    watcher.apply(report(name=None, host="a"), {"app_id": "from-app-id"})
+    watcher.apply(report(name=None, host=None), {"user_id": "edge-user"})
+    watcher.apply(b'{"status": "Available"}', {})
+    watcher.apply(report(name="dev", host="b", interval="soon"), {})
+    assert sorted(watcher.devices) == ["dev@b", "edge-user", "from-app-id@a", "unknown"]
+    assert watcher.devices["dev@b"]["interval"] == 42  # not a number: the default
+
+
+def test_the_age_counts_from_the_reports_timestamp_never_after_its_arrival():
+    watcher, _ = recording_watcher()
+    now = watcher.clock.now
+    watcher.apply(report(host="old"), {"timestamp": int(now) - 100})  # waited in the queue
+    watcher.apply(report(host="future"), {"timestamp": int(now) + 100})  # a clock ahead
+    assert watcher.devices["dev@old"]["last_seen"] == int(now) - 99
+    assert watcher.devices["dev@future"]["last_seen"] == now
+
+
+HOSTILE_NAME = "evil\x1b[2J\x1b]0;owned\x07\nFORGED up\r\u009b31m\"\\"
+
+
+@pytest.mark.parametrize("body, why", [
+    (b"\xff\xfe not json", "not JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # nesting deeper than the parser goes
+    (b"x" * 300_001, "larger than 300000 bytes"),
+    (None, "larger than 300000 bytes"),  # what the protocol did not keep
+    (b'["status", "Available"]', "no valid status"),
+    (b'{"status": "Fine"}', "no valid status"),
+], ids=["binary", "deep", "huge", "not-kept", "list", "bad-status"])
+def test_garbage_is_counted_and_logged_once_per_producer(caplog, body, why):
+    watcher, changes = recording_watcher(max_report_size=300_000)
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        for _ in range(3):
+            assert watcher.apply(body, {"app_id": HOSTILE_NAME, "body_size": 5000}) == "invalid"
+        assert watcher.apply(report(), {}) == "applied"  # and the watcher goes on
+    assert watcher.counts == {"invalid": 3, "applied": 1} and len(changes) == 1
+    [record] = [r for r in caplog.records if "ignored" in r.getMessage()]
+    assert why in record.getMessage() and "\x1b" not in record.getMessage()
+
+
+def test_hostile_names_are_kept_but_shown_escaped_everywhere():
+    watcher, _ = recording_watcher()
+    watcher.apply(report("Unavailable", name=HOSTILE_NAME, failure={HOSTILE_NAME: "x"}), {})
+    devices = watcher.devices
+    assert list(devices) == [HOSTILE_NAME + "@h"]
+    texts = [pihace.fleet_table(devices, 200, 10), pihace.format_fleet(devices, "nagios"),
+             pihace.format_fleet(devices, "prometheus")]
+    for text in texts:
+        assert not set(text) & set(map(chr, [*range(9), *range(11, 32), *range(127, 160)]))
+    for text in texts:  # no line forged by the name
+        assert not any(line.startswith("FORGED") for line in text.splitlines())
+    nagios = texts[1].splitlines()
+    assert len(nagios) == 2 and nagios[1].startswith("evil\\x1b[2J") and "|" not in nagios[1]
+    assert json.loads(pihace.format_fleet(devices, "json"))["devices"][0]["name"] == HOSTILE_NAME
+
+
+def test_a_hook_that_raises_is_logged_and_the_others_still_run(caplog):
+    calls = []
+
+    def broken(*args):
+        raise RuntimeError("hook bug")
+
+    watcher = pihace.Watcher("amqp://localhost/", on_change=[broken, lambda *a: calls.append(a)])
+    with caplog.at_level(logging.ERROR, logger="pihace"):
+        assert watcher.apply(report(), {}) == "applied"
+    assert len(calls) == 1 and "hook bug" in caplog.text
+
+
+def fleet(*states):
+    """Watcher.devices of devices in the given states (a new one reported Available)."""
+    watcher, _ = recording_watcher(grace=5, silent_grace=20)
+    statuses = {"up": "Available", "degraded": "Partially Available", "down": "Unavailable"}
+    for index, state in enumerate(states):
+        body = report(statuses.get(state, "Available"), name=f"d{index}")
+        watcher.apply(body, {})
+        if state != "new":
+            watcher.apply(body, {})
+    watcher.clock.now += {"late": 16, "silent": 31}.get(states[-1], 0) if states else 0
+    if states and states[-1] in ("late", "silent"):
+        for index in range(len(states) - 1):  # the others report on time
+            watcher.apply(report(statuses.get(states[index], "Available"), name=f"d{index}"), {})
+        watcher.check_ages()
+    return watcher.devices
+
+
+@pytest.mark.parametrize("states, code", [
+    ((), 0), (("up", "new"), 0), (("up", "degraded"), 1), (("up", "late"), 1),
+    (("degraded", "down"), 2), (("up", "silent"), 2)])
+def test_the_fleets_exit_code(states, code):
+    devices = fleet(*states)
+    assert sorted(d["state"] for d in devices.values()) == sorted(states)
+    assert pihace.fleet_exit_code(devices) == code
+    assert pihace.format_fleet(devices, "nagios").startswith(
+        f"PIHACE FLEET {('OK', 'WARNING', 'CRITICAL')[code]} - {len(states)} devices")
+    assert json.loads(pihace.format_fleet(devices, "json"))["status"] == \
+        ("OK", "WARNING", "CRITICAL")[code]
+
+
+def test_prometheus_output_passes_promtool_with_hostile_names(tmp_path):
+    watcher, _ = recording_watcher()
+    watcher.apply(report(name=HOSTILE_NAME), {})
+    watcher.apply(report(name="plain", host="h2"), {})
+    text = pihace.format_fleet(watcher.devices, "prometheus")
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'pihace_device_up{device="plain@h2",name="plain",host="h2",state="new"} 1' in text
+    assert 'pihace_devices{state="new"} 2' in text
+
+
+def test_the_table_is_worst_first_and_fits_the_width():
+    devices = fleet("up", "degraded", "late")
+    lines = pihace.fleet_table(devices, 50, 24).splitlines()
+    assert lines[0].startswith("pihace watch: 3 devices: 1 late, 1 degraded, 1 up")
+    assert [line.split()[1] for line in lines[2:]] == ["late", "degraded", "up"]
+    assert max(map(len, lines)) <= 50
+    many = fleet(*["up"] * 30)
+    lines = pihace.fleet_table(many, 80, 10).splitlines()
+    assert len(lines) == 9 and lines[-1] == "... and 24 more"  # height - 1: the cursor's line
+
+
+def test_watcher_arguments_are_checked():
+    for kwargs, words in [({"amqp_url": []}, "non-empty list"), ({"grace": 0}, "grace must be"),
+                          ({"prefetch": 70000}, "prefetch must be"),
+                          ({"queue_name": ""}, "only with an exchange"),
+                          ({"on_change": "print"}, "callable"),
+                          ({"amqp_url": "http://x/"}, "amqp://")]:
+        with pytest.raises((TypeError, ValueError)) as raised:
+            pihace.Watcher(**kwargs)
+        assert words in str(raised.value)
+
+
+# ---------------------------------------------------------------------------
+# watcher: against a real RabbitMQ, with pushers and pika
+# ---------------------------------------------------------------------------
+
+class WatcherThread:
+    """Watcher.run() in a thread, stopped and joined at the end; on_change calls recorded
+    with the time they came."""
+
+    def __init__(self, url, queue, **kwargs):
+        self.changes = []
+        kwargs.setdefault("tick", 0.2)
+        self.watcher = pihace.Watcher(url, queue, on_change=self._record, **kwargs)
+        self.thread = threading.Thread(target=self.watcher.run, daemon=True)
+        self.thread.start()
+
+    def _record(self, device, old, new, report):
+        self.changes.append((device["device"], old, new, time.monotonic()))
+
+    def of(self, device):
+        return [(old, new) for name, old, new, _ in self.changes if name == device]
+
+    def state(self, device):
+        return self.watcher.devices.get(device, {}).get("state")
+
+    def stop(self):
+        self.watcher.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the watcher did not stop"
+
+
+def pika_reports(url, queue, name, interval, stop, host="pika-host"):
+    """A producer pihace did not write: pika publishing a report every `interval` s."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    try:
+        while not stop.is_set():
+            channel.basic_publish("", queue, report(name=name, host=host, interval=interval),
+                                  pika.BasicProperties(message_id=os.urandom(8).hex(),
+                                                       timestamp=int(time.time())))
+            stop.wait(interval)
+    finally:
+        connection.close()
+
+
+def start_pushers(url, queue, names, interval):
+    return [subprocess.Popen(
+        [sys.executable, "pihace.py", "push", "--url", url, "--queue", queue, "--interval",
+         str(interval), "--name", name, "--no-system"], cwd=HERE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL) for name in names]
+
+
+def end(processes):
+    for process in processes:
+        process.send_signal(signal.SIGCONT)
+        process.kill()
+        process.wait(10)
+
+
+@pytest.mark.slow
+def test_a_paused_pusher_goes_late_then_silent_and_comes_back(rabbit, unique_queue):
+    interval, grace, silent_grace = 1.0, 2.0, 5.0
+    names = [f"dev{index}" for index in range(5)]
+    pushers = start_pushers(rabbit.url, unique_queue, names, interval)
+    stop_pika = threading.Event()
+    publisher = threading.Thread(target=pika_reports, daemon=True, args=(
+        rabbit.url, unique_queue, "pika-dev", interval, stop_pika))
+    watched = WatcherThread(rabbit.url, unique_queue, grace=grace, silent_grace=silent_grace)
+    try:
+        wait_until(lambda: queue_depth(rabbit.url, unique_queue) >= 0, 5, "the queue")
+        publisher.start()
+        devices = [f"{name}@{pihace._HOST}" for name in names] + ["pika-dev@pika-host"]
+        wait_until(lambda: all(watched.state(d) == "up" for d in devices), 30, "all up")
+        pushers[0].send_signal(signal.SIGSTOP)
+        paused = time.monotonic()
+        wait_until(lambda: watched.state(devices[0]) == "silent", interval + silent_grace + 8,
+                   "the paused pusher to be silent")
+        late_at, silent_at = (at - paused for name, _, new, at in watched.changes
+                              if name == devices[0] and new in ("late", "silent"))
+        # within interval + grace (+ 1 s: timestamps are whole seconds), with scheduling slack
+        assert grace - 1 <= late_at <= interval + grace + 1 + 3, late_at
+        assert silent_grace - 1 <= silent_at <= interval + silent_grace + 1 + 3, silent_at
+        pushers[0].send_signal(signal.SIGCONT)
+        wait_until(lambda: watched.state(devices[0]) == "up", 15, "the pusher to be back")
+    finally:
+        stop_pika.set()
+        end(pushers)
+        watched.stop()
+    assert watched.of(devices[0]) == [(None, "new"), ("new", "up"), ("up", "late"),
+                                      ("late", "silent"), ("silent", "up")]
+    for device in devices[1:]:
+        assert watched.of(device) == [(None, "new"), ("new", "up")], device
+    assert watched.watcher.counts["invalid"] == 0
+
+
+def test_a_duplicate_delivery_is_counted_once(rabbit, unique_queue, pika_channel):
+    import pika
+
+    pika_channel.queue_declare(unique_queue, durable=True)
+    for status in ("Available", "Unavailable"):  # the same message_id: the second is a copy
+        pika_channel.basic_publish("", unique_queue, report(status, name="twice"),
+                                   pika.BasicProperties(message_id="same-id"))
+    watched = WatcherThread(rabbit.url, unique_queue)
+    try:
+        wait_until(lambda: sum(watched.watcher.counts.values()) == 2, 10, "both deliveries")
+    finally:
+        watched.stop()
+    assert watched.watcher.counts == {"applied": 1, "duplicate": 1}
+    assert watched.watcher.devices["twice@h"]["state"] == "new"
+    assert queue_depth(rabbit.url, unique_queue) == 0  # both acknowledged
+
+
+def test_garbage_bodies_neither_stop_the_watcher_nor_reach_the_output(rabbit, unique_queue,
+                                                                      pika_channel):
+    import pika
+
+    pika_channel.queue_declare(unique_queue, durable=True)
+    for body in (b"not json \x1b[2J", b"{" * 5 * 1024 * 1024, b"[" * 200_000,
+                 report(name=HOSTILE_NAME, host="\x1b[31mhost")):
+        pika_channel.basic_publish("", unique_queue, body,
+                                   pika.BasicProperties(app_id="garbage\x1b[5m"))
+    pika_channel.basic_publish("", unique_queue, report(name="fine"))
+    process = subprocess.run(
+        [sys.executable, "pihace.py", "watch", "--url", rabbit.url, "--queue", unique_queue,
+         "--once", "--format", "nagios"], cwd=HERE, capture_output=True, text=True, timeout=60)
+    assert process.returncode == 0, process.stderr  # two new devices, both Available
+    assert process.stdout.startswith("PIHACE FLEET OK - 2 devices: 2 new")
+    assert "ignored a message of 13 bytes from 'garbage\\x1b[5m': not JSON" in process.stderr
+    assert process.stderr.count("ignored a message") == 1  # once per producer
+    for text in (process.stdout, process.stderr):
+        assert "\x1b" not in text
+    assert queue_depth(rabbit.url, unique_queue) == 0  # garbage is acknowledged too
+
+
+def test_the_watcher_fails_over_to_the_node_that_answers(rabbit, unique_queue, closed_port):
+    publish_reports(rabbit.url, unique_queue, (report(name="over"), {}))
+    watcher = pihace.Watcher([f"amqp://127.0.0.1:{closed_port}/", rabbit.url], unique_queue)
+    assert watcher.run(duration=20, idle=0.5) is True
+    assert list(watcher.devices) == ["over@h"]
+    assert watcher.parameters.port == pihace.AMQPParameters(rabbit.url).port
+
+
+@pytest.mark.slow
+@pytest.mark.rabbit_control
+def test_the_watcher_reconnects_after_a_broker_restart_and_states_go_on(fault_rabbit,
+                                                                        unique_queue):
+    pusher = pihace.AMQPPusher(counting_check("restarted"), fault_rabbit.url, unique_queue,
+                               timeout=2)
+    loop = LoopThread(pusher, 0.3)
+    watched = WatcherThread(fault_rabbit.url, unique_queue, grace=30)
+    device = f"restarted@{pihace._HOST}"
+    try:
+        wait_until(lambda: watched.state(device) == "up", 20, "the device up")
+        fault_rabbit.stop()
+        before = watched.watcher.devices[device]["reports"]
+        fault_rabbit.start()
+        wait_until(lambda: watched.watcher.connections_opened == 2, 30, "a reconnection")
+        wait_until(lambda: watched.watcher.devices[device]["reports"] > before + 3, 20,
+                   "reports after the restart")
+    finally:
+        loop.stop()
+        watched.stop()
+    assert watched.of(device) == [(None, "new"), ("new", "up")]  # one device all along
+    assert watched.watcher.counts["invalid"] == 0
+
 
 @pytest.mark.slow
 @pytest.mark.rabbit_control
@@ -3887,6 +4594,207 @@ def test_a_push_loop_stops_cleanly_on_sigterm_and_ctrl_c(lone_copy, rabbit, uniq
     if not isinstance(rabbit, ExternalBroker):
         wait_until(lambda: name not in rabbit.ctl("list_connections", "client_properties"), 10,
                    "the connection to be gone")
+
+
+# ---------------------------------------------------------------------------
+# command line: watch
+# ---------------------------------------------------------------------------
+
+def publish_reports(url, queue, *reports):
+    """Publish (body, properties kwargs) pairs with pika to a durable queue."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=True)
+        for body, properties in reports:
+            channel.basic_publish("", queue, body, pika.BasicProperties(**properties))
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("statuses, code, first", [
+    (["Available", "Available"], 0, "PIHACE FLEET OK - 2 devices: 2 up"),
+    (["Available", "Partially Available"], 1, "PIHACE FLEET WARNING - 2 devices: 1 degraded"),
+    (["Unavailable", "Available"], 2, "PIHACE FLEET CRITICAL - 2 devices: 1 down, 1 up"),
+])
+def test_watch_once_prints_the_fleet_and_exits_with_its_state(capsys, rabbit, unique_queue,
+                                                              statuses, code, first):
+    now = int(time.time())
+    publish_reports(rabbit.url, unique_queue, *[  # a first report (new), then this one
+        (report(status, name=f"d{index}"), {"timestamp": now}) for first in (True, False)
+        for index, status in enumerate(["Available"] * 2 if first else statuses)])
+    result = run_main(capsys, "watch", "--url", rabbit.url, "--queue", unique_queue, "--once",
+                      "--format", "nagios")
+    assert result[0] == code and result[1].startswith(first), result
+
+
+def test_watch_once_sees_devices_that_stopped_reporting_long_ago(capsys, rabbit, unique_queue):
+    now = int(time.time())
+    publish_reports(rabbit.url, unique_queue,
+                    (report(name="gone", interval=5), {"timestamp": now - 100}),
+                    (report(name="slow", interval=5), {"timestamp": now - 10}),
+                    (report(name="fresh", interval=5), {"timestamp": now}))
+    code, out, _ = run_main(capsys, "watch", "--url", rabbit.url, "--queue", unique_queue,
+                            "--once", "--format", "json", "--grace", "2", "--silent-grace", "30")
+    fleet_json = json.loads(out)
+    assert code == 2 and fleet_json["status"] == "CRITICAL"
+    assert [(d["name"], d["state"]) for d in fleet_json["devices"]] == [
+        ("gone", "silent"), ("slow", "late"), ("fresh", "new")]
+
+
+def test_watch_once_prometheus_output_passes_promtool(capsys, rabbit, unique_queue):
+    publish_reports(rabbit.url, unique_queue, (report(name="p1"), {}), (report(name="p2"), {}))
+    code, out, _ = run_main(capsys, "watch", "--url", rabbit.url, "--queue", unique_queue,
+                            "--once", "--format", "prometheus")
+    result = subprocess.run(["promtool", "check", "metrics"], input=out, capture_output=True,
+                            text=True, timeout=30)
+    assert code == 0 and result.returncode == 0, result.stdout + result.stderr
+    assert out.count("pihace_device_up{") == 2
+
+
+def test_watch_once_that_cannot_read_exits_3_without_the_password(capsys, closed_port):
+    code, out, err = run_main(capsys, "watch", "--url",
+                              f"amqp://u:{SECRET}@127.0.0.1:{closed_port}/", "--once",
+                              "--wait", "1")
+    assert (code, out) == (3, "")
+    assert "could not read the reports: connection refused" in err and SECRET not in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["watch"], "watch needs --url"),
+    (["watch", "--url", "amqp://x/", "--interval", "0"], "--interval must be"),
+    (["watch", "--url", "amqp://x/", "--silent-grace", "-1"], "--silent-grace must be"),
+    (["watch", "--url", "http://x/"], "--url must start with amqp://"),
+    (["watch", "--url", "amqp://x/", "--listen", "nowhere"], "--listen: expected HOST:PORT"),
+    (["watch", "--url", "amqp://x/", "--queue", ""], "--queue may be empty"),
+    (["watch", "--url", "amqp://x/", "--on-change", "  "], "--on-change needs a command"),
+])
+def test_bad_watch_arguments_are_one_line_and_exit_code_3(capsys, monkeypatch, args, words):
+    monkeypatch.delenv("PIHACE_AMQP_URL", raising=False)
+    code, out, err = run_main(capsys, *args)
+    assert code == 3 and words in err and len(err.splitlines()) == 1, err
+
+
+def watch_process(url, queue, *options, **kwargs):
+    return subprocess.Popen([sys.executable, "pihace.py", "watch", "--url", url, "--queue",
+                             queue, *options], cwd=HERE, text=True, **kwargs)
+
+
+def stopped(process, timeout=10):
+    """SIGTERM, then (exit code, stdout, stderr)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, out, err
+
+
+def test_watch_prints_one_line_per_change_when_not_on_a_terminal(rabbit, unique_queue):
+    publish_reports(rabbit.url, unique_queue)  # the queue exists
+    process = watch_process(rabbit.url, unique_queue, "--grace", "1", "--silent-grace", "2",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        publish_reports(rabbit.url, unique_queue, (report(name=HOSTILE_NAME, interval=0.5), {}),
+                        (report("Unavailable", name=HOSTILE_NAME, interval=0.5), {}))
+        wait_until(lambda: queue_depth(rabbit.url, unique_queue) == 0, 10, "the reports read")
+    finally:
+        code, out, err = stopped(process, timeout=15)
+    assert code == 0 and "Traceback" not in err, err
+    changes = [line.split(" ", 1)[1] for line in out.splitlines()]
+    name = "evil\\x1b[2J\\x1b]0;owned\\x07\\nFORGED up\\r\\x9b31m\"\\@h"
+    assert changes[:2] == [f"{name} - -> new", f"{name} new -> down failing: db"]
+    assert "\x1b" not in out
+
+
+def test_on_change_runs_a_command_per_change_and_a_slow_one_stalls_nothing(
+        rabbit, unique_queue, tmp_path):
+    publish_reports(rabbit.url, unique_queue)
+    hook = tmp_path / "hook.py"
+    hook.write_text("import json, os, sys, time\n"
+                    "if os.environ['PIHACE_NEW_STATE'] == 'down':\n"
+                    "    time.sleep(60)  # a hung hook: killed at --hook-timeout\n"
+                    "with open(sys.argv[1], 'a') as out:\n"
+                    "    out.write(json.dumps({k: v for k, v in os.environ.items()\n"
+                    "                          if k.startswith('PIHACE_')}) + '\\n')\n")
+    calls = tmp_path / "calls"
+    process = watch_process(rabbit.url, unique_queue, "--on-change",
+                            f"{sys.executable} {hook} '{calls}'", "--hook-timeout", "2",
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        publish_reports(rabbit.url, unique_queue, *[
+            (report(status, name=f"h{index}"), {}) for index in range(3)
+            for status in ("Available", "Unavailable", "Available")])
+        wait_until(lambda: calls.exists() and len(calls.read_text().splitlines()) == 6, 20,
+                   "the hooks of the changes to new and back up")
+        assert queue_depth(rabbit.url, unique_queue) == 0  # consumed while hooks hung
+    finally:
+        code, _, err = stopped(process, timeout=20)
+    hooks = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert sorted((h["PIHACE_DEVICE"], h["PIHACE_OLD_STATE"], h["PIHACE_NEW_STATE"])
+                  for h in hooks) == sorted([(f"h{i}@h", "", "new") for i in range(3)]
+                                            + [(f"h{i}@h", "down", "up") for i in range(3)])
+    assert all(json.loads(h["PIHACE_REPORT"])["status"] == "Available" for h in hooks)
+    assert "--on-change ran past 2s for h" in err
+
+
+def test_listen_serves_the_fleet_as_prometheus_metrics_and_json(rabbit, unique_queue,
+                                                                closed_port):
+    publish_reports(rabbit.url, unique_queue, (report(name="scraped"), {}))
+    process = watch_process(rabbit.url, unique_queue, "--listen", f"127.0.0.1:{closed_port}",
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def curl(path):
+        return subprocess.run(["curl", "-sf", f"http://127.0.0.1:{closed_port}{path}"],
+                              capture_output=True, text=True, timeout=10).stdout
+
+    try:
+        wait_until(lambda: "scraped" in curl("/metrics"), 20, "the device in /metrics")
+        metrics, devices = curl("/metrics"), json.loads(curl("/devices"))
+    finally:
+        code, _, err = stopped(process)
+    assert code == 0, err
+    assert 'pihace_device_up{device="scraped@h",name="scraped",host="h",state="new"} 1' in metrics
+    assert subprocess.run(["promtool", "check", "metrics"], input=metrics, text=True,
+                          capture_output=True).returncode == 0
+    assert devices["devices"][0]["device"] == "scraped@h"
+
+
+def test_the_live_table_under_tmux_is_redrawn_in_place(rabbit, unique_queue, tmp_path):
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is missing: install it with bash .ci/setup")
+    publish_reports(rabbit.url, unique_queue, (report(name="first"), {}))
+    session = f"pihace-{os.urandom(4).hex()}"
+    socket_name = str(tmp_path / "tmux")
+    tmux = ["tmux", "-S", socket_name]
+    command = (f"{sys.executable} pihace.py watch --url {rabbit.url} --queue {unique_queue}; "
+               "echo EXITED $?; sleep 60")
+    subprocess.run(tmux + ["new-session", "-d", "-s", session, "-x", "100", "-y", "20", "-c",
+                           HERE, command], check=True, timeout=10)
+
+    def screen():
+        return subprocess.run(tmux + ["capture-pane", "-p", "-t", session], capture_output=True,
+                              text=True, timeout=10).stdout
+
+    try:
+        wait_until(lambda: "first@h" in screen(), 20, "the table")
+        publish_reports(rabbit.url, unique_queue, (report(name="second"), {}),
+                        (report("Unavailable", name="first"), {}))
+        wait_until(lambda: "2 devices" in screen(), 20, "the second device")
+        lines = screen().splitlines()
+        assert lines[0].startswith("pihace watch: 2 devices: 1 down, 1 new")  # in place: top
+        assert sum("DEVICE" in line for line in lines) == 1
+        assert lines[2].split()[:2] == ["first@h", "down"] and lines[3].split()[:2] == [
+            "second@h", "new"]
+        assert max(map(len, lines)) <= 100
+        subprocess.run(tmux + ["send-keys", "-t", session, "C-c"], check=True, timeout=10)
+        wait_until(lambda: "EXITED 0" in screen(), 10, "Ctrl-C to end it")
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True, timeout=10)
 
 
 # ---------------------------------------------------------------------------
