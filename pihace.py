@@ -2896,6 +2896,7 @@ def _http_classes():
         protocol_version = "HTTP/1.1"  # keep-alive
         server_version = f"pihace/{__version__}"
         sys_version = ""
+        default_request_version = "HTTP/1.0"  # an error answer to garbage has a status line
         disable_nagle_algorithm = True
 
         def setup(self):
