@@ -50,14 +50,20 @@ __all__ = [
     "Disk",
     "HTTP",
     "HealthCheck",
+    "HealthServer",
     "PihaceError",
     "SystemInfo",
     "TCP",
     "calculate_status",
+    "format_health_json",
+    "format_nagios",
+    "format_prometheus",
     "format_rate",
     "get_system_info",
     "get_utc_timestamp",
     "main",
+    "mark_optional",
+    "required_checks_passed",
 ]
 
 
@@ -713,10 +719,13 @@ def _epoch(timestamp):
     or None if it is not one."""
     import calendar  # here, not at the top: only these formats need it
 
-    try:
+    try:  # not time.strptime: its first use is not safe in two threads at once
         whole, _, fraction = timestamp.rstrip("Z").partition(".")
-        seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-        return seconds + (float(f"0.{fraction}") if fraction.isdigit() else 0.0)
+        if len(whole) != 19 or whole[4::3] != "--T::" or not fraction.isdigit():
+            return None
+        seconds = calendar.timegm(tuple(int(whole[start:start + 2 + 2 * (start == 0)])
+                                        for start in (0, 5, 8, 11, 14, 17)))
+        return seconds + float(f"0.{fraction}")
     except (AttributeError, TypeError, ValueError):
         return None
 
@@ -2872,25 +2881,56 @@ _PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 def _http_classes():
     """(server class, handler class) on http.server, made on first use."""
     import http.server  # here, not at the top: slow to import, and only servers need them
-    import io
     import socket
 
-    class DeadlineReader(io.RawIOBase):
-        """A socket's bytes, read before `deadline` (time.monotonic()) or not at all: a
-        client that sends a byte now and then cannot hold a thread longer than that."""
+    class Reaper:
+        """Shuts down each connection whose request (or keep-alive wait) has gone on past its
+        deadline: a client that sends or reads a byte now and then cannot hold a thread longer
+        than that. One thread for all connections, asleep until the earliest deadline; the
+        sockets stay blocking, so no read or write pays for a poll() of its own."""
 
-        def __init__(self, sock):
-            self.sock, self.deadline = sock, 0.0
+        def __init__(self):
+            self.deadlines = {}  # socket: time.monotonic() by which its request must be done
+            self.condition = threading.Condition()
+            self.thread, self.closed = None, False
 
-        def readable(self):
-            return True
+        def add(self, sock, deadline):
+            with self.condition:
+                self.deadlines[sock] = deadline
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self._run, daemon=True,
+                                                   name="pihace-serve-reaper")
+                    self.thread.start()
+                self.condition.notify()
 
-        def readinto(self, buffer):
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("the request took too long")
-            self.sock.settimeout(left)
-            return self.sock.recv_into(buffer)
+        def renew(self, sock, deadline):
+            self.deadlines[sock] = deadline  # one store per request, without the lock
+
+        def remove(self, sock):
+            with self.condition:
+                self.deadlines.pop(sock, None)
+
+        def close(self):
+            """Shut every connection down (their threads end), and the reaper with them."""
+            with self.condition:
+                self.closed = True
+                self.condition.notify()
+
+        def _run(self):
+            with self.condition:
+                while True:
+                    now = time.monotonic()
+                    for sock, deadline in list(self.deadlines.items()):
+                        if deadline <= now or self.closed:
+                            del self.deadlines[sock]
+                            try:
+                                sock.shutdown(socket.SHUT_RDWR)  # its blocked recv() ends
+                            except OSError:
+                                pass
+                    if self.closed:
+                        return
+                    self.condition.wait(min(self.deadlines.values()) - now
+                                        if self.deadlines else None)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive
@@ -2901,11 +2941,16 @@ def _http_classes():
 
         def setup(self):
             super().setup()
-            self.rfile = io.BufferedReader(DeadlineReader(self.connection))
+            self.server.reaper.add(self.connection,
+                                   time.monotonic() + self.server.health.request_timeout)
+
+        def finish(self):
+            self.server.reaper.remove(self.connection)
+            super().finish()
 
         def handle_one_request(self):
             health = self.server.health
-            self.rfile.raw.deadline = time.monotonic() + health.request_timeout
+            self.server.reaper.renew(self.connection, time.monotonic() + health.request_timeout)
             try:
                 self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
                 if len(self.raw_requestline) > _MAX_REQUEST_LINE:
@@ -2926,7 +2971,7 @@ def _http_classes():
                 status, content_type, body, headers = health.respond(
                     path, query.partition("#")[0], self.headers.get("Accept", ""))
                 self._answer(status, content_type, body, headers)
-            except OSError as exc:  # timed out, reset, or gone: this connection is over
+            except OSError as exc:  # reset, or gone: this connection is over
                 log.debug("HTTP connection from %s ended: %s", self.client_address[0],
                           describe_error(exc))
                 self.close_connection = True
@@ -2967,8 +3012,12 @@ def _http_classes():
                     self.address_family = socket.AF_INET6
             except ValueError:
                 pass  # a host name: resolved by bind() as IPv4
-            self.health = health
+            self.health, self.reaper = health, Reaper()
             super().__init__((host, address[1]), Handler)
+
+        def server_close(self):
+            super().server_close()
+            self.reaper.close()
 
         def server_bind(self):  # skip HTTPServer's getfqdn(): a slow DNS lookup
             socket.socket.setsockopt(self.socket, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -847,6 +847,9 @@ def test_prometheus_format_is_linted_by_promtool_and_escapes_label_values():
     ratio = float(next(line.split()[1] for line in lines
                        if line.startswith("pihace_system_memory_usage_ratio ")))
     assert 0 < ratio < 1
+    ran = float(next(line.split()[1] for line in lines
+                     if line.startswith("pihace_check_last_run_timestamp_seconds ")))
+    assert abs(ran - time.time()) < 60
 
 
 def test_nagios_line_and_perfdata_parse_with_monitoring_plugin():

@@ -43,31 +43,33 @@ BURST = 200
 
 
 # ---------------------------------------------------------------------------
-# worker: one server, in a subprocess of the venv's interpreter
+# the servers: `python -c` programs of the venv's interpreter, importing nothing but what a
+# user's program would (the benchmark's own modules would add to both servers' RSS)
 # ---------------------------------------------------------------------------
 
-def serve(peer, port):
-    """Serve the peer's health endpoint on 127.0.0.1:port until killed."""
-    calls = os.open(os.environ["PIHACE_BENCH_CALLS"], os.O_WRONLY | os.O_APPEND)
-
-    def counted():  # one byte per call: the parent reads the count from the file's size
-        os.write(calls, b"x")
-        return True
-
-    if peer == "pihace.py":
-        sys.modules["psutil"] = None  # stdlib only, as a user of the single file runs it
-        import pihace
-
-        hc = pihace.HealthCheck(name="bench", version="1")
-        hc.register("counted", counted)
-        pihace.HealthServer(hc, "127.0.0.1", port).serve_forever()
-    else:
-        from pihace.healthcheck import HealthCheck
-        from pihace.providers.web import WebProvider
-
-        hc = HealthCheck(name="bench", version="1")
-        hc.register("counted", counted)
-        WebProvider(hc, host="127.0.0.1", port=port).serve()
+_COUNTED = """\
+import os, sys
+calls = os.open(os.environ["PIHACE_BENCH_CALLS"], os.O_WRONLY | os.O_APPEND)
+def counted():  # one byte per call: the parent reads the count from the file's size
+    os.write(calls, b"x")
+    return True
+"""
+SERVERS = {
+    "pihace.py": _COUNTED + """\
+sys.modules["psutil"] = None  # stdlib only, as a user of the single file runs it
+import pihace
+hc = pihace.HealthCheck(name="bench", version="1")
+hc.register("counted", counted)
+pihace.HealthServer(hc, "127.0.0.1", int(sys.argv[1])).serve_forever()
+""",
+    "pihace 1.0.0": _COUNTED + """\
+from pihace.healthcheck import HealthCheck
+from pihace.providers.web import WebProvider
+hc = HealthCheck(name="bench", version="1")
+hc.register("counted", counted)
+WebProvider(hc, host="127.0.0.1", port=int(sys.argv[1])).serve()
+""",
+}
 
 
 # ---------------------------------------------------------------------------
@@ -197,7 +199,7 @@ class Server:
         os.close(descriptor)
         env["PIHACE_BENCH_CALLS"] = self.calls_file
         self.process = subprocess.Popen(
-            [VENV_PYTHON, os.path.abspath(__file__), "--worker", peer, str(self.port)],
+            [VENV_PYTHON, "-c", SERVERS[peer], str(self.port)],
             cwd=BENCH, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True)
         deadline = time.monotonic() + 30
@@ -319,11 +321,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, help="rounds (default 3, quick 1)")
     parser.add_argument("--window", type=float, help="seconds of load per server and round "
                         "(default 5, quick 2)")
-    parser.add_argument("--worker", nargs=2, metavar=("PEER", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        serve(args.worker[0], int(args.worker[1]))
-        return 0
     rounds = args.rounds or (1 if args.quick else 3)
     window = args.window or (2.0 if args.quick else 5.0)
     ensure_venv("pihace.providers.web, fastapi, uvicorn")
