@@ -3031,8 +3031,8 @@ def _http_classes():
 class HealthServer:
     """Health endpoints over HTTP, on the standard library's http.server.
 
-    ``/livez`` (alive: runs no check), ``/readyz`` (200 when Available, 503 otherwise;
-    ``?verbose`` lists the checks), ``/health`` and ``/healthcheck`` (the JSON report,
+    ``/livez`` (alive: runs no check), ``/readyz`` (200 when every required check passed,
+    503 otherwise; ``?verbose`` lists the checks), ``/health`` and ``/healthcheck`` (the JSON report,
     or application/health+json when the request accepts it; 503 when Unavailable) and
     ``/metrics`` (Prometheus text format 0.0.4, always 200). The checks run at most
     once per `cache_seconds`, however many requests come: requests wait for the run in
