@@ -185,8 +185,6 @@ def _text(value):
     return value
 
 
-# C0 and C1 control characters and DEL, written as escapes: text from outside (a
-# broker's reply text, an exception's message) must not move a terminal's cursor.
 # What a fork() leaves broken in the child (threads gone, a lock held by one of them, a socket
 # shared with the parent): objects with an _after_fork() method, which the child calls.
 _reset_after_fork = weakref.WeakSet()
@@ -201,6 +199,8 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# C0 and C1 control characters and DEL, written as escapes: text from outside (a
+# broker's reply text, an exception's message) must not move a terminal's cursor.
 _CONTROL_ESCAPES = {code: repr(chr(code))[1:-1]
                     for code in itertools.chain(range(32), range(127, 160))}
 
@@ -2547,9 +2547,12 @@ class _Spool:
                 with open(os.path.join(self.path, name), "rb") as file:
                     message = self._decode(file.read())
             except (OSError, ValueError) as exc:
-                log.warning("ignored the spooled report %s: %s", name, exc)
-                os.replace(os.path.join(self.path, name),
-                           os.path.join(self.path, name + ".unreadable"))
+                log.warning("ignored the spooled report %s: %s", name, _printable(str(exc)))
+                try:  # kept for a person to look at, out of the way
+                    os.replace(os.path.join(self.path, name),
+                               os.path.join(self.path, name + ".unreadable"))
+                except OSError:
+                    pass
                 continue
             self._names[message.message_id] = name
             messages.append(message)
@@ -2597,23 +2600,27 @@ class _Spool:
         return self.MAGIC + struct.pack(">I", binascii.crc32(data)) + data
 
     def _decode(self, data):
-        if not data.startswith(self.MAGIC) or len(data) < len(self.MAGIC) + 4:
+        """A _Message from a file's bytes; ValueError (or ProtocolError) if they are not one
+        of ours, whole and unchanged: a file is never trusted to go on the wire unread."""
+        head = len(self.MAGIC) + 4
+        if not data.startswith(self.MAGIC) or len(data) < head:
             raise ValueError("not a pihace report file")
-        (checksum,), data = struct.unpack_from(">I", data, len(self.MAGIC)), \
-            memoryview(data)[len(self.MAGIC) + 4:]
-        if binascii.crc32(data) != checksum:
+        (checksum,) = struct.unpack_from(">I", data, len(self.MAGIC))
+        reader = _Reader(data, head)
+        if binascii.crc32(memoryview(data)[head:]) != checksum:
             raise ValueError("its checksum does not match: the file is damaged")
-        values, offset = [], 0
-        for field in self.FIELDS:
-            if offset + 4 > len(data):
-                raise ValueError("the file is cut short")
-            (size,) = struct.unpack_from(">I", data, offset)
-            value = bytes(data[offset + 4:offset + 4 + size])
-            if len(value) != size:
-                raise ValueError("the file is cut short")
-            values.append(value if field in ("body", "properties") else value.decode())
-            offset += 4 + size
-        return _Message(*values)
+        try:
+            fields = {field: bytes(reader.take(reader.unpack(_long))) for field in self.FIELDS}
+            message = _Message(**dict(fields, **{key: fields[key].decode() for key in (
+                "message_id", "exchange", "routing_key")}))
+            properties = _Reader(message.properties)
+            message_id = decode_properties(properties).get("message_id")
+        except ProtocolError:
+            raise ValueError("it is cut short, or not a report") from None
+        if reader.offset != len(data) or properties.offset != len(message.properties) or \
+                message_id != message.message_id:
+            raise ValueError("its parts do not fit together")
+        return message
 
     def close(self):
         self._lock_file.close()
