@@ -3428,6 +3428,8 @@ def _http_classes():
                 if not self.raw_requestline or not self.parse_request():
                     self.close_connection = True
                     return
+                self.server.reaper.renew(self.connection, time.monotonic() + health.max_wait
+                                         + health.request_timeout)  # the head is in: answer
                 if self.command not in ("GET", "HEAD"):
                     self.close_connection = True  # a body we do not read may follow
                     self._answer(405, _TEXT_PLAIN, b"method not allowed: use GET or HEAD\n",
@@ -3487,10 +3489,8 @@ def _http_classes():
             super().server_close()
             self.reaper.close()
 
-        def server_bind(self):  # skip HTTPServer's getfqdn(): a slow DNS lookup
-            socket.socket.setsockopt(self.socket, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.socket.bind(self.server_address)
-            self.server_address = self.socket.getsockname()
+        def server_bind(self):  # HTTPServer's, without its getfqdn(): a DNS lookup, maybe slow
+            http.server.socketserver.TCPServer.server_bind(self)
             self.server_name, self.server_port = self.server_address[:2]
 
     return Server, Handler
@@ -3531,8 +3531,9 @@ class HealthServer:
                              "to make optional")
         self.partial_ready = bool(partial_ready)
         self.request_timeout = _seconds("request_timeout", request_timeout)
+        self.max_wait = _seconds("max_wait", max_wait)
         self._cache = _ReportCache(self._report, _seconds("cache_seconds", cache_seconds),
-                                   _seconds("max_wait", max_wait))
+                                   self.max_wait)
         self._background = bool(background)
         self._httpd = _http_classes()[0]((host, port), self)
         self.host, self.port = self._httpd.server_address[:2]
