@@ -3798,6 +3798,13 @@ def test_slow_loris_and_garbage_requests_do_not_stop_other_requests(serve):
     assert closed and 0.9 < time.monotonic() - started < 3, "the slow client was not cut off"
 
 
+def test_a_request_waiting_for_a_run_is_not_cut_off_by_the_head_deadline(serve):
+    hc = pihace.HealthCheck()
+    hc.register("slow", lambda: time.sleep(1) or True, timeout=5)  # a dependency slow to answer
+    server = serve(hc, request_timeout=0.5)
+    assert http_get(server.url + "readyz")[:3:2] == (200, b"ok\n")
+
+
 def test_background_mode_refreshes_on_its_own_and_requests_never_wait(serve, release):
     calls = []
     hc = pihace.HealthCheck()
