@@ -3500,8 +3500,9 @@ class HealthServer:
     """Health endpoints over HTTP, on the standard library's http.server.
 
     ``/livez`` (alive: runs no check), ``/readyz`` (200 when every required check passed,
-    503 otherwise; ``?verbose`` lists the checks), ``/health`` and ``/healthcheck`` (the JSON report,
-    or application/health+json when the request accepts it; 503 when Unavailable) and
+    503 otherwise; ``?verbose`` lists the checks), ``/health`` and ``/healthcheck`` (the
+    JSON report, or application/health+json when the request accepts it; 503 when
+    Unavailable) and
     ``/metrics`` (Prometheus text format 0.0.4, always 200). The checks run at most
     once per `cache_seconds`, however many requests come: requests wait for the run in
     progress (at most `max_wait` seconds, then get the previous report), /livez and

@@ -3935,7 +3935,8 @@ def test_pihace_1_0_0_providers_serve_on_the_health_server(lone_copy):
             "from pihace.healthcheck import HealthCheck\n"
             "hc = HealthCheck(); hc.register('ok', lambda: True)\n"
             "web, prom = WebProvider(hc), PrometheusProvider(hc)\n"
-            "assert (web.host, web.port, prom.host, prom.port) == ('0.0.0.0', 8000, '0.0.0.0', 9090)\n"
+            "assert (web.host, web.port) == ('0.0.0.0', 8000)\n"
+            "assert (prom.host, prom.port) == ('0.0.0.0', 9090)\n"
             "assert not hasattr(web, 'app')\n"
             "WebProvider(hc, host='127.0.0.1', port=int(sys.argv[1])).serve()\n")
     process = subprocess.Popen([sys.executable, "-c", code, str(port)], cwd=lone_copy,
@@ -3952,7 +3953,8 @@ def test_pihace_1_0_0_providers_serve_on_the_health_server(lone_copy):
                 return None
 
         wait_until(answers, 30, "WebProvider.serve() to answer")
-        assert json.loads(answers()[2]) == {"status": "ok", "message": "pihace web server is running"}
+        assert json.loads(answers()[2]) == {"status": "ok",
+                                            "message": "pihace web server is running"}
         status, _, body = http_get(url + "healthcheck")
         assert status == 200 and json.loads(body)["checks"]["ok"]["status"] == "pass"
     finally:
