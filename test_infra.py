@@ -121,7 +121,9 @@ def test_proxy_pass_forwards_both_ways_and_counts(proxy, echo):
         assert recv_exactly(sock, len(payload)) == payload
         sender.join(5)
     assert proxy.connections_accepted == 1
-    assert proxy.bytes_to_target == proxy.bytes_from_target == 300_005
+    # the counters follow each send() of the proxy's thread, which may not have run yet
+    wait_until(lambda: proxy.bytes_to_target == proxy.bytes_from_target == 300_005,
+               what="the counters at 300,005 bytes each way")
     assert echo.received == 300_005
 
 
@@ -203,12 +205,12 @@ def test_proxy_latency_delays_each_direction_and_keeps_order(proxy):
             sock.sendall(b"%d" % i)
         assert recv_exactly(sock, 5) == b"01234"
         rtt = time.monotonic() - started
-        assert 0.4 <= rtt < 2.0
+        assert 0.4 <= rtt < 3.0  # a loose upper bound: 2 cores shared
         proxy.set_mode("pass")
         started = time.monotonic()
         sock.sendall(b"x")
         assert recv_exactly(sock, 1) == b"x"
-        assert time.monotonic() - started < 0.3
+        assert time.monotonic() - started < 0.4  # under the 0.4 s the latency would add
 
 
 def test_proxy_resets_the_client_when_the_target_is_down():
@@ -304,15 +306,13 @@ def test_cluster_kill_restart_leader_and_connections(cluster):
         assert counts == {first: 0, second: 1, third: 0}
     finally:
         connection.close()
-    leader = wait_until(lambda: cluster.quorum_leader(queue), timeout=30, what="a leader")
-    assert leader in cluster.nodes
+    leader = cluster.wait_quorum_leader(queue)
+    assert leader in cluster.nodes and leader is cluster.quorum_leader(queue)
 
     cluster.kill(leader)
     assert not leader.running
-    new_leader = wait_until(
-        lambda: (lambda n: n if n not in (None, leader) else None)(cluster.quorum_leader(queue)),
-        timeout=30, what="a new leader")
-    assert new_leader.running
+    new_leader = cluster.wait_quorum_leader(queue, other_than=leader)
+    assert new_leader.running and new_leader is not leader
 
     cluster.restart(leader)
     assert cluster.running_nodes() == {n.nodename for n in cluster.nodes}

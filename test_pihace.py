@@ -3623,6 +3623,32 @@ def test_pushes_spread_over_the_nodes_and_spread_again_after_a_node_returns(clus
 
 
 
+@pytest.mark.slow
+@pytest.mark.rabbit_control
+def test_after_a_nack_the_retry_goes_on_a_new_channel(cluster, unique_queue):
+    quorum = {"x-queue-type": "quorum"}
+    for _ in range(40):  # a pusher on the node that holds the queue's leader
+        pusher = pihace.AMQPPusher(counting_check(), cluster.urls, unique_queue,
+                                   queue_arguments=quorum, timeout=2)
+        assert pusher.push() is True
+        leader = cluster.wait_quorum_leader(unique_queue)
+        if pusher.parameters.port == leader.port:
+            break
+        pusher.close()
+    assert pusher.parameters.port == leader.port
+    cluster.kill(leader)  # RabbitMQ 3.10 nacks what a channel opened now publishes, for as
+    killed = time.monotonic()  # long as that node is down
+    results = []
+    try:
+        while results[-1:] != [True] and time.monotonic() - killed < 20:
+            results.append(pusher.push())
+    finally:
+        pusher.close()
+    assert results[-1] is True, results[-3:]  # acked again with the old leader still down
+    assert time.monotonic() - killed < 15
+    assert not cluster.nodes[cluster.nodes.index(leader)].running
+
+
 # ---------------------------------------------------------------------------
 # HTTP server: endpoints, the check cache, hostile clients, a real Prometheus scrape
 # ---------------------------------------------------------------------------
