@@ -3918,7 +3918,7 @@ def _attempts(args, checker):
     retries = 2 if retries is None else _number("--retries", retries, lambda v: 0 <= v <= 100,
                                                 "an integer from 0 to 100", int)
     timeout = getattr(checker, "timeout", 4) + 1
-    if getattr(args, "timeout", None) is not None:  # 10% is left for the rest of the command
+    if args.command == "check" and args.timeout is not None:  # 10% left for the rest
         timeout = min(timeout, _seconds("--timeout", args.timeout) * 0.9 / (1 + retries))
     return {"timeout": timeout, "retries": retries}
 
