@@ -3711,7 +3711,10 @@ def test_readyz_with_optional_checks_and_partial_ready(serve):
     hc = pihace.HealthCheck()
     hc.register("db", lambda: True)
     hc.register("cache", lambda: (False, "cold"), retries=0)
-    assert http_get(serve(hc).url + "readyz")[0] == 503
+    server = serve(hc)
+    assert http_get(server.url + "readyz")[0] == 503
+    status, _, body = http_get(server.url + "health", {"Accept": "application/health+json"})
+    assert (status, json.loads(body)["status"]) == (200, "warn")  # Partially Available
     status, _, body = http_get(serve(hc, optional=["cache"]).url + "readyz?verbose")
     assert (status, body) == (200, b"[+]db ok\n[-]cache failed: cold\nreadyz check passed\n")
     assert http_get(serve(hc, partial_ready=True).url + "readyz")[0] == 200
