@@ -2855,10 +2855,10 @@ class AMQPPusher:
             return None
         return self.parameters
 
-    def _ready(self, deadline):
-        """An open connection and channel, with the destination declared. Setting one
-        up has its own bound, connect_timeout: the publish after it still gets the
-        caller's deadline, or `timeout` from then if that is later."""
+    def _ready(self, deadline, setup_deadline):
+        """An open connection and channel, with the destination declared, and the
+        deadline of what follows: `deadline` on a connection that was ready, else the
+        later `setup_deadline` (a slow link may take longer to set up than to publish)."""
         connection = self._connection
         if connection is not None and connection.is_open:
             try:
@@ -2876,7 +2876,7 @@ class AMQPPusher:
             connection.channel_is_open(self._channel)
         if ready:
             return connection, deadline
-        setup_deadline = max(deadline, self.clock() + self.connect_timeout)
+        setup_deadline = max(deadline, setup_deadline)
         if connection is None or not connection.is_open:
             self._drop()
             connection = self._connect(setup_deadline)
@@ -2892,7 +2892,7 @@ class AMQPPusher:
                                 queue=self.queue_name, durable=True,
                                 arguments=self.queue_arguments)
         self._declared = True
-        return connection, max(deadline, self.clock() + self.timeout)
+        return connection, setup_deadline
 
     def _too_old(self):
         return (self.max_connection_age is not None and len(self.endpoints) > 1
@@ -2961,15 +2961,25 @@ class AMQPPusher:
                         self.exchange if exchange is None else exchange,
                         self.routing_key if routing_key is None else routing_key)
 
-    def _deliver(self, messages, deadline):
+    def _deadlines(self, timeout=None):
+        """(deadline, setup deadline) of an operation starting now: `timeout` and
+        `connect_timeout` unless a timeout is given for both."""
+        now = self.clock()
+        if timeout is not None:
+            return now + timeout, now + timeout
+        return now + self.timeout, now + self.connect_timeout
+
+    def _deliver(self, messages, deadline, setup_deadline):
         """Publish messages in order and collect their confirms (pipelined).
 
         Returns {message_id: (acked, reason)}: (True, None) delivered, (True,
-        reason) returned as unroutable, (False, reason) nacked. Raises for
+        reason) returned as unroutable, (False, reason) nacked; and the deadline
+        for what follows (later, after a connection was set up). Raises for
         connection and channel trouble. Call with the lock held.
         """
-        connection, deadline = self._ready(deadline)
-        return connection.publish(self._channel, messages, deadline, mandatory=self.confirm)
+        connection, deadline = self._ready(deadline, setup_deadline)
+        return connection.publish(self._channel, messages, deadline,
+                                  mandatory=self.confirm), deadline
 
     def publish(self, body, *, headers=None, message_id=None, timestamp=None,
                 routing_key=None, exchange=None):
@@ -2979,12 +2989,13 @@ class AMQPPusher:
         (False, reason). Unlike push(), nothing is kept for a later retry.
         """
         message = self._message(body, headers, message_id, timestamp, routing_key, exchange)
-        deadline = self.clock() + self.timeout
+        deadline, setup_deadline = self._deadlines()
         # waiting for another thread's publish counts in the deadline
         if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
             return False, _BUSY
         try:
-            reason = self._deliver([message], deadline)[message.message_id][1]
+            outcomes, _ = self._deliver([message], deadline, setup_deadline)
+            reason = outcomes[message.message_id][1]
         except (PihaceError, OSError) as exc:
             reason = self._handle_failure(exc)
         finally:
@@ -2999,7 +3010,7 @@ class AMQPPusher:
         route it, or it was dropped from a full outbox).
         """
         message = self._take_report(waited_for=True)
-        reasons = self._flush(self.clock() + self.timeout)
+        reasons = self._flush(*self._deadlines())
         outcome = self.outbox.outcome(message.message_id)
         if outcome is _PENDING:  # still in the outbox: this flush says why
             outcome = reasons.get(message.message_id, _PENDING)
@@ -3018,10 +3029,10 @@ class AMQPPusher:
 
     def flush(self, timeout=None):
         """Deliver the outbox, oldest first: True when it is empty, else (False, reason)."""
-        reasons = self._flush(self.clock() + (self.timeout if timeout is None else timeout))
+        reasons = self._flush(*self._deadlines(timeout))
         return True if not reasons else (False, next(iter(reasons.values())))
 
-    def _flush(self, deadline, connect=False):
+    def _flush(self, deadline, setup_deadline, connect=False):
         """Deliver the outbox (and with `connect`, connect even if it is empty):
         {message_id: reason} for each message not delivered."""
         if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
@@ -3030,13 +3041,13 @@ class AMQPPusher:
             reasons, refused, routed_again = {}, False, set()
             if connect and not self.outbox:
                 try:
-                    self._ready(deadline)
+                    self._ready(deadline, setup_deadline)
                 except (PihaceError, OSError) as exc:
                     return {None: self._handle_failure(exc)}
             while self.outbox and not refused:  # a report that stays: stop there
                 batch = self.outbox.oldest(256)
                 try:
-                    outcomes = self._deliver(batch, deadline)
+                    outcomes, deadline = self._deliver(batch, deadline, setup_deadline)
                 except (PihaceError, OSError) as exc:
                     return dict.fromkeys(self.outbox.ids(), self._handle_failure(exc))
                 for message in batch:
@@ -3148,7 +3159,7 @@ class AMQPPusher:
 
     def _resume(self):
         """The retry after a failure or a loss: reconnect, then deliver the outbox."""
-        reasons = self._flush(self.clock() + self.timeout, connect=True)
+        reasons = self._flush(*self._deadlines(), connect=True)
         return True if not reasons else (False, next(iter(reasons.values())))
 
     def _finish_loop(self):
