@@ -2727,7 +2727,8 @@ class AMQPPusher:
     each report goes to the durable queue `queue_name` through the default
     exchange, and push() returns True only once the broker confirmed it;
     otherwise (False, reason): push() and publish() never raise for broker or
-    network trouble, and no operation waits longer than `timeout` seconds.
+    network trouble, and no operation waits longer than `timeout` seconds
+    (`connect_timeout`, twice that by default, when it sets up a connection).
 
     Reports that could not be confirmed wait in a bounded outbox (buffer_size
     reports; the oldest is dropped when it is full), on disk too with
@@ -3120,6 +3121,8 @@ class AMQPPusher:
         connection is closed cleanly.
         """
         interval = _seconds("interval", interval)
+        if self.healthcheck is None:
+            raise ValueError("push_forever_in_loop() needs the pusher's healthcheck")
         backoff = Backoff(spread=interval / 2)
         next_report, retry_at, failed_rounds = self.clock(), math.inf, 0
         self._wakeup, self._stopping = Wakeup(), Wakeup()

@@ -2613,6 +2613,13 @@ def test_a_bad_interval_is_a_value_error_before_anything_runs(interval):
     assert calls == []
 
 
+def test_a_loop_without_a_healthcheck_is_a_value_error_before_anything_runs():
+    pusher = pihace.AMQPPusher(None, "amqp://localhost/")
+    with pytest.raises(ValueError) as raised:
+        pusher.push_forever_in_loop(1)
+    assert "needs the pusher's healthcheck" in str(raised.value)
+
+
 def test_constructor_never_touches_the_network():
     calls = []
     pusher = pihace.AMQPPusher(None, "amqp://localhost/",
@@ -3355,8 +3362,8 @@ def test_connection_attempts_back_off_while_reports_keep_their_schedule(closed_p
         wait_until(lambda: len(pusher.outbox) >= 60, 20, "60 reports taken on schedule")
     finally:
         loop.stop()
-    # 60 reports in about 3 s; connection attempts after about 0, 0.5-1, 1-2 s (then 2-4 s,
-    # ...): a handful, not one per report
+    # 60 reports in about 3 s; connection attempts at 0, within 25 ms (half an interval),
+    # then 0.5-1 s and 1-2 s later: a handful, not one per report
     assert 2 <= len(attempts) - 1 <= 6, len(attempts)  # the last one: stop()'s last chance
     gaps = [b - a for a, b in zip(attempts, attempts[1:-1])]
     assert gaps == sorted(gaps) or len(gaps) < 3  # they grow
@@ -4201,6 +4208,18 @@ def test_main_push_to_a_queue_an_operator_declared_with_arguments(capsys, rabbit
                               "--no-system", *options)
     assert (code, out, err) == (0, "", "")
     assert queue_depth(rabbit.url, unique_queue) == 1
+
+
+def test_main_push_keeps_an_undelivered_report_in_the_spool(capsys, tmp_path, closed_port):
+    url = f"amqp://127.0.0.1:{closed_port}/"
+    code, out, err = run_main(capsys, "push", "--url", url, "--no-system", "--spool",
+                              str(tmp_path))
+    assert code == 2 and "connection refused" in err
+    assert f"1 report(s) kept in {tmp_path} for the next run" in err
+    assert len(spooled(tmp_path)) == 1
+    with pihace.AMQPPusher(None, url, outbox_path=tmp_path):  # another pusher uses it
+        code, out, err = run_main(capsys, "push", "--url", url, "--spool", str(tmp_path))
+    assert code == 3 and "is in use by another pusher" in err
 
 
 def test_queue_arguments_from_the_command_line_are_typed():
