@@ -52,15 +52,21 @@ __all__ = [
     "Disk",
     "HTTP",
     "HealthCheck",
+    "HealthServer",
     "PihaceError",
     "SystemInfo",
     "TCP",
     "Watcher",
     "calculate_status",
+    "format_health_json",
+    "format_nagios",
+    "format_prometheus",
     "format_rate",
     "get_system_info",
     "get_utc_timestamp",
     "main",
+    "mark_optional",
+    "required_checks_passed",
 ]
 
 
@@ -660,13 +666,20 @@ class HealthCheck:
 
 
 def format_report(report, output="dict", pretty=True):
-    """A report dict as itself, JSON, or pihace 1.0.0's lines of text."""
+    """A report dict as itself, JSON, pihace 1.0.0's lines of text ("str"), or the formats
+    of other tools: "health+json", "prometheus", "nagios" (the functions below)."""
     if output == "dict":
         return report
     if output == "json":
         import json  # here, not at the top: slow to import (see the imports)
 
         return json.dumps(report, indent=4 if pretty else None)
+    if output == "health+json":
+        return format_health_json(report, pretty)
+    if output == "prometheus":
+        return format_prometheus(report)
+    if output == "nagios":
+        return format_nagios(report)
     lines = [f"Status: {report['status']} ({report['rate']} healthy)",
              f"Timestamp: {report['timestamp']}"]
     if report["failure"]:
@@ -680,6 +693,212 @@ def format_report(report, output="dict", pretty=True):
         lines.append("System: CPU {cpu_usage}, Mem {memory_usage}, Disk {disk_usage}, Free Mem: "
                      "{memory_available}, Python {python_version}, OS: {os}".format_map(report["system"]))
     return "\n".join(lines)  # one line each: names and reasons can forge none
+
+
+# The report in the formats of other tools. Each takes the dict that check() returns
+# (`checks` entries included) and nothing else, so that `pihace check`, the HTTP server
+# and callers with a report from elsewhere share them.
+
+def mark_optional(report, names):
+    """A copy of `report` in which the checks called `names` are optional: marked
+    ``"optional": true``, and a failing one makes the status Partially Available, never
+    Unavailable. The status then follows the required checks: Available when they and
+    the optional ones all passed, Unavailable when every required one failed (and there
+    is one), else Partially Available. ValueError names an optional check that is not
+    in the report."""
+    names, checks = set(names), report.get("checks") or {}
+    unknown = sorted(names - set(checks))
+    if unknown:
+        raise ValueError(f"no check called {_printable(', '.join(map(str, unknown)))} "
+                         "to make optional")
+    if not names:
+        return report
+    checks = {name: dict(check, optional=True) if name in names else check
+              for name, check in checks.items()}
+    required = [check["status"] == "pass" for name, check in checks.items() if name not in names]
+    if all(check["status"] == "pass" for check in checks.values()):
+        status = "Available"
+    elif required and not any(required):
+        status = "Unavailable"
+    else:
+        status = "Partially Available"
+    return dict(report, status=status, checks=checks)
+
+
+def required_checks_passed(report):
+    """Did every check that is not optional pass? (Available, when none is optional.)"""
+    return all(check["status"] == "pass" for check in (report.get("checks") or {}).values()
+               if not check.get("optional"))
+
+
+_HEALTH_STATUS = {"Available": "pass", "Partially Available": "warn", "Unavailable": "fail"}
+
+
+def _system_figures(system):
+    """[(name, value in base units, Prometheus unit suffix, help)] of a report's `system`
+    part, from pihace 1.0.0's strings ("16.8%", "23784.1 MB", "79.08 GB"); figures that
+    were not measured (None) or cannot be read are left out."""
+    scales = (("cpu_usage", "%", 0.01, "cpu_usage_ratio", "CPU busy time since the previous "
+               "report, 0 to 1"),
+              ("memory_usage", "%", 0.01, "memory_usage_ratio", "memory in use, 0 to 1"),
+              ("memory_available", " MB", 1024 ** 2, "memory_available_bytes",
+               "memory available to new processes"),
+              ("disk_usage", "%", 0.01, "disk_usage_ratio", "disk space in use, 0 to 1"),
+              ("disk_available", " GB", 1024 ** 3, "disk_available_bytes", "free disk space"))
+    figures = []
+    for key, suffix, scale, name, text in scales:
+        value = (system or {}).get(key)
+        if isinstance(value, str) and value.endswith(suffix):
+            try:
+                number = float(value[:-len(suffix)]) * scale
+            except ValueError:
+                continue
+            figures.append((name, round(number, 6) if scale < 1 else round(number), text))
+    return figures
+
+
+def _epoch(timestamp):
+    """Seconds since the epoch of a report's timestamp (``2026-05-01T12:34:56.789123Z``),
+    or None if it is not one."""
+    import calendar  # here, not at the top: only these formats need it
+
+    try:  # not time.strptime: its first use is not safe in two threads at once
+        whole, _, fraction = timestamp.rstrip("Z").partition(".")
+        if len(whole) != 19 or whole[4::3] != "--T::" or not fraction.isdigit():
+            return None
+        seconds = calendar.timegm(tuple(int(whole[start:start + 2 + 2 * (start == 0)])
+                                        for start in (0, 5, 8, 11, 14, 17)))
+        return seconds + float(f"0.{fraction}")
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def format_health_json(report, pretty=True):
+    """The report as application/health+json (draft-inadarei-api-health-check-06):
+    status pass / warn / fail, one ``"NAME:responseTime"`` entry per check, system
+    figures as ``cpu:utilization`` and the like."""
+    import json  # here, not at the top: slow to import (see the imports)
+
+    component = report.get("component") or {}
+    health = {"status": _HEALTH_STATUS.get(report["status"], "fail")}
+    if component.get("version") is not None:
+        health["version"] = str(component["version"])
+    if component.get("name") is not None:
+        health["serviceId"] = str(component["name"])
+        health["description"] = f"health of {component['name']}"
+    if report.get("failure"):
+        health["output"] = "; ".join(f"{name}: {reason}" for name, reason in
+                                     report["failure"].items())
+    checks = {}
+    for name, check in (report.get("checks") or {}).items():
+        entry = {"componentId": name, "observedValue": check.get("duration_ms"),
+                 "observedUnit": "ms",
+                 "status": "pass" if check["status"] == "pass"
+                 else "warn" if check.get("optional") else "fail",
+                 "time": report["timestamp"]}
+        if check["status"] != "pass" and check.get("message") is not None:
+            entry["output"] = check["message"]  # the draft: only for warn and fail
+        checks[f"{name}:responseTime"] = [entry]
+    for key, component_id, unit in (("cpu_usage", "cpu", "percent"),
+                                    ("memory_usage", "memory", "percent"),
+                                    ("disk_usage", "disk", "percent")):
+        value = (report.get("system") or {}).get(key)
+        if isinstance(value, str) and value.endswith("%"):
+            checks[f"{component_id}:utilization"] = [{
+                "componentType": "system", "observedValue": float(value[:-1]),
+                "observedUnit": unit, "status": "pass", "time": report["timestamp"]}]
+    if checks:
+        health["checks"] = checks
+    return json.dumps(health, indent=4 if pretty else None)
+
+
+def _label(value):
+    """A Prometheus label value, escaped: backslash, double quote and line feed."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def format_prometheus(report):
+    """The report in Prometheus' text format 0.0.4, without timestamps (as the textfile
+    collector of node_exporter wants): gauges named after their base unit."""
+    lines = []
+
+    def metric(name, text, samples):
+        lines.append(f"# HELP pihace_{name} {text}")
+        lines.append(f"# TYPE pihace_{name} gauge")
+        for labels, value in samples:
+            shown = ",".join(f'{key}="{_label(label)}"' for key, label in labels)
+            lines.append(f"pihace_{name}{{{shown}}} {value!r}" if labels
+                         else f"pihace_{name} {value!r}")
+
+    component = report.get("component") or {}
+    checks = report.get("checks") or {}
+    metric("up", "1 when the report's status is Available, else 0",
+           [((), int(report["status"] == "Available"))])
+    metric("status", "1 for the report's status, 0 for the others",
+           [((("status", status),), int(report["status"] == status))
+            for status in _HEALTH_STATUS])
+    metric("info", "who reports: the component's name and version, pihace's version",
+           [((("name", component.get("name") or ""), ("version", component.get("version") or ""),
+              ("pihace_version", __version__)), 1)])
+    metric("checks", "checks in the report", [((), len(checks))])
+    metric("checks_passed", "checks that passed", [((), sum(
+        check["status"] == "pass" for check in checks.values()))])
+    if report.get("duration") is not None:
+        metric("report_duration_seconds", "time taken by the whole report",
+               [((), round(float(report["duration"]), 6))])
+    epoch = _epoch(report.get("timestamp"))
+    if epoch is not None:
+        metric("check_last_run_timestamp_seconds", "when the checks last ran, seconds since "
+               "the epoch", [((), round(epoch, 3))])
+    if checks:
+        metric("check_up", "1 when the check passed, else 0",
+               [((("check", name),), int(check["status"] == "pass"))
+                for name, check in checks.items()])
+        metric("check_duration_seconds", "time the check took, retries included",
+               [((("check", name),), round(check.get("duration_ms", 0) / 1000, 6))
+                for name, check in checks.items()])
+        metric("check_attempts", "attempts the check took", [
+            ((("check", name),), check.get("attempts", 1)) for name, check in checks.items()])
+        metric("check_optional", "1 when a failure of the check cannot make the status "
+               "Unavailable", [((("check", name),), int(bool(check.get("optional"))))
+                               for name, check in checks.items()])
+    for name, value, text in _system_figures(report.get("system")):
+        metric(f"system_{name}", text, [((), value)])
+    return "\n".join(lines) + "\n"
+
+
+_NAGIOS_STATES = {"Available": "OK", "Partially Available": "WARNING", "Unavailable": "CRITICAL"}
+
+
+def _nagios_text(text):
+    """Free text for a Nagios line: control characters escaped, no | (it starts perfdata)."""
+    return _printable(text).replace("|", "/")
+
+
+def _perf_label(name):
+    """A perfdata label: quoted, without = or quotes (the guidelines allow neither)."""
+    return "'" + _nagios_text(name).replace("'", "").replace("=", "_") + "'"
+
+
+def format_nagios(report):
+    """The report as a Monitoring Plugins status line with performance data:
+    ``PIHACE OK - 2/2 checks passed | 'db'=1;;1:;0;1 'db_seconds'=0.0019s;;;0``.
+    A failing required check is critical (crit 1:), an optional one a warning (warn 1:)."""
+    state = _NAGIOS_STATES.get(report["status"], "UNKNOWN")
+    checks = report.get("checks") or {}
+    passed = sum(check["status"] == "pass" for check in checks.values())
+    line = f"PIHACE {state} - {passed}/{len(checks)} checks passed"
+    failures = report.get("failure") or {}
+    if failures:
+        line += "; " + ", ".join(f"{_nagios_text(name)}: {_nagios_text(reason)}"
+                                 for name, reason in failures.items())
+    perfdata = []
+    for name, check in checks.items():
+        thresholds = "1:;" if check.get("optional") else ";1:"
+        perfdata.append(f"{_perf_label(name)}={int(check['status'] == 'pass')};{thresholds};0;1")
+        seconds = check.get("duration_ms", 0) / 1000
+        perfdata.append(f"{_perf_label(str(name) + '_seconds')}={seconds:.6f}s;;;0")
+    return line + (" | " + " ".join(perfdata) if perfdata else "")
 
 
 # ---------------------------------------------------------------------------
@@ -3796,6 +4015,410 @@ def format_fleet(devices, output="json"):
 
 
 # ---------------------------------------------------------------------------
+# HTTP server: /livez, /readyz, /health, /metrics on http.server, and the cache that
+# runs the checks at most once per period, however many requests arrive
+# ---------------------------------------------------------------------------
+
+class _Cached:
+    """One report, when it was taken, and its bodies, each rendered once on first use."""
+
+    __slots__ = ("report", "taken", "bodies")
+
+    def __init__(self, report, taken):
+        self.report, self.taken, self.bodies = report, taken, {}
+
+    def body(self, kind):
+        body = self.bodies.get(kind)
+        if body is None:  # two threads may render it at once: the same bytes either way
+            text = (format_prometheus(self.report) if kind == "prometheus"
+                    else format_health_json(self.report, pretty=False) if kind == "health+json"
+                    else format_report(self.report, "json", pretty=False))
+            body = self.bodies[kind] = text.encode("utf-8")
+        return body
+
+
+class _ReportCache:
+    """The latest report of `produce()`, refreshed at most once per `max_age` seconds.
+
+    get(wait=True) returns a report at most max_age old: the cached one, else the one
+    of the run in progress (started now if none is), waiting at most `max_wait`
+    seconds for it, then the stale one (None if there is none yet). get(wait=False)
+    never waits: it starts a run if the report is stale and returns what it has.
+    With start_background(), a thread refreshes every max_age seconds and get()
+    never starts a run nor waits. `runs` counts the runs started.
+    """
+
+    def __init__(self, produce, max_age, max_wait):
+        self._produce, self.max_age, self.max_wait = produce, max_age, max_wait
+        self._condition = threading.Condition()
+        self._latest, self._running, self._stopped = None, False, threading.Event()
+        self._background = None
+        self.runs, self.error = 0, None
+
+    def _fresh(self, now):
+        return self._latest is not None and now - self._latest.taken < self.max_age
+
+    def get(self, wait=True):
+        with self._condition:
+            now = time.monotonic()
+            if self._background is not None or self._fresh(now):
+                return self._latest
+            if not self._running:
+                self._running = True
+                self.runs += 1
+                threading.Thread(target=self._refresh, name="pihace-serve-check",
+                                 daemon=True).start()
+            if wait:
+                deadline = now + self.max_wait
+                while self._running and not self._fresh(time.monotonic()):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._condition.wait(left)
+            return self._latest
+
+    def _refresh(self):
+        try:
+            cached = _Cached(self._produce(), time.monotonic())
+            error = None
+        except Exception as exc:  # a bug, or a report that cannot be made: said, not raised
+            cached, error = None, describe_error(exc)
+            log.error("the health report failed: %s", error)
+        with self._condition:
+            self._latest, self.error = cached or self._latest, error
+            self._running = False
+            self._condition.notify_all()
+
+    def start_background(self):
+        """Refresh in a thread of its own, every max_age seconds, until stop()."""
+        def loop():
+            while not self._stopped.is_set():
+                began = time.monotonic()
+                with self._condition:
+                    self.runs += 1
+                self._refresh()
+                self._stopped.wait(max(0.0, self.max_age - (time.monotonic() - began)))
+
+        with self._condition:
+            if self._background is not None:
+                return
+            self._background = threading.Thread(target=loop, name="pihace-serve-refresh",
+                                                daemon=True)
+        self._background.start()
+
+    def stop(self):
+        self._stopped.set()
+
+
+_MAX_REQUEST_LINE = 8192  # bytes; a longer request line is answered 414
+_TEXT_PLAIN = "text/plain; charset=utf-8"
+_PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@functools.lru_cache(maxsize=None)
+def _http_classes():
+    """(server class, handler class) on http.server, made on first use."""
+    import http.server  # here, not at the top: slow to import, and only servers need them
+    import socket
+
+    class Reaper:
+        """Shuts down each connection whose request (or keep-alive wait) has gone on past its
+        deadline: a client that sends or reads a byte now and then cannot hold a thread longer
+        than that. One thread for all connections, asleep until the earliest deadline; the
+        sockets stay blocking, so no read or write pays for a poll() of its own."""
+
+        def __init__(self):
+            self.deadlines = {}  # socket: time.monotonic() by which its request must be done
+            self.condition = threading.Condition()
+            self.thread, self.closed = None, False
+
+        def add(self, sock, deadline):
+            with self.condition:
+                self.deadlines[sock] = deadline
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self._run, daemon=True,
+                                                   name="pihace-serve-reaper")
+                    self.thread.start()
+                self.condition.notify()
+
+        def renew(self, sock, deadline):
+            self.deadlines[sock] = deadline  # one store per request, without the lock
+
+        def remove(self, sock):
+            with self.condition:
+                self.deadlines.pop(sock, None)
+
+        def close(self):
+            """Shut every connection down (their threads end), and the reaper with them."""
+            with self.condition:
+                self.closed = True
+                self.condition.notify()
+
+        def _run(self):
+            with self.condition:
+                while True:
+                    now = time.monotonic()
+                    for sock, deadline in list(self.deadlines.items()):
+                        if deadline <= now or self.closed:
+                            del self.deadlines[sock]
+                            try:
+                                sock.shutdown(socket.SHUT_RDWR)  # its blocked recv() ends
+                            except OSError:
+                                pass
+                    if self.closed:
+                        return
+                    self.condition.wait(min(self.deadlines.values()) - now
+                                        if self.deadlines else None)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+        server_version = f"pihace/{__version__}"
+        sys_version = ""
+        default_request_version = "HTTP/1.0"  # an error answer to garbage has a status line
+        disable_nagle_algorithm = True
+
+        def setup(self):
+            super().setup()
+            self.server.reaper.add(self.connection,
+                                   time.monotonic() + self.server.health.request_timeout)
+
+        def finish(self):
+            self.server.reaper.remove(self.connection)
+            super().finish()
+
+        def handle_one_request(self):
+            health = self.server.health
+            self.server.reaper.renew(self.connection, time.monotonic() + health.request_timeout)
+            try:
+                self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
+                if len(self.raw_requestline) > _MAX_REQUEST_LINE:
+                    self.requestline = self.request_version = self.command = ""
+                    self.send_error(414, f"request line over {_MAX_REQUEST_LINE} bytes")
+                    return
+                if not self.raw_requestline or not self.parse_request():
+                    self.close_connection = True
+                    return
+                self.server.reaper.renew(self.connection, time.monotonic() + health.max_wait
+                                         + health.request_timeout)  # the head is in: answer
+                if self.command not in ("GET", "HEAD"):
+                    self.close_connection = True  # a body we do not read may follow
+                    self._answer(405, _TEXT_PLAIN, b"method not allowed: use GET or HEAD\n",
+                                 [("Allow", "GET, HEAD")])
+                    return
+                path, _, query = self.path.partition("?")
+                if "://" in path:  # absolute-form: http://host/path
+                    path = "/" + path.split("://", 1)[1].partition("/")[2]
+                status, content_type, body, headers = health.respond(
+                    path, query.partition("#")[0], self.headers.get("Accept", ""))
+                self._answer(status, content_type, body, headers)
+            except OSError as exc:  # reset, or gone: this connection is over
+                log.debug("HTTP connection from %s ended: %s", self.client_address[0],
+                          describe_error(exc))
+                self.close_connection = True
+
+        def _answer(self, status, content_type, body, headers=()):
+            """The whole answer in one write (no Nagle delay between head and body)."""
+            self.log_request(status, len(body))
+            head = [f"HTTP/1.1 {status} {self.responses[status][0]}",
+                    f"Server: {self.server_version}", f"Date: {self.date_time_string()}",
+                    f"Content-Type: {content_type}", f"Content-Length: {len(body)}",
+                    "Cache-Control: no-store", *(f"{name}: {value}" for name, value in headers)]
+            if self.close_connection:
+                head.append("Connection: close")
+            self.wfile.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n"
+                             + (body if self.command != "HEAD" else b""))
+
+        def end_headers(self):  # the answers of http.server itself: 400, 414, 431, 501
+            self.send_header("Cache-Control", "no-store")
+            super().end_headers()
+
+        def log_request(self, code="-", size="-"):
+            pass  # one line per request would cost more than the answer
+
+        def log_message(self, format, *args):
+            log.debug("HTTP %s: %s", self.client_address[0], _printable(format % args))
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        block_on_close = False
+        request_queue_size = 1024  # many probes at once are not refused by the backlog
+
+        def __init__(self, address, health):
+            import ipaddress
+
+            host = address[0].strip("[]")
+            try:
+                if ipaddress.ip_address(host).version == 6:
+                    self.address_family = socket.AF_INET6
+            except ValueError:
+                pass  # a host name: resolved by bind() as IPv4
+            self.health, self.reaper = health, Reaper()
+            super().__init__((host, address[1]), Handler)
+
+        def server_close(self):
+            super().server_close()
+            self.reaper.close()
+
+        def server_bind(self):  # HTTPServer's, without its getfqdn(): a DNS lookup, maybe slow
+            http.server.socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = self.server_address[:2]
+
+    return Server, Handler
+
+
+class HealthServer:
+    """Health endpoints over HTTP, on the standard library's http.server.
+
+    ``/livez`` (alive: runs no check), ``/readyz`` (200 when every required check passed,
+    503 otherwise; ``?verbose`` lists the checks), ``/health`` and ``/healthcheck`` (the
+    JSON report, or application/health+json when the request accepts it; 503 when
+    Unavailable) and
+    ``/metrics`` (Prometheus text format 0.0.4, always 200). The checks run at most
+    once per `cache_seconds`, however many requests come: requests wait for the run in
+    progress (at most `max_wait` seconds, then get the previous report), /livez and
+    /metrics never wait. With `background=True` a thread runs the checks every
+    `cache_seconds` and no request waits. `partial_ready`: Partially Available is
+    ready too. `optional`: names of checks whose failure cannot make the service
+    Unavailable (see mark_optional). A client has `request_timeout` seconds to send
+    each request (a keep-alive connection idle that long is closed).
+
+    Binds at once (``port=0`` picks a free port: see `port`); serve with
+    serve_forever(), or start() for a background thread, then stop(); or use it as a
+    context manager. The default host, 127.0.0.1, answers this machine only: in a
+    container or a Kubernetes pod, give host="0.0.0.0" (or "::").
+    """
+
+    def __init__(self, healthcheck, host="127.0.0.1", port=8000, *, cache_seconds=1.0,
+                 background=False, partial_ready=False, optional=(), max_wait=10.0,
+                 request_timeout=10.0):
+        if not isinstance(host, str):
+            raise ValueError(f"host must be a host name or an IP address, got {host!r}")
+        _number("port", port, lambda v: 0 <= v < 65536, "an integer from 0 to 65535", int)
+        self.healthcheck = healthcheck
+        self.optional = tuple(optional)
+        unknown = [name for name in self.optional if name not in healthcheck.checkers]
+        if unknown:
+            raise ValueError(f"no check called {_printable(', '.join(map(str, unknown)))} "
+                             "to make optional")
+        self.partial_ready = bool(partial_ready)
+        self.request_timeout = _seconds("request_timeout", request_timeout)
+        self.max_wait = _seconds("max_wait", max_wait)
+        self._cache = _ReportCache(self._report, _seconds("cache_seconds", cache_seconds),
+                                   self.max_wait)
+        self._background = bool(background)
+        self._httpd = _http_classes()[0]((host, port), self)
+        self.host, self.port = self._httpd.server_address[:2]
+        self._thread, self._serving, self._closed = None, threading.Lock(), False
+        self._started = threading.Event()
+
+    def __repr__(self):
+        return f"<HealthServer {self.url}>"
+
+    @property
+    def url(self):
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    @property
+    def runs(self):
+        """How many times the checks have run."""
+        return self._cache.runs
+
+    def _report(self):
+        return mark_optional(self.healthcheck.check("dict"), self.optional)
+
+    def serve_forever(self):
+        """Answer requests until stop() is called (from another thread)."""
+        with self._serving:
+            if self._closed:
+                return
+            if self._background:
+                self._cache.start_background()
+            self._started.set()
+            self._httpd.serve_forever()
+
+    def start(self):
+        """serve_forever() in a daemon thread; returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.serve_forever, daemon=True,
+                                            name=f"pihace-serve-{self.port}")
+            self._thread.start()
+            self._started.wait(5.0)  # so that stop() sees it serving, and shutdown() works
+        return self
+
+    def stop(self):
+        """Stop serving and close the listening socket (connections in progress end
+        with their request)."""
+        self._cache.stop()
+        self._closed = True
+        if self._serving.locked():
+            self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def respond(self, path, query, accept):
+        """(status, content type, body, [(header, value)]) for a GET of `path`."""
+        if path == "/livez":
+            return 200, _TEXT_PLAIN, b"[+]ping ok\nlivez check passed\n" if _verbose(
+                query) else b"ok\n", []
+        if path == "/metrics":
+            return self._metrics()
+        if path == "/readyz":
+            return self._readyz(_verbose(query))
+        if path in ("/health", "/healthcheck"):
+            return self._health("application/health+json" in accept)
+        return 404, _TEXT_PLAIN, b"not found: try /livez, /readyz, /health or /metrics\n", []
+
+    def _metrics(self):
+        cached = self._cache.get(wait=False)  # never waits: a hung check cannot stall it
+        body = cached.body("prometheus") if cached is not None else (
+            "# HELP pihace_info who reports: pihace's version (no report yet)\n"
+            "# TYPE pihace_info gauge\n"
+            f'pihace_info{{pihace_version="{__version__}"}} 1\n').encode()
+        return 200, _PROMETHEUS_TEXT, body, []
+
+    def _no_report(self):
+        reason = self._cache.error or "no health report yet: the checks are running"
+        return 503, _TEXT_PLAIN, f"{reason}\n".encode(), []
+
+    def _readyz(self, verbose):
+        cached = self._cache.get()
+        if cached is None:
+            return self._no_report()
+        report = cached.report
+        ready = required_checks_passed(report) or (
+            self.partial_ready and report["status"] == "Partially Available")
+        if ready and not verbose:
+            return 200, _TEXT_PLAIN, b"ok\n", []
+        lines = [f"[+]{_printable(name)} ok" if check["status"] == "pass" else
+                 f"[-]{_printable(name)} failed: {_printable(check.get('message'))}"
+                 for name, check in (report.get("checks") or {}).items()]
+        lines.append(f"readyz check {'passed' if ready else 'failed'}")
+        return 200 if ready else 503, _TEXT_PLAIN, ("\n".join(lines) + "\n").encode(), []
+
+    def _health(self, health_json):
+        cached = self._cache.get()
+        if cached is None:
+            return self._no_report()
+        status = 503 if cached.report["status"] == "Unavailable" else 200
+        if health_json:
+            return (status, "application/health+json", cached.body("health+json"),
+                    [("Vary", "Accept")])
+        return status, "application/json", cached.body("json"), [("Vary", "Accept")]
+
+
+def _verbose(query):
+    return any(part.partition("=")[0] == "verbose" for part in query.split("&"))
+
+
+# ---------------------------------------------------------------------------
 # compatibility: pihace 1.0.0's module names point at this one file
 # ---------------------------------------------------------------------------
 
@@ -3814,6 +4437,58 @@ def _register_aliases():
 _register_aliases()
 
 
+class _WebProviderServer(HealthServer):
+    """HealthServer with pihace 1.0.0's WebProvider root: ``/`` says the server runs."""
+
+    def respond(self, path, query, accept):
+        if path == "/":
+            return (200, "application/json",
+                    b'{"status":"ok","message":"pihace web server is running"}', [])
+        return super().respond(path, query, accept)
+
+
+class WebProvider:
+    """pihace 1.0.0's ``pihace.providers.web.WebProvider``: its constructor and serve(),
+    on HealthServer (/healthcheck, /, and HealthServer's endpoints). There is no
+    ``.app``: pihace 1.0.0's FastAPI application does not exist here."""
+
+    _server_class = _WebProviderServer
+
+    def __init__(self, healthcheck, host="0.0.0.0", port=8000):
+        self.healthcheck, self.host, self.port = healthcheck, host, port
+
+    def serve(self):
+        """Serve until interrupted (Ctrl-C), as uvicorn.run() did."""
+        server = self._server_class(self.healthcheck, self.host, self.port)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+
+
+class PrometheusProvider(WebProvider):
+    """pihace 1.0.0's ``pihace.providers.prometheus.PrometheusProvider``: /metrics (with
+    HealthServer's metric names, not prometheus_client's) and the other endpoints."""
+
+    _server_class = HealthServer
+
+    def __init__(self, healthcheck, host="0.0.0.0", port=9090):
+        super().__init__(healthcheck, host, port)
+
+
+def _register_provider_aliases():
+    module = sys.modules[__name__]
+    for alias in ("providers", "providers.web", "providers.prometheus"):
+        sys.modules.setdefault(f"pihace.{alias}", module)
+    for attribute in ("providers", "web", "prometheus"):
+        setattr(module, attribute, module)
+
+
+_register_provider_aliases()
+
+
 # ---------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------
@@ -3826,8 +4501,29 @@ examples:
   PIHACE_AMQP_PASSWORD=secret pihace push --url amqp://app@broker/ --name app \\
       --component-version 1.2 --interval 60
 
+  pihace serve --listen 0.0.0.0:8000 --tcp db=localhost:5432 --optional db
+
 exit codes: 0 Available (push: confirmed), 1 Partially Available, 2 Unavailable (push: not
-confirmed), 3 usage or internal error. Environment: PIHACE_AMQP_URL, PIHACE_AMQP_PASSWORD.
+confirmed), 3 usage or internal error; `pihace check --help` lists the formats and the
+Docker mode. Environment: PIHACE_AMQP_URL, PIHACE_AMQP_PASSWORD.
+"""
+_CHECK_EPILOG = """\
+formats (--format):
+  json         the report (the default)
+  str          a few lines for people
+  health+json  application/health+json, draft-inadarei-api-health-check (pass/warn/fail)
+  prometheus   Prometheus text format 0.0.4; --textfile PATH writes it to a file for
+               node_exporter's textfile collector (atomically, without timestamps)
+  nagios       one status line and perfdata, per the Monitoring Plugins guidelines
+
+exit codes (--exit-codes nagios, the default, as Nagios plugins):
+  0 Available (OK), 1 Partially Available (WARNING), 2 Unavailable (CRITICAL),
+  3 usage or internal error (UNKNOWN)
+exit codes with --exit-codes docker (Docker's HEALTHCHECK reserves 2):
+  0 every check not named by --optional passed, 1 otherwise (errors included)
+
+--timeout bounds the whole command, every attempt included: each attempt of each check
+gets 0.9 x SECONDS / (1 + retries), and a check still running then is reported as timed out.
 """
 _CHECK_OPTIONS = {  # --option: (its value, what makes the check pass)
     "tcp": ("NAME=HOST:PORT", "a TCP connection opens ([::1]:5672 for IPv6)"),
@@ -3910,9 +4606,24 @@ def _parser():
     parser = Parser(prog="pihace", description="Health checks, printed or pushed to an AMQP "
                     "broker.", epilog=_EXAMPLES, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--version", action="version", version=f"pihace {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{check,push,watch}")
-    check = commands.add_parser("check", parents=[common], help="print the report (default)")
-    check.add_argument("--format", choices=("json", "str"), default="json")
+    commands = parser.add_subparsers(dest="command", metavar="{check,push,serve,watch}")
+    probe = Parser(add_help=False)
+    probe.add_argument("--retries", type=int, metavar="N",
+                       help="extra attempts of a check after a failed one (default 2)")
+    probe.add_argument("--optional", action="append", default=[], metavar="NAME",
+                       help="a check whose failure makes the status Partially Available, "
+                       "never Unavailable; repeatable")
+    check = commands.add_parser("check", parents=[common, probe], help="print the report "
+                                "(default)", epilog=_CHECK_EPILOG,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    check.add_argument("--format", choices=("json", "str", "health+json", "prometheus", "nagios"),
+                       help="of the output (default json; see below)")
+    check.add_argument("--timeout", type=float, metavar="SECONDS",
+                       help="one deadline for the whole command, all attempts included")
+    check.add_argument("--textfile", metavar="PATH", help="write the report in Prometheus text "
+                       "format to PATH (printed too only with --format)")
+    check.add_argument("--exit-codes", choices=("nagios", "docker"), default="nagios",
+                       help="nagios: 0/1/2/3 (default); docker: 0 or 1 only")
     push = commands.add_parser("push", parents=[common], help="publish the report to a queue")
     push.add_argument("--url", action="append", help="amqp[s]:// URL; repeat for failover")
     push.add_argument("--queue", default="pihace.healthcheck")
@@ -3934,6 +4645,18 @@ def _parser():
                       help="an argument of the declared queue, e.g. x-max-length=1000 or "
                       "x-queue-type=quorum (a whole number is sent as one, true/false as a "
                       "boolean); repeatable")
+    serve = commands.add_parser("serve", parents=[common, probe], help="answer /livez, /readyz, "
+                                "/health and /metrics over HTTP")
+    serve.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT",
+                       help="address to listen on (default 127.0.0.1:8000, this machine only; "
+                       "0.0.0.0:8000 or [::]:8000 in a container)")
+    serve.add_argument("--cache-seconds", type=float, default=1.0, metavar="SECONDS",
+                       help="run the checks at most once per SECONDS (default 1)")
+    serve.add_argument("--background", action="store_true",
+                       help="run the checks every --cache-seconds in a thread: requests never "
+                       "wait")
+    serve.add_argument("--partial-ready", action="store_true",
+                       help="/readyz answers 200 when Partially Available too")
     _watch_parser(commands, Parser)
     return parser
 
@@ -3986,15 +4709,113 @@ def _health_check(args):
                     raise ValueError("a second check with this name")
             except ValueError as exc:
                 raise ValueError(f"--{kind}{shown}: {exc}") from None
-            hc.register(name, checker, timeout=getattr(checker, "timeout", 4) + 1)
+            hc.register(name, checker, **_attempts(args, checker))
+    for name in getattr(args, "optional", ()):
+        if name not in hc.checkers:
+            raise ValueError(f"--optional {_printable(name)}: no check of that name")
     return hc
 
 
+def _attempts(args, checker):
+    """register()'s timeout and retries for a built-in checker: its own timeout and a second
+    more, --retries (default 2); with --timeout, short enough for every attempt to end in time."""
+    retries = getattr(args, "retries", None)
+    retries = 2 if retries is None else _number("--retries", retries, lambda v: 0 <= v <= 100,
+                                                "an integer from 0 to 100", int)
+    timeout = getattr(checker, "timeout", 4) + 1
+    if args.command == "check" and args.timeout is not None:  # 10% left for the rest
+        timeout = min(timeout, _seconds("--timeout", args.timeout) * 0.9 / (1 + retries))
+    return {"timeout": timeout, "retries": retries}
+
+
 def _check(args, hc):
-    """pihace check: print the report; the exit code says its status."""
-    report = hc.check("dict")
-    print(format_report(report, args.format))
+    """pihace check: print the report (or write it to --textfile); the exit code says its
+    status."""
+    report = mark_optional(hc.check("dict"), args.optional)
+    if args.textfile:
+        try:
+            _write_textfile(args.textfile, format_prometheus(report))
+        except OSError as exc:
+            print(f"pihace: cannot write {_printable(args.textfile)}: {describe_error(exc)}",
+                  file=sys.stderr)
+            return 1 if args.exit_codes == "docker" else 3
+    if args.format or not args.textfile:
+        print(format_report(report, args.format or "json"))
+    if args.exit_codes == "docker":
+        return 0 if required_checks_passed(report) else 1
     return {"Available": 0, "Partially Available": 1}.get(report["status"], 2)
+
+
+def _write_textfile(path, text):
+    """Write `text` to `path` through a temporary file in the same folder, renamed over it:
+    a reader (node_exporter) sees the old file or the new one, never a part."""
+    import tempfile  # here, not at the top: only --textfile needs it
+
+    folder, name = os.path.split(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from node_exporter's user
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def _listen_address(text):
+    """(host, port) from --listen HOST:PORT ([::]:8000 for IPv6)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen: expected HOST:PORT such as 0.0.0.0:8000 or [::]:8000, "
+                         f"got {_printable(repr(text))}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError("--listen: write an IPv6 address in brackets, as in [::1]:8000")
+    return host.strip("[]"), int(port)
+
+
+def _serve(args, hc):
+    """pihace serve: answer health requests over HTTP until SIGTERM or Ctrl-C."""
+    import signal  # here, not at the top: only the command line's servers need it
+
+    try:
+        host, port = _listen_address(args.listen)
+        server = HealthServer(hc, host, port, cache_seconds=args.cache_seconds,
+                              background=args.background, partial_ready=args.partial_ready,
+                              optional=args.optional)
+    except ValueError as exc:
+        print(f"pihace: error: {_printable(exc)}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"pihace: cannot listen on {_printable(args.listen)}: {describe_error(exc)}",
+              file=sys.stderr)
+        return 3
+    stopped = threading.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = ([signal.signal(number, lambda *_: stopped.set()) for number in signals]
+                if in_main_thread else [])
+    try:
+        with server:
+            print(f"pihace: serving {server.url} (livez, readyz, health, metrics)",
+                  file=sys.stderr, flush=True)
+            stopped.wait()
+    finally:
+        for number, previous_handler in zip(signals, previous):
+            signal.signal(number, previous_handler)
+    return 0
+
+
+def _exit_code(argv, code):
+    """`code`, or 1 for any failure with --exit-codes docker (Docker reserves 2)."""
+    docker = "--exit-codes=docker" in argv or any(
+        option == "--exit-codes" and value == "docker" for option, value in zip(argv, argv[1:]))
+    return 1 if docker and code not in (0, 1) else code
 
 
 def _pusher(args, hc):
@@ -4295,7 +5116,8 @@ def _serve_fleet(watcher, listen):
 
 
 def main(argv=None):
-    """The ``pihace`` command: ``check`` (the default) or ``push``; returns the exit code."""
+    """The ``pihace`` command: ``check`` (the default), ``push``, ``serve`` or ``watch``;
+    returns the exit code."""
     import logging  # here, not at the top: slow to import (see the imports)
 
     parser = _parser()
@@ -4316,17 +5138,19 @@ def main(argv=None):
             pusher = _pusher(args, hc) if args.command == "push" else None
         except ValueError as exc:
             parser.error(str(exc))
+        if args.command == "serve":
+            return _serve(args, hc)
         if pusher is None:
             return _check(args, hc)
         return _push_until_signalled(pusher, args.interval) if looping else _push(pusher)
     except SystemExit as exc:  # from argparse: --help and --version (0), or an error (3)
-        return exc.code if isinstance(exc.code, int) else 3
+        return _exit_code(argv, exc.code if isinstance(exc.code, int) else 3)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
         log.debug("internal error", exc_info=True)
         print(f"pihace: internal error: {describe_error(exc)}", file=sys.stderr)
-        return 3
+        return _exit_code(argv, 3)
     finally:
         log.removeHandler(handler)
         log.setLevel(previous_level)

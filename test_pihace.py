@@ -811,6 +811,104 @@ def test_check_async_does_not_block_the_loop(release):
 
 
 # ---------------------------------------------------------------------------
+# health checks: the report's formats (health+json, Prometheus, Nagios) and optional checks
+# ---------------------------------------------------------------------------
+
+HOSTILE_NAME = 'a"b\\c\nd|e'  # a quote, a backslash, a line feed and a pipe in a check name
+
+
+def two_check_report(system=False):
+    """A real report: "ok" passes, HOSTILE_NAME fails with a reason that tries to forge lines."""
+    hc = pihace.HealthCheck(with_system=system, name="shop", version="2.1")
+    hc.register("ok", lambda: True)
+    hc.register(HOSTILE_NAME, lambda: (False, "down | x\nPIHACE OK - forged"), retries=0)
+    return hc.check()
+
+
+def promtool_check_metrics(text):
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                            text=True, timeout=30)
+    assert (result.returncode, result.stdout + result.stderr) == (0, ""), text
+
+
+def test_prometheus_format_is_linted_by_promtool_and_escapes_label_values():
+    text = pihace.format_prometheus(two_check_report(system=True))
+    promtool_check_metrics(text)
+    lines = text.splitlines()
+    # label values escaped as the text format 0.0.4 says: \\ \" \n
+    assert 'pihace_check_up{check="a\\"b\\\\c\\nd|e"} 0' in lines
+    assert 'pihace_check_up{check="ok"} 1' in lines
+    assert 'pihace_info{name="shop",version="2.1",pihace_version="%s"} 1' % pihace.__version__ \
+        in lines
+    assert "pihace_up 0" in lines and 'pihace_status{status="Partially Available"} 1' in lines
+    samples = [line.rsplit("}", 1)[1] if "{" in line else line.split(" ", 1)[1]
+               for line in lines if line.startswith("pihace_")]
+    assert all(len(values.split()) == 1 for values in samples), "a sample with a timestamp"
+    ratio = float(next(line.split()[1] for line in lines
+                       if line.startswith("pihace_system_memory_usage_ratio ")))
+    assert 0 < ratio < 1
+    ran = float(next(line.split()[1] for line in lines
+                     if line.startswith("pihace_check_last_run_timestamp_seconds ")))
+    assert abs(ran - time.time()) < 60
+
+
+def test_nagios_line_and_perfdata_parse_with_monitoring_plugin():
+    line = pihace.format_nagios(pihace.mark_optional(two_check_report(), ["ok"]))
+    status, _, perfdata = line.partition(" | ")
+    assert "\n" not in line and "|" not in status  # the reason cannot start a line of its own
+    assert status.startswith("PIHACE CRITICAL - 1/2 checks passed; a\"b\\c\\nd/e: down / x\\n")
+    script = ("use Monitoring::Plugin::Performance;"
+              "for (Monitoring::Plugin::Performance->parse_perfstring($ARGV[0])) {"
+              " my $t = $_->threshold;"
+              " print join('|', $_->label, $_->value, $_->uom,"
+              "  $t->warning->is_set ? \"\" . $t->warning : '',"
+              "  $t->critical->is_set ? \"\" . $t->critical : '', $_->min // '', $_->max // ''),"
+              " \"\\n\" }")
+    result = subprocess.run(["perl", "-e", script, perfdata], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    rows = [row.split("|") for row in result.stdout.splitlines()]
+    assert [row[0] for row in rows] == ["ok", "ok_seconds", 'a"b\\c\\nd/e', 'a"b\\c\\nd/e_seconds']
+    assert rows[0][1:] == ["1", "", "1:", "", "0", "1"]  # optional: a warning when below 1
+    assert rows[2][1:] == ["0", "", "", "1:", "0", "1"]  # required: critical when below 1
+    assert rows[1][2] == "s" and 0 <= float(rows[1][1]) < 1 and rows[1][5] == "0"
+
+
+def test_health_json_follows_draft_inadarei_api_health_check():
+    health = json.loads(pihace.format_health_json(two_check_report(system=True)))
+    assert health["status"] == "warn" and health["version"] == "2.1"
+    assert health["serviceId"] == "shop" and "shop" in health["description"]
+    ok, = health["checks"]["ok:responseTime"]
+    assert ok["status"] == "pass" and ok["observedUnit"] == "ms" and "output" not in ok
+    assert isinstance(ok["observedValue"], (int, float)) and ok["time"].endswith("Z")
+    bad, = health["checks"][f"{HOSTILE_NAME}:responseTime"]
+    assert bad["status"] == "fail" and bad["output"] == "down | x\nPIHACE OK - forged"
+    cpu, = health["checks"]["cpu:utilization"]
+    assert cpu["componentType"] == "system" and cpu["observedUnit"] == "percent"
+
+
+@pytest.mark.parametrize("results, optional, status", [
+    ({"a": True, "b": True}, ["b"], "Available"),
+    ({"a": True, "b": False}, ["b"], "Partially Available"),
+    ({"a": False, "b": True}, ["b"], "Unavailable"),
+    ({"a": False, "b": False}, ["a", "b"], "Partially Available"),
+    ({"a": False, "b": False}, [], "Unavailable"),
+])
+def test_a_failing_optional_check_never_makes_the_report_unavailable(results, optional, status):
+    hc = pihace.HealthCheck()
+    for name, result in results.items():
+        hc.register(name, lambda result=result: result, retries=0)
+    report = pihace.mark_optional(hc.check(), optional)
+    assert report["status"] == status
+    assert [name for name, check in report["checks"].items() if check.get("optional")] == optional
+    assert pihace.required_checks_passed(report) == all(
+        passed for name, passed in results.items() if name not in optional)
+    with pytest.raises(ValueError) as raised:
+        pihace.mark_optional(report, ["nope"])
+    assert "no check called nope" in str(raised.value)
+
+
+# ---------------------------------------------------------------------------
 # checkers: the built-in TCP, HTTP, Disk and AMQP
 # ---------------------------------------------------------------------------
 
@@ -3958,7 +4056,7 @@ def test_the_age_counts_from_the_reports_timestamp_never_after_its_arrival():
     assert watcher.devices["dev@future"]["last_seen"] == now
 
 
-HOSTILE_NAME = "evil\x1b[2J\x1b]0;owned\x07\nFORGED up\r\u009b31m\"\\"
+HOSTILE_DEVICE = "evil\x1b[2J\x1b]0;owned\x07\nFORGED up\r\u009b31m\"\\"
 
 
 @pytest.mark.parametrize("body, why", [
@@ -3973,7 +4071,7 @@ def test_garbage_is_counted_and_logged_once_per_producer(caplog, body, why):
     watcher, changes = recording_watcher(max_report_size=300_000)
     with caplog.at_level(logging.WARNING, logger="pihace"):
         for _ in range(3):
-            assert watcher.apply(body, {"app_id": HOSTILE_NAME, "body_size": 5000}) == "invalid"
+            assert watcher.apply(body, {"app_id": HOSTILE_DEVICE, "body_size": 5000}) == "invalid"
         assert watcher.apply(report(), {}) == "applied"  # and the watcher goes on
     assert watcher.counts == {"invalid": 3, "applied": 1} and len(changes) == 1
     [record] = [r for r in caplog.records if "ignored" in r.getMessage()]
@@ -3982,9 +4080,9 @@ def test_garbage_is_counted_and_logged_once_per_producer(caplog, body, why):
 
 def test_hostile_names_are_kept_but_shown_escaped_everywhere():
     watcher, _ = recording_watcher()
-    watcher.apply(report("Unavailable", name=HOSTILE_NAME, failure={HOSTILE_NAME: "x"}), {})
+    watcher.apply(report("Unavailable", name=HOSTILE_DEVICE, failure={HOSTILE_DEVICE: "x"}), {})
     devices = watcher.devices
-    assert list(devices) == [HOSTILE_NAME + "@h"]
+    assert list(devices) == [HOSTILE_DEVICE + "@h"]
     texts = [pihace.fleet_table(devices, 200, 10), pihace.format_fleet(devices, "nagios"),
              pihace.format_fleet(devices, "prometheus")]
     for text in texts:
@@ -3993,7 +4091,7 @@ def test_hostile_names_are_kept_but_shown_escaped_everywhere():
         assert not any(line.startswith("FORGED") for line in text.splitlines())
     nagios = texts[1].splitlines()
     assert len(nagios) == 2 and nagios[1].startswith("evil\\x1b[2J") and "|" not in nagios[1]
-    assert json.loads(pihace.format_fleet(devices, "json"))["devices"][0]["name"] == HOSTILE_NAME
+    assert json.loads(pihace.format_fleet(devices, "json"))["devices"][0]["name"] == HOSTILE_DEVICE
 
 
 def test_a_hook_that_raises_is_logged_and_the_others_still_run(caplog):
@@ -4040,7 +4138,7 @@ def test_the_fleets_exit_code(states, code):
 
 def test_prometheus_output_passes_promtool_with_hostile_names(tmp_path):
     watcher, _ = recording_watcher()
-    watcher.apply(report(name=HOSTILE_NAME), {})
+    watcher.apply(report(name=HOSTILE_DEVICE), {})
     watcher.apply(report(name="plain", host="h2"), {})
     text = pihace.format_fleet(watcher.devices, "prometheus")
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
@@ -4191,7 +4289,7 @@ def test_garbage_bodies_neither_stop_the_watcher_nor_reach_the_output(rabbit, un
 
     pika_channel.queue_declare(unique_queue, durable=True)
     for body in (b"not json \x1b[2J", b"{" * 5 * 1024 * 1024, b"[" * 200_000,
-                 report(name=HOSTILE_NAME, host="\x1b[31mhost")):
+                 report(name=HOSTILE_DEVICE, host="\x1b[31mhost")):
         pika_channel.basic_publish("", unique_queue, body,
                                    pika.BasicProperties(app_id="garbage\x1b[5m"))
     pika_channel.basic_publish("", unique_queue, report(name="fine"))
@@ -4266,6 +4364,290 @@ def test_after_a_nack_the_retry_goes_on_a_new_channel(cluster, unique_queue):
 
 
 # ---------------------------------------------------------------------------
+# HTTP server: endpoints, the check cache, hostile clients, a real Prometheus scrape
+# ---------------------------------------------------------------------------
+
+def http_get(url, headers=None, method="GET", timeout=10):
+    """(status, headers, body) of one request made with urllib, error statuses included."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.headers, exc.read()
+
+
+@pytest.fixture
+def serve():
+    """serve(hc, **options): a started HealthServer on a free loopback port, stopped after."""
+    servers = []
+
+    def start(hc, **options):
+        servers.append(pihace.HealthServer(hc, "127.0.0.1", 0, **options))
+        return servers[-1].start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_endpoints_answer_urllib_with_their_status_codes_and_no_store(serve):
+    state = {"db": True}
+    hc = pihace.HealthCheck(name="shop", version="2")
+    hc.register("db", lambda: state["db"], retries=0)
+    server = serve(hc, cache_seconds=0.001)
+    for path, code in [("livez", 200), ("readyz", 200), ("health", 200), ("healthcheck", 200),
+                       ("metrics", 200), ("nope", 404), ("livez/", 404)]:
+        status, headers, body = http_get(server.url + path)
+        assert (path, status, headers["Cache-Control"]) == (path, code, "no-store")
+    status, headers, body = http_get(server.url + "health")
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body)["checks"]["db"]["status"] == "pass"
+    state["db"] = False
+    wait_until(lambda: http_get(server.url + "readyz")[0] == 503, 10, "/readyz answering 503")
+    status, headers, body = http_get(server.url + "readyz?verbose")
+    assert (status, body) == (503, b"[-]db failed: checker returned False\nreadyz check failed\n")
+    status, headers, body = http_get(server.url + "health", {"Accept": "application/health+json"})
+    assert (status, headers["Content-Type"]) == (503, "application/health+json")
+    assert json.loads(body)["status"] == "fail"
+    status, headers, body = http_get(server.url + "metrics")
+    assert (status, headers["Content-Type"]) == (200, "text/plain; version=0.0.4; charset=utf-8")
+    assert "pihace_up 0" in body.decode().splitlines()
+    status, headers, body = http_get(server.url + "health", method="POST")
+    assert (status, headers["Allow"], headers["Cache-Control"]) == (405, "GET, HEAD", "no-store")
+
+
+def test_readyz_with_optional_checks_and_partial_ready(serve):
+    hc = pihace.HealthCheck()
+    hc.register("db", lambda: True)
+    hc.register("cache", lambda: (False, "cold"), retries=0)
+    server = serve(hc)
+    assert http_get(server.url + "readyz")[0] == 503
+    status, _, body = http_get(server.url + "health", {"Accept": "application/health+json"})
+    assert (status, json.loads(body)["status"]) == (200, "warn")  # Partially Available
+    status, _, body = http_get(serve(hc, optional=["cache"]).url + "readyz?verbose")
+    assert (status, body) == (200, b"[+]db ok\n[-]cache failed: cold\nreadyz check passed\n")
+    assert http_get(serve(hc, partial_ready=True).url + "readyz")[0] == 200
+    with pytest.raises(ValueError) as raised:
+        pihace.HealthServer(hc, "127.0.0.1", 0, optional=["nope"])
+    assert "no check called nope" in str(raised.value)
+
+
+def test_curl_sees_status_codes_headers_head_and_keep_alive(serve):
+    hc = pihace.HealthCheck()
+    hc.register("db", lambda: False, retries=0)
+    url = serve(hc).url
+
+    def curl(*args):
+        result = subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True,
+                                timeout=30)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.decode()
+
+    assert curl("-o", "/dev/null", "-w", "%{http_code} %{content_type}", url + "readyz") == \
+        "503 text/plain; charset=utf-8"
+    head = curl("-I", url + "metrics")  # HEAD: the headers of a GET, no body
+    assert head.startswith("HTTP/1.1 200 OK\r\n")
+    assert "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n" in head
+    assert "\r\nCache-Control: no-store\r\n" in head and head.endswith("\r\n\r\n")
+    assert int(re.search(r"Content-Length: (\d+)", head).group(1)) > 100
+    connects = curl("-o", "/dev/null", "-o", "/dev/null", "-w", "%{num_connects} ",
+                    url + "livez", url + "health")
+    assert connects == "1 0 ", "the second request did not reuse the connection"
+
+
+def test_200_concurrent_requests_start_exactly_one_check_run(serve):
+    calls = []
+    hc = pihace.HealthCheck()
+    hc.register("counted", lambda: calls.append(1) or True)
+    server = serve(hc, cache_seconds=60)
+    together = threading.Barrier(200, timeout=30)
+    statuses = []
+
+    def client(path):
+        together.wait()
+        statuses.append(http_get(server.url + path, timeout=30)[0])
+
+    threads = [threading.Thread(target=client, args=(("health", "readyz", "metrics")[i % 3],))
+               for i in range(200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert statuses == [200] * 200
+    assert (len(calls), server.runs) == (1, 1)
+
+
+def test_a_hung_checker_never_delays_livez_or_metrics(serve, release):
+    hc = pihace.HealthCheck()
+    hc.register("hangs", lambda: release.wait(30), timeout=20)
+    server = serve(hc, max_wait=30)
+    waiting = []
+    reader = threading.Thread(target=lambda: waiting.append(http_get(server.url + "readyz",
+                                                                     timeout=60)))
+    reader.start()
+    wait_until(lambda: server.runs == 1, 5, "the check run started by /readyz")
+    for path in ("livez", "metrics", "livez", "metrics"):
+        started = time.monotonic()
+        status, _, body = http_get(server.url + path)
+        assert status == 200 and time.monotonic() - started < 0.1, path
+    assert waiting == []  # /readyz still waits for the hung run
+    release.set()
+    reader.join(10)
+    assert waiting[0][0] == 200
+
+
+def raw_exchange(server, data):
+    """What the server answers to `data` sent raw, until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return answer
+            answer += chunk
+
+
+def test_slow_loris_and_garbage_requests_do_not_stop_other_requests(serve):
+    hc = pihace.HealthCheck()
+    server = serve(hc, request_timeout=1.0)
+    loris = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    loris.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n")  # a head that never ends...
+    started, closed = time.monotonic(), False
+    try:
+        for garbage, status in [(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n", b"400"),
+                                (b"NOT A REQUEST\r\n\r\n", b"400"),
+                                (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", b"414"),
+                                (b"GET /livez HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", b"431"),
+                                (b"BREW /livez HTTP/1.1\r\nHost: x\r\n\r\n", b"405")]:
+            answer = raw_exchange(server, garbage)
+            assert answer.split(b" ", 2)[1] == status, answer[:200]
+            assert b"\r\nCache-Control: no-store\r\n" in answer
+            assert http_get(server.url + "livez", timeout=2)[0] == 200
+        while not closed and time.monotonic() - started < 5:  # ...dripped a byte at a time
+            if select.select([loris], [], [], 0.2)[0]:
+                closed = loris.recv(100) == b""
+            else:
+                loris.sendall(b"X")
+    except (BrokenPipeError, ConnectionResetError):
+        closed = True
+    finally:
+        loris.close()
+    assert closed and 0.9 < time.monotonic() - started < 3, "the slow client was not cut off"
+
+
+def test_a_request_waiting_for_a_run_is_not_cut_off_by_the_head_deadline(serve):
+    hc = pihace.HealthCheck()
+    hc.register("slow", lambda: time.sleep(1) or True, timeout=5)  # a dependency slow to answer
+    server = serve(hc, request_timeout=0.5)
+    assert http_get(server.url + "readyz")[:3:2] == (200, b"ok\n")
+
+
+def test_background_mode_refreshes_on_its_own_and_requests_never_wait(serve, release):
+    calls = []
+    hc = pihace.HealthCheck()
+    hc.register("counted", lambda: calls.append(1) or True)
+    server = serve(hc, background=True, cache_seconds=0.05)
+    wait_until(lambda: len(calls) >= 3, 10, "three runs without any request")
+    assert http_get(server.url + "health")[0] == 200
+    hung = pihace.HealthCheck()
+    hung.register("hangs", lambda: release.wait(30), timeout=20)
+    server = serve(hung, background=True)
+    wait_until(lambda: server.runs == 1, 5, "the first run")
+    started = time.monotonic()
+    status, _, body = http_get(server.url + "readyz")
+    assert (status, body) == (503, b"no health report yet: the checks are running\n")
+    assert time.monotonic() - started < 1
+
+
+def test_stop_closes_the_port_and_the_context_manager_serves(serve):
+    hc = pihace.HealthCheck()
+    with pihace.HealthServer(hc, "127.0.0.1", 0) as server:
+        assert http_get(server.url + "livez")[0] == 200
+        assert repr(server) == f"<HealthServer http://127.0.0.1:{server.port}/>"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    for bad, words in [({"port": 70000}, "port must be an integer from 0 to 65535"),
+                       ({"cache_seconds": 0}, "cache_seconds must be a positive number")]:
+        with pytest.raises(ValueError) as raised:
+            pihace.HealthServer(hc, "127.0.0.1", **dict({"port": 0}, **bad))
+        assert words in str(raised.value)
+
+
+def free_port():
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        return placeholder.getsockname()[1]
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    """prometheus(target): a real Prometheus 2.x scraping `target` every second; its URL."""
+    processes = []
+
+    def start(target):
+        port = free_port()
+        config = tmp_path / "prometheus.yml"
+        config.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+                          "scrape_configs:\n  - job_name: pihace\n    static_configs:\n"
+                          f"      - targets: ['{target}']\n")
+        log = open(tmp_path / "prometheus.log", "wb")
+        processes.append(subprocess.Popen(
+            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log))
+        log.close()
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for process in processes:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+def test_a_real_prometheus_scrapes_pihace_serve(prometheus, tmp_path):
+    assert shutil.which("prometheus"), "Debian's prometheus package is missing: bash .ci/setup"
+    port, name = free_port(), 'we"ird\\name'
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        target = f"127.0.0.1:{listening.getsockname()[1]}"
+        server = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "pihace.py"), "serve", "--listen",
+             f"127.0.0.1:{port}", "--tcp", f"{name}={target}", "--name", "shop"],
+            stderr=subprocess.PIPE, text=True)
+        try:
+            assert server.stderr.readline() == \
+                f"pihace: serving http://127.0.0.1:{port}/ (livez, readyz, health, metrics)\n"
+            body = subprocess.run(["curl", "-sS", f"http://127.0.0.1:{port}/metrics"],
+                                  capture_output=True, text=True, timeout=30).stdout
+            promtool_check_metrics(body)
+            api = prometheus(f"127.0.0.1:{port}")
+            query = f"{api}/api/v1/query?query=" + urllib.parse.quote("pihace_check_up")
+
+            def scraped():
+                try:
+                    return json.loads(http_get(query, timeout=2)[2])["data"]["result"]
+                except (OSError, ValueError, KeyError):
+                    return None
+
+            wait_until(scraped, 60, "Prometheus to scrape pihace serve")
+            sample, = scraped()
+            assert sample["metric"]["check"] == name and sample["value"][1] == "1"
+            info = json.loads(http_get(f"{api}/api/v1/query?query=pihace_info")[2])
+            assert info["data"]["result"][0]["metric"]["name"] == "shop"
+        finally:
+            server.terminate()  # SIGTERM: a clean stop
+            assert server.wait(10) == 0
+
+
+# ---------------------------------------------------------------------------
 # compatibility: pihace 1.0.0's names
 # ---------------------------------------------------------------------------
 
@@ -4286,6 +4668,41 @@ def test_imports_of_pihace_1_0_0_work_with_only_the_file(lone_copy):
     result = run_python(code, cwd=lone_copy)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == os.path.join(lone_copy, "pihace.py")
+
+
+def test_pihace_1_0_0_providers_serve_on_the_health_server(lone_copy):
+    port = free_port()
+    code = ("import sys\n"
+            "from pihace.providers.web import WebProvider\n"
+            "from pihace.providers.prometheus import PrometheusProvider\n"
+            "from pihace.healthcheck import HealthCheck\n"
+            "hc = HealthCheck(); hc.register('ok', lambda: True)\n"
+            "web, prom = WebProvider(hc), PrometheusProvider(hc)\n"
+            "assert (web.host, web.port) == ('0.0.0.0', 8000)\n"
+            "assert (prom.host, prom.port) == ('0.0.0.0', 9090)\n"
+            "assert not hasattr(web, 'app')\n"
+            "WebProvider(hc, host='127.0.0.1', port=int(sys.argv[1])).serve()\n")
+    process = subprocess.Popen([sys.executable, "-c", code, str(port)], cwd=lone_copy,
+                               env=dict(os.environ, PYTHONPATH=lone_copy),
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+
+        def answers():
+            try:
+                return http_get(url, timeout=2)
+            except OSError:
+                assert process.poll() is None, process.stderr.read()
+                return None
+
+        wait_until(answers, 30, "WebProvider.serve() to answer")
+        assert json.loads(answers()[2]) == {"status": "ok",
+                                            "message": "pihace web server is running"}
+        status, _, body = http_get(url + "healthcheck")
+        assert status == 200 and json.loads(body)["checks"]["ok"]["status"] == "pass"
+    finally:
+        process.send_signal(signal.SIGINT)  # uvicorn.run() ended on Ctrl-C; so does serve()
+        assert process.wait(10) == 0, process.stderr.read()
 
 
 # ---------------------------------------------------------------------------
@@ -4699,8 +5116,8 @@ def test_watch_prints_one_line_per_change_when_not_on_a_terminal(rabbit, unique_
     process = watch_process(rabbit.url, unique_queue, "--grace", "1", "--silent-grace", "2",
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        publish_reports(rabbit.url, unique_queue, (report(name=HOSTILE_NAME, interval=0.5), {}),
-                        (report("Unavailable", name=HOSTILE_NAME, interval=0.5), {}))
+        publish_reports(rabbit.url, unique_queue, (report(name=HOSTILE_DEVICE, interval=0.5), {}),
+                        (report("Unavailable", name=HOSTILE_DEVICE, interval=0.5), {}))
         wait_until(lambda: queue_depth(rabbit.url, unique_queue) == 0, 10, "the reports read")
     finally:
         code, out, err = stopped(process, timeout=15)
@@ -4795,6 +5212,126 @@ def test_the_live_table_under_tmux_is_redrawn_in_place(rabbit, unique_queue, tmp
         wait_until(lambda: "EXITED 0" in screen(), 10, "Ctrl-C to end it")
     finally:
         subprocess.run(tmux + ["kill-server"], capture_output=True, timeout=10)
+
+
+# ---------------------------------------------------------------------------
+# command line: check as a probe and a plugin (--timeout, --retries, --optional, formats,
+# --textfile, --exit-codes docker), and serve
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def blackholed():
+    """host:port of a listening socket whose backlog is full: a connect() there gets no answer
+    (the kernel drops the SYN), as with a firewalled host, without any network."""
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as server:
+        address, filling = server.getsockname(), []
+        try:
+            for _ in range(10):
+                client = socket.socket()
+                filling.append(client)
+                client.setblocking(False)
+                client.connect_ex(address)
+                if not select.select([], [client], [], 0.3)[1]:
+                    break  # this one hangs: the backlog is full
+            else:
+                pytest.fail("the backlog never filled")
+            yield "%s:%d" % address
+        finally:
+            for client in filling:
+                client.close()
+
+
+def test_check_timeout_bounds_the_whole_command_against_a_blackholed_target(blackholed):
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, os.path.join(HERE, "pihace.py"), "check",
+                             "--timeout", "2", "--no-system", "--tcp", f"db={blackholed}",
+                             "--format", "nagios"], capture_output=True, text=True, timeout=30)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.5, f"took {elapsed:.2f}s"
+    assert (result.returncode, result.stderr) == (2, "")
+    assert result.stdout.startswith("PIHACE CRITICAL - 0/1 checks passed; db: timed out after 0.6")
+
+
+@pytest.mark.parametrize("fmt, first", [
+    ("nagios", "PIHACE WARNING - 1/2 checks passed; down: HTTP 500 Internal Server Error | "),
+    ("prometheus", "# HELP pihace_up "),
+    ("health+json", "{"),
+])
+def test_check_formats_on_the_command_line(capsys, web, fmt, first):
+    code, out, err = run_main(capsys, "check", "--no-system", "--format", fmt, "--http",
+                              f"up={web.url}/ok", "--http", f"down={web.url}/fail")
+    assert (code, err) == (1, "") and out.startswith(first)
+    if fmt == "prometheus":
+        promtool_check_metrics(out)
+    if fmt == "health+json":
+        assert json.loads(out)["checks"]["down:responseTime"][0]["status"] == "fail"
+
+
+@pytest.mark.parametrize("args, nagios_code, docker_code", [
+    (["--http", "up=/ok"], 0, 0),
+    (["--http", "up=/ok", "--http", "down=/fail"], 1, 1),
+    (["--http", "up=/ok", "--http", "down=/fail", "--optional", "down"], 1, 0),
+    (["--http", "down=/fail"], 2, 1),
+    (["--http", "down=/fail", "--optional", "down"], 1, 0),
+    (["--bogus"], 3, 1),
+    (["--optional", "nope"], 3, 1),
+])
+def test_check_exit_codes_nagios_and_docker(capsys, web, args, nagios_code, docker_code):
+    args = [arg.replace("=/", f"={web.url}/") for arg in args]
+    assert run_main(capsys, "check", "--no-system", *args)[0] == nagios_code
+    assert run_main(capsys, "check", "--no-system", "--exit-codes", "docker", *args)[0] == \
+        docker_code
+
+
+def test_check_retries_sets_the_attempts_of_built_in_checks(capsys, closed_port):
+    for retries, attempts in (("0", 1), ("3", 4)):
+        code, out, err = run_main(capsys, "check", "--no-system", "--retries", retries,
+                                  "--tcp", f"db=127.0.0.1:{closed_port}")
+        assert json.loads(out)["checks"]["db"]["attempts"] == attempts
+
+
+def test_check_textfile_is_written_whole_for_node_exporter(capsys, web, tmp_path):
+    path = tmp_path / "pihace.prom"
+    path.write_text("old\n")
+    code, out, err = run_main(capsys, "check", "--no-system", "--textfile", str(path),
+                              "--http", f"up={web.url}/ok")
+    assert (code, out, err) == (0, "", "")
+    promtool_check_metrics(path.read_text())
+    assert 'pihace_check_up{check="up"} 1' in path.read_text().splitlines()
+    assert os.listdir(tmp_path) == ["pihace.prom"]  # no temporary file left
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    code, out, err = run_main(capsys, "check", "--no-system", "--textfile",
+                              str(tmp_path / "missing" / "x.prom"))
+    assert code == 3 and out == "" and err.startswith("pihace: cannot write ")
+
+
+def test_check_help_lists_the_exit_codes_and_formats(capsys):
+    code, out, err = run_main(capsys, "check", "--help")
+    assert code == 0
+    for words in ("health+json", "prometheus", "nagios", "--exit-codes docker", "3 usage or",
+                  "2 Unavailable (CRITICAL)", "--timeout SECONDS", "--optional NAME"):
+        assert words in out, words
+
+
+@pytest.mark.parametrize("args, words", [
+    (["check", "--retries", "-1"], "--retries must be an integer from 0 to 100, got -1"),
+    (["check", "--timeout", "0"], "--timeout must be a positive number of seconds"),
+    (["check", "--optional", "x\x1b[2J"], "--optional x\\x1b[2J: no check of that name"),
+    (["serve", "--listen", "8000"], "--listen: expected HOST:PORT"),
+    (["serve", "--listen", "::1:8000"], "--listen: write an IPv6 address in brackets"),
+])
+def test_bad_probe_arguments_are_one_line_and_exit_code_3(capsys, args, words):
+    code, out, err = run_main(capsys, *args, "--tcp", "x=127.0.0.1:1")
+    assert (code, out) == (3, "") and err.startswith("pihace: error: ")
+    assert words in err and err.count("\n") == 1, err
+
+
+def test_serve_on_a_port_in_use_says_so(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code, out, err = run_main(capsys, "serve", "--listen", f"127.0.0.1:{port}")
+    assert (code, out) == (3, "")
+    assert err == f"pihace: cannot listen on 127.0.0.1:{port}: address already in use\n"
 
 
 # ---------------------------------------------------------------------------
