@@ -5070,48 +5070,34 @@ class _Hooks:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
+class _FleetPages:
+    """What `pihace watch --listen` answers, on the HTTP server's hardened classes (the
+    same limits on slow and malformed requests as HealthServer)."""
+
+    request_timeout = max_wait = 10.0
+
+    def __init__(self, watcher):
+        self.watcher = watcher
+
+    def respond(self, path, query, accept):
+        if path == "/metrics":
+            return (200, _PROMETHEUS_TEXT,
+                    format_fleet(self.watcher.devices, "prometheus").encode(), [])
+        if path in ("/", "/devices"):
+            return 200, "application/json", format_fleet(self.watcher.devices, "json").encode(), []
+        return 404, _TEXT_PLAIN, b"not found: try /metrics or /devices\n", []
+
+
 def _serve_fleet(watcher, listen):
     """--listen HOST:PORT: /metrics (Prometheus) and /devices (JSON) in a thread."""
-    import http.server  # here, not at the top: only --listen needs it
-
-    host, _, port = listen.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--listen: expected HOST:PORT, got {_printable(repr(listen))}")
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            path = self.path.split("?")[0]
-            if path == "/metrics":
-                body, kind = format_fleet(watcher.devices, "prometheus"), \
-                    "text/plain; version=0.0.4; charset=utf-8"
-            elif path in ("/", "/devices"):
-                body, kind = format_fleet(watcher.devices, "json"), "application/json"
-            else:
-                body, kind = "not found: try /metrics or /devices\n", "text/plain"
-            data = body.encode()
-            self.send_response(200 if kind != "text/plain" else 404)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server_class = http.server.ThreadingHTTPServer
-    if ":" in host:
-        import socket  # here, not at the top: slow to import
-
-        server_class = type("Server6", (server_class,), {"address_family": socket.AF_INET6})
+    host, port = _listen_address(listen)
     try:
-        server = server_class((host or "0.0.0.0", int(port)), Handler)
+        server = _http_classes()[0]((host, port), _FleetPages(watcher))
     except OSError as exc:
         raise ValueError(f"--listen {_printable(listen)}: {describe_error(exc)}") from None
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True, name="pihace-listen").start()
-    log.warning("serving the fleet on http://%s:%d/metrics and /devices", listen.rpartition(
-        ":")[0] or "0.0.0.0", server.server_address[1])
+    log.warning("serving the fleet on http://%s:%d/metrics and /devices",
+                listen.rpartition(":")[0], server.server_address[1])
     return server
 
 
