@@ -21,6 +21,8 @@ https://opensource.org/licenses/MIT. Keep this notice in copies of this file.
 from __future__ import annotations
 
 import collections
+import collections.abc
+import contextvars
 import functools
 import itertools
 import math
@@ -219,6 +221,9 @@ def describe_error(exc, where=None):
 # system information
 # ---------------------------------------------------------------------------
 
+_MODULE_PSUTIL = object()  # SystemInfo's default: the module attribute `psutil`, looked up per use
+
+
 class SystemInfo:
     """Resource figures and platform facts, without ever blocking.
 
@@ -228,18 +233,26 @@ class SystemInfo:
     that cannot be measured is None.
     """
 
-    def __init__(self, psutil_module=psutil, disk_path=None):
-        self.psutil = psutil_module
+    def __init__(self, psutil_module=_MODULE_PSUTIL, disk_path=None):
+        self._psutil = psutil_module
         self.disk_path = disk_path or os.path.abspath(os.sep)
         self._lock = threading.Lock()
         self._last_cpu = (0, 0)  # (busy, total) of the previous sample
         self._last_percent = None
+
+    @property
+    def psutil(self):
+        """The psutil in use: the one given, else this module's `psutil` as it is now, so that
+        ``mock.patch("pihace.system_info.psutil", ...)`` reaches it (as with pihace 1.0.0)."""
+        return globals()["psutil"] if self._psutil is _MODULE_PSUTIL else self._psutil
 
     def cpu_percent(self):
         # busy and total CPU time since boot; guest time is already inside user and nice
         try:
             if self.psutil is not None:
                 times = self.psutil.cpu_times()
+                if not isinstance(times, tuple):  # a test double (a Mock) as pihace 1.0.0 read it
+                    return self.psutil.cpu_percent(interval=None)
                 total = sum(times) - (getattr(times, "guest", 0) + getattr(times, "guest_nice", 0))
                 busy = total - times.idle - getattr(times, "iowait", 0)
             else:
@@ -274,9 +287,13 @@ class SystemInfo:
         import shutil  # here, not at the top: slow to import (see the imports)
 
         try:
+            disk_usage = getattr(self.psutil, "disk_usage", None)
+            if disk_usage is not None:  # psutil's figures, as pihace 1.0.0 read them
+                usage = disk_usage(self.disk_path)
+                return usage.percent, usage.free
             usage = shutil.disk_usage(self.disk_path)
             return round(usage.used / (usage.used + usage.free) * 100, 1), usage.free
-        except (OSError, ZeroDivisionError):
+        except (OSError, ZeroDivisionError, AttributeError):
             return None, None
 
     def read(self):
@@ -467,11 +484,21 @@ def _call_checker(checker):
     return result
 
 
-class _Checker:
+def _timeout(name, value):
+    """A checker's timeout: seconds, or None for none (as pihace 1.0.0 allowed)."""
+    return None if value is None else _seconds(name, value)
+
+
+class _Checker(collections.abc.MutableMapping):
     """A registered checker, and its latest run: a run that outlives its check()
-    is waited for by the next check(), never started twice."""
+    is waited for by the next check(), never started twice.
+
+    It reads and writes as pihace 1.0.0's ``hc.checkers[name]``, the dict
+    ``{"checker": function, "timeout": seconds, "retries": count}``.
+    """
 
     __slots__ = ("name", "function", "timeout", "retries", "is_async", "run", "started", "lock")
+    _KEYS = {"checker": "function", "timeout": "timeout", "retries": "retries"}
 
     def __init__(self, name, function, timeout, retries):
         self.name, self.function, self.timeout, self.retries = name, function, timeout, retries
@@ -479,31 +506,72 @@ class _Checker:
         self.run, self.started = None, 0.0
         self.lock = threading.Lock()  # check() from two threads at once: still one run
 
-    def start(self, now):
-        """The Future of this checker's run: the one still going, else a new one."""
+    def __getitem__(self, key):
+        return getattr(self, self._KEYS[key])
+
+    def __setitem__(self, key, value):
+        if key not in self._KEYS:
+            raise KeyError(f"a checker has {', '.join(map(repr, self._KEYS))}, not {key!r}")
+        if key == "checker":
+            if not callable(value):
+                raise ValueError(f"checker {self.name!r} must be callable, got "
+                                 f"{type(value).__name__}")
+            self.function, self.is_async = value, _is_async_callable(value)
+        elif key == "timeout":
+            self.timeout = _timeout(f"timeout of checker {self.name!r}", value)
+        else:
+            self.retries = _number(f"retries of checker {self.name!r}", value, lambda v: v >= 0,
+                                   "an integer >= 0", int)
+
+    def __delitem__(self, key):
+        raise TypeError("a checker keeps its settings; remove the checker with "
+                        "hc.checkers.pop(name)")
+
+    def __iter__(self):
+        return iter(self._KEYS)
+
+    def __len__(self):
+        return len(self._KEYS)
+
+    def __repr__(self):
+        return repr(dict(self))
+
+    def start(self, now, loop=None):
+        """The Future of this checker's run: the one still going, else a new one.
+
+        It runs in a copy of the caller's context (contextvars: a Flask app
+        context, say); an async checker runs on `loop`, the caller's running
+        loop, when one is given (its run is cancelled at its timeout, so it is
+        never waited for by a later check), else on pihace's own loop.
+        """
+        if loop is not None and self.is_async:
+            self.started = now
+            return loop.create_task(_awaited_call(self.function))  # the task copies the context
         with self.lock:
             if self.run is None or self.run.done():
                 self.started = now
+                # call_soon_threadsafe, inside run_coroutine_threadsafe, copies the context
                 self.run = (_run_async(_awaited_call(self.function)) if self.is_async
-                            else _workers.submit(functools.partial(_call_checker, self.function)))
+                            else _workers.submit(functools.partial(
+                                contextvars.copy_context().run, _call_checker, self.function)))
             return self.run
 
 
 class _Attempts:
     """One checker's attempts during one check(); `outcome` is its entry in the report."""
 
-    __slots__ = ("checker", "wake", "run", "count", "deadline", "outcome")
+    __slots__ = ("checker", "wake", "run", "count", "deadline", "outcome", "loop")
 
-    def __init__(self, checker, wake, now):
-        self.checker, self.wake, self.count = checker, wake, 0
+    def __init__(self, checker, wake, now, loop=None):
+        self.checker, self.wake, self.count, self.loop = checker, wake, 0, loop
         self.attempt(now, new_run=True)
 
     def attempt(self, now, new_run):
         """Another attempt: a new run, or more time for the one that timed out."""
         self.count += 1
-        self.deadline = now + self.checker.timeout
+        self.deadline = now + (math.inf if self.checker.timeout is None else self.checker.timeout)
         if new_run:
-            self.run = self.checker.start(now)
+            self.run = self.checker.start(now, self.loop)
             self.run.add_done_callback(self.wake)  # wake(run) when it ends
 
     def advance(self, now, began):
@@ -532,6 +600,24 @@ class _Attempts:
         return True
 
 
+def _wait_time(pending):
+    """Seconds until the nearest deadline of `pending` attempts; None when none has one."""
+    deadline = min(attempts.deadline for attempts in pending)
+    return None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+
+
+def _output_name(output):
+    """A report format's name: case does not matter, and None is "dict" (as in pihace 1.0.0)."""
+    if output is None:
+        return "dict"
+    if not isinstance(output, str):
+        raise TypeError(f'output must be "dict", "json" or "str", got {type(output).__name__}')
+    output = output.lower()
+    if output not in ("dict", "json", "str"):
+        raise ValueError(f'output must be "dict", "json" or "str", got {output!r}')
+    return output
+
+
 class HealthCheck:
     """Registered checkers, and the report of one run of all of them.
 
@@ -539,15 +625,16 @@ class HealthCheck:
     (True, detail) and fails by returning False or (False, reason), by raising,
     or by running past its timeout. It is tried at most 1 + retries times, each
     attempt bounded by timeout, so one check takes at most
-    timeout * (1 + retries) seconds. All checkers run at once; a checker still
-    running from an earlier report is waited for, never started twice.
+    timeout * (1 + retries) seconds (timeout=None: no bound). All checkers run
+    at once, in a copy of the caller's context; a checker still running from an
+    earlier report is waited for, never started twice.
     """
 
     def __init__(self, with_system=False, name=None, version=None, *, system_info=None):
         self.with_system = with_system
         self.component_name = name
         self.component_version = version
-        self.system_info = system_info or _system_info
+        self.system_info = system_info  # None: get_system_info(), looked up at each report
         self.checkers = {}
         self._lock = threading.Lock()
 
@@ -555,7 +642,7 @@ class HealthCheck:
         """Add (or replace) the checker called `name`."""
         if not callable(checker):
             raise ValueError(f"checker {name!r} must be callable, got {type(checker).__name__}")
-        timeout = _seconds(f"timeout of checker {name!r}", timeout)
+        timeout = _timeout(f"timeout of checker {name!r}", timeout)
         _number(f"retries of checker {name!r}", retries, lambda v: v >= 0, "an integer >= 0", int)
         with self._lock:
             self.checkers[name] = _Checker(str(name), checker, timeout, retries)
@@ -574,15 +661,51 @@ class HealthCheck:
             pending = [attempts for attempts in pending if not attempts.advance(now, began)]
             if pending:
                 try:
-                    ended.get(timeout=max(0.0, min(a.deadline for a in pending) - time.monotonic()))
+                    ended.get(timeout=_wait_time(pending))
                 except queue.Empty:
                     pass
+        return [(attempts.checker.name, attempts.outcome) for attempts in results]
+
+    async def _run_checkers_async(self):
+        """_run_checkers() in async code: async checkers run on the caller's loop (a
+        connection made on that loop works in them); sync ones in threads, as always."""
+        import asyncio  # here, not at the top: slow to import, and only async callers need it
+
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            checkers = list(self.checkers.values())
+        ended = asyncio.Event()
+
+        def wake(_run):  # from a worker thread, or from the loop itself
+            try:
+                loop.call_soon_threadsafe(ended.set)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        began = time.monotonic()
+        results = pending = [_Attempts(checker, wake, began, loop) for checker in checkers]
+        try:
+            while pending:
+                ended.clear()
+                now = time.monotonic()
+                pending = [attempts for attempts in pending if not attempts.advance(now, began)]
+                if pending:
+                    try:
+                        await asyncio.wait_for(ended.wait(), _wait_time(pending))
+                    except asyncio.TimeoutError:
+                        pass
+        finally:  # the caller gave up (cancelled): so do its async checkers
+            for attempts in pending:
+                if attempts.checker.is_async:
+                    attempts.run.cancel()
         return [(attempts.checker.name, attempts.outcome) for attempts in results]
 
     def report(self):
         """Run every checker and return the report as a dict."""
         start = time.perf_counter()
-        checks = self._run_checkers()
+        return self._report(self._run_checkers(), start)
+
+    def _report(self, checks, start):
         passed = sum(check["status"] == "pass" for _, check in checks)
         report = {
             "status": calculate_status(passed, len(checks)),
@@ -591,7 +714,8 @@ class HealthCheck:
                         if check["status"] == "fail"} or None,
             "rate": format_rate(passed, len(checks)),
             "duration": 0.0,  # set at the end; here for the order of the keys
-            "system": self.system_info.read() if self.with_system else None,
+            "system": (get_system_info() if self.system_info is None else self.system_info.read())
+            if self.with_system else None,
             "component": {"name": self.component_name, "version": self.component_version}
             if self.component_name else None,  # pihace 1.0.0: None without a version
             "checks": dict(checks),
@@ -605,15 +729,39 @@ class HealthCheck:
         Callable from any thread, and from inside a running event loop (which
         it blocks for the duration: prefer ``await check_async()`` there).
         """
-        if output not in ("dict", "json", "str"):
-            raise ValueError(f'output must be "dict", "json" or "str", got {output!r}')
+        output = _output_name(output)
         return format_report(self.report(), output, pretty)
 
     async def check_async(self, output="dict", pretty=True):
-        """check() for async code: the checks run without blocking the event loop."""
+        """check() for async code: async checkers run on the running loop, with their
+        timeouts and retries; sync ones in threads, so the loop is never blocked."""
+        output = _output_name(output)
+        start = time.perf_counter()
+        return format_report(self._report(await self._run_checkers_async(), start), output, pretty)
+
+    _check_async = check_async  # pihace 1.0.0's name, which its providers call
+
+    async def run_checker_with_retries(self, name, checker, retries, timeout):
+        """pihace 1.0.0's public helper: run one checker on the running loop with
+        `retries` extra attempts and a `timeout` per attempt (None: none); True
+        when it passed, else (False, reason)."""
         import asyncio  # here, not at the top: slow to import, and only async callers need it
 
-        return await asyncio.get_running_loop().run_in_executor(None, self.check, output, pretty)
+        one = _Checker(str(name), checker, _timeout("timeout", timeout), _number(
+            "retries", retries, lambda v: v >= 0, "an integer >= 0", int))
+        woken = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        attempts = _Attempts(one, lambda _run: loop.call_soon_threadsafe(woken.set),
+                             time.monotonic(), loop)
+        while True:
+            woken.clear()
+            if attempts.advance(time.monotonic(), 0.0):
+                outcome = attempts.outcome
+                return True if outcome["status"] == "pass" else (False, outcome["message"])
+            try:
+                await asyncio.wait_for(woken.wait(), _wait_time([attempts]))
+            except asyncio.TimeoutError:
+                pass
 
 
 def format_report(report, output="dict", pretty=True):
@@ -2159,6 +2307,19 @@ class AMQP:
 _BUSY = "timed out waiting for another thread's publish to finish"
 
 
+class _MaskedURL(str):
+    """A URL as given (pihace 1.0.0's ``AMQPPusher.amqp_url``), shown with its password
+    masked by repr(), so that a pusher in a log line or a traceback does not leak it."""
+
+    def __new__(cls, url, safe_url):
+        self = super().__new__(cls, url)
+        self.safe_url = safe_url
+        return self
+
+    def __repr__(self):
+        return repr(self.safe_url)
+
+
 class AMQPPusher:
     """Publishes health reports to an AMQP 0-9-1 broker such as RabbitMQ.
 
@@ -2183,12 +2344,15 @@ class AMQPPusher:
                  routing_key=None, declare=True, queue_arguments=None, confirm=True,
                  heartbeat=None, timeout=10.0, buffer_size=1000, connection_name=None,
                  ssl_context=None, socket_factory=None, clock=time.monotonic):
-        if healthcheck is not None and not isinstance(healthcheck, HealthCheck):
-            raise TypeError(f"healthcheck must be a HealthCheck, got {type(healthcheck).__name__}")
+        if healthcheck is not None and not callable(getattr(healthcheck, "check", None)):
+            raise TypeError("healthcheck must be a HealthCheck (or have a check() method), got "
+                            f"{type(healthcheck).__name__}")
         urls = [amqp_url] if isinstance(amqp_url, str) else list(amqp_url or ())
         if not urls:
             raise ValueError("amqp_url must be a URL or a non-empty list of URLs")
         self.endpoints = [AMQPParameters(url) for url in urls]
+        masked = [_MaskedURL(url, endpoint.safe_url) for url, endpoint in zip(urls, self.endpoints)]
+        self.amqp_url = masked[0] if isinstance(amqp_url, str) else masked  # pihace 1.0.0's name
         self.parameters = self.endpoints[0]  # the endpoint in use, or tried last
         self.exchange = exchange or ""
         self.routing_key = queue_name if routing_key is None else routing_key
@@ -2379,7 +2543,8 @@ class AMQPPusher:
                              "other messages")
         report = self.healthcheck.check(output="dict")
         # a component name that is a Path, say, must not stop the reports
-        message = self._message(report, headers={"status": report["status"]}, as_text=_text)
+        status = report.get("status") if isinstance(report, dict) else None
+        message = self._message(report, headers={"status": status}, as_text=_text)
         deadline = self.clock() + self.timeout
         with self._outbox_lock:  # the report goes in even while another push runs
             if len(self.outbox) >= self.buffer_size:
