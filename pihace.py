@@ -516,7 +516,8 @@ class _Checker(collections.abc.MutableMapping):
             if not callable(value):
                 raise ValueError(f"checker {self.name!r} must be callable, got "
                                  f"{type(value).__name__}")
-            self.function, self.is_async = value, _is_async_callable(value)
+            with self.lock:  # a run of the old function is not this checker's any more
+                self.function, self.is_async, self.run = value, _is_async_callable(value), None
         elif key == "timeout":
             self.timeout = _timeout(f"timeout of checker {self.name!r}", value)
         else:

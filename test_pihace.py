@@ -4,6 +4,7 @@ import asyncio
 import base64
 import calendar
 import contextlib
+import contextvars
 import functools
 import io
 import itertools
@@ -808,6 +809,219 @@ def test_check_async_does_not_block_the_loop(release):
         return await task
 
     assert asyncio.run(main())["status"] == "Available"
+
+
+# ---------------------------------------------------------------------------
+# health checks: what code written for pihace 1.0.0 relies on (issue 15)
+# ---------------------------------------------------------------------------
+
+request_id = contextvars.ContextVar("request_id", default="unset")
+
+
+def test_sync_and_async_checkers_see_the_callers_context_variables():
+    seen = []
+
+    def sync_checker():
+        seen.append(("sync", request_id.get()))
+        return True
+
+    async def async_checker():
+        seen.append(("async", request_id.get()))
+        return True
+
+    hc = pihace.HealthCheck()
+    hc.register("sync", sync_checker)
+    hc.register("async", async_checker)
+
+    def check_as(value):
+        request_id.set(value)
+        return hc.check()["rate"]
+
+    assert contextvars.copy_context().run(check_as, "first") == "2/2"
+    assert sorted(seen) == [("async", "first"), ("sync", "first")]
+    seen.clear()
+
+    async def main():
+        request_id.set("in-loop")
+        return (await hc.check_async())["rate"]
+
+    assert asyncio.run(main()) == "2/2"
+    assert sorted(seen) == [("async", "in-loop"), ("sync", "in-loop")]
+
+
+def test_a_checker_retried_sees_the_context_on_every_attempt():
+    seen = []
+
+    def flaky():
+        seen.append(request_id.get())
+        return len(seen) == 3
+
+    hc = pihace.HealthCheck()
+    hc.register("flaky", flaky, retries=2)
+
+    def run():
+        request_id.set("retried")
+        return hc.check()["checks"]["flaky"]
+
+    outcome = contextvars.copy_context().run(run)
+    assert (outcome["status"], outcome["attempts"]) == ("pass", 3)
+    assert seen == ["retried"] * 3
+
+
+def test_check_async_runs_async_checkers_on_the_callers_loop():
+    async def main():
+        loop = asyncio.get_running_loop()
+        made_here = asyncio.Queue()  # an object of this loop, like a driver's connection
+        await made_here.put("pong")
+
+        async def uses_the_loop():
+            assert asyncio.get_running_loop() is loop
+            return await asyncio.wait_for(made_here.get(), 1) == "pong"
+
+        hc = pihace.HealthCheck()
+        hc.register("loop-bound", uses_the_loop)
+        hc.register("sync", lambda: True)
+        return await hc.check_async()
+
+    report = asyncio.run(main())
+    assert report["failure"] is None, report["failure"]
+    assert report["rate"] == "2/2"
+
+
+def test_async_checkers_on_the_callers_loop_keep_their_timeout_and_retries():
+    cancelled = []
+
+    async def hangs():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(1)
+            raise
+
+    async def main():
+        hc = pihace.HealthCheck()
+        hc.register("hangs", hangs, timeout=0.1, retries=1)
+        report = await hc._check_async(output="dict", pretty=True)  # pihace 1.0.0's name
+        await asyncio.sleep(0)  # let the cancelled task run its except clause
+        return report
+
+    report = asyncio.run(main())
+    assert report["failure"] == {"hangs": "timed out after 0.1s"}
+    assert report["checks"]["hangs"]["attempts"] == 2
+    assert cancelled == [1]
+
+
+def test_a_caller_that_gives_up_on_check_async_cancels_its_async_checkers():
+    cancelled = []
+
+    async def forever():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(1)
+            raise
+
+    async def main():
+        hc = pihace.HealthCheck()
+        hc.register("forever", forever, timeout=None)  # no timeout: the caller's deadline rules
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(hc.check_async(), 0.2)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert cancelled == [1]
+
+
+def test_run_checker_with_retries_is_there_as_in_pihace_1_0_0():
+    async def main():
+        hc = pihace.HealthCheck()
+        passed = await hc.run_checker_with_retries("ok", async_ok, 2, 5)
+        failed = await hc.run_checker_with_retries("bad", lambda: (False, "no"), 0, 5)
+        return passed, failed
+
+    assert asyncio.run(main()) == (True, (False, "no"))
+
+
+def test_checkers_read_and_write_as_pihace_1_0_0_dicts():
+    def slow():
+        time.sleep(0.5)  # simulated work, longer than the timeout set below
+        return True
+
+    hc = pihace.HealthCheck()
+    hc.register("slow", slow, timeout=5, retries=2)
+    entry = hc.checkers["slow"]
+    assert dict(entry) == {"checker": slow, "timeout": 5, "retries": 2}
+    assert entry["checker"] is slow and entry["timeout"] == 5 and entry["retries"] == 2
+    assert set(entry) == {"checker", "timeout", "retries"} and "timeout" in entry
+    entry["timeout"], entry["retries"] = 0.05, 0
+    outcome = hc.check()["checks"]["slow"]
+    assert (outcome["status"], outcome["attempts"]) == ("fail", 1)
+    assert outcome["message"].startswith("timed out after 0.05s")
+    entry["checker"] = lambda: (False, "replaced")
+    entry["timeout"] = 5
+    assert hc.check()["failure"] == {"slow": "replaced"}
+    for key, bad in (("timeout", -1), ("retries", 1.5), ("checker", "not callable")):
+        with pytest.raises(ValueError) as raised:
+            entry[key] = bad
+        assert key in str(raised.value) or "callable" in str(raised.value)
+    with pytest.raises(KeyError):
+        entry["interval"] = 3
+
+
+def test_timeout_none_means_no_timeout():
+    def takes_a_while():
+        time.sleep(0.3)  # simulated work
+        return True
+
+    hc = pihace.HealthCheck()
+    hc.register("no-timeout", takes_a_while, timeout=None)
+    assert hc.checkers["no-timeout"]["timeout"] is None
+    report = hc.check()
+    assert report["status"] == "Available"
+    assert report["checks"]["no-timeout"]["duration_ms"] >= 300
+
+
+def test_output_names_in_any_case_and_none_as_in_pihace_1_0_0():
+    hc = pihace.HealthCheck(name="app")
+    hc.register("ok", lambda: True)
+    assert hc.check(output=None)["status"] == "Available"
+    assert json.loads(hc.check(output="JSON"))["status"] == "Available"
+    assert hc.check(output="Str").startswith("Status: Available")
+    assert asyncio.run(hc.check_async(output=None))["rate"] == "1/1"
+    with pytest.raises(TypeError) as raised:
+        hc.check(output=5)
+    assert "output" in str(raised.value) and "int" in str(raised.value)
+    with pytest.raises(ValueError) as raised:
+        hc.check(output="yaml")
+    assert "yaml" in str(raised.value)
+
+
+def test_patching_get_system_info_reaches_the_report():
+    from unittest import mock
+
+    figures = {"cpu_usage": "1.0%", "os": "Patched"}
+    with mock.patch("pihace.healthcheck.get_system_info", return_value=figures) as patched:
+        report = pihace.HealthCheck(with_system=True).check()
+    assert report["system"] == figures
+    assert patched.call_count == 1
+
+
+def test_patching_psutil_reaches_the_system_figures():
+    from unittest import mock
+
+    with mock.patch("pihace.system_info.psutil") as fake:
+        fake.cpu_percent.return_value = 12.5
+        fake.virtual_memory.return_value.percent = 40.0
+        fake.virtual_memory.return_value.available = 512 * 1024 ** 2
+        fake.disk_usage.return_value.percent = 70.0
+        fake.disk_usage.return_value.free = 3 * 1024 ** 3
+        system = pihace.HealthCheck(with_system=True).check()["system"]
+    assert (system["cpu_usage"], system["memory_usage"], system["memory_available"],
+            system["disk_usage"], system["disk_available"]) == (
+        "12.5%", "40.0%", "512.0 MB", "70.0%", "3.0 GB")
+    fake.cpu_percent.assert_called_with(interval=None)
+    assert_system_formats(pihace.get_system_info())  # the real one is back
 
 
 # ---------------------------------------------------------------------------
@@ -3210,6 +3424,32 @@ def test_the_password_never_leaks_on_any_failure_path(rabbit, fake_broker, caplo
     assert "connection refused" in everything and "timed out" in everything
     assert "connected to amqp://leaktest:***@" in everything
     assert password not in everything
+
+
+# ---------------------------------------------------------------------------
+# pusher: what code written for pihace 1.0.0 relies on (issue 15)
+# ---------------------------------------------------------------------------
+
+def test_amqp_url_and_queue_name_are_there_with_the_password_masked_in_reprs():
+    url = "amqp://edge:s3cret-word@broker.example:5672/"
+    pusher = pihace.AMQPPusher(pihace.HealthCheck(), url, "reports")
+    assert pusher.amqp_url == url and str(pusher.amqp_url) == url  # as given, as in 1.0.0
+    assert pusher.queue_name == "reports"
+    for shown in (repr(pusher), repr(pusher.amqp_url), repr([pusher.amqp_url]),
+                  repr(pihace.AMQPPusher(None, [url, url]).amqp_url)):
+        assert "s3cret-word" not in shown and "broker.example" in shown, shown
+
+
+def test_any_object_with_a_check_method_is_a_healthcheck(rabbit, unique_queue, get_message):
+    class OwnHealthCheck:  # not pihace's: code written for 1.0.0 could pass one
+        def check(self, output="dict"):
+            return {"status": "Available", "from": "own"}
+
+    with pihace.AMQPPusher(OwnHealthCheck(), rabbit.url, unique_queue) as pusher:
+        assert pusher.push() is True
+    method, properties, body = get_message(unique_queue)
+    assert json.loads(body) == {"status": "Available", "from": "own"}
+    assert properties.headers == {"status": "Available"}
 
 
 # ---------------------------------------------------------------------------
