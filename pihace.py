@@ -925,6 +925,215 @@ class Disk:
         return True, detail
 
 
+def _url_parts(url, schemes, default_port, what):
+    """(user, password, host, port, path) of a database URL, percent-decoded; a ValueError
+    that never shows the user information when it cannot be read."""
+    from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or default_port
+        valid = parts.scheme in schemes and parts.hostname
+    except (TypeError, ValueError, AttributeError):  # not a string, or a bad port
+        valid = False
+    if not valid:
+        raise ValueError(f"{what} must be a {schemes[0]}://user:password@host:port/... URL")
+    return (unquote(parts.username or ""), unquote(parts.password or ""), parts.hostname, port,
+            unquote(parts.path.lstrip("/")))
+
+
+def _xor(left, right):
+    return bytes(a ^ b for a, b in zip(left, right))
+
+
+def mysql_native_password(password, scramble):
+    """The login token of MySQL's mysql_native_password plugin:
+    SHA1(password) XOR SHA1(scramble + SHA1(SHA1(password)))."""
+    import hashlib  # here, not at the top: only database logins need it
+
+    if not password:
+        return b""
+    stage1 = hashlib.sha1(password).digest()
+    return _xor(stage1, hashlib.sha1(scramble + hashlib.sha1(stage1).digest()).digest())
+
+
+def caching_sha2_password(password, scramble):
+    """The fast-path token of MySQL 8's caching_sha2_password plugin:
+    SHA256(password) XOR SHA256(SHA256(SHA256(password)) + scramble)."""
+    import hashlib  # here, not at the top: only database logins need it
+
+    if not password:
+        return b""
+    stage1 = hashlib.sha256(password).digest()
+    return _xor(stage1, hashlib.sha256(hashlib.sha256(stage1).digest() + scramble).digest())
+
+
+_MYSQL_LOGINS = {"mysql_native_password": mysql_native_password,
+                 "caching_sha2_password": caching_sha2_password}
+# CLIENT_LONG_PASSWORD, CLIENT_PROTOCOL_41, CLIENT_SECURE_CONNECTION, CLIENT_PLUGIN_AUTH
+_MYSQL_CLIENT_FLAGS = 0x1 | 0x200 | 0x8000 | 0x80000
+_MYSQL_CONNECT_WITH_DB = 0x8
+
+
+class _MySQLRefused(Exception):
+    """An ERR packet from the server: str() is "code (sqlstate): message", as
+    mysql-connector-python, which pihace 1.0.0 used, shows it."""
+
+
+class _NeedsDriver(Exception):
+    """What the standard library cannot do (a login plugin that needs TLS or RSA)."""
+
+
+class _MySQLSession:
+    """Just enough of the MySQL client/server protocol to log in, ping and quit."""
+
+    def __init__(self, sock, deadline):
+        self.sock, self.deadline, self.seq, self.buffer = sock, deadline, 0, b""
+
+    def _recv(self, size):
+        while len(self.buffer) < size:
+            self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+            data = self.sock.recv(65536)
+            if not data:
+                raise OSError("the server closed the connection")
+            self.buffer += data
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def read(self):
+        head = self._recv(4)
+        size, self.seq = head[0] | head[1] << 8 | head[2] << 16, (head[3] + 1) & 0xFF
+        payload = self._recv(size)
+        if payload[:1] == b"\xff":  # ERR: code, then "#" and a SQLSTATE from protocol 4.1 on
+            code, = struct.unpack_from("<H", payload, 1)
+            state, text = ((payload[4:9], payload[9:]) if payload[3:4] == b"#"
+                           else (b"HY000", payload[3:]))
+            raise _MySQLRefused(f"{code} ({state.decode('ascii', 'replace')}): "
+                                f"{_text(text.decode('utf-8', 'replace'))}")
+        return payload
+
+    def write(self, payload):
+        self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+        self.sock.sendall(struct.pack("<I", len(payload))[:3] + bytes([self.seq]) + payload)
+        self.seq = (self.seq + 1) & 0xFF
+
+    def login(self, user, password, database):
+        """Read the greeting, answer it, and follow the server's login plugin to its OK;
+        the server's version."""
+        greeting = self.read()
+        if greeting[:1] != b"\x0a":
+            raise _MySQLRefused(f"2007 (HY000): protocol version {greeting[:1].hex()} of the "
+                                "server is not 10: is this a MySQL server?")
+        end = greeting.index(b"\0", 1)
+        version, position = greeting[1:end].decode("utf-8", "replace"), end + 5
+        scramble, position = greeting[position:position + 8], position + 9
+        flags, plugin = struct.unpack_from("<H", greeting, position)[0], "mysql_native_password"
+        position += 2
+        if len(greeting) > position:
+            _, _, high, length = struct.unpack_from("<BHHB", greeting, position)
+            flags, position = flags | high << 16, position + 16
+            if flags & 0x8000:  # the rest of the scramble, ending in a NUL
+                more = max(13, length - 8)
+                scramble += greeting[position:position + more].rstrip(b"\0")
+                position += more
+            if flags & 0x80000:
+                plugin = greeting[position:].split(b"\0", 1)[0].decode("ascii", "replace")
+        password = password.encode("utf-8")
+        if plugin not in _MYSQL_LOGINS:  # ask for one we speak; the server may switch again
+            plugin = "mysql_native_password"
+        token = _MYSQL_LOGINS[plugin](password, scramble)
+        self.write(struct.pack("<IIB23x", _MYSQL_CLIENT_FLAGS | (_MYSQL_CONNECT_WITH_DB
+                                                                  if database else 0),
+                               1 << 24, 45)  # max packet, utf8mb4
+                   + user.encode("utf-8") + b"\0" + bytes([len(token)]) + token
+                   + (database.encode("utf-8") + b"\0" if database else b"")
+                   + plugin.encode("ascii") + b"\0")
+        while True:
+            packet = self.read()
+            if packet[:1] == b"\x00":
+                return version
+            if packet[:1] == b"\xfe" and len(packet) > 1:  # switch to another login plugin
+                plugin, _, data = packet[1:].partition(b"\0")
+                plugin = plugin.decode("ascii", "replace")
+                if plugin not in _MYSQL_LOGINS:
+                    raise _NeedsDriver(f"the server asks for the {_printable(plugin)} login, "
+                                       "which pihace does not speak")
+                self.write(_MYSQL_LOGINS[plugin](password, data[:20]))
+            elif packet[:2] == b"\x01\x03" and plugin == "caching_sha2_password":
+                continue  # fast path: the server had the password cached; its OK follows
+            elif packet[:2] == b"\x01\x04" and plugin == "caching_sha2_password":
+                raise _NeedsDriver("caching_sha2_password asks for a full login, which needs "
+                                   "TLS or RSA (the server's cache does not hold this password "
+                                   "yet: one login with another client fills it)")
+            else:
+                raise _MySQLRefused(f"2027 (HY000): unexpected packet {packet[:8].hex()} "
+                                    "during the login")
+
+    def ping_and_quit(self):
+        self.seq = 0
+        self.write(b"\x0e")  # COM_PING
+        self.read()
+        self.seq = 0
+        self.write(b"\x01")  # COM_QUIT: the server closes without logging an aborted client
+
+
+class MySQL:
+    """pihace 1.0.0's MySQL plugin: log in to a MySQL or MariaDB server and ping it.
+
+    `dsn` is ``mysql://user:password@host:port/database`` (port 3306 and the
+    database may be left out; user and password are percent-decoded). It speaks
+    the protocol with the standard library: the mysql_native_password login,
+    and caching_sha2_password's fast path (MySQL 8's default, when the server
+    has the password cached). Another login (a full caching_sha2 login, which
+    needs TLS or RSA; ed25519...) uses mysql-connector-python when it is
+    installed, else fails with a reason that says so. Failure reasons read as
+    mysql-connector-python's: "1045 (28000): Access denied for user ...".
+    """
+
+    def __init__(self, dsn, timeout=5):
+        self.user, self._password, self.host, self.port, self.database = _url_parts(
+            dsn, ("mysql", "mariadb"), 3306, "dsn")
+        self.timeout = _seconds("timeout", timeout)
+        self.dsn = dsn  # as pihace 1.0.0 keeps it
+
+    def __repr__(self):
+        return f"MySQL(mysql://{self.user}:***@{self.host}:{self.port}/{self.database})"
+
+    def __call__(self):
+        where = f"'{self.host}:{self.port}'"
+        try:
+            sock = connect_tcp((self.host, self.port), self.timeout)
+        except OSError as exc:
+            return False, f"2003 (HY000): Can't connect to MySQL server on {where} ({describe_error(exc)})"
+        try:
+            session = _MySQLSession(sock, time.monotonic() + self.timeout)
+            version = session.login(self.user, self._password, self.database)
+            session.ping_and_quit()
+        except _MySQLRefused as exc:
+            return False, _printable(exc)
+        except _NeedsDriver as exc:
+            return self._with_driver(str(exc))
+        except (OSError, ValueError, IndexError, struct.error) as exc:  # cut short, or garbage
+            return False, f"2013 (HY000): Lost connection to MySQL server at {where} ({describe_error(exc)})"
+        finally:
+            sock.close()
+        return True, f"logged in to {_printable(version)} at {self.host}:{self.port}"
+
+    def _with_driver(self, why):
+        try:
+            import mysql.connector  # noqa: the driver pihace 1.0.0 used, only when installed
+        except ImportError:
+            return False, f"{why}; install mysql-connector-python for this login"
+        try:
+            connection = mysql.connector.connect(
+                host=self.host, port=self.port, user=self.user, password=self._password,
+                database=self.database or None, connection_timeout=self.timeout)
+            connection.close()
+        except mysql.connector.Error as exc:
+            return False, _printable(_text(exc))
+        return True, "logged in with mysql-connector-python"
+
+
 # ---------------------------------------------------------------------------
 # AMQP constants
 # ---------------------------------------------------------------------------
