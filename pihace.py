@@ -1117,6 +1117,7 @@ class MySQL:
             return False, f"2013 (HY000): Lost connection to MySQL server at {where} ({describe_error(exc)})"
         finally:
             sock.close()
+        version = version[6:] if version.startswith("5.5.5-") else version  # MariaDB's prefix
         return True, f"logged in to {_printable(version)} at {self.host}:{self.port}"
 
     def _with_driver(self, why):
@@ -1132,6 +1133,343 @@ class MySQL:
         except mysql.connector.Error as exc:
             return False, _printable(_text(exc))
         return True, "logged in with mysql-connector-python"
+
+
+# MongoDB: OP_MSG commands with a minimal BSON, enough for hello and ping.
+
+_BSON_DEPTH = 32
+
+
+def bson_encode(document):
+    """A dict as a BSON document: str, bool, int (32 or 64 bits), float, None, bytes,
+    dict and list values."""
+    body = bytearray()
+    for key, value in document.items():
+        name = key.encode("utf-8")
+        if b"\0" in name:
+            raise ValueError(f"a BSON key cannot hold a NUL: {key!r}")
+        name += b"\0"
+        if isinstance(value, bool):
+            body += b"\x08" + name + (b"\x01" if value else b"\x00")
+        elif isinstance(value, int):
+            body += (b"\x10" + name + struct.pack("<i", value) if -2 ** 31 <= value < 2 ** 31
+                     else b"\x12" + name + struct.pack("<q", value))
+        elif isinstance(value, float):
+            body += b"\x01" + name + struct.pack("<d", value)
+        elif isinstance(value, str):
+            data = value.encode("utf-8")
+            body += b"\x02" + name + struct.pack("<i", len(data) + 1) + data + b"\0"
+        elif value is None:
+            body += b"\x0a" + name
+        elif isinstance(value, bytes):
+            body += b"\x05" + name + struct.pack("<iB", len(value), 0) + value
+        elif isinstance(value, dict):
+            body += b"\x03" + name + bson_encode(value)
+        elif isinstance(value, (list, tuple)):
+            body += b"\x04" + name + bson_encode({str(i): item for i, item in enumerate(value)})
+        else:
+            raise ValueError(f"cannot encode {type(value).__name__} as BSON ({key!r})")
+    return struct.pack("<i", len(body) + 5) + bytes(body) + b"\0"
+
+
+def bson_decode(data, depth=0):
+    """(document, its size) from the start of `data`: ObjectIds as hex strings, dates as
+    milliseconds, other rare types as their bytes. ValueError for what is not BSON."""
+    if depth > _BSON_DEPTH:
+        raise ValueError("BSON nested too deep")
+    size, = struct.unpack_from("<i", data)
+    if size < 5 or size > len(data) or data[size - 1] != 0:
+        raise ValueError(f"BSON document of {size} bytes in {len(data)}")
+    document, position = {}, 4
+    fixed = {0x01: "<d", 0x09: "<q", 0x10: "<i", 0x11: "<Q", 0x12: "<q"}
+    while position < size - 1:
+        kind = data[position]
+        end = data.index(b"\0", position + 1, size)
+        key, position = data[position + 1:end].decode("utf-8", "replace"), end + 1
+        if kind in fixed:
+            value, = struct.unpack_from(fixed[kind], data, position)
+            position += struct.calcsize(fixed[kind])
+        elif kind in (0x02, 0x0D, 0x0E):  # string, JavaScript code, symbol
+            length, = struct.unpack_from("<i", data, position)
+            if length < 1 or position + 4 + length > size:
+                raise ValueError("BSON string past the end of its document")
+            value = data[position + 4:position + 3 + length].decode("utf-8", "replace")
+            position += 4 + length
+        elif kind in (0x03, 0x04):
+            value, length = bson_decode(data[position:size], depth + 1)
+            if kind == 0x04:
+                value = list(value.values())
+            position += length
+        elif kind == 0x05:
+            length, = struct.unpack_from("<i", data, position)
+            if length < 0 or position + 5 + length > size:
+                raise ValueError("BSON binary past the end of its document")
+            value, position = data[position + 5:position + 5 + length], position + 5 + length
+        elif kind == 0x07:
+            value, position = data[position:position + 12].hex(), position + 12
+        elif kind == 0x08:
+            value, position = data[position] != 0, position + 1
+        elif kind in (0x06, 0x0A, 0x7F, 0xFF):  # undefined, null, max key, min key
+            value = None
+        elif kind == 0x0B:  # regular expression: pattern and options, two C strings
+            middle = data.index(b"\0", position, size)
+            end = data.index(b"\0", middle + 1, size)
+            value, position = data[position:end], end + 1
+        elif kind == 0x13:  # decimal128
+            value, position = data[position:position + 16], position + 16
+        else:
+            raise ValueError(f"unknown BSON type 0x{kind:02x} for {key!r}")
+        if position > size - 1:
+            raise ValueError("BSON value past the end of its document")
+        document[key] = value
+    return document, size
+
+
+_OP_MSG = 2013
+
+
+def mongo_op_msg(request_id, document):
+    """An OP_MSG carrying one command document (a kind 0 section), no flags."""
+    body = b"\0\0\0\0\x00" + bson_encode(document)
+    return struct.pack("<iiii", 16 + len(body), request_id, 0, _OP_MSG) + body
+
+
+class MongoDB:
+    """pihace 1.0.0's MongoDB plugin: does the server answer a hello and a ping?
+
+    `dsn` is a ``mongodb://host[:port][,host2...]/`` URL; each host is tried in
+    turn within `timeout` (2 s, pihace 1.0.0's server selection timeout). It
+    sends OP_MSG commands with a minimal BSON, standard library only. A URL
+    with a user name (a SCRAM login) or ``mongodb+srv://`` (a DNS SRV lookup)
+    uses pymongo when it is installed, else fails with a reason that says so.
+    """
+
+    def __init__(self, dsn, timeout=2):
+        from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
+
+        self.timeout = _seconds("timeout", timeout)
+        self.dsn = dsn
+        try:
+            parts = urlsplit(dsn)
+            valid = parts.scheme in ("mongodb", "mongodb+srv")
+        except (TypeError, ValueError, AttributeError):
+            valid = False
+        userinfo, _, hosts = parts.netloc.rpartition("@") if valid else ("", "", "")
+        self.hosts = []
+        for host in hosts.split(",") if valid else ():
+            name, port = (host[1:].partition("]")[0], host.rpartition("]:")[2]) if host[:1] == "[" \
+                else (host.partition(":")[0], host.partition(":")[2])
+            if not name or port and not (port.isdigit() and 0 < int(port) < 65536):
+                valid = False
+                break
+            self.hosts.append((unquote(name), int(port or 27017)))
+        if not valid or not self.hosts:
+            raise ValueError("dsn must be a mongodb://host[:port][,host...]/ URL")
+        self._needs_driver = ("a mongodb+srv:// URL needs a DNS SRV lookup" if parts.scheme != "mongodb"
+                              else "a login (SCRAM)" if userinfo else None)
+
+    def __repr__(self):
+        return f"MongoDB({', '.join(f'{host}:{port}' for host, port in self.hosts)})"
+
+    def __call__(self):
+        if self._needs_driver:
+            return self._with_driver()
+        deadline, reasons = time.monotonic() + self.timeout, []
+        for host, port in self.hosts:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            try:
+                reply = self._hello_and_ping((host, port), deadline)
+            except OSError as exc:
+                reasons.append(f"{where}: {describe_error(exc)}")
+                continue
+            except (ValueError, IndexError, struct.error) as exc:  # not what MongoDB sends
+                reasons.append(f"{where}: {_printable(_text(exc))}")
+                continue
+            role = "primary" if reply.get("isWritablePrimary", reply.get("ismaster")) else \
+                "secondary" if reply.get("secondary") else "server"
+            return True, f"{role} at {where} answers (wire version {reply.get('maxWireVersion')})"
+        return False, "no MongoDB server answered: " + "; ".join(reasons)
+
+    def _hello_and_ping(self, address, deadline):
+        sock = connect_tcp(address, max(0.001, deadline - time.monotonic()))
+        try:
+            reply = self._command(sock, 1, {"hello": 1, "$db": "admin"}, deadline)
+            if not reply.get("ok") and reply.get("code") == 59:  # before MongoDB 4.4.2
+                reply = self._command(sock, 2, {"isMaster": 1, "$db": "admin"}, deadline)
+            if not reply.get("ok"):
+                raise ValueError(f"hello failed: {_printable(reply.get('errmsg'))}")
+            ping = self._command(sock, 3, {"ping": 1, "$db": "admin"}, deadline)
+            if not ping.get("ok"):
+                raise ValueError(f"ping failed: {_printable(ping.get('errmsg'))}")
+            return reply
+        finally:
+            sock.close()
+
+    @staticmethod
+    def _command(sock, request_id, document, deadline):
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        sock.sendall(mongo_op_msg(request_id, document))
+        data = b""
+        while True:
+            if len(data) >= 4:
+                length, = struct.unpack_from("<i", data)
+                if not 21 <= length <= 48_000_000:
+                    raise ValueError("not a MongoDB reply (bad message length)")
+                if len(data) >= length:
+                    break
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise OSError("the server closed the connection")
+            data += chunk
+        length, _, response_to, opcode = struct.unpack_from("<iiii", data)
+        if opcode != _OP_MSG or response_to != request_id or data[20] != 0:
+            raise ValueError(f"not a MongoDB reply to OP_MSG {request_id} (opcode {opcode})")
+        return bson_decode(data[21:length])[0]
+
+    def _with_driver(self):
+        try:
+            import pymongo  # noqa: the driver pihace 1.0.0 used, only when installed
+        except ImportError:
+            return False, f"{self._needs_driver}, which pihace does not do: install pymongo for it"
+        try:
+            client = pymongo.MongoClient(self.dsn, serverSelectionTimeoutMS=int(self.timeout * 1000))
+            try:
+                client.server_info()
+            finally:
+                client.close()
+        except pymongo.errors.PyMongoError as exc:
+            return False, _printable(_text(exc))
+        return True, "answers (pymongo)"
+
+
+# InfluxDB and Elasticsearch: one GET over HTTP.
+
+def _http_json(url, path, headers, timeout):
+    """(status, reason, headers, JSON body or None) of GET url+path, following redirects;
+    the user name and password of `url`, if any, go as HTTP basic authentication."""
+    import base64  # here, not at the top: slow to import, and only these checkers need them
+    import json
+    import urllib.error
+    import urllib.request
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    headers = dict(headers, **{"User-Agent": f"pihace/{__version__}",
+                               "Accept": "application/json"})
+    if at:
+        user, _, password = userinfo.partition(":")
+        headers.setdefault("Authorization", "Basic " + base64.b64encode(
+            f"{unquote(user)}:{unquote(password)}".encode("utf-8")).decode())
+    target = parts._replace(netloc=host, path=parts.path.rstrip("/") + path).geturl()
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(target, headers=headers),
+                                          timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        response = exc
+    with response:
+        body = response.read(1_000_000)
+    try:
+        document = json.loads(body) if body else None
+    except ValueError:
+        document = None
+    return response.status, response.reason, response.headers, document
+
+
+def _http_url(url, what):
+    """`url` checked as an http(s) URL with a host; its safe form (no user information)."""
+    from urllib.parse import urlsplit  # here, not at the top: slow to import
+
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
+    except (TypeError, ValueError, AttributeError):
+        valid = False
+    if not valid:
+        raise ValueError(f"{what} must be an http:// or https:// URL with a host and a valid port")
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _http_errors():
+    """What a GET can raise for network trouble (an `except` evaluates it only then)."""
+    import http.client  # here, not at the top: slow to import
+
+    return OSError, http.client.HTTPException, UnicodeError  # UnicodeError: a bad host name
+
+
+def _http_failure(exc):
+    """A network error of _http_json() in one line."""
+    reason = getattr(exc, "reason", exc)  # a URLError's reason: an OSError or a string
+    return describe_error(reason) if isinstance(reason, OSError) else _text(reason) or type(exc).__name__
+
+
+class InfluxDB:
+    """pihace 1.0.0's InfluxDB plugin: does the server report itself healthy?
+
+    GET /health (InfluxDB 2.x and 1.8+): passes when its status is "pass"; on a
+    server without it (InfluxDB 1.x before 1.8), GET /ping: passes on 204. The
+    token, if any, goes as ``Authorization: Token ...``; `org` is kept for
+    pihace 1.0.0's signature (the health endpoint needs none).
+    """
+
+    def __init__(self, url, token="", org="", timeout=5):
+        self.safe_url = _http_url(url, "url")
+        self.url, self.org, self.timeout = url, org, _seconds("timeout", timeout)
+        self._headers = {"Authorization": f"Token {token}"} if token else {}
+
+    def __repr__(self):
+        return f"InfluxDB({self.safe_url!r})"
+
+    def __call__(self):
+        try:
+            status, phrase, headers, body = _http_json(self.url, "/health", self._headers,
+                                                       self.timeout)
+            if status == 404:  # InfluxDB 1.x before 1.8
+                status, phrase, headers, body = _http_json(self.url, "/ping", self._headers,
+                                                           self.timeout)
+                version = headers.get("X-Influxdb-Version", "")
+                if status == 204:
+                    return True, f"InfluxDB {_printable(version)} answers /ping".replace("  ", " ")
+                return False, f"InfluxDB health status: fail - /ping answered HTTP {status} {phrase}"
+        except _http_errors() as exc:
+            return False, f"InfluxDB health status: fail - {_http_failure(exc)} ({self.safe_url})"
+        health = body if isinstance(body, dict) else {}
+        if status == 200 and health.get("status") == "pass":
+            return True, f"InfluxDB {_printable(health.get('version', ''))} health status: pass"
+        detail = health.get("message") or f"HTTP {status} {phrase}"
+        return False, f"InfluxDB health status: {_printable(health.get('status', 'fail'))} - " \
+                      f"{_printable(_text(detail))}"
+
+
+class ElasticSearch:
+    """pihace 1.0.0's Elasticsearch plugin: GET /_cluster/health passes when the
+    cluster is green or yellow. A user name and password in `es_url` go as HTTP
+    basic authentication and are never shown."""
+
+    def __init__(self, es_url, timeout=5):
+        self.safe_url = _http_url(es_url, "es_url")
+        self.es_url, self.timeout = es_url, _seconds("timeout", timeout)
+
+    def __repr__(self):
+        return f"ElasticSearch({self.safe_url!r})"
+
+    def __call__(self):
+        try:
+            status, phrase, _, body = _http_json(self.es_url, "/_cluster/health", {},
+                                                 self.timeout)
+        except _http_errors() as exc:
+            return False, f"cannot read the cluster health at {self.safe_url}: {_http_failure(exc)}"
+        health = body if isinstance(body, dict) else {}
+        if status != 200 or "status" not in health:
+            error = health.get("error")
+            reason = error.get("reason") if isinstance(error, dict) else error
+            return False, f"Elasticsearch answered HTTP {status} {phrase}" + (
+                f": {_printable(_text(reason))}" if reason else "")
+        cluster = _printable(health.get("cluster_name", ""))
+        if health["status"] in ("green", "yellow"):
+            return True, f"cluster {cluster} is {health['status']}"
+        return False, f"Elasticsearch health status: {_printable(health['status'])}"
 
 
 # ---------------------------------------------------------------------------
@@ -2936,15 +3274,36 @@ class AMQPPusher:
 # compatibility: pihace 1.0.0's module names point at this one file
 # ---------------------------------------------------------------------------
 
+_ALIASES_1_0_0 = ("plugins.mysql", "plugins.mongodb", "plugins.influxdb", "plugins.elasticsearch",
+                  "pusher.elasticsearch", "storage", "storage.mongodb", "types", "loader")
+# pihace.types: 1.0.0's Literal names, made on first use (typing is slow to import)
+_TYPES_1_0_0 = {
+    "PluginType": ("http", "influxdb", "mongodb", "mysql", "elasticsearch", "system"),
+    "PusherType": ("elasticsearch_pusher", "amqp_pusher"),
+    "StorageType": ("mongodb_storage",),
+    "ProviderType": ("web_provider", "prometheus_provider"),
+}
+
+
+def __getattr__(name):  # PEP 562: only for names the module does not define
+    if name in _TYPES_1_0_0:
+        import typing  # here, not at the top: slow to import, and only pihace.types needs it
+
+        value = typing.Literal[_TYPES_1_0_0[name]]
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _register_aliases():
     module = sys.modules[__name__]
     sys.modules.setdefault("pihace", module)
     for alias in ("healthcheck", "pusher", "pusher.messaging", "system_info", "utils",
-                  "plugins", "plugins.http"):
+                  "plugins", "plugins.http") + _ALIASES_1_0_0:
         sys.modules.setdefault(f"pihace.{alias}", module)
     # ``import pihace.pusher.messaging`` then reaches attributes of the parent
     for attribute in ("healthcheck", "pusher", "messaging", "system_info", "utils", "plugins",
-                      "http"):
+                      "http") + tuple({alias.rpartition(".")[2] for alias in _ALIASES_1_0_0}):
         setattr(module, attribute, module)
 
 

@@ -16,6 +16,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -1138,6 +1139,370 @@ def test_checker_arguments_are_checked(make, words):
     with pytest.raises(ValueError) as raised:
         make()
     assert words in str(raised.value) and "sekrit" not in str(raised.value)
+
+
+# ---------------------------------------------------------------------------
+# checkers: MySQL/MariaDB and InfluxDB against real servers; MongoDB and
+# Elasticsearch (which Debian does not package) against scripted exchanges
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def mariadb():
+    """A private MariaDB: user app/s3cret-pw on database testdb (mysql_native_password), and
+    user ed, who logs in with the ed25519 plugin."""
+    import dbservers
+
+    server = dbservers.MariaDB()
+    try:
+        server.sql("CREATE DATABASE testdb;"
+                   "CREATE USER 'app'@'%' IDENTIFIED BY 's3cret-pw';"
+                   "GRANT ALL ON testdb.* TO 'app'@'%';"
+                   "INSTALL SONAME 'auth_ed25519';"
+                   "CREATE USER 'ed'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('ed-pw');")
+        yield server
+    finally:
+        server.close()
+
+
+def mariadb_status(server, name):
+    return int(server.sql(f"SHOW GLOBAL STATUS LIKE '{name}'").split()[1])
+
+
+def test_mysql_logs_in_pings_and_quits_cleanly(mariadb):
+    before = {name: mariadb_status(mariadb, name)
+              for name in ("Connections", "Aborted_clients", "Aborted_connects")}
+    passed, detail = pihace.MySQL(f"mysql://app:s3cret-pw@127.0.0.1:{mariadb.port}/testdb")()
+    version = mariadb.sql("SELECT VERSION()").strip()
+    assert (passed, detail) == (True, f"logged in to {version} at 127.0.0.1:{mariadb.port}")
+    # the server saw one more connection (ours, and the client's own for these queries), no
+    # failed login and no client that went away without COM_QUIT
+    assert mariadb_status(mariadb, "Connections") >= before["Connections"] + 1
+    assert mariadb_status(mariadb, "Aborted_connects") == before["Aborted_connects"]
+    assert mariadb_status(mariadb, "Aborted_clients") == before["Aborted_clients"]
+
+
+def test_mysql_without_a_database_or_a_port(mariadb):
+    checker = pihace.MySQL(f"mysql://app:s3cret-pw@127.0.0.1:{mariadb.port}")
+    assert checker() [0] is True
+    assert (pihace.MySQL("mysql://u:p@db.example/x").port, checker.database) == (3306, "")
+
+
+def test_mysql_failures_read_as_mysql_connector_s(mariadb, closed_port):
+    before = mariadb_status(mariadb, "Aborted_connects")
+    wrong = pihace.MySQL(f"mysql://app:not-the-pw@127.0.0.1:{mariadb.port}/testdb")()
+    assert wrong == (False, "1045 (28000): Access denied for user 'app'@'127.0.0.1' "
+                            "(using password: YES)")
+    assert mariadb_status(mariadb, "Aborted_connects") == before + 1  # the server refused it
+    no_db = pihace.MySQL(f"mysql://app:s3cret-pw@127.0.0.1:{mariadb.port}/elsewhere")()
+    assert no_db == (False, "1044 (42000): Access denied for user 'app'@'%' to database "
+                            "'elsewhere'")
+    refused = pihace.MySQL(f"mysql://app:s3cret-pw@127.0.0.1:{closed_port}/testdb")()
+    assert refused == (False, f"2003 (HY000): Can't connect to MySQL server on "
+                              f"'127.0.0.1:{closed_port}' (connection refused)")
+
+
+def test_mysql_says_which_login_it_cannot_speak(mariadb, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mysql", None)  # mysql-connector-python not installed
+    passed, reason = pihace.MySQL(f"mysql://ed:ed-pw@127.0.0.1:{mariadb.port}/")()
+    assert passed is False
+    assert "ed25519" in reason and "install mysql-connector-python" in reason
+    assert "ed-pw" not in reason
+
+
+def test_mysql_through_a_health_check_as_in_pihace_1_0_0(mariadb):
+    from pihace.plugins.mysql import MySQL
+
+    hc = pihace.HealthCheck(with_system=True, name="example-api", version="v0.1.0")
+    hc.register("MySQL A", MySQL(dsn=f"mysql://app:s3cret-pw@localhost:{mariadb.port}/testdb"),
+                timeout=5, retries=2)
+    assert hc.check()["status"] == "Available"
+
+
+@pytest.mark.parametrize("dsn", ["postgres://u:p@h/db", "mysql://", "mysql://u:p@h:99999/db", 5])
+def test_a_bad_mysql_dsn_is_a_value_error_that_shows_no_password(dsn):
+    with pytest.raises(ValueError) as raised:
+        pihace.MySQL(dsn)
+    assert "dsn must be" in str(raised.value) and "p@" not in str(raised.value)
+
+
+def mysql_greeting(scramble, plugin):
+    """A protocol-10 greeting as MySQL 8 sends it (CLIENT_PLUGIN_AUTH, SECURE_CONNECTION)."""
+    flags = 0x1 | 0x200 | 0x8000 | 0x80000
+    return (b"\x0a8.0.36\x00" + struct.pack("<I", 7) + scramble[:8] + b"\x00"
+            + struct.pack("<HBHHB", flags & 0xFFFF, 45, 2, flags >> 16, 21) + b"\x00" * 10
+            + scramble[8:] + b"\x00" + plugin + b"\x00")
+
+
+def mysql_packet(seq, payload):
+    return struct.pack("<I", len(payload))[:3] + bytes([seq]) + payload
+
+
+def read_mysql_packet(broker, connection):
+    head = broker.read(connection, 4)
+    return head[3], broker.read(connection, int.from_bytes(head[:3], "little"))
+
+
+def caching_sha2_server(password, cached):
+    """A MySQL 8 server's side of caching_sha2_password, written from the server's check: it
+    keeps SHA256(SHA256(password)); SHA256(that + scramble) XOR the token must give a value
+    whose SHA256 is what it keeps."""
+    import hashlib
+
+    kept = hashlib.sha256(hashlib.sha256(password).digest()).digest()
+    scramble = bytes(range(65, 85))
+
+    def script(broker, connection):
+        connection.sendall(mysql_packet(0, mysql_greeting(scramble, b"caching_sha2_password")))
+        seq, response = read_mysql_packet(broker, connection)
+        user_end = response.index(b"\0", 32)
+        token = response[user_end + 2:user_end + 2 + response[user_end + 1]]
+        broker.user = response[32:user_end]
+        stage1 = bytes(a ^ b for a, b in zip(
+            token, hashlib.sha256(kept + scramble).digest()))
+        broker.verified = hashlib.sha256(stage1).digest() == kept
+        if not cached:
+            connection.sendall(mysql_packet(seq + 1, b"\x01\x04"))  # perform full authentication
+            connection.recv(1)
+            return
+        connection.sendall(mysql_packet(seq + 1, b"\x01\x03"))  # fast auth success
+        connection.sendall(mysql_packet(seq + 2, b"\x00\x00\x00\x02\x00\x00\x00"))  # OK
+        assert read_mysql_packet(broker, connection) == (0, b"\x0e")  # COM_PING
+        connection.sendall(mysql_packet(1, b"\x00\x00\x00\x02\x00\x00\x00"))
+        assert read_mysql_packet(broker, connection) == (0, b"\x01")  # COM_QUIT
+        broker.quit = True
+
+    return script
+
+
+def test_mysql_caching_sha2_fast_path(fake_broker):
+    server = fake_broker(caching_sha2_server(b"sha2-pw", cached=True))
+    result = pihace.MySQL(f"mysql://app8:sha2-pw@127.0.0.1:{server.port}/")()
+    assert result == (True, f"logged in to 8.0.36 at 127.0.0.1:{server.port}")
+    assert server.done.wait(5) and server.verified and server.quit and server.user == b"app8"
+
+
+def test_mysql_caching_sha2_full_login_needs_the_driver(fake_broker, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mysql", None)
+    server = fake_broker(caching_sha2_server(b"sha2-pw", cached=False))
+    passed, reason = pihace.MySQL(f"mysql://app8:sha2-pw@127.0.0.1:{server.port}/")()
+    assert passed is False and "TLS or RSA" in reason and "mysql-connector-python" in reason
+    assert server.verified  # the fast-path token was right; the server just had no cache
+
+
+def test_mysql_garbage_and_silence_are_failures_within_the_timeout(fake_broker):
+    garbage = fake_broker(lambda broker, connection: connection.sendall(b"HTTP/1.1 400 Bad\r\n\r\n"))
+    passed, reason = pihace.MySQL(f"mysql://u:p@127.0.0.1:{garbage.port}/", timeout=2)()
+    assert passed is False and reason.startswith("2"), reason
+    silent_server = fake_broker(lambda broker, connection: connection.recv(1))
+    started = time.monotonic()
+    passed, reason = pihace.MySQL(f"mysql://u:p@127.0.0.1:{silent_server.port}/", timeout=0.5)()
+    assert time.monotonic() - started < 2
+    assert passed is False and "timed out" in reason
+
+
+@pytest.fixture(scope="session")
+def influxdb():
+    import dbservers
+
+    server = dbservers.InfluxDB()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_influxdb_1_x_answers_ping(influxdb):
+    head = subprocess.run(["curl", "-sS", "-i", influxdb.url + "/ping"], capture_output=True,
+                          text=True, timeout=10).stdout
+    version = re.search(r"(?im)^X-Influxdb-Version: (\S+)", head).group(1)
+    from pihace.plugins.influxdb import InfluxDB
+
+    checker = InfluxDB(url=influxdb.url, token="admintoken", org="myorg")  # 1.0.0's example
+    assert checker() == (True, f"InfluxDB {version} answers /ping")
+
+
+def test_influxdb_down_is_a_failure(closed_port):
+    passed, reason = pihace.InfluxDB(f"http://127.0.0.1:{closed_port}")()
+    assert passed is False
+    assert reason == (f"InfluxDB health status: fail - connection refused "
+                      f"(http://127.0.0.1:{closed_port})")
+
+
+class Replay:
+    """An HTTP server that answers each path with a recorded response and records requests."""
+
+    def __init__(self, responses):
+        import http.server
+
+        replay = self
+        self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                replay.requests.append((self.path, dict(self.headers)))
+                status, headers, body = responses.get(self.path, (404, {}, b""))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def replay():
+    servers = []
+
+    def make(responses):
+        servers.append(Replay(responses))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+# InfluxDB 2.x's GET /health, as its API documentation records it (200 pass, 503 fail).
+INFLUX2_PASS = (b'{"name":"influxdb", "message":"ready for queries and writes", "status":"pass", '
+                b'"checks":[], "version": "v2.7.4", "commit": "407fa622e9"}')
+INFLUX2_FAIL = b'{"name":"influxdb","message":"not ready: starting up","status":"fail","checks":[]}'
+
+
+def test_influxdb_2_health_and_token(replay):
+    up = replay({"/health": (200, {"Content-Type": "application/json; charset=utf-8"},
+                             INFLUX2_PASS)})
+    assert pihace.InfluxDB(up.url, token="admintoken", org="myorg")() == (
+        True, "InfluxDB v2.7.4 health status: pass")
+    assert up.requests[0][0] == "/health"
+    assert up.requests[0][1]["Authorization"] == "Token admintoken"
+    down = replay({"/health": (503, {"Content-Type": "application/json"}, INFLUX2_FAIL)})
+    assert pihace.InfluxDB(down.url)() == (False, "InfluxDB health status: fail - not ready: "
+                                                  "starting up")
+
+
+# Elasticsearch's GET /_cluster/health (8.x, published outputs of `curl .../_cluster/health`),
+# and the 401 its security layer gives without credentials.
+ES_HEADERS = {"X-elastic-product": "Elasticsearch", "content-type": "application/json"}
+ES_GREEN = (b'{"cluster_name":"elasticsearch","status":"green","timed_out":false,'
+            b'"number_of_nodes":1,"number_of_data_nodes":1,"active_primary_shards":1,'
+            b'"active_shards":1,"relocating_shards":0,"initializing_shards":0,'
+            b'"unassigned_shards":0,"delayed_unassigned_shards":0,"number_of_pending_tasks":0,'
+            b'"number_of_in_flight_fetch":0,"task_max_waiting_in_queue_millis":0,'
+            b'"active_shards_percent_as_number":100.0}')
+ES_RED = ES_GREEN.replace(b'"green"', b'"red"')
+ES_401 = (b'{"error":{"root_cause":[{"type":"security_exception","reason":"missing '
+          b'authentication credentials for REST request [/_cluster/health]","header":'
+          b'{"WWW-Authenticate":["Basic realm=\\"security\\" charset=\\"UTF-8\\"",'
+          b'"ApiKey"]}}],"type":"security_exception","reason":"missing authentication '
+          b'credentials for REST request [/_cluster/health]","header":{"WWW-Authenticate":'
+          b'["Basic realm=\\"security\\" charset=\\"UTF-8\\"","ApiKey"]}},"status":401}')
+
+
+def test_elasticsearch_green_yellow_red_and_unauthorised(replay):
+    from pihace.plugins.elasticsearch import ElasticSearch
+
+    green = replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN)})
+    assert ElasticSearch(green.url)() == (True, "cluster elasticsearch is green")
+    yellow = replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN.replace(b"green", b"yellow"))})
+    assert ElasticSearch(yellow.url)()[0] is True
+    red = replay({"/_cluster/health": (200, ES_HEADERS, ES_RED)})
+    assert ElasticSearch(red.url)() == (False, "Elasticsearch health status: red")
+    locked = replay({"/_cluster/health": (401, ES_HEADERS, ES_401)})
+    assert ElasticSearch(locked.url)() == (
+        False, "Elasticsearch answered HTTP 401 Unauthorized: missing authentication "
+               "credentials for REST request [/_cluster/health]")
+
+
+def test_elasticsearch_credentials_go_as_basic_auth_and_are_never_shown(replay, closed_port):
+    green = replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN)})
+    url = green.url.replace("http://", "http://elastic:es%40pw@")
+    assert pihace.ElasticSearch(url)()[0] is True
+    expected = "Basic " + base64.b64encode(b"elastic:es@pw").decode()
+    assert green.requests[0][1]["Authorization"] == expected
+    checker = pihace.ElasticSearch(f"http://elastic:es-pw@127.0.0.1:{closed_port}")
+    passed, reason = checker()
+    assert passed is False and "es-pw" not in reason + repr(checker) and "refused" in reason
+
+
+# MongoDB's OP_MSG, golden bytes written from the wire protocol and BSON specs: the client's
+# hello {hello: 1, $db: "admin"} (request 1), and a server's reply {isWritablePrimary: true,
+# maxWireVersion: 21, ok: 1.0} to it.
+MONGO_HELLO = bytes.fromhex(
+    "34000000" "01000000" "00000000" "dd070000"  # length 52, request 1, response to 0, OP_MSG
+    "00000000" "00"  # no flags, a kind 0 section
+    "1f000000" "10" "68656c6c6f00" "01000000" "02" "24646200" "06000000" "61646d696e00" "00")
+MONGO_HELLO_REPLY = bytes.fromhex(
+    "4e000000" "07000000" "01000000" "dd070000"  # length 78, request 7, response to 1, OP_MSG
+    "00000000" "00"
+    "39000000"  # 57 bytes
+    "08" "69735772697461626c655072696d61727900" "01"  # isWritablePrimary: true
+    "10" "6d61785769726556657273696f6e00" "15000000"  # maxWireVersion: 21
+    "01" "6f6b00" "000000000000f03f"  # ok: 1.0
+    "00")
+MONGO_PING_REPLY = bytes.fromhex(  # {ok: 1.0} to request 3, the ping
+    "26000000" "08000000" "03000000" "dd070000" "00000000" "00"
+    "11000000" "01" "6f6b00" "000000000000f03f" "00")
+
+
+def mongo_server(replies):
+    def script(broker, connection):
+        for reply in replies:
+            head = broker.read(connection, 4)
+            broker.read(connection, int.from_bytes(head, "little") - 4)
+            connection.sendall(reply)
+    return script
+
+
+def test_mongodb_hello_and_ping(fake_broker):
+    server = fake_broker(mongo_server([MONGO_HELLO_REPLY, MONGO_PING_REPLY]))
+    from pihace.plugins.mongodb import MongoDB
+
+    assert MongoDB(dsn=f"mongodb://127.0.0.1:{server.port}")() == (
+        True, f"primary at 127.0.0.1:{server.port} answers (wire version 21)")
+    assert server.done.wait(5)
+    assert server.received.startswith(MONGO_HELLO)
+    ping = server.received[len(MONGO_HELLO):]
+    assert ping[12:16] == b"\xdd\x07\x00\x00" and b"\x10ping\x00\x01\x00\x00\x00" in ping
+
+
+def test_mongodb_tries_each_host_and_says_why_none_answered(fake_broker, closed_port):
+    garbage = fake_broker(lambda broker, connection: connection.sendall(b"\xff" * 64))
+    passed, reason = pihace.MongoDB(
+        f"mongodb://127.0.0.1:{closed_port},127.0.0.1:{garbage.port}/", timeout=1)()
+    assert passed is False
+    assert reason.startswith(f"no MongoDB server answered: 127.0.0.1:{closed_port}: "
+                             "connection refused; ")
+    assert "bad message length" in reason
+
+
+def test_mongodb_login_or_srv_needs_pymongo(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pymongo", None)
+    for dsn in ("mongodb://app:mongo-pw@127.0.0.1:1/", "mongodb+srv://cluster.example.net/"):
+        passed, reason = pihace.MongoDB(dsn)()
+        assert passed is False and "install pymongo" in reason and "mongo-pw" not in reason
+
+
+def test_bson_golden_bytes_and_round_trip():
+    assert pihace.bson_encode({"hello": 1, "$db": "admin"}) == MONGO_HELLO[21:]
+    document = {"s": "é", "t": True, "n": None, "i": 2 ** 40, "f": 1.5, "d": {"a": [1, "x"]},
+                "b": b"\x00\x01"}
+    encoded = pihace.bson_encode(document)
+    for data in (encoded, encoded + b"trailing"):
+        assert pihace.bson_decode(data) == (document, len(encoded))
+    for bad in (encoded[:-1], b"\x05\x00\x00\x00\x01", b"\x0c\x00\x00\x00\x42k\x00\x00\x00\x00\x00\x00"):
+        with pytest.raises((ValueError, struct.error)):
+            pihace.bson_decode(bad)
 
 
 # ---------------------------------------------------------------------------
