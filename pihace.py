@@ -3274,6 +3274,230 @@ class AMQPPusher:
 # compatibility: pihace 1.0.0's module names point at this one file
 # ---------------------------------------------------------------------------
 
+class _Loop:
+    """A report every `interval` seconds until stop() (from any thread), a stop_event
+    or Ctrl-C, for the adapters below; a failed round is logged, never raised."""
+
+    def _loop(self, step, interval, stop_event, what):
+        interval = _seconds("interval", interval)
+        stop = self._stop = stop_event or threading.Event()
+        log.info("%s every %gs", what, interval)
+        next_round = time.monotonic()
+        try:
+            while not stop.is_set():
+                try:
+                    step()
+                except Exception:  # a bug in one round: logged, and the loop goes on
+                    log.exception("%s failed", what)
+                next_round += interval * (1 + (time.monotonic() - next_round) // interval)
+                stop.wait(max(0.0, next_round - time.monotonic()))
+        except KeyboardInterrupt:
+            log.info("interrupted: stopping")
+
+    def stop(self):
+        """End push_forever_in_loop() / run_forever_in_loop() at once."""
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
+
+class ElasticSearchPusher(_Loop):
+    """pihace 1.0.0's ElasticSearchPusher, over HTTP with the standard library: each
+    report is indexed as a document of `index` (POST /index/_doc). A user name and
+    password in `es_url` go as HTTP basic authentication and are never shown.
+    push() returns True or False, as in 1.0.0; `last_error` says why it failed
+    (it is logged too, where 1.0.0 printed a traceback)."""
+
+    def __init__(self, healthcheck, es_url, index="pihace-health", timeout=10):
+        if not callable(getattr(healthcheck, "check", None)):
+            raise TypeError("healthcheck must be a HealthCheck (or have a check() method), got "
+                            f"{type(healthcheck).__name__}")
+        if not isinstance(index, str) or not index or index != index.lower() \
+                or any(c in index for c in '\\/*?"<>| ,#:'):
+            raise ValueError(f"index must be a lowercase Elasticsearch index name, got {index!r}")
+        self.safe_url = _http_url(es_url, "es_url")
+        self.healthcheck, self.es_url, self.index = healthcheck, es_url, index
+        self.timeout, self.last_error = _seconds("timeout", timeout), None
+
+    def __repr__(self):
+        return f"<ElasticSearchPusher {self.safe_url} index={self.index!r}>"
+
+    def push(self):
+        """Take a report and index it: True when Elasticsearch stored it, else False."""
+        import json  # here, not at the top: slow to import (see the imports)
+        import urllib.request
+        from urllib.parse import quote, unquote, urlsplit
+
+        report = self.healthcheck.check(output="dict")
+        parts = urlsplit(self.es_url)
+        userinfo, at, host = parts.netloc.rpartition("@")
+        headers = {"Content-Type": "application/json", "User-Agent": f"pihace/{__version__}"}
+        if at:
+            import base64  # here, not at the top: only URLs with credentials need it
+
+            user, _, password = userinfo.partition(":")
+            headers["Authorization"] = "Basic " + base64.b64encode(
+                f"{unquote(user)}:{unquote(password)}".encode("utf-8")).decode()
+        target = parts._replace(netloc=host, path=parts.path.rstrip("/")
+                                + f"/{quote(self.index, safe='')}/_doc").geturl()
+        request = urllib.request.Request(target, data=json.dumps(report).encode("utf-8"),
+                                         headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                response.read(65536)
+            self.last_error = None
+            return True
+        except _http_errors() as exc:
+            status = getattr(exc, "code", None)
+            self.last_error = (f"Elasticsearch answered HTTP {status} {_printable(exc.reason)}"
+                               if status else _http_failure(exc)) + f" ({self.safe_url})"
+        log.warning("cannot index the report: %s", self.last_error)
+        return False
+
+    def push_forever_in_loop(self, interval=60, stop_event=None):
+        """push() every `interval` seconds until stop(), stop_event or Ctrl-C."""
+        self._loop(self.push, interval, stop_event,
+                   f"indexing a report in {self.safe_url}/{self.index}")
+
+
+class MongoStorage(_Loop):
+    """pihace 1.0.0's MongoStorage: each report, with a `logged_at` date, is inserted in
+    `collection` of `database`. It needs pymongo (pip install pymongo): inserting
+    documents is more of MongoDB's protocol than pihace speaks."""
+
+    def __init__(self, healthcheck, dsn, database="pihace", collection="health_logs"):
+        try:
+            import pymongo  # noqa: the driver pihace 1.0.0 used; only this storage needs it
+        except ImportError:
+            raise ModuleNotFoundError("MongoStorage needs pymongo, which is not installed: "
+                                      "pip install pymongo", name="pymongo") from None
+        self.healthcheck, self.dsn = healthcheck, dsn
+        self.database, self.collection = database, collection
+        try:
+            self.client = pymongo.MongoClient(dsn, serverSelectionTimeoutMS=2000)
+            self.db = self.client[database]
+            self.col = self.db[collection]
+        except pymongo.errors.PyMongoError as exc:
+            raise RuntimeError(f"Failed to connect to MongoDB: {_text(exc)}") from None
+
+    def save(self):
+        """Take a report and insert it: True when MongoDB stored it, else False (logged)."""
+        import datetime  # here, not at the top: only this storage needs it
+
+        import pymongo  # noqa: imported by the constructor already
+
+        report = self.healthcheck.check(output="dict")
+        report["logged_at"] = datetime.datetime.now(datetime.timezone.utc)
+        try:
+            self.col.insert_one(report)
+            return True
+        except pymongo.errors.PyMongoError as exc:
+            log.warning("cannot store the report in MongoDB: %s", _printable(_text(exc)))
+            return False
+
+    def run_forever_in_loop(self, interval=60, stop_event=None):
+        """save() every `interval` seconds until stop(), stop_event or Ctrl-C."""
+        self._loop(self.save, interval, stop_event,
+                   f"storing a report in MongoDB {self.database}.{self.collection}")
+
+
+def _system_checker():
+    """The "system" plugin of a config file: passes when this machine's figures can be read."""
+    figures = get_system_info()
+    read = {key: value for key, value in figures.items() if value is not None}
+    return bool(read), ", ".join(f"{key} {value}" for key, value in read.items()
+                                 if key in ("cpu_usage", "memory_usage", "disk_usage"))
+
+
+_CONFIG_TYPES = {  # section: {type: the name of what makes it, looked up when a config is read}
+    "plugins": {"http": "HTTP", "influxdb": "InfluxDB", "mongodb": "MongoDB", "mysql": "MySQL",
+                "elasticsearch": "ElasticSearch", "system": "_system_checker"},
+    "providers": {"web_provider": "WebProvider", "prometheus_provider": "PrometheusProvider"},
+    "pushers": {"elasticsearch_pusher": "ElasticSearchPusher", "amqp_pusher": "AMQPPusher"},
+    "storages": {"mongodb_storage": "MongoStorage"},
+}
+
+
+def read_config(path):
+    """A config file as a dict: YAML (.yml, .yaml) with PyYAML when it is installed, JSON,
+    or TOML (.toml, Python 3.11+). A YAML file without PyYAML is read as JSON when it is
+    JSON (JSON is YAML too); otherwise the error says what to do."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    with open(path, "rb") as file:
+        data = file.read()
+    if suffix == ".toml":
+        try:
+            import tomllib  # Python 3.11+
+        except ImportError:
+            raise ValueError(f"{path}: TOML needs Python 3.11 or newer (tomllib); "
+                             "write the same structure as JSON") from None
+        return tomllib.loads(data.decode("utf-8"))
+    import json  # here, not at the top: slow to import (see the imports)
+
+    if suffix in (".yml", ".yaml"):
+        try:
+            import yaml  # PyYAML, optional: used when it is installed
+        except ImportError:
+            try:
+                return json.loads(data)
+            except ValueError:
+                raise ValueError(f"{path}: reading YAML needs PyYAML, which is not installed "
+                                 "(pip install pyyaml); or write the same structure as JSON "
+                                 "(.json), or TOML (.toml, Python 3.11+)") from None
+        return yaml.safe_load(data)
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _make(section, entry, *args):
+    """The checker, provider, pusher or storage that one entry of a config describes."""
+    if not isinstance(entry, dict) or "type" not in entry:
+        raise ValueError(f"each entry of {section} needs a type, got {_printable(repr(entry))}")
+    kind, options = entry["type"], entry.get("config") or {}
+    name = _CONFIG_TYPES[section].get(kind)
+    if name is None:
+        what = {"plugins": "checker"}.get(section, section[:-1])
+        raise ValueError(f"Unknown {what} type: {_printable(kind)} (known: "
+                         f"{', '.join(_CONFIG_TYPES[section])})")
+    maker = globals().get(name)  # looked up now: a provider may come with a newer pihace.py
+    if maker is None:
+        raise ValueError(f"{section[:-1]} type {kind!r} needs {name}, which this pihace.py "
+                         f"({__version__}) does not have")
+    if name == "_system_checker":
+        return maker
+    try:
+        return maker(*args, **options)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{section[:-1]} {kind!r}: {_printable(exc)}") from None
+
+
+def load_healthcheck_from_yaml(path):
+    """pihace 1.0.0's loader: the HealthCheck, providers, pushers and storages that a config
+    file describes, as {"healthcheck", "providers", "pushers", "storages", "config"}.
+
+    The file is YAML (with PyYAML), JSON or TOML (see read_config). Nothing is
+    started: ``pihace --config FILE`` starts the providers and runs the loops.
+    """
+    config = read_config(path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{os.fspath(path)}: expected a mapping at the top, got "
+                         f"{type(config).__name__}")
+    instance = config.get("instance") or {}
+    hc = HealthCheck(with_system=instance.get("with_system", False),
+                     name=instance.get("name", "unknown"), version=instance.get("version", "0.0.1"))
+    for entry in config.get("plugins") or []:
+        checker = _make("plugins", entry)
+        hc.register(str(entry.get("name", entry["type"])).replace(" ", "_"), checker)
+    return {"healthcheck": hc,
+            "providers": [_make("providers", entry, hc) for entry in config.get("providers") or []],
+            "pushers": [_make("pushers", entry, hc) for entry in config.get("pushers") or []],
+            "storages": [_make("storages", entry, hc) for entry in config.get("storages") or []],
+            "config": config}
+
+
 _ALIASES_1_0_0 = ("plugins.mysql", "plugins.mongodb", "plugins.influxdb", "plugins.elasticsearch",
                   "pusher.elasticsearch", "storage", "storage.mongodb", "types", "loader")
 # pihace.types: 1.0.0's Literal names, made on first use (typing is slow to import)
@@ -3406,6 +3630,8 @@ def _parser():
     parser = Parser(prog="pihace", description="Health checks, printed or pushed to an AMQP "
                     "broker.", epilog=_EXAMPLES, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--version", action="version", version=f"pihace {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="run what a pihace 1.0.0 config file "
+                        "(YAML with PyYAML, JSON, or TOML) describes, until SIGTERM or Ctrl-C")
     commands = parser.add_subparsers(dest="command", metavar="{check,push}")
     check = commands.add_parser("check", parents=[common], help="print the report (default)")
     check.add_argument("--format", choices=("json", "str"), default="json")
@@ -3504,18 +3730,68 @@ def _push_until_signalled(pusher, interval):
     return 0
 
 
+def _run_config(loaded):
+    """pihace --config FILE: start its providers, pushers and storages (each in a thread, as
+    pihace 1.0.0 did) and run until SIGTERM or Ctrl-C; then stop the loops cleanly."""
+    import signal  # here, not at the top: only the command line's loops need it
+
+    config, stop, threads = loaded["config"], threading.Event(), []
+
+    def start(target, *args, **kwargs):
+        thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    for provider in loaded["providers"]:
+        start(getattr(provider, "serve", None) or provider.start)
+    loops = [(pusher, pusher.push_forever_in_loop, entry.get("push_config"))
+             for entry, pusher in zip(config.get("pushers") or [], loaded["pushers"])]
+    loops += [(storage, storage.run_forever_in_loop, entry.get("store_config"))
+              for entry, storage in zip(config.get("storages") or [], loaded["storages"])]
+    for _, loop, options in loops:
+        start(loop, interval=(options or {}).get("interval", 60), stop_event=stop)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGTERM, signal.SIGINT) if in_main_thread else ()
+    previous = [signal.signal(number, lambda *_: stop.set()) for number in signals]
+    try:
+        stop.wait()
+    finally:
+        for number, handler in zip(signals, previous):
+            signal.signal(number, handler)
+        for runner, _, _ in loops:
+            runner.stop()
+        for provider in loaded["providers"]:
+            for name in ("shutdown", "stop", "close"):
+                if callable(getattr(provider, name, None)):
+                    threading.Thread(target=getattr(provider, name), daemon=True).start()
+                    break
+        deadline = time.monotonic() + 10  # the pushers' last chance for their outboxes
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return 0
+
+
 def main(argv=None):
     """The ``pihace`` command: ``check`` (the default) or ``push``; returns the exit code."""
     import logging  # here, not at the top: slow to import (see the imports)
 
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version") \
+            and argv[0].partition("=")[0] != "--config":
         argv.insert(0, "check")
     handler, previous_level = logging.StreamHandler(), log.level
     handler.setFormatter(logging.Formatter("%(asctime)s pihace %(levelname)s: %(message)s"))
     try:
         args = parser.parse_args(argv)
+        if args.config is not None:
+            log.addHandler(handler)
+            log.setLevel("INFO")
+            try:
+                loaded = load_healthcheck_from_yaml(args.config)
+            except (OSError, ValueError) as exc:
+                parser.error(f"--config: {describe_error(exc)}")
+            return _run_config(loaded)
         looping = args.command == "push" and args.interval is not None
         log.addHandler(handler)
         log.setLevel(args.log_level or ("INFO" if looping else "WARNING"))

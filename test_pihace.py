@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import calendar
+import collections
 import contextlib
 import contextvars
 import functools
@@ -1335,11 +1336,13 @@ class Replay:
         import http.server
 
         replay = self
-        self.requests = []
+        self.requests, self.bodies = [], []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 replay.requests.append((self.path, dict(self.headers)))
+                replay.bodies.append(body)
                 status, headers, body = responses.get(self.path, (404, {}, b""))
                 self.send_response(status)
                 for name, value in headers.items():
@@ -1347,6 +1350,8 @@ class Replay:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            do_POST = do_GET
 
             def log_message(self, *args):
                 pass
@@ -3841,6 +3846,201 @@ def test_imports_of_pihace_1_0_0_work_with_only_the_file(lone_copy):
 
 
 # ---------------------------------------------------------------------------
+# compatibility: pihace 1.0.0's pushers, storage, types, loader and --config (issue 15)
+# ---------------------------------------------------------------------------
+
+def test_elasticsearch_pusher_indexes_each_report(replay):
+    from pihace.pusher.elasticsearch import ElasticSearchPusher
+
+    created = (b'{"_index":"pihace-health","_id":"x1","_version":1,"result":"created",'
+               b'"_shards":{"total":2,"successful":1,"failed":0},"_seq_no":0,"_primary_term":1}')
+    server = replay({"/pihace-health/_doc": (201, ES_HEADERS, created)})
+    hc = pihace.HealthCheck(name="api", version="1")
+    hc.register("ok", lambda: True)
+    pusher = ElasticSearchPusher(hc, server.url.replace("http://", "http://elastic:es-pw@"))
+    assert pusher.push() is True
+    path, headers = server.requests[0]
+    assert path == "/pihace-health/_doc" and headers["Content-Type"] == "application/json"
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"elastic:es-pw").decode()
+    document = json.loads(server.bodies[0])
+    assert document["status"] == "Available" and document["component"]["name"] == "api"
+    assert "es-pw" not in repr(pusher)
+
+
+def test_elasticsearch_pusher_failures_are_false_with_a_reason(replay, closed_port):
+    refused = pihace.ElasticSearchPusher(pihace.HealthCheck(), f"http://u:es-pw@127.0.0.1:{closed_port}")
+    assert refused.push() is False
+    assert "connection refused" in refused.last_error and "es-pw" not in refused.last_error
+    locked = replay({"/pihace-health/_doc": (401, ES_HEADERS, ES_401)})
+    pusher = pihace.ElasticSearchPusher(pihace.HealthCheck(), locked.url)
+    assert pusher.push() is False
+    assert pusher.last_error.startswith("Elasticsearch answered HTTP 401 Unauthorized")
+    with pytest.raises(ValueError) as raised:
+        pihace.ElasticSearchPusher(pihace.HealthCheck(), locked.url, index="Bad/Index")
+    assert "index" in str(raised.value)
+
+
+def test_elasticsearch_pusher_loop_pushes_until_stopped(replay):
+    server = replay({"/health/_doc": (201, ES_HEADERS, b"{}")})
+    pusher = pihace.ElasticSearchPusher(pihace.HealthCheck(), server.url, index="health")
+    loop = threading.Thread(target=pusher.push_forever_in_loop, args=(0.05,))
+    loop.start()
+    wait_until(lambda: len(server.requests) >= 3, 5, "three reports indexed")
+    pusher.stop()
+    loop.join(5)
+    assert not loop.is_alive()
+
+
+def test_mongo_storage_without_pymongo_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pymongo", None)
+    from pihace.storage.mongodb import MongoStorage
+
+    with pytest.raises(ImportError) as raised:
+        MongoStorage(pihace.HealthCheck(), "mongodb://localhost:27017")
+    assert "pip install pymongo" in str(raised.value)
+
+
+def test_mongo_storage_uses_pymongo_as_pihace_1_0_0_did(monkeypatch):
+    inserted, clients = [], []
+
+    class Collection:
+        def insert_one(self, document):
+            inserted.append(document)
+
+    class MongoClient(dict):  # pymongo's API as MongoStorage uses it: client[db][collection]
+        def __init__(self, dsn, **options):
+            super().__init__()
+            clients.append((dsn, options))
+
+        def __missing__(self, database):
+            return collections.defaultdict(Collection)
+
+    errors = types.SimpleNamespace(PyMongoError=type("PyMongoError", (Exception,), {}))
+    monkeypatch.setitem(sys.modules, "pymongo", types.SimpleNamespace(MongoClient=MongoClient,
+                                                                      errors=errors))
+    hc = pihace.HealthCheck(name="api")
+    storage = pihace.MongoStorage(hc, "mongodb://db.example:27017", database="ops")
+    assert storage.save() is True
+    assert clients == [("mongodb://db.example:27017", {"serverSelectionTimeoutMS": 2000})]
+    assert inserted[0]["status"] == "Available" and inserted[0]["logged_at"].tzinfo is not None
+
+
+def test_pihace_types_has_the_literal_names(lone_copy):
+    code = ("import typing\n"
+            "from pihace.types import PluginType, PusherType, StorageType, ProviderType\n"
+            "import json; print(json.dumps([list(typing.get_args(t)) for t in (PluginType, PusherType, StorageType, "
+            "ProviderType)]))\n")
+    result = run_python(code, cwd=lone_copy)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        ["http", "influxdb", "mongodb", "mysql", "elasticsearch", "system"],
+        ["elasticsearch_pusher", "amqp_pusher"], ["mongodb_storage"],
+        ["web_provider", "prometheus_provider"]]
+
+
+# pihace 1.0.0's examples/yml/config.yml, with only its hosts and ports changed
+CONFIG_YML = """\
+instance:
+  name: my_app
+  version: 1.0.0
+  with_system: true
+
+plugins:
+  - name: Example HTTP Check
+    type: http
+    config:
+      url: {web_url}
+
+providers:
+  - type: web_provider
+    config:
+      host: 127.0.0.1
+      port: {web_port}
+
+pushers:
+  - type: amqp_pusher
+    config:
+      amqp_url: {amqp_url}
+      queue_name: {queue}
+
+    push_config:
+      interval: 5
+"""
+
+
+def without_providers(text):
+    return re.sub(r"(?ms)^providers:.*?\n\n", "", text)
+
+
+def test_the_loader_reads_pihace_1_0_0_s_config(tmp_path, web, amqp_url, unique_queue,
+                                                monkeypatch):
+    made = []
+
+    class StandInProvider:  # the web provider comes with the HTTP server (another issue)
+        def __init__(self, healthcheck, host="0.0.0.0", port=8000):
+            made.append((healthcheck, host, port))
+
+    monkeypatch.setattr(pihace, "WebProvider", StandInProvider, raising=False)
+    path = tmp_path / "config.yml"
+    path.write_text(CONFIG_YML.format(web_url=web.url + "/ok", web_port=8090, amqp_url=amqp_url,
+                                      queue=unique_queue))
+    from pihace.loader import load_healthcheck_from_yaml
+
+    loaded = load_healthcheck_from_yaml(str(path))
+    hc = loaded["healthcheck"]
+    assert (hc.component_name, hc.component_version, hc.with_system) == ("my_app", "1.0.0", True)
+    assert list(hc.checkers) == ["Example_HTTP_Check"]
+    assert hc.check()["status"] == "Available"
+    assert made == [(hc, "127.0.0.1", 8090)]
+    pusher, = loaded["pushers"]
+    assert (pusher.queue_name, pusher.amqp_url, pusher.healthcheck) == (unique_queue, amqp_url, hc)
+    assert loaded["config"]["pushers"][0]["push_config"] == {"interval": 5}
+
+
+def test_a_config_naming_what_this_file_lacks_or_does_not_know_is_a_clear_error(tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.delattr(pihace, "WebProvider", raising=False)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"providers": [{"type": "web_provider", "config": {}}]}))
+    with pytest.raises(ValueError) as raised:
+        pihace.load_healthcheck_from_yaml(path)
+    assert "web_provider" in str(raised.value) and "WebProvider" in str(raised.value)
+    path.write_text(json.dumps({"plugins": [{"name": "x", "type": "postgres"}]}))
+    with pytest.raises(ValueError) as raised:
+        pihace.load_healthcheck_from_yaml(path)
+    assert "Unknown checker type: postgres" in str(raised.value)
+    path.write_text(json.dumps({"plugins": [{"name": "x", "type": "mysql",
+                                             "config": {"dsn": "mysql://u:pw@h/db", "x": 1}}]}))
+    with pytest.raises(ValueError) as raised:
+        pihace.load_healthcheck_from_yaml(path)
+    assert "'x'" in str(raised.value) and "pw" not in str(raised.value)
+
+
+def test_config_as_json_or_toml_without_pyyaml(tmp_path, lone_copy):
+    as_dict = {"instance": {"name": "svc", "version": "2"},
+               "plugins": [{"name": "machine", "type": "system"}]}
+    (tmp_path / "as-json.yml").write_text(json.dumps(as_dict))
+    (tmp_path / "real.yml").write_text("instance:\n  name: svc\n")
+    (tmp_path / "c.toml").write_text('[instance]\nname = "svc"\nversion = "2"\n\n'
+                                     '[[plugins]]\nname = "machine"\ntype = "system"\n')
+    code = ("import sys; sys.modules['yaml'] = None\n"
+            "from pihace.loader import load_healthcheck_from_yaml\n"
+            "for name in sys.argv[1:]:\n"
+            "    try:\n"
+            "        hc = load_healthcheck_from_yaml(name)['healthcheck']\n"
+            "        print(hc.component_name, hc.check()['status'])\n"
+            "    except ValueError as exc:\n"
+            "        print('error', exc)\n")
+    files = [str(tmp_path / name) for name in ("as-json.yml", "real.yml", "c.toml")]
+    result = run_python(code, *files, cwd=lone_copy)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "svc Available"
+    assert lines[1].startswith("error ") and "PyYAML" in lines[1] and "pip install pyyaml" in lines[1]
+    assert lines[2] == ("svc Available" if sys.version_info >= (3, 11) else lines[2])
+
+
+# ---------------------------------------------------------------------------
 # command line: check
 # ---------------------------------------------------------------------------
 
@@ -4134,6 +4334,48 @@ def test_a_push_loop_stops_cleanly_on_sigterm_and_ctrl_c(lone_copy, rabbit, uniq
     if not isinstance(rabbit, ExternalBroker):
         wait_until(lambda: name not in rabbit.ctl("list_connections", "client_properties"), 10,
                    "the connection to be gone")
+
+
+# ---------------------------------------------------------------------------
+# command line: --config, pihace 1.0.0's way to run (issue 15)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_pihace_config_runs_the_config_until_sigterm(tmp_path, web, amqp_url, unique_queue,
+                                                     get_message, pika_channel, lone_copy):
+    pika_channel.queue_declare(unique_queue, durable=True)  # to read it before pihace runs
+    path = tmp_path / "config.yml"
+    path.write_text(without_providers(CONFIG_YML).format(
+        web_url=web.url + "/ok", web_port=0, amqp_url=amqp_url, queue=unique_queue))
+    process = subprocess.Popen([sys.executable, "-m", "pihace", "--config", str(path)],
+                               cwd=lone_copy, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        method, properties, body = get_message(unique_queue, timeout=20)
+        report = json.loads(body)
+        assert report["status"] == "Available" and report["component"]["name"] == "my_app"
+        assert report["system"] is not None
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "guest:guest" not in err
+
+
+def test_pihace_config_errors_are_one_line_and_exit_code_3(tmp_path, capsys):
+    code, out, err = run_main(capsys, "--config", str(tmp_path / "nothing.yml"))
+    assert code == 3
+    assert err == (f"pihace: error: --config: no such file or directory: "
+                   f"'{tmp_path / 'nothing.yml'}'\n")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"pushers": [{"type": "amqp_pusher",
+                                            "config": {"amqp_url": "amqp://u:pw@h:99999/"}}]}))
+    code, out, err = run_main(capsys, f"--config={bad}")
+    assert code == 3 and err.count("\n") == 1 and "pusher 'amqp_pusher'" in err
+    assert ":pw@" not in err
 
 
 # ---------------------------------------------------------------------------
