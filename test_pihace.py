@@ -1147,24 +1147,6 @@ def test_checker_arguments_are_checked(make, words):
 # Elasticsearch (which Debian does not package) against scripted exchanges
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def mariadb():
-    """A private MariaDB: user app/s3cret-pw on database testdb (mysql_native_password), and
-    user ed, who logs in with the ed25519 plugin."""
-    import dbservers
-
-    server = dbservers.MariaDB()
-    try:
-        server.sql("CREATE DATABASE testdb;"
-                   "CREATE USER 'app'@'%' IDENTIFIED BY 's3cret-pw';"
-                   "GRANT ALL ON testdb.* TO 'app'@'%';"
-                   "INSTALL SONAME 'auth_ed25519';"
-                   "CREATE USER 'ed'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('ed-pw');")
-        yield server
-    finally:
-        server.close()
-
-
 def mariadb_status(server, name):
     return int(server.sql(f"SHOW GLOBAL STATUS LIKE '{name}'").split()[1])
 
@@ -1299,17 +1281,6 @@ def test_mysql_garbage_and_silence_are_failures_within_the_timeout(fake_broker):
     passed, reason = pihace.MySQL(f"mysql://u:p@127.0.0.1:{silent_server.port}/", timeout=0.5)()
     assert time.monotonic() - started < 2
     assert passed is False and "timed out" in reason
-
-
-@pytest.fixture(scope="session")
-def influxdb():
-    import dbservers
-
-    server = dbservers.InfluxDB()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_influxdb_1_x_answers_ping(influxdb):
