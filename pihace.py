@@ -485,8 +485,11 @@ def _call_checker(checker):
 
 
 def _timeout(name, value):
-    """A checker's timeout: seconds, or None for none (as pihace 1.0.0 allowed)."""
-    return None if value is None else _seconds(name, value)
+    """A checker's timeout as given (hc.checkers shows it so): seconds, or None for none (as
+    pihace 1.0.0 allowed)."""
+    if value is not None:
+        _seconds(name, value)
+    return value
 
 
 class _Checker(collections.abc.MutableMapping):
@@ -1103,8 +1106,10 @@ class MySQL:
         where = f"'{self.host}:{self.port}'"
         try:
             sock = connect_tcp((self.host, self.port), self.timeout)
-        except OSError as exc:
-            return False, f"2003 (HY000): Can't connect to MySQL server on {where} ({describe_error(exc)})"
+        except OSError as exc:  # in mysql-connector-python's words, as pihace 1.0.0 gave them
+            why = f"Errno {exc.errno}: {exc.strerror}" if exc.errno and exc.strerror \
+                else describe_error(exc)
+            return False, f"2003: Can't connect to MySQL server on {where} ({_printable(why)})"
         try:
             session = _MySQLSession(sock, time.monotonic() + self.timeout)
             version = session.login(self.user, self._password, self.database)
