@@ -50,8 +50,14 @@ __all__ = [
     "AMQP",
     "AMQPPusher",
     "Disk",
+    "ElasticSearch",
+    "ElasticSearchPusher",
     "HTTP",
     "HealthCheck",
+    "InfluxDB",
+    "MongoDB",
+    "MongoStorage",
+    "MySQL",
     "PihaceError",
     "SystemInfo",
     "TCP",
@@ -59,6 +65,7 @@ __all__ = [
     "format_rate",
     "get_system_info",
     "get_utc_timestamp",
+    "load_healthcheck_from_yaml",
     "main",
 ]
 
