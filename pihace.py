@@ -3440,7 +3440,7 @@ def read_config(path):
         data = file.read()
     if suffix == ".toml":
         try:
-            import tomllib  # Python 3.11+
+            import tomllib  # novermin: Python 3.11+; older ones get the error below
         except ImportError:
             raise ValueError(f"{path}: TOML needs Python 3.11 or newer (tomllib); "
                              "write the same structure as JSON") from None

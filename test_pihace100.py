@@ -186,7 +186,7 @@ class ScriptedMongo:
 @pytest.fixture
 def example_com(tmp_path):
     """https://localhost:PORT with a certificate of a CA that SSL_CERT_FILE makes trusted."""
-    trustme = pytest.importorskip("trustme")  # a test requirement: installed by .ci/setup
+    import trustme  # a test requirement: .ci/setup installs it
     authority = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     authority.issue_cert("localhost").configure_cert(context)
