@@ -1240,6 +1240,41 @@ def bson_decode(data, depth=0):
 _OP_MSG = 2013
 
 
+def scram_first(user, nonce):
+    """(client-first-message-bare, client-first-message) of a SCRAM login (RFC 5802)."""
+    name = user.replace("=", "=3D").replace(",", "=2C")
+    bare = f"n={name},r={nonce}"
+    return bare, "n,," + bare
+
+
+def scram_final(password, hash_name, client_first_bare, server_first, client_nonce):
+    """(client-final-message, the server signature to expect) of a SCRAM login (RFC 5802,
+    7677): `password` as bytes, `hash_name` "sha1" or "sha256". ValueError for a
+    server-first-message that is not one, or whose nonce does not extend ours."""
+    import base64  # here, not at the top: only logins need them
+    import hashlib
+    import hmac
+
+    fields = dict(item.split("=", 1) for item in server_first.split(",") if "=" in item)
+    nonce, salt, iterations = fields.get("r", ""), fields.get("s"), fields.get("i", "")
+    if not nonce.startswith(client_nonce) or salt is None or not iterations.isdigit() \
+            or not 0 < int(iterations) <= 10_000_000:
+        raise ValueError("the server's SCRAM challenge is not valid")
+    salted = hashlib.pbkdf2_hmac(hash_name, password, base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", hash_name).digest()
+    without_proof = f"c=biws,r={nonce}"
+    message = f"{client_first_bare},{server_first},{without_proof}".encode("utf-8")
+    signature = hmac.new(hashlib.new(hash_name, client_key).digest(), message, hash_name).digest()
+    server_key = hmac.new(salted, b"Server Key", hash_name).digest()
+    proof = base64.b64encode(_xor(client_key, signature)).decode()
+    return (f"{without_proof},p={proof}",
+            base64.b64encode(hmac.new(server_key, message, hash_name).digest()).decode())
+
+
+class _MongoRefused(Exception):
+    """The server answered a command with ok: 0."""
+
+
 def mongo_op_msg(request_id, document):
     """An OP_MSG carrying one command document (a kind 0 section), no flags."""
     body = b"\0\0\0\0\x00" + bson_encode(document)
@@ -1249,11 +1284,14 @@ def mongo_op_msg(request_id, document):
 class MongoDB:
     """pihace 1.0.0's MongoDB plugin: does the server answer a hello and a ping?
 
-    `dsn` is a ``mongodb://host[:port][,host2...]/`` URL; each host is tried in
-    turn within `timeout` (2 s, pihace 1.0.0's server selection timeout). It
-    sends OP_MSG commands with a minimal BSON, standard library only. A URL
-    with a user name (a SCRAM login) or ``mongodb+srv://`` (a DNS SRV lookup)
-    uses pymongo when it is installed, else fails with a reason that says so.
+    `dsn` is a ``mongodb://[user:password@]host[:port][,host2...]/[database]``
+    URL; each host is tried in turn within `timeout` (2 s, pihace 1.0.0's server
+    selection timeout). It sends OP_MSG commands with a minimal BSON, standard
+    library only, and logs in with SCRAM-SHA-256 or SCRAM-SHA-1 when the URL
+    has a user (on ``authSource``, else the URL's database, else admin). What
+    needs more (``mongodb+srv://``, a DNS SRV lookup; TLS; another
+    ``authMechanism``) uses pymongo when it is installed, else fails with a
+    reason that says so.
     """
 
     def __init__(self, dsn, timeout=2):
@@ -1277,8 +1315,19 @@ class MongoDB:
             self.hosts.append((unquote(name), int(port or 27017)))
         if not valid or not self.hosts:
             raise ValueError("dsn must be a mongodb://host[:port][,host...]/ URL")
-        self._needs_driver = ("a mongodb+srv:// URL needs a DNS SRV lookup" if parts.scheme != "mongodb"
-                              else "a login (SCRAM)" if userinfo else None)
+        from urllib.parse import parse_qs  # here, not at the top: slow to import
+
+        options = {key.lower(): values[-1] for key, values in parse_qs(parts.query).items()}
+        user, colon, password = userinfo.partition(":")
+        self.user = unquote(user) if userinfo else None
+        self._password = unquote(password) if colon else ""
+        self.auth_source = options.get("authsource") or unquote(parts.path.lstrip("/")) or "admin"
+        self.mechanism = options.get("authmechanism")
+        self._needs_driver = (
+            "a mongodb+srv:// URL needs a DNS SRV lookup" if parts.scheme != "mongodb"
+            else "TLS" if options.get("tls", options.get("ssl", "")).lower() == "true"
+            else f"the {_printable(self.mechanism)} login" if self.mechanism not in (
+                None, "SCRAM-SHA-1", "SCRAM-SHA-256") else None)
 
     def __repr__(self):
         return f"MongoDB({', '.join(f'{host}:{port}' for host, port in self.hosts)})"
@@ -1294,8 +1343,8 @@ class MongoDB:
             except OSError as exc:
                 reasons.append(f"{where}: {describe_error(exc)}")
                 continue
-            except (ValueError, IndexError, struct.error) as exc:  # not what MongoDB sends
-                reasons.append(f"{where}: {_printable(_text(exc))}")
+            except (ValueError, IndexError, struct.error, _MongoRefused) as exc:
+                reasons.append(f"{where}: {_printable(_text(exc))}")  # refused, or not MongoDB
                 continue
             role = "primary" if reply.get("isWritablePrimary", reply.get("ismaster")) else \
                 "secondary" if reply.get("secondary") else "server"
@@ -1304,18 +1353,59 @@ class MongoDB:
 
     def _hello_and_ping(self, address, deadline):
         sock = connect_tcp(address, max(0.001, deadline - time.monotonic()))
-        try:
-            reply = self._command(sock, 1, {"hello": 1, "$db": "admin"}, deadline)
-            if not reply.get("ok") and reply.get("code") == 59:  # before MongoDB 4.4.2
-                reply = self._command(sock, 2, {"isMaster": 1, "$db": "admin"}, deadline)
+        ids = itertools.count(1)
+
+        def command(document, what, database="admin"):  # the command's name comes first
+            reply = self._command(sock, next(ids), dict(document, **{"$db": database}), deadline)
             if not reply.get("ok"):
-                raise ValueError(f"hello failed: {_printable(reply.get('errmsg'))}")
-            ping = self._command(sock, 3, {"ping": 1, "$db": "admin"}, deadline)
-            if not ping.get("ok"):
-                raise ValueError(f"ping failed: {_printable(ping.get('errmsg'))}")
+                raise _MongoRefused(f"{what} refused: {_text(reply.get('errmsg'))} "
+                                    f"(code {reply.get('code')})")
+            return reply
+
+        try:
+            mechanisms = {} if self.user is None else {  # which SCRAM the user has
+                "saslSupportedMechs": f"{self.auth_source}.{self.user}"}
+            try:
+                reply = command(dict(hello=1, **mechanisms), "hello")
+            except _MongoRefused:  # before MongoDB 4.4.2: no hello
+                reply = command(dict(isMaster=1, **mechanisms), "isMaster")
+            if self.user is not None:
+                self._login(command, reply)
+            command({"ping": 1}, "ping")
             return reply
         finally:
             sock.close()
+
+    def _login(self, command, hello):
+        """SCRAM-SHA-256, or SCRAM-SHA-1 where the server or the URL says so."""
+        import base64  # here, not at the top: only logins need them
+        import hashlib
+
+        mechanism = self.mechanism or ("SCRAM-SHA-1" if "SCRAM-SHA-256" not in hello.get(
+            "saslSupportedMechs", ["SCRAM-SHA-256"]) or hello.get("maxWireVersion", 7) < 7
+            else "SCRAM-SHA-256")
+        if mechanism == "SCRAM-SHA-1":  # MongoDB's SCRAM-SHA-1 password is this digest
+            password = hashlib.md5(f"{self.user}:mongo:{self._password}".encode("utf-8"))\
+                .hexdigest().encode("ascii")
+        else:  # SASLprep, as far as NFKC goes (it leaves ASCII as it is)
+            import unicodedata  # here, not at the top: only SCRAM-SHA-256 needs it
+
+            password = unicodedata.normalize("NFKC", self._password).encode("utf-8")
+        nonce = base64.b64encode(os.urandom(24)).decode("ascii")
+        bare, first = scram_first(self.user, nonce)
+        what, source = f"{mechanism} login of {self.user!r}", self.auth_source
+        start = command(dict(saslStart=1, mechanism=mechanism, payload=first.encode(),
+                             autoAuthorize=1, options={"skipEmptyExchange": True}), what, source)
+        final, signature = scram_final(password, "sha1" if mechanism == "SCRAM-SHA-1"
+                                       else "sha256", bare, bytes(start["payload"]).decode(),
+                                       nonce)
+        step = command(dict(saslContinue=1, conversationId=start["conversationId"],
+                            payload=final.encode()), what, source)
+        if f"v={signature}" not in bytes(step["payload"]).decode().split(","):
+            raise ValueError("the server's SCRAM signature is wrong: not the server we asked")
+        while not step.get("done"):
+            step = command(dict(saslContinue=1, conversationId=start["conversationId"],
+                                payload=b""), what, source)
 
     @staticmethod
     def _command(sock, request_id, document, deadline):

@@ -1428,8 +1428,8 @@ MONGO_HELLO_REPLY = bytes.fromhex(
     "10" "6d61785769726556657273696f6e00" "15000000"  # maxWireVersion: 21
     "01" "6f6b00" "000000000000f03f"  # ok: 1.0
     "00")
-MONGO_PING_REPLY = bytes.fromhex(  # {ok: 1.0} to request 3, the ping
-    "26000000" "08000000" "03000000" "dd070000" "00000000" "00"
+MONGO_PING_REPLY = bytes.fromhex(  # {ok: 1.0} to request 2, the ping
+    "26000000" "08000000" "02000000" "dd070000" "00000000" "00"
     "11000000" "01" "6f6b00" "000000000000f03f" "00")
 
 
@@ -1464,9 +1464,105 @@ def test_mongodb_tries_each_host_and_says_why_none_answered(fake_broker, closed_
     assert "bad message length" in reason
 
 
-def test_mongodb_login_or_srv_needs_pymongo(monkeypatch):
+def test_scram_golden_vectors_of_rfc_5802_and_7677():
+    bare, first = pihace.scram_first("user", "rOprNGfwEbeRWgbNEkqO")
+    assert first == "n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
+    assert pihace.scram_final(
+        b"pencil", "sha256", bare, "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+        "s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", "rOprNGfwEbeRWgbNEkqO") == (
+        "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+        "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+        "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+    bare, _ = pihace.scram_first("user", "fyko+d2lbbFgONRv9qkxdawL")
+    assert pihace.scram_final(
+        b"pencil", "sha1", bare, "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,"
+        "s=QSXCR+Q6sek8bf92,i=4096", "fyko+d2lbbFgONRv9qkxdawL") == (
+        "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+        "rmF9pqV8S7suAoZWja4dJRkFsKQ=")
+    with pytest.raises(ValueError):  # a server nonce that does not extend ours
+        pihace.scram_final(b"pencil", "sha256", bare, "r=other,s=QSXCR+Q6sek8bf92,i=4096",
+                           "fyko+d2lbbFgONRv9qkxdawL")
+    assert pihace.scram_first("a,b=c", "n")[0] == "n=a=2Cb=3Dc,r=n"
+
+
+def scram_mongo(password, mechanisms=("SCRAM-SHA-256", "SCRAM-SHA-1")):
+    """A scripted mongod that logs users in with SCRAM-SHA-256, checking the client's proof
+    as RFC 5802 has the server do: ClientKey = proof XOR HMAC(StoredKey, AuthMessage), and
+    H(ClientKey) must be StoredKey."""
+    import hashlib
+    import hmac
+
+    salt, iterations = b"pihace-test-salt", 4096
+    salted = hashlib.pbkdf2_hmac("sha256", password, salt, iterations)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def answer(broker, document):
+        name = next(iter(document))
+        broker.commands.append((name, document.get("$db")))
+        if name == "hello":
+            broker.asked_mechanisms = document.get("saslSupportedMechs")
+            return {"isWritablePrimary": True, "maxWireVersion": 21,
+                    "saslSupportedMechs": list(mechanisms), "ok": 1.0}
+        if name == "saslStart":
+            broker.mechanism = document["mechanism"]
+            broker.first_bare = bytes(document["payload"])[3:].decode()
+            nonce = broker.first_bare.split("r=", 1)[1] + "server-nonce"
+            broker.server_first = (f"r={nonce},s={base64.b64encode(salt).decode()},"
+                                   f"i={iterations}")
+            return {"conversationId": 1, "done": False,
+                    "payload": broker.server_first.encode(), "ok": 1.0}
+        if name == "saslContinue":
+            final = bytes(document["payload"]).decode()
+            without_proof, proof = final.rsplit(",p=", 1)
+            message = f"{broker.first_bare},{broker.server_first},{without_proof}".encode()
+            signature = hmac.new(stored_key, message, "sha256").digest()
+            client_key = bytes(a ^ b for a, b in zip(base64.b64decode(proof), signature))
+            if hashlib.sha256(client_key).digest() != stored_key:
+                return {"ok": 0.0, "errmsg": "Authentication failed.", "code": 18,
+                        "codeName": "AuthenticationFailed"}
+            verifier = base64.b64encode(hmac.new(server_key, message, "sha256").digest())
+            return {"conversationId": 1, "done": True, "payload": b"v=" + verifier, "ok": 1.0}
+        return {"ok": 1.0}  # ping
+
+    def script(broker, connection):
+        broker.commands = []
+        while True:
+            head = broker.read(connection, 16)
+            if len(head) < 16:
+                return
+            length, request_id = struct.unpack_from("<ii", head)
+            body = broker.read(connection, length - 16)
+            reply = b"\0\0\0\0\x00" + pihace.bson_encode(answer(broker, pihace.bson_decode(body[5:])[0]))
+            connection.sendall(struct.pack("<iiii", 16 + len(reply), 99, request_id, 2013) + reply)
+
+    return script
+
+
+def test_mongodb_logs_in_with_scram_sha_256(fake_broker):
+    server = fake_broker(scram_mongo(b"mongo-pw"))
+    checker = pihace.MongoDB(f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/?authSource=admin")
+    assert checker()[0] is True
+    assert server.done.wait(5)
+    assert server.asked_mechanisms == "admin.app" and server.mechanism == "SCRAM-SHA-256"
+    assert server.commands == [("hello", "admin"), ("saslStart", "admin"),
+                               ("saslContinue", "admin"), ("ping", "admin")]
+    assert "mongo-pw" not in repr(checker)
+
+
+def test_mongodb_wrong_password_is_the_servers_refusal(fake_broker):
+    server = fake_broker(scram_mongo(b"mongo-pw"))
+    passed, reason = pihace.MongoDB(f"mongodb://app:not-it@127.0.0.1:{server.port}/ops")()
+    assert passed is False
+    assert reason == (f"no MongoDB server answered: 127.0.0.1:{server.port}: SCRAM-SHA-256 login "
+                      "of 'app' refused: Authentication failed. (code 18)")
+    assert "not-it" not in reason
+
+
+def test_mongodb_srv_tls_or_another_login_needs_pymongo(monkeypatch):
     monkeypatch.setitem(sys.modules, "pymongo", None)
-    for dsn in ("mongodb://app:mongo-pw@127.0.0.1:1/", "mongodb+srv://cluster.example.net/"):
+    for dsn in ("mongodb://app:mongo-pw@127.0.0.1:1/?authMechanism=MONGODB-X509",
+                "mongodb://127.0.0.1:1/?tls=true", "mongodb+srv://cluster.example.net/"):
         passed, reason = pihace.MongoDB(dsn)()
         assert passed is False and "install pymongo" in reason and "mongo-pw" not in reason
 
