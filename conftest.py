@@ -74,9 +74,39 @@ def rabbit():
 @pytest.fixture(autouse=True)
 def _rabbit_control(request):
     """Skip tests marked rabbit_control when the broker is external."""
+    # The variable, not the `rabbit` fixture: a cluster test must not start a single node too.
     if request.node.get_closest_marker("rabbit_control") is not None:
-        if isinstance(request.getfixturevalue("rabbit"), ExternalBroker):
+        if os.environ.get(EXTERNAL_URL_VAR):
             pytest.skip(f"needs a private RabbitMQ node, but {EXTERNAL_URL_VAR} is set")
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster():
+    """The session's 3-node RabbitMQ cluster (rabbitnode.RabbitCluster), started on first use.
+
+    Tests that kill or stop a node should use ``cluster`` instead, which brings every node
+    back before the test. Skipped when PIHACE_TEST_AMQP_URL names an external broker.
+    """
+    if os.environ.get(EXTERNAL_URL_VAR):
+        pytest.skip(f"needs private RabbitMQ nodes, but {EXTERNAL_URL_VAR} is set")
+    _require_server()
+    cluster = rabbitnode.RabbitCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def cluster(rabbit_cluster):
+    """The session's cluster with all three nodes running in it when the test starts.
+
+    A node an earlier test killed or stopped is started again (about 4 s) and waited for
+    until the cluster lists it as running.
+    """
+    rabbit_cluster.ensure_running()
+    return rabbit_cluster
 
 
 @pytest.fixture
@@ -104,6 +134,23 @@ def make_rabbit():
 @pytest.fixture
 def amqp_url(rabbit) -> str:
     return rabbit.url
+
+
+@pytest.fixture
+def fault_proxy(rabbit):
+    """A started faultproxy.FaultProxy in front of the session's broker, closed after the test.
+
+    Connect through ``fault_proxy.url_for(amqp_url)``; switch faults with
+    ``fault_proxy.set_mode("blackhole" | "refuse" | "pass")`` or ``set_mode("latency", s)``.
+    """
+    import urllib.parse
+
+    from faultproxy import FaultProxy
+
+    parts = urllib.parse.urlsplit(rabbit.url)
+    default_port = 5671 if parts.scheme == "amqps" else 5672
+    with FaultProxy(parts.hostname or "localhost", parts.port or default_port) as proxy:
+        yield proxy
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ https://opensource.org/licenses/MIT. Keep this notice in copies of this file.
 
 from __future__ import annotations
 
+import binascii
 import collections
 import collections.abc
 import contextvars
@@ -33,6 +34,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 
 # Imported where they are used, because of what they cost: logging (about 6 ms),
 # socket (4 ms), json (2 ms) and, on an interpreter that has not loaded re at start
@@ -147,6 +149,10 @@ class PublishError(AMQPError):
     """A message the broker nacked, returned as unroutable, or did not confirm in time."""
 
 
+class Interrupted(PihaceError):
+    """stop() ended a wait for the broker before its deadline."""
+
+
 # ---------------------------------------------------------------------------
 # small helpers: the one number validator, the one error description
 # ---------------------------------------------------------------------------
@@ -180,6 +186,20 @@ def _text(value):
     if len(value) > _TEXT_LIMIT:
         value = f"{value[:_TEXT_LIMIT]}... ({len(value) - _TEXT_LIMIT} more characters)"
     return value
+
+
+# What a fork() leaves broken in the child (threads gone, a lock held by one of them, a socket
+# shared with the parent): objects with an _after_fork() method, which the child calls.
+_reset_after_fork = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for thing in list(_reset_after_fork):
+        thing._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # C0 and C1 control characters and DEL, written as escapes: text from outside (a
@@ -479,6 +499,17 @@ def _run_async(coroutine):
     return asyncio.run_coroutine_threadsafe(coroutine, _async_loop)
 
 
+def _new_workers_after_fork():
+    """In a forked child: only the thread that forked survives, so the worker threads and
+    the event loop's thread are gone, and a lock one of them held stays held."""
+    global _workers, _async_loop, _async_lock
+    _workers, _async_loop, _async_lock = _Workers(), None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_new_workers_after_fork)
+
+
 async def _awaited_call(function):
     return await function()
 
@@ -648,6 +679,13 @@ class HealthCheck:
         self.system_info = system_info  # None: get_system_info(), looked up at each report
         self.checkers = {}
         self._lock = threading.Lock()
+        _reset_after_fork.add(self)
+
+    def _after_fork(self):
+        """In a forked child: the runs in progress died with the parent's threads."""
+        self._lock = threading.Lock()
+        for checker in self.checkers.values():
+            checker.run, checker.lock = None, threading.Lock()
 
     def register(self, name, checker, timeout=5, retries=2):
         """Add (or replace) the checker called `name`."""
@@ -2517,17 +2555,23 @@ def _client_properties(connection_name):
     }
 
 
-def _wait_io(socks, writing, timeout):
-    """Wait until one of `socks` can be read (or written): poll() where there is one,
-    since select() fails past file descriptor 1024. False when the time ran out."""
+def _wait_io(socks, writing, timeout, also_readable=None):
+    """Wait until one of `socks` can be read (or written), or `also_readable` can be
+    read: poll() where there is one, since select() fails past file descriptor
+    1024. False when the time ran out (or only `also_readable` is ready)."""
     timeout = 0.0 if timeout < 0 else min(timeout, 1e6)
     if hasattr(select, "poll"):
         poller = select.poll()
         for sock in socks:
             poller.register(sock, select.POLLOUT if writing else select.POLLIN)
-        return bool(poller.poll(math.ceil(timeout * 1000)))
-    readers, writers = ([], socks) if writing else (socks, [])
-    return any(select.select(readers, writers, [], timeout)[:2])
+        if also_readable is not None:
+            poller.register(also_readable, select.POLLIN)
+        extra = also_readable.fileno() if also_readable is not None else None
+        return any(fd != extra for fd, _ in poller.poll(math.ceil(timeout * 1000)))
+    readers, writers = ([], list(socks)) if writing else (list(socks), [])
+    ready = select.select(readers + ([also_readable] if also_readable is not None else []),
+                          writers, [], timeout)
+    return any(sock is not also_readable for sock in ready[0] + ready[1])
 
 
 # A message to publish: encoded body and properties, and the id its confirm names.
@@ -2543,14 +2587,19 @@ class BlockingConnection:
 
     Not thread-safe: AMQPPusher serialises its use, except for Wakeup.wait(),
     which only waits for the socket to become readable.
+
+    `interrupt`, if set, is a Wakeup: each of its signals ends one wait for the
+    broker at once with Interrupted (stop() uses it). A blocking TCP connect or
+    TLS handshake is bounded by its deadline only.
     """
 
     def __init__(self, parameters, protocol, *, socket_factory=None, ssl_context=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, interrupt=None):
         self.parameters, self.protocol = parameters, protocol
         self.socket_factory = socket_factory or connect_tcp
         self.ssl_context = ssl_context
         self.clock = clock
+        self.interrupt = interrupt
         self.sock = None
         self._would_block = (BlockingIOError, InterruptedError)
         self._replies = {}  # channel -> the reply to its last synchronous method
@@ -2659,7 +2708,7 @@ class BlockingConnection:
                 except self._would_block:
                     pass
                 # the socket's buffer is full: a blocked broker stops reading
-                if data and not _wait_io([self.sock], True, self._time_left(
+                if data and not self._wait(True, self._time_left(
                         deadline, "sending to the broker")):
                     raise TimeoutError("timed out sending to the broker "
                                        "(it stopped reading: blocked, or overloaded?)")
@@ -2700,7 +2749,7 @@ class BlockingConnection:
 
     def _receive(self, wait):
         """Wait up to `wait` seconds for the broker's bytes, and feed them in; were there any?"""
-        if not (self._buffered() or _wait_io([self.sock], False, wait)):
+        if not (self._buffered() or self._wait(False, wait)):
             return False
         try:
             data = self.sock.recv(1 << 16)
@@ -2708,6 +2757,17 @@ class BlockingConnection:
             return False
         self.protocol.receive_data(data, self.clock())
         return True
+
+    def _wait(self, writing, timeout):
+        """Wait until the socket can be read (or written); False when the time ran out.
+        Interrupted when `interrupt` is signalled first."""
+        interrupt = self.interrupt
+        if interrupt is None or timeout <= 0:  # a look without waiting needs no interrupting
+            return _wait_io([self.sock], writing, timeout)
+        ready = _wait_io([self.sock], writing, timeout, also_readable=interrupt.sock)
+        if interrupt.take_one():
+            raise Interrupted("stopped while waiting for the broker")
+        return ready
 
     def _buffered(self):
         """Does TLS hold bytes it already decrypted (which poll() cannot see)?"""
@@ -2860,10 +2920,30 @@ class Wakeup:
         for sock in (self._reader, self._writer):
             sock.setblocking(False)
 
+    @property
+    def sock(self):
+        """What becomes readable on wake()."""
+        return self._reader
+
     def wake(self):
         try:
             self._writer.send(b"\0")
         except OSError:  # its buffer is full (it is awake already), or it is closed
+            pass
+
+    def take_one(self):
+        """Consume one wake(), if one is pending: was there one?"""
+        try:
+            return bool(self._reader.recv(1))
+        except OSError:  # none pending
+            return False
+
+    def clear(self):
+        """Forget the wake() calls not acted on yet."""
+        try:
+            while self._reader.recv(64):
+                pass
+        except OSError:  # nothing left to read
             pass
 
     def wait(self, seconds, connection=None):
@@ -2874,11 +2954,7 @@ class Wakeup:
             _wait_io([self._reader] if sock is None else [self._reader, sock], False, seconds)
         except (OSError, ValueError):  # another thread closed the connection's socket
             pass
-        try:
-            while self._reader.recv(64):
-                pass
-        except OSError:  # nothing left to read
-            pass
+        self.clear()
 
     def close(self):
         self._reader.close()
@@ -2887,7 +2963,7 @@ class Wakeup:
 
 def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
                     connection_name="pihace", ssl_context=None, socket_factory=None,
-                    clock=time.monotonic):
+                    clock=time.monotonic, interrupt=None):
     """An open BlockingConnection to the first of `endpoints` (AMQPParameters of the
     nodes of one cluster, tried in order) that answers before the deadline.
 
@@ -2895,7 +2971,8 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
     connection_timeout (else `timeout`): a dead node cannot use it all. The
     heartbeat is `heartbeat` if given, else the URL's, else 60 s. Over TLS with
     a client certificate and no password, the login is SASL EXTERNAL when the
-    broker offers it. Raises what the last endpoint failed with.
+    broker offers it. `interrupt`: see BlockingConnection. Raises what the last
+    endpoint failed with.
     """
     for left, parameters in zip(range(len(endpoints), 0, -1), endpoints):
         protocol = AMQPProtocol(
@@ -2908,12 +2985,12 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
             mechanisms=("EXTERNAL", "PLAIN") if parameters.tls and not
             parameters.password_given and (parameters.certfile or ssl_context) else ("PLAIN",))
         connection = BlockingConnection(parameters, protocol, socket_factory=socket_factory,
-                                        ssl_context=ssl_context, clock=clock)
+                                        ssl_context=ssl_context, clock=clock, interrupt=interrupt)
         share = (deadline - clock()) / left
         try:
             connection.connect(clock() + min(share, parameters.connection_timeout or timeout))
         except (PihaceError, OSError) as exc:
-            if left == 1:
+            if left == 1 or isinstance(exc, Interrupted):
                 raise
             log.info("cannot use %s (%s); trying %s", parameters.safe_url,
                      describe_error(exc, parameters.safe_url), endpoints[-left + 1].safe_url)
@@ -2924,6 +3001,43 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
                         "logs in as its TLS client certificate says", parameters.username,
                         parameters.safe_url)
         return connection
+
+
+def failover_order(endpoints, last=None):
+    """The order in which to try the nodes of one cluster: random, so that a fleet
+    spreads over them, with `last` (the node just lost, or None) tried last."""
+    import random  # here, not at the top: slow to import, and only reconnecting needs it
+
+    others = [parameters for parameters in endpoints if parameters is not last]
+    random.shuffle(others)
+    return others + [last] if last is not None and last in endpoints else others
+
+
+class Backoff:
+    """When to try again after failures, for the pusher and the watcher alike.
+
+    The first retry comes at a random moment within `spread` seconds, so that
+    devices that lost their broker together do not come back together; later
+    ones wait 1, 2, 4 ... seconds (each between half and all of that), at most
+    `maximum`. succeeded() starts over.
+    """
+
+    def __init__(self, spread, maximum=30.0):
+        import random  # here, not at the top: slow to import, and only retrying needs it
+
+        self.spread, self.maximum = min(spread, maximum), maximum
+        self.failures = 0
+        self._random = random.random
+
+    def failed(self):
+        """Count a failure; the seconds to wait before the next attempt."""
+        self.failures += 1
+        if self.failures == 1:
+            return self.spread * self._random()
+        return min(self.maximum, 0.5 * 2 ** (self.failures - 1)) * (0.5 + self._random() / 2)
+
+    def succeeded(self):
+        self.failures = 0
 
 
 class AMQP:
@@ -2955,6 +3069,234 @@ class AMQP:
 # ---------------------------------------------------------------------------
 
 _BUSY = "timed out waiting for another thread's publish to finish"
+_DROPPED = "dropped from a full outbox"
+_PENDING = "not confirmed yet"  # the outcome of a report still in the outbox
+
+
+class _Spool:
+    """The outbox on disk: one file per report in folder `path`, written before the
+    report's first attempt and removed once it is confirmed, so that reports
+    survive a crash, a SIGKILL or a power loss.
+
+    A file is written whole under a temporary name, flushed to disk (fsync) and
+    renamed: a report is either all there or not at all. A temporary file left by
+    a crash, or a file that fails its checksum, is ignored (never a crash). Names
+    are <sequence>-<message id>.report, so the oldest comes first; a lock file
+    keeps a second process from using the same folder at the same time.
+    """
+
+    MAGIC = b"pihace-report\x001\n"
+    FIELDS = _Message._fields  # each stored as a 4-byte length and its bytes
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        os.makedirs(self.path, exist_ok=True)
+        self._lock_file = self._lock_folder()
+        self._names = {}  # message id -> its file's name
+        self._sequence = itertools.count(1)
+
+    def _lock_folder(self):
+        lock_file = open(os.path.join(self.path, "lock"), "a+b")
+        try:
+            import fcntl  # POSIX only: elsewhere two processes must not share a folder
+        except ImportError:
+            return lock_file
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock_file.close()
+            raise ValueError(f"the spool folder {self.path} is in use by another pusher "
+                             "(each running pusher needs its own)") from None
+        return lock_file
+
+    def load(self):
+        """The reports left by an earlier run, oldest first."""
+        found = []
+        for name in os.listdir(self.path):
+            path = os.path.join(self.path, name)
+            if name.endswith(".tmp"):  # a write cut short: the report never counted as kept
+                self._remove(path)
+            elif name.endswith(".report"):
+                sequence = name.partition("-")[0]
+                if sequence.isdigit():
+                    found.append((int(sequence), name))
+        messages = []
+        for sequence, name in sorted(found):
+            try:
+                with open(os.path.join(self.path, name), "rb") as file:
+                    message = self._decode(file.read())
+            except (OSError, ValueError) as exc:
+                log.warning("ignored the spooled report %s: %s", name, _printable(str(exc)))
+                try:  # kept for a person to look at, out of the way
+                    os.replace(os.path.join(self.path, name),
+                               os.path.join(self.path, name + ".unreadable"))
+                except OSError:
+                    pass
+                continue
+            self._names[message.message_id] = name
+            messages.append(message)
+        self._sequence = itertools.count(max((sequence for sequence, _ in found), default=0) + 1)
+        return messages
+
+    def write(self, message):
+        if self._lock_file.closed:  # the pusher was closed, and is used again
+            self._lock_file = self._lock_folder()
+        name = f"{next(self._sequence):012d}-{message.message_id}.report"
+        path = os.path.join(self.path, name)
+        with open(path + ".tmp", "wb") as file:
+            file.write(self._encode(message))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(path + ".tmp", path)
+        self._sync_folder()  # the rename itself survives a power loss
+        self._names[message.message_id] = name
+
+    def remove(self, message):
+        name = self._names.pop(message.message_id, None)
+        if name is not None:
+            self._remove(os.path.join(self.path, name))
+
+    @staticmethod
+    def _remove(path):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+    def _sync_folder(self):
+        try:
+            folder = os.open(self.path, os.O_RDONLY)
+        except OSError:  # Windows cannot open a folder: its renames are durable as they are
+            return
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def _encode(self, message):
+        fields = [value.encode() if isinstance(value, str) else value for value in message]
+        data = b"".join(struct.pack(">I", len(value)) + value for value in fields)
+        return self.MAGIC + struct.pack(">I", binascii.crc32(data)) + data
+
+    def _decode(self, data):
+        """A _Message from a file's bytes; ValueError (or ProtocolError) if they are not one
+        of ours, whole and unchanged: a file is never trusted to go on the wire unread."""
+        head = len(self.MAGIC) + 4
+        if not data.startswith(self.MAGIC) or len(data) < head:
+            raise ValueError("not a pihace report file")
+        (checksum,) = struct.unpack_from(">I", data, len(self.MAGIC))
+        reader = _Reader(data, head)
+        if binascii.crc32(memoryview(data)[head:]) != checksum:
+            raise ValueError("its checksum does not match: the file is damaged")
+        try:
+            fields = {field: bytes(reader.take(reader.unpack(_long))) for field in self.FIELDS}
+            message = _Message(**dict(fields, **{key: fields[key].decode() for key in (
+                "message_id", "exchange", "routing_key")}))
+            properties = _Reader(message.properties)
+            message_id = decode_properties(properties).get("message_id")
+        except ProtocolError:
+            raise ValueError("it is cut short, or not a report") from None
+        if reader.offset != len(data) or properties.offset != len(message.properties) or \
+                message_id != message.message_id:
+            raise ValueError("its parts do not fit together")
+        return message
+
+    def close(self):
+        self._lock_file.close()
+
+
+class Outbox:
+    """The reports waiting for the broker's confirm, oldest first.
+
+    At most `size` of them: when it is full the oldest is dropped (and counted in
+    `dropped`). With `path`, each report is also kept on disk (see _Spool) from
+    before its first attempt until it is confirmed, and the reports an earlier
+    run left there come first. Thread-safe; its lock is held briefly.
+    """
+
+    def __init__(self, size, path=None):
+        self.size, self.path = size, path
+        self.dropped = 0
+        self._messages = collections.deque()
+        self._lock = threading.Lock()
+        self._outcomes = {}  # message id -> its outcome, for a push() that waits for it
+        self._spool = None if path is None else _Spool(path)
+        if self._spool is not None:
+            for message in self._spool.load():
+                self._append(message)
+            if self._messages:
+                log.info("%d report(s) from an earlier run wait in %s", len(self._messages),
+                         self._spool.path)
+
+    def __len__(self):
+        return len(self._messages)
+
+    def __iter__(self):
+        with self._lock:
+            return iter(list(self._messages))
+
+    def add(self, message, waited_for=False):
+        """Append `message` (on disk first, with a path); `waited_for`: outcome() will
+        be asked for it."""
+        with self._lock:
+            if self._spool is not None:
+                try:
+                    self._spool.write(message)
+                except OSError as exc:  # a full disk, say: the report is still kept in memory
+                    log.warning("cannot keep a report in %s (%s); it waits in memory only",
+                                self._spool.path, describe_error(exc))
+            if waited_for:
+                self._outcomes[message.message_id] = _PENDING
+            self._append(message)
+
+    def _append(self, message):
+        if len(self._messages) >= self.size:
+            self._forget(self._messages.popleft(), _DROPPED)
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("outbox full (%d reports): dropped the oldest, %d so far",
+                            self.size, self.dropped)
+        self._messages.append(message)
+
+    def oldest(self, count):
+        with self._lock:
+            return list(itertools.islice(self._messages, count))
+
+    def ids(self):
+        with self._lock:
+            return [message.message_id for message in self._messages]
+
+    def settle(self, message, reason=None):
+        """`message` needs no more attempts: confirmed (reason None), or unroutable."""
+        with self._lock:
+            if self._messages and self._messages[0] is message:
+                self._messages.popleft()
+            elif message in self._messages:  # behind one the broker refused
+                self._messages.remove(message)
+            self._forget(message, reason)  # even when dropped meanwhile: it did arrive
+
+    def _forget(self, message, outcome):
+        if message.message_id in self._outcomes:
+            self._outcomes[message.message_id] = outcome
+        if self._spool is not None:
+            self._spool.remove(message)
+
+    def outcome(self, message_id):
+        """What became of a message added with `waited_for` (asked once): None when
+        confirmed, a reason when dropped or unroutable, _PENDING while it waits."""
+        with self._lock:
+            return self._outcomes.pop(message_id, _PENDING)
+
+    def after_fork(self):
+        """In a forked child: the reports waiting are the parent's to deliver (new ones
+        still go to the same folder, under other names)."""
+        self._lock = threading.Lock()
+        self._messages.clear()
+        self._outcomes.clear()
+
+    def close(self):
+        if self._spool is not None:
+            self._spool.close()
 
 
 class _MaskedURL(str):
@@ -2980,11 +3322,14 @@ class AMQPPusher:
     network trouble, and no operation waits longer than `timeout` seconds.
 
     Reports that could not be confirmed wait in a bounded outbox (buffer_size
-    reports; the oldest is dropped when it is full) and are delivered first,
-    in order and with their original timestamps, once the broker is back.
-    Delivery is at-least-once: a report whose confirm was lost on the way is
-    sent again with the same message_id, so consumers can drop duplicates.
-    `amqp_url` may be a list of URLs (nodes of one cluster), tried in turn.
+    reports; the oldest is dropped when it is full), on disk too with
+    `outbox_path`, and are delivered first, in order and with their original
+    timestamps, once the broker is back. Delivery is at-least-once: a report
+    whose confirm was lost on the way is sent again with the same message_id, so
+    consumers can drop duplicates. `amqp_url` may be a list of URLs (nodes of one
+    cluster), tried in a random order; with `max_connection_age`, a connection
+    older than that is replaced at the next report, which spreads a fleet again
+    over the nodes after one came back.
     """
 
     _channel = 1  # the one channel it publishes on
@@ -2992,7 +3337,8 @@ class AMQPPusher:
     def __init__(self, healthcheck=None, amqp_url="amqp://guest:guest@localhost:5672/",
                  queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
                  routing_key=None, declare=True, queue_arguments=None, confirm=True,
-                 heartbeat=None, timeout=10.0, buffer_size=1000, connection_name=None,
+                 heartbeat=None, timeout=10.0, connect_timeout=None, buffer_size=1000,
+                 outbox_path=None, max_connection_age=None, connection_name=None,
                  ssl_context=None, socket_factory=None, clock=time.monotonic):
         if healthcheck is not None and not callable(getattr(healthcheck, "check", None)):
             raise TypeError("healthcheck must be a HealthCheck (or have a check() method), got "
@@ -3026,19 +3372,26 @@ class AMQPPusher:
         self.confirm = confirm
         self.heartbeat = heartbeat  # None: each URL's ?heartbeat=, else 60 s
         self.timeout = _seconds("timeout", timeout)
-        self.outbox, self.buffer_size = collections.deque(), buffer_size
-        self._outbox_lock = threading.Lock()  # held briefly, unlike the connection's lock
-        self.dropped = 0  # reports dropped from a full outbox
+        # opening a connection (TCP, TLS, AMQP, channel, declare) has its own bound, so that
+        # a slow link whose set-up takes longer than one publish may still deliver
+        self.connect_timeout = (2 * self.timeout if connect_timeout is None
+                                else _seconds("connect_timeout", connect_timeout))
+        self.max_connection_age = (None if max_connection_age is None else
+                                   _seconds("max_connection_age", max_connection_age))
+        self.buffer_size = buffer_size
+        self.outbox = Outbox(buffer_size, outbox_path)
         self.connection_name = connection_name if connection_name is not None else (
             " ".join(str(part) for part in (name, version) if part) or "pihace")
         self.ssl_context, self.socket_factory, self.clock = ssl_context, socket_factory, clock
         self.connections_opened = 0
-        self._connection, self._declared = None, False
+        self._connection, self._declared, self._connected_at = None, False, 0.0
+        self._rebalancing = False  # replacing a connection older than max_connection_age
         self._lock = threading.RLock()  # held while the connection is in use
         self._stop_requested = False  # by stop(); kept until the loop ends
         self._wakeup = None  # while push_forever_in_loop runs: how stop() wakes it
-        # unique message ids: a random prefix per pusher and a counter (thread-safe)
-        self._message_ids = map(f"{os.urandom(8).hex()}-{{}}".format, itertools.count(1))
+        self._stopping = None  # and how stop() interrupts its waits for the broker
+        self._new_message_ids()
+        _reset_after_fork.add(self)
         self._properties = PropertiesTemplate(
             {"content_type": "application/json", "content_encoding": "utf-8",
              "delivery_mode": 2, "type": "pihace.health", "app_id": name and str(name)},
@@ -3047,6 +3400,20 @@ class AMQPPusher:
     def __repr__(self):
         return (f"<AMQPPusher {self.parameters.safe_url} exchange={self.exchange!r} "
                 f"routing_key={self.routing_key!r}>")
+
+    def _new_message_ids(self):
+        # unique message ids: a random prefix per pusher (and per process) and a counter
+        self._message_ids = map(f"{os.urandom(8).hex()}-{{}}".format, itertools.count(1))
+
+    def _after_fork(self):
+        """In a forked child: never touch the parent's socket, reports or ids."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abort()  # closes the child's copy of the socket: the parent's stays open
+        self._lock = threading.RLock()
+        self._new_message_ids()
+        self.outbox.after_fork()
+        self._wakeup = self._stopping = None  # the parent's loop is not running here
 
     def __enter__(self):
         return self
@@ -3057,25 +3424,36 @@ class AMQPPusher:
     # -- the connection -------------------------------------------------------
 
     def _connect(self, deadline):
-        """Connect to the first endpoint that answers, starting with the current one."""
-        start = self.endpoints.index(self.parameters)
-        order = self.endpoints[start:] + self.endpoints[:start]
+        """Connect to a node that answers: in a random order, the one lost last tried last
+        (none on the first connection, nor to rebalance)."""
+        order = failover_order(self.endpoints, self._last_node)
         try:
             connection = open_connection(
-                order, deadline, timeout=self.timeout, heartbeat=self.heartbeat,
+                order, deadline, timeout=self.connect_timeout, heartbeat=self.heartbeat,
                 connection_name=self.connection_name, ssl_context=self.ssl_context,
-                socket_factory=self.socket_factory, clock=self.clock)
+                socket_factory=self.socket_factory, clock=self.clock, interrupt=self._stopping)
         except (PihaceError, OSError):
-            self.parameters = order[-1]  # what the error is about; the next try starts there
+            self.parameters = order[-1]  # what the error is about
             raise
         self.parameters = connection.parameters
         self.connections_opened += 1
         self._connection, self._declared = connection, False
+        self._connected_at = self.clock()
         self._wake_loop()  # a loop sleeping without a connection must keep this one alive
         return connection
 
+    @property
+    def _last_node(self):
+        """The node to try last: the one in use or tried last, unless it is time to
+        spread (first connection, or an old one replaced to rebalance)."""
+        if self.connections_opened == 0 or self._rebalancing:
+            return None
+        return self.parameters
+
     def _ready(self, deadline):
-        """An open connection and channel, with the destination declared."""
+        """An open connection and channel, with the destination declared. Setting one
+        up has its own bound, connect_timeout: the publish after it still gets the
+        caller's deadline, or `timeout` from then if that is later."""
         connection = self._connection
         if connection is not None and connection.is_open:
             try:
@@ -3083,20 +3461,37 @@ class AMQPPusher:
             except (PihaceError, OSError) as exc:
                 log.warning("connection lost, opening a new one: %s", self._handle_failure(exc))
                 connection = self._connection  # still there after a channel was closed
+        if connection is not None and self._too_old():
+            log.info("replacing the connection to %s after %gs, to spread over the nodes",
+                     self.parameters.safe_url, self.max_connection_age)
+            self._rebalancing = True
+            self._close_connection()
+            connection = None
+        ready = connection is not None and connection.is_open and self._declared and \
+            connection.channel_is_open(self._channel)
+        if ready:
+            return connection, deadline
+        setup_deadline = max(deadline, self.clock() + self.connect_timeout)
         if connection is None or not connection.is_open:
             self._drop()
-            connection = self._connect(deadline)
+            connection = self._connect(setup_deadline)
+        self._rebalancing = False
         if not connection.channel_is_open(self._channel):
-            connection.open_channel(self._channel, deadline, self.confirm)
+            connection.open_channel(self._channel, setup_deadline, self.confirm)
         if self.declare and not self._declared:
             if self.exchange and self.exchange_type:
-                connection.call(self._channel, "Exchange.Declare", deadline,
+                connection.call(self._channel, "Exchange.Declare", setup_deadline,
                                 exchange=self.exchange, type=self.exchange_type, durable=True)
             if not self.exchange:
-                connection.call(self._channel, "Queue.Declare", deadline, queue=self.queue_name,
-                                durable=True, arguments=self.queue_arguments)
-            self._declared = True
-        return connection
+                connection.call(self._channel, "Queue.Declare", setup_deadline,
+                                queue=self.queue_name, durable=True,
+                                arguments=self.queue_arguments)
+        self._declared = True
+        return connection, max(deadline, self.clock() + self.timeout)
+
+    def _too_old(self):
+        return (self.max_connection_age is not None and len(self.endpoints) > 1
+                and self.clock() - self._connected_at >= self.max_connection_age)
 
     def _drop(self):
         if self._connection is not None:
@@ -3105,19 +3500,29 @@ class AMQPPusher:
         self._connection = None
 
     @property
+    def dropped(self):
+        """How many reports were dropped from a full outbox."""
+        return self.outbox.dropped
+
+    @property
     def blocked(self):
         """Why the broker blocks publishing (a resource alarm), or None."""
         connection = self._connection
         return connection.blocked if connection is not None else None
 
     def close(self):
-        """Close the connection cleanly (bounded wait); safe to call again."""
+        """Close the connection cleanly (bounded wait); safe to call again. With
+        `outbox_path`, the reports still waiting stay on disk for the next run."""
         with self._lock:
-            connection, self._connection = self._connection, None
-            if connection is not None:
-                connection.close(self.clock() + min(self.timeout, 5.0))
-                self._wake_loop()  # its poll() still holds the socket open
-                log.info("closed the connection to %s", self.parameters.safe_url)
+            self._close_connection()
+            self.outbox.close()
+
+    def _close_connection(self):
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close(self.clock() + min(self.timeout, 5.0))
+            self._wake_loop()  # its poll() still holds the socket open
+            log.info("closed the connection to %s", self.parameters.safe_url)
 
     # -- publishing -----------------------------------------------------------
 
@@ -3158,7 +3563,7 @@ class AMQPPusher:
         reason) returned as unroutable, (False, reason) nacked. Raises for
         connection and channel trouble. Call with the lock held.
         """
-        connection = self._ready(deadline)
+        connection, deadline = self._ready(deadline)
         return connection.publish(self._channel, messages, deadline, mandatory=self.confirm)
 
     def publish(self, body, *, headers=None, message_id=None, timestamp=None,
@@ -3186,8 +3591,17 @@ class AMQPPusher:
 
         True once this report is confirmed, else (False, reason): the report
         then waits in the outbox for the next push (unless the broker could not
-        route it: retrying would not help).
+        route it, or it was dropped from a full outbox).
         """
+        message = self._take_report(waited_for=True)
+        reasons = self._flush(self.clock() + self.timeout)
+        outcome = self.outbox.outcome(message.message_id)
+        if outcome is _PENDING:  # still in the outbox: this flush says why
+            outcome = reasons.get(message.message_id, _PENDING)
+        return True if outcome is None else (False, outcome)
+
+    def _take_report(self, waited_for=False):
+        """Run the checks and put the report in the outbox."""
         if self.healthcheck is None:
             raise ValueError("push() needs the pusher's healthcheck; use publish() to send "
                              "other messages")
@@ -3195,59 +3609,74 @@ class AMQPPusher:
         # a component name that is a Path, say, must not stop the reports
         status = report.get("status") if isinstance(report, dict) else None
         message = self._message(report, headers={"status": status}, as_text=_text)
-        deadline = self.clock() + self.timeout
-        with self._outbox_lock:  # the report goes in even while another push runs
-            if len(self.outbox) >= self.buffer_size:
-                self.outbox.popleft()
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 100 == 0:
-                    log.warning("outbox full (%d reports): dropped the oldest, %d so far",
-                                self.buffer_size, self.dropped)
-            self.outbox.append(message)
-        reason = self._flush(deadline).get(message.message_id)
-        return True if reason is None else (False, reason)
+        self.outbox.add(message, waited_for)  # even while another push runs
+        return message
 
     def flush(self, timeout=None):
         """Deliver the outbox, oldest first: True when it is empty, else (False, reason)."""
         reasons = self._flush(self.clock() + (self.timeout if timeout is None else timeout))
         return True if not reasons else (False, next(iter(reasons.values())))
 
-    def _flush(self, deadline):
-        """Deliver the outbox: {message_id: reason} for each message not delivered."""
+    def _flush(self, deadline, connect=False):
+        """Deliver the outbox (and with `connect`, connect even if it is empty):
+        {message_id: reason} for each message not delivered."""
         if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
-            return dict.fromkeys(self._outbox_ids(), _BUSY) or {None: _BUSY}
+            return dict.fromkeys(self.outbox.ids(), _BUSY) or {None: _BUSY}
         try:
-            reasons, refused = {}, False
+            reasons, refused, routed_again = {}, False, set()
+            if connect and not self.outbox:
+                try:
+                    self._ready(deadline)
+                except (PihaceError, OSError) as exc:
+                    return {None: self._handle_failure(exc)}
             while self.outbox and not refused:  # a report that stays: stop there
-                with self._outbox_lock:
-                    batch = list(itertools.islice(self.outbox, 256))
+                batch = self.outbox.oldest(256)
                 try:
                     outcomes = self._deliver(batch, deadline)
                 except (PihaceError, OSError) as exc:
-                    return dict.fromkeys(self._outbox_ids(), self._handle_failure(exc))
+                    return dict.fromkeys(self.outbox.ids(), self._handle_failure(exc))
                 for message in batch:
                     acked, reason = outcomes[message.message_id]
-                    if acked:  # delivered, or unroutable: sending it again would not help
-                        with self._outbox_lock:
-                            if self.outbox and self.outbox[0] is message:
-                                self.outbox.popleft()
-                            elif message in self.outbox:  # behind a refused one
-                                self.outbox.remove(message)
+                    if not acked:
+                        refused = True
+                        reasons[message.message_id] = reason
+                    elif reason is not None and self._route_again(message, routed_again):
+                        pass  # it stays first in the outbox, and goes again after a declare
+                    else:  # delivered, or unroutable: sending it again would not help
+                        self.outbox.settle(message, reason)
                         if reason is not None:
                             log.warning("report dropped: %s", reason)
-                    else:
-                        refused = True
-                    if reason is not None:
-                        reasons[message.message_id] = reason
-            for message_id in self._outbox_ids():  # not tried: behind a refused one
-                reasons.setdefault(message_id, next(iter(reasons.values()), ""))
+                            reasons[message.message_id] = reason
+            if refused:
+                self._renew_channel(deadline)
+            for message_id in self.outbox.ids():  # not tried: behind a refused one
+                reasons.setdefault(message_id, next(iter(reasons.values()), _PENDING))
             return reasons
         finally:
             self._lock.release()
 
-    def _outbox_ids(self):
-        with self._outbox_lock:
-            return [message.message_id for message in self.outbox]
+    def _route_again(self, message, routed_again):
+        """A report the broker could not route: when the pusher declares its queue, the
+        queue was deleted since; declare it again and resend (once per flush)."""
+        if not self.declare or self.exchange or message.message_id in routed_again:
+            return False
+        if not routed_again:
+            log.warning("the queue %r is gone (the broker could not route a report): "
+                        "declaring it again", self.queue_name)
+        routed_again.add(message.message_id)
+        self._declared = False
+        return True
+
+    def _renew_channel(self, deadline):
+        """After a Nack, the retry goes on a new channel: RabbitMQ 3.10 keeps a channel
+        asking a quorum queue's dead leader, and nacks all it publishes there."""
+        connection = self._connection
+        if connection is None or not connection.channel_is_open(self._channel):
+            return
+        try:
+            connection.close_channel(self._channel, max(deadline, self.clock() + 1.0))
+        except (PihaceError, OSError) as exc:
+            self._handle_failure(exc)
 
     def _handle_failure(self, exc):
         """Drop what the error broke; the reason, for people."""
@@ -3266,51 +3695,83 @@ class AMQPPusher:
 
         Reports keep a fixed cadence (a slow round skips the ticks it missed).
         Between them the loop sleeps, waking only to send heartbeats and to read
-        what the broker sends, so the connection is kept alive; after a failure
-        the outbox is retried with exponential backoff, capped at 30 s. stop()
-        ends the wait at once; a stop_event is looked at every second. On the
-        way out the outbox gets a short last chance and the connection is
-        closed cleanly.
+        what the broker sends, so the connection is kept alive. After a failure
+        or a lost connection, reports are still taken on schedule, into the
+        outbox, while connection attempts back off (see Backoff; the first one
+        within half an interval, at most 30 s apart). stop() ends the wait, or
+        the wait for the broker, at once; a stop_event is looked at every
+        second. On the way out the outbox gets a last chance of at most
+        `timeout` and 5 s (a second stop() or Ctrl-C ends it at once), and the
+        connection is closed cleanly.
         """
-        import random  # here, not at the top: slow to import, and only the loop needs it
-
         interval = _seconds("interval", interval)
-        next_report, retry_at, failures = self.clock(), math.inf, 0
-        self._wakeup = Wakeup()
+        backoff = Backoff(spread=interval / 2)
+        next_report, retry_at, failed_rounds = self.clock(), math.inf, 0
+        self._wakeup, self._stopping = Wakeup(), Wakeup()
+        self._interruptible(True)
         log.info("pushing a report to %s every %gs", self.parameters.safe_url, interval)
         try:
             while not self._stopped(stop_event):
                 now = self.clock()
                 result = None
                 if now >= next_report:
-                    result = self._survive(self.push)
+                    if retry_at < math.inf:  # backing off: the report waits for the retry
+                        self._survive(self._take_report)
+                    else:
+                        result = self._survive(self.push)
                     next_report += interval * (1 + (now - next_report) // interval)
                 elif now >= retry_at:
-                    result = self._survive(self.flush)  # fails fast while the broker blocks
+                    # fails fast while the broker blocks; connects even with nothing to send
+                    result = self._survive(self._resume)
                 if result is True:
-                    if failures:
+                    if failed_rounds:
                         log.warning("publishing again through %s after %d failed attempt(s)",
-                                    self.parameters.safe_url, failures)
-                    retry_at, failures = math.inf, 0
-                elif result is not None:
-                    if not failures:
+                                    self.parameters.safe_url, failed_rounds)
+                    retry_at, failed_rounds = math.inf, 0
+                    backoff.succeeded()
+                elif result is not None and not self._stop_requested:
+                    if not failed_rounds:
                         log.warning("cannot publish (%s); %d report(s) wait in the outbox",
                                     result[1], len(self.outbox))
-                    failures += 1
-                    backoff = min(30.0, 0.5 * 2 ** (failures - 1))
-                    retry_at = self.clock() + backoff * (0.5 + random.random() / 2)
-                self._idle(min(next_report, retry_at), stop_event)
+                    failed_rounds += 1
+                    retry_at = self.clock() + backoff.failed()
+                if self._idle(min(next_report, retry_at), stop_event) and retry_at == math.inf:
+                    retry_at = self.clock() + backoff.failed()  # lost: reconnect, spread
         except KeyboardInterrupt:
             log.info("interrupted: stopping")
         finally:
+            self._finish_loop()
+
+    def _resume(self):
+        """The retry after a failure or a loss: reconnect, then deliver the outbox."""
+        reasons = self._flush(self.clock() + self.timeout, connect=True)
+        return True if not reasons else (False, next(iter(reasons.values())))
+
+    def _finish_loop(self):
+        """The outbox's last chance, bounded on its own; then close."""
+        self._stopping.clear()  # the stop() that ended the loop must not end this too
+        try:
             if self.outbox:
                 self.flush(timeout=min(self.timeout, 5.0))
-                if self.outbox:
-                    log.warning("stopping with %d undelivered report(s)", len(self.outbox))
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now
+            pass
+        finally:
+            if self.outbox:
+                log.warning("stopping with %d undelivered report(s)%s", len(self.outbox),
+                            "" if self.outbox.path is None else
+                            f", kept in {self.outbox.path} for the next run")
+            self._interruptible(False)
             self.close()
-            wakeup, self._wakeup = self._wakeup, None
+            wakeup, stopping, self._wakeup, self._stopping = self._wakeup, self._stopping, None, None
             wakeup.close()
+            stopping.close()
             self._stop_requested = False  # ready for another run
+
+    def _interruptible(self, on):
+        """Let stop() end the connection's waits for the broker (only while the loop runs)."""
+        with self._lock:
+            if self._connection is not None:
+                self._connection.interrupt = self._stopping if on else None
 
     def _survive(self, step):
         """step()'s result; an unexpected exception (a bug) is logged with its traceback,
@@ -3333,8 +3794,12 @@ class AMQPPusher:
             return False, reason
 
     def stop(self):
-        """End push_forever_in_loop at once; from any thread, or a signal handler."""
+        """End push_forever_in_loop at once; from any thread, or a signal handler.
+        A second stop() ends the outbox's last chance too."""
         self._stop_requested = True
+        stopping = self._stopping
+        if stopping is not None:
+            stopping.wake()  # ends the wait for the broker in progress, if one is
         self._wake_loop()
 
     def _wake_loop(self):
@@ -3349,11 +3814,12 @@ class AMQPPusher:
     def _idle(self, until, stop_event=None):
         """Sleep until the clock reaches `until` or a stop is asked for, waking only to
         keep the connection alive: heartbeats when due, broker frames (Close,
-        Blocked) when they come. Other threads may publish meanwhile."""
+        Blocked) when they come. Other threads may publish meanwhile. True when
+        the connection was lost meanwhile."""
         while not self._stopped(stop_event):
             wait = until - self.clock()
             if wait <= 0:
-                return
+                return False
             if stop_event is not None:
                 wait = min(wait, 1.0)  # nothing wakes us when a plain Event is set
             with self._lock:
@@ -3366,6 +3832,8 @@ class AMQPPusher:
                     except (PihaceError, OSError) as exc:
                         log.warning("while waiting for the next report: %s",
                                     self._handle_failure(exc))
+                        if self._connection is None:
+                            return True
                         continue  # a closed channel leaves the connection: look again
                     if heartbeat_in is not None:
                         wait = min(wait, heartbeat_in)
@@ -3745,6 +4213,12 @@ def _parser():
     push.add_argument("--interval", type=float, metavar="SECONDS",
                       help="push every SECONDS until stopped (default: once)")
     push.add_argument("--buffer-size", type=int, default=1000, metavar="REPORTS")
+    push.add_argument("--spool", metavar="DIR",
+                      help="keep undelivered reports in this folder, so that they survive a "
+                      "restart (delivered first, in order, by the next run)")
+    push.add_argument("--max-connection-age", type=float, metavar="SECONDS",
+                      help="with several --url: replace a connection this old at the next "
+                      "report, at a random node (spreads a fleet again after a node returns)")
     push.add_argument("--no-declare", dest="declare", action="store_false",
                       help="publish without declaring the queue or exchange (it exists already, "
                       "or the user may not configure)")
@@ -3789,7 +4263,10 @@ def _pusher(args, hc):
     try:
         return AMQPPusher(hc, urls, args.queue, exchange=args.exchange,
                           routing_key=args.routing_key, buffer_size=args.buffer_size,
-                          declare=args.declare, queue_arguments=queue_arguments)
+                          declare=args.declare, queue_arguments=queue_arguments,
+                          outbox_path=args.spool, max_connection_age=args.max_connection_age)
+    except OSError as exc:  # the spool folder
+        raise ValueError(f"--spool: {describe_error(exc)}") from None
     except (TypeError, ValueError) as exc:
         raise ValueError(str(exc).replace("amqp_url", "--url")) from None
 
@@ -3808,8 +4285,12 @@ def _push(pusher):
     """pihace push: one report; exit code 0 when the broker confirmed it, else 2."""
     with pusher:
         result = pusher.push()
+        kept = len(pusher.outbox) if pusher.outbox.path else 0
     if result is not True:
-        print(f"pihace: not delivered: {result[1]}", file=sys.stderr)
+        print(f"pihace: not delivered: {_printable(result[1])}", file=sys.stderr)
+    if kept:
+        print(f"pihace: {kept} report(s) kept in {pusher.outbox.path} for the next run",
+              file=sys.stderr)
     return 0 if result is True else 2
 
 

@@ -30,7 +30,7 @@ import tempfile
 import time
 from typing import BinaryIO
 
-__all__ = ["CTL", "RabbitNode", "RabbitNodeError", "SERVER", "amqp_probe", "free_port"]
+__all__ = ["CTL", "RabbitCluster", "RabbitNode", "RabbitNodeError", "SERVER", "amqp_probe", "free_port"]
 
 # Not /usr/sbin/rabbitmq-server: run as root, that wrapper switches to the
 # "rabbitmq" user, which cannot read our temporary folder or cookie.
@@ -91,6 +91,10 @@ def free_port() -> int:
         _reserved_ports.add(port)
         return port
     raise RabbitNodeError("no free TCP port found on 127.0.0.1")
+
+
+def _new_cookie() -> str:
+    return "".join(secrets.choice(string.ascii_uppercase) for _ in range(20))
 
 
 def amqp_probe(port: int, host: str = HOST, timeout: float = 1.0) -> bool:
@@ -172,6 +176,8 @@ class RabbitNode:
         free TLS port, as does ``tls_port=True``.
     tls: dict of ssl_options (cacertfile, certfile, keyfile, verify, ...):
         adds a TLS listener on 127.0.0.1:tls_port with those options.
+    cookie: the Erlang cookie (a random one if None); nodes of one cluster
+        must share it.
     """
 
     def __init__(
@@ -182,6 +188,7 @@ class RabbitNode:
         extra_config: list[str] | tuple[str, ...] = (),
         tls: dict[str, str] | None = None,
         tls_port: bool | int = False,
+        cookie: str | None = None,
     ) -> None:
         self.nodename = f"{name}-{os.getpid()}-{next(_counter)}@localhost"
         self._own_base = base_dir is None
@@ -213,10 +220,10 @@ class RabbitNode:
         # first rabbitmqctl (which may run before the server got that far)
         # could each create ~/.erlang.cookie with a different random value,
         # and the CLI would then be refused. Erlang insists on mode 0400/0600.
-        cookie = os.path.join(self.home, ".erlang.cookie")
-        fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        cookie_file = os.path.join(self.home, ".erlang.cookie")
+        fd = os.open(cookie_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
         with os.fdopen(fd, "w") as f:
-            f.write("".join(secrets.choice(string.ascii_uppercase) for _ in range(20)))
+            f.write(cookie or _new_cookie())
         # An empty plugins file: no management plugin (and no port 15672).
         open(os.path.join(self.dir, "enabled_plugins"), "w").close()
         # Empty, so /etc/rabbitmq/rabbitmq-env.conf is not sourced.
@@ -495,6 +502,249 @@ class RabbitNode:
                 + out.decode("utf-8", "replace")
             )
         return out.decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------- the cluster
+
+class RabbitCluster:
+    """Three (or ``size``) private RabbitMQ nodes joined into one cluster.
+
+    Each node is a RabbitNode with its own name, ports and folder; they share
+    an Erlang cookie. start() boots them in parallel and joins the others to
+    the first with ``stop_app``, ``join_cluster``, ``start_app``::
+
+        with RabbitCluster() as cluster:
+            a, b, c = cluster.nodes
+            cluster.kill(a)                    # SIGKILL, data kept
+            cluster.restart(a)                 # back, rejoined and running
+            cluster.quorum_leader("q")         # node holding a quorum queue's leader
+            cluster.connections_per_node()     # {node: client connections}
+
+    ``guest`` works on 127.0.0.1 on every node (users are cluster-wide).
+    """
+
+    def __init__(self, size: int = 3, base_dir: str | os.PathLike | None = None,
+                 name: str = "pihace-c") -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one node")
+        self._own_base = base_dir is None
+        self._base = tempfile.mkdtemp(prefix="pihace-cluster-") if base_dir is None else os.fspath(base_dir)
+        cookie = _new_cookie()
+        self.nodes: list[RabbitNode] = []
+        try:
+            for i in range(size):
+                self.nodes.append(RabbitNode(self._base, f"{name}{i + 1}", cookie=cookie))
+        except BaseException:
+            self.close()
+            raise
+        self.startup_seconds: float | None = None  # of the last start()
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def __repr__(self) -> str:
+        return f"<RabbitCluster {' '.join(repr(node) for node in self.nodes)}>"
+
+    def __enter__(self) -> RabbitCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _node(self, node: RabbitNode | int | str) -> RabbitNode:
+        """A member given as itself, its index or its Erlang node name."""
+        if isinstance(node, RabbitNode):
+            if node not in self.nodes:
+                raise ValueError(f"{node!r} is not a node of this cluster")
+            return node
+        if isinstance(node, int):
+            return self.nodes[node]
+        for candidate in self.nodes:
+            if candidate.nodename == node:
+                return candidate
+        raise ValueError(f"no node named {node!r} in this cluster")
+
+    # -- life cycle
+
+    def start(self, timeout: float = 90) -> None:
+        """Boot every node in parallel, then join the others to the first one."""
+        started = time.monotonic()
+        deadline = started + timeout
+        try:
+            _in_parallel([lambda n=n: n.start(timeout=timeout) for n in self.nodes])
+            first = self.nodes[0]
+
+            def join(node: RabbitNode) -> None:
+                left = lambda: max(5.0, deadline - time.monotonic())  # noqa: E731
+                node.ctl("stop_app", timeout=left())
+                node.ctl("join_cluster", first.nodename, timeout=left())
+                node.ctl("start_app", timeout=left())
+
+            _in_parallel([lambda n=n: join(n) for n in self.nodes[1:]])
+            self.wait_running(deadline=deadline)
+        except BaseException:
+            self.close()
+            raise
+        self.startup_seconds = time.monotonic() - started
+
+    def close(self) -> None:
+        """SIGKILL every node and remove their folders. Safe to call twice.
+
+        No graceful stop: the data goes away anyway, and a cluster whose
+        members stop one after the other waits on each of them.
+        """
+        errors = []
+        for node in self.nodes:
+            try:
+                node.kill()
+            except Exception as exc:  # keep going: every node must go
+                errors.append(exc)
+            try:
+                node.close()
+            except Exception as exc:
+                errors.append(exc)
+        if self._own_base:
+            shutil.rmtree(self._base, ignore_errors=True)
+        if errors:
+            raise errors[0]
+
+    def kill(self, node: RabbitNode | int | str) -> RabbitNode:
+        """SIGKILL a node and every process it started (its data is kept)."""
+        node = self._node(node)
+        node.kill()
+        return node
+
+    def stop(self, node: RabbitNode | int | str) -> RabbitNode:
+        """Stop a node gracefully (`rabbitmqctl stop`)."""
+        node = self._node(node)
+        node.stop()
+        return node
+
+    def restart(self, node: RabbitNode | int | str, timeout: float = 60) -> RabbitNode:
+        """Start a stopped or killed node; return once it runs in the cluster again."""
+        node = self._node(node)
+        deadline = time.monotonic() + timeout
+        if not node.running:
+            node.start(timeout=timeout)
+        self.wait_running(deadline=deadline)
+        return node
+
+    def ensure_running(self, timeout: float = 60) -> list[RabbitNode]:
+        """Bring back every node that is down; the nodes that were down.
+
+        A killed or stopped node is started again, one whose application was
+        stopped (`rabbitmqctl stop_app`) gets start_app; then the cluster is
+        asked until it lists them all as running. When every node answers AMQP
+        nothing is asked (no rabbitmqctl call, about 1 s each).
+        """
+        deadline = time.monotonic() + timeout
+        down = [node for node in self.nodes if not node.running]
+        app_down = [node for node in self.nodes
+                    if node.running and not amqp_probe(node.port, timeout=1.0)]
+        if not down and not app_down:
+            return []
+        _in_parallel([lambda n=n: n.start(timeout=timeout) for n in down]
+                     + [lambda n=n: n.ctl("start_app", timeout=timeout) for n in app_down])
+        self.wait_running(deadline=deadline)
+        return down + app_down
+
+    # -- what the cluster says
+
+    def running_node(self) -> RabbitNode:
+        """A member to ask the cluster through: one that answers AMQP if any.
+
+        (A node being restarted has a process long before it can answer
+        rabbitmqctl.)
+        """
+        running = [node for node in self.nodes if node.running]
+        for node in running:
+            if amqp_probe(node.port, timeout=1.0):
+                return node
+        if running:
+            return running[0]
+        raise RabbitNodeError("no node of the cluster is running")
+
+    def ctl(self, *args: str, timeout: float = 30) -> str:
+        """`rabbitmqctl ARGS...` on a running member."""
+        return self.running_node().ctl(*args, timeout=timeout)
+
+    def running_nodes(self) -> set[str]:
+        """Names of the nodes the cluster reports as running."""
+        import json
+
+        status = json.loads(self.ctl("cluster_status", "--formatter", "json"))
+        return set(status.get("running_nodes", ()))
+
+    def wait_running(self, nodes: list[RabbitNode] | None = None, *,
+                     deadline: float | None = None) -> None:
+        """Wait until every node whose process runs (or `nodes`) is a running member."""
+        deadline = time.monotonic() + 60 if deadline is None else deadline
+        while True:
+            wanted = {node.nodename for node in (nodes or self.nodes) if node.running or nodes}
+            try:
+                seen = self.running_nodes()
+            except RabbitNodeError:
+                seen = set()
+            if wanted <= seen:
+                return
+            if time.monotonic() > deadline:
+                raise RabbitNodeError(
+                    f"cluster members not running in time: {sorted(wanted - seen)} (running: {sorted(seen)})")
+            time.sleep(0.2)
+
+    def connections_per_node(self) -> dict[RabbitNode, int]:
+        """{node: number of client connections it holds}, every member listed.
+
+        RabbitMQ 3.10's list_connections has no node column: each connection's
+        server port (every member has its own) tells the node.
+        """
+        import json
+
+        counts = dict.fromkeys(self.nodes, 0)
+        by_port = {node.port: node for node in self.nodes}
+        out = self.ctl("list_connections", "port", "--quiet", "--formatter", "json")
+        for row in json.loads(out or "[]"):
+            node = by_port.get(row.get("port"))
+            if node is not None:
+                counts[node] += 1
+        return counts
+
+    def quorum_leader(self, queue: str, vhost: str = "/") -> RabbitNode | None:
+        """The node holding a quorum queue's leader (None while there is none)."""
+        out = self.ctl("list_queues", "--vhost", vhost, "name", "leader", "--quiet",
+                       "--formatter", "json")
+        import json
+
+        for row in json.loads(out or "[]"):
+            if row.get("name") == queue:
+                leader = row.get("leader")
+                if not leader or leader in ("", "undefined"):
+                    return None
+                return self._node(leader)
+        raise RabbitNodeError(f"no queue {queue!r} in vhost {vhost!r}")
+
+
+def _in_parallel(calls) -> None:
+    """Run the callables in threads; raise the first exception once all ended."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run(call) -> None:
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,), daemon=True) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 @atexit.register

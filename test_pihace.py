@@ -3358,7 +3358,7 @@ def test_a_report_behind_a_refused_one_is_not_called_delivered(rabbit, unique_qu
                                queue_arguments=arguments)
     assert pusher.push() is True  # fills the queue
     for _ in range(300):  # more than one batch of 256 waits behind the refused ones
-        pusher.outbox.append(pusher._message({"queued": True}))
+        pusher.outbox.add(pusher._message({"queued": True}))
     result = pusher.push()
     assert result[0] is False and "Basic.Nack" in result[1]
     assert len(pusher.outbox) == 301  # all kept, in order
@@ -3489,9 +3489,14 @@ def test_every_confirmed_report_survives_a_broker_kill(fault_rabbit, unique_queu
 
 @pytest.mark.slow
 def test_failover_to_the_next_node_of_a_url_list(fault_rabbit, rabbit, unique_queue):
-    pusher = pihace.AMQPPusher(counting_check(), [fault_rabbit.url, rabbit.url], unique_queue,
-                               timeout=3)
-    assert pusher.push() is True
+    for _ in range(40):  # each pusher starts at a random node of its list: one on the first
+        pusher = pihace.AMQPPusher(counting_check(), [rabbit.url, fault_rabbit.url],
+                                   unique_queue, timeout=3)
+        assert pusher.push() is True
+        if pusher.parameters.port == fault_rabbit.port:
+            break
+        pusher.close()
+        drain(rabbit.url, unique_queue)
     assert pusher.parameters.port == fault_rabbit.port
     fault_rabbit.stop()
     try:
@@ -3615,10 +3620,10 @@ def test_an_idle_loop_sleeps_until_the_next_heartbeat_not_in_slices(rabbit, uniq
     waits = []
     real_wait_io = pihace._wait_io
 
-    def recording_wait_io(socks, writing, timeout):
+    def recording_wait_io(socks, writing, timeout, also_readable=None):
         if len(socks) == 2:  # the loop's idle wait: the wakeup and the broker's socket
             waits.append(timeout)
-        return real_wait_io(socks, writing, timeout)
+        return real_wait_io(socks, writing, timeout, also_readable)
 
     monkeypatch.setattr(pihace, "_wait_io", recording_wait_io)
     pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue, heartbeat=60)
@@ -3679,10 +3684,10 @@ def test_the_idle_loop_keeps_alive_a_connection_another_thread_opened(rabbit, un
                                                                       monkeypatch):
     sleeping_alone, real_wait_io = threading.Event(), pihace._wait_io
 
-    def recording_wait_io(socks, writing, timeout):
+    def recording_wait_io(socks, writing, timeout, also_readable=None):
         if len(socks) == 1 and not writing and timeout > 30:  # the wakeup only, till the report
             sleeping_alone.set()
-        return real_wait_io(socks, writing, timeout)
+        return real_wait_io(socks, writing, timeout, also_readable)
 
     monkeypatch.setattr(pihace, "_wait_io", recording_wait_io)
     pusher = pihace.AMQPPusher(counting_check(), rabbit.url + "?heartbeat=1", unique_queue,
@@ -3788,7 +3793,7 @@ def test_many_open_files_do_not_break_waiting(rabbit, unique_queue):
 
 def test_waiting_for_another_thread_counts_in_the_timeout(fake_broker):
     broker = fake_broker(silent)
-    pusher = pihace.AMQPPusher(None, broker.url, timeout=1.0)
+    pusher = pihace.AMQPPusher(None, broker.url, timeout=1.0, connect_timeout=1.0)
     results, threads = [], []
     started = time.monotonic()
     for _ in range(3):
@@ -3863,6 +3868,313 @@ def test_the_password_never_leaks_on_any_failure_path(rabbit, fake_broker, caplo
     assert "connection refused" in everything and "timed out" in everything
     assert "connected to amqp://leaktest:***@" in everything
     assert password not in everything
+
+
+# ---------------------------------------------------------------------------
+# pusher: under faults (a fault-injecting proxy, a cluster, fork(), SIGKILL)
+# ---------------------------------------------------------------------------
+
+def test_a_report_dropped_from_a_full_outbox_is_a_failure_for_its_push(fault_proxy, rabbit,
+                                                                      unique_queue):
+    fault_proxy.set_mode("blackhole")
+    pusher = pihace.AMQPPusher(counting_check(), fault_proxy.url_for(rabbit.url), unique_queue,
+                               buffer_size=2, timeout=0.5, connect_timeout=0.5)
+    results = []
+
+    def push_four_times():
+        results.extend(pusher.push() for _ in range(4))
+
+    threads = [threading.Thread(target=push_four_times) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 32
+    assert fault_proxy.bytes_to_target == 0  # nothing ever reached the broker
+    assert all(result is not True for result in results), results.count(True)
+    assert pusher.dropped == 30
+    assert sum(result == (False, "dropped from a full outbox") for result in results) >= 16
+
+
+def test_connection_attempts_back_off_while_reports_keep_their_schedule(closed_port):
+    attempts = []
+
+    def counting_connect(address, timeout):
+        attempts.append(time.monotonic())
+        return pihace.connect_tcp(address, timeout)
+
+    pusher = pihace.AMQPPusher(counting_check(), f"amqp://127.0.0.1:{closed_port}/",
+                               socket_factory=counting_connect)
+    loop = LoopThread(pusher, 0.05)
+    try:
+        wait_until(lambda: len(pusher.outbox) >= 60, 20, "60 reports taken on schedule")
+    finally:
+        loop.stop()
+    # 60 reports in about 3 s; connection attempts after about 0, 0.5-1, 1-2 s (then 2-4 s,
+    # ...): a handful, not one per report
+    assert 2 <= len(attempts) - 1 <= 6, len(attempts)  # the last one: stop()'s last chance
+    gaps = [b - a for a, b in zip(attempts, attempts[1:-1])]
+    assert gaps == sorted(gaps) or len(gaps) < 3  # they grow
+
+
+@pytest.mark.slow
+def test_a_connection_being_set_up_over_a_slow_link_is_allowed_to_finish(fault_proxy, rabbit,
+                                                                        unique_queue):
+    fault_proxy.set_mode("latency", 0.25)  # 500 ms round trips: set-up and confirm take 3.5 s
+    pusher = pihace.AMQPPusher(counting_check(), fault_proxy.url_for(rabbit.url), unique_queue,
+                               timeout=3)
+    try:
+        assert pusher.push() is True
+        assert pusher.push() is True  # and the connection stays
+        assert pusher.connections_opened == 1
+    finally:
+        pusher.close()
+    assert queue_depth(rabbit.url, unique_queue) == 2
+
+
+@pytest.mark.slow
+def test_stop_interrupts_a_push_into_a_blackhole_and_a_second_stop_ends_the_last_chance(
+        fault_proxy, rabbit, unique_queue):
+    fault_proxy.set_mode("blackhole")
+    pusher = pihace.AMQPPusher(counting_check(), fault_proxy.url_for(rabbit.url), unique_queue,
+                               timeout=10)
+    loop = LoopThread(pusher, 60)
+    wait_until(lambda: fault_proxy.connections_accepted == 1, 10, "the first push to connect")
+    first_stop = time.monotonic()
+    pusher.stop()
+    # the push ends at once; the outbox's last chance connects again, for at most 5 s
+    wait_until(lambda: fault_proxy.connections_accepted == 2, 3, "the last chance to start")
+    assert loop.thread.is_alive()
+    assert loop.stop(within=2.0) < 1.0  # the second stop
+    assert loop.ended - first_stop < 3.0
+    assert len(pusher.outbox) == 1
+
+
+@pytest.mark.slow
+def test_the_first_reconnect_after_a_loss_is_spread_not_in_step(fault_rabbit, unique_queue):
+    reconnects = []  # when each pusher connected again after the broker closed them all
+
+    def make_pusher():
+        def recording_connect(address, timeout):
+            if pusher.connections_opened:
+                reconnects.append(time.monotonic())
+            return pihace.connect_tcp(address, timeout)
+        pusher = pihace.AMQPPusher(counting_check(), fault_rabbit.url, unique_queue,
+                                   socket_factory=recording_connect)
+        return pusher
+
+    pushers = [make_pusher() for _ in range(8)]
+    loops = [LoopThread(pusher, 4.0) for pusher in pushers]  # reports in step
+    try:
+        wait_until(lambda: all(p.connections_opened == 1 for p in pushers), 20, "connections")
+        closed = time.monotonic()
+        fault_rabbit.ctl("close_all_connections", "test: a broker restart, say")
+        wait_until(lambda: len(reconnects) == 8, 20, "every pusher to reconnect")
+    finally:
+        for loop in loops:
+            loop.stop(within=10)
+    delays = sorted(at - closed for at in reconnects)
+    # within half an interval of the loss, spread over it (in step, they would all come
+    # back at the next report, 4 s after they started)
+    assert delays[-1] < 2.0 + 1.0
+    assert delays[-1] - delays[0] > 0.3, delays
+
+
+def test_a_deleted_queue_is_declared_again_and_the_report_sent_again(rabbit, unique_queue,
+                                                                     pika_channel):
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue)
+    try:
+        assert pusher.push() is True
+        pika_channel.queue_delete(unique_queue)
+        assert pusher.push() is True
+        assert pusher.push() is True
+    finally:
+        pusher.close()
+    assert [sequence(body) for _, body in drain(rabbit.url, unique_queue)] == [2, 3]
+
+
+def test_without_declare_an_unroutable_report_is_not_sent_again(rabbit, unique_queue,
+                                                                 pika_channel):
+    pika_channel.queue_declare(unique_queue, durable=True)
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue, declare=False)
+    try:
+        assert pusher.push() is True
+        pika_channel.queue_delete(unique_queue)
+        result = pusher.push()
+    finally:
+        pusher.close()
+    assert result[0] is False and "NO_ROUTE" in result[1]
+    assert not pusher.outbox
+
+
+FORK_SCRIPT = """
+import json, os, sys
+import pihace
+
+url, queue = sys.argv[1:]
+hc = pihace.HealthCheck()
+hc.register("ok", lambda: True, timeout=2, retries=0)
+pusher = pihace.AMQPPusher(hc, url, queue)
+assert pusher.push() is True  # the parent has a connection, worker threads, message ids
+read_end, write_end = os.pipe()
+pid = os.fork()
+if pid == 0:
+    try:
+        outcome = [hc.check(output="dict")["status"], pusher.push(), pusher.push()]
+    except BaseException as exc:
+        outcome = [repr(exc)]
+    os.write(write_end, json.dumps(outcome).encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+child = json.loads(os.read(read_end, 65536))
+print(json.dumps({"child": child, "parent": [pusher.push(), pusher.connections_opened]}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_after_fork_the_child_checks_and_pushes_on_its_own(rabbit, unique_queue):
+    result = run_python(FORK_SCRIPT, rabbit.url, unique_queue, timeout=60)
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["child"] == ["Available", True, True]  # the child's checks ran
+    assert outcome["parent"] == [True, 1]  # the parent's connection was not disturbed
+    messages = drain(rabbit.url, unique_queue)
+    assert len(messages) == 4
+    assert len({properties.message_id for properties, _ in messages}) == 4
+
+
+# The spool: an outbox on disk
+
+def spooled(folder):
+    return sorted(name for name in os.listdir(folder) if name.endswith(".report"))
+
+
+def test_the_spool_keeps_reports_in_order_for_the_next_pusher(tmp_path, closed_port, caplog):
+    url = f"amqp://127.0.0.1:{closed_port}/"
+    first = pihace.AMQPPusher(counting_check(), url, outbox_path=tmp_path)
+    assert all(first.push()[0] is False for _ in range(3))
+    ids = [message.message_id for message in first.outbox]
+    first.close()
+    assert len(spooled(tmp_path)) == 3
+    (tmp_path / "000000000099-cut.report.tmp").write_bytes(b"pihace-report\x001\n\x00")
+    (tmp_path / "000000000002-x-9.report").write_bytes(b"not a report")
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        second = pihace.AMQPPusher(counting_check(), url, outbox_path=tmp_path)
+    assert [message.message_id for message in second.outbox] == ids
+    assert [sequence(message.body) for message in second.outbox] == [1, 2, 3]
+    assert not (tmp_path / "000000000099-cut.report.tmp").exists()  # a write cut short
+    assert (tmp_path / "000000000002-x-9.report.unreadable").exists()
+    assert "ignored the spooled report 000000000002-x-9.report" in caplog.text
+    second.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 120))
+def test_a_spool_file_is_a_report_or_a_value_error_never_a_crash(noise, cut):
+    pusher = pihace.AMQPPusher(None, "amqp://127.0.0.1:1/")
+    message = pusher._message({"n": 1})
+    spool = pihace._Spool.__new__(pihace._Spool)
+    good = spool._encode(message)
+    assert spool._decode(good) == message
+    for data in (good[:cut], good[:cut] + noise, spool.MAGIC + noise, noise):
+        if data == good:
+            continue
+        try:
+            spool._decode(data)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {data!r}")
+
+
+def test_a_spool_file_whose_properties_were_changed_is_not_sent(tmp_path):
+    pusher = pihace.AMQPPusher(None, "amqp://127.0.0.1:1/")
+    message = pusher._message({"n": 1})
+    other = pusher._message({"n": 2})
+    spool = pihace._Spool.__new__(pihace._Spool)
+    forged = spool._encode(message._replace(properties=other.properties))  # a valid checksum
+    with pytest.raises(ValueError) as error:
+        spool._decode(forged)
+    assert "do not fit together" in str(error.value)
+
+
+def test_the_spool_is_bounded_and_used_by_one_pusher_at_a_time(tmp_path, closed_port):
+    url = f"amqp://127.0.0.1:{closed_port}/"
+    pusher = pihace.AMQPPusher(counting_check(), url, buffer_size=2, outbox_path=tmp_path)
+    for _ in range(5):
+        pusher.push()
+    assert len(spooled(tmp_path)) == 2 and pusher.dropped == 3
+    assert [sequence(message.body) for message in pusher.outbox] == [4, 5]
+    with pytest.raises(ValueError) as error:
+        pihace.AMQPPusher(counting_check(), url, outbox_path=tmp_path)
+    assert "in use by another pusher" in str(error.value)
+    pusher.close()
+    pihace.AMQPPusher(counting_check(), url, outbox_path=tmp_path).close()  # free again
+
+
+def test_a_spooled_report_is_removed_once_confirmed(tmp_path, rabbit, unique_queue):
+    with pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue,
+                           outbox_path=tmp_path) as pusher:
+        assert pusher.push() is True
+    assert spooled(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_reports_spooled_by_a_killed_process_are_delivered_by_the_next_run(
+        fault_rabbit, unique_queue, tmp_path):
+    spool = tmp_path / "spool"
+    command = [sys.executable, os.path.join(HERE, "pihace.py"), "push", "--url",
+               fault_rabbit.url, "--queue", unique_queue, "--no-system", "--spool", str(spool)]
+    fault_rabbit.stop()  # an outage
+    try:
+        process = subprocess.Popen(command + ["--interval", "0.1"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: spool.exists() and len(spooled(spool)) >= 10, 30,
+                       "reports spooled during the outage")
+        finally:
+            process.kill()  # SIGKILL: no last chance, no clean close
+            process.wait(10)
+        kept = spooled(spool)
+    finally:
+        fault_rabbit.start()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)  # once
+    assert result.returncode == 0, result.stderr
+    assert spooled(spool) == []
+    delivered = [properties.message_id for properties, _ in drain(fault_rabbit.url, unique_queue)]
+    killed_run = [name.split("-", 1)[1][:-len(".report")] for name in kept]
+    assert delivered[:len(killed_run)] == killed_run  # none lost, in order, first
+    assert len(delivered) == len(killed_run) + 1  # then the new run's own report
+
+
+# A 3-node RabbitMQ cluster: a quorum queue's leader killed, nodes stopped and started
+
+@pytest.mark.slow
+@pytest.mark.rabbit_control
+def test_pushes_spread_over_the_nodes_and_spread_again_after_a_node_returns(cluster,
+                                                                            unique_queue):
+    later = [0.0]  # seconds added to the pushers' clock: their connections age at once
+    clock = lambda: time.monotonic() + later[0]  # noqa: E731
+    pushers = [pihace.AMQPPusher(counting_check(), cluster.urls, unique_queue, timeout=5,
+                                 max_connection_age=60, clock=clock) for _ in range(30)]
+    try:
+        assert all(pusher.push() is True for pusher in pushers)
+        first = cluster.connections_per_node()
+        stopped = cluster.nodes[0]
+        cluster.stop(stopped)
+        assert all(pusher.push() is True for pusher in pushers)  # failed over
+        during = cluster.connections_per_node()
+        cluster.restart(stopped)
+        later[0] += 61
+        assert all(pusher.push() is True for pusher in pushers)  # replaced: a random node
+        after = cluster.connections_per_node()
+    finally:
+        for pusher in pushers:
+            pusher.close()
+    assert all(count > 0 for count in first.values()), first
+    assert sum(during.values()) == 30 and during.get(stopped, 0) == 0
+    assert all(count > 0 for count in during.values() if count is not during.get(stopped))
+    assert after.get(stopped, 0) > 0, after  # the returned node has its share again
+    assert max(after.values()) < 20, after
 
 
 # ---------------------------------------------------------------------------
