@@ -5,8 +5,9 @@ standard library, so no pika, psutil, requests or database driver), next to a lo
 pihace.py. Their text is pihace 1.0.0's (tests/test_basic.py, examples/basic/basic.py,
 examples/pusher/messaging/pusher.py), changed only where a host name or port is written.
 The servers are the suite's own: RabbitMQ, MariaDB and InfluxDB 1.6 started privately, a
-local HTTPS server with a trustme certificate for https://example.com, and a scripted MongoDB
-(which Debian does not package) that answers hello and ping with the wire protocol's bytes.
+local HTTPS server standing for https://example.com (its host and port changed to localhost's,
+with a trustme certificate that SSL_CERT_FILE makes trusted), and a scripted MongoDB (which
+Debian does not package) that answers hello and ping with the wire protocol's bytes.
 """
 
 import http.server
