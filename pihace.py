@@ -1584,19 +1584,31 @@ class InfluxDB:
 
 class ElasticSearch:
     """pihace 1.0.0's Elasticsearch plugin: GET /_cluster/health passes when the
-    cluster is green or yellow. A user name and password in `es_url` go as HTTP
-    basic authentication and are never shown."""
+    cluster is green or yellow. A user name and password in `es_url`, or
+    ``basic_auth=(user, password)``, go as HTTP basic authentication and are
+    never shown. ``url=`` is accepted for `es_url`, as pihace 1.0.0's
+    documentation writes it."""
 
-    def __init__(self, es_url, timeout=5):
+    def __init__(self, es_url=None, timeout=5, *, url=None, basic_auth=None):
+        if (es_url is None) == (url is None):
+            raise ValueError("give the cluster's URL once, as es_url (or url)")
+        es_url = url if es_url is None else es_url
         self.safe_url = _http_url(es_url, "es_url")
         self.es_url, self.timeout = es_url, _seconds("timeout", timeout)
+        self._headers = {}
+        if basic_auth is not None:
+            import base64  # here, not at the top: only credentials need it
+
+            user, password = basic_auth
+            self._headers["Authorization"] = "Basic " + base64.b64encode(
+                f"{user}:{password}".encode("utf-8")).decode()
 
     def __repr__(self):
         return f"ElasticSearch({self.safe_url!r})"
 
     def __call__(self):
         try:
-            status, phrase, _, body = _http_json(self.es_url, "/_cluster/health", {},
+            status, phrase, _, body = _http_json(self.es_url, "/_cluster/health", self._headers,
                                                  self.timeout)
         except _http_errors() as exc:
             return False, f"cannot read the cluster health at {self.safe_url}: {_http_failure(exc)}"

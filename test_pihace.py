@@ -1408,6 +1408,10 @@ def test_elasticsearch_credentials_go_as_basic_auth_and_are_never_shown(replay, 
     assert pihace.ElasticSearch(url)()[0] is True
     expected = "Basic " + base64.b64encode(b"elastic:es@pw").decode()
     assert green.requests[0][1]["Authorization"] == expected
+    documented = pihace.ElasticSearch(url=green.url, basic_auth=("admin", "adminpass"))  # 1.0.0's docs
+    assert documented()[0] is True and "adminpass" not in repr(documented)
+    assert green.requests[1][1]["Authorization"] == "Basic " + base64.b64encode(
+        b"admin:adminpass").decode()
     checker = pihace.ElasticSearch(f"http://elastic:es-pw@127.0.0.1:{closed_port}")
     passed, reason = checker()
     assert passed is False and "es-pw" not in reason + repr(checker) and "refused" in reason
