@@ -1541,7 +1541,8 @@ def _http_errors():
 def _http_failure(exc):
     """A network error of _http_json() in one line."""
     reason = getattr(exc, "reason", exc)  # a URLError's reason: an OSError or a string
-    return describe_error(reason) if isinstance(reason, OSError) else _text(reason) or type(exc).__name__
+    return describe_error(reason) if isinstance(reason, OSError) \
+        else _printable(_text(reason) or type(exc).__name__)
 
 
 class InfluxDB:
@@ -3922,7 +3923,8 @@ class ElasticSearchPusher(_Loop):
                 f"{unquote(user)}:{unquote(password)}".encode("utf-8")).decode()
         target = parts._replace(netloc=host, path=parts.path.rstrip("/")
                                 + f"/{quote(self.index, safe='')}/_doc").geturl()
-        request = urllib.request.Request(target, data=json.dumps(report).encode("utf-8"),
+        body = json.dumps(report, default=str).encode("utf-8")  # a name that is a Path, say
+        request = urllib.request.Request(target, data=body,
                                          headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
