@@ -1155,9 +1155,7 @@ def mariadb_status(server, name):
 def test_mysql_logs_in_pings_and_quits_cleanly(mariadb):
     before = {name: mariadb_status(mariadb, name)
               for name in ("Connections", "Aborted_clients", "Aborted_connects")}
-    passed, detail = pihace.MySQL(f"mysql://app:s3cret-pw@127.0.0.1:{mariadb.port}/testdb")()
-    version = mariadb.sql("SELECT VERSION()").strip()
-    assert (passed, detail) == (True, f"logged in to {version} at 127.0.0.1:{mariadb.port}")
+    assert pihace.MySQL(f"mysql://app:s3cret-pw@127.0.0.1:{mariadb.port}/testdb")() is True
     # the server saw one more connection (ours, and the client's own for these queries), no
     # failed login and no client that went away without COM_QUIT
     assert mariadb_status(mariadb, "Connections") >= before["Connections"] + 1
@@ -1167,7 +1165,7 @@ def test_mysql_logs_in_pings_and_quits_cleanly(mariadb):
 
 def test_mysql_without_a_database_or_a_port(mariadb):
     checker = pihace.MySQL(f"mysql://app:s3cret-pw@127.0.0.1:{mariadb.port}")
-    assert checker() [0] is True
+    assert checker() is True
     assert (pihace.MySQL("mysql://u:p@db.example/x").port, checker.database) == (3306, "")
 
 
@@ -1261,8 +1259,7 @@ def caching_sha2_server(password, cached):
 
 def test_mysql_caching_sha2_fast_path(fake_broker):
     server = fake_broker(caching_sha2_server(b"sha2-pw", cached=True))
-    result = pihace.MySQL(f"mysql://app8:sha2-pw@127.0.0.1:{server.port}/")()
-    assert result == (True, f"logged in to 8.0.36 at 127.0.0.1:{server.port}")
+    assert pihace.MySQL(f"mysql://app8:sha2-pw@127.0.0.1:{server.port}/")() is True
     assert server.done.wait(5) and server.verified and server.quit and server.user == b"app8"
 
 
@@ -1288,11 +1285,11 @@ def test_mysql_garbage_and_silence_are_failures_within_the_timeout(fake_broker):
 def test_influxdb_1_x_answers_ping(influxdb):
     head = subprocess.run(["curl", "-sS", "-i", influxdb.url + "/ping"], capture_output=True,
                           text=True, timeout=10).stdout
-    version = re.search(r"(?im)^X-Influxdb-Version: (\S+)", head).group(1)
+    assert re.search(r"(?im)^HTTP/1.1 204 .*^X-Influxdb-Version: 1\.", head, re.S | re.M)
     from pihace.plugins.influxdb import InfluxDB
 
     checker = InfluxDB(url=influxdb.url, token="admintoken", org="myorg")  # 1.0.0's example
-    assert checker() == (True, f"InfluxDB {version} answers /ping")
+    assert checker() is True
 
 
 def test_influxdb_down_is_a_failure(closed_port):
@@ -1360,8 +1357,7 @@ INFLUX2_FAIL = b'{"name":"influxdb","message":"not ready: starting up","status":
 def test_influxdb_2_health_and_token(replay):
     up = replay({"/health": (200, {"Content-Type": "application/json; charset=utf-8"},
                              INFLUX2_PASS)})
-    assert pihace.InfluxDB(up.url, token="admintoken", org="myorg")() == (
-        True, "InfluxDB v2.7.4 health status: pass")
+    assert pihace.InfluxDB(up.url, token="admintoken", org="myorg")() is True
     assert up.requests[0][0] == "/health"
     assert up.requests[0][1]["Authorization"] == "Token admintoken"
     down = replay({"/health": (503, {"Content-Type": "application/json"}, INFLUX2_FAIL)})
@@ -1391,9 +1387,9 @@ def test_elasticsearch_green_yellow_red_and_unauthorised(replay):
     from pihace.plugins.elasticsearch import ElasticSearch
 
     green = replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN)})
-    assert ElasticSearch(green.url)() == (True, "cluster elasticsearch is green")
+    assert ElasticSearch(green.url)() is True
     yellow = replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN.replace(b"green", b"yellow"))})
-    assert ElasticSearch(yellow.url)()[0] is True
+    assert ElasticSearch(yellow.url)() is True
     red = replay({"/_cluster/health": (200, ES_HEADERS, ES_RED)})
     assert ElasticSearch(red.url)() == (False, "Elasticsearch health status: red")
     locked = replay({"/_cluster/health": (401, ES_HEADERS, ES_401)})
@@ -1405,11 +1401,11 @@ def test_elasticsearch_green_yellow_red_and_unauthorised(replay):
 def test_elasticsearch_credentials_go_as_basic_auth_and_are_never_shown(replay, closed_port):
     green = replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN)})
     url = green.url.replace("http://", "http://elastic:es%40pw@")
-    assert pihace.ElasticSearch(url)()[0] is True
+    assert pihace.ElasticSearch(url)() is True
     expected = "Basic " + base64.b64encode(b"elastic:es@pw").decode()
     assert green.requests[0][1]["Authorization"] == expected
     documented = pihace.ElasticSearch(url=green.url, basic_auth=("admin", "adminpass"))  # 1.0.0's docs
-    assert documented()[0] is True and "adminpass" not in repr(documented)
+    assert documented() is True and "adminpass" not in repr(documented)
     assert green.requests[1][1]["Authorization"] == "Basic " + base64.b64encode(
         b"admin:adminpass").decode()
     checker = pihace.ElasticSearch(f"http://elastic:es-pw@127.0.0.1:{closed_port}")
@@ -1450,8 +1446,7 @@ def test_mongodb_hello_and_ping(fake_broker):
     server = fake_broker(mongo_server([MONGO_HELLO_REPLY, MONGO_PING_REPLY]))
     from pihace.plugins.mongodb import MongoDB
 
-    assert MongoDB(dsn=f"mongodb://127.0.0.1:{server.port}")() == (
-        True, f"primary at 127.0.0.1:{server.port} answers (wire version 21)")
+    assert MongoDB(dsn=f"mongodb://127.0.0.1:{server.port}")() is True
     assert server.done.wait(5)
     assert server.received.startswith(MONGO_HELLO)
     ping = server.received[len(MONGO_HELLO):]
@@ -1546,7 +1541,7 @@ def scram_mongo(password, mechanisms=("SCRAM-SHA-256", "SCRAM-SHA-1")):
 def test_mongodb_logs_in_with_scram_sha_256(fake_broker):
     server = fake_broker(scram_mongo(b"mongo-pw"))
     checker = pihace.MongoDB(f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/?authSource=admin")
-    assert checker()[0] is True
+    assert checker() is True
     assert server.done.wait(5)
     assert server.asked_mechanisms == "admin.app" and server.mechanism == "SCRAM-SHA-256"
     assert server.commands == [("hello", "admin"), ("saslStart", "admin"),
