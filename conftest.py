@@ -202,3 +202,38 @@ def unique_queue(rabbit):
             connection.close()
     except Exception:  # best effort: the broker may be down after the test
         pass
+
+
+# Private database servers (issue 15), from Debian's packages like RabbitMQ: a missing one
+# fails the tests that need it, never skips them.
+
+@pytest.fixture(scope="session")
+def mariadb():
+    """A private MariaDB: user app/s3cret-pw on database testdb (mysql_native_password),
+    user ed, who logs in with the ed25519 plugin, and root/root from 127.0.0.1 (pihace
+    1.0.0's examples log in so)."""
+    import dbservers
+
+    server = dbservers.MariaDB()
+    try:
+        server.sql("CREATE DATABASE testdb;"
+                   "CREATE USER 'app'@'%' IDENTIFIED BY 's3cret-pw';"
+                   "GRANT ALL ON testdb.* TO 'app'@'%';"
+                   "INSTALL SONAME 'auth_ed25519';"
+                   "CREATE USER 'ed'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('ed-pw');"
+                   "CREATE USER 'root'@'127.0.0.1' IDENTIFIED BY 'root';"
+                   "GRANT ALL ON *.* TO 'root'@'127.0.0.1';")
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def influxdb():
+    import dbservers
+
+    server = dbservers.InfluxDB()
+    try:
+        yield server
+    finally:
+        server.close()

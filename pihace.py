@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import binascii
 import collections
+import collections.abc
+import contextvars
 import functools
 import itertools
 import math
@@ -50,9 +52,15 @@ __all__ = [
     "AMQP",
     "AMQPPusher",
     "Disk",
+    "ElasticSearch",
+    "ElasticSearchPusher",
     "HTTP",
     "HealthCheck",
     "HealthServer",
+    "InfluxDB",
+    "MongoDB",
+    "MongoStorage",
+    "MySQL",
     "PihaceError",
     "SystemInfo",
     "TCP",
@@ -64,6 +72,7 @@ __all__ = [
     "format_rate",
     "get_system_info",
     "get_utc_timestamp",
+    "load_healthcheck_from_yaml",
     "main",
     "mark_optional",
     "required_checks_passed",
@@ -250,6 +259,9 @@ def describe_error(exc, where=None):
 # system information
 # ---------------------------------------------------------------------------
 
+_MODULE_PSUTIL = object()  # SystemInfo's default: the module attribute `psutil`, looked up per use
+
+
 class SystemInfo:
     """Resource figures and platform facts, without ever blocking.
 
@@ -259,18 +271,26 @@ class SystemInfo:
     that cannot be measured is None.
     """
 
-    def __init__(self, psutil_module=psutil, disk_path=None):
-        self.psutil = psutil_module
+    def __init__(self, psutil_module=_MODULE_PSUTIL, disk_path=None):
+        self._psutil = psutil_module
         self.disk_path = disk_path or os.path.abspath(os.sep)
         self._lock = threading.Lock()
         self._last_cpu = (0, 0)  # (busy, total) of the previous sample
         self._last_percent = None
+
+    @property
+    def psutil(self):
+        """The psutil in use: the one given, else this module's `psutil` as it is now, so that
+        ``mock.patch("pihace.system_info.psutil", ...)`` reaches it (as with pihace 1.0.0)."""
+        return globals()["psutil"] if self._psutil is _MODULE_PSUTIL else self._psutil
 
     def cpu_percent(self):
         # busy and total CPU time since boot; guest time is already inside user and nice
         try:
             if self.psutil is not None:
                 times = self.psutil.cpu_times()
+                if not isinstance(times, tuple):  # a test double (a Mock) as pihace 1.0.0 read it
+                    return self.psutil.cpu_percent(interval=None)
                 total = sum(times) - (getattr(times, "guest", 0) + getattr(times, "guest_nice", 0))
                 busy = total - times.idle - getattr(times, "iowait", 0)
             else:
@@ -305,9 +325,13 @@ class SystemInfo:
         import shutil  # here, not at the top: slow to import (see the imports)
 
         try:
+            disk_usage = getattr(self.psutil, "disk_usage", None)
+            if disk_usage is not None:  # psutil's figures, as pihace 1.0.0 read them
+                usage = disk_usage(self.disk_path)
+                return usage.percent, usage.free
             usage = shutil.disk_usage(self.disk_path)
             return round(usage.used / (usage.used + usage.free) * 100, 1), usage.free
-        except (OSError, ZeroDivisionError):
+        except (OSError, ZeroDivisionError, AttributeError):
             return None, None
 
     def read(self):
@@ -509,11 +533,24 @@ def _call_checker(checker):
     return result
 
 
-class _Checker:
+def _timeout(name, value):
+    """A checker's timeout as given (hc.checkers shows it so): seconds, or None for none (as
+    pihace 1.0.0 allowed)."""
+    if value is not None:
+        _seconds(name, value)
+    return value
+
+
+class _Checker(collections.abc.MutableMapping):
     """A registered checker, and its latest run: a run that outlives its check()
-    is waited for by the next check(), never started twice."""
+    is waited for by the next check(), never started twice.
+
+    It reads and writes as pihace 1.0.0's ``hc.checkers[name]``, the dict
+    ``{"checker": function, "timeout": seconds, "retries": count}``.
+    """
 
     __slots__ = ("name", "function", "timeout", "retries", "is_async", "run", "started", "lock")
+    _KEYS = {"checker": "function", "timeout": "timeout", "retries": "retries"}
 
     def __init__(self, name, function, timeout, retries):
         self.name, self.function, self.timeout, self.retries = name, function, timeout, retries
@@ -521,31 +558,82 @@ class _Checker:
         self.run, self.started = None, 0.0
         self.lock = threading.Lock()  # check() from two threads at once: still one run
 
-    def start(self, now):
-        """The Future of this checker's run: the one still going, else a new one."""
+    def __getitem__(self, key):
+        return getattr(self, self._KEYS[key])
+
+    def __setitem__(self, key, value):
+        if key not in self._KEYS:
+            raise KeyError(f"a checker has {', '.join(map(repr, self._KEYS))}, not {key!r}")
+        if key == "checker":
+            if not callable(value):
+                raise ValueError(f"checker {self.name!r} must be callable, got "
+                                 f"{type(value).__name__}")
+            with self.lock:  # a run of the old function is not this checker's any more
+                self.function, self.is_async, self.run = value, _is_async_callable(value), None
+        elif key == "timeout":
+            self.timeout = _timeout(f"timeout of checker {self.name!r}", value)
+        else:
+            self.retries = _number(f"retries of checker {self.name!r}", value, lambda v: v >= 0,
+                                   "an integer >= 0", int)
+
+    def __delitem__(self, key):
+        raise TypeError("a checker keeps its settings; remove the checker with "
+                        "hc.checkers.pop(name)")
+
+    def __iter__(self):
+        return iter(self._KEYS)
+
+    def __len__(self):
+        return len(self._KEYS)
+
+    def __repr__(self):
+        return repr(dict(self))
+
+    def start(self, now, loop=None):
+        """The Future of this checker's run: the one still going, else a new one.
+
+        It runs in a copy of the caller's context (contextvars: a Flask app
+        context, say); an async checker runs on `loop`, the caller's running
+        loop, when one is given (its run is cancelled at its timeout, so it is
+        never waited for by a later check), else on pihace's own loop.
+        """
+        if loop is not None and self.is_async:
+            self.started = now
+            return loop.create_task(_awaited_call(self.function))  # the task copies the context
         with self.lock:
             if self.run is None or self.run.done():
                 self.started = now
+                # call_soon_threadsafe, inside run_coroutine_threadsafe, copies the context
                 self.run = (_run_async(_awaited_call(self.function)) if self.is_async
-                            else _workers.submit(functools.partial(_call_checker, self.function)))
+                            else _workers.submit(functools.partial(
+                                contextvars.copy_context().run, _call_checker, self.function)))
             return self.run
+
+
+def _new_checker(name, function, timeout, retries):
+    """A _Checker from register()'s arguments, each checked; ValueError names a bad one."""
+    if not callable(function):
+        raise ValueError(f"checker {name!r} must be callable, got {type(function).__name__}")
+    timeout = _timeout(f"timeout of checker {name!r}", timeout)
+    _number(f"retries of checker {name!r}", retries, lambda v: v >= 0, "an integer >= 0", int)
+    return _Checker(str(name), function, timeout, retries)
 
 
 class _Attempts:
     """One checker's attempts during one check(); `outcome` is its entry in the report."""
 
-    __slots__ = ("checker", "wake", "run", "count", "deadline", "outcome")
+    __slots__ = ("checker", "wake", "run", "count", "deadline", "outcome", "loop")
 
-    def __init__(self, checker, wake, now):
-        self.checker, self.wake, self.count = checker, wake, 0
+    def __init__(self, checker, wake, now, loop=None):
+        self.checker, self.wake, self.count, self.loop = checker, wake, 0, loop
         self.attempt(now, new_run=True)
 
     def attempt(self, now, new_run):
         """Another attempt: a new run, or more time for the one that timed out."""
         self.count += 1
-        self.deadline = now + self.checker.timeout
+        self.deadline = now + (math.inf if self.checker.timeout is None else self.checker.timeout)
         if new_run:
-            self.run = self.checker.start(now)
+            self.run = self.checker.start(now, self.loop)
             self.run.add_done_callback(self.wake)  # wake(run) when it ends
 
     def advance(self, now, began):
@@ -574,6 +662,24 @@ class _Attempts:
         return True
 
 
+def _wait_time(pending):
+    """Seconds until the nearest deadline of `pending` attempts; None when none has one."""
+    deadline = min(attempts.deadline for attempts in pending)
+    return None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+
+
+def _output_name(output):
+    """A report format's name: case does not matter, and None is "dict" (as in pihace 1.0.0)."""
+    if output is None:
+        return "dict"
+    if not isinstance(output, str):
+        raise TypeError(f'output must be "dict", "json" or "str", got {type(output).__name__}')
+    output = output.lower()
+    if output not in ("dict", "json", "str"):
+        raise ValueError(f'output must be "dict", "json" or "str", got {output!r}')
+    return output
+
+
 class HealthCheck:
     """Registered checkers, and the report of one run of all of them.
 
@@ -581,15 +687,16 @@ class HealthCheck:
     (True, detail) and fails by returning False or (False, reason), by raising,
     or by running past its timeout. It is tried at most 1 + retries times, each
     attempt bounded by timeout, so one check takes at most
-    timeout * (1 + retries) seconds. All checkers run at once; a checker still
-    running from an earlier report is waited for, never started twice.
+    timeout * (1 + retries) seconds (timeout=None: no bound). All checkers run
+    at once, in a copy of the caller's context; a checker still running from an
+    earlier report is waited for, never started twice.
     """
 
     def __init__(self, with_system=False, name=None, version=None, *, system_info=None):
         self.with_system = with_system
         self.component_name = name
         self.component_version = version
-        self.system_info = system_info or _system_info
+        self.system_info = system_info  # None: get_system_info(), looked up at each report
         self.checkers = {}
         self._lock = threading.Lock()
         _reset_after_fork.add(self)
@@ -598,21 +705,34 @@ class HealthCheck:
         """In a forked child: the runs in progress died with the parent's threads."""
         self._lock = threading.Lock()
         for checker in self.checkers.values():
-            checker.run, checker.lock = None, threading.Lock()
+            if isinstance(checker, _Checker):  # a dict set whole becomes one at the next check
+                checker.run, checker.lock = None, threading.Lock()
 
     def register(self, name, checker, timeout=5, retries=2):
         """Add (or replace) the checker called `name`."""
-        if not callable(checker):
-            raise ValueError(f"checker {name!r} must be callable, got {type(checker).__name__}")
-        timeout = _seconds(f"timeout of checker {name!r}", timeout)
-        _number(f"retries of checker {name!r}", retries, lambda v: v >= 0, "an integer >= 0", int)
+        checker = _new_checker(name, checker, timeout, retries)
         with self._lock:
-            self.checkers[name] = _Checker(str(name), checker, timeout, retries)
+            self.checkers[name] = checker
+
+    def _registered(self):
+        """The registered checkers. An entry that code written for pihace 1.0.0 set whole,
+        ``hc.checkers[name] = {"checker": f, "timeout": 5, "retries": 2}``, is checked as
+        register() checks it and replaced by a _Checker here."""
+        with self._lock:
+            for name, entry in list(self.checkers.items()):
+                if isinstance(entry, _Checker):
+                    continue
+                if not isinstance(entry, collections.abc.Mapping) or "checker" not in entry:
+                    raise ValueError(f"hc.checkers[{name!r}] must be a dict with a \"checker\" "
+                                     f"(and optionally \"timeout\" and \"retries\"), got "
+                                     f"{type(entry).__name__}")
+                self.checkers[name] = _new_checker(name, entry["checker"],
+                                                   entry.get("timeout", 5), entry.get("retries", 2))
+            return list(self.checkers.values())
 
     def _run_checkers(self):
         """[(name, its entry in the report)] for every checker, run at once."""
-        with self._lock:
-            checkers = list(self.checkers.values())
+        checkers = self._registered()
         # Runs report their end on this queue: waiting on it is much cheaper
         # than concurrent.futures.wait(), which matters for fast checkers.
         ended = queue.SimpleQueue()
@@ -623,15 +743,50 @@ class HealthCheck:
             pending = [attempts for attempts in pending if not attempts.advance(now, began)]
             if pending:
                 try:
-                    ended.get(timeout=max(0.0, min(a.deadline for a in pending) - time.monotonic()))
+                    ended.get(timeout=_wait_time(pending))
                 except queue.Empty:
                     pass
+        return [(attempts.checker.name, attempts.outcome) for attempts in results]
+
+    async def _run_checkers_async(self):
+        """_run_checkers() in async code: async checkers run on the caller's loop (a
+        connection made on that loop works in them); sync ones in threads, as always."""
+        import asyncio  # here, not at the top: slow to import, and only async callers need it
+
+        loop = asyncio.get_running_loop()
+        checkers = self._registered()
+        ended = asyncio.Event()
+
+        def wake(_run):  # from a worker thread, or from the loop itself
+            try:
+                loop.call_soon_threadsafe(ended.set)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        began = time.monotonic()
+        results = pending = [_Attempts(checker, wake, began, loop) for checker in checkers]
+        try:
+            while pending:
+                ended.clear()
+                now = time.monotonic()
+                pending = [attempts for attempts in pending if not attempts.advance(now, began)]
+                if pending:
+                    try:
+                        await asyncio.wait_for(ended.wait(), _wait_time(pending))
+                    except asyncio.TimeoutError:
+                        pass
+        finally:  # the caller gave up (cancelled): so do its async checkers
+            for attempts in pending:
+                if attempts.checker.is_async:
+                    attempts.run.cancel()
         return [(attempts.checker.name, attempts.outcome) for attempts in results]
 
     def report(self):
         """Run every checker and return the report as a dict."""
         start = time.perf_counter()
-        checks = self._run_checkers()
+        return self._report(self._run_checkers(), start)
+
+    def _report(self, checks, start):
         passed = sum(check["status"] == "pass" for _, check in checks)
         report = {
             "status": calculate_status(passed, len(checks)),
@@ -640,7 +795,8 @@ class HealthCheck:
                         if check["status"] == "fail"} or None,
             "rate": format_rate(passed, len(checks)),
             "duration": 0.0,  # set at the end; here for the order of the keys
-            "system": self.system_info.read() if self.with_system else None,
+            "system": (get_system_info() if self.system_info is None else self.system_info.read())
+            if self.with_system else None,
             "component": {"name": self.component_name, "version": self.component_version}
             if self.component_name else None,  # pihace 1.0.0: None without a version
             "checks": dict(checks),
@@ -654,15 +810,39 @@ class HealthCheck:
         Callable from any thread, and from inside a running event loop (which
         it blocks for the duration: prefer ``await check_async()`` there).
         """
-        if output not in ("dict", "json", "str"):
-            raise ValueError(f'output must be "dict", "json" or "str", got {output!r}')
+        output = _output_name(output)
         return format_report(self.report(), output, pretty)
 
     async def check_async(self, output="dict", pretty=True):
-        """check() for async code: the checks run without blocking the event loop."""
+        """check() for async code: async checkers run on the running loop, with their
+        timeouts and retries; sync ones in threads, so the loop is never blocked."""
+        output = _output_name(output)
+        start = time.perf_counter()
+        return format_report(self._report(await self._run_checkers_async(), start), output, pretty)
+
+    _check_async = check_async  # pihace 1.0.0's name, which its providers call
+
+    async def run_checker_with_retries(self, name, checker, retries, timeout):
+        """pihace 1.0.0's public helper: run one checker on the running loop with
+        `retries` extra attempts and a `timeout` per attempt (None: none); True
+        when it passed, else (False, reason)."""
         import asyncio  # here, not at the top: slow to import, and only async callers need it
 
-        return await asyncio.get_running_loop().run_in_executor(None, self.check, output, pretty)
+        one = _Checker(str(name), checker, _timeout("timeout", timeout), _number(
+            "retries", retries, lambda v: v >= 0, "an integer >= 0", int))
+        woken = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        attempts = _Attempts(one, lambda _run: loop.call_soon_threadsafe(woken.set),
+                             time.monotonic(), loop)
+        while True:
+            woken.clear()
+            if attempts.advance(time.monotonic(), 0.0):
+                outcome = attempts.outcome
+                return True if outcome["status"] == "pass" else (False, outcome["message"])
+            try:
+                await asyncio.wait_for(woken.wait(), _wait_time([attempts]))
+            except asyncio.TimeoutError:
+                pass
 
 
 def format_report(report, output="dict", pretty=True):
@@ -1036,6 +1216,653 @@ class Disk:
         if free < self.min_free_percent:
             return False, f"{detail}, below {self.min_free_percent:g}%"
         return True, detail
+
+
+def _url_parts(url, schemes, default_port, what):
+    """(user, password, host, port, path) of a database URL, percent-decoded; a ValueError
+    that never shows the user information when it cannot be read."""
+    from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or default_port
+        valid = parts.scheme in schemes and parts.hostname
+    except (TypeError, ValueError, AttributeError):  # not a string, or a bad port
+        valid = False
+    if not valid:
+        raise ValueError(f"{what} must be a {schemes[0]}://user:password@host:port/... URL")
+    return (unquote(parts.username or ""), unquote(parts.password or ""), parts.hostname, port,
+            unquote(parts.path.lstrip("/")))
+
+
+def _xor(left, right):
+    return bytes(a ^ b for a, b in zip(left, right))
+
+
+def mysql_native_password(password, scramble):
+    """The login token of MySQL's mysql_native_password plugin:
+    SHA1(password) XOR SHA1(scramble + SHA1(SHA1(password)))."""
+    import hashlib  # here, not at the top: only database logins need it
+
+    if not password:
+        return b""
+    stage1 = hashlib.sha1(password).digest()
+    return _xor(stage1, hashlib.sha1(scramble + hashlib.sha1(stage1).digest()).digest())
+
+
+def caching_sha2_password(password, scramble):
+    """The fast-path token of MySQL 8's caching_sha2_password plugin:
+    SHA256(password) XOR SHA256(SHA256(SHA256(password)) + scramble)."""
+    import hashlib  # here, not at the top: only database logins need it
+
+    if not password:
+        return b""
+    stage1 = hashlib.sha256(password).digest()
+    return _xor(stage1, hashlib.sha256(hashlib.sha256(stage1).digest() + scramble).digest())
+
+
+_MYSQL_LOGINS = {"mysql_native_password": mysql_native_password,
+                 "caching_sha2_password": caching_sha2_password}
+# CLIENT_LONG_PASSWORD, CLIENT_PROTOCOL_41, CLIENT_SECURE_CONNECTION, CLIENT_PLUGIN_AUTH
+_MYSQL_CLIENT_FLAGS = 0x1 | 0x200 | 0x8000 | 0x80000
+_MYSQL_CONNECT_WITH_DB = 0x8
+
+
+class _MySQLRefused(Exception):
+    """An ERR packet from the server: str() is "code (sqlstate): message", as
+    mysql-connector-python, which pihace 1.0.0 used, shows it."""
+
+
+class _NeedsDriver(Exception):
+    """What the standard library cannot do (a login plugin that needs TLS or RSA)."""
+
+
+class _MySQLSession:
+    """Just enough of the MySQL client/server protocol to log in, ping and quit."""
+
+    def __init__(self, sock, deadline):
+        self.sock, self.deadline, self.seq, self.buffer = sock, deadline, 0, b""
+
+    def _recv(self, size):
+        while len(self.buffer) < size:
+            self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+            data = self.sock.recv(65536)
+            if not data:
+                raise OSError("the server closed the connection")
+            self.buffer += data
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def read(self):
+        head = self._recv(4)
+        size, self.seq = head[0] | head[1] << 8 | head[2] << 16, (head[3] + 1) & 0xFF
+        payload = self._recv(size)
+        if payload[:1] == b"\xff":  # ERR: code, then "#" and a SQLSTATE from protocol 4.1 on
+            code, = struct.unpack_from("<H", payload, 1)
+            state, text = ((payload[4:9], payload[9:]) if payload[3:4] == b"#"
+                           else (b"HY000", payload[3:]))
+            raise _MySQLRefused(f"{code} ({state.decode('ascii', 'replace')}): "
+                                f"{_text(text.decode('utf-8', 'replace'))}")
+        return payload
+
+    def write(self, payload):
+        self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+        self.sock.sendall(struct.pack("<I", len(payload))[:3] + bytes([self.seq]) + payload)
+        self.seq = (self.seq + 1) & 0xFF
+
+    def login(self, user, password, database):
+        """Read the greeting, answer it, and follow the server's login plugin to its OK;
+        the server's version."""
+        greeting = self.read()
+        if greeting[:1] != b"\x0a":
+            raise _MySQLRefused(f"2007 (HY000): protocol version {greeting[:1].hex()} of the "
+                                "server is not 10: is this a MySQL server?")
+        end = greeting.index(b"\0", 1)
+        version, position = greeting[1:end].decode("utf-8", "replace"), end + 5
+        scramble, position = greeting[position:position + 8], position + 9
+        flags, plugin = struct.unpack_from("<H", greeting, position)[0], "mysql_native_password"
+        position += 2
+        if len(greeting) > position:
+            _, _, high, length = struct.unpack_from("<BHHB", greeting, position)
+            flags, position = flags | high << 16, position + 16
+            if flags & 0x8000:  # the rest of the scramble, ending in a NUL
+                more = max(13, length - 8)
+                scramble += greeting[position:position + more].rstrip(b"\0")
+                position += more
+            if flags & 0x80000:
+                plugin = greeting[position:].split(b"\0", 1)[0].decode("ascii", "replace")
+        password = password.encode("utf-8")
+        if plugin not in _MYSQL_LOGINS:  # ask for one we speak; the server may switch again
+            plugin = "mysql_native_password"
+        token = _MYSQL_LOGINS[plugin](password, scramble)
+        self.write(struct.pack("<IIB23x", _MYSQL_CLIENT_FLAGS | (_MYSQL_CONNECT_WITH_DB
+                                                                  if database else 0),
+                               1 << 24, 45)  # max packet, utf8mb4
+                   + user.encode("utf-8") + b"\0" + bytes([len(token)]) + token
+                   + (database.encode("utf-8") + b"\0" if database else b"")
+                   + plugin.encode("ascii") + b"\0")
+        while True:
+            packet = self.read()
+            if packet[:1] == b"\x00":
+                return version
+            if packet[:1] == b"\xfe" and len(packet) > 1:  # switch to another login plugin
+                plugin, _, data = packet[1:].partition(b"\0")
+                plugin = plugin.decode("ascii", "replace")
+                if plugin not in _MYSQL_LOGINS:
+                    raise _NeedsDriver(f"the server asks for the {_printable(plugin)} login, "
+                                       "which pihace does not speak")
+                self.write(_MYSQL_LOGINS[plugin](password, data[:20]))
+            elif packet[:2] == b"\x01\x03" and plugin == "caching_sha2_password":
+                continue  # fast path: the server had the password cached; its OK follows
+            elif packet[:2] == b"\x01\x04" and plugin == "caching_sha2_password":
+                raise _NeedsDriver("caching_sha2_password asks for a full login, which needs "
+                                   "TLS or RSA (the server's cache does not hold this password "
+                                   "yet: one login with another client fills it)")
+            else:
+                raise _MySQLRefused(f"2027 (HY000): unexpected packet {packet[:8].hex()} "
+                                    "during the login")
+
+    def ping_and_quit(self):
+        self.seq = 0
+        self.write(b"\x0e")  # COM_PING
+        self.read()
+        self.seq = 0
+        self.write(b"\x01")  # COM_QUIT: the server closes without logging an aborted client
+
+
+class MySQL:
+    """pihace 1.0.0's MySQL plugin: log in to a MySQL or MariaDB server and ping it.
+
+    `dsn` is ``mysql://user:password@host:port/database`` (port 3306 and the
+    database may be left out; user and password are percent-decoded). It speaks
+    the protocol with the standard library: the mysql_native_password login,
+    and caching_sha2_password's fast path (MySQL 8's default, when the server
+    has the password cached). Another login (a full caching_sha2 login, which
+    needs TLS or RSA; ed25519...) uses mysql-connector-python when it is
+    installed, else fails with a reason that says so. Failure reasons read as
+    mysql-connector-python's: "1045 (28000): Access denied for user ...".
+    """
+
+    def __init__(self, dsn, timeout=5):
+        self.user, self._password, self.host, self.port, self.database = _url_parts(
+            dsn, ("mysql", "mariadb"), 3306, "dsn")
+        self.timeout = _seconds("timeout", timeout)
+        self.dsn = dsn  # as pihace 1.0.0 keeps it
+
+    def __repr__(self):
+        return f"MySQL(mysql://{self.user}:***@{self.host}:{self.port}/{self.database})"
+
+    def __call__(self):
+        where = f"'{self.host}:{self.port}'"
+        try:
+            sock = connect_tcp((self.host, self.port), self.timeout)
+        except OSError as exc:  # in mysql-connector-python's words, as pihace 1.0.0 gave them
+            why = f"Errno {exc.errno}: {exc.strerror}" if exc.errno and exc.strerror \
+                else describe_error(exc)
+            return False, f"2003: Can't connect to MySQL server on {where} ({_printable(why)})"
+        try:
+            session = _MySQLSession(sock, time.monotonic() + self.timeout)
+            session.login(self.user, self._password, self.database)
+            session.ping_and_quit()
+        except _MySQLRefused as exc:
+            return False, _printable(exc)
+        except _NeedsDriver as exc:
+            return self._with_driver(str(exc))
+        except (OSError, ValueError, IndexError, struct.error) as exc:  # cut short, or garbage
+            return False, f"2013 (HY000): Lost connection to MySQL server at {where} ({describe_error(exc)})"
+        finally:
+            sock.close()
+        return True  # as pihace 1.0.0's plugins pass: no detail
+
+    def _with_driver(self, why):
+        try:
+            import mysql.connector  # noqa: the driver pihace 1.0.0 used, only when installed
+        except ImportError:
+            return False, f"{why}; install mysql-connector-python for this login"
+        try:
+            connection = mysql.connector.connect(
+                host=self.host, port=self.port, user=self.user, password=self._password,
+                database=self.database or None, connection_timeout=self.timeout)
+            connection.close()
+        except mysql.connector.Error as exc:
+            return False, _printable(_text(exc))
+        return True
+
+
+# MongoDB: OP_MSG commands with a minimal BSON, enough for hello and ping.
+
+_BSON_DEPTH = 32
+
+
+def bson_encode(document):
+    """A dict as a BSON document: str, bool, int (32 or 64 bits), float, None, bytes,
+    dict and list values."""
+    body = bytearray()
+    for key, value in document.items():
+        name = key.encode("utf-8")
+        if b"\0" in name:
+            raise ValueError(f"a BSON key cannot hold a NUL: {key!r}")
+        name += b"\0"
+        if isinstance(value, bool):
+            body += b"\x08" + name + (b"\x01" if value else b"\x00")
+        elif isinstance(value, int):
+            body += (b"\x10" + name + struct.pack("<i", value) if -2 ** 31 <= value < 2 ** 31
+                     else b"\x12" + name + struct.pack("<q", value))
+        elif isinstance(value, float):
+            body += b"\x01" + name + struct.pack("<d", value)
+        elif isinstance(value, str):
+            data = value.encode("utf-8")
+            body += b"\x02" + name + struct.pack("<i", len(data) + 1) + data + b"\0"
+        elif value is None:
+            body += b"\x0a" + name
+        elif isinstance(value, bytes):
+            body += b"\x05" + name + struct.pack("<iB", len(value), 0) + value
+        elif isinstance(value, dict):
+            body += b"\x03" + name + bson_encode(value)
+        elif isinstance(value, (list, tuple)):
+            body += b"\x04" + name + bson_encode({str(i): item for i, item in enumerate(value)})
+        else:
+            raise ValueError(f"cannot encode {type(value).__name__} as BSON ({key!r})")
+    return struct.pack("<i", len(body) + 5) + bytes(body) + b"\0"
+
+
+def bson_decode(data, depth=0):
+    """(document, its size) from the start of `data`: ObjectIds as hex strings, dates as
+    milliseconds, other rare types as their bytes. ValueError for what is not BSON."""
+    if depth > _BSON_DEPTH:
+        raise ValueError("BSON nested too deep")
+    size, = struct.unpack_from("<i", data)
+    if size < 5 or size > len(data) or data[size - 1] != 0:
+        raise ValueError(f"BSON document of {size} bytes in {len(data)}")
+    document, position = {}, 4
+    fixed = {0x01: "<d", 0x09: "<q", 0x10: "<i", 0x11: "<Q", 0x12: "<q"}
+    while position < size - 1:
+        kind = data[position]
+        end = data.index(b"\0", position + 1, size)
+        key, position = data[position + 1:end].decode("utf-8", "replace"), end + 1
+        if kind in fixed:
+            value, = struct.unpack_from(fixed[kind], data, position)
+            position += struct.calcsize(fixed[kind])
+        elif kind in (0x02, 0x0D, 0x0E):  # string, JavaScript code, symbol
+            length, = struct.unpack_from("<i", data, position)
+            if length < 1 or position + 4 + length > size:
+                raise ValueError("BSON string past the end of its document")
+            value = data[position + 4:position + 3 + length].decode("utf-8", "replace")
+            position += 4 + length
+        elif kind in (0x03, 0x04):
+            value, length = bson_decode(data[position:size], depth + 1)
+            if kind == 0x04:
+                value = list(value.values())
+            position += length
+        elif kind == 0x05:
+            length, = struct.unpack_from("<i", data, position)
+            if length < 0 or position + 5 + length > size:
+                raise ValueError("BSON binary past the end of its document")
+            value, position = data[position + 5:position + 5 + length], position + 5 + length
+        elif kind == 0x07:
+            value, position = data[position:position + 12].hex(), position + 12
+        elif kind == 0x08:
+            value, position = data[position] != 0, position + 1
+        elif kind in (0x06, 0x0A, 0x7F, 0xFF):  # undefined, null, max key, min key
+            value = None
+        elif kind == 0x0B:  # regular expression: pattern and options, two C strings
+            middle = data.index(b"\0", position, size)
+            end = data.index(b"\0", middle + 1, size)
+            value, position = data[position:end], end + 1
+        elif kind == 0x13:  # decimal128
+            value, position = data[position:position + 16], position + 16
+        else:
+            raise ValueError(f"unknown BSON type 0x{kind:02x} for {key!r}")
+        if position > size - 1:
+            raise ValueError("BSON value past the end of its document")
+        document[key] = value
+    return document, size
+
+
+_OP_MSG = 2013
+
+
+def scram_first(user, nonce):
+    """(client-first-message-bare, client-first-message) of a SCRAM login (RFC 5802)."""
+    name = user.replace("=", "=3D").replace(",", "=2C")
+    bare = f"n={name},r={nonce}"
+    return bare, "n,," + bare
+
+
+def scram_final(password, hash_name, client_first_bare, server_first, client_nonce):
+    """(client-final-message, the server signature to expect) of a SCRAM login (RFC 5802,
+    7677): `password` as bytes, `hash_name` "sha1" or "sha256". ValueError for a
+    server-first-message that is not one, or whose nonce does not extend ours."""
+    import base64  # here, not at the top: only logins need them
+    import hashlib
+    import hmac
+
+    fields = dict(item.split("=", 1) for item in server_first.split(",") if "=" in item)
+    nonce, salt, iterations = fields.get("r", ""), fields.get("s"), fields.get("i", "")
+    if not nonce.startswith(client_nonce) or salt is None or not iterations.isdigit() \
+            or not 0 < int(iterations) <= 10_000_000:
+        raise ValueError("the server's SCRAM challenge is not valid")
+    salted = hashlib.pbkdf2_hmac(hash_name, password, base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", hash_name).digest()
+    without_proof = f"c=biws,r={nonce}"
+    message = f"{client_first_bare},{server_first},{without_proof}".encode("utf-8")
+    signature = hmac.new(hashlib.new(hash_name, client_key).digest(), message, hash_name).digest()
+    server_key = hmac.new(salted, b"Server Key", hash_name).digest()
+    proof = base64.b64encode(_xor(client_key, signature)).decode()
+    return (f"{without_proof},p={proof}",
+            base64.b64encode(hmac.new(server_key, message, hash_name).digest()).decode())
+
+
+class _MongoRefused(Exception):
+    """The server answered a command with ok: 0."""
+
+
+def mongo_op_msg(request_id, document):
+    """An OP_MSG carrying one command document (a kind 0 section), no flags."""
+    body = b"\0\0\0\0\x00" + bson_encode(document)
+    return struct.pack("<iiii", 16 + len(body), request_id, 0, _OP_MSG) + body
+
+
+class MongoDB:
+    """pihace 1.0.0's MongoDB plugin: does the server answer a hello and a ping?
+
+    `dsn` is a ``mongodb://[user:password@]host[:port][,host2...]/[database]``
+    URL; each host is tried in turn within `timeout` (2 s, pihace 1.0.0's server
+    selection timeout). It sends OP_MSG commands with a minimal BSON, standard
+    library only, and logs in with SCRAM-SHA-256 or SCRAM-SHA-1 when the URL
+    has a user (on ``authSource``, else the URL's database, else admin). What
+    needs more (``mongodb+srv://``, a DNS SRV lookup; TLS; another
+    ``authMechanism``) uses pymongo when it is installed, else fails with a
+    reason that says so.
+    """
+
+    def __init__(self, dsn, timeout=2):
+        from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
+
+        self.timeout = _seconds("timeout", timeout)
+        self.dsn = dsn
+        try:
+            parts = urlsplit(dsn)
+            valid = parts.scheme in ("mongodb", "mongodb+srv")
+        except (TypeError, ValueError, AttributeError):
+            valid = False
+        userinfo, _, hosts = parts.netloc.rpartition("@") if valid else ("", "", "")
+        self.hosts = []
+        for host in hosts.split(",") if valid else ():
+            name, port = (host[1:].partition("]")[0], host.rpartition("]:")[2]) if host[:1] == "[" \
+                else (host.partition(":")[0], host.partition(":")[2])
+            if not name or port and not (port.isdigit() and 0 < int(port) < 65536):
+                valid = False
+                break
+            self.hosts.append((unquote(name), int(port or 27017)))
+        if not valid or not self.hosts:
+            raise ValueError("dsn must be a mongodb://host[:port][,host...]/ URL")
+        from urllib.parse import parse_qs  # here, not at the top: slow to import
+
+        options = {key.lower(): values[-1] for key, values in parse_qs(parts.query).items()}
+        user, colon, password = userinfo.partition(":")
+        self.user = unquote(user) if userinfo else None
+        self._password = unquote(password) if colon else ""
+        self.auth_source = options.get("authsource") or unquote(parts.path.lstrip("/")) or "admin"
+        self.mechanism = options.get("authmechanism")
+        self._needs_driver = (
+            "a mongodb+srv:// URL needs a DNS SRV lookup" if parts.scheme != "mongodb"
+            else "TLS" if options.get("tls", options.get("ssl", "")).lower() == "true"
+            else f"the {_printable(self.mechanism)} login" if self.mechanism not in (
+                None, "SCRAM-SHA-1", "SCRAM-SHA-256") else None)
+
+    def __repr__(self):
+        return f"MongoDB({', '.join(f'{host}:{port}' for host, port in self.hosts)})"
+
+    def __call__(self):
+        if self._needs_driver:
+            return self._with_driver()
+        deadline, reasons = time.monotonic() + self.timeout, []
+        for host, port in self.hosts:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            try:
+                self._hello_and_ping((host, port), deadline)
+            except OSError as exc:
+                reasons.append(f"{where}: {describe_error(exc)}")
+                continue
+            except (ValueError, IndexError, struct.error, _MongoRefused) as exc:
+                reasons.append(f"{where}: {_printable(_text(exc))}")  # refused, or not MongoDB
+                continue
+            return True  # as pihace 1.0.0's plugins pass: no detail
+        return False, "no MongoDB server answered: " + "; ".join(reasons)
+
+    def _hello_and_ping(self, address, deadline):
+        sock = connect_tcp(address, max(0.001, deadline - time.monotonic()))
+        ids = itertools.count(1)
+
+        def command(document, what, database="admin"):  # the command's name comes first
+            reply = self._command(sock, next(ids), dict(document, **{"$db": database}), deadline)
+            if not reply.get("ok"):
+                raise _MongoRefused(f"{what} refused: {_text(reply.get('errmsg'))} "
+                                    f"(code {reply.get('code')})")
+            return reply
+
+        try:
+            mechanisms = {} if self.user is None else {  # which SCRAM the user has
+                "saslSupportedMechs": f"{self.auth_source}.{self.user}"}
+            try:
+                reply = command(dict(hello=1, **mechanisms), "hello")
+            except _MongoRefused:  # before MongoDB 4.4.2: no hello
+                reply = command(dict(isMaster=1, **mechanisms), "isMaster")
+            if self.user is not None:
+                self._login(command, reply)
+            command({"ping": 1}, "ping")
+            return reply
+        finally:
+            sock.close()
+
+    def _login(self, command, hello):
+        """SCRAM-SHA-256, or SCRAM-SHA-1 where the server or the URL says so."""
+        import base64  # here, not at the top: only logins need them
+        import hashlib
+
+        mechanism = self.mechanism or ("SCRAM-SHA-1" if "SCRAM-SHA-256" not in hello.get(
+            "saslSupportedMechs", ["SCRAM-SHA-256"]) or hello.get("maxWireVersion", 7) < 7
+            else "SCRAM-SHA-256")
+        if mechanism == "SCRAM-SHA-1":  # MongoDB's SCRAM-SHA-1 password is this digest
+            password = hashlib.md5(f"{self.user}:mongo:{self._password}".encode("utf-8"))\
+                .hexdigest().encode("ascii")
+        else:  # SASLprep, as far as NFKC goes (it leaves ASCII as it is)
+            import unicodedata  # here, not at the top: only SCRAM-SHA-256 needs it
+
+            password = unicodedata.normalize("NFKC", self._password).encode("utf-8")
+        nonce = base64.b64encode(os.urandom(24)).decode("ascii")
+        bare, first = scram_first(self.user, nonce)
+        what, source = f"{mechanism} login of {self.user!r}", self.auth_source
+        start = command(dict(saslStart=1, mechanism=mechanism, payload=first.encode(),
+                             autoAuthorize=1, options={"skipEmptyExchange": True}), what, source)
+        final, signature = scram_final(password, "sha1" if mechanism == "SCRAM-SHA-1"
+                                       else "sha256", bare, bytes(start["payload"]).decode(),
+                                       nonce)
+        step = command(dict(saslContinue=1, conversationId=start["conversationId"],
+                            payload=final.encode()), what, source)
+        if f"v={signature}" not in bytes(step["payload"]).decode().split(","):
+            raise ValueError("the server's SCRAM signature is wrong: not the server we asked")
+        while not step.get("done"):
+            step = command(dict(saslContinue=1, conversationId=start["conversationId"],
+                                payload=b""), what, source)
+
+    @staticmethod
+    def _command(sock, request_id, document, deadline):
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        sock.sendall(mongo_op_msg(request_id, document))
+        data = b""
+        while True:
+            if len(data) >= 4:
+                length, = struct.unpack_from("<i", data)
+                if not 21 <= length <= 48_000_000:
+                    raise ValueError("not a MongoDB reply (bad message length)")
+                if len(data) >= length:
+                    break
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise OSError("the server closed the connection")
+            data += chunk
+        length, _, response_to, opcode = struct.unpack_from("<iiii", data)
+        if opcode != _OP_MSG or response_to != request_id or data[20] != 0:
+            raise ValueError(f"not a MongoDB reply to OP_MSG {request_id} (opcode {opcode})")
+        return bson_decode(data[21:length])[0]
+
+    def _with_driver(self):
+        try:
+            import pymongo  # noqa: the driver pihace 1.0.0 used, only when installed
+        except ImportError:
+            return False, f"{self._needs_driver}, which pihace does not do: install pymongo for it"
+        try:
+            client = pymongo.MongoClient(self.dsn, serverSelectionTimeoutMS=int(self.timeout * 1000))
+            try:
+                client.server_info()
+            finally:
+                client.close()
+        except pymongo.errors.PyMongoError as exc:
+            return False, _printable(_text(exc))
+        return True
+
+
+# InfluxDB and Elasticsearch: one GET over HTTP.
+
+def _http_json(url, path, headers, timeout):
+    """(status, reason, headers, JSON body or None) of GET url+path, following redirects;
+    the user name and password of `url`, if any, go as HTTP basic authentication."""
+    import base64  # here, not at the top: slow to import, and only these checkers need them
+    import json
+    import urllib.error
+    import urllib.request
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    headers = dict(headers, **{"User-Agent": f"pihace/{__version__}",
+                               "Accept": "application/json"})
+    if at:
+        user, _, password = userinfo.partition(":")
+        headers.setdefault("Authorization", "Basic " + base64.b64encode(
+            f"{unquote(user)}:{unquote(password)}".encode("utf-8")).decode())
+    target = parts._replace(netloc=host, path=parts.path.rstrip("/") + path).geturl()
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(target, headers=headers),
+                                          timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        response = exc
+    with response:
+        body = response.read(1_000_000)
+    try:
+        document = json.loads(body) if body else None
+    except ValueError:
+        document = None
+    return response.status, response.reason, response.headers, document
+
+
+def _http_url(url, what):
+    """`url` checked as an http(s) URL with a host; its safe form (no user information)."""
+    from urllib.parse import urlsplit  # here, not at the top: slow to import
+
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
+    except (TypeError, ValueError, AttributeError):
+        valid = False
+    if not valid:
+        raise ValueError(f"{what} must be an http:// or https:// URL with a host and a valid port")
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _http_errors():
+    """What a GET can raise for network trouble (an `except` evaluates it only then)."""
+    import http.client  # here, not at the top: slow to import
+
+    return OSError, http.client.HTTPException, UnicodeError  # UnicodeError: a bad host name
+
+
+def _http_failure(exc):
+    """A network error of _http_json() in one line."""
+    reason = getattr(exc, "reason", exc)  # a URLError's reason: an OSError or a string
+    return describe_error(reason) if isinstance(reason, OSError) \
+        else _printable(_text(reason) or type(exc).__name__)
+
+
+class InfluxDB:
+    """pihace 1.0.0's InfluxDB plugin: does the server report itself healthy?
+
+    GET /health (InfluxDB 2.x and 1.8+): passes when its status is "pass"; on a
+    server without it (InfluxDB 1.x before 1.8), GET /ping: passes on 204. The
+    token, if any, goes as ``Authorization: Token ...``; `org` is kept for
+    pihace 1.0.0's signature (the health endpoint needs none).
+    """
+
+    def __init__(self, url, token="", org="", timeout=5):
+        self.safe_url = _http_url(url, "url")
+        self.url, self.org, self.timeout = url, org, _seconds("timeout", timeout)
+        self._headers = {"Authorization": f"Token {token}"} if token else {}
+
+    def __repr__(self):
+        return f"InfluxDB({self.safe_url!r})"
+
+    def __call__(self):
+        try:
+            status, phrase, headers, body = _http_json(self.url, "/health", self._headers,
+                                                       self.timeout)
+            if status == 404:  # InfluxDB 1.x before 1.8
+                status, phrase, headers, body = _http_json(self.url, "/ping", self._headers,
+                                                           self.timeout)
+                if status == 204:
+                    return True  # as pihace 1.0.0's plugins pass: no detail
+                return False, f"InfluxDB health status: fail - /ping answered HTTP {status} {phrase}"
+        except _http_errors() as exc:
+            return False, f"InfluxDB health status: fail - {_http_failure(exc)} ({self.safe_url})"
+        health = body if isinstance(body, dict) else {}
+        if status == 200 and health.get("status") == "pass":
+            return True
+        detail = health.get("message") or f"HTTP {status} {phrase}"
+        return False, f"InfluxDB health status: {_printable(health.get('status', 'fail'))} - " \
+                      f"{_printable(_text(detail))}"
+
+
+class ElasticSearch:
+    """pihace 1.0.0's Elasticsearch plugin: GET /_cluster/health passes when the
+    cluster is green or yellow. A user name and password in `es_url`, or
+    ``basic_auth=(user, password)``, go as HTTP basic authentication and are
+    never shown. ``url=`` is accepted for `es_url`, as pihace 1.0.0's
+    documentation writes it."""
+
+    def __init__(self, es_url=None, timeout=5, *, url=None, basic_auth=None):
+        if (es_url is None) == (url is None):
+            raise ValueError("give the cluster's URL once, as es_url (or url)")
+        es_url = url if es_url is None else es_url
+        self.safe_url = _http_url(es_url, "es_url")
+        self.es_url, self.timeout = es_url, _seconds("timeout", timeout)
+        self._headers = {}
+        if basic_auth is not None:
+            import base64  # here, not at the top: only credentials need it
+
+            user, password = basic_auth
+            self._headers["Authorization"] = "Basic " + base64.b64encode(
+                f"{user}:{password}".encode("utf-8")).decode()
+
+    def __repr__(self):
+        return f"ElasticSearch({self.safe_url!r})"
+
+    def __call__(self):
+        try:
+            status, phrase, _, body = _http_json(self.es_url, "/_cluster/health", self._headers,
+                                                 self.timeout)
+        except _http_errors() as exc:
+            return False, f"cannot read the cluster health at {self.safe_url}: {_http_failure(exc)}"
+        health = body if isinstance(body, dict) else {}
+        if status != 200 or "status" not in health:
+            error = health.get("error")
+            reason = error.get("reason") if isinstance(error, dict) else error
+            return False, f"Elasticsearch answered HTTP {status} {phrase}" + (
+                f": {_printable(_text(reason))}" if reason else "")
+        if health["status"] in ("green", "yellow"):
+            return True  # as pihace 1.0.0's plugins pass: no detail
+        return False, f"Elasticsearch health status: {_printable(health['status'])}"
 
 
 # ---------------------------------------------------------------------------
@@ -2970,6 +3797,19 @@ class Outbox:
             self._spool.close()
 
 
+class _MaskedURL(str):
+    """A URL as given (pihace 1.0.0's ``AMQPPusher.amqp_url``), shown with its password
+    masked by repr(), so that a pusher in a log line or a traceback does not leak it."""
+
+    def __new__(cls, url, safe_url):
+        self = super().__new__(cls, url)
+        self.safe_url = safe_url
+        return self
+
+    def __repr__(self):
+        return repr(self.safe_url)
+
+
 class AMQPPusher:
     """Publishes health reports to an AMQP 0-9-1 broker such as RabbitMQ.
 
@@ -3000,12 +3840,15 @@ class AMQPPusher:
                  heartbeat=None, timeout=10.0, connect_timeout=None, buffer_size=1000,
                  outbox_path=None, max_connection_age=None, connection_name=None,
                  ssl_context=None, socket_factory=None, clock=time.monotonic):
-        if healthcheck is not None and not isinstance(healthcheck, HealthCheck):
-            raise TypeError(f"healthcheck must be a HealthCheck, got {type(healthcheck).__name__}")
+        if healthcheck is not None and not callable(getattr(healthcheck, "check", None)):
+            raise TypeError("healthcheck must be a HealthCheck (or have a check() method), got "
+                            f"{type(healthcheck).__name__}")
         urls = [amqp_url] if isinstance(amqp_url, str) else list(amqp_url or ())
         if not urls:
             raise ValueError("amqp_url must be a URL or a non-empty list of URLs")
         self.endpoints = [AMQPParameters(url) for url in urls]
+        masked = [_MaskedURL(url, endpoint.safe_url) for url, endpoint in zip(urls, self.endpoints)]
+        self.amqp_url = masked[0] if isinstance(amqp_url, str) else masked  # pihace 1.0.0's name
         self.parameters = self.endpoints[0]  # the endpoint in use, or tried last
         self.exchange = exchange or ""
         self.routing_key = queue_name if routing_key is None else routing_key
@@ -3274,10 +4117,15 @@ class AMQPPusher:
             raise ValueError("push() needs the pusher's healthcheck; use publish() to send "
                              "other messages")
         report = self.healthcheck.check(output="dict")
-        # what a watcher needs to tell "late" (new keys, after pihace 1.0.0's): who, how often
-        report.update(host=_HOST, **({"interval": self.interval} if self.interval else {}))
+        status = None
+        if isinstance(report, dict):  # a healthcheck of the caller's own may return anything
+            # what a watcher needs to tell "late" (new keys, after pihace 1.0.0's): who, how
+            # often; in a copy, as the caller's healthcheck may keep the dict it returned
+            report = {**report, "host": _HOST,
+                      **({"interval": self.interval} if self.interval else {})}
+            status = report.get("status")
         # a component name that is a Path, say, must not stop the reports
-        message = self._message(report, headers={"status": report["status"]}, as_text=_text)
+        message = self._message(report, headers={"status": status}, as_text=_text)
         self.outbox.add(message, waited_for)  # even while another push runs
         return message
 
@@ -4422,15 +5270,261 @@ def _verbose(query):
 # compatibility: pihace 1.0.0's module names point at this one file
 # ---------------------------------------------------------------------------
 
+class _Loop:
+    """A report every `interval` seconds until stop() (from any thread), a stop_event
+    or Ctrl-C, for the adapters below; a failed round is logged, never raised."""
+
+    def _loop(self, step, interval, stop_event, what):
+        interval = _seconds("interval", interval)
+        stop = self._stop = stop_event or threading.Event()
+        log.info("%s every %gs", what, interval)
+        next_round = time.monotonic()
+        try:
+            while not stop.is_set():
+                try:
+                    step()
+                except Exception:  # a bug in one round: logged, and the loop goes on
+                    log.exception("%s failed", what)
+                next_round += interval * (1 + (time.monotonic() - next_round) // interval)
+                stop.wait(max(0.0, next_round - time.monotonic()))
+        except KeyboardInterrupt:
+            log.info("interrupted: stopping")
+
+    def stop(self):
+        """End push_forever_in_loop() / run_forever_in_loop() at once."""
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
+
+class ElasticSearchPusher(_Loop):
+    """pihace 1.0.0's ElasticSearchPusher, over HTTP with the standard library: each
+    report is indexed as a document of `index` (POST /index/_doc). A user name and
+    password in `es_url` go as HTTP basic authentication and are never shown.
+    push() returns True or False, as in 1.0.0; `last_error` says why it failed
+    (it is logged too, where 1.0.0 printed a traceback)."""
+
+    def __init__(self, healthcheck, es_url, index="pihace-health", timeout=10):
+        if not callable(getattr(healthcheck, "check", None)):
+            raise TypeError("healthcheck must be a HealthCheck (or have a check() method), got "
+                            f"{type(healthcheck).__name__}")
+        if not isinstance(index, str) or not index or index != index.lower() \
+                or any(c in index for c in '\\/*?"<>| ,#:'):
+            raise ValueError(f"index must be a lowercase Elasticsearch index name, got {index!r}")
+        self.safe_url = _http_url(es_url, "es_url")
+        self.healthcheck, self.es_url, self.index = healthcheck, es_url, index
+        self.timeout, self.last_error = _seconds("timeout", timeout), None
+
+    def __repr__(self):
+        return f"<ElasticSearchPusher {self.safe_url} index={self.index!r}>"
+
+    def push(self):
+        """Take a report and index it: True when Elasticsearch stored it, else False."""
+        import json  # here, not at the top: slow to import (see the imports)
+        import urllib.request
+        from urllib.parse import quote, unquote, urlsplit
+
+        report = self.healthcheck.check(output="dict")
+        parts = urlsplit(self.es_url)
+        userinfo, at, host = parts.netloc.rpartition("@")
+        headers = {"Content-Type": "application/json", "User-Agent": f"pihace/{__version__}"}
+        if at:
+            import base64  # here, not at the top: only URLs with credentials need it
+
+            user, _, password = userinfo.partition(":")
+            headers["Authorization"] = "Basic " + base64.b64encode(
+                f"{unquote(user)}:{unquote(password)}".encode("utf-8")).decode()
+        target = parts._replace(netloc=host, path=parts.path.rstrip("/")
+                                + f"/{quote(self.index, safe='')}/_doc").geturl()
+        body = json.dumps(report, default=str).encode("utf-8")  # a name that is a Path, say
+        request = urllib.request.Request(target, data=body,
+                                         headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                response.read(65536)
+            self.last_error = None
+            return True
+        except _http_errors() as exc:
+            status = getattr(exc, "code", None)
+            self.last_error = (f"Elasticsearch answered HTTP {status} {_printable(exc.reason)}"
+                               if status else _http_failure(exc)) + f" ({self.safe_url})"
+        log.warning("cannot index the report: %s", self.last_error)
+        return False
+
+    def push_forever_in_loop(self, interval=60, stop_event=None):
+        """push() every `interval` seconds until stop(), stop_event or Ctrl-C."""
+        self._loop(self.push, interval, stop_event,
+                   f"indexing a report in {self.safe_url}/{self.index}")
+
+
+class MongoStorage(_Loop):
+    """pihace 1.0.0's MongoStorage: each report, with a `logged_at` date, is inserted in
+    `collection` of `database`. It needs pymongo (pip install pymongo): inserting
+    documents is more of MongoDB's protocol than pihace speaks."""
+
+    def __init__(self, healthcheck, dsn, database="pihace", collection="health_logs"):
+        try:
+            import pymongo  # noqa: the driver pihace 1.0.0 used; only this storage needs it
+        except ImportError:
+            raise ModuleNotFoundError("MongoStorage needs pymongo, which is not installed: "
+                                      "pip install pymongo", name="pymongo") from None
+        self.healthcheck, self.dsn = healthcheck, dsn
+        self.database, self.collection = database, collection
+        try:
+            self.client = pymongo.MongoClient(dsn, serverSelectionTimeoutMS=2000)
+            self.db = self.client[database]
+            self.col = self.db[collection]
+        except pymongo.errors.PyMongoError as exc:
+            raise RuntimeError(f"Failed to connect to MongoDB: {_text(exc)}") from None
+
+    def save(self):
+        """Take a report and insert it: True when MongoDB stored it, else False (logged)."""
+        import datetime  # here, not at the top: only this storage needs it
+
+        import pymongo  # noqa: imported by the constructor already
+
+        report = self.healthcheck.check(output="dict")
+        report["logged_at"] = datetime.datetime.now(datetime.timezone.utc)
+        try:
+            self.col.insert_one(report)
+            return True
+        except pymongo.errors.PyMongoError as exc:
+            log.warning("cannot store the report in MongoDB: %s", _printable(_text(exc)))
+            return False
+
+    def run_forever_in_loop(self, interval=60, stop_event=None):
+        """save() every `interval` seconds until stop(), stop_event or Ctrl-C."""
+        self._loop(self.save, interval, stop_event,
+                   f"storing a report in MongoDB {self.database}.{self.collection}")
+
+
+def _system_checker():
+    """The "system" plugin of a config file: passes when this machine's figures can be read."""
+    figures = get_system_info()
+    read = {key: value for key, value in figures.items() if value is not None}
+    return bool(read), ", ".join(f"{key} {value}" for key, value in read.items()
+                                 if key in ("cpu_usage", "memory_usage", "disk_usage"))
+
+
+_CONFIG_TYPES = {  # section: {type: the name of what makes it, looked up when a config is read}
+    "plugins": {"http": "HTTP", "influxdb": "InfluxDB", "mongodb": "MongoDB", "mysql": "MySQL",
+                "elasticsearch": "ElasticSearch", "system": "_system_checker"},
+    "providers": {"web_provider": "WebProvider", "prometheus_provider": "PrometheusProvider"},
+    "pushers": {"elasticsearch_pusher": "ElasticSearchPusher", "amqp_pusher": "AMQPPusher"},
+    "storages": {"mongodb_storage": "MongoStorage"},
+}
+
+
+def read_config(path):
+    """A config file as a dict: YAML (.yml, .yaml) with PyYAML when it is installed, JSON,
+    or TOML (.toml, Python 3.11+). A YAML file without PyYAML is read as JSON when it is
+    JSON (JSON is YAML too); otherwise the error says what to do."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    with open(path, "rb") as file:
+        data = file.read()
+    if suffix == ".toml":
+        try:
+            import tomllib  # novermin: Python 3.11+; older ones get the error below
+        except ImportError:
+            raise ValueError(f"{path}: TOML needs Python 3.11 or newer (tomllib); "
+                             "write the same structure as JSON") from None
+        return tomllib.loads(data.decode("utf-8"))
+    import json  # here, not at the top: slow to import (see the imports)
+
+    if suffix in (".yml", ".yaml"):
+        try:
+            import yaml  # PyYAML, optional: used when it is installed
+        except ImportError:
+            try:
+                return json.loads(data)
+            except ValueError:
+                raise ValueError(f"{path}: reading YAML needs PyYAML, which is not installed "
+                                 "(pip install pyyaml); or write the same structure as JSON "
+                                 "(.json), or TOML (.toml, Python 3.11+)") from None
+        return yaml.safe_load(data)
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _make(section, entry, *args):
+    """The checker, provider, pusher or storage that one entry of a config describes."""
+    if not isinstance(entry, dict) or "type" not in entry:
+        raise ValueError(f"each entry of {section} needs a type, got {_printable(repr(entry))}")
+    kind, options = entry["type"], entry.get("config") or {}
+    name = _CONFIG_TYPES[section].get(kind)
+    if name is None:
+        what = {"plugins": "checker"}.get(section, section[:-1])
+        raise ValueError(f"Unknown {what} type: {_printable(kind)} (known: "
+                         f"{', '.join(_CONFIG_TYPES[section])})")
+    maker = globals().get(name)  # looked up now: a provider may come with a newer pihace.py
+    if maker is None:
+        raise ValueError(f"{section[:-1]} type {kind!r} needs {name}, which this pihace.py "
+                         f"({__version__}) does not have")
+    if name == "_system_checker":
+        return maker
+    try:
+        return maker(*args, **options)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{section[:-1]} {kind!r}: {_printable(exc)}") from None
+
+
+def load_healthcheck_from_yaml(path):
+    """pihace 1.0.0's loader: the HealthCheck, providers, pushers and storages that a config
+    file describes, as {"healthcheck", "providers", "pushers", "storages", "config"}.
+
+    The file is YAML (with PyYAML), JSON or TOML (see read_config). Nothing is
+    started: ``pihace --config FILE`` starts the providers and runs the loops.
+    """
+    config = read_config(path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{os.fspath(path)}: expected a mapping at the top, got "
+                         f"{type(config).__name__}")
+    instance = config.get("instance") or {}
+    hc = HealthCheck(with_system=instance.get("with_system", False),
+                     name=instance.get("name", "unknown"), version=instance.get("version", "0.0.1"))
+    for entry in config.get("plugins") or []:
+        checker = _make("plugins", entry)
+        hc.register(str(entry.get("name", entry["type"])).replace(" ", "_"), checker)
+    return {"healthcheck": hc,
+            "providers": [_make("providers", entry, hc) for entry in config.get("providers") or []],
+            "pushers": [_make("pushers", entry, hc) for entry in config.get("pushers") or []],
+            "storages": [_make("storages", entry, hc) for entry in config.get("storages") or []],
+            "config": config}
+
+
+_ALIASES_1_0_0 = ("plugins.mysql", "plugins.mongodb", "plugins.influxdb", "plugins.elasticsearch",
+                  "pusher.elasticsearch", "storage", "storage.mongodb", "types", "loader")
+# pihace.types: 1.0.0's Literal names, made on first use (typing is slow to import)
+_TYPES_1_0_0 = {
+    "PluginType": ("http", "influxdb", "mongodb", "mysql", "elasticsearch", "system"),
+    "PusherType": ("elasticsearch_pusher", "amqp_pusher"),
+    "StorageType": ("mongodb_storage",),
+    "ProviderType": ("web_provider", "prometheus_provider"),
+}
+
+
+def __getattr__(name):  # PEP 562: only for names the module does not define
+    if name in _TYPES_1_0_0:
+        import typing  # here, not at the top: slow to import, and only pihace.types needs it
+
+        value = typing.Literal[_TYPES_1_0_0[name]]
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _register_aliases():
     module = sys.modules[__name__]
     sys.modules.setdefault("pihace", module)
     for alias in ("healthcheck", "pusher", "pusher.messaging", "system_info", "utils",
-                  "plugins", "plugins.http"):
+                  "plugins", "plugins.http") + _ALIASES_1_0_0:
         sys.modules.setdefault(f"pihace.{alias}", module)
     # ``import pihace.pusher.messaging`` then reaches attributes of the parent
     for attribute in ("healthcheck", "pusher", "messaging", "system_info", "utils", "plugins",
-                      "http"):
+                      "http") + tuple({alias.rpartition(".")[2] for alias in _ALIASES_1_0_0}):
         setattr(module, attribute, module)
 
 
@@ -4606,6 +5700,8 @@ def _parser():
     parser = Parser(prog="pihace", description="Health checks, printed or pushed to an AMQP "
                     "broker.", epilog=_EXAMPLES, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--version", action="version", version=f"pihace {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="run what a pihace 1.0.0 config file "
+                        "(YAML with PyYAML, JSON, or TOML) describes, until SIGTERM or Ctrl-C")
     commands = parser.add_subparsers(dest="command", metavar="{check,push,serve,watch}")
     probe = Parser(add_help=False)
     probe.add_argument("--retries", type=int, metavar="N",
@@ -5101,6 +6197,47 @@ def _serve_fleet(watcher, listen):
     return server
 
 
+def _run_config(loaded):
+    """pihace --config FILE: start its providers, pushers and storages (each in a thread, as
+    pihace 1.0.0 did) and run until SIGTERM or Ctrl-C; then stop the loops cleanly."""
+    import signal  # here, not at the top: only the command line's loops need it
+
+    config, stop, threads = loaded["config"], threading.Event(), []
+
+    def start(target, *args, **kwargs):
+        thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    for provider in loaded["providers"]:
+        start(getattr(provider, "serve", None) or provider.start)
+    loops = [(pusher, pusher.push_forever_in_loop, entry.get("push_config"))
+             for entry, pusher in zip(config.get("pushers") or [], loaded["pushers"])]
+    loops += [(storage, storage.run_forever_in_loop, entry.get("store_config"))
+              for entry, storage in zip(config.get("storages") or [], loaded["storages"])]
+    for _, loop, options in loops:
+        start(loop, interval=(options or {}).get("interval", 60), stop_event=stop)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGTERM, signal.SIGINT) if in_main_thread else ()
+    previous = [signal.signal(number, lambda *_: stop.set()) for number in signals]
+    try:
+        stop.wait()
+    finally:
+        for number, handler in zip(signals, previous):
+            signal.signal(number, handler)
+        for runner, _, _ in loops:
+            runner.stop()
+        for provider in loaded["providers"]:
+            for name in ("shutdown", "stop", "close"):
+                if callable(getattr(provider, name, None)):
+                    threading.Thread(target=getattr(provider, name), daemon=True).start()
+                    break
+        deadline = time.monotonic() + 10  # the pushers' last chance for their outboxes
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return 0
+
+
 def main(argv=None):
     """The ``pihace`` command: ``check`` (the default), ``push``, ``serve`` or ``watch``;
     returns the exit code."""
@@ -5108,12 +6245,21 @@ def main(argv=None):
 
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version") \
+            and argv[0].partition("=")[0] != "--config":
         argv.insert(0, "check")
     handler, previous_level = logging.StreamHandler(), log.level
     handler.setFormatter(logging.Formatter("%(asctime)s pihace %(levelname)s: %(message)s"))
     try:
         args = parser.parse_args(argv)
+        if args.config is not None:
+            log.addHandler(handler)
+            log.setLevel("INFO")
+            try:
+                loaded = load_healthcheck_from_yaml(args.config)
+            except (OSError, ValueError) as exc:
+                parser.error(f"--config: {describe_error(exc)}")
+            return _run_config(loaded)
         looping = args.command == "push" and args.interval is not None
         log.addHandler(handler)
         log.setLevel(args.log_level or ("INFO" if looping else "WARNING"))

@@ -3,7 +3,10 @@
 import asyncio
 import base64
 import calendar
+import collections
 import contextlib
+import contextvars
+import errno
 import functools
 import io
 import itertools
@@ -15,6 +18,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -909,6 +913,234 @@ def test_a_failing_optional_check_never_makes_the_report_unavailable(results, op
 
 
 # ---------------------------------------------------------------------------
+# health checks: what code written for pihace 1.0.0 relies on (issue 15)
+# ---------------------------------------------------------------------------
+
+request_id = contextvars.ContextVar("request_id", default="unset")
+
+
+def test_sync_and_async_checkers_see_the_callers_context_variables():
+    seen = []
+
+    def sync_checker():
+        seen.append(("sync", request_id.get()))
+        return True
+
+    async def async_checker():
+        seen.append(("async", request_id.get()))
+        return True
+
+    hc = pihace.HealthCheck()
+    hc.register("sync", sync_checker)
+    hc.register("async", async_checker)
+
+    def check_as(value):
+        request_id.set(value)
+        return hc.check()["rate"]
+
+    assert contextvars.copy_context().run(check_as, "first") == "2/2"
+    assert sorted(seen) == [("async", "first"), ("sync", "first")]
+    seen.clear()
+
+    async def main():
+        request_id.set("in-loop")
+        return (await hc.check_async())["rate"]
+
+    assert asyncio.run(main()) == "2/2"
+    assert sorted(seen) == [("async", "in-loop"), ("sync", "in-loop")]
+
+
+def test_a_checker_retried_sees_the_context_on_every_attempt():
+    seen = []
+
+    def flaky():
+        seen.append(request_id.get())
+        return len(seen) == 3
+
+    hc = pihace.HealthCheck()
+    hc.register("flaky", flaky, retries=2)
+
+    def run():
+        request_id.set("retried")
+        return hc.check()["checks"]["flaky"]
+
+    outcome = contextvars.copy_context().run(run)
+    assert (outcome["status"], outcome["attempts"]) == ("pass", 3)
+    assert seen == ["retried"] * 3
+
+
+def test_check_async_runs_async_checkers_on_the_callers_loop():
+    async def main():
+        loop = asyncio.get_running_loop()
+        made_here = asyncio.Queue()  # an object of this loop, like a driver's connection
+        await made_here.put("pong")
+
+        async def uses_the_loop():
+            assert asyncio.get_running_loop() is loop
+            return await asyncio.wait_for(made_here.get(), 1) == "pong"
+
+        hc = pihace.HealthCheck()
+        hc.register("loop-bound", uses_the_loop)
+        hc.register("sync", lambda: True)
+        return await hc.check_async()
+
+    report = asyncio.run(main())
+    assert report["failure"] is None, report["failure"]
+    assert report["rate"] == "2/2"
+
+
+def test_async_checkers_on_the_callers_loop_keep_their_timeout_and_retries():
+    cancelled = []
+
+    async def hangs():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(1)
+            raise
+
+    async def main():
+        hc = pihace.HealthCheck()
+        hc.register("hangs", hangs, timeout=0.1, retries=1)
+        report = await hc._check_async(output="dict", pretty=True)  # pihace 1.0.0's name
+        await asyncio.sleep(0)  # let the cancelled task run its except clause
+        return report
+
+    report = asyncio.run(main())
+    assert report["failure"] == {"hangs": "timed out after 0.1s"}
+    assert report["checks"]["hangs"]["attempts"] == 2
+    assert cancelled == [1]
+
+
+def test_a_caller_that_gives_up_on_check_async_cancels_its_async_checkers():
+    cancelled = []
+
+    async def forever():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(1)
+            raise
+
+    async def main():
+        hc = pihace.HealthCheck()
+        hc.register("forever", forever, timeout=None)  # no timeout: the caller's deadline rules
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(hc.check_async(), 0.2)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert cancelled == [1]
+
+
+def test_run_checker_with_retries_is_there_as_in_pihace_1_0_0():
+    async def main():
+        hc = pihace.HealthCheck()
+        passed = await hc.run_checker_with_retries("ok", async_ok, 2, 5)
+        failed = await hc.run_checker_with_retries("bad", lambda: (False, "no"), 0, 5)
+        return passed, failed
+
+    assert asyncio.run(main()) == (True, (False, "no"))
+
+
+def test_checkers_read_and_write_as_pihace_1_0_0_dicts():
+    def slow():
+        time.sleep(0.5)  # simulated work, longer than the timeout set below
+        return True
+
+    hc = pihace.HealthCheck()
+    hc.register("slow", slow, timeout=5, retries=2)
+    entry = hc.checkers["slow"]
+    assert dict(entry) == {"checker": slow, "timeout": 5, "retries": 2}
+    assert entry["checker"] is slow and entry["timeout"] == 5 and entry["retries"] == 2
+    assert set(entry) == {"checker", "timeout", "retries"} and "timeout" in entry
+    entry["timeout"], entry["retries"] = 0.05, 0
+    outcome = hc.check()["checks"]["slow"]
+    assert (outcome["status"], outcome["attempts"]) == ("fail", 1)
+    assert outcome["message"].startswith("timed out after 0.05s")
+    entry["checker"] = lambda: (False, "replaced")
+    entry["timeout"] = 5
+    assert hc.check()["failure"] == {"slow": "replaced"}
+    for key, bad in (("timeout", -1), ("retries", 1.5), ("checker", "not callable")):
+        with pytest.raises(ValueError) as raised:
+            entry[key] = bad
+        assert key in str(raised.value) or "callable" in str(raised.value)
+    with pytest.raises(KeyError):
+        entry["interval"] = 3
+
+
+def test_a_checker_set_whole_as_a_pihace_1_0_0_dict_runs():
+    hc = pihace.HealthCheck()
+    hc.checkers["db"] = {"checker": lambda: (False, "refused"), "timeout": 1, "retries": 0}
+    hc.checkers["cache"] = {"checker": lambda: True}  # register()'s defaults for the rest
+    report = hc.check()
+    assert report["failure"] == {"db": "refused"} and report["checks"]["cache"]["status"] == "pass"
+    assert (hc.checkers["db"]["timeout"], hc.checkers["cache"]["retries"]) == (1, 2)
+    for bad, named in (({"timeout": 1}, '"checker"'), ({"checker": "nope"}, "callable"),
+                       ({"checker": bool, "retries": -1}, "retries")):
+        hc.checkers["bad"] = bad
+        with pytest.raises(ValueError) as raised:
+            hc.check()
+        assert "'bad'" in str(raised.value) and named in str(raised.value)
+
+
+def test_timeout_none_means_no_timeout():
+    def takes_a_while():
+        time.sleep(0.3)  # simulated work
+        return True
+
+    hc = pihace.HealthCheck()
+    hc.register("no-timeout", takes_a_while, timeout=None)
+    assert hc.checkers["no-timeout"]["timeout"] is None
+    report = hc.check()
+    assert report["status"] == "Available"
+    assert report["checks"]["no-timeout"]["duration_ms"] >= 300
+
+
+def test_output_names_in_any_case_and_none_as_in_pihace_1_0_0():
+    hc = pihace.HealthCheck(name="app")
+    hc.register("ok", lambda: True)
+    assert hc.check(output=None)["status"] == "Available"
+    assert json.loads(hc.check(output="JSON"))["status"] == "Available"
+    assert hc.check(output="Str").startswith("Status: Available")
+    assert asyncio.run(hc.check_async(output=None))["rate"] == "1/1"
+    with pytest.raises(TypeError) as raised:
+        hc.check(output=5)
+    assert "output" in str(raised.value) and "int" in str(raised.value)
+    with pytest.raises(ValueError) as raised:
+        hc.check(output="yaml")
+    assert "yaml" in str(raised.value)
+
+
+def test_patching_get_system_info_reaches_the_report():
+    from unittest import mock
+
+    figures = {"cpu_usage": "1.0%", "os": "Patched"}
+    with mock.patch("pihace.healthcheck.get_system_info", return_value=figures) as patched:
+        report = pihace.HealthCheck(with_system=True).check()
+    assert report["system"] == figures
+    assert patched.call_count == 1
+
+
+def test_patching_psutil_reaches_the_system_figures():
+    from unittest import mock
+
+    with mock.patch("pihace.system_info.psutil") as fake:
+        fake.cpu_percent.return_value = 12.5
+        fake.virtual_memory.return_value.percent = 40.0
+        fake.virtual_memory.return_value.available = 512 * 1024 ** 2
+        fake.disk_usage.return_value.percent = 70.0
+        fake.disk_usage.return_value.free = 3 * 1024 ** 3
+        system = pihace.HealthCheck(with_system=True).check()["system"]
+    assert (system["cpu_usage"], system["memory_usage"], system["memory_available"],
+            system["disk_usage"], system["disk_available"]) == (
+        "12.5%", "40.0%", "512.0 MB", "70.0%", "3.0 GB")
+    fake.cpu_percent.assert_called_with(interval=None)
+    assert_system_formats(pihace.get_system_info())  # the real one is back
+
+
+# ---------------------------------------------------------------------------
 # checkers: the built-in TCP, HTTP, Disk and AMQP
 # ---------------------------------------------------------------------------
 
@@ -1022,6 +1254,441 @@ def test_checker_arguments_are_checked(make, words):
     with pytest.raises(ValueError) as raised:
         make()
     assert words in str(raised.value) and "sekrit" not in str(raised.value)
+
+
+# ---------------------------------------------------------------------------
+# checkers: MySQL/MariaDB and InfluxDB against real servers; MongoDB and
+# Elasticsearch (which Debian does not package) against scripted exchanges
+# ---------------------------------------------------------------------------
+
+def mariadb_status(server, name):
+    return int(server.sql(f"SHOW GLOBAL STATUS LIKE '{name}'").split()[1])
+
+
+def test_mysql_logs_in_pings_and_quits_cleanly(mariadb):
+    before = {name: mariadb_status(mariadb, name)
+              for name in ("Connections", "Aborted_clients", "Aborted_connects")}
+    assert pihace.MySQL(f"mysql://app:s3cret-pw@127.0.0.1:{mariadb.port}/testdb")() is True
+    # the server saw one more connection (ours, and the client's own for these queries), no
+    # failed login and no client that went away without COM_QUIT
+    assert mariadb_status(mariadb, "Connections") >= before["Connections"] + 1
+    assert mariadb_status(mariadb, "Aborted_connects") == before["Aborted_connects"]
+    assert mariadb_status(mariadb, "Aborted_clients") == before["Aborted_clients"]
+
+
+def test_mysql_without_a_database_or_a_port(mariadb):
+    checker = pihace.MySQL(f"mysql://app:s3cret-pw@127.0.0.1:{mariadb.port}")
+    assert checker() is True
+    assert (pihace.MySQL("mysql://u:p@db.example/x").port, checker.database) == (3306, "")
+
+
+def test_mysql_failures_read_as_mysql_connector_s(mariadb, closed_port):
+    before = mariadb_status(mariadb, "Aborted_connects")
+    wrong = pihace.MySQL(f"mysql://app:not-the-pw@127.0.0.1:{mariadb.port}/testdb")()
+    assert wrong == (False, "1045 (28000): Access denied for user 'app'@'127.0.0.1' "
+                            "(using password: YES)")
+    assert mariadb_status(mariadb, "Aborted_connects") == before + 1  # the server refused it
+    no_db = pihace.MySQL(f"mysql://app:s3cret-pw@127.0.0.1:{mariadb.port}/elsewhere")()
+    assert no_db == (False, "1044 (42000): Access denied for user 'app'@'%' to database "
+                            "'elsewhere'")
+    refused = pihace.MySQL(f"mysql://app:s3cret-pw@127.0.0.1:{closed_port}/testdb")()
+    assert refused == (False, f"2003: Can't connect to MySQL server on "
+                              f"'127.0.0.1:{closed_port}' (Errno {errno.ECONNREFUSED}: "
+                              f"{os.strerror(errno.ECONNREFUSED)})")  # as mysql-connector says
+
+
+def test_mysql_says_which_login_it_cannot_speak(mariadb, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mysql", None)  # mysql-connector-python not installed
+    passed, reason = pihace.MySQL(f"mysql://ed:ed-pw@127.0.0.1:{mariadb.port}/")()
+    assert passed is False
+    assert "ed25519" in reason and "install mysql-connector-python" in reason
+    assert "ed-pw" not in reason
+
+
+def test_mysql_through_a_health_check_as_in_pihace_1_0_0(mariadb):
+    from pihace.plugins.mysql import MySQL
+
+    hc = pihace.HealthCheck(with_system=True, name="example-api", version="v0.1.0")
+    hc.register("MySQL A", MySQL(dsn=f"mysql://app:s3cret-pw@localhost:{mariadb.port}/testdb"),
+                timeout=5, retries=2)
+    assert hc.check()["status"] == "Available"
+
+
+@pytest.mark.parametrize("dsn", ["postgres://u:p@h/db", "mysql://", "mysql://u:p@h:99999/db", 5])
+def test_a_bad_mysql_dsn_is_a_value_error_that_shows_no_password(dsn):
+    with pytest.raises(ValueError) as raised:
+        pihace.MySQL(dsn)
+    assert "dsn must be" in str(raised.value) and "p@" not in str(raised.value)
+
+
+def mysql_greeting(scramble, plugin):
+    """A protocol-10 greeting as MySQL 8 sends it (CLIENT_PLUGIN_AUTH, SECURE_CONNECTION)."""
+    flags = 0x1 | 0x200 | 0x8000 | 0x80000
+    return (b"\x0a8.0.36\x00" + struct.pack("<I", 7) + scramble[:8] + b"\x00"
+            + struct.pack("<HBHHB", flags & 0xFFFF, 45, 2, flags >> 16, 21) + b"\x00" * 10
+            + scramble[8:] + b"\x00" + plugin + b"\x00")
+
+
+def mysql_packet(seq, payload):
+    return struct.pack("<I", len(payload))[:3] + bytes([seq]) + payload
+
+
+def read_mysql_packet(broker, connection):
+    head = broker.read(connection, 4)
+    return head[3], broker.read(connection, int.from_bytes(head[:3], "little"))
+
+
+def caching_sha2_server(password, cached):
+    """A MySQL 8 server's side of caching_sha2_password, written from the server's check: it
+    keeps SHA256(SHA256(password)); SHA256(that + scramble) XOR the token must give a value
+    whose SHA256 is what it keeps."""
+    import hashlib
+
+    kept = hashlib.sha256(hashlib.sha256(password).digest()).digest()
+    scramble = bytes(range(65, 85))
+
+    def script(broker, connection):
+        connection.sendall(mysql_packet(0, mysql_greeting(scramble, b"caching_sha2_password")))
+        seq, response = read_mysql_packet(broker, connection)
+        user_end = response.index(b"\0", 32)
+        token = response[user_end + 2:user_end + 2 + response[user_end + 1]]
+        broker.user = response[32:user_end]
+        stage1 = bytes(a ^ b for a, b in zip(
+            token, hashlib.sha256(kept + scramble).digest()))
+        broker.verified = hashlib.sha256(stage1).digest() == kept
+        if not cached:
+            connection.sendall(mysql_packet(seq + 1, b"\x01\x04"))  # perform full authentication
+            connection.recv(1)
+            return
+        connection.sendall(mysql_packet(seq + 1, b"\x01\x03"))  # fast auth success
+        connection.sendall(mysql_packet(seq + 2, b"\x00\x00\x00\x02\x00\x00\x00"))  # OK
+        assert read_mysql_packet(broker, connection) == (0, b"\x0e")  # COM_PING
+        connection.sendall(mysql_packet(1, b"\x00\x00\x00\x02\x00\x00\x00"))
+        assert read_mysql_packet(broker, connection) == (0, b"\x01")  # COM_QUIT
+        broker.quit = True
+
+    return script
+
+
+def test_mysql_caching_sha2_fast_path(fake_broker):
+    server = fake_broker(caching_sha2_server(b"sha2-pw", cached=True))
+    assert pihace.MySQL(f"mysql://app8:sha2-pw@127.0.0.1:{server.port}/")() is True
+    assert server.done.wait(5) and server.verified and server.quit and server.user == b"app8"
+
+
+def test_mysql_caching_sha2_full_login_needs_the_driver(fake_broker, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mysql", None)
+    server = fake_broker(caching_sha2_server(b"sha2-pw", cached=False))
+    passed, reason = pihace.MySQL(f"mysql://app8:sha2-pw@127.0.0.1:{server.port}/")()
+    assert passed is False and "TLS or RSA" in reason and "mysql-connector-python" in reason
+    assert server.verified  # the fast-path token was right; the server just had no cache
+
+
+def test_mysql_garbage_and_silence_are_failures_within_the_timeout(fake_broker):
+    garbage = fake_broker(lambda broker, connection: connection.sendall(b"HTTP/1.1 400 Bad\r\n\r\n"))
+    passed, reason = pihace.MySQL(f"mysql://u:p@127.0.0.1:{garbage.port}/", timeout=2)()
+    assert passed is False and reason.startswith("2"), reason
+    silent_server = fake_broker(lambda broker, connection: connection.recv(1))
+    started = time.monotonic()
+    passed, reason = pihace.MySQL(f"mysql://u:p@127.0.0.1:{silent_server.port}/", timeout=0.5)()
+    assert time.monotonic() - started < 2
+    assert passed is False and "timed out" in reason
+
+
+def test_influxdb_1_x_answers_ping(influxdb):
+    head = subprocess.run(["curl", "-sS", "-i", influxdb.url + "/ping"], capture_output=True,
+                          text=True, timeout=10).stdout
+    assert re.search(r"(?im)^HTTP/1.1 204 .*^X-Influxdb-Version: 1\.", head, re.S | re.M)
+    from pihace.plugins.influxdb import InfluxDB
+
+    checker = InfluxDB(url=influxdb.url, token="admintoken", org="myorg")  # 1.0.0's example
+    assert checker() is True
+
+
+def test_influxdb_down_is_a_failure(closed_port):
+    passed, reason = pihace.InfluxDB(f"http://127.0.0.1:{closed_port}")()
+    assert passed is False
+    assert reason == (f"InfluxDB health status: fail - connection refused "
+                      f"(http://127.0.0.1:{closed_port})")
+
+
+class Replay:
+    """An HTTP server that answers each path with a recorded response and records requests."""
+
+    def __init__(self, responses):
+        import http.server
+
+        replay = self
+        self.requests, self.bodies = [], []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                replay.requests.append((self.path, dict(self.headers)))
+                replay.bodies.append(body)
+                status, headers, body = responses.get(self.path, (404, {}, b""))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def replay():
+    servers = []
+
+    def make(responses):
+        servers.append(Replay(responses))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+# InfluxDB 2.x's GET /health, as its API documentation records it (200 pass, 503 fail).
+INFLUX2_PASS = (b'{"name":"influxdb", "message":"ready for queries and writes", "status":"pass", '
+                b'"checks":[], "version": "v2.7.4", "commit": "407fa622e9"}')
+INFLUX2_FAIL = b'{"name":"influxdb","message":"not ready: starting up","status":"fail","checks":[]}'
+
+
+def test_influxdb_2_health_and_token(replay):
+    up = replay({"/health": (200, {"Content-Type": "application/json; charset=utf-8"},
+                             INFLUX2_PASS)})
+    assert pihace.InfluxDB(up.url, token="admintoken", org="myorg")() is True
+    assert up.requests[0][0] == "/health"
+    assert up.requests[0][1]["Authorization"] == "Token admintoken"
+    down = replay({"/health": (503, {"Content-Type": "application/json"}, INFLUX2_FAIL)})
+    assert pihace.InfluxDB(down.url)() == (False, "InfluxDB health status: fail - not ready: "
+                                                  "starting up")
+
+
+# Elasticsearch's GET /_cluster/health (8.x, published outputs of `curl .../_cluster/health`),
+# and the 401 its security layer gives without credentials.
+ES_HEADERS = {"X-elastic-product": "Elasticsearch", "content-type": "application/json"}
+ES_GREEN = (b'{"cluster_name":"elasticsearch","status":"green","timed_out":false,'
+            b'"number_of_nodes":1,"number_of_data_nodes":1,"active_primary_shards":1,'
+            b'"active_shards":1,"relocating_shards":0,"initializing_shards":0,'
+            b'"unassigned_shards":0,"delayed_unassigned_shards":0,"number_of_pending_tasks":0,'
+            b'"number_of_in_flight_fetch":0,"task_max_waiting_in_queue_millis":0,'
+            b'"active_shards_percent_as_number":100.0}')
+ES_RED = ES_GREEN.replace(b'"green"', b'"red"')
+ES_401 = (b'{"error":{"root_cause":[{"type":"security_exception","reason":"missing '
+          b'authentication credentials for REST request [/_cluster/health]","header":'
+          b'{"WWW-Authenticate":["Basic realm=\\"security\\" charset=\\"UTF-8\\"",'
+          b'"ApiKey"]}}],"type":"security_exception","reason":"missing authentication '
+          b'credentials for REST request [/_cluster/health]","header":{"WWW-Authenticate":'
+          b'["Basic realm=\\"security\\" charset=\\"UTF-8\\"","ApiKey"]}},"status":401}')
+
+
+def test_elasticsearch_green_yellow_red_and_unauthorised(replay):
+    from pihace.plugins.elasticsearch import ElasticSearch
+
+    green = replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN)})
+    assert ElasticSearch(green.url)() is True
+    yellow = replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN.replace(b"green", b"yellow"))})
+    assert ElasticSearch(yellow.url)() is True
+    red = replay({"/_cluster/health": (200, ES_HEADERS, ES_RED)})
+    assert ElasticSearch(red.url)() == (False, "Elasticsearch health status: red")
+    locked = replay({"/_cluster/health": (401, ES_HEADERS, ES_401)})
+    assert ElasticSearch(locked.url)() == (
+        False, "Elasticsearch answered HTTP 401 Unauthorized: missing authentication "
+               "credentials for REST request [/_cluster/health]")
+
+
+def test_elasticsearch_credentials_go_as_basic_auth_and_are_never_shown(replay, closed_port):
+    green = replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN)})
+    url = green.url.replace("http://", "http://elastic:es%40pw@")
+    assert pihace.ElasticSearch(url)() is True
+    expected = "Basic " + base64.b64encode(b"elastic:es@pw").decode()
+    assert green.requests[0][1]["Authorization"] == expected
+    documented = pihace.ElasticSearch(url=green.url, basic_auth=("admin", "adminpass"))  # 1.0.0's docs
+    assert documented() is True and "adminpass" not in repr(documented)
+    assert green.requests[1][1]["Authorization"] == "Basic " + base64.b64encode(
+        b"admin:adminpass").decode()
+    checker = pihace.ElasticSearch(f"http://elastic:es-pw@127.0.0.1:{closed_port}")
+    passed, reason = checker()
+    assert passed is False and "es-pw" not in reason + repr(checker) and "refused" in reason
+
+
+# MongoDB's OP_MSG, golden bytes written from the wire protocol and BSON specs: the client's
+# hello {hello: 1, $db: "admin"} (request 1), and a server's reply {isWritablePrimary: true,
+# maxWireVersion: 21, ok: 1.0} to it.
+MONGO_HELLO = bytes.fromhex(
+    "34000000" "01000000" "00000000" "dd070000"  # length 52, request 1, response to 0, OP_MSG
+    "00000000" "00"  # no flags, a kind 0 section
+    "1f000000" "10" "68656c6c6f00" "01000000" "02" "24646200" "06000000" "61646d696e00" "00")
+MONGO_HELLO_REPLY = bytes.fromhex(
+    "4e000000" "07000000" "01000000" "dd070000"  # length 78, request 7, response to 1, OP_MSG
+    "00000000" "00"
+    "39000000"  # 57 bytes
+    "08" "69735772697461626c655072696d61727900" "01"  # isWritablePrimary: true
+    "10" "6d61785769726556657273696f6e00" "15000000"  # maxWireVersion: 21
+    "01" "6f6b00" "000000000000f03f"  # ok: 1.0
+    "00")
+MONGO_PING_REPLY = bytes.fromhex(  # {ok: 1.0} to request 2, the ping
+    "26000000" "08000000" "02000000" "dd070000" "00000000" "00"
+    "11000000" "01" "6f6b00" "000000000000f03f" "00")
+
+
+def mongo_server(replies):
+    def script(broker, connection):
+        for reply in replies:
+            head = broker.read(connection, 4)
+            broker.read(connection, int.from_bytes(head, "little") - 4)
+            connection.sendall(reply)
+    return script
+
+
+def test_mongodb_hello_and_ping(fake_broker):
+    server = fake_broker(mongo_server([MONGO_HELLO_REPLY, MONGO_PING_REPLY]))
+    from pihace.plugins.mongodb import MongoDB
+
+    assert MongoDB(dsn=f"mongodb://127.0.0.1:{server.port}")() is True
+    assert server.done.wait(5)
+    assert server.received.startswith(MONGO_HELLO)
+    ping = server.received[len(MONGO_HELLO):]
+    assert ping[12:16] == b"\xdd\x07\x00\x00" and b"\x10ping\x00\x01\x00\x00\x00" in ping
+
+
+def test_mongodb_tries_each_host_and_says_why_none_answered(fake_broker, closed_port):
+    garbage = fake_broker(lambda broker, connection: connection.sendall(b"\xff" * 64))
+    passed, reason = pihace.MongoDB(
+        f"mongodb://127.0.0.1:{closed_port},127.0.0.1:{garbage.port}/", timeout=1)()
+    assert passed is False
+    assert reason.startswith(f"no MongoDB server answered: 127.0.0.1:{closed_port}: "
+                             "connection refused; ")
+    assert "bad message length" in reason
+
+
+def test_scram_golden_vectors_of_rfc_5802_and_7677():
+    bare, first = pihace.scram_first("user", "rOprNGfwEbeRWgbNEkqO")
+    assert first == "n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
+    assert pihace.scram_final(
+        b"pencil", "sha256", bare, "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+        "s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", "rOprNGfwEbeRWgbNEkqO") == (
+        "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+        "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+        "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+    bare, _ = pihace.scram_first("user", "fyko+d2lbbFgONRv9qkxdawL")
+    assert pihace.scram_final(
+        b"pencil", "sha1", bare, "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,"
+        "s=QSXCR+Q6sek8bf92,i=4096", "fyko+d2lbbFgONRv9qkxdawL") == (
+        "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+        "rmF9pqV8S7suAoZWja4dJRkFsKQ=")
+    with pytest.raises(ValueError):  # a server nonce that does not extend ours
+        pihace.scram_final(b"pencil", "sha256", bare, "r=other,s=QSXCR+Q6sek8bf92,i=4096",
+                           "fyko+d2lbbFgONRv9qkxdawL")
+    assert pihace.scram_first("a,b=c", "n")[0] == "n=a=2Cb=3Dc,r=n"
+
+
+def scram_mongo(password, mechanisms=("SCRAM-SHA-256", "SCRAM-SHA-1")):
+    """A scripted mongod that logs users in with SCRAM-SHA-256, checking the client's proof
+    as RFC 5802 has the server do: ClientKey = proof XOR HMAC(StoredKey, AuthMessage), and
+    H(ClientKey) must be StoredKey."""
+    import hashlib
+    import hmac
+
+    salt, iterations = b"pihace-test-salt", 4096
+    salted = hashlib.pbkdf2_hmac("sha256", password, salt, iterations)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def answer(broker, document):
+        name = next(iter(document))
+        broker.commands.append((name, document.get("$db")))
+        if name == "hello":
+            broker.asked_mechanisms = document.get("saslSupportedMechs")
+            return {"isWritablePrimary": True, "maxWireVersion": 21,
+                    "saslSupportedMechs": list(mechanisms), "ok": 1.0}
+        if name == "saslStart":
+            broker.mechanism = document["mechanism"]
+            broker.first_bare = bytes(document["payload"])[3:].decode()
+            nonce = broker.first_bare.split("r=", 1)[1] + "server-nonce"
+            broker.server_first = (f"r={nonce},s={base64.b64encode(salt).decode()},"
+                                   f"i={iterations}")
+            return {"conversationId": 1, "done": False,
+                    "payload": broker.server_first.encode(), "ok": 1.0}
+        if name == "saslContinue":
+            final = bytes(document["payload"]).decode()
+            without_proof, proof = final.rsplit(",p=", 1)
+            message = f"{broker.first_bare},{broker.server_first},{without_proof}".encode()
+            signature = hmac.new(stored_key, message, "sha256").digest()
+            client_key = bytes(a ^ b for a, b in zip(base64.b64decode(proof), signature))
+            if hashlib.sha256(client_key).digest() != stored_key:
+                return {"ok": 0.0, "errmsg": "Authentication failed.", "code": 18,
+                        "codeName": "AuthenticationFailed"}
+            verifier = base64.b64encode(hmac.new(server_key, message, "sha256").digest())
+            return {"conversationId": 1, "done": True, "payload": b"v=" + verifier, "ok": 1.0}
+        return {"ok": 1.0}  # ping
+
+    def script(broker, connection):
+        broker.commands = []
+        while True:
+            head = broker.read(connection, 16)
+            if len(head) < 16:
+                return
+            length, request_id = struct.unpack_from("<ii", head)
+            body = broker.read(connection, length - 16)
+            reply = b"\0\0\0\0\x00" + pihace.bson_encode(answer(broker, pihace.bson_decode(body[5:])[0]))
+            connection.sendall(struct.pack("<iiii", 16 + len(reply), 99, request_id, 2013) + reply)
+
+    return script
+
+
+def test_mongodb_logs_in_with_scram_sha_256(fake_broker):
+    server = fake_broker(scram_mongo(b"mongo-pw"))
+    checker = pihace.MongoDB(f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/?authSource=admin")
+    assert checker() is True
+    assert server.done.wait(5)
+    assert server.asked_mechanisms == "admin.app" and server.mechanism == "SCRAM-SHA-256"
+    assert server.commands == [("hello", "admin"), ("saslStart", "admin"),
+                               ("saslContinue", "admin"), ("ping", "admin")]
+    assert "mongo-pw" not in repr(checker)
+
+
+def test_mongodb_wrong_password_is_the_servers_refusal(fake_broker):
+    server = fake_broker(scram_mongo(b"mongo-pw"))
+    passed, reason = pihace.MongoDB(f"mongodb://app:not-it@127.0.0.1:{server.port}/ops")()
+    assert passed is False
+    assert reason == (f"no MongoDB server answered: 127.0.0.1:{server.port}: SCRAM-SHA-256 login "
+                      "of 'app' refused: Authentication failed. (code 18)")
+    assert "not-it" not in reason
+
+
+def test_mongodb_srv_tls_or_another_login_needs_pymongo(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pymongo", None)
+    for dsn in ("mongodb://app:mongo-pw@127.0.0.1:1/?authMechanism=MONGODB-X509",
+                "mongodb://127.0.0.1:1/?tls=true", "mongodb+srv://cluster.example.net/"):
+        passed, reason = pihace.MongoDB(dsn)()
+        assert passed is False and "install pymongo" in reason and "mongo-pw" not in reason
+
+
+def test_bson_golden_bytes_and_round_trip():
+    assert pihace.bson_encode({"hello": 1, "$db": "admin"}) == MONGO_HELLO[21:]
+    document = {"s": "é", "t": True, "n": None, "i": 2 ** 40, "f": 1.5, "d": {"a": [1, "x"]},
+                "b": b"\x00\x01"}
+    encoded = pihace.bson_encode(document)
+    for data in (encoded, encoded + b"trailing"):
+        assert pihace.bson_decode(data) == (document, len(encoded))
+    for bad in (encoded[:-1], b"\x05\x00\x00\x00\x01", b"\x0c\x00\x00\x00\x42k\x00\x00\x00\x00\x00\x00"):
+        with pytest.raises((ValueError, struct.error)):
+            pihace.bson_decode(bad)
 
 
 # ---------------------------------------------------------------------------
@@ -3963,6 +4630,48 @@ def test_pushes_spread_over_the_nodes_and_spread_again_after_a_node_returns(clus
 
 
 # ---------------------------------------------------------------------------
+# pusher: what code written for pihace 1.0.0 relies on (issue 15)
+# ---------------------------------------------------------------------------
+
+def test_amqp_url_and_queue_name_are_there_with_the_password_masked_in_reprs():
+    url = "amqp://edge:s3cret-word@broker.example:5672/"
+    pusher = pihace.AMQPPusher(pihace.HealthCheck(), url, "reports")
+    assert pusher.amqp_url == url and str(pusher.amqp_url) == url  # as given, as in 1.0.0
+    assert pusher.queue_name == "reports"
+    for shown in (repr(pusher), repr(pusher.amqp_url), repr([pusher.amqp_url]),
+                  repr(pihace.AMQPPusher(None, [url, url]).amqp_url)):
+        assert "s3cret-word" not in shown and "broker.example" in shown, shown
+
+
+def test_any_object_with_a_check_method_is_a_healthcheck(rabbit, unique_queue, get_message):
+    kept = {"status": "Available", "from": "own"}
+
+    class OwnHealthCheck:  # not pihace's: code written for 1.0.0 could pass one
+        def check(self, output="dict"):
+            return kept
+
+    with pihace.AMQPPusher(OwnHealthCheck(), rabbit.url, unique_queue) as pusher:
+        assert pusher.push() is True
+    method, properties, body = get_message(unique_queue)
+    # the host, for a watcher, is added to the message, not to the dict the caller keeps
+    assert json.loads(body) == {"status": "Available", "from": "own", "host": os.uname().nodename}
+    assert kept == {"status": "Available", "from": "own"}
+    assert properties.headers == {"status": "Available"}
+
+
+def test_a_healthcheck_of_ones_own_that_returns_text_is_pushed_as_it_is(rabbit, unique_queue,
+                                                                      get_message):
+    class TextHealthCheck:
+        def check(self, output="dict"):
+            return "all good"
+
+    with pihace.AMQPPusher(TextHealthCheck(), rabbit.url, unique_queue) as pusher:
+        assert pusher.push() is True
+    method, properties, body = get_message(unique_queue)
+    assert body == b"all good" and properties.headers == {"status": None}  # text as it is
+
+
+# ---------------------------------------------------------------------------
 # watcher: device states, fed by hand (a clock of the test's own)
 # ---------------------------------------------------------------------------
 
@@ -4710,6 +5419,201 @@ def test_pihace_1_0_0_providers_serve_on_the_health_server(lone_copy):
 
 
 # ---------------------------------------------------------------------------
+# compatibility: pihace 1.0.0's pushers, storage, types, loader and --config (issue 15)
+# ---------------------------------------------------------------------------
+
+def test_elasticsearch_pusher_indexes_each_report(replay):
+    from pihace.pusher.elasticsearch import ElasticSearchPusher
+
+    created = (b'{"_index":"pihace-health","_id":"x1","_version":1,"result":"created",'
+               b'"_shards":{"total":2,"successful":1,"failed":0},"_seq_no":0,"_primary_term":1}')
+    server = replay({"/pihace-health/_doc": (201, ES_HEADERS, created)})
+    hc = pihace.HealthCheck(name="api", version="1")
+    hc.register("ok", lambda: True)
+    pusher = ElasticSearchPusher(hc, server.url.replace("http://", "http://elastic:es-pw@"))
+    assert pusher.push() is True
+    path, headers = server.requests[0]
+    assert path == "/pihace-health/_doc" and headers["Content-Type"] == "application/json"
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"elastic:es-pw").decode()
+    document = json.loads(server.bodies[0])
+    assert document["status"] == "Available" and document["component"]["name"] == "api"
+    assert "es-pw" not in repr(pusher)
+
+
+def test_elasticsearch_pusher_failures_are_false_with_a_reason(replay, closed_port):
+    refused = pihace.ElasticSearchPusher(pihace.HealthCheck(), f"http://u:es-pw@127.0.0.1:{closed_port}")
+    assert refused.push() is False
+    assert "connection refused" in refused.last_error and "es-pw" not in refused.last_error
+    locked = replay({"/pihace-health/_doc": (401, ES_HEADERS, ES_401)})
+    pusher = pihace.ElasticSearchPusher(pihace.HealthCheck(), locked.url)
+    assert pusher.push() is False
+    assert pusher.last_error.startswith("Elasticsearch answered HTTP 401 Unauthorized")
+    with pytest.raises(ValueError) as raised:
+        pihace.ElasticSearchPusher(pihace.HealthCheck(), locked.url, index="Bad/Index")
+    assert "index" in str(raised.value)
+
+
+def test_elasticsearch_pusher_loop_pushes_until_stopped(replay):
+    server = replay({"/health/_doc": (201, ES_HEADERS, b"{}")})
+    pusher = pihace.ElasticSearchPusher(pihace.HealthCheck(), server.url, index="health")
+    loop = threading.Thread(target=pusher.push_forever_in_loop, args=(0.05,))
+    loop.start()
+    wait_until(lambda: len(server.requests) >= 3, 5, "three reports indexed")
+    pusher.stop()
+    loop.join(5)
+    assert not loop.is_alive()
+
+
+def test_mongo_storage_without_pymongo_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pymongo", None)
+    from pihace.storage.mongodb import MongoStorage
+
+    with pytest.raises(ImportError) as raised:
+        MongoStorage(pihace.HealthCheck(), "mongodb://localhost:27017")
+    assert "pip install pymongo" in str(raised.value)
+
+
+def test_mongo_storage_uses_pymongo_as_pihace_1_0_0_did(monkeypatch):
+    inserted, clients = [], []
+
+    class Collection:
+        def insert_one(self, document):
+            inserted.append(document)
+
+    class MongoClient(dict):  # pymongo's API as MongoStorage uses it: client[db][collection]
+        def __init__(self, dsn, **options):
+            super().__init__()
+            clients.append((dsn, options))
+
+        def __missing__(self, database):
+            return collections.defaultdict(Collection)
+
+    errors = types.SimpleNamespace(PyMongoError=type("PyMongoError", (Exception,), {}))
+    monkeypatch.setitem(sys.modules, "pymongo", types.SimpleNamespace(MongoClient=MongoClient,
+                                                                      errors=errors))
+    hc = pihace.HealthCheck(name="api")
+    storage = pihace.MongoStorage(hc, "mongodb://db.example:27017", database="ops")
+    assert storage.save() is True
+    assert clients == [("mongodb://db.example:27017", {"serverSelectionTimeoutMS": 2000})]
+    assert inserted[0]["status"] == "Available" and inserted[0]["logged_at"].tzinfo is not None
+
+
+def test_pihace_types_has_the_literal_names(lone_copy):
+    code = ("import typing\n"
+            "from pihace.types import PluginType, PusherType, StorageType, ProviderType\n"
+            "import json; print(json.dumps([list(typing.get_args(t)) for t in (PluginType, PusherType, StorageType, "
+            "ProviderType)]))\n")
+    result = run_python(code, cwd=lone_copy)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        ["http", "influxdb", "mongodb", "mysql", "elasticsearch", "system"],
+        ["elasticsearch_pusher", "amqp_pusher"], ["mongodb_storage"],
+        ["web_provider", "prometheus_provider"]]
+
+
+# pihace 1.0.0's examples/yml/config.yml, with only its hosts and ports changed
+CONFIG_YML = """\
+instance:
+  name: my_app
+  version: 1.0.0
+  with_system: true
+
+plugins:
+  - name: Example HTTP Check
+    type: http
+    config:
+      url: {web_url}
+
+providers:
+  - type: web_provider
+    config:
+      host: 127.0.0.1
+      port: {web_port}
+
+pushers:
+  - type: amqp_pusher
+    config:
+      amqp_url: {amqp_url}
+      queue_name: {queue}
+
+    push_config:
+      interval: 5
+"""
+
+
+def without_providers(text):
+    return re.sub(r"(?ms)^providers:.*?\n\n", "", text)
+
+
+def test_the_loader_reads_pihace_1_0_0_s_config(tmp_path, web, amqp_url, unique_queue,
+                                                monkeypatch):
+    made = []
+
+    class StandInProvider:  # the web provider comes with the HTTP server (another issue)
+        def __init__(self, healthcheck, host="0.0.0.0", port=8000):
+            made.append((healthcheck, host, port))
+
+    monkeypatch.setattr(pihace, "WebProvider", StandInProvider, raising=False)
+    path = tmp_path / "config.yml"
+    path.write_text(CONFIG_YML.format(web_url=web.url + "/ok", web_port=8090, amqp_url=amqp_url,
+                                      queue=unique_queue))
+    from pihace.loader import load_healthcheck_from_yaml
+
+    loaded = load_healthcheck_from_yaml(str(path))
+    hc = loaded["healthcheck"]
+    assert (hc.component_name, hc.component_version, hc.with_system) == ("my_app", "1.0.0", True)
+    assert list(hc.checkers) == ["Example_HTTP_Check"]
+    assert hc.check()["status"] == "Available"
+    assert made == [(hc, "127.0.0.1", 8090)]
+    pusher, = loaded["pushers"]
+    assert (pusher.queue_name, pusher.amqp_url, pusher.healthcheck) == (unique_queue, amqp_url, hc)
+    assert loaded["config"]["pushers"][0]["push_config"] == {"interval": 5}
+
+
+def test_a_config_naming_what_this_file_lacks_or_does_not_know_is_a_clear_error(tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.delattr(pihace, "WebProvider", raising=False)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"providers": [{"type": "web_provider", "config": {}}]}))
+    with pytest.raises(ValueError) as raised:
+        pihace.load_healthcheck_from_yaml(path)
+    assert "web_provider" in str(raised.value) and "WebProvider" in str(raised.value)
+    path.write_text(json.dumps({"plugins": [{"name": "x", "type": "postgres"}]}))
+    with pytest.raises(ValueError) as raised:
+        pihace.load_healthcheck_from_yaml(path)
+    assert "Unknown checker type: postgres" in str(raised.value)
+    path.write_text(json.dumps({"plugins": [{"name": "x", "type": "mysql",
+                                             "config": {"dsn": "mysql://u:pw@h/db", "x": 1}}]}))
+    with pytest.raises(ValueError) as raised:
+        pihace.load_healthcheck_from_yaml(path)
+    assert "'x'" in str(raised.value) and "pw" not in str(raised.value)
+
+
+def test_config_as_json_or_toml_without_pyyaml(tmp_path, lone_copy):
+    as_dict = {"instance": {"name": "svc", "version": "2"},
+               "plugins": [{"name": "machine", "type": "system"}]}
+    (tmp_path / "as-json.yml").write_text(json.dumps(as_dict))
+    (tmp_path / "real.yml").write_text("instance:\n  name: svc\n")
+    (tmp_path / "c.toml").write_text('[instance]\nname = "svc"\nversion = "2"\n\n'
+                                     '[[plugins]]\nname = "machine"\ntype = "system"\n')
+    code = ("import sys; sys.modules['yaml'] = None\n"
+            "from pihace.loader import load_healthcheck_from_yaml\n"
+            "for name in sys.argv[1:]:\n"
+            "    try:\n"
+            "        hc = load_healthcheck_from_yaml(name)['healthcheck']\n"
+            "        print(hc.component_name, hc.check()['status'])\n"
+            "    except ValueError as exc:\n"
+            "        print('error', exc)\n")
+    files = [str(tmp_path / name) for name in ("as-json.yml", "real.yml", "c.toml")]
+    result = run_python(code, *files, cwd=lone_copy)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "svc Available"
+    assert lines[1].startswith("error ") and "PyYAML" in lines[1] and "pip install pyyaml" in lines[1]
+    assert lines[2] == ("svc Available" if sys.version_info >= (3, 11) else lines[2])
+
+
+# ---------------------------------------------------------------------------
 # command line: check
 # ---------------------------------------------------------------------------
 
@@ -5339,6 +6243,48 @@ def test_serve_on_a_port_in_use_says_so(capsys):
 
 
 # ---------------------------------------------------------------------------
+# command line: --config, pihace 1.0.0's way to run (issue 15)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_pihace_config_runs_the_config_until_sigterm(tmp_path, web, amqp_url, unique_queue,
+                                                     get_message, pika_channel, lone_copy):
+    pika_channel.queue_declare(unique_queue, durable=True)  # to read it before pihace runs
+    path = tmp_path / "config.yml"
+    path.write_text(without_providers(CONFIG_YML).format(
+        web_url=web.url + "/ok", web_port=0, amqp_url=amqp_url, queue=unique_queue))
+    process = subprocess.Popen([sys.executable, "-m", "pihace", "--config", str(path)],
+                               cwd=lone_copy, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        method, properties, body = get_message(unique_queue, timeout=20)
+        report = json.loads(body)
+        assert report["status"] == "Available" and report["component"]["name"] == "my_app"
+        assert report["system"] is not None
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "guest:guest" not in err
+
+
+def test_pihace_config_errors_are_one_line_and_exit_code_3(tmp_path, capsys):
+    code, out, err = run_main(capsys, "--config", str(tmp_path / "nothing.yml"))
+    assert code == 3
+    assert err == (f"pihace: error: --config: no such file or directory: "
+                   f"'{tmp_path / 'nothing.yml'}'\n")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"pushers": [{"type": "amqp_pusher",
+                                            "config": {"amqp_url": "amqp://u:pw@h:99999/"}}]}))
+    code, out, err = run_main(capsys, f"--config={bad}")
+    assert code == 3 and err.count("\n") == 1 and "pusher 'amqp_pusher'" in err
+    assert ":pw@" not in err
+
+
+# ---------------------------------------------------------------------------
 # packaging
 # ---------------------------------------------------------------------------
 
@@ -5368,9 +6314,10 @@ def test_the_wheel_installs_the_module_the_console_script_and_the_system_extra(t
 
     source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
     source.mkdir()
-    for name in ("pihace.py", "setup.cfg", "pyproject.toml", "README.md", "LICENSE",
-                 "MANIFEST.in", "test_pihace.py", "conftest.py", "rabbitnode.py",
-                 "requirements-test.txt"):
+    with open(os.path.join(HERE, "MANIFEST.in")) as manifest:
+        included = [name for line in manifest if line.startswith("include ")
+                    for name in line.split()[1:]]
+    for name in ["pihace.py", "setup.cfg", "pyproject.toml", "MANIFEST.in"] + included:
         shutil.copy(os.path.join(HERE, name), source)
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                             "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
