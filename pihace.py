@@ -5395,18 +5395,30 @@ class ElasticSearchPusher(_Loop):
 class MongoStorage(_Loop):
     """pihace 1.0.0's MongoStorage: each report, with a `logged_at` date, is inserted in
     `collection` of `database`. It needs pymongo (pip install pymongo): inserting
-    documents is more of MongoDB's protocol than pihace speaks."""
+    documents is more of MongoDB's protocol than pihace speaks. A server that accepts
+    but does not answer fails a save after `timeout` seconds (pymongo's connectTimeoutMS
+    and socketTimeoutMS, unless the dsn sets them; pymongo's own default waits forever)."""
 
-    def __init__(self, healthcheck, dsn, database="pihace", collection="health_logs"):
+    def __init__(self, healthcheck, dsn, database="pihace", collection="health_logs",
+                 timeout=10):
         try:
             import pymongo  # noqa: the driver pihace 1.0.0 used; only this storage needs it
         except ImportError:
             raise ModuleNotFoundError("MongoStorage needs pymongo, which is not installed: "
                                       "pip install pymongo", name="pymongo") from None
+        from urllib.parse import parse_qs, urlsplit  # here, not at the top: slow to import
+
+        milliseconds = int(_seconds("timeout", timeout) * 1000)
         self.healthcheck, self.dsn = healthcheck, dsn
         self.database, self.collection = database, collection
         try:
-            self.client = pymongo.MongoClient(dsn, serverSelectionTimeoutMS=2000)
+            given = {key.lower() for key in parse_qs(urlsplit(dsn).query)}
+        except (TypeError, ValueError, AttributeError):
+            given = set()  # pymongo says what is wrong with the dsn
+        options = {name: milliseconds for name in ("connectTimeoutMS", "socketTimeoutMS")
+                   if name.lower() not in given}
+        try:
+            self.client = pymongo.MongoClient(dsn, serverSelectionTimeoutMS=2000, **options)
             self.db = self.client[database]
             self.col = self.db[collection]
         except pymongo.errors.PyMongoError as exc:

@@ -1817,7 +1817,10 @@ class ScriptedMongod:
     OP_MSG (hello, ping, saslStart/saslContinue as SCRAM-SHA-256, insert, endSessions), one
     thread per connection. `commands` lists each command as (name, document, the documents of
     its kind 1 sections by name); `answer(name, document, sequences)` may return a reply in
-    place of the usual one. SCRAM checks the proof as RFC 5802 has the server do."""
+    place of the usual one, or SILENT for none at all. SCRAM checks the proof as RFC 5802 has
+    the server do."""
+
+    SILENT = object()
 
     def __init__(self, password=b"mongo-pw", answer=None):
         import hashlib
@@ -1889,9 +1892,10 @@ class ScriptedMongod:
                         name = body[position + 4:name_end].decode()
                         sequences[name] = list(bson.decode_iter(body[name_end + 1:position + size]))
                     position += size
-                reply = bson.encode(self._reply(document, sequences, conversation))
-                if flags & 2:  # moreToCome: no reply
+                answer = self._reply(document, sequences, conversation)
+                if flags & 2 or answer is self.SILENT:  # moreToCome, or a server that hangs
                     continue
+                reply = bson.encode(answer)
                 reply_body = b"\0\0\0\0\x00" + reply
                 connection.sendall(struct.pack("<iiii", 16 + len(reply_body), 1, request_id,
                                                2013) + reply_body)
@@ -2089,6 +2093,39 @@ def test_mongo_storage_refused_by_the_server_is_false_and_an_escaped_reason(
     assert "\\x1b[31mforged line" in message
     assert not any(ord(character) < 32 for character in message)
     assert "mongo-pw" not in message
+
+
+def test_mongo_storage_with_a_server_that_never_answers_is_false_within_its_timeout(
+        scripted_mongod, caplog):
+    server = scripted_mongod(answer=lambda name, document, sequences: name == "insert"
+                             and ScriptedMongod.SILENT)
+    storage = pihace.MongoStorage(pihace.HealthCheck(name="api"),
+                                  f"mongodb://127.0.0.1:{server.port}/", timeout=0.5)
+    outcome = []
+    saving = threading.Thread(target=lambda: outcome.append(storage.save()), daemon=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pihace"):
+            saving.start()
+            saving.join(0.5 + 5)
+    finally:
+        server.close()  # the hanging insert ends, whatever the test found
+        saving.join(5)
+        storage.client.close()
+    assert outcome == [False]
+    assert "timed out" in caplog.records[-1].getMessage()
+
+
+def test_mongo_storage_timeouts_in_the_url_win(monkeypatch):
+    options = []
+    monkeypatch.setattr(pymongo, "MongoClient", lambda dsn, **given: options.append(given)
+                        or collections.defaultdict(dict, pihace={"health_logs": None}))
+    pihace.MongoStorage(pihace.HealthCheck(), "mongodb://h/?sockettimeoutms=1&connectTimeoutMS=2")
+    pihace.MongoStorage(pihace.HealthCheck(), "mongodb://h/", timeout=3)
+    assert options == [{"serverSelectionTimeoutMS": 2000},
+                       {"serverSelectionTimeoutMS": 2000, "connectTimeoutMS": 3000,
+                        "socketTimeoutMS": 3000}]
+    with pytest.raises(ValueError):
+        pihace.MongoStorage(pihace.HealthCheck(), "mongodb://h/", timeout=0)
 
 
 def test_mongo_storage_with_no_server_is_false_within_the_timeout(closed_port, caplog):
@@ -5922,7 +5959,9 @@ def test_mongo_storage_uses_pymongo_as_pihace_1_0_0_did(monkeypatch):
     hc = pihace.HealthCheck(name="api")
     storage = pihace.MongoStorage(hc, "mongodb://db.example:27017", database="ops")
     assert storage.save() is True
-    assert clients == [("mongodb://db.example:27017", {"serverSelectionTimeoutMS": 2000})]
+    assert clients == [("mongodb://db.example:27017", {"serverSelectionTimeoutMS": 2000,
+                                                       "connectTimeoutMS": 10_000,
+                                                       "socketTimeoutMS": 10_000})]
     assert inserted[0]["status"] == "Available" and inserted[0]["logged_at"].tzinfo is not None
 
 
