@@ -1829,7 +1829,8 @@ class ScriptedMongod:
         self.answer, self.commands, self.opcodes = answer, [], []
         self.salt, self.iterations = b"scripted-mongod-salt", 4096
         salted = hashlib.pbkdf2_hmac("sha256", password, self.salt, self.iterations)
-        self.stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+        client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+        self.stored_key = hashlib.sha256(client_key).digest()
         self.server_key = hmac.new(salted, b"Server Key", "sha256").digest()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -1986,8 +1987,9 @@ def test_scripted_mongod_logs_pymongo_in_and_pings(scripted_mongod):
     """The scripted server is right by an independent client: pymongo logs in with
     SCRAM-SHA-256 and pings; with a wrong password pymongo is refused."""
     server = scripted_mongod()
-    client = pymongo.MongoClient(f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/?authSource=admin",
-                                 serverSelectionTimeoutMS=5000)
+    client = pymongo.MongoClient(
+        f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/?authSource=admin",
+        serverSelectionTimeoutMS=5000)
     try:
         assert client.admin.command("ping")["ok"] == 1.0
     finally:
@@ -2081,7 +2083,8 @@ def test_mongo_storage_refused_by_the_server_is_false_and_an_escaped_reason(
         scripted_mongod, caplog, reply):
     server = scripted_mongod(answer=lambda name, document, sequences: name == "insert" and reply)
     storage = pihace.MongoStorage(pihace.HealthCheck(name="api"),
-                                  f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/", database="ops")
+                                  f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/",
+                                  database="ops")
     try:
         with caplog.at_level(logging.WARNING, logger="pihace"):
             assert storage.save() is False
