@@ -1434,11 +1434,17 @@ class MySQL:
 _BSON_DEPTH = 32
 
 
-def bson_encode(document):
-    """A dict as a BSON document: str, bool, int (32 or 64 bits), float, None, bytes,
-    dict and list values."""
+def bson_encode(document, depth=0):
+    """A dict as a BSON document: str keys; str, bool, int (32 or 64 bits), float, None,
+    bytes, dict and list values. ValueError for what BSON cannot hold."""
+    if depth > _BSON_DEPTH:
+        raise ValueError("BSON nested too deep")
+    if not isinstance(document, dict):
+        raise ValueError(f"a BSON document is a dict, not {type(document).__name__}")
     body = bytearray()
     for key, value in document.items():
+        if not isinstance(key, str):
+            raise ValueError(f"a BSON key is a str, not {type(key).__name__}: {key!r}")
         name = key.encode("utf-8")
         if b"\0" in name:
             raise ValueError(f"a BSON key cannot hold a NUL: {key!r}")
@@ -1446,6 +1452,8 @@ def bson_encode(document):
         if isinstance(value, bool):
             body += b"\x08" + name + (b"\x01" if value else b"\x00")
         elif isinstance(value, int):
+            if not -2 ** 63 <= value < 2 ** 63:
+                raise ValueError(f"{key!r} is an int of {value.bit_length()} bits: BSON holds 64")
             body += (b"\x10" + name + struct.pack("<i", value) if -2 ** 31 <= value < 2 ** 31
                      else b"\x12" + name + struct.pack("<q", value))
         elif isinstance(value, float):
@@ -1458,63 +1466,90 @@ def bson_encode(document):
         elif isinstance(value, bytes):
             body += b"\x05" + name + struct.pack("<iB", len(value), 0) + value
         elif isinstance(value, dict):
-            body += b"\x03" + name + bson_encode(value)
+            body += b"\x03" + name + bson_encode(value, depth + 1)
         elif isinstance(value, (list, tuple)):
-            body += b"\x04" + name + bson_encode({str(i): item for i, item in enumerate(value)})
+            body += b"\x04" + name + bson_encode({str(i): item for i, item in enumerate(value)},
+                                                 depth + 1)
         else:
             raise ValueError(f"cannot encode {type(value).__name__} as BSON ({key!r})")
+        if len(body) > 2 ** 31 - 6:
+            raise ValueError("a BSON document holds at most 2 GiB")
     return struct.pack("<i", len(body) + 5) + bytes(body) + b"\0"
+
+
+def _bson_take(data, position, count, end, what):
+    """(data[position:position + count], position + count), or ValueError past `end`."""
+    if count < 0 or position + count > end:
+        raise ValueError(f"BSON {what} past the end of its document")
+    return data[position:position + count], position + count
+
+
+def _bson_cstring(data, position, end, what):
+    """(the bytes up to the next NUL before `end`, the position after that NUL)."""
+    nul = data.find(b"\0", position, end)
+    if nul < 0:
+        raise ValueError(f"BSON {what} without its NUL before the end of its document")
+    return data[position:nul], nul + 1
 
 
 def bson_decode(data, depth=0):
     """(document, its size) from the start of `data`: ObjectIds as hex strings, dates as
-    milliseconds, other rare types as their bytes. ValueError for what is not BSON."""
+    milliseconds, other rare types as their bytes. ValueError for what is not BSON:
+    cut short, a length that disagrees with the data, a missing NUL, an unknown type."""
     if depth > _BSON_DEPTH:
         raise ValueError("BSON nested too deep")
-    size, = struct.unpack_from("<i", data)
+    data = data if isinstance(data, bytes) else bytes(data)
+    if len(data) < 5:
+        raise ValueError(f"BSON document cut short: {len(data)} bytes")
+    size = int.from_bytes(data[:4], "little", signed=True)
     if size < 5 or size > len(data) or data[size - 1] != 0:
         raise ValueError(f"BSON document of {size} bytes in {len(data)}")
+    end = size - 1  # the elements, before the document's closing NUL
     document, position = {}, 4
     fixed = {0x01: "<d", 0x09: "<q", 0x10: "<i", 0x11: "<Q", 0x12: "<q"}
-    while position < size - 1:
+    while position < end:
         kind = data[position]
-        end = data.index(b"\0", position + 1, size)
-        key, position = data[position + 1:end].decode("utf-8", "replace"), end + 1
+        name, position = _bson_cstring(data, position + 1, end, "key")
+        key = name.decode("utf-8", "replace")
         if kind in fixed:
-            value, = struct.unpack_from(fixed[kind], data, position)
-            position += struct.calcsize(fixed[kind])
+            raw, position = _bson_take(data, position, struct.calcsize(fixed[kind]), end, key)
+            value, = struct.unpack(fixed[kind], raw)
         elif kind in (0x02, 0x0D, 0x0E):  # string, JavaScript code, symbol
-            length, = struct.unpack_from("<i", data, position)
-            if length < 1 or position + 4 + length > size:
-                raise ValueError("BSON string past the end of its document")
-            value = data[position + 4:position + 3 + length].decode("utf-8", "replace")
-            position += 4 + length
+            raw, position = _bson_take(data, position, 4, end, f"{key!r} length")
+            length = int.from_bytes(raw, "little", signed=True)
+            raw, position = _bson_take(data, position, length, end, f"string {key!r}")
+            if length < 1 or raw[-1] != 0:
+                raise ValueError(f"BSON string {key!r} without its NUL")
+            value = raw[:-1].decode("utf-8", "replace")
         elif kind in (0x03, 0x04):
-            value, length = bson_decode(data[position:size], depth + 1)
+            value, length = bson_decode(data[position:end], depth + 1)
             if kind == 0x04:
                 value = list(value.values())
             position += length
-        elif kind == 0x05:
-            length, = struct.unpack_from("<i", data, position)
-            if length < 0 or position + 5 + length > size:
-                raise ValueError("BSON binary past the end of its document")
-            value, position = data[position + 5:position + 5 + length], position + 5 + length
+        elif kind == 0x05:  # binary: length, subtype, bytes
+            raw, position = _bson_take(data, position, 5, end, f"{key!r} length")
+            value, position = _bson_take(data, position, int.from_bytes(raw[:4], "little",
+                                                                        signed=True),
+                                         end, f"binary {key!r}")
         elif kind == 0x07:
-            value, position = data[position:position + 12].hex(), position + 12
+            raw, position = _bson_take(data, position, 12, end, f"ObjectId {key!r}")
+            value = raw.hex()
         elif kind == 0x08:
-            value, position = data[position] != 0, position + 1
+            raw, position = _bson_take(data, position, 1, end, f"bool {key!r}")
+            if raw not in (b"\x00", b"\x01"):
+                raise ValueError(f"BSON bool {key!r} is neither 0 nor 1")
+            value = raw == b"\x01"
         elif kind in (0x06, 0x0A, 0x7F, 0xFF):  # undefined, null, max key, min key
             value = None
         elif kind == 0x0B:  # regular expression: pattern and options, two C strings
-            middle = data.index(b"\0", position, size)
-            end = data.index(b"\0", middle + 1, size)
-            value, position = data[position:end], end + 1
+            start = position
+            _, position = _bson_cstring(data, position, end, f"regular expression {key!r}")
+            _, position = _bson_cstring(data, position, end, f"regular expression {key!r}")
+            value = data[start:position - 1]
         elif kind == 0x13:  # decimal128
-            value, position = data[position:position + 16], position + 16
+            value, position = _bson_take(data, position, 16, end, f"decimal128 {key!r}")
         else:
             raise ValueError(f"unknown BSON type 0x{kind:02x} for {key!r}")
-        if position > size - 1:
-            raise ValueError("BSON value past the end of its document")
         document[key] = value
     return document, size
 
@@ -5360,18 +5395,30 @@ class ElasticSearchPusher(_Loop):
 class MongoStorage(_Loop):
     """pihace 1.0.0's MongoStorage: each report, with a `logged_at` date, is inserted in
     `collection` of `database`. It needs pymongo (pip install pymongo): inserting
-    documents is more of MongoDB's protocol than pihace speaks."""
+    documents is more of MongoDB's protocol than pihace speaks. A server that accepts
+    but does not answer fails a save after `timeout` seconds (pymongo's connectTimeoutMS
+    and socketTimeoutMS, unless the dsn sets them; pymongo's own default waits forever)."""
 
-    def __init__(self, healthcheck, dsn, database="pihace", collection="health_logs"):
+    def __init__(self, healthcheck, dsn, database="pihace", collection="health_logs",
+                 timeout=10):
         try:
             import pymongo  # noqa: the driver pihace 1.0.0 used; only this storage needs it
         except ImportError:
             raise ModuleNotFoundError("MongoStorage needs pymongo, which is not installed: "
                                       "pip install pymongo", name="pymongo") from None
+        from urllib.parse import parse_qs, urlsplit  # here, not at the top: slow to import
+
+        milliseconds = int(_seconds("timeout", timeout) * 1000)
         self.healthcheck, self.dsn = healthcheck, dsn
         self.database, self.collection = database, collection
         try:
-            self.client = pymongo.MongoClient(dsn, serverSelectionTimeoutMS=2000)
+            given = {key.lower() for key in parse_qs(urlsplit(dsn).query)}
+        except (TypeError, ValueError, AttributeError):
+            given = set()  # pymongo says what is wrong with the dsn
+        options = {name: milliseconds for name in ("connectTimeoutMS", "socketTimeoutMS")
+                   if name.lower() not in given}
+        try:
+            self.client = pymongo.MongoClient(dsn, serverSelectionTimeoutMS=2000, **options)
             self.db = self.client[database]
             self.col = self.db[collection]
         except pymongo.errors.PyMongoError as exc:

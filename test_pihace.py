@@ -6,6 +6,7 @@ import calendar
 import collections
 import contextlib
 import contextvars
+import datetime
 import errno
 import functools
 import io
@@ -26,6 +27,8 @@ import time
 import types
 import urllib.parse
 
+import bson
+import pymongo
 import pytest
 from hypothesis import HealthCheck as HypothesisHealthCheck
 from hypothesis import assume, example, given, settings
@@ -1677,6 +1680,471 @@ def test_mongodb_srv_tls_or_another_login_needs_pymongo(monkeypatch):
                 "mongodb://127.0.0.1:1/?tls=true", "mongodb+srv://cluster.example.net/"):
         passed, reason = pihace.MongoDB(dsn)()
         assert passed is False and "install pymongo" in reason and "mongo-pw" not in reason
+
+
+# ---------------------------------------------------------------------------
+# checkers: MongoDB against pymongo's bson and client
+# ---------------------------------------------------------------------------
+# pymongo (a test-only dependency) is an implementation of BSON and of MongoDB's wire protocol
+# that owes nothing to pihace's: its bson module checks pihace's BSON both ways, and a scripted
+# mongod that parses and answers with it is spoken to by pihace's checker and by a real
+# pymongo MongoClient (MongoStorage). No mongod can be installed here (not in Debian).
+
+bson_fuzz = settings(max_examples=int(os.environ.get("PIHACE_FUZZ_EXAMPLES") or 200),
+                     deadline=None, derandomize=not os.environ.get("PIHACE_FUZZ_EXAMPLES"),
+                     suppress_health_check=[HypothesisHealthCheck.too_slow,
+                                            HypothesisHealthCheck.data_too_large])
+bson_keys = st.text(max_size=8).filter(lambda key: "\0" not in key)
+bson_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 63, 2 ** 63 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=20) | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(bson_keys, inner, max_size=4),
+    max_leaves=20)
+bson_documents = st.dictionaries(bson_keys, bson_values, max_size=6)
+
+
+def typed(value):
+    """A value with the BSON type of each part spelled out: 1, 1.0 and True compare equal in
+    Python, not here (pymongo's Int64 is an int)."""
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    for kind in (bool, int, float, str, bytes):
+        if isinstance(value, kind):
+            return kind.__name__, kind(value)
+    return type(value).__name__, value
+
+
+@bson_fuzz
+@given(bson_documents)
+def test_bson_pihace_encodes_what_pymongo_decodes_equal_and_byte_for_byte(document):
+    encoded = pihace.bson_encode(document)
+    assert typed(bson.decode(encoded)) == typed(document)
+    assert encoded == bson.encode(document)  # ints as int32 when they fit, as pymongo does
+
+
+@bson_fuzz
+@given(bson_documents, st.binary(max_size=8))
+def test_bson_pymongo_encodes_what_pihace_decodes_whole_or_not_at_all(document, trailing):
+    encoded = bson.encode(document)
+    for data in (encoded, encoded + trailing, bytearray(encoded)):
+        decoded, size = pihace.bson_decode(data)
+        assert typed(decoded) == typed(document) and size == len(encoded)
+    for cut in range(len(encoded)):  # byte by byte: every beginning is cut short
+        with pytest.raises(ValueError):
+            pihace.bson_decode(encoded[:cut])
+
+
+@bson_fuzz
+@given(bson_documents, st.data())
+def test_bson_decode_of_damaged_documents_raises_only_value_error(document, data):
+    encoded = bytearray(bson.encode(document))
+    for _ in range(data.draw(st.integers(1, 4))):
+        encoded[data.draw(st.integers(0, len(encoded) - 1))] = data.draw(st.integers(0, 255))
+    for damaged in (bytes(encoded), bytes(encoded) + data.draw(st.binary(max_size=8)),
+                    data.draw(st.binary(max_size=64))):
+        try:
+            decoded, size = pihace.bson_decode(damaged)
+        except ValueError:
+            continue
+        assert 5 <= size <= len(damaged) and isinstance(decoded, dict)
+
+
+# Damaged BSON, written by hand from the spec; pymongo refuses each too.
+@pytest.mark.parametrize("data, words", [
+    (b"", "cut short"),
+    (bytes.fromhex("050000"), "cut short"),
+    (bytes.fromhex("10000000" "00"), "document of 16 bytes in 5"),  # length overruns the data
+    (bytes.fromhex("05000000" "01"), "document of 5 bytes in 5"),  # no closing NUL
+    (bytes.fromhex("fbffffff" "00"), "document of -5 bytes"),
+    (bytes.fromhex("08000000" "0a" "6b6b" "00"), "key without its NUL"),  # {kk: null} cut
+    (bytes.fromhex("0e000000" "02" "7300" "ffffff7f" "7800" "00"), "past the end"),
+    (bytes.fromhex("0e000000" "02" "7300" "ffffffff" "7800" "00"), "past the end"),
+    (bytes.fromhex("0e000000" "02" "7300" "01000000" "7800" "00"), "without its NUL"),
+    (bytes.fromhex("0e000000" "02" "7300" "02000000" "7878" "00"), "without its NUL"),
+    (bytes.fromhex("0a000000" "10" "6900" "0100" "00"), "past the end"),  # int32 of 2 bytes
+    (bytes.fromhex("0e000000" "12" "6900" "010000000000" "00"), "past the end"),  # int64 of 6
+    (bytes.fromhex("0d000000" "03" "6400" "ff000000" "00" "00"), "document of 255 bytes"),
+    (bytes.fromhex("0c000000" "03" "6400" "05000000" "00"), "cut short"),  # eats the parent's NUL
+    (bytes.fromhex("0d000000" "05" "6200" "ffffffff" "00" "00"), "past the end"),
+    (bytes.fromhex("0d000000" "05" "6200" "02000000" "00" "00"), "past the end"),
+    (bytes.fromhex("09000000" "08" "6200" "02" "00"), "neither 0 nor 1"),
+    (bytes.fromhex("0d000000" "07" "6f00" "0102030405" "00"), "past the end"),  # ObjectId of 5
+    (bytes.fromhex("0a000000" "0b" "7200" "6162" "00"), "regular expression"),
+    (bytes.fromhex("0c000000" "42" "6b00" "00000000" "00"), "unknown BSON type 0x42"),
+])
+def test_bson_decode_of_cut_short_or_inconsistent_data_is_a_value_error(data, words):
+    with pytest.raises(ValueError) as raised:
+        pihace.bson_decode(data)
+    assert words in str(raised.value)
+    with pytest.raises(bson.errors.InvalidBSON):
+        bson.decode(data)
+
+
+@pytest.mark.parametrize("document, words", [
+    ({"i": 2 ** 63}, "64"), ({"i": -2 ** 63 - 1}, "64"), ({"l": [1, 2 ** 64]}, "64"),
+    ({1: "x"}, "a BSON key is a str, not int"), ({b"k": 1}, "not bytes"),
+    ({"d": {None: 1}}, "not NoneType"), ({"k\0": 1}, "NUL"), ({"s": {1, 2}}, "set"),
+])
+def test_bson_encode_of_what_bson_cannot_hold_is_a_value_error(document, words):
+    with pytest.raises(ValueError) as raised:
+        pihace.bson_encode(document)
+    assert words in str(raised.value)
+    with pytest.raises((bson.errors.InvalidDocument, OverflowError)):  # nor can pymongo
+        bson.encode(document)
+
+
+def test_bson_edges_pymongo_agrees_on():
+    edges = {"int32": [-2 ** 31, 2 ** 31 - 1], "int64": [-2 ** 31 - 1, 2 ** 31, -2 ** 63,
+                                                         2 ** 63 - 1],
+             "": "", "$db": "é\0x", "f": [-0.0, float("inf"), 5e-324], "b": b"", "e": {}, "l": []}
+    assert pihace.bson_encode(edges) == bson.encode(edges)
+    assert typed(pihace.bson_decode(bson.encode(edges))[0]) == typed(edges)
+    nested = {}
+    for _ in range(40):
+        nested = {"n": nested}
+    for broken in (nested, [nested]):
+        with pytest.raises(ValueError):
+            pihace.bson_encode({"deep": broken})
+    with pytest.raises(ValueError):
+        pihace.bson_decode(bson.encode(nested))
+
+
+class ScriptedMongod:
+    """A scripted mongod on loopback that parses what it is sent and encodes its replies with
+    pymongo's bson: OP_QUERY (a driver's first, legacy hello, answered with OP_REPLY) and
+    OP_MSG (hello, ping, saslStart/saslContinue as SCRAM-SHA-256, insert, endSessions), one
+    thread per connection. `commands` lists each command as (name, document, the documents of
+    its kind 1 sections by name); `answer(name, document, sequences)` may return a reply in
+    place of the usual one, or SILENT for none at all. SCRAM checks the proof as RFC 5802 has
+    the server do."""
+
+    SILENT = object()
+
+    def __init__(self, password=b"mongo-pw", answer=None):
+        import hashlib
+        import hmac
+
+        self.answer, self.commands, self.opcodes = answer, [], []
+        self.salt, self.iterations = b"scripted-mongod-salt", 4096
+        salted = hashlib.pbkdf2_hmac("sha256", password, self.salt, self.iterations)
+        client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+        self.stored_key = hashlib.sha256(client_key).digest()
+        self.server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock, self.connections, self.threads = threading.Lock(), [], []
+        self.threads.append(threading.Thread(target=self._accept, daemon=True))
+        self.threads[0].start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections.append(connection)
+                self.threads.append(threading.Thread(target=self._serve, args=(connection,),
+                                                     daemon=True))
+                self.threads[-1].start()
+
+    @staticmethod
+    def _read(connection, size):
+        data = b""
+        while len(data) < size:
+            chunk = connection.recv(size - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def _serve(self, connection):
+        conversation = {}  # this connection's SCRAM state
+        try:
+            while True:
+                head = self._read(connection, 16)
+                length, request_id, _, opcode = struct.unpack("<iiii", head)
+                body = self._read(connection, length - 16)
+                with self.lock:
+                    self.opcodes.append(opcode)
+                if opcode == 2004:  # OP_QUERY: flags, "admin.$cmd", skip, return, query
+                    collection_end = body.index(b"\0", 4)
+                    query = bson.decode(body[collection_end + 9:])
+                    document = query.get("$query", query)
+                    reply = self._reply(document, {}, conversation)
+                    encoded = bson.encode(reply)
+                    reply_body = struct.pack("<iqii", 0, 0, 0, 1) + encoded
+                    connection.sendall(struct.pack("<iiii", 16 + len(reply_body), 1, request_id,
+                                                   1) + reply_body)
+                    continue
+                assert opcode == 2013, opcode
+                flags, = struct.unpack_from("<I", body)
+                document, sequences, position = None, {}, 4
+                end = len(body) - (4 if flags & 1 else 0)  # a CRC-32C at the end
+                while position < end:
+                    kind, position = body[position], position + 1
+                    size, = struct.unpack_from("<i", body, position)
+                    if kind == 0:
+                        document = bson.decode(body[position:position + size])
+                    else:
+                        name_end = body.index(b"\0", position + 4)
+                        name = body[position + 4:name_end].decode()
+                        sequences[name] = list(bson.decode_iter(body[name_end + 1:position + size]))
+                    position += size
+                answer = self._reply(document, sequences, conversation)
+                if flags & 2 or answer is self.SILENT:  # moreToCome, or a server that hangs
+                    continue
+                reply = bson.encode(answer)
+                reply_body = b"\0\0\0\0\x00" + reply
+                connection.sendall(struct.pack("<iiii", 16 + len(reply_body), 1, request_id,
+                                               2013) + reply_body)
+        except (OSError, EOFError):
+            pass
+        finally:
+            connection.close()
+
+    def _reply(self, document, sequences, conversation):
+        name = next(iter(document))
+        with self.lock:
+            self.commands.append((name, document, sequences))
+        mine = self.answer and self.answer(name, document, sequences)
+        if mine:
+            return mine
+        if name.lower() in ("hello", "ismaster"):
+            reply = {"isWritablePrimary": True, "ismaster": True, "helloOk": True,
+                     "maxBsonObjectSize": 16 * 1024 * 1024, "maxMessageSizeBytes": 48_000_000,
+                     "maxWriteBatchSize": 100_000, "localTime": datetime.datetime.now(
+                         datetime.timezone.utc), "logicalSessionTimeoutMinutes": 30,
+                     "connectionId": 1, "minWireVersion": 0, "maxWireVersion": 21,
+                     "readOnly": False, "ok": 1.0}
+            if "saslSupportedMechs" in document:
+                reply["saslSupportedMechs"] = ["SCRAM-SHA-256"]
+            return reply
+        if name == "saslStart":
+            conversation["first_bare"] = bytes(document["payload"])[3:].decode()
+            nonce = conversation["first_bare"].split("r=", 1)[1] + "scripted-nonce"
+            conversation["server_first"] = (f"r={nonce},s={base64.b64encode(self.salt).decode()},"
+                                            f"i={self.iterations}")
+            return {"conversationId": 1, "done": False, "ok": 1.0,
+                    "payload": conversation["server_first"].encode()}
+        if name == "saslContinue":
+            return self._prove(conversation, bytes(document["payload"]).decode())
+        if name == "insert":
+            return {"n": len(sequences.get("documents", document.get("documents", []))), "ok": 1.0}
+        if name in ("ping", "endSessions"):
+            return {"ok": 1.0}
+        return {"ok": 0.0, "errmsg": f"no such command: '{name}'", "code": 59,
+                "codeName": "CommandNotFound"}
+
+    def _prove(self, conversation, final):
+        import hashlib
+        import hmac
+
+        without_proof, proof = final.rsplit(",p=", 1)
+        message = f"{conversation['first_bare']},{conversation['server_first']},{without_proof}"
+        signature = hmac.new(self.stored_key, message.encode(), "sha256").digest()
+        client_key = bytes(a ^ b for a, b in zip(base64.b64decode(proof), signature))
+        if hashlib.sha256(client_key).digest() != self.stored_key:
+            return {"ok": 0.0, "errmsg": "Authentication failed.", "code": 18,
+                    "codeName": "AuthenticationFailed"}
+        verifier = hmac.new(self.server_key, message.encode(), "sha256").digest()
+        return {"conversationId": 1, "done": True, "ok": 1.0,
+                "payload": b"v=" + base64.b64encode(verifier)}
+
+    def names(self):
+        with self.lock:
+            return [name for name, _, _ in self.commands]
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        self.listener.close()
+        with self.lock:
+            for connection in self.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+            threads = list(self.threads)
+        for thread in threads:
+            thread.join(5)
+
+
+@pytest.fixture
+def scripted_mongod():
+    servers = []
+
+    def make(**options):
+        servers.append(ScriptedMongod(**options))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def test_scripted_mongod_logs_pymongo_in_and_pings(scripted_mongod):
+    """The scripted server is right by an independent client: pymongo logs in with
+    SCRAM-SHA-256 and pings; with a wrong password pymongo is refused."""
+    server = scripted_mongod()
+    client = pymongo.MongoClient(
+        f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/?authSource=admin",
+        serverSelectionTimeoutMS=5000)
+    try:
+        assert client.admin.command("ping")["ok"] == 1.0
+    finally:
+        client.close()
+    assert 2013 in server.opcodes and set(server.opcodes) <= {2004, 2013}  # 4.20: OP_MSG only
+    assert {"saslStart", "saslContinue", "ping"} <= set(server.names())
+    client = pymongo.MongoClient(f"mongodb://app:not-it@127.0.0.1:{server.port}/",
+                                 serverSelectionTimeoutMS=5000)
+    try:
+        with pytest.raises(pymongo.errors.OperationFailure) as raised:
+            client.admin.command("ping")
+    finally:
+        client.close()
+    assert raised.value.code == 18
+
+
+def test_scripted_mongod_answers_a_legacy_op_query_hello(scripted_mongod):
+    """Older drivers open with OP_QUERY {isMaster: 1} on admin.$cmd; it gets an OP_REPLY."""
+    server = scripted_mongod()
+    query = bson.encode({"isMaster": 1, "helloOk": True})
+    body = struct.pack("<i", 0) + b"admin.$cmd\0" + struct.pack("<ii", 0, -1) + query
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+        connection.sendall(struct.pack("<iiii", 16 + len(body), 5, 0, 2004) + body)
+        head = ScriptedMongod._read(connection, 16)
+        length, _, response_to, opcode = struct.unpack("<iiii", head)
+        reply = ScriptedMongod._read(connection, length - 16)
+    assert (response_to, opcode) == (5, 1) and struct.unpack_from("<i", reply, 16) == (1,)
+    assert bson.decode(reply[20:])["ismaster"] is True and server.names() == ["isMaster"]
+
+
+def test_mongodb_checker_against_the_scripted_mongod(scripted_mongod):
+    server = scripted_mongod()
+    assert pihace.MongoDB(f"mongodb://127.0.0.1:{server.port}")() is True
+    checker = pihace.MongoDB(f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/ops?authSource=admin")
+    assert checker() is True
+    commands = [(name, document.get("$db")) for name, document, _ in server.commands]
+    assert commands == [("hello", "admin"), ("ping", "admin"), ("hello", "admin"),
+                        ("saslStart", "admin"), ("saslContinue", "admin"), ("ping", "admin")]
+    assert server.commands[2][1]["saslSupportedMechs"] == "admin.app"
+    assert server.commands[3][1]["mechanism"] == "SCRAM-SHA-256"
+    assert set(server.opcodes) == {2013}
+    passed, reason = pihace.MongoDB(f"mongodb://app:not-it@127.0.0.1:{server.port}/ops")()
+    assert passed is False and "Authentication failed. (code 18)" in reason
+    assert "not-it" not in reason and "mongo-pw" not in reason + repr(checker)
+
+
+def health_with_known_report():
+    """A HealthCheck and the list of the reports its check() returned."""
+    hc = pihace.HealthCheck(name="api")
+    hc.register("db", lambda: (False, "down\x1b[2J"))
+    reports, check = [], hc.check
+
+    def recording(*args, **kwargs):
+        reports.append(check(*args, **kwargs))
+        return reports[-1]
+
+    hc.check = recording
+    return hc, reports
+
+
+def test_mongo_storage_saves_what_the_scripted_mongod_receives(scripted_mongod):
+    server = scripted_mongod()
+    hc, reports = health_with_known_report()
+    storage = pihace.MongoStorage(hc, f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/",
+                                  database="ops", collection="health")
+    try:
+        assert storage.save() is True
+    finally:
+        storage.client.close()
+    inserts = [(document, sequences) for name, document, sequences in server.commands
+               if name == "insert"]
+    assert len(inserts) == 1
+    document, sequences = inserts[0]
+    assert document["insert"] == "health" and document["$db"] == "ops"
+    [received] = sequences["documents"]
+    sent = dict(reports[0])
+    logged_at = sent.pop("logged_at")
+    assert received.pop("logged_at") == logged_at.replace(  # BSON dates are milliseconds
+        tzinfo=None, microsecond=logged_at.microsecond // 1000 * 1000)
+    assert received == sent and received["checks"]["db"]["message"] == "down\x1b[2J"
+    assert "saslContinue" in server.names()
+
+
+@pytest.mark.parametrize("reply", [
+    {"n": 0, "ok": 1.0, "writeErrors": [{"index": 0, "code": 11000,
+                                         "errmsg": "E11000 duplicate key\n\x1b[31mforged line"}]},
+    {"ok": 0.0, "code": 13, "codeName": "Unauthorized",
+     "errmsg": "not authorized on ops\r\n\x1b[31mforged line"},
+])
+def test_mongo_storage_refused_by_the_server_is_false_and_an_escaped_reason(
+        scripted_mongod, caplog, reply):
+    server = scripted_mongod(answer=lambda name, document, sequences: name == "insert" and reply)
+    storage = pihace.MongoStorage(pihace.HealthCheck(name="api"),
+                                  f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/",
+                                  database="ops")
+    try:
+        with caplog.at_level(logging.WARNING, logger="pihace"):
+            assert storage.save() is False
+    finally:
+        storage.client.close()
+    [record] = [record for record in caplog.records if record.name == "pihace"]
+    message = record.getMessage()
+    assert message.startswith("cannot store the report in MongoDB: ")
+    assert "\\x1b[31mforged line" in message
+    assert not any(ord(character) < 32 for character in message)
+    assert "mongo-pw" not in message
+
+
+def test_mongo_storage_with_a_server_that_never_answers_is_false_within_its_timeout(
+        scripted_mongod, caplog):
+    server = scripted_mongod(answer=lambda name, document, sequences: name == "insert"
+                             and ScriptedMongod.SILENT)
+    storage = pihace.MongoStorage(pihace.HealthCheck(name="api"),
+                                  f"mongodb://127.0.0.1:{server.port}/", timeout=0.5)
+    outcome = []
+    saving = threading.Thread(target=lambda: outcome.append(storage.save()), daemon=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pihace"):
+            saving.start()
+            saving.join(0.5 + 5)
+    finally:
+        server.close()  # the hanging insert ends, whatever the test found
+        saving.join(5)
+        storage.client.close()
+    assert outcome == [False]
+    assert "timed out" in caplog.records[-1].getMessage()
+
+
+def test_mongo_storage_timeouts_in_the_url_win(monkeypatch):
+    options = []
+    monkeypatch.setattr(pymongo, "MongoClient", lambda dsn, **given: options.append(given)
+                        or collections.defaultdict(dict, pihace={"health_logs": None}))
+    pihace.MongoStorage(pihace.HealthCheck(), "mongodb://h/?sockettimeoutms=1&connectTimeoutMS=2")
+    pihace.MongoStorage(pihace.HealthCheck(), "mongodb://h/", timeout=3)
+    assert options == [{"serverSelectionTimeoutMS": 2000},
+                       {"serverSelectionTimeoutMS": 2000, "connectTimeoutMS": 3000,
+                        "socketTimeoutMS": 3000}]
+    with pytest.raises(ValueError):
+        pihace.MongoStorage(pihace.HealthCheck(), "mongodb://h/", timeout=0)
+
+
+def test_mongo_storage_with_no_server_is_false_within_the_timeout(closed_port, caplog):
+    storage = pihace.MongoStorage(pihace.HealthCheck(name="api"),
+                                  f"mongodb://app:mongo-pw@127.0.0.1:{closed_port}/")
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="pihace"):
+            assert storage.save() is False
+    finally:
+        storage.client.close()
+    assert time.monotonic() - started < 2 + 3  # serverSelectionTimeoutMS=2000, and some slack
+    [record] = [record for record in caplog.records if record.name == "pihace"]
+    message = record.getMessage()
+    assert f"127.0.0.1:{closed_port}" in message and "refused" in message
+    assert "mongo-pw" not in message
 
 
 def test_bson_golden_bytes_and_round_trip():
@@ -5494,7 +5962,9 @@ def test_mongo_storage_uses_pymongo_as_pihace_1_0_0_did(monkeypatch):
     hc = pihace.HealthCheck(name="api")
     storage = pihace.MongoStorage(hc, "mongodb://db.example:27017", database="ops")
     assert storage.save() is True
-    assert clients == [("mongodb://db.example:27017", {"serverSelectionTimeoutMS": 2000})]
+    assert clients == [("mongodb://db.example:27017", {"serverSelectionTimeoutMS": 2000,
+                                                       "connectTimeoutMS": 10_000,
+                                                       "socketTimeoutMS": 10_000})]
     assert inserted[0]["status"] == "Available" and inserted[0]["logged_at"].tzinfo is not None
 
 
