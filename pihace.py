@@ -5411,6 +5411,7 @@ class MongoStorage(_Loop):
         milliseconds = int(_seconds("timeout", timeout) * 1000)
         self.healthcheck, self.dsn = healthcheck, dsn
         self.database, self.collection = database, collection
+        self._driver_error = pymongo.errors.PyMongoError  # what save() turns into False
         try:
             given = {key.lower() for key in parse_qs(urlsplit(dsn).query)}
         except (TypeError, ValueError, AttributeError):
@@ -5428,14 +5429,12 @@ class MongoStorage(_Loop):
         """Take a report and insert it: True when MongoDB stored it, else False (logged)."""
         import datetime  # here, not at the top: only this storage needs it
 
-        import pymongo  # noqa: imported by the constructor already
-
         report = self.healthcheck.check(output="dict")
         report["logged_at"] = datetime.datetime.now(datetime.timezone.utc)
         try:
             self.col.insert_one(report)
             return True
-        except pymongo.errors.PyMongoError as exc:
+        except self._driver_error as exc:
             log.warning("cannot store the report in MongoDB: %s", _printable(_text(exc)))
             return False
 
