@@ -1281,16 +1281,27 @@ class _MySQLSession:
     """Just enough of the MySQL client/server protocol to log in, ping and quit."""
 
     def __init__(self, sock, deadline):
-        self.sock, self.deadline, self.seq, self.buffer = sock, deadline, 0, b""
+        self.sock, self.deadline, self.seq, self.buffer = sock, deadline, 0, bytearray()
+
+    def _time_left(self):
+        """Seconds to the one deadline of the whole exchange; socket.timeout once it passed
+        (a server that floods, or trickles a byte at a time, gets no more time)."""
+        import socket  # here, not at the top: slow to import (connect_tcp loaded it already)
+
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        return left
 
     def _recv(self, size):
         while len(self.buffer) < size:
-            self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+            self.sock.settimeout(self._time_left())
             data = self.sock.recv(65536)
             if not data:
                 raise OSError("the server closed the connection")
             self.buffer += data
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
         return data
 
     def read(self):
@@ -1306,7 +1317,7 @@ class _MySQLSession:
         return payload
 
     def write(self, payload):
-        self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+        self.sock.settimeout(self._time_left())
         self.sock.sendall(struct.pack("<I", len(payload))[:3] + bytes([self.seq]) + payload)
         self.seq = (self.seq + 1) & 0xFF
 
@@ -1394,6 +1405,7 @@ class MySQL:
 
     def __call__(self):
         where = f"'{self.host}:{self.port}'"
+        deadline = time.monotonic() + self.timeout  # one for all: connect, login, ping
         try:
             sock = connect_tcp((self.host, self.port), self.timeout)
         except OSError as exc:  # in mysql-connector-python's words, as pihace 1.0.0 gave them
@@ -1401,7 +1413,7 @@ class MySQL:
                 else describe_error(exc)
             return False, f"2003: Can't connect to MySQL server on {where} ({_printable(why)})"
         try:
-            session = _MySQLSession(sock, time.monotonic() + self.timeout)
+            session = _MySQLSession(sock, deadline)
             session.login(self.user, self._password, self.database)
             session.ping_and_quit()
         except _MySQLRefused as exc:

@@ -1692,6 +1692,70 @@ def test_bson_golden_bytes_and_round_trip():
 
 
 # ---------------------------------------------------------------------------
+# checkers: hostile servers and DSNs for the database plugins
+# ---------------------------------------------------------------------------
+
+def within(seconds, call):
+    """call() in a thread: its result, or a test failure when it is not back in `seconds`
+    (a checker that hangs must fail the test, not hang the suite)."""
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(call()), daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"still running after {seconds}s")
+    return outcome[0], time.monotonic() - started
+
+
+def until_closed(send, seconds=10):
+    """A server script that calls send(connection) again and again until the client goes
+    (or `seconds` pass, so that a test failing never leaves a server running)."""
+    def script(broker, connection):
+        connection.settimeout(1)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            send(connection)
+    return script
+
+
+def mysql_flood(broker, connection):
+    """A MySQL server that greets, reads the login, then answers "fast auth success" again and
+    again: each packet is valid, and none is the OK the client waits for."""
+    connection.sendall(mysql_packet(0, mysql_greeting(bytes(range(65, 85)),
+                                                      b"caching_sha2_password")))
+    read_mysql_packet(broker, connection)
+    until_closed(lambda c: c.sendall(mysql_packet(2, b"\x01\x03") * 1000))(broker, connection)
+
+
+def trickle(data, every=0.1):
+    """A server script that sends `data` one byte every `every` seconds."""
+    def script(broker, connection):
+        for byte in data:
+            connection.sendall(bytes([byte]))
+            time.sleep(every)  # the hostile pace itself, not a wait for anything
+        connection.recv(1)
+    return script
+
+
+def test_mysql_a_flood_of_packets_ends_at_the_timeout(fake_broker):
+    server = fake_broker(mysql_flood)
+    (passed, reason), took = within(5, pihace.MySQL(
+        f"mysql://u:sekrit@127.0.0.1:{server.port}/", timeout=0.5))
+    assert passed is False and "timed out" in reason and SECRET not in reason, reason
+    assert took < 1.5
+
+
+def test_mysql_a_greeting_trickled_a_byte_at_a_time_ends_at_the_timeout(fake_broker):
+    server = fake_broker(trickle(mysql_packet(0, mysql_greeting(bytes(range(65, 85)),
+                                                                b"mysql_native_password"))))
+    (passed, reason), took = within(5, pihace.MySQL(
+        f"mysql://u:sekrit@127.0.0.1:{server.port}/", timeout=0.5))
+    assert passed is False and reason.startswith("2013 (HY000)") and "timed out" in reason
+    assert took < 1.5
+
+
+# ---------------------------------------------------------------------------
 # AMQP wire types and frames: golden bytes written from the spec
 # ---------------------------------------------------------------------------
 
