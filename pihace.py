@@ -1541,20 +1541,48 @@ def scram_first(user, nonce):
     return bare, "n,," + bare
 
 
-def scram_final(password, hash_name, client_first_bare, server_first, client_nonce):
+_SCRAM_MAX_ITERATIONS = 10_000_000  # MongoDB's default is 15,000 (SHA-256), 10,000 (SHA-1)
+
+
+def scram_final(password, hash_name, client_first_bare, server_first, client_nonce,
+                deadline=None):
     """(client-final-message, the server signature to expect) of a SCRAM login (RFC 5802,
-    7677): `password` as bytes, `hash_name` "sha1" or "sha256". ValueError for a
-    server-first-message that is not one, or whose nonce does not extend ours."""
+    7677): `password` as bytes, `hash_name` "sha1" or "sha256". ValueError, saying what is
+    wrong, for a server-first-message that is not one, whose nonce does not extend ours, or
+    whose iteration count is absurd or would keep PBKDF2 busy past `deadline` (monotonic)."""
     import base64  # here, not at the top: only logins need them
     import hashlib
     import hmac
 
+    if not isinstance(server_first, str):
+        raise ValueError("the server's SCRAM challenge is not text")
     fields = dict(item.split("=", 1) for item in server_first.split(",") if "=" in item)
-    nonce, salt, iterations = fields.get("r", ""), fields.get("s"), fields.get("i", "")
-    if not nonce.startswith(client_nonce) or salt is None or not iterations.isdigit() \
-            or not 0 < int(iterations) <= 10_000_000:
-        raise ValueError("the server's SCRAM challenge is not valid")
-    salted = hashlib.pbkdf2_hmac(hash_name, password, base64.b64decode(salt), int(iterations))
+    missing = [name for name in "rsi" if name not in fields]
+    if missing:
+        raise ValueError(f"the server's SCRAM challenge has no {'='.join(missing)}= field"
+                         if len(missing) == 1 else "the server's SCRAM challenge lacks the "
+                         f"fields {', '.join(name + '=' for name in missing)}")
+    nonce, salt, iterations = fields["r"], fields["s"], fields["i"]
+    if not client_nonce or not nonce.startswith(client_nonce) or nonce == client_nonce:
+        raise ValueError("the server's SCRAM nonce does not extend ours")
+    try:
+        salt = base64.b64decode(salt, validate=True)
+    except ValueError:  # binascii.Error
+        raise ValueError("the server's SCRAM salt is not base64") from None
+    if not (iterations.isascii() and iterations.isdigit()) or len(iterations) > 9 \
+            or not 0 < int(iterations) <= _SCRAM_MAX_ITERATIONS:
+        raise ValueError(f"the server's SCRAM iteration count {_text(iterations[:20])!r} is "
+                         f"not a number from 1 to {_SCRAM_MAX_ITERATIONS:,}")
+    iterations = int(iterations)
+    if deadline is not None:  # time a small run, and refuse a count that would take too long
+        sample = min(iterations, 2000)
+        started = time.monotonic()
+        hashlib.pbkdf2_hmac(hash_name, password, salt, sample)
+        needed = (time.monotonic() - started) * iterations / sample
+        if started + needed > deadline:
+            raise ValueError(f"the server's SCRAM iteration count {iterations:,} would take "
+                             f"about {needed:.1f}s, past the timeout")
+    salted = hashlib.pbkdf2_hmac(hash_name, password, salt, iterations)
     client_key = hmac.new(salted, b"Client Key", hash_name).digest()
     without_proof = f"c=biws,r={nonce}"
     message = f"{client_first_bare},{server_first},{without_proof}".encode("utf-8")
@@ -1567,6 +1595,17 @@ def scram_final(password, hash_name, client_first_bare, server_first, client_non
 
 class _MongoRefused(Exception):
     """The server answered a command with ok: 0."""
+
+
+def _sasl_payload(reply, what):
+    """The payload of a SASL reply as text; ValueError, saying so, when it has none."""
+    payload = reply.get("payload")
+    if not isinstance(payload, (bytes, str)):
+        raise ValueError(f"{what}: the server's SASL reply has no payload")
+    try:
+        return payload if isinstance(payload, str) else payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what}: the server's SASL payload is not UTF-8") from None
 
 
 def mongo_op_msg(request_id, document):
@@ -1639,6 +1678,8 @@ class MongoDB:
                 continue
             except (ValueError, IndexError, struct.error, _MongoRefused) as exc:
                 reasons.append(f"{where}: {_printable(_text(exc))}")  # refused, or not MongoDB
+                if time.monotonic() >= deadline:
+                    break
                 continue
             return True  # as pihace 1.0.0's plugins pass: no detail
         return False, "no MongoDB server answered: " + "; ".join(reasons)
@@ -1651,7 +1692,7 @@ class MongoDB:
             reply = self._command(sock, next(ids), dict(document, **{"$db": database}), deadline)
             if not reply.get("ok"):
                 raise _MongoRefused(f"{what} refused: {_text(reply.get('errmsg'))} "
-                                    f"(code {reply.get('code')})")
+                                    f"(code {_text(reply.get('code'))[:20]})")
             return reply
 
         try:
@@ -1662,20 +1703,25 @@ class MongoDB:
             except _MongoRefused:  # before MongoDB 4.4.2: no hello
                 reply = command(dict(isMaster=1, **mechanisms), "isMaster")
             if self.user is not None:
-                self._login(command, reply)
+                self._login(command, reply, deadline)
             command({"ping": 1}, "ping")
             return reply
         finally:
             sock.close()
 
-    def _login(self, command, hello):
+    def _login(self, command, hello, deadline):
         """SCRAM-SHA-256, or SCRAM-SHA-1 where the server or the URL says so."""
         import base64  # here, not at the top: only logins need them
         import hashlib
 
-        mechanism = self.mechanism or ("SCRAM-SHA-1" if "SCRAM-SHA-256" not in hello.get(
-            "saslSupportedMechs", ["SCRAM-SHA-256"]) or hello.get("maxWireVersion", 7) < 7
-            else "SCRAM-SHA-256")
+        mechanisms = hello.get("saslSupportedMechs", ["SCRAM-SHA-256"])
+        wire_version = hello.get("maxWireVersion", 7)
+        if not isinstance(mechanisms, list) or isinstance(wire_version, bool) \
+                or not isinstance(wire_version, (int, float)):
+            raise ValueError("not a MongoDB hello reply (saslSupportedMechs or maxWireVersion "
+                             "of the wrong type)")
+        mechanism = self.mechanism or ("SCRAM-SHA-1" if "SCRAM-SHA-256" not in mechanisms
+                                       or wire_version < 7 else "SCRAM-SHA-256")
         if mechanism == "SCRAM-SHA-1":  # MongoDB's SCRAM-SHA-1 password is this digest
             password = hashlib.md5(f"{self.user}:mongo:{self._password}".encode("utf-8"))\
                 .hexdigest().encode("ascii")
@@ -1688,22 +1734,37 @@ class MongoDB:
         what, source = f"{mechanism} login of {self.user!r}", self.auth_source
         start = command(dict(saslStart=1, mechanism=mechanism, payload=first.encode(),
                              autoAuthorize=1, options={"skipEmptyExchange": True}), what, source)
+        conversation = start.get("conversationId")
+        if isinstance(conversation, bool) or not isinstance(conversation, int):
+            raise ValueError(f"{what}: the server's saslStart reply has no conversationId")
         final, signature = scram_final(password, "sha1" if mechanism == "SCRAM-SHA-1"
-                                       else "sha256", bare, bytes(start["payload"]).decode(),
-                                       nonce)
-        step = command(dict(saslContinue=1, conversationId=start["conversationId"],
+                                       else "sha256", bare, _sasl_payload(start, what),
+                                       nonce, deadline)
+        step = command(dict(saslContinue=1, conversationId=conversation,
                             payload=final.encode()), what, source)
-        if f"v={signature}" not in bytes(step["payload"]).decode().split(","):
+        if f"v={signature}" not in _sasl_payload(step, what).split(","):
             raise ValueError("the server's SCRAM signature is wrong: not the server we asked")
-        while not step.get("done"):
-            step = command(dict(saslContinue=1, conversationId=start["conversationId"],
+        for _ in range(3):  # an empty exchange or two at most, then the server must be done
+            if step.get("done") is True:
+                return
+            step = command(dict(saslContinue=1, conversationId=conversation,
                                 payload=b""), what, source)
+        if step.get("done") is not True:
+            raise ValueError(f"{what}: the server's SCRAM conversation does not end")
 
     @staticmethod
     def _command(sock, request_id, document, deadline):
-        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        import socket  # here, not at the top: slow to import (connect_tcp loaded it already)
+
+        def time_left():  # each send and read gets what is left, and none once it passed
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("timed out")
+            return left
+
+        sock.settimeout(time_left())
         sock.sendall(mongo_op_msg(request_id, document))
-        data = b""
+        data = bytearray()
         while True:
             if len(data) >= 4:
                 length, = struct.unpack_from("<i", data)
@@ -1711,7 +1772,7 @@ class MongoDB:
                     raise ValueError("not a MongoDB reply (bad message length)")
                 if len(data) >= length:
                     break
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            sock.settimeout(time_left())
             chunk = sock.recv(65536)
             if not chunk:
                 raise OSError("the server closed the connection")
@@ -1719,7 +1780,7 @@ class MongoDB:
         length, _, response_to, opcode = struct.unpack_from("<iiii", data)
         if opcode != _OP_MSG or response_to != request_id or data[20] != 0:
             raise ValueError(f"not a MongoDB reply to OP_MSG {request_id} (opcode {opcode})")
-        return bson_decode(data[21:length])[0]
+        return bson_decode(bytes(data[21:length]))[0]
 
     def _with_driver(self):
         try:

@@ -1755,6 +1755,158 @@ def test_mysql_a_greeting_trickled_a_byte_at_a_time_ends_at_the_timeout(fake_bro
     assert took < 1.5
 
 
+def mongo_answering(answer):
+    """A scripted mongod: each OP_MSG command is answered with answer(document), a dict (or,
+    for the hello, a valid reply that offers SCRAM-SHA-256)."""
+    def script(broker, connection):
+        while True:
+            head = broker.read(connection, 16)
+            if len(head) < 16:
+                return
+            length, request_id = struct.unpack_from("<ii", head)
+            document = pihace.bson_decode(broker.read(connection, length - 16)[5:])[0]
+            if "hello" in document:
+                reply = {"isWritablePrimary": True, "maxWireVersion": 21,
+                         "saslSupportedMechs": ["SCRAM-SHA-256"], "ok": 1.0}
+            else:
+                reply = answer(document)
+            body = b"\0\0\0\0\x00" + pihace.bson_encode(reply)
+            connection.sendall(struct.pack("<iiii", 16 + len(body), 99, request_id, 2013) + body)
+    return script
+
+
+def client_nonce(document):
+    return bytes(document["payload"]).decode().split("r=", 1)[1]
+
+
+def sasl_start_reply(payload):
+    """A saslStart answer whose payload is payload(client nonce), or the value given."""
+    def answer(document):
+        if "saslStart" not in document:
+            return {"ok": 1.0}
+        return {"conversationId": 1, "done": False, "ok": 1.0,
+                "payload": payload(client_nonce(document)) if callable(payload) else payload}
+    return answer
+
+
+@pytest.mark.parametrize("payload, words", [
+    (None, "has no payload"),
+    (17, "has no payload"),
+    (b"\xff\xfe", "not UTF-8"),
+    (lambda nonce: f"r={nonce}x,s=QSXCR+Q6sek8bf92".encode(), "no i= field"),
+    (lambda nonce: f"s=QSXCR+Q6sek8bf92,i=4096".encode(), "no r= field"),
+    (lambda nonce: f"r={nonce}x,i=4096".encode(), "no s= field"),
+    (b"garbage", "lacks the fields r=, s=, i="),
+    (lambda nonce: f"r=someone-else,s=QSXCR+Q6sek8bf92,i=4096".encode(), "nonce does not extend"),
+    (lambda nonce: f"r={nonce}x,s=not*base64!,i=4096".encode(), "salt is not base64"),
+    (lambda nonce: f"r={nonce}x,s=QSXCR+Q6sek8bf92,i=-1".encode(), "iteration count '-1'"),
+    (lambda nonce: f"r={nonce}x,s=QSXCR+Q6sek8bf92,i=\u0661\u0662".encode(), "iteration count"),
+    (lambda nonce: f"r={nonce}x,s=QSXCR+Q6sek8bf92,i={10 ** 30}".encode(), "not a number from 1"),
+    (lambda nonce: f"r={nonce}x,s=QSXCR+Q6sek8bf92,i=10000001".encode(), "to 10,000,000"),
+])
+def test_mongodb_scram_challenges_of_the_wrong_shape_are_reasons(fake_broker, payload, words):
+    server = fake_broker(mongo_answering(sasl_start_reply(payload)))
+    (passed, reason), took = within(5, pihace.MongoDB(
+        f"mongodb://app:sekrit@127.0.0.1:{server.port}/", timeout=1))
+    assert passed is False and words in reason and SECRET not in reason, reason
+    assert took < 2
+
+
+def test_mongodb_an_iteration_count_that_would_outlast_the_timeout_is_refused(fake_broker):
+    server = fake_broker(mongo_answering(sasl_start_reply(
+        lambda nonce: f"r={nonce}x,s=QSXCR+Q6sek8bf92,i=9999999".encode())))
+    (passed, reason), took = within(5, pihace.MongoDB(
+        f"mongodb://app:sekrit@127.0.0.1:{server.port}/", timeout=0.3))
+    assert passed is False and "iteration count 9,999,999 would take about" in reason, reason
+    assert "past the timeout" in reason and took < 1
+
+
+@pytest.mark.parametrize("answer, words", [
+    (lambda document: {"ok": 1.0, "payload": b"r=x,s=QSXCR+Q6sek8bf92,i=1"}, "no conversationId"),
+    (lambda document: {"ok": 1.0, "conversationId": "1", "payload": b""}, "no conversationId"),
+])
+def test_mongodb_a_sasl_start_reply_without_a_conversation_is_a_reason(fake_broker, answer,
+                                                                         words):
+    server = fake_broker(mongo_answering(answer))
+    passed, reason = pihace.MongoDB(f"mongodb://app:sekrit@127.0.0.1:{server.port}/",
+                                    timeout=1)()
+    assert passed is False and words in reason and SECRET not in reason, reason
+
+
+def mongo_reply(document, response_to=1):
+    body = b"\0\0\0\0\x00" + pihace.bson_encode(document)
+    return struct.pack("<iiii", 16 + len(body), 7, response_to, 2013) + body
+
+
+@pytest.mark.parametrize("hello", [{"saslSupportedMechs": 5, "ok": 1.0},
+                                   {"maxWireVersion": "21", "ok": 1.0}])
+def test_mongodb_a_hello_of_the_wrong_shape_is_a_reason(fake_broker, hello):
+    server = fake_broker(mongo_server([mongo_reply(hello)]))
+    passed, reason = pihace.MongoDB(f"mongodb://app:sekrit@127.0.0.1:{server.port}/",
+                                    timeout=1)()
+    assert passed is False and "not a MongoDB hello reply" in reason, reason
+
+
+def never_done(password, salt=b"pihace-test-salt"):
+    """A server's SCRAM-SHA-256 that proves itself (RFC 5802's ServerSignature), then answers
+    every further saslContinue with done: false."""
+    import hashlib
+    import hmac
+
+    server_key = hmac.new(hashlib.pbkdf2_hmac("sha256", password, salt, 4096), b"Server Key",
+                          "sha256").digest()
+    said = {}
+
+    def answer(document):
+        if "saslStart" in document:
+            said["bare"] = bytes(document["payload"])[3:].decode()
+            said["first"] = (f"r={client_nonce(document)}x,s={base64.b64encode(salt).decode()},"
+                             "i=4096")
+            return {"conversationId": 1, "done": False, "payload": said["first"].encode(),
+                    "ok": 1.0}
+        final = bytes(document.get("payload", b"")).decode()
+        if final:
+            message = f"{said['bare']},{said['first']},{final.rsplit(',p=', 1)[0]}".encode()
+            final = "v=" + base64.b64encode(hmac.new(server_key, message, "sha256").digest()
+                                            ).decode()
+        return {"conversationId": 1, "done": False, "payload": final.encode(), "ok": 1.0}
+
+    return answer
+
+
+def test_mongodb_a_login_that_never_ends_ends_at_once(fake_broker):
+    server = fake_broker(mongo_answering(never_done(b"mongo-pw")))
+    (passed, reason), took = within(5, pihace.MongoDB(
+        f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/", timeout=1))
+    assert passed is False and "SCRAM conversation does not end" in reason, reason
+    assert took < 1.5
+
+
+def test_mongodb_a_flood_of_one_huge_reply_ends_at_the_timeout(fake_broker):
+    def flood(broker, connection):
+        broker.read(connection, len(MONGO_HELLO))
+        connection.sendall(struct.pack("<i", 48_000_000))
+        until_closed(lambda c: c.sendall(b"\x01" * 65536))(broker, connection)
+
+    server = fake_broker(flood)
+    (passed, reason), took = within(10, pihace.MongoDB(f"mongodb://127.0.0.1:{server.port}/",
+                                                       timeout=0.5))
+    assert passed is False and reason.startswith("no MongoDB server answered"), reason
+    assert took < 1.5
+
+
+def test_mongodb_a_reply_trickled_a_byte_at_a_time_ends_at_the_timeout(fake_broker):
+    def slow(broker, connection):
+        broker.read(connection, len(MONGO_HELLO))
+        trickle(MONGO_HELLO_REPLY)(broker, connection)
+
+    server = fake_broker(slow)
+    (passed, reason), took = within(5, pihace.MongoDB(f"mongodb://127.0.0.1:{server.port}/",
+                                                      timeout=0.5))
+    assert passed is False and "timed out" in reason, reason
+    assert took < 1.5
+
+
 # ---------------------------------------------------------------------------
 # AMQP wire types and frames: golden bytes written from the spec
 # ---------------------------------------------------------------------------
