@@ -1218,6 +1218,15 @@ class Disk:
         return True, detail
 
 
+def _refuse_stray_at(parts, what):
+    """A ValueError for a URL with an @ after its host (two in the host part, or one in the
+    path, query or fragment): an unencoded / ? # or @ in its password, which would otherwise
+    be read as a host, a port or a path, and shown as one."""
+    if parts.netloc.count("@") > 1 or "@" in parts.path + parts.query + parts.fragment:
+        raise ValueError(f"{what} has an @ after the host: percent-encode '/', '?', '#' and '@' "
+                         "in the user name and password (%2F, %3F, %23, %40)")
+
+
 def _url_parts(url, schemes, default_port, what):
     """(user, password, host, port, path) of a database URL, percent-decoded; a ValueError
     that never shows the user information when it cannot be read."""
@@ -1231,6 +1240,7 @@ def _url_parts(url, schemes, default_port, what):
         valid = False
     if not valid:
         raise ValueError(f"{what} must be a {schemes[0]}://user:password@host:port/... URL")
+    _refuse_stray_at(parts, what)
     return (unquote(parts.username or ""), unquote(parts.password or ""), parts.hostname, port,
             unquote(parts.path.lstrip("/")))
 
@@ -1637,6 +1647,8 @@ class MongoDB:
             valid = parts.scheme in ("mongodb", "mongodb+srv")
         except (TypeError, ValueError, AttributeError):
             valid = False
+        if valid:
+            _refuse_stray_at(parts, "dsn")
         userinfo, _, hosts = parts.netloc.rpartition("@") if valid else ("", "", "")
         self.hosts = []
         for host in hosts.split(",") if valid else ():
@@ -1843,6 +1855,7 @@ def _http_url(url, what):
         valid = False
     if not valid:
         raise ValueError(f"{what} must be an http:// or https:// URL with a host and a valid port")
+    _refuse_stray_at(parts, what)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 

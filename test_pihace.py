@@ -1907,6 +1907,60 @@ def test_mongodb_a_reply_trickled_a_byte_at_a_time_ends_at_the_timeout(fake_brok
     assert took < 1.5
 
 
+# The makers of database and HTTP API checkers, and where each says which host it names.
+DSN_MAKERS = {
+    "mysql": (lambda url: pihace.MySQL(url, timeout=1), "mysql://u:{}@127.0.0.1:{}/db",
+              lambda checker: checker.host),
+    "mongodb": (lambda url: pihace.MongoDB(url, timeout=1), "mongodb://u:{}@127.0.0.1:{}/db",
+                lambda checker: checker.hosts[0][0]),
+    "influxdb": (lambda url: pihace.InfluxDB(url, timeout=1), "http://u:{}@127.0.0.1:{}",
+                 lambda checker: urllib.parse.urlsplit(checker.safe_url).hostname),
+    "elasticsearch": (lambda url: pihace.ElasticSearch(url, timeout=1),
+                      "http://u:{}@127.0.0.1:{}",
+                      lambda checker: urllib.parse.urlsplit(checker.safe_url).hostname),
+    "elasticsearch pusher": (lambda url: pihace.ElasticSearchPusher(pihace.HealthCheck(), url,
+                                                                    timeout=1),
+                             "http://u:{}@127.0.0.1:{}",
+                             lambda checker: urllib.parse.urlsplit(checker.safe_url).hostname),
+}
+
+
+@pytest.mark.parametrize("url", [
+    "mysql://u:pa@sekrit@host/db", "mysql://u:12?sekrit@host/db", "mysql://u:/sekrit@host/db",
+    "mongodb://u:p@sekrit@x", "mongodb://u:1#sekrit@x/", "mongodb://u:/sekrit@x/",
+    "http://u:p@sekrit@influx.example", "http://u:1?sekrit@influx.example:8086",
+    "https://elastic:/sekrit@es.example:9200",
+])
+def test_a_dsn_with_an_at_after_the_host_is_a_value_error_that_shows_no_password(url):
+    makers = {"mysql": ["mysql"], "mongodb": ["mongodb"]}.get(
+        url.partition(":")[0], ["influxdb", "elasticsearch", "elasticsearch pusher"])
+    for name in makers:
+        with pytest.raises(ValueError) as raised:
+            DSN_MAKERS[name][0](url)
+        assert "@ after the host" in str(raised.value)
+        assert SECRET not in exception_texts(raised.value) and "p@" not in str(raised.value)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HypothesisHealthCheck.function_scoped_fixture])
+@given(password=hostile_passwords, name=st.sampled_from(sorted(DSN_MAKERS)))
+@example(password="/" + SECRET, name="mysql")
+@example(password="?" + SECRET, name="influxdb")
+@example(password="#" + SECRET, name="elasticsearch pusher")
+def test_no_database_or_api_url_shows_its_password(closed_port, password, name):
+    make, template, host_of = DSN_MAKERS[name]
+    try:
+        checker = make(template.format(password, closed_port))
+    except ValueError as exc:
+        shown = exception_texts(exc)
+    else:  # only where the URL really names 127.0.0.1, to ask no name server
+        shown = repr(checker)
+        if host_of(checker) == "127.0.0.1":
+            shown += str(checker.push() and checker.last_error if name.endswith("pusher")
+                         else checker())
+    assert SECRET not in shown and password not in shown
+
+
 # ---------------------------------------------------------------------------
 # AMQP wire types and frames: golden bytes written from the spec
 # ---------------------------------------------------------------------------
