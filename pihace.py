@@ -1117,6 +1117,124 @@ def connect_tcp(address, timeout):
     raise error
 
 
+class _DeadlineSocket:
+    """A connected socket for http.client whose every send and read gets what is left of one
+    deadline: http.client's timeout is per read, so a server that trickles its headers or
+    body a byte at a time would keep it going for ever."""
+
+    def __init__(self, sock, deadline):
+        self.sock, self.deadline = sock, deadline
+
+    def time_left(self):
+        import socket  # here, not at the top: slow to import (connect_tcp loaded it already)
+
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        self.sock.settimeout(left)
+
+    def sendall(self, data):
+        self.time_left()
+        self.sock.sendall(data)  # since Python 3.5 the timeout bounds the whole of sendall
+
+    def makefile(self, mode="rb"):
+        import io  # here, not at the top: only HTTP requests need it
+
+        owner = self
+
+        class Reader(io.RawIOBase):
+            def readable(self):
+                return True
+
+            def readinto(self, buffer):
+                owner.time_left()
+                return owner.sock.recv_into(buffer)
+
+        return io.BufferedReader(Reader())
+
+    def close(self):
+        pass  # http.client closes it when the response may still be read: _http_exchange will
+
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _http_exchange(url, path="", *, method="GET", headers=None, body=None, timeout=5.0,
+                   follow=0, limit=1_000_000):
+    """(status, reason phrase, headers, body) of one HTTP request to `url` (+ `path`), all
+    within `timeout` seconds: connecting, sending, the status line, the headers and at most
+    `limit` bytes of body. The user name and password of `url`, if any, go as HTTP basic
+    authentication. Up to `follow` redirects are followed, and the Authorization header goes
+    only to `url`'s own origin. The reason phrase is escaped and cut; network trouble raises
+    what _http_errors() names."""
+    import http.client  # here, not at the top: slow to import, and only HTTP needs them
+    from urllib.parse import unquote, urljoin, urlsplit
+
+    deadline = time.monotonic() + timeout
+    parts = urlsplit(url)
+    userinfo, at, netloc = parts.netloc.rpartition("@")
+    headers = dict({"User-Agent": f"pihace/{__version__}"}, **(headers or {}))
+    if at and "Authorization" not in headers:
+        import base64  # here, not at the top: only URLs with credentials need it
+
+        user, _, password = userinfo.partition(":")
+        credentials = f"{unquote(user)}:{unquote(password)}".encode(
+            "utf-8", "surrogateescape")  # bytes that argv could not decode, as they came
+        headers["Authorization"] = f"Basic {base64.b64encode(credentials).decode()}"
+
+    def origin(parts):
+        return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https"
+                                                             else 80)
+
+    home = origin(parts)
+    parts = parts._replace(netloc=netloc, path=parts.path.rstrip("/") + path if path
+                           else parts.path, fragment="")
+    for hop in range(follow + 1):
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        if not host.isascii():
+            host.encode("idna")  # UnicodeError, naming the codec, for a name it refuses
+        sock = connect_tcp((host, port), max(0.001, deadline - time.monotonic()))
+        try:
+            if parts.scheme == "https":
+                import ssl  # here, not at the top: only https:// needs it
+
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            connection = http.client.HTTPConnection(host, port)
+            connection.sock = _DeadlineSocket(sock, deadline)
+            connection.request(method, (parts.path or "/") + (f"?{parts.query}"
+                                                               if parts.query else ""),
+                               body, headers)
+            response = connection.getresponse()
+            data = response.read(limit) if limit else b""
+            status, phrase, answer = response.status, response.reason, response.headers
+        finally:
+            sock.close()
+        location = answer.get("Location") if status in _REDIRECTS and hop < follow else None
+        target = urlsplit(urljoin(parts.geturl(), location.strip())) if location else None
+        if target is None or target.scheme not in ("http", "https") or not target.hostname:
+            return status, _printable(_text(phrase)), answer, data
+        if origin(target) != home:  # credentials go to the origin they were given for
+            headers.pop("Authorization", None)
+        if status == 303:
+            method, body = "GET", None
+        parts = target._replace(netloc=target.netloc.rpartition("@")[2], fragment="")
+
+
+def _http_errors():
+    """What _http_exchange() can raise for network trouble (an `except` evaluates it only
+    then): OSError, http.client's errors for what is not HTTP, UnicodeError for a host name
+    the idna codec refuses."""
+    import http.client  # here, not at the top: slow to import
+
+    return OSError, http.client.HTTPException, UnicodeError
+
+
+def _http_failure(exc):
+    """A network error of _http_exchange() in one line, escaped and cut."""
+    return describe_error(exc)
+
+
 class TCP:
     """Passes when a TCP connection to host:port opens within `timeout` seconds."""
 
@@ -1146,7 +1264,7 @@ class HTTP:
     """
 
     def __init__(self, url, timeout=5):
-        from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
+        from urllib.parse import urlsplit  # here, not at the top: slow to import
 
         try:
             parts = urlsplit(url)
@@ -1156,41 +1274,15 @@ class HTTP:
         if not valid:  # the URL is not quoted: it may hold a password
             raise ValueError("url must be an http:// or https:// URL with a host and a valid port")
         self.timeout = _seconds("timeout", timeout)
-        self._headers = {"User-Agent": f"pihace/{__version__}"}
         userinfo, at, host = parts.netloc.rpartition("@")
         self.url = parts._replace(netloc=host).geturl() if at else url
-        if at:
-            import base64  # here, not at the top: only URLs with credentials need it
-
-            user, _, password = userinfo.partition(":")
-            credentials = f"{unquote(user)}:{unquote(password)}".encode(
-                "utf-8", "surrogateescape")  # bytes that argv could not decode, as they came
-            self._headers["Authorization"] = f"Basic {base64.b64encode(credentials).decode()}"
-        self._opener = None
+        self._url = url  # with its credentials, which _http_exchange sends as basic auth
 
     def __call__(self):
-        import http.client  # here, not at the top: slow to import, and only HTTP needs them
-        import urllib.error
-        import urllib.request
-
-        if self._opener is None:
-            class NoRedirects(urllib.request.HTTPRedirectHandler):
-                def redirect_request(self, *args):
-                    return None  # urlopen() raises HTTPError with the 3xx instead
-
-            self._opener = urllib.request.build_opener(NoRedirects)
-        request = urllib.request.Request(self.url, headers=self._headers)
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                status, phrase = response.status, response.reason
-        except urllib.error.HTTPError as exc:
-            status, phrase = exc.code, exc.reason
-            exc.close()
-        except (urllib.error.URLError, OSError, http.client.HTTPException,
-                UnicodeError) as exc:  # UnicodeError: a host name the idna codec refuses
-            reason = getattr(exc, "reason", exc)  # a URLError's reason: an OSError or a string
-            return False, "GET failed: " + (describe_error(reason) if isinstance(reason, OSError)
-                                            else _text(reason) or type(exc).__name__)
+            status, phrase, _, _ = _http_exchange(self._url, timeout=self.timeout, limit=0)
+        except _http_errors() as exc:  # UnicodeError: a host name the idna codec refuses
+            return False, "GET failed: " + _http_failure(exc)
         return 200 <= status < 400, f"HTTP {status} {phrase}".rstrip()
 
 
@@ -1813,35 +1905,19 @@ class MongoDB:
 # InfluxDB and Elasticsearch: one GET over HTTP.
 
 def _http_json(url, path, headers, timeout):
-    """(status, reason, headers, JSON body or None) of GET url+path, following redirects;
-    the user name and password of `url`, if any, go as HTTP basic authentication."""
-    import base64  # here, not at the top: slow to import, and only these checkers need them
-    import json
-    import urllib.error
-    import urllib.request
-    from urllib.parse import unquote, urlsplit
+    """(status, reason, headers, JSON body or None) of GET url+path within `timeout`,
+    following redirects (credentials only to the same origin); the body is None when it is
+    not JSON, or nested too deep for the json module."""
+    import json  # here, not at the top: slow to import, and only these checkers need it
 
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    headers = dict(headers, **{"User-Agent": f"pihace/{__version__}",
-                               "Accept": "application/json"})
-    if at:
-        user, _, password = userinfo.partition(":")
-        headers.setdefault("Authorization", "Basic " + base64.b64encode(
-            f"{unquote(user)}:{unquote(password)}".encode("utf-8")).decode())
-    target = parts._replace(netloc=host, path=parts.path.rstrip("/") + path).geturl()
-    try:
-        response = urllib.request.urlopen(urllib.request.Request(target, headers=headers),
-                                          timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        response = exc
-    with response:
-        body = response.read(1_000_000)
+    status, phrase, answer, body = _http_exchange(
+        url, path, headers=dict(headers, Accept="application/json"), timeout=timeout,
+        follow=5)
     try:
         document = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[... a hundred thousand deep
         document = None
-    return response.status, response.reason, response.headers, document
+    return status, phrase, answer, document
 
 
 def _http_url(url, what):
@@ -1857,20 +1933,6 @@ def _http_url(url, what):
         raise ValueError(f"{what} must be an http:// or https:// URL with a host and a valid port")
     _refuse_stray_at(parts, what)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-
-
-def _http_errors():
-    """What a GET can raise for network trouble (an `except` evaluates it only then)."""
-    import http.client  # here, not at the top: slow to import
-
-    return OSError, http.client.HTTPException, UnicodeError  # UnicodeError: a bad host name
-
-
-def _http_failure(exc):
-    """A network error of _http_json() in one line."""
-    reason = getattr(exc, "reason", exc)  # a URLError's reason: an OSError or a string
-    return describe_error(reason) if isinstance(reason, OSError) \
-        else _printable(_text(reason) or type(exc).__name__)
 
 
 class InfluxDB:
@@ -1906,8 +1968,8 @@ class InfluxDB:
         if status == 200 and health.get("status") == "pass":
             return True
         detail = health.get("message") or f"HTTP {status} {phrase}"
-        return False, f"InfluxDB health status: {_printable(health.get('status', 'fail'))} - " \
-                      f"{_printable(_text(detail))}"
+        shown = _printable(_text(health.get("status", "fail")))
+        return False, f"InfluxDB health status: {shown} - {_printable(_text(detail))}"
 
 
 class ElasticSearch:
@@ -1948,7 +2010,7 @@ class ElasticSearch:
                 f": {_printable(_text(reason))}" if reason else "")
         if health["status"] in ("green", "yellow"):
             return True  # as pihace 1.0.0's plugins pass: no detail
-        return False, f"Elasticsearch health status: {_printable(health['status'])}"
+        return False, f"Elasticsearch health status: {_printable(_text(health['status']))}"
 
 
 # ---------------------------------------------------------------------------
@@ -5407,33 +5469,21 @@ class ElasticSearchPusher(_Loop):
     def push(self):
         """Take a report and index it: True when Elasticsearch stored it, else False."""
         import json  # here, not at the top: slow to import (see the imports)
-        import urllib.request
-        from urllib.parse import quote, unquote, urlsplit
+        from urllib.parse import quote
 
         report = self.healthcheck.check(output="dict")
-        parts = urlsplit(self.es_url)
-        userinfo, at, host = parts.netloc.rpartition("@")
-        headers = {"Content-Type": "application/json", "User-Agent": f"pihace/{__version__}"}
-        if at:
-            import base64  # here, not at the top: only URLs with credentials need it
-
-            user, _, password = userinfo.partition(":")
-            headers["Authorization"] = "Basic " + base64.b64encode(
-                f"{unquote(user)}:{unquote(password)}".encode("utf-8")).decode()
-        target = parts._replace(netloc=host, path=parts.path.rstrip("/")
-                                + f"/{quote(self.index, safe='')}/_doc").geturl()
         body = json.dumps(report, default=str).encode("utf-8")  # a name that is a Path, say
-        request = urllib.request.Request(target, data=body,
-                                         headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                response.read(65536)
-            self.last_error = None
-            return True
+            status, phrase, _, _ = _http_exchange(
+                self.es_url, f"/{quote(self.index, safe='')}/_doc", method="POST",
+                headers={"Content-Type": "application/json"}, body=body, timeout=self.timeout,
+                limit=65536)
+            self.last_error = None if 200 <= status < 300 else \
+                f"Elasticsearch answered HTTP {status} {phrase}".rstrip() + f" ({self.safe_url})"
         except _http_errors() as exc:
-            status = getattr(exc, "code", None)
-            self.last_error = (f"Elasticsearch answered HTTP {status} {_printable(exc.reason)}"
-                               if status else _http_failure(exc)) + f" ({self.safe_url})"
+            self.last_error = f"{_http_failure(exc)} ({self.safe_url})"
+        if self.last_error is None:
+            return True
         log.warning("cannot index the report: %s", self.last_error)
         return False
 

@@ -1961,6 +1961,110 @@ def test_no_database_or_api_url_shows_its_password(closed_port, password, name):
     assert SECRET not in shown and password not in shown
 
 
+def read_request_head(broker, connection):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    broker.received += data
+
+
+def http_answer(raw, pace=None):
+    """A server script that reads a request's head and answers with the raw bytes given, at
+    once or one byte every `pace` seconds."""
+    def script(broker, connection):
+        read_request_head(broker, connection)
+        if pace is None:
+            connection.sendall(raw)
+        else:
+            trickle(raw, pace)(broker, connection)
+    return script
+
+
+# The HTTP checkers and the pusher, each called once: (passed, reason) or the pusher's
+# (pushed, last_error).
+def _push(url, **kwargs):
+    pusher = pihace.ElasticSearchPusher(pihace.HealthCheck(), url, **kwargs)
+    return pusher.push(), pusher.last_error
+
+
+HTTP_CALLERS = {
+    "http": lambda url, **kwargs: pihace.HTTP(url + "/", **kwargs)(),
+    "influxdb": lambda url, **kwargs: pihace.InfluxDB(url, **kwargs)(),
+    "elasticsearch": lambda url, **kwargs: pihace.ElasticSearch(url, **kwargs)(),
+    "elasticsearch pusher": _push,
+}
+SLOW_HEAD = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"z" * 200 + b"\r\n\r\n"
+SLOW_BODY = b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n{" + b" " * 299
+
+
+@pytest.mark.parametrize("name", sorted(HTTP_CALLERS))
+@pytest.mark.parametrize("raw", [SLOW_HEAD, SLOW_BODY], ids=["head", "body"])
+def test_http_a_server_that_trickles_ends_at_the_timeout(fake_broker, name, raw):
+    if name in ("http", "elasticsearch pusher") and raw is SLOW_BODY:
+        raw = SLOW_HEAD  # they read no body that matters; their head is what can be slow
+    server = fake_broker(http_answer(raw, pace=0.05))
+    (passed, reason), took = within(5, lambda: HTTP_CALLERS[name](
+        f"http://u:sekrit@127.0.0.1:{server.port}", timeout=0.5))
+    assert passed is False and "timed out" in reason and SECRET not in reason, reason
+    assert took < 1.5
+
+
+@pytest.mark.parametrize("name", sorted(HTTP_CALLERS))
+def test_http_a_hostile_reason_phrase_is_escaped_and_cut(fake_broker, name):
+    phrase = b"\x1b[2J\x1b[31mgone\x07" + b"x" * 20000
+    server = fake_broker(http_answer(b"HTTP/1.1 500 " + phrase + b"\r\nContent-Length: 0\r\n\r\n"))
+    passed, reason = HTTP_CALLERS[name](f"http://127.0.0.1:{server.port}", timeout=2)
+    assert passed is False and "\\x1b[2J\\x1b[31mgone\\x07x" in reason, reason
+    assert "\x1b" not in reason and "\x07" not in reason and len(reason) < 2200
+
+
+@pytest.mark.parametrize("body, influx, elastic", [
+    (b"[" * 100_000, "InfluxDB health status: fail - HTTP 200 OK",
+     "Elasticsearch answered HTTP 200 OK"),
+    (b'{"status": "\\u001b[2J' + b"y" * 100_000 + b'"}', "InfluxDB health status: \\x1b[2Jyyy",
+     "Elasticsearch health status: \\x1b[2Jyyy"),
+], ids=["nested too deep", "a long status with an escape"])
+def test_http_hostile_bodies_are_escaped_bounded_reasons(replay, body, influx, elastic):
+    server = replay({path: (200, {"Content-Type": "application/json"}, body)
+                     for path in ("/health", "/_cluster/health")})
+    for checker, words in ((pihace.InfluxDB(server.url), influx),
+                           (pihace.ElasticSearch(server.url), elastic)):
+        passed, reason = checker()
+        assert passed is False and reason.startswith(words), reason
+        assert "\x1b" not in reason and len(reason) < 2200
+
+
+def test_credentials_follow_a_redirect_only_to_the_same_origin(replay):
+    elsewhere = replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN),
+                        "/health": (200, {}, INFLUX2_PASS)})
+    home = replay({"/_cluster/health": (302, {"Location": elsewhere.url + "/_cluster/health"},
+                                        b""),
+                   "/health": (307, {"Location": "/moved/health"}, b""),
+                   "/moved/health": (301, {"Location": elsewhere.url + "/health"}, b"")})
+    url = home.url.replace("http://", "http://elastic:sekrit@")
+    assert pihace.ElasticSearch(url)() is True
+    assert pihace.InfluxDB(home.url, token="sekrit-token")() is True
+    assert [path for path, _ in home.requests] == ["/_cluster/health", "/health",
+                                                   "/moved/health"]
+    assert all(headers.get("Authorization") for _, headers in home.requests)  # same origin
+    assert [path for path, _ in elsewhere.requests] == ["/_cluster/health", "/health"]
+    assert [headers.get("Authorization") for _, headers in elsewhere.requests] == [None, None]
+
+
+def test_the_pusher_and_the_http_checker_follow_no_redirect(replay):
+    elsewhere = replay({})
+    home = replay({"/pihace-health/_doc": (307, {"Location": elsewhere.url + "/x"}, b""),
+                   "/": (302, {"Location": elsewhere.url + "/"}, b"")})
+    url = home.url.replace("http://", "http://elastic:sekrit@")
+    pushed, error = _push(url)
+    assert pushed is False and error.startswith("Elasticsearch answered HTTP 307"), error
+    assert pihace.HTTP(url + "/")() == (True, "HTTP 302 Found")
+    assert elsewhere.requests == []
+
+
 # ---------------------------------------------------------------------------
 # AMQP wire types and frames: golden bytes written from the spec
 # ---------------------------------------------------------------------------
