@@ -5565,7 +5565,11 @@ def read_config(path):
         except ImportError:
             raise ValueError(f"{path}: TOML needs Python 3.11 or newer (tomllib); "
                              "write the same structure as JSON") from None
-        return tomllib.loads(data.decode("utf-8"))
+        try:
+            return tomllib.loads(data.decode("utf-8"))
+        except ValueError as exc:  # tomllib.TOMLDecodeError, UnicodeDecodeError
+            problem = f"not valid TOML: {_text(exc)}"
+        raise ValueError(f"{path}: {problem}")  # here: no __context__ to quote the file
     import json  # here, not at the top: slow to import (see the imports)
 
     if suffix in (".yml", ".yaml"):
@@ -5574,27 +5578,74 @@ def read_config(path):
         except ImportError:
             try:
                 return json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ValueError(f"{path}: reading YAML needs PyYAML, which is not installed "
                                  "(pip install pyyaml); or write the same structure as JSON "
                                  "(.json), or TOML (.toml, Python 3.11+)") from None
-        return yaml.safe_load(data)
+        try:
+            return yaml.safe_load(data)
+        except yaml.YAMLError as exc:  # its text spans lines and quotes the file: one line
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [""])[0] \
+                or type(exc).__name__  # a ReaderError has no problem, and a first line
+            problem = f"not valid YAML: {_text(problem)}{where}"
+        except RecursionError:
+            problem = "nested too deep"
+        raise ValueError(f"{path}: {problem}")  # here: no __context__ to quote the file
     try:
         return json.loads(data)
     except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+        problem = f"not valid JSON: {exc}"
+    except RecursionError:
+        problem = "nested too deep"
+    raise ValueError(f"{path}: {problem}")
+
+
+def _shown(value, limit=100):
+    """A value from a config file, for an error message: escaped and cut to `limit`."""
+    text = _printable(_text(value))
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _secrets(options):
+    """The passwords an entry's options may hold (in URLs, or as such), longest first, to be
+    kept out of an error raised by what the options were given to."""
+    from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
+
+    found = set()
+    for key, value in options.items():
+        if isinstance(value, str) and "://" in value and "@" in value:
+            userinfo = value.partition("://")[2].rpartition("@")[0]
+            found.update((userinfo, userinfo.partition(":")[2]))
+            try:
+                found.add(unquote(urlsplit(value).password or ""))
+            except ValueError:
+                pass
+        elif isinstance(value, (list, tuple)) and key == "basic_auth" and len(value) == 2:
+            found.add(str(value[1]))
+        elif "password" in str(key).lower() or "token" in str(key).lower():
+            found.add(str(value))
+    return sorted((secret for secret in found if secret), key=len, reverse=True)
 
 
 def _make(section, entry, *args):
     """The checker, provider, pusher or storage that one entry of a config describes."""
-    if not isinstance(entry, dict) or "type" not in entry:
-        raise ValueError(f"each entry of {section} needs a type, got {_printable(repr(entry))}")
+    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+        got = (f"a {type(entry).__name__}" if not isinstance(entry, dict)
+               else "no type" if "type" not in entry
+               else f"a type that is a {type(entry['type']).__name__}")
+        raise ValueError(f"each entry of {section} needs a type (a name such as "
+                         f"{next(iter(_CONFIG_TYPES[section]))}), got {got}")
     kind, options = entry["type"], entry.get("config") or {}
     name = _CONFIG_TYPES[section].get(kind)
     if name is None:
         what = {"plugins": "checker"}.get(section, section[:-1])
-        raise ValueError(f"Unknown {what} type: {_printable(kind)} (known: "
+        raise ValueError(f"Unknown {what} type: {_shown(kind)} (known: "
                          f"{', '.join(_CONFIG_TYPES[section])})")
+    if not isinstance(options, dict):
+        raise ValueError(f"{section[:-1]} {kind!r}: its config must be a mapping, got "
+                         f"{type(options).__name__}")
     maker = globals().get(name)  # looked up now: a provider may come with a newer pihace.py
     if maker is None:
         raise ValueError(f"{section[:-1]} type {kind!r} needs {name}, which this pihace.py "
@@ -5603,8 +5654,41 @@ def _make(section, entry, *args):
         return maker
     try:
         return maker(*args, **options)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{section[:-1]} {kind!r}: {_printable(exc)}") from None
+    except (TypeError, ValueError, ImportError, RuntimeError) as exc:  # MongoStorage: the last two
+        message = _text(exc)
+    for secret in _secrets(options):
+        message = message.replace(secret, "***")
+    raise ValueError(f"{section[:-1]} {kind!r}: {_printable(message)}")  # no __context__ either
+
+
+_LOOP_OPTIONS = {"pushers": "push_config", "storages": "store_config"}
+
+
+def _loop_interval(section, entry):
+    """The interval of a pusher's or storage's loop in a config: 60 when none is given, else
+    a positive number of seconds (below a million); ValueError naming the entry otherwise."""
+    key = _LOOP_OPTIONS[section]
+    options = entry.get(key) or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"{section[:-1]} {entry['type']!r}: {key} must be a mapping, got "
+                         f"{type(options).__name__}")
+    try:
+        return _seconds("interval", options.get("interval", 60))
+    except ValueError:
+        raise ValueError(f"{section[:-1]} {entry['type']!r}: {key} interval must be a positive "
+                         f"number of seconds, below a million, got "
+                         f"{_shown(repr(options.get('interval')))}") from None
+
+
+def _config_part(config, key, kind):
+    """config[key], or an empty `kind` when it is missing or null; ValueError otherwise."""
+    value = config.get(key)
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise ValueError(f"{key} must be a {'mapping' if kind is dict else 'list'}, got "
+                         f"{type(value).__name__}")
+    return value
 
 
 def load_healthcheck_from_yaml(path):
@@ -5612,23 +5696,41 @@ def load_healthcheck_from_yaml(path):
     file describes, as {"healthcheck", "providers", "pushers", "storages", "config"}.
 
     The file is YAML (with PyYAML), JSON or TOML (see read_config). Nothing is
-    started: ``pihace --config FILE`` starts the providers and runs the loops.
+    started: ``pihace --config FILE`` starts the providers and runs the loops. What the
+    file gets wrong is a ValueError that names it, and shows no password.
     """
     config = read_config(path)
     if not isinstance(config, dict):
         raise ValueError(f"{os.fspath(path)}: expected a mapping at the top, got "
                          f"{type(config).__name__}")
-    instance = config.get("instance") or {}
-    hc = HealthCheck(with_system=instance.get("with_system", False),
-                     name=instance.get("name", "unknown"), version=instance.get("version", "0.0.1"))
-    for entry in config.get("plugins") or []:
-        checker = _make("plugins", entry)
-        hc.register(str(entry.get("name", entry["type"])).replace(" ", "_"), checker)
-    return {"healthcheck": hc,
-            "providers": [_make("providers", entry, hc) for entry in config.get("providers") or []],
-            "pushers": [_make("pushers", entry, hc) for entry in config.get("pushers") or []],
-            "storages": [_make("storages", entry, hc) for entry in config.get("storages") or []],
-            "config": config}
+    try:
+        instance = _config_part(config, "instance", dict)
+        sections = {section: _config_part(config, section, list) for section in _CONFIG_TYPES}
+        for key, kinds in (("with_system", bool), ("name", (str, int, float)),
+                           ("version", (str, int, float))):
+            if key in instance and not isinstance(instance[key], kinds) \
+                    or key != "with_system" and isinstance(instance.get(key), bool):
+                raise ValueError(f"instance {key} must be "
+                                 f"{'true or false' if kinds is bool else 'a string'}, got "
+                                 f"{type(instance[key]).__name__}")
+        for section, key in _LOOP_OPTIONS.items():
+            for entry in sections[section]:
+                if isinstance(entry, dict) and isinstance(entry.get("type"), str):
+                    _loop_interval(section, entry)
+        hc = HealthCheck(with_system=instance.get("with_system", False),
+                         name=instance.get("name", "unknown"),
+                         version=instance.get("version", "0.0.1"))
+        for entry in sections["plugins"]:
+            checker = _make("plugins", entry)
+            hc.register(str(entry.get("name", entry["type"])).replace(" ", "_"), checker)
+        return {"healthcheck": hc,
+                "providers": [_make("providers", entry, hc) for entry in sections["providers"]],
+                "pushers": [_make("pushers", entry, hc) for entry in sections["pushers"]],
+                "storages": [_make("storages", entry, hc) for entry in sections["storages"]],
+                "config": config}
+    except ValueError as exc:
+        problem = str(exc)
+    raise ValueError(f"{os.fspath(path)}: {problem}")  # here: no __context__ to quote the file
 
 
 _ALIASES_1_0_0 = ("plugins.mysql", "plugins.mongodb", "plugins.influxdb", "plugins.elasticsearch",
@@ -5685,6 +5787,10 @@ class WebProvider:
     _server_class = _WebProviderServer
 
     def __init__(self, healthcheck, host="0.0.0.0", port=8000):
+        if not isinstance(host, str):  # checked now, not when serve() runs in a thread
+            raise ValueError(f"host must be a host name or an IP address, got "
+                             f"{type(host).__name__}")
+        _number("port", port, lambda v: 0 <= v < 65536, "an integer from 0 to 65535", int)
         self.healthcheck, self.host, self.port = healthcheck, host, port
 
     def serve(self):
@@ -6338,21 +6444,31 @@ def _run_config(loaded):
     pihace 1.0.0 did) and run until SIGTERM or Ctrl-C; then stop the loops cleanly."""
     import signal  # here, not at the top: only the command line's loops need it
 
-    config, stop, threads = loaded["config"], threading.Event(), []
+    config, stop, threads, failed = loaded["config"], threading.Event(), [], []
 
-    def start(target, *args, **kwargs):
-        thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True)
+    def start(target, what, *args, **kwargs):
+        def run():  # a provider that cannot listen, say: one line, and the run ends
+            try:
+                target(*args, **kwargs)
+            except Exception as exc:
+                log.error("%s stopped: %s", what, describe_error(exc))
+                failed.append(what)
+                stop.set()
+
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
         threads.append(thread)
 
-    for provider in loaded["providers"]:
-        start(getattr(provider, "serve", None) or provider.start)
-    loops = [(pusher, pusher.push_forever_in_loop, entry.get("push_config"))
+    for entry, provider in zip(config.get("providers") or [], loaded["providers"]):
+        start(getattr(provider, "serve", None) or provider.start, f"provider {entry['type']}")
+    loops = [(pusher, pusher.push_forever_in_loop, f"pusher {entry['type']}",
+              _loop_interval("pushers", entry))
              for entry, pusher in zip(config.get("pushers") or [], loaded["pushers"])]
-    loops += [(storage, storage.run_forever_in_loop, entry.get("store_config"))
+    loops += [(storage, storage.run_forever_in_loop, f"storage {entry['type']}",
+               _loop_interval("storages", entry))
               for entry, storage in zip(config.get("storages") or [], loaded["storages"])]
-    for _, loop, options in loops:
-        start(loop, interval=(options or {}).get("interval", 60), stop_event=stop)
+    for _, loop, what, interval in loops:
+        start(loop, what, interval=interval, stop_event=stop)
     in_main_thread = threading.current_thread() is threading.main_thread()
     signals = (signal.SIGTERM, signal.SIGINT) if in_main_thread else ()
     previous = [signal.signal(number, lambda *_: stop.set()) for number in signals]
@@ -6361,7 +6477,7 @@ def _run_config(loaded):
     finally:
         for number, handler in zip(signals, previous):
             signal.signal(number, handler)
-        for runner, _, _ in loops:
+        for runner, _, _, _ in loops:
             runner.stop()
         for provider in loaded["providers"]:
             for name in ("shutdown", "stop", "close"):
@@ -6371,7 +6487,7 @@ def _run_config(loaded):
         deadline = time.monotonic() + 10  # the pushers' last chance for their outboxes
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-    return 0
+    return 1 if failed else 0
 
 
 def main(argv=None):

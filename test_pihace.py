@@ -2065,6 +2065,98 @@ def test_the_pusher_and_the_http_checker_follow_no_redirect(replay):
     assert elsewhere.requests == []
 
 
+ES_PUSHER = {"type": "elasticsearch_pusher", "config": {"es_url": "http://u:sekrit@h"}}
+
+
+HOSTILE_CONFIGS = [
+    ("syntax.yml", "plugins: [\n  - a: b\n  c", "not valid YAML: expected the node content, but "
+                                                   "found '-' (line 2, column 3)"),
+    ("nul.yml", "a: \x00", "not valid YAML: unacceptable character #x0000"),
+    ("deep.yml", "[" * 5000 + "]" * 5000, "nested too deep"),
+    ("deep.json", "[" * 100_000, "nested too deep"),
+    ("list.json", "[1]", "expected a mapping at the top, got list"),
+    ("instance.json", json.dumps({"instance": 5}), "instance must be a mapping, got int"),
+    ("system.json", json.dumps({"instance": {"with_system": "no"}}),
+     "instance with_system must be true or false, got str"),
+    ("name.json", json.dumps({"instance": {"name": ["a"]}}), "instance name must be a string"),
+    ("plugins.json", json.dumps({"plugins": 5}), "plugins must be a list, got int"),
+    ("entry.json", json.dumps({"plugins": ["mysql://u:sekrit@h/db"]}),
+     "each entry of plugins needs a type (a name such as http), got a str"),
+    ("kind.json", json.dumps({"plugins": [{"type": ["mysql"]}]}), "got a type that is a list"),
+    ("unknown.json", json.dumps({"plugins": [{"type": "\x1b[2J" + "p" * 5000}]}),
+     "Unknown checker type: \\x1b[2Jppp"),
+    ("options.json", json.dumps({"plugins": [{"type": "mysql", "config": "mysql://u:sekrit@h"}]}),
+     "plugin 'mysql': its config must be a mapping, got str"),
+    ("timeout.json", json.dumps({"plugins": [{"type": "mysql", "config": {
+        "dsn": "mysql://u:sekrit@h/db", "timeout": 1e300}}]}), "plugin 'mysql': timeout must be"),
+    ("dsn.json", json.dumps({"plugins": [{"type": "mongodb", "config": {
+        "dsn": "mongodb://u:p@sekrit@x/"}}]}), "plugin 'mongodb': dsn has an @ after the host"),
+    ("port.json", json.dumps({"providers": [{"type": "web_provider", "config": {"port": 99999}}]}),
+     "provider 'web_provider': port must be an integer from 0 to 65535"),
+    ("negative.json", json.dumps({"pushers": [dict(ES_PUSHER, push_config={"interval": -1})]}),
+     "pusher 'elasticsearch_pusher': push_config interval must be a positive number"),
+    ("nan.yml", "pushers: [{type: elasticsearch_pusher, config: {es_url: 'http://u:sekrit@h'}, "
+                "push_config: {interval: .nan}}]", "push_config interval must be a positive"),
+    ("inf.yml", "pushers: [{type: elasticsearch_pusher, config: {es_url: 'http://u:sekrit@h'}, "
+                "push_config: {interval: .inf}}]", "push_config interval must be a positive"),
+    ("huge.json", json.dumps({"pushers": [dict(ES_PUSHER, push_config={"interval": 1e7})]}),
+     "below a million, got 10000000.0"),
+    ("text.json", json.dumps({"pushers": [dict(ES_PUSHER, push_config={"interval": "soon"})]}),
+     "got 'soon'"),
+    ("shape.json", json.dumps({"pushers": [dict(ES_PUSHER, push_config=5)]}),
+     "push_config must be a mapping, got int"),
+    ("store.json", json.dumps({"storages": [{"type": "mongodb_storage", "config": {
+        "dsn": "mongodb://u:sekrit@h/"}, "store_config": {"interval": 0}}]}),
+     "storage 'mongodb_storage': store_config interval must be a positive number"),
+]
+
+
+@pytest.mark.parametrize("name, text, words", HOSTILE_CONFIGS,
+                         ids=[name for name, _, _ in HOSTILE_CONFIGS])
+def test_a_hostile_config_is_one_line_that_names_the_problem(tmp_path, capsys, name, text,
+                                                             words):
+    path = tmp_path / name
+    path.write_text(text)
+    (code, out, err), _ = within(10, lambda: run_main(capsys, "--config", str(path)))
+    assert (code, out) == (3, "") and err.startswith(f"pihace: error: --config: ")
+    assert words in err and err.count("\n") == 1 and len(err) < 600, err
+    assert SECRET not in err and "\x1b" not in err
+
+
+def test_the_loader_shows_no_password_of_an_entry_or_of_what_its_maker_said(tmp_path,
+                                                                            monkeypatch):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"pushers": [{"config": {"es_url": "http://u:sekrit@h",
+                                                        "basic_auth": ["u", "sekrit"]}}]}))
+    with pytest.raises(ValueError) as raised:
+        pihace.load_healthcheck_from_yaml(path)
+    assert "needs a type" in str(raised.value) and SECRET not in exception_texts(raised.value)
+
+    class Talkative:  # a maker that quotes what it was given, as some libraries do
+        def __init__(self, healthcheck, es_url, basic_auth=None):
+            raise ValueError(f"cannot use {es_url!r} with {basic_auth!r}")
+
+    monkeypatch.setattr(pihace, "ElasticSearchPusher", Talkative)
+    path.write_text(json.dumps({"pushers": [{"type": "elasticsearch_pusher", "config": {
+        "es_url": "http://u:sekrit%40x@h", "basic_auth": ["u", "sekrit2"]}}]}))
+    with pytest.raises(ValueError) as raised:
+        pihace.load_healthcheck_from_yaml(path)
+    assert "cannot use 'http://***@h' with ['u', '***']" in str(raised.value)
+    assert SECRET not in exception_texts(raised.value)
+
+
+def test_a_provider_that_cannot_start_ends_the_config_run_with_one_line(tmp_path, caplog):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps({"providers": [{"type": "web_provider", "config": {
+            "host": "127.0.0.1", "port": taken.getsockname()[1]}}]}))
+        loaded = pihace.load_healthcheck_from_yaml(path)
+        code, _ = within(15, lambda: pihace._run_config(loaded))
+    assert code == 1
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert errors == ["provider web_provider stopped: address already in use"]
+
+
 # ---------------------------------------------------------------------------
 # AMQP wire types and frames: golden bytes written from the spec
 # ---------------------------------------------------------------------------
