@@ -2065,6 +2065,32 @@ def test_the_pusher_and_the_http_checker_follow_no_redirect(replay):
     assert elsewhere.requests == []
 
 
+def test_https_goes_through_the_same_exchange_and_verifies_the_certificate(tls_files,
+                                                                            monkeypatch):
+    import ssl
+
+    green = Replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN)})
+    green.close()  # its handler, on a listener that speaks TLS
+    server = type(green.server)(("127.0.0.1", 0), green.server.RequestHandlerClass)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_files["server"], tls_files["server_key"])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        url = f"https://elastic:sekrit@localhost:{server.server_address[1]}"
+        monkeypatch.setenv("SSL_CERT_FILE", tls_files["ca"])
+        assert pihace.ElasticSearch(url)() is True
+        assert green.requests[0][1]["Authorization"] == "Basic " + base64.b64encode(
+            b"elastic:sekrit").decode()
+        monkeypatch.setenv("SSL_CERT_FILE", tls_files["other_ca"])
+        passed, reason = pihace.ElasticSearch(url, timeout=2)()
+        assert passed is False and "CERTIFICATE_VERIFY_FAILED" in reason and SECRET not in reason
+        assert len(green.requests) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 ES_PUSHER = {"type": "elasticsearch_pusher", "config": {"es_url": "http://u:sekrit@h"}}
 
 
