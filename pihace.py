@@ -1953,12 +1953,13 @@ class InfluxDB:
         return f"InfluxDB({self.safe_url!r})"
 
     def __call__(self):
+        deadline = time.monotonic() + self.timeout  # one for both requests
         try:
             status, phrase, headers, body = _http_json(self.url, "/health", self._headers,
                                                        self.timeout)
             if status == 404:  # InfluxDB 1.x before 1.8
-                status, phrase, headers, body = _http_json(self.url, "/ping", self._headers,
-                                                           self.timeout)
+                status, phrase, headers, body = _http_json(
+                    self.url, "/ping", self._headers, max(0.001, deadline - time.monotonic()))
                 if status == 204:
                     return True  # as pihace 1.0.0's plugins pass: no detail
                 return False, f"InfluxDB health status: fail - /ping answered HTTP {status} {phrase}"

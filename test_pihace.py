@@ -2012,6 +2012,63 @@ def test_http_a_server_that_trickles_ends_at_the_timeout(fake_broker, name, raw)
     assert took < 1.5
 
 
+def test_http_a_flood_of_interim_responses_ends_at_the_timeout(fake_broker):
+    def flood(broker, connection):
+        read_request_head(broker, connection)
+        until_closed(lambda c: c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" * 100))(
+            broker, connection)
+
+    server = fake_broker(flood)
+    (passed, reason), took = within(5, lambda: pihace.ElasticSearch(
+        f"http://127.0.0.1:{server.port}", timeout=0.5)())
+    assert passed is False and "timed out" in reason, reason
+    assert took < 1.5
+
+
+class Listener:
+    """A loopback server that runs script(connection) for every client, each in a thread."""
+
+    def __init__(self, script):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.script = script
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection):
+        with connection:
+            try:
+                self.script(connection)
+            except OSError:
+                pass
+
+
+def test_influxdb_s_two_requests_share_one_timeout():
+    def script(connection):  # /health: a 404 that takes 0.7 s; /ping: a byte now and then
+        head = connection.recv(65536)
+        answer = (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+                  if head.startswith(b"GET /health") else b"HTTP/1.1 204 No Content\r\n" * 9)
+        for start in range(0, len(answer), 4):
+            connection.sendall(answer[start:start + 4])
+            time.sleep(0.05)  # the hostile pace itself, not a wait for anything
+
+    server = Listener(script)
+    try:
+        (passed, reason), took = within(5, lambda: pihace.InfluxDB(
+            f"http://127.0.0.1:{server.port}", timeout=1)())
+    finally:
+        server.listener.close()
+    assert passed is False and "timed out" in reason, reason
+    assert took < 1.4
+
+
 @pytest.mark.parametrize("name", sorted(HTTP_CALLERS))
 def test_http_a_hostile_reason_phrase_is_escaped_and_cut(fake_broker, name):
     phrase = b"\x1b[2J\x1b[31mgone\x07" + b"x" * 20000
