@@ -1117,6 +1117,124 @@ def connect_tcp(address, timeout):
     raise error
 
 
+class _DeadlineSocket:
+    """A connected socket for http.client whose every send and read gets what is left of one
+    deadline: http.client's timeout is per read, so a server that trickles its headers or
+    body a byte at a time would keep it going for ever."""
+
+    def __init__(self, sock, deadline):
+        self.sock, self.deadline = sock, deadline
+
+    def time_left(self):
+        import socket  # here, not at the top: slow to import (connect_tcp loaded it already)
+
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        self.sock.settimeout(left)
+
+    def sendall(self, data):
+        self.time_left()
+        self.sock.sendall(data)  # since Python 3.5 the timeout bounds the whole of sendall
+
+    def makefile(self, mode="rb"):
+        import io  # here, not at the top: only HTTP requests need it
+
+        owner = self
+
+        class Reader(io.RawIOBase):
+            def readable(self):
+                return True
+
+            def readinto(self, buffer):
+                owner.time_left()
+                return owner.sock.recv_into(buffer)
+
+        return io.BufferedReader(Reader())
+
+    def close(self):
+        pass  # http.client closes it when the response may still be read: _http_exchange will
+
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _http_exchange(url, path="", *, method="GET", headers=None, body=None, timeout=5.0,
+                   follow=0, limit=1_000_000):
+    """(status, reason phrase, headers, body) of one HTTP request to `url` (+ `path`), all
+    within `timeout` seconds: connecting, sending, the status line, the headers and at most
+    `limit` bytes of body. The user name and password of `url`, if any, go as HTTP basic
+    authentication. Up to `follow` redirects are followed, and the Authorization header goes
+    only to `url`'s own origin. The reason phrase is escaped and cut; network trouble raises
+    what _http_errors() names."""
+    import http.client  # here, not at the top: slow to import, and only HTTP needs them
+    from urllib.parse import unquote, urljoin, urlsplit
+
+    deadline = time.monotonic() + timeout
+    parts = urlsplit(url)
+    userinfo, at, netloc = parts.netloc.rpartition("@")
+    headers = dict({"User-Agent": f"pihace/{__version__}"}, **(headers or {}))
+    if at and "Authorization" not in headers:
+        import base64  # here, not at the top: only URLs with credentials need it
+
+        user, _, password = userinfo.partition(":")
+        credentials = f"{unquote(user)}:{unquote(password)}".encode(
+            "utf-8", "surrogateescape")  # bytes that argv could not decode, as they came
+        headers["Authorization"] = f"Basic {base64.b64encode(credentials).decode()}"
+
+    def origin(parts):
+        return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https"
+                                                             else 80)
+
+    home = origin(parts)
+    parts = parts._replace(netloc=netloc, path=parts.path.rstrip("/") + path if path
+                           else parts.path, fragment="")
+    for hop in range(follow + 1):
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        if not host.isascii():
+            host.encode("idna")  # UnicodeError, naming the codec, for a name it refuses
+        sock = connect_tcp((host, port), max(0.001, deadline - time.monotonic()))
+        try:
+            if parts.scheme == "https":
+                import ssl  # here, not at the top: only https:// needs it
+
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            connection = http.client.HTTPConnection(host, port)
+            connection.sock = _DeadlineSocket(sock, deadline)
+            connection.request(method, (parts.path or "/") + (f"?{parts.query}"
+                                                               if parts.query else ""),
+                               body, headers)
+            response = connection.getresponse()
+            data = response.read(limit) if limit else b""
+            status, phrase, answer = response.status, response.reason, response.headers
+        finally:
+            sock.close()
+        location = answer.get("Location") if status in _REDIRECTS and hop < follow else None
+        target = urlsplit(urljoin(parts.geturl(), location.strip())) if location else None
+        if target is None or target.scheme not in ("http", "https") or not target.hostname:
+            return status, _printable(_text(phrase)), answer, data
+        if origin(target) != home:  # credentials go to the origin they were given for
+            headers.pop("Authorization", None)
+        if status == 303:
+            method, body = "GET", None
+        parts = target._replace(netloc=target.netloc.rpartition("@")[2], fragment="")
+
+
+def _http_errors():
+    """What _http_exchange() can raise for network trouble (an `except` evaluates it only
+    then): OSError, http.client's errors for what is not HTTP, UnicodeError for a host name
+    the idna codec refuses."""
+    import http.client  # here, not at the top: slow to import
+
+    return OSError, http.client.HTTPException, UnicodeError
+
+
+def _http_failure(exc):
+    """A network error of _http_exchange() in one line, escaped and cut."""
+    return describe_error(exc)
+
+
 class TCP:
     """Passes when a TCP connection to host:port opens within `timeout` seconds."""
 
@@ -1146,7 +1264,7 @@ class HTTP:
     """
 
     def __init__(self, url, timeout=5):
-        from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
+        from urllib.parse import urlsplit  # here, not at the top: slow to import
 
         try:
             parts = urlsplit(url)
@@ -1156,41 +1274,15 @@ class HTTP:
         if not valid:  # the URL is not quoted: it may hold a password
             raise ValueError("url must be an http:// or https:// URL with a host and a valid port")
         self.timeout = _seconds("timeout", timeout)
-        self._headers = {"User-Agent": f"pihace/{__version__}"}
         userinfo, at, host = parts.netloc.rpartition("@")
         self.url = parts._replace(netloc=host).geturl() if at else url
-        if at:
-            import base64  # here, not at the top: only URLs with credentials need it
-
-            user, _, password = userinfo.partition(":")
-            credentials = f"{unquote(user)}:{unquote(password)}".encode(
-                "utf-8", "surrogateescape")  # bytes that argv could not decode, as they came
-            self._headers["Authorization"] = f"Basic {base64.b64encode(credentials).decode()}"
-        self._opener = None
+        self._url = url  # with its credentials, which _http_exchange sends as basic auth
 
     def __call__(self):
-        import http.client  # here, not at the top: slow to import, and only HTTP needs them
-        import urllib.error
-        import urllib.request
-
-        if self._opener is None:
-            class NoRedirects(urllib.request.HTTPRedirectHandler):
-                def redirect_request(self, *args):
-                    return None  # urlopen() raises HTTPError with the 3xx instead
-
-            self._opener = urllib.request.build_opener(NoRedirects)
-        request = urllib.request.Request(self.url, headers=self._headers)
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                status, phrase = response.status, response.reason
-        except urllib.error.HTTPError as exc:
-            status, phrase = exc.code, exc.reason
-            exc.close()
-        except (urllib.error.URLError, OSError, http.client.HTTPException,
-                UnicodeError) as exc:  # UnicodeError: a host name the idna codec refuses
-            reason = getattr(exc, "reason", exc)  # a URLError's reason: an OSError or a string
-            return False, "GET failed: " + (describe_error(reason) if isinstance(reason, OSError)
-                                            else _text(reason) or type(exc).__name__)
+            status, phrase, _, _ = _http_exchange(self._url, timeout=self.timeout, limit=0)
+        except _http_errors() as exc:  # UnicodeError: a host name the idna codec refuses
+            return False, "GET failed: " + _http_failure(exc)
         return 200 <= status < 400, f"HTTP {status} {phrase}".rstrip()
 
 
@@ -1218,6 +1310,15 @@ class Disk:
         return True, detail
 
 
+def _refuse_stray_at(parts, what):
+    """A ValueError for a URL with an @ after its host (two in the host part, or one in the
+    path, query or fragment): an unencoded / ? # or @ in its password, which would otherwise
+    be read as a host, a port or a path, and shown as one."""
+    if parts.netloc.count("@") > 1 or "@" in parts.path + parts.query + parts.fragment:
+        raise ValueError(f"{what} has an @ after the host: percent-encode '/', '?', '#' and '@' "
+                         "in the user name and password (%2F, %3F, %23, %40)")
+
+
 def _url_parts(url, schemes, default_port, what):
     """(user, password, host, port, path) of a database URL, percent-decoded; a ValueError
     that never shows the user information when it cannot be read."""
@@ -1231,6 +1332,7 @@ def _url_parts(url, schemes, default_port, what):
         valid = False
     if not valid:
         raise ValueError(f"{what} must be a {schemes[0]}://user:password@host:port/... URL")
+    _refuse_stray_at(parts, what)
     return (unquote(parts.username or ""), unquote(parts.password or ""), parts.hostname, port,
             unquote(parts.path.lstrip("/")))
 
@@ -1281,16 +1383,27 @@ class _MySQLSession:
     """Just enough of the MySQL client/server protocol to log in, ping and quit."""
 
     def __init__(self, sock, deadline):
-        self.sock, self.deadline, self.seq, self.buffer = sock, deadline, 0, b""
+        self.sock, self.deadline, self.seq, self.buffer = sock, deadline, 0, bytearray()
+
+    def _time_left(self):
+        """Seconds to the one deadline of the whole exchange; socket.timeout once it passed
+        (a server that floods, or trickles a byte at a time, gets no more time)."""
+        import socket  # here, not at the top: slow to import (connect_tcp loaded it already)
+
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        return left
 
     def _recv(self, size):
         while len(self.buffer) < size:
-            self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+            self.sock.settimeout(self._time_left())
             data = self.sock.recv(65536)
             if not data:
                 raise OSError("the server closed the connection")
             self.buffer += data
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
         return data
 
     def read(self):
@@ -1306,7 +1419,7 @@ class _MySQLSession:
         return payload
 
     def write(self, payload):
-        self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+        self.sock.settimeout(self._time_left())
         self.sock.sendall(struct.pack("<I", len(payload))[:3] + bytes([self.seq]) + payload)
         self.seq = (self.seq + 1) & 0xFF
 
@@ -1394,6 +1507,7 @@ class MySQL:
 
     def __call__(self):
         where = f"'{self.host}:{self.port}'"
+        deadline = time.monotonic() + self.timeout  # one for all: connect, login, ping
         try:
             sock = connect_tcp((self.host, self.port), self.timeout)
         except OSError as exc:  # in mysql-connector-python's words, as pihace 1.0.0 gave them
@@ -1401,7 +1515,7 @@ class MySQL:
                 else describe_error(exc)
             return False, f"2003: Can't connect to MySQL server on {where} ({_printable(why)})"
         try:
-            session = _MySQLSession(sock, time.monotonic() + self.timeout)
+            session = _MySQLSession(sock, deadline)
             session.login(self.user, self._password, self.database)
             session.ping_and_quit()
         except _MySQLRefused as exc:
@@ -1564,20 +1678,48 @@ def scram_first(user, nonce):
     return bare, "n,," + bare
 
 
-def scram_final(password, hash_name, client_first_bare, server_first, client_nonce):
+_SCRAM_MAX_ITERATIONS = 10_000_000  # MongoDB's default is 15,000 (SHA-256), 10,000 (SHA-1)
+
+
+def scram_final(password, hash_name, client_first_bare, server_first, client_nonce,
+                deadline=None):
     """(client-final-message, the server signature to expect) of a SCRAM login (RFC 5802,
-    7677): `password` as bytes, `hash_name` "sha1" or "sha256". ValueError for a
-    server-first-message that is not one, or whose nonce does not extend ours."""
+    7677): `password` as bytes, `hash_name` "sha1" or "sha256". ValueError, saying what is
+    wrong, for a server-first-message that is not one, whose nonce does not extend ours, or
+    whose iteration count is absurd or would keep PBKDF2 busy past `deadline` (monotonic)."""
     import base64  # here, not at the top: only logins need them
     import hashlib
     import hmac
 
+    if not isinstance(server_first, str):
+        raise ValueError("the server's SCRAM challenge is not text")
     fields = dict(item.split("=", 1) for item in server_first.split(",") if "=" in item)
-    nonce, salt, iterations = fields.get("r", ""), fields.get("s"), fields.get("i", "")
-    if not nonce.startswith(client_nonce) or salt is None or not iterations.isdigit() \
-            or not 0 < int(iterations) <= 10_000_000:
-        raise ValueError("the server's SCRAM challenge is not valid")
-    salted = hashlib.pbkdf2_hmac(hash_name, password, base64.b64decode(salt), int(iterations))
+    missing = [name for name in "rsi" if name not in fields]
+    if missing:
+        raise ValueError(f"the server's SCRAM challenge has no {'='.join(missing)}= field"
+                         if len(missing) == 1 else "the server's SCRAM challenge lacks the "
+                         f"fields {', '.join(name + '=' for name in missing)}")
+    nonce, salt, iterations = fields["r"], fields["s"], fields["i"]
+    if not client_nonce or not nonce.startswith(client_nonce) or nonce == client_nonce:
+        raise ValueError("the server's SCRAM nonce does not extend ours")
+    try:
+        salt = base64.b64decode(salt, validate=True)
+    except ValueError:  # binascii.Error
+        raise ValueError("the server's SCRAM salt is not base64") from None
+    if not (iterations.isascii() and iterations.isdigit()) or len(iterations) > 9 \
+            or not 0 < int(iterations) <= _SCRAM_MAX_ITERATIONS:
+        raise ValueError(f"the server's SCRAM iteration count {_text(iterations[:20])!r} is "
+                         f"not a number from 1 to {_SCRAM_MAX_ITERATIONS:,}")
+    iterations = int(iterations)
+    if deadline is not None:  # time a small run, and refuse a count that would take too long
+        sample = min(iterations, 2000)
+        started = time.monotonic()
+        hashlib.pbkdf2_hmac(hash_name, password, salt, sample)
+        needed = (time.monotonic() - started) * iterations / sample
+        if started + needed > deadline:
+            raise ValueError(f"the server's SCRAM iteration count {iterations:,} would take "
+                             f"about {needed:.1f}s, past the timeout")
+    salted = hashlib.pbkdf2_hmac(hash_name, password, salt, iterations)
     client_key = hmac.new(salted, b"Client Key", hash_name).digest()
     without_proof = f"c=biws,r={nonce}"
     message = f"{client_first_bare},{server_first},{without_proof}".encode("utf-8")
@@ -1590,6 +1732,17 @@ def scram_final(password, hash_name, client_first_bare, server_first, client_non
 
 class _MongoRefused(Exception):
     """The server answered a command with ok: 0."""
+
+
+def _sasl_payload(reply, what):
+    """The payload of a SASL reply as text; ValueError, saying so, when it has none."""
+    payload = reply.get("payload")
+    if not isinstance(payload, (bytes, str)):
+        raise ValueError(f"{what}: the server's SASL reply has no payload")
+    try:
+        return payload if isinstance(payload, str) else payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what}: the server's SASL payload is not UTF-8") from None
 
 
 def mongo_op_msg(request_id, document):
@@ -1621,6 +1774,8 @@ class MongoDB:
             valid = parts.scheme in ("mongodb", "mongodb+srv")
         except (TypeError, ValueError, AttributeError):
             valid = False
+        if valid:
+            _refuse_stray_at(parts, "dsn")
         userinfo, _, hosts = parts.netloc.rpartition("@") if valid else ("", "", "")
         self.hosts = []
         for host in hosts.split(",") if valid else ():
@@ -1662,6 +1817,8 @@ class MongoDB:
                 continue
             except (ValueError, IndexError, struct.error, _MongoRefused) as exc:
                 reasons.append(f"{where}: {_printable(_text(exc))}")  # refused, or not MongoDB
+                if time.monotonic() >= deadline:
+                    break
                 continue
             return True  # as pihace 1.0.0's plugins pass: no detail
         return False, "no MongoDB server answered: " + "; ".join(reasons)
@@ -1674,7 +1831,7 @@ class MongoDB:
             reply = self._command(sock, next(ids), dict(document, **{"$db": database}), deadline)
             if not reply.get("ok"):
                 raise _MongoRefused(f"{what} refused: {_text(reply.get('errmsg'))} "
-                                    f"(code {reply.get('code')})")
+                                    f"(code {_text(reply.get('code'))[:20]})")
             return reply
 
         try:
@@ -1685,20 +1842,25 @@ class MongoDB:
             except _MongoRefused:  # before MongoDB 4.4.2: no hello
                 reply = command(dict(isMaster=1, **mechanisms), "isMaster")
             if self.user is not None:
-                self._login(command, reply)
+                self._login(command, reply, deadline)
             command({"ping": 1}, "ping")
             return reply
         finally:
             sock.close()
 
-    def _login(self, command, hello):
+    def _login(self, command, hello, deadline):
         """SCRAM-SHA-256, or SCRAM-SHA-1 where the server or the URL says so."""
         import base64  # here, not at the top: only logins need them
         import hashlib
 
-        mechanism = self.mechanism or ("SCRAM-SHA-1" if "SCRAM-SHA-256" not in hello.get(
-            "saslSupportedMechs", ["SCRAM-SHA-256"]) or hello.get("maxWireVersion", 7) < 7
-            else "SCRAM-SHA-256")
+        mechanisms = hello.get("saslSupportedMechs", ["SCRAM-SHA-256"])
+        wire_version = hello.get("maxWireVersion", 7)
+        if not isinstance(mechanisms, list) or isinstance(wire_version, bool) \
+                or not isinstance(wire_version, (int, float)):
+            raise ValueError("not a MongoDB hello reply (saslSupportedMechs or maxWireVersion "
+                             "of the wrong type)")
+        mechanism = self.mechanism or ("SCRAM-SHA-1" if "SCRAM-SHA-256" not in mechanisms
+                                       or wire_version < 7 else "SCRAM-SHA-256")
         if mechanism == "SCRAM-SHA-1":  # MongoDB's SCRAM-SHA-1 password is this digest
             password = hashlib.md5(f"{self.user}:mongo:{self._password}".encode("utf-8"))\
                 .hexdigest().encode("ascii")
@@ -1711,22 +1873,37 @@ class MongoDB:
         what, source = f"{mechanism} login of {self.user!r}", self.auth_source
         start = command(dict(saslStart=1, mechanism=mechanism, payload=first.encode(),
                              autoAuthorize=1, options={"skipEmptyExchange": True}), what, source)
+        conversation = start.get("conversationId")
+        if isinstance(conversation, bool) or not isinstance(conversation, int):
+            raise ValueError(f"{what}: the server's saslStart reply has no conversationId")
         final, signature = scram_final(password, "sha1" if mechanism == "SCRAM-SHA-1"
-                                       else "sha256", bare, bytes(start["payload"]).decode(),
-                                       nonce)
-        step = command(dict(saslContinue=1, conversationId=start["conversationId"],
+                                       else "sha256", bare, _sasl_payload(start, what),
+                                       nonce, deadline)
+        step = command(dict(saslContinue=1, conversationId=conversation,
                             payload=final.encode()), what, source)
-        if f"v={signature}" not in bytes(step["payload"]).decode().split(","):
+        if f"v={signature}" not in _sasl_payload(step, what).split(","):
             raise ValueError("the server's SCRAM signature is wrong: not the server we asked")
-        while not step.get("done"):
-            step = command(dict(saslContinue=1, conversationId=start["conversationId"],
+        for _ in range(3):  # an empty exchange or two at most, then the server must be done
+            if step.get("done") is True:
+                return
+            step = command(dict(saslContinue=1, conversationId=conversation,
                                 payload=b""), what, source)
+        if step.get("done") is not True:
+            raise ValueError(f"{what}: the server's SCRAM conversation does not end")
 
     @staticmethod
     def _command(sock, request_id, document, deadline):
-        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        import socket  # here, not at the top: slow to import (connect_tcp loaded it already)
+
+        def time_left():  # each send and read gets what is left, and none once it passed
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("timed out")
+            return left
+
+        sock.settimeout(time_left())
         sock.sendall(mongo_op_msg(request_id, document))
-        data = b""
+        data = bytearray()
         while True:
             if len(data) >= 4:
                 length, = struct.unpack_from("<i", data)
@@ -1734,7 +1911,7 @@ class MongoDB:
                     raise ValueError("not a MongoDB reply (bad message length)")
                 if len(data) >= length:
                     break
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            sock.settimeout(time_left())
             chunk = sock.recv(65536)
             if not chunk:
                 raise OSError("the server closed the connection")
@@ -1742,7 +1919,7 @@ class MongoDB:
         length, _, response_to, opcode = struct.unpack_from("<iiii", data)
         if opcode != _OP_MSG or response_to != request_id or data[20] != 0:
             raise ValueError(f"not a MongoDB reply to OP_MSG {request_id} (opcode {opcode})")
-        return bson_decode(data[21:length])[0]
+        return bson_decode(bytes(data[21:length]))[0]
 
     def _with_driver(self):
         try:
@@ -1763,35 +1940,19 @@ class MongoDB:
 # InfluxDB and Elasticsearch: one GET over HTTP.
 
 def _http_json(url, path, headers, timeout):
-    """(status, reason, headers, JSON body or None) of GET url+path, following redirects;
-    the user name and password of `url`, if any, go as HTTP basic authentication."""
-    import base64  # here, not at the top: slow to import, and only these checkers need them
-    import json
-    import urllib.error
-    import urllib.request
-    from urllib.parse import unquote, urlsplit
+    """(status, reason, headers, JSON body or None) of GET url+path within `timeout`,
+    following redirects (credentials only to the same origin); the body is None when it is
+    not JSON, or nested too deep for the json module."""
+    import json  # here, not at the top: slow to import, and only these checkers need it
 
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    headers = dict(headers, **{"User-Agent": f"pihace/{__version__}",
-                               "Accept": "application/json"})
-    if at:
-        user, _, password = userinfo.partition(":")
-        headers.setdefault("Authorization", "Basic " + base64.b64encode(
-            f"{unquote(user)}:{unquote(password)}".encode("utf-8")).decode())
-    target = parts._replace(netloc=host, path=parts.path.rstrip("/") + path).geturl()
-    try:
-        response = urllib.request.urlopen(urllib.request.Request(target, headers=headers),
-                                          timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        response = exc
-    with response:
-        body = response.read(1_000_000)
+    status, phrase, answer, body = _http_exchange(
+        url, path, headers=dict(headers, Accept="application/json"), timeout=timeout,
+        follow=5)
     try:
         document = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[... a hundred thousand deep
         document = None
-    return response.status, response.reason, response.headers, document
+    return status, phrase, answer, document
 
 
 def _http_url(url, what):
@@ -1805,21 +1966,8 @@ def _http_url(url, what):
         valid = False
     if not valid:
         raise ValueError(f"{what} must be an http:// or https:// URL with a host and a valid port")
+    _refuse_stray_at(parts, what)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-
-
-def _http_errors():
-    """What a GET can raise for network trouble (an `except` evaluates it only then)."""
-    import http.client  # here, not at the top: slow to import
-
-    return OSError, http.client.HTTPException, UnicodeError  # UnicodeError: a bad host name
-
-
-def _http_failure(exc):
-    """A network error of _http_json() in one line."""
-    reason = getattr(exc, "reason", exc)  # a URLError's reason: an OSError or a string
-    return describe_error(reason) if isinstance(reason, OSError) \
-        else _printable(_text(reason) or type(exc).__name__)
 
 
 class InfluxDB:
@@ -1840,12 +1988,13 @@ class InfluxDB:
         return f"InfluxDB({self.safe_url!r})"
 
     def __call__(self):
+        deadline = time.monotonic() + self.timeout  # one for both requests
         try:
             status, phrase, headers, body = _http_json(self.url, "/health", self._headers,
                                                        self.timeout)
             if status == 404:  # InfluxDB 1.x before 1.8
-                status, phrase, headers, body = _http_json(self.url, "/ping", self._headers,
-                                                           self.timeout)
+                status, phrase, headers, body = _http_json(
+                    self.url, "/ping", self._headers, max(0.001, deadline - time.monotonic()))
                 if status == 204:
                     return True  # as pihace 1.0.0's plugins pass: no detail
                 return False, f"InfluxDB health status: fail - /ping answered HTTP {status} {phrase}"
@@ -1855,8 +2004,8 @@ class InfluxDB:
         if status == 200 and health.get("status") == "pass":
             return True
         detail = health.get("message") or f"HTTP {status} {phrase}"
-        return False, f"InfluxDB health status: {_printable(health.get('status', 'fail'))} - " \
-                      f"{_printable(_text(detail))}"
+        shown = _printable(_text(health.get("status", "fail")))
+        return False, f"InfluxDB health status: {shown} - {_printable(_text(detail))}"
 
 
 class ElasticSearch:
@@ -1897,7 +2046,7 @@ class ElasticSearch:
                 f": {_printable(_text(reason))}" if reason else "")
         if health["status"] in ("green", "yellow"):
             return True  # as pihace 1.0.0's plugins pass: no detail
-        return False, f"Elasticsearch health status: {_printable(health['status'])}"
+        return False, f"Elasticsearch health status: {_printable(_text(health['status']))}"
 
 
 # ---------------------------------------------------------------------------
@@ -5356,33 +5505,21 @@ class ElasticSearchPusher(_Loop):
     def push(self):
         """Take a report and index it: True when Elasticsearch stored it, else False."""
         import json  # here, not at the top: slow to import (see the imports)
-        import urllib.request
-        from urllib.parse import quote, unquote, urlsplit
+        from urllib.parse import quote
 
         report = self.healthcheck.check(output="dict")
-        parts = urlsplit(self.es_url)
-        userinfo, at, host = parts.netloc.rpartition("@")
-        headers = {"Content-Type": "application/json", "User-Agent": f"pihace/{__version__}"}
-        if at:
-            import base64  # here, not at the top: only URLs with credentials need it
-
-            user, _, password = userinfo.partition(":")
-            headers["Authorization"] = "Basic " + base64.b64encode(
-                f"{unquote(user)}:{unquote(password)}".encode("utf-8")).decode()
-        target = parts._replace(netloc=host, path=parts.path.rstrip("/")
-                                + f"/{quote(self.index, safe='')}/_doc").geturl()
         body = json.dumps(report, default=str).encode("utf-8")  # a name that is a Path, say
-        request = urllib.request.Request(target, data=body,
-                                         headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                response.read(65536)
-            self.last_error = None
-            return True
+            status, phrase, _, _ = _http_exchange(
+                self.es_url, f"/{quote(self.index, safe='')}/_doc", method="POST",
+                headers={"Content-Type": "application/json"}, body=body, timeout=self.timeout,
+                limit=65536)
+            self.last_error = None if 200 <= status < 300 else \
+                f"Elasticsearch answered HTTP {status} {phrase}".rstrip() + f" ({self.safe_url})"
         except _http_errors() as exc:
-            status = getattr(exc, "code", None)
-            self.last_error = (f"Elasticsearch answered HTTP {status} {_printable(exc.reason)}"
-                               if status else _http_failure(exc)) + f" ({self.safe_url})"
+            self.last_error = f"{_http_failure(exc)} ({self.safe_url})"
+        if self.last_error is None:
+            return True
         log.warning("cannot index the report: %s", self.last_error)
         return False
 
@@ -5475,7 +5612,11 @@ def read_config(path):
         except ImportError:
             raise ValueError(f"{path}: TOML needs Python 3.11 or newer (tomllib); "
                              "write the same structure as JSON") from None
-        return tomllib.loads(data.decode("utf-8"))
+        try:
+            return tomllib.loads(data.decode("utf-8"))
+        except ValueError as exc:  # tomllib.TOMLDecodeError, UnicodeDecodeError
+            problem = f"not valid TOML: {_text(exc)}"
+        raise ValueError(f"{path}: {problem}")  # here: no __context__ to quote the file
     import json  # here, not at the top: slow to import (see the imports)
 
     if suffix in (".yml", ".yaml"):
@@ -5484,27 +5625,74 @@ def read_config(path):
         except ImportError:
             try:
                 return json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ValueError(f"{path}: reading YAML needs PyYAML, which is not installed "
                                  "(pip install pyyaml); or write the same structure as JSON "
                                  "(.json), or TOML (.toml, Python 3.11+)") from None
-        return yaml.safe_load(data)
+        try:
+            return yaml.safe_load(data)
+        except yaml.YAMLError as exc:  # its text spans lines and quotes the file: one line
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [""])[0] \
+                or type(exc).__name__  # a ReaderError has no problem, and a first line
+            problem = f"not valid YAML: {_text(problem)}{where}"
+        except RecursionError:
+            problem = "nested too deep"
+        raise ValueError(f"{path}: {problem}")  # here: no __context__ to quote the file
     try:
         return json.loads(data)
     except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+        problem = f"not valid JSON: {exc}"
+    except RecursionError:
+        problem = "nested too deep"
+    raise ValueError(f"{path}: {problem}")
+
+
+def _shown(value, limit=100):
+    """A value from a config file, for an error message: escaped and cut to `limit`."""
+    text = _printable(_text(value))
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _secrets(options):
+    """The passwords an entry's options may hold (in URLs, or as such), longest first, to be
+    kept out of an error raised by what the options were given to."""
+    from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
+
+    found = set()
+    for key, value in options.items():
+        if isinstance(value, str) and "://" in value and "@" in value:
+            userinfo = value.partition("://")[2].rpartition("@")[0]
+            found.update((userinfo, userinfo.partition(":")[2]))
+            try:
+                found.add(unquote(urlsplit(value).password or ""))
+            except ValueError:
+                pass
+        elif isinstance(value, (list, tuple)) and key == "basic_auth" and len(value) == 2:
+            found.add(str(value[1]))
+        elif "password" in str(key).lower() or "token" in str(key).lower():
+            found.add(str(value))
+    return sorted((secret for secret in found if secret), key=len, reverse=True)
 
 
 def _make(section, entry, *args):
     """The checker, provider, pusher or storage that one entry of a config describes."""
-    if not isinstance(entry, dict) or "type" not in entry:
-        raise ValueError(f"each entry of {section} needs a type, got {_printable(repr(entry))}")
+    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+        got = (f"a {type(entry).__name__}" if not isinstance(entry, dict)
+               else "no type" if "type" not in entry
+               else f"a type that is a {type(entry['type']).__name__}")
+        raise ValueError(f"each entry of {section} needs a type (a name such as "
+                         f"{next(iter(_CONFIG_TYPES[section]))}), got {got}")
     kind, options = entry["type"], entry.get("config") or {}
     name = _CONFIG_TYPES[section].get(kind)
     if name is None:
         what = {"plugins": "checker"}.get(section, section[:-1])
-        raise ValueError(f"Unknown {what} type: {_printable(kind)} (known: "
+        raise ValueError(f"Unknown {what} type: {_shown(kind)} (known: "
                          f"{', '.join(_CONFIG_TYPES[section])})")
+    if not isinstance(options, dict):
+        raise ValueError(f"{section[:-1]} {kind!r}: its config must be a mapping, got "
+                         f"{type(options).__name__}")
     maker = globals().get(name)  # looked up now: a provider may come with a newer pihace.py
     if maker is None:
         raise ValueError(f"{section[:-1]} type {kind!r} needs {name}, which this pihace.py "
@@ -5513,8 +5701,41 @@ def _make(section, entry, *args):
         return maker
     try:
         return maker(*args, **options)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{section[:-1]} {kind!r}: {_printable(exc)}") from None
+    except (TypeError, ValueError, ImportError, RuntimeError) as exc:  # MongoStorage: the last two
+        message = _text(exc)
+    for secret in _secrets(options):
+        message = message.replace(secret, "***")
+    raise ValueError(f"{section[:-1]} {kind!r}: {_printable(message)}")  # no __context__ either
+
+
+_LOOP_OPTIONS = {"pushers": "push_config", "storages": "store_config"}
+
+
+def _loop_interval(section, entry):
+    """The interval of a pusher's or storage's loop in a config: 60 when none is given, else
+    a positive number of seconds (below a million); ValueError naming the entry otherwise."""
+    key = _LOOP_OPTIONS[section]
+    options = entry.get(key) or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"{section[:-1]} {entry['type']!r}: {key} must be a mapping, got "
+                         f"{type(options).__name__}")
+    try:
+        return _seconds("interval", options.get("interval", 60))
+    except ValueError:
+        raise ValueError(f"{section[:-1]} {entry['type']!r}: {key} interval must be a positive "
+                         f"number of seconds, below a million, got "
+                         f"{_shown(repr(options.get('interval')))}") from None
+
+
+def _config_part(config, key, kind):
+    """config[key], or an empty `kind` when it is missing or null; ValueError otherwise."""
+    value = config.get(key)
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise ValueError(f"{key} must be a {'mapping' if kind is dict else 'list'}, got "
+                         f"{type(value).__name__}")
+    return value
 
 
 def load_healthcheck_from_yaml(path):
@@ -5522,23 +5743,41 @@ def load_healthcheck_from_yaml(path):
     file describes, as {"healthcheck", "providers", "pushers", "storages", "config"}.
 
     The file is YAML (with PyYAML), JSON or TOML (see read_config). Nothing is
-    started: ``pihace --config FILE`` starts the providers and runs the loops.
+    started: ``pihace --config FILE`` starts the providers and runs the loops. What the
+    file gets wrong is a ValueError that names it, and shows no password.
     """
     config = read_config(path)
     if not isinstance(config, dict):
         raise ValueError(f"{os.fspath(path)}: expected a mapping at the top, got "
                          f"{type(config).__name__}")
-    instance = config.get("instance") or {}
-    hc = HealthCheck(with_system=instance.get("with_system", False),
-                     name=instance.get("name", "unknown"), version=instance.get("version", "0.0.1"))
-    for entry in config.get("plugins") or []:
-        checker = _make("plugins", entry)
-        hc.register(str(entry.get("name", entry["type"])).replace(" ", "_"), checker)
-    return {"healthcheck": hc,
-            "providers": [_make("providers", entry, hc) for entry in config.get("providers") or []],
-            "pushers": [_make("pushers", entry, hc) for entry in config.get("pushers") or []],
-            "storages": [_make("storages", entry, hc) for entry in config.get("storages") or []],
-            "config": config}
+    try:
+        instance = _config_part(config, "instance", dict)
+        sections = {section: _config_part(config, section, list) for section in _CONFIG_TYPES}
+        for key, kinds in (("with_system", bool), ("name", (str, int, float)),
+                           ("version", (str, int, float))):
+            if key in instance and not isinstance(instance[key], kinds) \
+                    or key != "with_system" and isinstance(instance.get(key), bool):
+                raise ValueError(f"instance {key} must be "
+                                 f"{'true or false' if kinds is bool else 'a string'}, got "
+                                 f"{type(instance[key]).__name__}")
+        for section, key in _LOOP_OPTIONS.items():
+            for entry in sections[section]:
+                if isinstance(entry, dict) and isinstance(entry.get("type"), str):
+                    _loop_interval(section, entry)
+        hc = HealthCheck(with_system=instance.get("with_system", False),
+                         name=instance.get("name", "unknown"),
+                         version=instance.get("version", "0.0.1"))
+        for entry in sections["plugins"]:
+            checker = _make("plugins", entry)
+            hc.register(str(entry.get("name", entry["type"])).replace(" ", "_"), checker)
+        return {"healthcheck": hc,
+                "providers": [_make("providers", entry, hc) for entry in sections["providers"]],
+                "pushers": [_make("pushers", entry, hc) for entry in sections["pushers"]],
+                "storages": [_make("storages", entry, hc) for entry in sections["storages"]],
+                "config": config}
+    except ValueError as exc:
+        problem = str(exc)
+    raise ValueError(f"{os.fspath(path)}: {problem}")  # here: no __context__ to quote the file
 
 
 _ALIASES_1_0_0 = ("plugins.mysql", "plugins.mongodb", "plugins.influxdb", "plugins.elasticsearch",
@@ -5595,6 +5834,10 @@ class WebProvider:
     _server_class = _WebProviderServer
 
     def __init__(self, healthcheck, host="0.0.0.0", port=8000):
+        if not isinstance(host, str):  # checked now, not when serve() runs in a thread
+            raise ValueError(f"host must be a host name or an IP address, got "
+                             f"{type(host).__name__}")
+        _number("port", port, lambda v: 0 <= v < 65536, "an integer from 0 to 65535", int)
         self.healthcheck, self.host, self.port = healthcheck, host, port
 
     def serve(self):
@@ -6248,21 +6491,31 @@ def _run_config(loaded):
     pihace 1.0.0 did) and run until SIGTERM or Ctrl-C; then stop the loops cleanly."""
     import signal  # here, not at the top: only the command line's loops need it
 
-    config, stop, threads = loaded["config"], threading.Event(), []
+    config, stop, threads, failed = loaded["config"], threading.Event(), [], []
 
-    def start(target, *args, **kwargs):
-        thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True)
+    def start(target, what, *args, **kwargs):
+        def run():  # a provider that cannot listen, say: one line, and the run ends
+            try:
+                target(*args, **kwargs)
+            except Exception as exc:
+                log.error("%s stopped: %s", what, describe_error(exc))
+                failed.append(what)
+                stop.set()
+
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
         threads.append(thread)
 
-    for provider in loaded["providers"]:
-        start(getattr(provider, "serve", None) or provider.start)
-    loops = [(pusher, pusher.push_forever_in_loop, entry.get("push_config"))
+    for entry, provider in zip(config.get("providers") or [], loaded["providers"]):
+        start(getattr(provider, "serve", None) or provider.start, f"provider {entry['type']}")
+    loops = [(pusher, pusher.push_forever_in_loop, f"pusher {entry['type']}",
+              _loop_interval("pushers", entry))
              for entry, pusher in zip(config.get("pushers") or [], loaded["pushers"])]
-    loops += [(storage, storage.run_forever_in_loop, entry.get("store_config"))
+    loops += [(storage, storage.run_forever_in_loop, f"storage {entry['type']}",
+               _loop_interval("storages", entry))
               for entry, storage in zip(config.get("storages") or [], loaded["storages"])]
-    for _, loop, options in loops:
-        start(loop, interval=(options or {}).get("interval", 60), stop_event=stop)
+    for _, loop, what, interval in loops:
+        start(loop, what, interval=interval, stop_event=stop)
     in_main_thread = threading.current_thread() is threading.main_thread()
     signals = (signal.SIGTERM, signal.SIGINT) if in_main_thread else ()
     previous = [signal.signal(number, lambda *_: stop.set()) for number in signals]
@@ -6271,7 +6524,7 @@ def _run_config(loaded):
     finally:
         for number, handler in zip(signals, previous):
             signal.signal(number, handler)
-        for runner, _, _ in loops:
+        for runner, _, _, _ in loops:
             runner.stop()
         for provider in loaded["providers"]:
             for name in ("shutdown", "stop", "close"):
@@ -6281,7 +6534,7 @@ def _run_config(loaded):
         deadline = time.monotonic() + 10  # the pushers' last chance for their outboxes
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-    return 0
+    return 1 if failed else 0
 
 
 def main(argv=None):

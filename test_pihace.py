@@ -2160,6 +2160,555 @@ def test_bson_golden_bytes_and_round_trip():
 
 
 # ---------------------------------------------------------------------------
+# checkers: hostile servers and DSNs for the database plugins
+# ---------------------------------------------------------------------------
+
+def within(seconds, call):
+    """call() in a thread: its result, or a test failure when it is not back in `seconds`
+    (a checker that hangs must fail the test, not hang the suite)."""
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(call()), daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"still running after {seconds}s")
+    return outcome[0], time.monotonic() - started
+
+
+def until_closed(send, seconds=10):
+    """A server script that calls send(connection) again and again until the client goes
+    (or `seconds` pass, so that a test failing never leaves a server running)."""
+    def script(broker, connection):
+        connection.settimeout(1)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            send(connection)
+    return script
+
+
+def mysql_flood(broker, connection):
+    """A MySQL server that greets, reads the login, then answers "fast auth success" again and
+    again: each packet is valid, and none is the OK the client waits for."""
+    connection.sendall(mysql_packet(0, mysql_greeting(bytes(range(65, 85)),
+                                                      b"caching_sha2_password")))
+    read_mysql_packet(broker, connection)
+    until_closed(lambda c: c.sendall(mysql_packet(2, b"\x01\x03") * 1000))(broker, connection)
+
+
+def trickle(data, every=0.1):
+    """A server script that sends `data` one byte every `every` seconds."""
+    def script(broker, connection):
+        for byte in data:
+            connection.sendall(bytes([byte]))
+            time.sleep(every)  # the hostile pace itself, not a wait for anything
+        connection.recv(1)
+    return script
+
+
+def test_mysql_a_flood_of_packets_ends_at_the_timeout(fake_broker):
+    server = fake_broker(mysql_flood)
+    (passed, reason), took = within(5, pihace.MySQL(
+        f"mysql://u:sekrit@127.0.0.1:{server.port}/", timeout=0.5))
+    assert passed is False and "timed out" in reason and SECRET not in reason, reason
+    assert took < 1.5
+
+
+def test_mysql_a_greeting_trickled_a_byte_at_a_time_ends_at_the_timeout(fake_broker):
+    server = fake_broker(trickle(mysql_packet(0, mysql_greeting(bytes(range(65, 85)),
+                                                                b"mysql_native_password"))))
+    (passed, reason), took = within(5, pihace.MySQL(
+        f"mysql://u:sekrit@127.0.0.1:{server.port}/", timeout=0.5))
+    assert passed is False and reason.startswith("2013 (HY000)") and "timed out" in reason
+    assert took < 1.5
+
+
+def mongo_answering(answer):
+    """A scripted mongod: each OP_MSG command is answered with answer(document), a dict (or,
+    for the hello, a valid reply that offers SCRAM-SHA-256)."""
+    def script(broker, connection):
+        while True:
+            head = broker.read(connection, 16)
+            if len(head) < 16:
+                return
+            length, request_id = struct.unpack_from("<ii", head)
+            document = pihace.bson_decode(broker.read(connection, length - 16)[5:])[0]
+            if "hello" in document:
+                reply = {"isWritablePrimary": True, "maxWireVersion": 21,
+                         "saslSupportedMechs": ["SCRAM-SHA-256"], "ok": 1.0}
+            else:
+                reply = answer(document)
+            body = b"\0\0\0\0\x00" + pihace.bson_encode(reply)
+            connection.sendall(struct.pack("<iiii", 16 + len(body), 99, request_id, 2013) + body)
+    return script
+
+
+def client_nonce(document):
+    return bytes(document["payload"]).decode().split("r=", 1)[1]
+
+
+def sasl_start_reply(payload):
+    """A saslStart answer whose payload is payload(client nonce), or the value given."""
+    def answer(document):
+        if "saslStart" not in document:
+            return {"ok": 1.0}
+        return {"conversationId": 1, "done": False, "ok": 1.0,
+                "payload": payload(client_nonce(document)) if callable(payload) else payload}
+    return answer
+
+
+@pytest.mark.parametrize("payload, words", [
+    (None, "has no payload"),
+    (17, "has no payload"),
+    (b"\xff\xfe", "not UTF-8"),
+    (lambda nonce: f"r={nonce}x,s=QSXCR+Q6sek8bf92".encode(), "no i= field"),
+    (lambda nonce: f"s=QSXCR+Q6sek8bf92,i=4096".encode(), "no r= field"),
+    (lambda nonce: f"r={nonce}x,i=4096".encode(), "no s= field"),
+    (b"garbage", "lacks the fields r=, s=, i="),
+    (lambda nonce: f"r=someone-else,s=QSXCR+Q6sek8bf92,i=4096".encode(), "nonce does not extend"),
+    (lambda nonce: f"r={nonce}x,s=not*base64!,i=4096".encode(), "salt is not base64"),
+    (lambda nonce: f"r={nonce}x,s=QSXCR+Q6sek8bf92,i=-1".encode(), "iteration count '-1'"),
+    (lambda nonce: f"r={nonce}x,s=QSXCR+Q6sek8bf92,i=\u0661\u0662".encode(), "iteration count"),
+    (lambda nonce: f"r={nonce}x,s=QSXCR+Q6sek8bf92,i={10 ** 30}".encode(), "not a number from 1"),
+    (lambda nonce: f"r={nonce}x,s=QSXCR+Q6sek8bf92,i=10000001".encode(), "to 10,000,000"),
+])
+def test_mongodb_scram_challenges_of_the_wrong_shape_are_reasons(fake_broker, payload, words):
+    server = fake_broker(mongo_answering(sasl_start_reply(payload)))
+    (passed, reason), took = within(5, pihace.MongoDB(
+        f"mongodb://app:sekrit@127.0.0.1:{server.port}/", timeout=1))
+    assert passed is False and words in reason and SECRET not in reason, reason
+    assert took < 2
+
+
+def test_mongodb_an_iteration_count_that_would_outlast_the_timeout_is_refused(fake_broker):
+    server = fake_broker(mongo_answering(sasl_start_reply(
+        lambda nonce: f"r={nonce}x,s=QSXCR+Q6sek8bf92,i=9999999".encode())))
+    (passed, reason), took = within(5, pihace.MongoDB(
+        f"mongodb://app:sekrit@127.0.0.1:{server.port}/", timeout=0.3))
+    assert passed is False and "iteration count 9,999,999 would take about" in reason, reason
+    assert "past the timeout" in reason and took < 1
+
+
+@pytest.mark.parametrize("answer, words", [
+    (lambda document: {"ok": 1.0, "payload": b"r=x,s=QSXCR+Q6sek8bf92,i=1"}, "no conversationId"),
+    (lambda document: {"ok": 1.0, "conversationId": "1", "payload": b""}, "no conversationId"),
+])
+def test_mongodb_a_sasl_start_reply_without_a_conversation_is_a_reason(fake_broker, answer,
+                                                                         words):
+    server = fake_broker(mongo_answering(answer))
+    passed, reason = pihace.MongoDB(f"mongodb://app:sekrit@127.0.0.1:{server.port}/",
+                                    timeout=1)()
+    assert passed is False and words in reason and SECRET not in reason, reason
+
+
+def mongo_reply(document, response_to=1):
+    body = b"\0\0\0\0\x00" + pihace.bson_encode(document)
+    return struct.pack("<iiii", 16 + len(body), 7, response_to, 2013) + body
+
+
+@pytest.mark.parametrize("hello", [{"saslSupportedMechs": 5, "ok": 1.0},
+                                   {"maxWireVersion": "21", "ok": 1.0}])
+def test_mongodb_a_hello_of_the_wrong_shape_is_a_reason(fake_broker, hello):
+    server = fake_broker(mongo_server([mongo_reply(hello)]))
+    passed, reason = pihace.MongoDB(f"mongodb://app:sekrit@127.0.0.1:{server.port}/",
+                                    timeout=1)()
+    assert passed is False and "not a MongoDB hello reply" in reason, reason
+
+
+def never_done(password, salt=b"pihace-test-salt"):
+    """A server's SCRAM-SHA-256 that proves itself (RFC 5802's ServerSignature), then answers
+    every further saslContinue with done: false."""
+    import hashlib
+    import hmac
+
+    server_key = hmac.new(hashlib.pbkdf2_hmac("sha256", password, salt, 4096), b"Server Key",
+                          "sha256").digest()
+    said = {}
+
+    def answer(document):
+        if "saslStart" in document:
+            said["bare"] = bytes(document["payload"])[3:].decode()
+            said["first"] = (f"r={client_nonce(document)}x,s={base64.b64encode(salt).decode()},"
+                             "i=4096")
+            return {"conversationId": 1, "done": False, "payload": said["first"].encode(),
+                    "ok": 1.0}
+        final = bytes(document.get("payload", b"")).decode()
+        if final:
+            message = f"{said['bare']},{said['first']},{final.rsplit(',p=', 1)[0]}".encode()
+            final = "v=" + base64.b64encode(hmac.new(server_key, message, "sha256").digest()
+                                            ).decode()
+        return {"conversationId": 1, "done": False, "payload": final.encode(), "ok": 1.0}
+
+    return answer
+
+
+def test_mongodb_a_login_that_never_ends_ends_at_once(fake_broker):
+    server = fake_broker(mongo_answering(never_done(b"mongo-pw")))
+    (passed, reason), took = within(5, pihace.MongoDB(
+        f"mongodb://app:mongo-pw@127.0.0.1:{server.port}/", timeout=1))
+    assert passed is False and "SCRAM conversation does not end" in reason, reason
+    assert took < 1.5
+
+
+def test_mongodb_a_flood_of_one_huge_reply_ends_at_the_timeout(fake_broker):
+    def flood(broker, connection):
+        broker.read(connection, len(MONGO_HELLO))
+        connection.sendall(struct.pack("<i", 48_000_000))
+        until_closed(lambda c: c.sendall(b"\x01" * 65536))(broker, connection)
+
+    server = fake_broker(flood)
+    (passed, reason), took = within(10, pihace.MongoDB(f"mongodb://127.0.0.1:{server.port}/",
+                                                       timeout=0.5))
+    assert passed is False and reason.startswith("no MongoDB server answered"), reason
+    assert took < 1.5
+
+
+def test_mongodb_a_reply_trickled_a_byte_at_a_time_ends_at_the_timeout(fake_broker):
+    def slow(broker, connection):
+        broker.read(connection, len(MONGO_HELLO))
+        trickle(MONGO_HELLO_REPLY)(broker, connection)
+
+    server = fake_broker(slow)
+    (passed, reason), took = within(5, pihace.MongoDB(f"mongodb://127.0.0.1:{server.port}/",
+                                                      timeout=0.5))
+    assert passed is False and "timed out" in reason, reason
+    assert took < 1.5
+
+
+# The makers of database and HTTP API checkers, and where each says which host it names.
+DSN_MAKERS = {
+    "mysql": (lambda url: pihace.MySQL(url, timeout=1), "mysql://u:{}@127.0.0.1:{}/db",
+              lambda checker: checker.host),
+    "mongodb": (lambda url: pihace.MongoDB(url, timeout=1), "mongodb://u:{}@127.0.0.1:{}/db",
+                lambda checker: checker.hosts[0][0]),
+    "influxdb": (lambda url: pihace.InfluxDB(url, timeout=1), "http://u:{}@127.0.0.1:{}",
+                 lambda checker: urllib.parse.urlsplit(checker.safe_url).hostname),
+    "elasticsearch": (lambda url: pihace.ElasticSearch(url, timeout=1),
+                      "http://u:{}@127.0.0.1:{}",
+                      lambda checker: urllib.parse.urlsplit(checker.safe_url).hostname),
+    "elasticsearch pusher": (lambda url: pihace.ElasticSearchPusher(pihace.HealthCheck(), url,
+                                                                    timeout=1),
+                             "http://u:{}@127.0.0.1:{}",
+                             lambda checker: urllib.parse.urlsplit(checker.safe_url).hostname),
+}
+
+
+@pytest.mark.parametrize("url", [
+    "mysql://u:pa@sekrit@host/db", "mysql://u:12?sekrit@host/db", "mysql://u:/sekrit@host/db",
+    "mongodb://u:p@sekrit@x", "mongodb://u:1#sekrit@x/", "mongodb://u:/sekrit@x/",
+    "http://u:p@sekrit@influx.example", "http://u:1?sekrit@influx.example:8086",
+    "https://elastic:/sekrit@es.example:9200",
+])
+def test_a_dsn_with_an_at_after_the_host_is_a_value_error_that_shows_no_password(url):
+    makers = {"mysql": ["mysql"], "mongodb": ["mongodb"]}.get(
+        url.partition(":")[0], ["influxdb", "elasticsearch", "elasticsearch pusher"])
+    for name in makers:
+        with pytest.raises(ValueError) as raised:
+            DSN_MAKERS[name][0](url)
+        assert "@ after the host" in str(raised.value)
+        assert SECRET not in exception_texts(raised.value) and "p@" not in str(raised.value)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HypothesisHealthCheck.function_scoped_fixture])
+@given(password=hostile_passwords, name=st.sampled_from(sorted(DSN_MAKERS)))
+@example(password="/" + SECRET, name="mysql")
+@example(password="?" + SECRET, name="influxdb")
+@example(password="#" + SECRET, name="elasticsearch pusher")
+def test_no_database_or_api_url_shows_its_password(closed_port, password, name):
+    make, template, host_of = DSN_MAKERS[name]
+    try:
+        checker = make(template.format(password, closed_port))
+    except ValueError as exc:
+        shown = exception_texts(exc)
+    else:  # only where the URL really names 127.0.0.1, to ask no name server
+        shown = repr(checker)
+        if host_of(checker) == "127.0.0.1":
+            shown += str(checker.push() and checker.last_error if name.endswith("pusher")
+                         else checker())
+    assert SECRET not in shown and password not in shown
+
+
+def read_request_head(broker, connection):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    broker.received += data
+
+
+def http_answer(raw, pace=None):
+    """A server script that reads a request's head and answers with the raw bytes given, at
+    once or one byte every `pace` seconds."""
+    def script(broker, connection):
+        read_request_head(broker, connection)
+        if pace is None:
+            connection.sendall(raw)
+        else:
+            trickle(raw, pace)(broker, connection)
+    return script
+
+
+# The HTTP checkers and the pusher, each called once: (passed, reason) or the pusher's
+# (pushed, last_error).
+def _push(url, **kwargs):
+    pusher = pihace.ElasticSearchPusher(pihace.HealthCheck(), url, **kwargs)
+    return pusher.push(), pusher.last_error
+
+
+HTTP_CALLERS = {
+    "http": lambda url, **kwargs: pihace.HTTP(url + "/", **kwargs)(),
+    "influxdb": lambda url, **kwargs: pihace.InfluxDB(url, **kwargs)(),
+    "elasticsearch": lambda url, **kwargs: pihace.ElasticSearch(url, **kwargs)(),
+    "elasticsearch pusher": _push,
+}
+SLOW_HEAD = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"z" * 200 + b"\r\n\r\n"
+SLOW_BODY = b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n{" + b" " * 299
+
+
+@pytest.mark.parametrize("name", sorted(HTTP_CALLERS))
+@pytest.mark.parametrize("raw", [SLOW_HEAD, SLOW_BODY], ids=["head", "body"])
+def test_http_a_server_that_trickles_ends_at_the_timeout(fake_broker, name, raw):
+    if name in ("http", "elasticsearch pusher") and raw is SLOW_BODY:
+        raw = SLOW_HEAD  # they read no body that matters; their head is what can be slow
+    server = fake_broker(http_answer(raw, pace=0.05))
+    (passed, reason), took = within(5, lambda: HTTP_CALLERS[name](
+        f"http://u:sekrit@127.0.0.1:{server.port}", timeout=0.5))
+    assert passed is False and "timed out" in reason and SECRET not in reason, reason
+    assert took < 1.5
+
+
+def test_http_a_flood_of_interim_responses_ends_at_the_timeout(fake_broker):
+    def flood(broker, connection):
+        read_request_head(broker, connection)
+        until_closed(lambda c: c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" * 100))(
+            broker, connection)
+
+    server = fake_broker(flood)
+    (passed, reason), took = within(5, lambda: pihace.ElasticSearch(
+        f"http://127.0.0.1:{server.port}", timeout=0.5)())
+    assert passed is False and "timed out" in reason, reason
+    assert took < 1.5
+
+
+class Listener:
+    """A loopback server that runs script(connection) for every client, each in a thread."""
+
+    def __init__(self, script):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.script = script
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection):
+        with connection:
+            try:
+                self.script(connection)
+            except OSError:
+                pass
+
+
+def test_influxdb_s_two_requests_share_one_timeout():
+    def script(connection):  # /health: a 404 that takes 0.7 s; /ping: a byte now and then
+        head = connection.recv(65536)
+        answer = (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+                  if head.startswith(b"GET /health") else b"HTTP/1.1 204 No Content\r\n" * 9)
+        for start in range(0, len(answer), 4):
+            connection.sendall(answer[start:start + 4])
+            time.sleep(0.05)  # the hostile pace itself, not a wait for anything
+
+    server = Listener(script)
+    try:
+        (passed, reason), took = within(5, lambda: pihace.InfluxDB(
+            f"http://127.0.0.1:{server.port}", timeout=1)())
+    finally:
+        server.listener.close()
+    assert passed is False and "timed out" in reason, reason
+    assert took < 1.4
+
+
+@pytest.mark.parametrize("name", sorted(HTTP_CALLERS))
+def test_http_a_hostile_reason_phrase_is_escaped_and_cut(fake_broker, name):
+    phrase = b"\x1b[2J\x1b[31mgone\x07" + b"x" * 20000
+    server = fake_broker(http_answer(b"HTTP/1.1 500 " + phrase + b"\r\nContent-Length: 0\r\n\r\n"))
+    passed, reason = HTTP_CALLERS[name](f"http://127.0.0.1:{server.port}", timeout=2)
+    assert passed is False and "\\x1b[2J\\x1b[31mgone\\x07x" in reason, reason
+    assert "\x1b" not in reason and "\x07" not in reason and len(reason) < 2200
+
+
+@pytest.mark.parametrize("body, influx, elastic", [
+    (b"[" * 100_000, "InfluxDB health status: fail - HTTP 200 OK",
+     "Elasticsearch answered HTTP 200 OK"),
+    (b'{"status": "\\u001b[2J' + b"y" * 100_000 + b'"}', "InfluxDB health status: \\x1b[2Jyyy",
+     "Elasticsearch health status: \\x1b[2Jyyy"),
+], ids=["nested too deep", "a long status with an escape"])
+def test_http_hostile_bodies_are_escaped_bounded_reasons(replay, body, influx, elastic):
+    server = replay({path: (200, {"Content-Type": "application/json"}, body)
+                     for path in ("/health", "/_cluster/health")})
+    for checker, words in ((pihace.InfluxDB(server.url), influx),
+                           (pihace.ElasticSearch(server.url), elastic)):
+        passed, reason = checker()
+        assert passed is False and reason.startswith(words), reason
+        assert "\x1b" not in reason and len(reason) < 2200
+
+
+def test_credentials_follow_a_redirect_only_to_the_same_origin(replay):
+    elsewhere = replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN),
+                        "/health": (200, {}, INFLUX2_PASS)})
+    home = replay({"/_cluster/health": (302, {"Location": elsewhere.url + "/_cluster/health"},
+                                        b""),
+                   "/health": (307, {"Location": "/moved/health"}, b""),
+                   "/moved/health": (301, {"Location": elsewhere.url + "/health"}, b"")})
+    url = home.url.replace("http://", "http://elastic:sekrit@")
+    assert pihace.ElasticSearch(url)() is True
+    assert pihace.InfluxDB(home.url, token="sekrit-token")() is True
+    assert [path for path, _ in home.requests] == ["/_cluster/health", "/health",
+                                                   "/moved/health"]
+    assert all(headers.get("Authorization") for _, headers in home.requests)  # same origin
+    assert [path for path, _ in elsewhere.requests] == ["/_cluster/health", "/health"]
+    assert [headers.get("Authorization") for _, headers in elsewhere.requests] == [None, None]
+
+
+def test_the_pusher_and_the_http_checker_follow_no_redirect(replay):
+    elsewhere = replay({})
+    home = replay({"/pihace-health/_doc": (307, {"Location": elsewhere.url + "/x"}, b""),
+                   "/": (302, {"Location": elsewhere.url + "/"}, b"")})
+    url = home.url.replace("http://", "http://elastic:sekrit@")
+    pushed, error = _push(url)
+    assert pushed is False and error.startswith("Elasticsearch answered HTTP 307"), error
+    assert pihace.HTTP(url + "/")() == (True, "HTTP 302 Found")
+    assert elsewhere.requests == []
+
+
+def test_https_goes_through_the_same_exchange_and_verifies_the_certificate(tls_files,
+                                                                            monkeypatch):
+    import ssl
+
+    green = Replay({"/_cluster/health": (200, ES_HEADERS, ES_GREEN)})
+    green.close()  # its handler, on a listener that speaks TLS
+    server = type(green.server)(("127.0.0.1", 0), green.server.RequestHandlerClass)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_files["server"], tls_files["server_key"])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        url = f"https://elastic:sekrit@localhost:{server.server_address[1]}"
+        monkeypatch.setenv("SSL_CERT_FILE", tls_files["ca"])
+        assert pihace.ElasticSearch(url)() is True
+        assert green.requests[0][1]["Authorization"] == "Basic " + base64.b64encode(
+            b"elastic:sekrit").decode()
+        monkeypatch.setenv("SSL_CERT_FILE", tls_files["other_ca"])
+        passed, reason = pihace.ElasticSearch(url, timeout=2)()
+        assert passed is False and "CERTIFICATE_VERIFY_FAILED" in reason and SECRET not in reason
+        assert len(green.requests) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+ES_PUSHER = {"type": "elasticsearch_pusher", "config": {"es_url": "http://u:sekrit@h"}}
+
+
+HOSTILE_CONFIGS = [
+    ("syntax.yml", "plugins: [\n  - a: b\n  c", "not valid YAML: expected the node content, but "
+                                                   "found '-' (line 2, column 3)"),
+    ("nul.yml", "a: \x00", "not valid YAML: unacceptable character #x0000"),
+    ("deep.yml", "[" * 5000 + "]" * 5000, "nested too deep"),
+    ("deep.json", "[" * 100_000, "nested too deep"),
+    ("list.json", "[1]", "expected a mapping at the top, got list"),
+    ("instance.json", json.dumps({"instance": 5}), "instance must be a mapping, got int"),
+    ("system.json", json.dumps({"instance": {"with_system": "no"}}),
+     "instance with_system must be true or false, got str"),
+    ("name.json", json.dumps({"instance": {"name": ["a"]}}), "instance name must be a string"),
+    ("plugins.json", json.dumps({"plugins": 5}), "plugins must be a list, got int"),
+    ("entry.json", json.dumps({"plugins": ["mysql://u:sekrit@h/db"]}),
+     "each entry of plugins needs a type (a name such as http), got a str"),
+    ("kind.json", json.dumps({"plugins": [{"type": ["mysql"]}]}), "got a type that is a list"),
+    ("unknown.json", json.dumps({"plugins": [{"type": "\x1b[2J" + "p" * 5000}]}),
+     "Unknown checker type: \\x1b[2Jppp"),
+    ("options.json", json.dumps({"plugins": [{"type": "mysql", "config": "mysql://u:sekrit@h"}]}),
+     "plugin 'mysql': its config must be a mapping, got str"),
+    ("timeout.json", json.dumps({"plugins": [{"type": "mysql", "config": {
+        "dsn": "mysql://u:sekrit@h/db", "timeout": 1e300}}]}), "plugin 'mysql': timeout must be"),
+    ("dsn.json", json.dumps({"plugins": [{"type": "mongodb", "config": {
+        "dsn": "mongodb://u:p@sekrit@x/"}}]}), "plugin 'mongodb': dsn has an @ after the host"),
+    ("port.json", json.dumps({"providers": [{"type": "web_provider", "config": {"port": 99999}}]}),
+     "provider 'web_provider': port must be an integer from 0 to 65535"),
+    ("negative.json", json.dumps({"pushers": [dict(ES_PUSHER, push_config={"interval": -1})]}),
+     "pusher 'elasticsearch_pusher': push_config interval must be a positive number"),
+    ("nan.yml", "pushers: [{type: elasticsearch_pusher, config: {es_url: 'http://u:sekrit@h'}, "
+                "push_config: {interval: .nan}}]", "push_config interval must be a positive"),
+    ("inf.yml", "pushers: [{type: elasticsearch_pusher, config: {es_url: 'http://u:sekrit@h'}, "
+                "push_config: {interval: .inf}}]", "push_config interval must be a positive"),
+    ("huge.json", json.dumps({"pushers": [dict(ES_PUSHER, push_config={"interval": 1e7})]}),
+     "below a million, got 10000000.0"),
+    ("text.json", json.dumps({"pushers": [dict(ES_PUSHER, push_config={"interval": "soon"})]}),
+     "got 'soon'"),
+    ("shape.json", json.dumps({"pushers": [dict(ES_PUSHER, push_config=5)]}),
+     "push_config must be a mapping, got int"),
+    ("store.json", json.dumps({"storages": [{"type": "mongodb_storage", "config": {
+        "dsn": "mongodb://u:sekrit@h/"}, "store_config": {"interval": 0}}]}),
+     "storage 'mongodb_storage': store_config interval must be a positive number"),
+]
+
+
+@pytest.mark.parametrize("name, text, words", HOSTILE_CONFIGS,
+                         ids=[name for name, _, _ in HOSTILE_CONFIGS])
+def test_a_hostile_config_is_one_line_that_names_the_problem(tmp_path, capsys, name, text,
+                                                             words):
+    path = tmp_path / name
+    path.write_text(text)
+    (code, out, err), _ = within(10, lambda: run_main(capsys, "--config", str(path)))
+    assert (code, out) == (3, "") and err.startswith(f"pihace: error: --config: ")
+    assert words in err and err.count("\n") == 1 and len(err) < 600, err
+    assert SECRET not in err and "\x1b" not in err
+
+
+def test_the_loader_shows_no_password_of_an_entry_or_of_what_its_maker_said(tmp_path,
+                                                                            monkeypatch):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"pushers": [{"config": {"es_url": "http://u:sekrit@h",
+                                                        "basic_auth": ["u", "sekrit"]}}]}))
+    with pytest.raises(ValueError) as raised:
+        pihace.load_healthcheck_from_yaml(path)
+    assert "needs a type" in str(raised.value) and SECRET not in exception_texts(raised.value)
+
+    class Talkative:  # a maker that quotes what it was given, as some libraries do
+        def __init__(self, healthcheck, es_url, basic_auth=None):
+            raise ValueError(f"cannot use {es_url!r} with {basic_auth!r}")
+
+    monkeypatch.setattr(pihace, "ElasticSearchPusher", Talkative)
+    path.write_text(json.dumps({"pushers": [{"type": "elasticsearch_pusher", "config": {
+        "es_url": "http://u:sekrit%40x@h", "basic_auth": ["u", "sekrit2"]}}]}))
+    with pytest.raises(ValueError) as raised:
+        pihace.load_healthcheck_from_yaml(path)
+    assert "cannot use 'http://***@h' with ['u', '***']" in str(raised.value)
+    assert SECRET not in exception_texts(raised.value)
+
+
+def test_a_provider_that_cannot_start_ends_the_config_run_with_one_line(tmp_path, caplog):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps({"providers": [{"type": "web_provider", "config": {
+            "host": "127.0.0.1", "port": taken.getsockname()[1]}}]}))
+        loaded = pihace.load_healthcheck_from_yaml(path)
+        code, _ = within(15, lambda: pihace._run_config(loaded))
+    assert code == 1
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert errors == ["provider web_provider stopped: address already in use"]
+
+
+# ---------------------------------------------------------------------------
 # AMQP wire types and frames: golden bytes written from the spec
 # ---------------------------------------------------------------------------
 
