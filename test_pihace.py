@@ -5786,6 +5786,48 @@ def test_the_age_counts_from_the_reports_timestamp_never_after_its_arrival():
     assert watcher.devices["dev@future"]["last_seen"] == now
 
 
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.text(max_size=5), children, max_size=3), max_leaves=8)
+
+
+@given(report=st.fixed_dictionaries({"status": st.sampled_from(
+           ["Available", "Unavailable", "Fine"])}, optional={"host": json_values}),
+       before=st.sampled_from(["", " ", "\n\t", "\ufeff"]),
+       after=st.sampled_from(["", " \r\n", "x", "\x0b", "\u2028", "{}", "]"]),
+       encoding=st.sampled_from(["utf-8", "utf-16", "utf-16-le", "utf-32-be"]),
+       str_body=st.booleans())
+@example(report={"status": "Available"}, before="", after="\x0b", encoding="utf-8",
+         str_body=False)  # not JSON's whitespace: extra data
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HypothesisHealthCheck.too_slow])
+def test_a_body_is_read_as_json_loads_reads_it(report, before, after, encoding, str_body):
+    # apply() reads UTF-8 objects a shorter way than json.loads(body): same answer for each body
+    text = before + json.dumps(report) + after
+    body = text if str_body else text.encode(encoding)
+    try:
+        expected = json.loads(body)
+    except ValueError:
+        expected = None
+    if not isinstance(expected, dict) or expected.get("status") not in ("Available",
+                                                                        "Unavailable"):
+        expected = None
+    watcher = pihace.Watcher("amqp://localhost/")
+    assert watcher._parse(body, {}) == expected
+    assert watcher.apply(body) == ("invalid" if expected is None else "applied")
+
+
+def test_the_late_limit_follows_the_interval_of_the_newest_report():
+    watcher, changes = recording_watcher(grace=5)
+    watcher.apply(report(interval=10), {})
+    watcher.apply(report(interval=100), {})
+    watcher.clock.now += 50  # late after 15 s at the first interval, 105 s at the newest
+    assert watcher.check_ages() == 0
+    watcher.clock.now += 60
+    assert watcher.check_ages() == 1 and changes[-1][1:3] == ("up", "late")
+
+
 HOSTILE_DEVICE = "evil\x1b[2J\x1b]0;owned\x07\nFORGED up\r\u009b31m\"\\"
 
 
