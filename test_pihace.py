@@ -4064,6 +4064,27 @@ def test_broken_brokers_give_a_reason_in_bounded_time(fake_broker, script, words
     assert broker.received == b"AMQP\x00\x00\x09\x01"
 
 
+def start_then_heartbeats_forever(broker, connection):
+    broker.read(connection, 8)
+    connection.sendall(START)
+    until_closed(lambda c: c.sendall(frame(8, 0, b"") * 1000))(broker, connection)
+
+
+@pytest.mark.parametrize("script", [trickle(START + TUNE, every=0.05),
+                                    start_then_heartbeats_forever],
+                         ids=["trickled-handshake", "heartbeat-flood"])
+def test_the_amqp_checker_and_the_pusher_end_at_their_timeout_on_a_hostile_broker(
+        fake_broker, script):
+    calls = {"checker": lambda url: pihace.AMQP(url, timeout=0.5)(),
+             "pusher": lambda url: pihace.AMQPPusher(None, url, timeout=0.5).publish(b"{}")}
+    for name, call in calls.items():
+        broker = fake_broker(script)
+        (passed, reason), took = within(5, lambda: call(broker.url))
+        assert passed is False and "timed out" in reason and "sekrit" not in reason, (
+            name, reason)
+        assert took < 1.5, (name, took)
+
+
 def test_connection_refused_names_host_and_port():
     with socket.create_server(("127.0.0.1", 0)) as placeholder:
         port = placeholder.getsockname()[1]
