@@ -6012,6 +6012,17 @@ def _parser():
     probe.add_argument("--optional", action="append", default=[], metavar="NAME",
                        help="a check whose failure makes the status Partially Available, "
                        "never Unavailable; repeatable")
+    _check_parser(commands, common, probe)
+    _push_parser(commands, common)
+    _serve_parser(commands, common, probe)
+    _watch_parser(commands, Parser)
+    return parser
+
+
+def _check_parser(commands, common, probe):
+    """pihace check: print the report once."""
+    import argparse  # loaded already by _parser()
+
     check = commands.add_parser("check", parents=[common, probe], help="print the report "
                                 "(default)", epilog=_CHECK_EPILOG,
                                 formatter_class=argparse.RawTextHelpFormatter)
@@ -6023,6 +6034,10 @@ def _parser():
                        "format to PATH (printed too only with --format)")
     check.add_argument("--exit-codes", choices=("nagios", "docker"), default="nagios",
                        help="nagios: 0/1/2/3 (default); docker: 0 or 1 only")
+
+
+def _push_parser(commands, common):
+    """pihace push: publish the report, once or every --interval."""
     push = commands.add_parser("push", parents=[common], help="publish the report to a queue")
     push.add_argument("--url", action="append", help="amqp[s]:// URL; repeat for failover")
     push.add_argument("--queue", default="pihace.healthcheck")
@@ -6044,6 +6059,10 @@ def _parser():
                       help="an argument of the declared queue, e.g. x-max-length=1000 or "
                       "x-queue-type=quorum (a whole number is sent as one, true/false as a "
                       "boolean); repeatable")
+
+
+def _serve_parser(commands, common, probe):
+    """pihace serve: health over HTTP."""
     serve = commands.add_parser("serve", parents=[common, probe], help="answer /livez, /readyz, "
                                 "/health and /metrics over HTTP")
     serve.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT",
@@ -6056,8 +6075,6 @@ def _parser():
                        "wait")
     serve.add_argument("--partial-ready", action="store_true",
                        help="/readyz answers 200 when Partially Available too")
-    _watch_parser(commands, Parser)
-    return parser
 
 
 def _watch_parser(commands, parser_class):
