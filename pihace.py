@@ -4675,6 +4675,7 @@ class Watcher:
         self._json_loads, self._scan_json = json.loads, json.scanner.make_scanner(
             json.JSONDecoder())
         self._connection = self._last_node = None
+        self._unacked, self._last_tag = 0, None  # applied, not acknowledged yet (acks batch)
         self._stop_requested = False
         self._wakeup = None  # while run() runs: how stop() wakes it, wherever it waits
         self._next_tick = -math.inf
@@ -4888,53 +4889,22 @@ class Watcher:
         monotonic = time.monotonic
         ends = math.inf if duration is None else monotonic() + _seconds("duration", duration)
         consumed, quiet_since = False, None
-        unacked, last_tag = 0, None  # applied, not acknowledged yet: acks go in batches
         backoff = Backoff(spread=1.0)
         self._wakeup = Wakeup()
         try:
             while not self._stopped(stop_event) and monotonic() < ends:
                 if self._connection is None:
-                    try:
-                        self._connect(min(ends, monotonic() + self.timeout))
-                    except Interrupted:
-                        break
-                    except (PihaceError, OSError) as exc:
-                        self._drop()
-                        reason = self.last_error = describe_error(exc, self.parameters.safe_url)
-                        if not backoff.failures:
-                            log.warning("cannot watch: %s; trying again", reason)
-                        self._wakeup.wait(min(backoff.failed(), max(0.0, ends - monotonic())))
+                    if not self._open(backoff, ends):
                         continue
-                    if backoff.failures:
-                        log.warning("watching again after %d failed attempt(s)",
-                                    backoff.failures)
-                    backoff.succeeded()
                     consumed, quiet_since = True, monotonic()
-                    unacked = 0
-                    self._next_tick = quiet_since + self.tick + 1.0  # the backlog comes first
-                wait = _ACK_PAUSE if unacked else min(
+                wait = _ACK_PAUSE if self._unacked else min(
                     self.tick, 1.0 if stop_event is not None else self.tick,
                     max(0.0, ends - monotonic()))
                 try:
-                    connection = self._connection
-                    deliveries = connection.deliveries(wait, monotonic() + self.timeout)
-                    # Acknowledged once applied (at-least-once): one Ack (multiple) for each
-                    # half of the prefetch, and one for what came before a pause.
-                    for delivery in deliveries:
-                        self._apply_delivery(delivery)
-                        unacked += 1
-                        if unacked >= self._ack_every:
-                            connection.ack(self._channel, delivery.delivery_tag,
-                                           monotonic() + self.timeout, multiple=True)
-                            unacked = 0
-                    if deliveries:
-                        last_tag, quiet_since = deliveries[-1].delivery_tag, monotonic()
-                    elif unacked:
-                        connection.ack(self._channel, last_tag, monotonic() + self.timeout,
-                                       multiple=True)
-                        unacked = 0
+                    if self._consume(wait):
+                        quiet_since = monotonic()
                 except Interrupted:
-                    break
+                    raise
                 except (PihaceError, OSError) as exc:
                     self.last_error = describe_error(exc, self.parameters.safe_url)
                     log.warning("connection lost, opening a new one: %s", self.last_error)
@@ -4944,22 +4914,60 @@ class Watcher:
                 self._tick()
                 if idle is not None and monotonic() - quiet_since >= idle:
                     break
+        except Interrupted:
+            pass  # stop() while it waited for the broker
         except KeyboardInterrupt:
             log.info("interrupted: stopping")
         finally:
             self._wakeup.clear()  # a stop() already acted on must not cut the close short
-            if unacked and self._connection is not None:  # applied: not to come back
-                try:
-                    self._connection.ack(self._channel, last_tag, monotonic() + 1.0,
-                                         multiple=True)
-                except (PihaceError, OSError):
-                    pass
             self._close()
             wakeup, self._wakeup = self._wakeup, None
             wakeup.close()
             self._stop_requested = False
         self.check_ages()
         return consumed
+
+    def _open(self, backoff, ends):
+        """Connect and start consuming: True; or False, after waiting as `backoff` says."""
+        try:
+            self._connect(min(ends, time.monotonic() + self.timeout))
+        except Interrupted:
+            raise
+        except (PihaceError, OSError) as exc:
+            self._drop()
+            reason = self.last_error = describe_error(exc, self.parameters.safe_url)
+            if not backoff.failures:
+                log.warning("cannot watch: %s; trying again", reason)
+            self._wakeup.wait(min(backoff.failed(), max(0.0, ends - time.monotonic())))
+            return False
+        if backoff.failures:
+            log.warning("watching again after %d failed attempt(s)", backoff.failures)
+        backoff.succeeded()
+        self._unacked = 0
+        self._next_tick = time.monotonic() + self.tick + 1.0  # the backlog comes first
+        return True
+
+    def _consume(self, wait):
+        """Apply the reports that come within `wait` seconds: True when some came.
+
+        Each is acknowledged once applied (at-least-once): one Ack (multiple) for each
+        half of the prefetch, and one for what came before a pause."""
+        connection, monotonic = self._connection, time.monotonic
+        deliveries = connection.deliveries(wait, monotonic() + self.timeout)
+        for delivery in deliveries:
+            self._apply_delivery(delivery)
+            self._unacked += 1
+            if self._unacked >= self._ack_every:
+                connection.ack(self._channel, delivery.delivery_tag,
+                               monotonic() + self.timeout, multiple=True)
+                self._unacked = 0
+        if deliveries:
+            self._last_tag = deliveries[-1].delivery_tag
+        elif self._unacked:
+            connection.ack(self._channel, self._last_tag, monotonic() + self.timeout,
+                           multiple=True)
+            self._unacked = 0
+        return bool(deliveries)
 
     def _tick(self):
         """Look at the devices' ages once per tick (not while it cannot read: a watcher
@@ -4971,8 +4979,15 @@ class Watcher:
 
     def _close(self):
         connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close(time.monotonic() + min(self.timeout, 5.0))
+        if connection is None:
+            return
+        if self._unacked:  # applied: they must not come back
+            try:
+                connection.ack(self._channel, self._last_tag, time.monotonic() + 1.0,
+                               multiple=True)
+            except (PihaceError, OSError):
+                pass
+        connection.close(time.monotonic() + min(self.timeout, 5.0))
 
     def stop(self):
         """End run() at once; from any thread, or a signal handler."""

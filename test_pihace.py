@@ -6076,6 +6076,21 @@ def test_a_duplicate_delivery_is_counted_once(rabbit, unique_queue, pika_channel
     assert queue_depth(rabbit.url, unique_queue) == 0  # both acknowledged
 
 
+def test_a_stop_mid_batch_acknowledges_what_was_applied_and_nothing_else(rabbit, unique_queue,
+                                                                         pika_channel):
+    pika_channel.queue_declare(unique_queue, durable=True)
+    for index in range(30):
+        pika_channel.basic_publish("", unique_queue, report(name=f"dev-{index}"))
+    # stop() on the 3rd report: the rest of its read batch is applied, and the loop ends
+    # before any pause or 50th report (prefetch 100) would acknowledge that batch
+    watcher = pihace.Watcher(rabbit.url, unique_queue, prefetch=100,
+                             on_change=lambda device, *_: device["name"] == "dev-2" and
+                             watcher.stop())
+    assert watcher.run(duration=20)
+    applied = watcher.counts["applied"]
+    assert applied >= 3 and queue_depth(rabbit.url, unique_queue) == 30 - applied
+
+
 def test_garbage_bodies_neither_stop_the_watcher_nor_reach_the_output(rabbit, unique_queue,
                                                                       pika_channel):
     import pika
