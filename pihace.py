@@ -5176,60 +5176,68 @@ _TEXT_PLAIN = "text/plain; charset=utf-8"
 _PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class _Reaper:
+    """Shuts down each connection whose request (or keep-alive wait) has gone on past its
+    deadline: a client that sends or reads a byte now and then cannot hold a thread longer
+    than that. One thread for all connections, asleep until the earliest deadline; the
+    sockets stay blocking, so no read or write pays for a poll() of its own."""
+
+    def __init__(self):
+        self.deadlines = {}  # socket: time.monotonic() by which its request must be done
+        self.condition = threading.Condition()
+        self.thread, self.closed = None, False
+
+    def add(self, sock, deadline):
+        with self.condition:
+            self.deadlines[sock] = deadline
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, daemon=True,
+                                               name="pihace-serve-reaper")
+                self.thread.start()
+            self.condition.notify()
+
+    def renew(self, sock, deadline):
+        self.deadlines[sock] = deadline  # one store per request, without the lock
+
+    def remove(self, sock):
+        with self.condition:
+            self.deadlines.pop(sock, None)
+
+    def close(self):
+        """Shut every connection down (their threads end), and the reaper with them."""
+        with self.condition:
+            self.closed = True
+            self.condition.notify()
+
+    def _run(self):
+        import socket  # loaded already: the server's sockets are open
+
+        with self.condition:
+            while True:
+                now = time.monotonic()
+                for sock, deadline in list(self.deadlines.items()):
+                    if deadline <= now or self.closed:
+                        del self.deadlines[sock]
+                        try:
+                            sock.shutdown(socket.SHUT_RDWR)  # its blocked recv() ends
+                        except OSError:
+                            pass
+                if self.closed:
+                    return
+                self.condition.wait(min(self.deadlines.values()) - now
+                                    if self.deadlines else None)
+
+
 @functools.lru_cache(maxsize=None)
 def _http_classes():
     """(server class, handler class) on http.server, made on first use."""
+    handler = _http_handler_class()
+    return _http_server_class(handler), handler
+
+
+def _http_handler_class():
+    """The request handler: one answer per request, each within the server's deadlines."""
     import http.server  # here, not at the top: slow to import, and only servers need them
-    import socket
-
-    class Reaper:
-        """Shuts down each connection whose request (or keep-alive wait) has gone on past its
-        deadline: a client that sends or reads a byte now and then cannot hold a thread longer
-        than that. One thread for all connections, asleep until the earliest deadline; the
-        sockets stay blocking, so no read or write pays for a poll() of its own."""
-
-        def __init__(self):
-            self.deadlines = {}  # socket: time.monotonic() by which its request must be done
-            self.condition = threading.Condition()
-            self.thread, self.closed = None, False
-
-        def add(self, sock, deadline):
-            with self.condition:
-                self.deadlines[sock] = deadline
-                if self.thread is None:
-                    self.thread = threading.Thread(target=self._run, daemon=True,
-                                                   name="pihace-serve-reaper")
-                    self.thread.start()
-                self.condition.notify()
-
-        def renew(self, sock, deadline):
-            self.deadlines[sock] = deadline  # one store per request, without the lock
-
-        def remove(self, sock):
-            with self.condition:
-                self.deadlines.pop(sock, None)
-
-        def close(self):
-            """Shut every connection down (their threads end), and the reaper with them."""
-            with self.condition:
-                self.closed = True
-                self.condition.notify()
-
-        def _run(self):
-            with self.condition:
-                while True:
-                    now = time.monotonic()
-                    for sock, deadline in list(self.deadlines.items()):
-                        if deadline <= now or self.closed:
-                            del self.deadlines[sock]
-                            try:
-                                sock.shutdown(socket.SHUT_RDWR)  # its blocked recv() ends
-                            except OSError:
-                                pass
-                    if self.closed:
-                        return
-                    self.condition.wait(min(self.deadlines.values()) - now
-                                        if self.deadlines else None)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive
@@ -5299,6 +5307,14 @@ def _http_classes():
         def log_message(self, format, *args):
             log.debug("HTTP %s: %s", self.client_address[0], _printable(format % args))
 
+    return Handler
+
+
+def _http_server_class(handler):
+    """The threading server of `handler`, on IPv4 or IPv6, with one _Reaper."""
+    import http.server  # here, not at the top: slow to import, and only servers need them
+    import socket
+
     class Server(http.server.ThreadingHTTPServer):
         daemon_threads = True
         block_on_close = False
@@ -5313,8 +5329,8 @@ def _http_classes():
                     self.address_family = socket.AF_INET6
             except ValueError:
                 pass  # a host name: resolved by bind() as IPv4
-            self.health, self.reaper = health, Reaper()
-            super().__init__((host, address[1]), Handler)
+            self.health, self.reaper = health, _Reaper()
+            super().__init__((host, address[1]), handler)
 
         def server_close(self):
             super().server_close()
@@ -5324,7 +5340,7 @@ def _http_classes():
             http.server.socketserver.TCPServer.server_bind(self)
             self.server_name, self.server_port = self.server_address[:2]
 
-    return Server, Handler
+    return Server
 
 
 class HealthServer:
