@@ -36,6 +36,7 @@ an end of stream (FIN) is passed on once what came before it was written.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import select
 import socket
@@ -390,3 +391,51 @@ class FaultProxy:
             pipe.shut = True
         if link.done():
             self._drop(link, reset=False)
+
+
+class Listener:
+    """A loopback server for scripted fakes: serve(connection) runs for each client, in a
+    thread of its own, and may raise OSError or EOFError when the client goes. close() stops
+    accepting, shuts the open connections down and waits (up to 5 s each) for their threads."""
+
+    def __init__(self, serve):
+        self._serve_one = serve
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._lock, self._connections, self._threads = threading.Lock(), [], []
+        self._start(self._accept)
+
+    def _start(self, target, *args):
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._connections.append(connection)
+            self._start(self._serve, connection)
+
+    def _serve(self, connection):
+        with connection:
+            try:
+                self._serve_one(connection)
+            except (OSError, EOFError):
+                pass
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        self.listener.close()
+        with self._lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(5)

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 import pihace
 import rabbitnode
 from conftest import ExternalBroker
+from faultproxy import Listener
 
 
 # ---------------------------------------------------------------------------
@@ -51,6 +52,20 @@ def run_python(code, *args, cwd=None, env_extra=None, timeout=60):
     env = dict(os.environ, PYTHONPATH=cwd or HERE, **(env_extra or {}))
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           cwd=cwd or HERE, env=env, timeout=timeout)
+
+
+def made_then_closed(make, close="close"):
+    """The body of a factory fixture: yields a function that calls make(...) and keeps what
+    it made, each closed (with its method `close`) after the test."""
+    made = []
+
+    def keep(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    yield keep
+    for thing in made:
+        getattr(thing, close)()
 
 
 @pytest.fixture
@@ -1453,15 +1468,7 @@ class Replay:
 
 @pytest.fixture
 def replay():
-    servers = []
-
-    def make(responses):
-        servers.append(Replay(responses))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
+    yield from made_then_closed(Replay)
 
 
 # InfluxDB 2.x's GET /health, as its API documentation records it (200 pass, 503 fail).
@@ -1811,7 +1818,7 @@ def test_bson_edges_pymongo_agrees_on():
         pihace.bson_decode(bson.encode(nested))
 
 
-class ScriptedMongod:
+class ScriptedMongod(Listener):
     """A scripted mongod on loopback that parses what it is sent and encodes its replies with
     pymongo's bson: OP_QUERY (a driver's first, legacy hello, answered with OP_REPLY) and
     OP_MSG (hello, ping, saslStart/saslContinue as SCRAM-SHA-256, insert, endSessions), one
@@ -1832,23 +1839,8 @@ class ScriptedMongod:
         client_key = hmac.new(salted, b"Client Key", "sha256").digest()
         self.stored_key = hashlib.sha256(client_key).digest()
         self.server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.lock, self.connections, self.threads = threading.Lock(), [], []
-        self.threads.append(threading.Thread(target=self._accept, daemon=True))
-        self.threads[0].start()
-
-    def _accept(self):
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.connections.append(connection)
-                self.threads.append(threading.Thread(target=self._serve, args=(connection,),
-                                                     daemon=True))
-                self.threads[-1].start()
+        self.lock = threading.Lock()  # what it was sent
+        super().__init__(self._converse)
 
     @staticmethod
     def _read(connection, size):
@@ -1860,50 +1852,45 @@ class ScriptedMongod:
             data += chunk
         return data
 
-    def _serve(self, connection):
+    def _converse(self, connection):
         conversation = {}  # this connection's SCRAM state
-        try:
-            while True:
-                head = self._read(connection, 16)
-                length, request_id, _, opcode = struct.unpack("<iiii", head)
-                body = self._read(connection, length - 16)
-                with self.lock:
-                    self.opcodes.append(opcode)
-                if opcode == 2004:  # OP_QUERY: flags, "admin.$cmd", skip, return, query
-                    collection_end = body.index(b"\0", 4)
-                    query = bson.decode(body[collection_end + 9:])
-                    document = query.get("$query", query)
-                    reply = self._reply(document, {}, conversation)
-                    encoded = bson.encode(reply)
-                    reply_body = struct.pack("<iqii", 0, 0, 0, 1) + encoded
-                    connection.sendall(struct.pack("<iiii", 16 + len(reply_body), 1, request_id,
-                                                   1) + reply_body)
-                    continue
-                assert opcode == 2013, opcode
-                flags, = struct.unpack_from("<I", body)
-                document, sequences, position = None, {}, 4
-                end = len(body) - (4 if flags & 1 else 0)  # a CRC-32C at the end
-                while position < end:
-                    kind, position = body[position], position + 1
-                    size, = struct.unpack_from("<i", body, position)
-                    if kind == 0:
-                        document = bson.decode(body[position:position + size])
-                    else:
-                        name_end = body.index(b"\0", position + 4)
-                        name = body[position + 4:name_end].decode()
-                        sequences[name] = list(bson.decode_iter(body[name_end + 1:position + size]))
-                    position += size
-                answer = self._reply(document, sequences, conversation)
-                if flags & 2 or answer is self.SILENT:  # moreToCome, or a server that hangs
-                    continue
-                reply = bson.encode(answer)
-                reply_body = b"\0\0\0\0\x00" + reply
+        while True:
+            head = self._read(connection, 16)
+            length, request_id, _, opcode = struct.unpack("<iiii", head)
+            body = self._read(connection, length - 16)
+            with self.lock:
+                self.opcodes.append(opcode)
+            if opcode == 2004:  # OP_QUERY: flags, "admin.$cmd", skip, return, query
+                collection_end = body.index(b"\0", 4)
+                query = bson.decode(body[collection_end + 9:])
+                document = query.get("$query", query)
+                reply = self._reply(document, {}, conversation)
+                encoded = bson.encode(reply)
+                reply_body = struct.pack("<iqii", 0, 0, 0, 1) + encoded
                 connection.sendall(struct.pack("<iiii", 16 + len(reply_body), 1, request_id,
-                                               2013) + reply_body)
-        except (OSError, EOFError):
-            pass
-        finally:
-            connection.close()
+                                               1) + reply_body)
+                continue
+            assert opcode == 2013, opcode
+            flags, = struct.unpack_from("<I", body)
+            document, sequences, position = None, {}, 4
+            end = len(body) - (4 if flags & 1 else 0)  # a CRC-32C at the end
+            while position < end:
+                kind, position = body[position], position + 1
+                size, = struct.unpack_from("<i", body, position)
+                if kind == 0:
+                    document = bson.decode(body[position:position + size])
+                else:
+                    name_end = body.index(b"\0", position + 4)
+                    name = body[position + 4:name_end].decode()
+                    sequences[name] = list(bson.decode_iter(body[name_end + 1:position + size]))
+                position += size
+            answer = self._reply(document, sequences, conversation)
+            if flags & 2 or answer is self.SILENT:  # moreToCome, or a server that hangs
+                continue
+            reply = bson.encode(answer)
+            reply_body = b"\0\0\0\0\x00" + reply
+            connection.sendall(struct.pack("<iiii", 16 + len(reply_body), 1, request_id,
+                                           2013) + reply_body)
 
     def _reply(self, document, sequences, conversation):
         name = next(iter(document))
@@ -1957,30 +1944,10 @@ class ScriptedMongod:
         with self.lock:
             return [name for name, _, _ in self.commands]
 
-    def close(self):
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
-        self.listener.close()
-        with self.lock:
-            for connection in self.connections:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
-            threads = list(self.threads)
-        for thread in threads:
-            thread.join(5)
-
 
 @pytest.fixture
 def scripted_mongod():
-    servers = []
-
-    def make(**options):
-        servers.append(ScriptedMongod(**options))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
+    yield from made_then_closed(ScriptedMongod)
 
 
 def test_scripted_mongod_logs_pymongo_in_and_pings(scripted_mongod):
@@ -2491,31 +2458,6 @@ def test_http_a_flood_of_interim_responses_ends_at_the_timeout(fake_broker):
         f"http://127.0.0.1:{server.port}", timeout=0.5)())
     assert passed is False and "timed out" in reason, reason
     assert took < 1.5
-
-
-class Listener:
-    """A loopback server that runs script(connection) for every client, each in a thread."""
-
-    def __init__(self, script):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.script = script
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection):
-        with connection:
-            try:
-                self.script(connection)
-            except OSError:
-                pass
 
 
 def test_influxdb_s_two_requests_share_one_timeout():
@@ -4012,15 +3954,7 @@ class FakeBroker:
 
 @pytest.fixture
 def fake_broker():
-    brokers = []
-
-    def make(script):
-        brokers.append(FakeBroker(script))
-        return brokers[-1]
-
-    yield make
-    for broker in brokers:
-        broker.close()
+    yield from made_then_closed(FakeBroker)
 
 
 def silent(broker, connection):
@@ -6192,15 +6126,8 @@ def http_get(url, headers=None, method="GET", timeout=10):
 @pytest.fixture
 def serve():
     """serve(hc, **options): a started HealthServer on a free loopback port, stopped after."""
-    servers = []
-
-    def start(hc, **options):
-        servers.append(pihace.HealthServer(hc, "127.0.0.1", 0, **options))
-        return servers[-1].start()
-
-    yield start
-    for server in servers:
-        server.stop()
+    yield from made_then_closed(
+        lambda hc, **options: pihace.HealthServer(hc, "127.0.0.1", 0, **options).start(), "stop")
 
 
 def test_endpoints_answer_urllib_with_their_status_codes_and_no_store(serve):

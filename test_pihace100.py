@@ -14,7 +14,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import ssl
 import struct
 import subprocess
@@ -23,6 +22,8 @@ import threading
 import time
 
 import pytest
+
+from faultproxy import Listener
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -143,45 +144,28 @@ MONGO_OK = bytes.fromhex(  # {isWritablePrimary: true, maxWireVersion: 21, ok: 1
     "10" "6d61785769726556657273696f6e00" "15000000" "01" "6f6b00" "000000000000f03f" "00")
 
 
-class ScriptedMongo:
+class ScriptedMongo(Listener):
     """A stand-in for mongod on loopback: each OP_MSG is answered with MONGO_OK."""
 
     def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.commands = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+        super().__init__(self._answer)
 
     def _answer(self, connection):
-        with connection:
-            connection.settimeout(10)
-            data = b""
-            while True:
-                try:
-                    chunk = connection.recv(65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                data += chunk
-                while len(data) >= 16 and len(data) >= int.from_bytes(data[:4], "little"):
-                    length, request_id = struct.unpack_from("<ii", data)
-                    data = data[length:]
-                    self.commands += 1
-                    body = b"\0\0\0\0\x00" + MONGO_OK
-                    connection.sendall(struct.pack("<iiii", 16 + len(body), 1000 + request_id,
-                                                   request_id, 2013) + body)
-
-    def close(self):
-        self.listener.close()
+        connection.settimeout(10)
+        data = b""
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+            while len(data) >= 16 and len(data) >= int.from_bytes(data[:4], "little"):
+                length, request_id = struct.unpack_from("<ii", data)
+                data = data[length:]
+                self.commands += 1
+                body = b"\0\0\0\0\x00" + MONGO_OK
+                connection.sendall(struct.pack("<iiii", 16 + len(body), 1000 + request_id,
+                                               request_id, 2013) + body)
 
 
 @pytest.fixture
