@@ -668,16 +668,22 @@ def _wait_time(pending):
     return None if deadline == math.inf else max(0.0, deadline - time.monotonic())
 
 
+REPORT_FORMATS = ("dict", "json", "str", "health+json", "prometheus", "nagios")
+
+
 def _output_name(output):
-    """A report format's name: case does not matter, and None is "dict" (as in pihace 1.0.0)."""
+    """A report format's name (REPORT_FORMATS): case does not matter, and None is "dict"
+    (as in pihace 1.0.0)."""
     if output is None:
         return "dict"
     if not isinstance(output, str):
-        raise TypeError(f'output must be "dict", "json" or "str", got {type(output).__name__}')
-    output = output.lower()
-    if output not in ("dict", "json", "str"):
-        raise ValueError(f'output must be "dict", "json" or "str", got {output!r}')
-    return output
+        raise TypeError(f"output must be one of {', '.join(REPORT_FORMATS)}, "
+                        f"got {type(output).__name__}")
+    name = output.lower()
+    if name not in REPORT_FORMATS:
+        raise ValueError(f"output must be one of {', '.join(REPORT_FORMATS)}, "
+                         f"got {_printable(repr(output))}")
+    return name
 
 
 class HealthCheck:
@@ -805,7 +811,8 @@ class HealthCheck:
         return report
 
     def check(self, output="dict", pretty=True):
-        """Run every checker; return the report as "dict", "json" or "str".
+        """Run every checker; return the report as "dict", "json" or "str" (pihace 1.0.0's
+        formats), or "health+json", "prometheus" or "nagios" (see format_report).
 
         Callable from any thread, and from inside a running event loop (which
         it blocks for the duration: prefer ``await check_async()`` there).
@@ -848,6 +855,7 @@ class HealthCheck:
 def format_report(report, output="dict", pretty=True):
     """A report dict as itself, JSON, pihace 1.0.0's lines of text ("str"), or the formats
     of other tools: "health+json", "prometheus", "nagios" (the functions below)."""
+    output = _output_name(output)
     if output == "dict":
         return report
     if output == "json":

@@ -548,9 +548,14 @@ def test_output_formats():
     assert " - bad: disk on fire" in text
     assert "Component: MyApp 2" in text
     assert "System: CPU " in text
+    assert hc.check(output="Nagios").startswith("PIHACE CRITICAL - 0/1 checks passed; bad: ")
+    assert "\npihace_up 0\n" in hc.check(output="prometheus")
+    assert json.loads(hc.check(output="health+json", pretty=False))["status"] == "fail"
     with pytest.raises(ValueError) as raised:
         hc.check(output="yaml")
-    assert "yaml" in str(raised.value)
+    assert "yaml" in str(raised.value) and "nagios" in str(raised.value)
+    with pytest.raises(ValueError):
+        pihace.format_report(hc.check(), "yaml")  # not the lines of "str"
 
 
 def test_register_validates_its_arguments():
