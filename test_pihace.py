@@ -1834,16 +1834,23 @@ class ScriptedMongod(Listener):
 
     SILENT = object()
 
-    def __init__(self, password=b"mongo-pw", answer=None):
+    def __init__(self, user="app", password="mongo-pw", answer=None,
+                 mechanisms=("SCRAM-SHA-256",)):
         import hashlib
         import hmac
 
         self.answer, self.commands, self.opcodes = answer, [], []
-        self.salt, self.iterations = b"scripted-mongod-salt", 4096
-        salted = hashlib.pbkdf2_hmac("sha256", password, self.salt, self.iterations)
-        client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-        self.stored_key = hashlib.sha256(client_key).digest()
-        self.server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+        self.salt, self.iterations, self.mechanisms = b"scripted-mongod-salt", 4096, mechanisms
+        self.keys = {}  # mechanism: (hash name, StoredKey, ServerKey)
+        for mechanism, digest, secret in [
+                ("SCRAM-SHA-256", "sha256", password.encode()),
+                # SCRAM-SHA-1's password is MongoDB's digest of the user and password
+                ("SCRAM-SHA-1", "sha1", hashlib.md5(f"{user}:mongo:{password}".encode())
+                 .hexdigest().encode())]:
+            salted = hashlib.pbkdf2_hmac(digest, secret, self.salt, self.iterations)
+            client_key = hmac.new(salted, b"Client Key", digest).digest()
+            self.keys[mechanism] = (digest, hashlib.new(digest, client_key).digest(),
+                                    hmac.new(salted, b"Server Key", digest).digest())
         self.lock = threading.Lock()  # what it was sent
         super().__init__(self._converse)
 
@@ -1912,9 +1919,13 @@ class ScriptedMongod(Listener):
                      "connectionId": 1, "minWireVersion": 0, "maxWireVersion": 21,
                      "readOnly": False, "ok": 1.0}
             if "saslSupportedMechs" in document:
-                reply["saslSupportedMechs"] = ["SCRAM-SHA-256"]
+                reply["saslSupportedMechs"] = list(self.mechanisms)
             return reply
         if name == "saslStart":
+            if document["mechanism"] not in self.mechanisms:
+                return {"ok": 0.0, "errmsg": f"Unsupported mechanism {document['mechanism']}",
+                        "code": 2, "codeName": "BadValue"}
+            conversation["mechanism"] = document["mechanism"]
             conversation["first_bare"] = bytes(document["payload"])[3:].decode()
             nonce = conversation["first_bare"].split("r=", 1)[1] + "scripted-nonce"
             conversation["server_first"] = (f"r={nonce},s={base64.b64encode(self.salt).decode()},"
@@ -1934,14 +1945,15 @@ class ScriptedMongod(Listener):
         import hashlib
         import hmac
 
+        digest, stored_key, server_key = self.keys[conversation["mechanism"]]
         without_proof, proof = final.rsplit(",p=", 1)
         message = f"{conversation['first_bare']},{conversation['server_first']},{without_proof}"
-        signature = hmac.new(self.stored_key, message.encode(), "sha256").digest()
+        signature = hmac.new(stored_key, message.encode(), digest).digest()
         client_key = bytes(a ^ b for a, b in zip(base64.b64decode(proof), signature))
-        if hashlib.sha256(client_key).digest() != self.stored_key:
+        if hashlib.new(digest, client_key).digest() != stored_key:
             return {"ok": 0.0, "errmsg": "Authentication failed.", "code": 18,
                     "codeName": "AuthenticationFailed"}
-        verifier = hmac.new(self.server_key, message.encode(), "sha256").digest()
+        verifier = hmac.new(server_key, message.encode(), digest).digest()
         return {"conversationId": 1, "done": True, "ok": 1.0,
                 "payload": b"v=" + base64.b64encode(verifier)}
 
@@ -1976,6 +1988,39 @@ def test_scripted_mongod_logs_pymongo_in_and_pings(scripted_mongod):
     finally:
         client.close()
     assert raised.value.code == 18
+
+
+def test_scripted_mongod_logs_pymongo_in_with_scram_sha_1(scripted_mongod):
+    server = scripted_mongod(mechanisms=("SCRAM-SHA-1",))
+    for password, works in (("mongo-pw", True), ("not-it", False)):
+        client = pymongo.MongoClient(
+            f"mongodb://app:{password}@127.0.0.1:{server.port}/?authMechanism=SCRAM-SHA-1",
+            serverSelectionTimeoutMS=5000)
+        try:
+            if works:
+                assert client.admin.command("ping")["ok"] == 1.0
+            else:
+                with pytest.raises(pymongo.errors.OperationFailure) as raised:
+                    client.admin.command("ping")
+                assert raised.value.code == 18
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("offered, url_option, used", [
+    (("SCRAM-SHA-1",), "", "SCRAM-SHA-1"),  # what the server offers for the user
+    (("SCRAM-SHA-256", "SCRAM-SHA-1"), "&authMechanism=SCRAM-SHA-1", "SCRAM-SHA-1"),
+    (("SCRAM-SHA-256", "SCRAM-SHA-1"), "", "SCRAM-SHA-256"),
+])
+def test_mongodb_checker_logs_in_with_the_mechanism_offered_or_asked(scripted_mongod, offered,
+                                                                     url_option, used):
+    server = scripted_mongod(mechanisms=offered)
+    url = f"mongodb://app:{{}}@127.0.0.1:{server.port}/?authSource=admin{url_option}"
+    assert pihace.MongoDB(url.format("mongo-pw"))() is True
+    passed, reason = pihace.MongoDB(url.format("not-it"))()
+    assert passed is False and "Authentication failed. (code 18)" in reason
+    assert [document["mechanism"] for name, document, _ in server.commands
+            if name == "saslStart"] == [used, used]
 
 
 def test_scripted_mongod_answers_a_legacy_op_query_hello(scripted_mongod):
