@@ -1614,10 +1614,18 @@ def _bson_cstring(data, position, end, what):
     return data[position:nul], nul + 1
 
 
+def _bson_text(raw, what):
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"BSON {what} is not UTF-8") from None
+
+
 def bson_decode(data, depth=0):
     """(document, its size) from the start of `data`: ObjectIds as hex strings, dates as
     milliseconds, other rare types as their bytes. ValueError for what is not BSON:
-    cut short, a length that disagrees with the data, a missing NUL, an unknown type."""
+    cut short, a length that disagrees with the data, a missing NUL, an unknown type,
+    text that is not UTF-8."""
     if depth > _BSON_DEPTH:
         raise ValueError("BSON nested too deep")
     data = data if isinstance(data, bytes) else bytes(data)
@@ -1632,7 +1640,7 @@ def bson_decode(data, depth=0):
     while position < end:
         kind = data[position]
         name, position = _bson_cstring(data, position + 1, end, "key")
-        key = name.decode("utf-8", "replace")
+        key = _bson_text(name, "key")
         if kind in fixed:
             raw, position = _bson_take(data, position, struct.calcsize(fixed[kind]), end, key)
             value, = struct.unpack(fixed[kind], raw)
@@ -1642,7 +1650,7 @@ def bson_decode(data, depth=0):
             raw, position = _bson_take(data, position, length, end, f"string {key!r}")
             if length < 1 or raw[-1] != 0:
                 raise ValueError(f"BSON string {key!r} without its NUL")
-            value = raw[:-1].decode("utf-8", "replace")
+            value = _bson_text(raw[:-1], f"string {key!r}")
         elif kind in (0x03, 0x04):
             value, length = bson_decode(data[position:end], depth + 1)
             if kind == 0x04:

@@ -1785,6 +1785,8 @@ def test_bson_decode_of_damaged_documents_raises_only_value_error(document, data
     (bytes.fromhex("0d000000" "07" "6f00" "0102030405" "00"), "past the end"),  # ObjectId of 5
     (bytes.fromhex("0a000000" "0b" "7200" "6162" "00"), "regular expression"),
     (bytes.fromhex("0c000000" "42" "6b00" "00000000" "00"), "unknown BSON type 0x42"),
+    (bytes.fromhex("08000000" "0a" "ff00" "00"), "key is not UTF-8"),
+    (bytes.fromhex("0e000000" "02" "7300" "02000000" "c300" "00"), "string 's' is not UTF-8"),
 ])
 def test_bson_decode_of_cut_short_or_inconsistent_data_is_a_value_error(data, words):
     with pytest.raises(ValueError) as raised:
