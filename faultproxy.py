@@ -395,11 +395,12 @@ class FaultProxy:
 
 class Listener:
     """A loopback server for scripted fakes: serve(connection) runs for each client, in a
-    thread of its own, and may raise OSError or EOFError when the client goes. close() stops
-    accepting, shuts the open connections down and waits (up to 5 s each) for their threads."""
+    thread of its own, and may raise OSError or EOFError when the client goes; over TLS when
+    given a server-side `ssl_context`. close() stops accepting, shuts the open connections
+    down and waits (up to 5 s each) for their threads."""
 
-    def __init__(self, serve):
-        self._serve_one = serve
+    def __init__(self, serve, ssl_context=None):
+        self._serve_one, self._ssl_context = serve, ssl_context
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._lock, self._connections, self._threads = threading.Lock(), [], []
@@ -424,6 +425,8 @@ class Listener:
     def _serve(self, connection):
         with connection:
             try:
+                if self._ssl_context is not None:  # a failed handshake is an OSError
+                    connection = self._ssl_context.wrap_socket(connection, server_side=True)
                 self._serve_one(connection)
             except (OSError, EOFError):
                 pass

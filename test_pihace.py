@@ -19,6 +19,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -1837,7 +1838,7 @@ class ScriptedMongod(Listener):
     SILENT = object()
 
     def __init__(self, user="app", password="mongo-pw", answer=None,
-                 mechanisms=("SCRAM-SHA-256",)):
+                 mechanisms=("SCRAM-SHA-256",), ssl_context=None):
         import hashlib
         import hmac
 
@@ -1854,7 +1855,7 @@ class ScriptedMongod(Listener):
             self.keys[mechanism] = (digest, hashlib.new(digest, client_key).digest(),
                                     hmac.new(salted, b"Server Key", digest).digest())
         self.lock = threading.Lock()  # what it was sent
-        super().__init__(self._converse)
+        super().__init__(self._converse, ssl_context)
 
     @staticmethod
     def _read(connection, size):
@@ -1940,6 +1941,8 @@ class ScriptedMongod(Listener):
             return {"n": len(sequences.get("documents", document.get("documents", []))), "ok": 1.0}
         if name in ("ping", "endSessions"):
             return {"ok": 1.0}
+        if name.lower() == "buildinfo":  # pymongo's server_info()
+            return {"version": "7.0.14", "versionArray": [7, 0, 14, 0], "ok": 1.0}
         return {"ok": 0.0, "errmsg": f"no such command: '{name}'", "code": 59,
                 "codeName": "CommandNotFound"}
 
@@ -2023,6 +2026,26 @@ def test_mongodb_checker_logs_in_with_the_mechanism_offered_or_asked(scripted_mo
     assert passed is False and "Authentication failed. (code 18)" in reason
     assert [document["mechanism"] for name, document, _ in server.commands
             if name == "saslStart"] == [used, used]
+
+
+def test_mongodb_checker_over_tls_logs_in_through_pymongo(scripted_mongod, tmp_path):
+    import trustme  # a test requirement: .ci/setup installs it
+
+    authority, stranger = trustme.CA(), trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    for name, ca in (("ca.pem", authority), ("stranger.pem", stranger)):
+        ca.cert_pem.write_to_path(str(tmp_path / name))
+    server = scripted_mongod(ssl_context=context)
+    url = (f"mongodb://app:{{}}@127.0.0.1:{server.port}/?tls=true&tlsCAFile={tmp_path}/{{}}"
+           "&authSource=admin")
+    assert pihace.MongoDB(url.format("mongo-pw", "ca.pem"), timeout=5)() is True
+    assert {"saslStart", "saslContinue", "buildinfo"} <= set(server.names())
+    passed, reason = pihace.MongoDB(url.format("not-it", "ca.pem"), timeout=5)()
+    assert passed is False and "Authentication failed" in reason and "not-it" not in reason
+    passed, reason = pihace.MongoDB(url.format("mongo-pw", "stranger.pem"), timeout=1)()
+    assert passed is False and "certificate verify failed" in reason, reason
+    assert "mongo-pw" not in reason
 
 
 def test_scripted_mongod_answers_a_legacy_op_query_hello(scripted_mongod):
