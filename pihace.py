@@ -5003,6 +5003,7 @@ class Watcher:
                                multiple=True)
             except (PihaceError, OSError):
                 pass
+            self._unacked = 0
         connection.close(time.monotonic() + min(self.timeout, 5.0))
 
     def stop(self):
