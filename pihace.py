@@ -5245,6 +5245,15 @@ class _Reaper:
                                     if self.deadlines else None)
 
 
+def _request_target(target):
+    """(path, query) of an HTTP request's target: /path?query, or the absolute form
+    http://host/path?query that a proxy sends."""
+    path, _, query = target.partition("?")
+    if "://" in path:
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+    return path, query.partition("#")[0]
+
+
 @functools.lru_cache(maxsize=None)
 def _http_classes():
     """(server class, handler class) on http.server, made on first use."""
@@ -5291,11 +5300,8 @@ def _http_handler_class():
                     self._answer(405, _TEXT_PLAIN, b"method not allowed: use GET or HEAD\n",
                                  [("Allow", "GET, HEAD")])
                     return
-                path, _, query = self.path.partition("?")
-                if "://" in path:  # absolute-form: http://host/path
-                    path = "/" + path.split("://", 1)[1].partition("/")[2]
                 status, content_type, body, headers = health.respond(
-                    path, query.partition("#")[0], self.headers.get("Accept", ""))
+                    *_request_target(self.path), self.headers.get("Accept", ""))
                 self._answer(status, content_type, body, headers)
             except OSError as exc:  # reset, or gone: this connection is over
                 log.debug("HTTP connection from %s ended: %s", self.client_address[0],

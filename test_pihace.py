@@ -6323,6 +6323,16 @@ def raw_exchange(server, data):
             answer += chunk
 
 
+def test_an_absolute_form_request_target_is_routed_by_its_path_and_query(serve):
+    server = serve(pihace.HealthCheck())
+    answer = raw_exchange(server, f"GET http://127.0.0.1:{server.port}/livez?verbose HTTP/1.1"
+                          "\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"[+]ping ok\nlivez check "
+                                                                   b"passed\n"), answer
+    answer = raw_exchange(server, b"GET http://x/nowhere HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 404 "), answer
+
+
 def test_slow_loris_and_garbage_requests_do_not_stop_other_requests(serve):
     hc = pihace.HealthCheck()
     server = serve(hc, request_timeout=1.0)
