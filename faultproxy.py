@@ -1,7 +1,8 @@
-"""A fault-injecting TCP proxy for pihace's tests.
+"""A fault-injecting TCP proxy for pihace's tests, and a Listener for scripted fake servers
+(at the end of this file).
 
 Test-only helper (standard library only); not part of the ``pihace`` module.
-It listens on 127.0.0.1 on a free port and forwards every connection to one
+The proxy listens on 127.0.0.1 on a free port and forwards every connection to one
 target, with a fault that can be switched at any time from any thread::
 
     with FaultProxy("127.0.0.1", node.port) as proxy:
