@@ -4892,6 +4892,7 @@ class Watcher:
 
     def _drop(self):
         connection, self._connection = self._connection, None
+        self._unacked = 0  # what it applied and did not acknowledge comes again
         if connection is not None:
             self._last_node = connection.parameters
             connection.abort()
@@ -4959,7 +4960,6 @@ class Watcher:
         if backoff.failures:
             log.warning("watching again after %d failed attempt(s)", backoff.failures)
         backoff.succeeded()
-        self._unacked = 0
         self._next_tick = time.monotonic() + self.tick + 1.0  # the backlog comes first
         return True
 
