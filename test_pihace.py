@@ -5754,7 +5754,7 @@ def report(status="Available", name="dev", host="h", interval=10, **extra):
 
 def recording_watcher(**kwargs):
     changes = []
-    kwargs.setdefault("clock", Clock())
+    kwargs.setdefault("wall_clock", Clock())
     watcher = pihace.Watcher("amqp://localhost/", on_change=lambda device, old, new, r: changes.append(
         (device["device"], old, new, r is not None)), **kwargs)
     return watcher, changes
@@ -5762,7 +5762,7 @@ def recording_watcher(**kwargs):
 
 def test_each_state_and_each_transition_once():
     watcher, changes = recording_watcher(grace=5, silent_grace=20)
-    clock, ids = watcher.clock, map(str, itertools.count())
+    clock, ids = watcher.wall_clock, map(str, itertools.count())
     for status in ("Available", "Available", "Partially Available", "Unavailable", "Available"):
         assert watcher.apply(report(status), {"message_id": next(ids)}) == "applied"
         clock.now += 1
@@ -5791,11 +5791,11 @@ def test_default_limits_and_a_set_limit_for_silent():
 
 def test_duplicates_are_counted_never_applied_twice_and_older_reports_are_stale():
     watcher, changes = recording_watcher()
-    properties = {"message_id": "m-1", "timestamp": int(watcher.clock.now)}
+    properties = {"message_id": "m-1", "timestamp": int(watcher.wall_clock.now)}
     assert watcher.apply(report(), properties) == "applied"
     assert watcher.apply(report("Unavailable"), properties) == "duplicate"
     assert watcher.apply(report("Unavailable"), {"message_id": "m-0", "timestamp": int(
-        watcher.clock.now) - 60}) == "stale"  # from an outbox: sent before the newest
+        watcher.wall_clock.now) - 60}) == "stale"  # from an outbox: sent before the newest
     assert watcher.devices["dev@h"]["reports"] == 1 and len(changes) == 1
     assert watcher.counts == {"applied": 1, "duplicate": 1, "stale": 1}
 
@@ -5820,7 +5820,7 @@ def test_a_device_is_its_name_and_host_with_fallbacks():
 
 def test_the_age_counts_from_the_reports_timestamp_never_after_its_arrival():
     watcher, _ = recording_watcher()
-    now = watcher.clock.now
+    now = watcher.wall_clock.now
     watcher.apply(report(host="old"), {"timestamp": int(now) - 100})  # waited in the queue
     watcher.apply(report(host="future"), {"timestamp": int(now) + 100})  # a clock ahead
     assert watcher.devices["dev@old"]["last_seen"] == int(now) - 99
@@ -5863,9 +5863,9 @@ def test_the_late_limit_follows_the_interval_of_the_newest_report():
     watcher, changes = recording_watcher(grace=5)
     watcher.apply(report(interval=10), {})
     watcher.apply(report(interval=100), {})
-    watcher.clock.now += 50  # late after 15 s at the first interval, 105 s at the newest
+    watcher.wall_clock.now += 50  # late after 15 s at the first interval, 105 s at the newest
     assert watcher.check_ages() == 0
-    watcher.clock.now += 60
+    watcher.wall_clock.now += 60
     assert watcher.check_ages() == 1 and changes[-1][1:3] == ("up", "late")
 
 
@@ -5928,7 +5928,7 @@ def fleet(*states):
         watcher.apply(body, {})
         if state != "new":
             watcher.apply(body, {})
-    watcher.clock.now += {"late": 16, "silent": 31}.get(states[-1], 0) if states else 0
+    watcher.wall_clock.now += {"late": 16, "silent": 31}.get(states[-1], 0) if states else 0
     if states and states[-1] in ("late", "silent"):
         for index in range(len(states) - 1):  # the others report on time
             watcher.apply(report(statuses.get(states[index], "Available"), name=f"d{index}"), {})

@@ -1,0 +1,387 @@
+"""AMQP wire format: the constants, field types and frames of AMQP 0-9-1 with RabbitMQ's extensions; no I/O."""
+
+from __future__ import annotations
+
+import functools
+import struct
+
+from .errors import RemoteProtocolError
+from .helpers import _text
+
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
+FRAME_END = 0xCE
+FRAME_MIN_SIZE = 4096
+FRAME_OVERHEAD = 8  # type, channel, size and frame-end around every payload
+HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+DEFAULT_FRAME_MAX = 131072  # used until Tune, and when the broker sets no limit
+DEFAULT_CHANNEL_MAX = 2047
+BASIC_CLASS = 60
+
+# The methods pihace sends (>), accepts (<) or both: class id, method id, name, then the
+# arguments as name:type; consecutive bits share an octet (least significant first): a,b:bits.
+_METHOD_TABLE = [
+    "10 10 < Connection.Start version_major:octet version_minor:octet server_properties:table "
+    "mechanisms:longstr locales:longstr",
+    "10 11 > Connection.Start-Ok client_properties:table mechanism:shortstr response:longstr "
+    "locale:shortstr",
+    "10 20 < Connection.Secure challenge:longstr",
+    "10 30 < Connection.Tune channel_max:short frame_max:long heartbeat:short",
+    "10 31 > Connection.Tune-Ok channel_max:short frame_max:long heartbeat:short",
+    "10 40 > Connection.Open virtual_host:shortstr capabilities:shortstr insist:bits",
+    "10 41 < Connection.Open-Ok known_hosts:shortstr",
+    "10 50 <> Connection.Close reply_code:short reply_text:shortstr class_id:short method_id:short",
+    "10 51 <> Connection.Close-Ok",
+    "10 60 < Connection.Blocked reason:shortstr",
+    "10 61 < Connection.Unblocked",
+    "20 10 > Channel.Open out_of_band:shortstr",
+    "20 11 < Channel.Open-Ok channel_id:longstr",
+    "20 20 < Channel.Flow active:bits",
+    "20 21 > Channel.Flow-Ok active:bits",
+    "20 40 <> Channel.Close reply_code:short reply_text:shortstr class_id:short method_id:short",
+    "20 41 <> Channel.Close-Ok",
+    "40 10 > Exchange.Declare ticket:short exchange:shortstr type:shortstr "
+    "passive,durable,auto_delete,internal,nowait:bits arguments:table",
+    "40 11 < Exchange.Declare-Ok",
+    "50 10 > Queue.Declare ticket:short queue:shortstr "
+    "passive,durable,exclusive,auto_delete,nowait:bits arguments:table",
+    "50 11 < Queue.Declare-Ok queue:shortstr message_count:long consumer_count:long",
+    "50 20 > Queue.Bind ticket:short queue:shortstr exchange:shortstr routing_key:shortstr "
+    "nowait:bits arguments:table",
+    "50 21 < Queue.Bind-Ok",
+    "60 10 > Basic.Qos prefetch_size:long prefetch_count:short global:bits",
+    "60 11 < Basic.Qos-Ok",
+    "60 20 > Basic.Consume ticket:short queue:shortstr consumer_tag:shortstr "
+    "no_local,no_ack,exclusive,nowait:bits arguments:table",
+    "60 21 < Basic.Consume-Ok consumer_tag:shortstr",
+    "60 30 <> Basic.Cancel consumer_tag:shortstr nowait:bits",
+    "60 31 <> Basic.Cancel-Ok consumer_tag:shortstr",
+    "60 40 > Basic.Publish ticket:short exchange:shortstr routing_key:shortstr "
+    "mandatory,immediate:bits",
+    "60 50 < Basic.Return reply_code:short reply_text:shortstr exchange:shortstr "
+    "routing_key:shortstr",
+    "60 60 < Basic.Deliver consumer_tag:shortstr delivery_tag:longlong redelivered:bits "
+    "exchange:shortstr routing_key:shortstr",
+    "60 80 <> Basic.Ack delivery_tag:longlong multiple:bits",
+    "60 120 < Basic.Nack delivery_tag:longlong multiple,requeue:bits",
+    "85 10 > Confirm.Select nowait:bits",
+    "85 11 < Confirm.Select-Ok",
+]
+_METHODS = [line.split() for line in _METHOD_TABLE]
+_METHOD_NAMES = {(int(c), int(m)): name for c, m, _, name, *_ in _METHODS}
+_METHOD_IDS = {name: key for key, name in _METHOD_NAMES.items()}
+_METHOD_ARGUMENTS = {name: [(argument.split(",") if kind == "bits" else argument, kind)
+                            for argument, kind in (item.split(":") for item in signature)]
+                     for _, _, _, name, *signature in _METHODS}
+_FROM_BROKER = {name for _, _, way, name, *_ in _METHODS if "<" in way}
+
+# Basic content properties in flag order: bit 15 (content_type) downwards.
+BASIC_PROPERTIES = (
+    ("content_type", "shortstr"), ("content_encoding", "shortstr"), ("headers", "table"),
+    ("delivery_mode", "octet"), ("priority", "octet"), ("correlation_id", "shortstr"),
+    ("reply_to", "shortstr"), ("expiration", "shortstr"), ("message_id", "shortstr"),
+    ("timestamp", "timestamp"), ("type", "shortstr"), ("user_id", "shortstr"),
+    ("app_id", "shortstr"), ("cluster_id", "shortstr"),
+)
+
+
+# ---------------------------------------------------------------------------
+# AMQP wire types
+# ---------------------------------------------------------------------------
+
+_octet, _short, _long, _longlong = (struct.Struct(f">{c}") for c in "BHIQ")
+_INTEGERS = {"octet": _octet, "short": _short, "long": _long, "longlong": _longlong,
+             "timestamp": _longlong}
+# RabbitMQ's field types (its "s" is a signed 16-bit integer, unlike the 0-9-1 text)
+_FIELD_STRUCTS = {tag.encode(): struct.Struct(">" + code) for tag, code in (
+    ("b", "b"), ("B", "B"), ("s", "h"), ("u", "H"), ("I", "i"), ("i", "I"), ("l", "q"),
+    ("L", "Q"), ("T", "Q"), ("f", "f"), ("d", "d"), ("t", "?"))}
+_MAX_TABLE_DEPTH = 16
+
+
+def encode_shortstr(value):
+    data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if len(data) > 255:
+        raise ValueError(f"{_text(value)[:40]!r}... is {len(data)} bytes long; "
+                         "AMQP short strings hold at most 255")
+    return bytes((len(data),)) + data
+
+
+def encode_longstr(value):
+    data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    return _long.pack(len(data)) + data
+
+
+def _encode_field_value(key, value):
+    # Only the types every broker reads: t I l S F V. bool before int: bool is an int.
+    if value is None:
+        return b"V"
+    if isinstance(value, bool):
+        return b"t\x01" if value else b"t\x00"
+    if isinstance(value, int):
+        if -2 ** 31 <= value < 2 ** 31:
+            return b"I" + _FIELD_STRUCTS[b"I"].pack(value)
+        if -2 ** 63 <= value < 2 ** 63:
+            return b"l" + _FIELD_STRUCTS[b"l"].pack(value)
+        raise ValueError(f"table value of {key!r} does not fit in 64 bits: {value}")
+    if isinstance(value, (str, bytes)):
+        return b"S" + encode_longstr(value)
+    if isinstance(value, dict):
+        return b"F" + encode_table(value)
+    raise ValueError(f"table value of {key!r} is a {type(value).__name__}; "
+                     "AMQP tables here hold bool, int, str, bytes, dict or None")
+
+
+def encode_table(table):
+    payload = b"".join(encode_shortstr(str(key)) + _encode_field_value(key, value)
+                       for key, value in (table or {}).items())
+    return _long.pack(len(payload)) + payload
+
+
+_ENCODERS = dict({kind: packer.pack for kind, packer in _INTEGERS.items()},
+                 shortstr=encode_shortstr, longstr=encode_longstr, table=encode_table)
+_EMPTY = {"shortstr": b"", "longstr": b"", "table": None}  # what a missing argument sends
+
+
+def encode_method(name, **values):
+    """A method frame's payload: class id, method id, then the arguments."""
+    class_id, method_id = _METHOD_IDS[name]
+    parts = [_short.pack(class_id), _short.pack(method_id)]
+    for argument, kind in _METHOD_ARGUMENTS[name]:
+        if kind == "bits":  # consecutive bits share one octet, least significant first
+            octet = sum(1 << i for i, bit in enumerate(argument) if values.get(bit))
+            parts.append(bytes((octet,)))
+        else:
+            parts.append(_ENCODERS[kind](values.get(argument) or _EMPTY.get(kind, 0)))
+    return b"".join(parts)
+
+
+class _Reader:
+    """Reads spec types from a payload; any shortfall is a RemoteProtocolError."""
+
+    __slots__ = ("data", "offset")
+
+    def __init__(self, data, offset=0):
+        self.data, self.offset = data, offset
+
+    def take(self, size):
+        end = self.offset + size
+        if end > len(self.data):
+            raise RemoteProtocolError(f"truncated frame: needed {size} more bytes at offset "
+                                      f"{self.offset} of {len(self.data)}")
+        chunk = self.data[self.offset:end]
+        self.offset = end
+        return bytes(chunk)
+
+    def unpack(self, packer):
+        return packer.unpack(self.take(packer.size))[0]
+
+    def shortstr(self):
+        return self.take(self.unpack(_octet)).decode("utf-8", "replace")
+
+    def longstr(self):
+        return self.take(self.unpack(_long))
+
+    def read(self, kind):
+        """A value of a spec type other than bit, e.g. "short" or "table"."""
+        packer = _INTEGERS.get(kind)
+        return self.unpack(packer) if packer else getattr(self, kind)()
+
+    def _items(self, read):
+        """read(reader) for each item in a longstr (a table's or an array's), in order."""
+        reader, items = _Reader(self.longstr()), []
+        while reader.offset < len(reader.data):
+            items.append(read(reader))
+        return items
+
+    def table(self, depth=0):
+        return dict(self._items(lambda reader: (reader.shortstr(), reader.field_value(depth))))
+
+    def field_value(self, depth):
+        if depth > _MAX_TABLE_DEPTH:  # tables and arrays nested in each other
+            raise RemoteProtocolError("field table nested too deeply")
+        tag = self.take(1)
+        if tag in _FIELD_STRUCTS:
+            return self.unpack(_FIELD_STRUCTS[tag])
+        if tag == b"S":
+            return self.longstr().decode("utf-8", "replace")
+        if tag == b"x":
+            return self.longstr()
+        if tag == b"F":
+            return self.table(depth + 1)
+        if tag == b"A":
+            return self._items(lambda reader: reader.field_value(depth + 1))
+        if tag == b"D":
+            scale, value = self.unpack(_octet), self.unpack(_FIELD_STRUCTS[b"I"])
+            return value / 10 ** scale
+        if tag == b"V":
+            return None
+        raise RemoteProtocolError(f"unknown field table tag {tag!r}")
+
+    def arguments(self, arguments):
+        values = {}
+        for name, kind in arguments:
+            if kind == "bits":
+                octet = self.unpack(_octet)
+                values.update((bit, bool(octet >> i & 1)) for i, bit in enumerate(name))
+            else:
+                values[name] = self.read(kind)
+        return values
+
+
+class PropertiesTemplate:
+    """Encodes content properties, the ones that never change only once.
+
+    `fixed` maps property names to values; `varying` names the properties
+    given to encode() for each message (a None value leaves one out).
+    """
+
+    def __init__(self, fixed=None, varying=()):
+        fixed = fixed or {}
+        self.flags, self.head = 0, b""  # the fixed properties before the first varying one
+        self.varying = []  # [name, encoder, flag, the fixed properties after it]
+        for index, (name, kind) in enumerate(BASIC_PROPERTIES):
+            flag = 1 << (15 - index)
+            if name in varying:
+                self.varying.append([name, _ENCODERS[kind], flag, b""])
+            elif fixed.get(name) is not None:
+                self.flags |= flag
+                if self.varying:
+                    self.varying[-1][3] += _ENCODERS[kind](fixed[name])
+                else:
+                    self.head += _ENCODERS[kind](fixed[name])
+
+    def encode(self, **values):
+        flags, parts = self.flags, [self.head]
+        for name, encode, flag, fixed in self.varying:
+            value = values.get(name)
+            if value is not None:
+                flags |= flag
+                parts.append(encode(value))
+            parts.append(fixed)
+        return _short.pack(flags) + b"".join(parts)
+
+
+def encode_properties(properties):
+    """The property flags and values of a content header, from a dict."""
+    return PropertiesTemplate(varying=properties).encode(**properties)
+
+
+_PROPERTY_FLAGS = [(1 << (15 - index), name, _INTEGERS.get(kind, kind))
+                   for index, (name, kind) in enumerate(BASIC_PROPERTIES)]
+_HEADERS_SEEN = {}  # the bytes of a headers table of plain values -> its decoded dict
+
+
+def _headers(reader):
+    """A headers table; those of plain values (say {"status": "Available"}), which come
+    again and again, are decoded once."""
+    data, offset = reader.data, reader.offset
+    end = offset + 4 + (_long.unpack_from(data, offset)[0] if offset + 4 <= len(data) else 0)
+    raw = data[offset:end] if end <= len(data) else None
+    table = _HEADERS_SEEN.get(raw)
+    if table is None:
+        table = reader.table()
+        if raw is not None and len(raw) <= 256 and not any(
+                isinstance(value, (dict, list)) for value in table.values()):
+            if len(_HEADERS_SEEN) >= 256:
+                _HEADERS_SEEN.clear()
+            _HEADERS_SEEN[raw] = dict(table)
+        return table
+    reader.offset = end
+    return dict(table)
+
+
+@functools.lru_cache(maxsize=64)
+def _properties_present(flags):
+    """[(name, kind)] of the properties that property flags say are there, in order."""
+    return [(name, kind) for flag, name, kind in _PROPERTY_FLAGS if flags & flag]
+
+
+def decode_properties(reader):
+    flags = reader.unpack(_short)
+    if flags & 1:
+        raise RemoteProtocolError("content header with continued property flags")
+    properties, data = {}, reader.data
+    for name, kind in _properties_present(flags):
+        offset = reader.offset
+        if kind == "shortstr" and offset < len(data) and offset + data[offset] < len(data):
+            end = offset + 1 + data[offset]  # the common cases, read inline
+            properties[name] = str(data[offset + 1:end], "utf-8", "replace")
+            reader.offset = end
+        elif kind == "table":
+            properties[name] = _headers(reader)
+        elif isinstance(kind, str):
+            properties[name] = reader.read(kind)
+        else:  # an integer's struct
+            properties[name] = reader.unpack(kind)
+    return properties
+
+
+# ---------------------------------------------------------------------------
+# AMQP frames
+# ---------------------------------------------------------------------------
+
+_frame_head = struct.Struct(">BHI")
+_content_head = struct.Struct(">HHQ")
+
+
+def encode_frame(frame_type, channel, payload):
+    return _frame_head.pack(frame_type, channel, len(payload)) + payload + b"\xce"
+
+
+def encode_content(channel, properties, body, frame_max):
+    """The content header frame and body frames of one message.
+
+    `properties` is encoded property bytes (see encode_properties). Body frames
+    hold at most frame_max - 8 bytes; an empty body sends none.
+    """
+    frames = [encode_frame(FRAME_HEADER, channel,
+                           _content_head.pack(BASIC_CLASS, 0, len(body)) + properties)]
+    step = frame_max - FRAME_OVERHEAD
+    for start in range(0, len(body), step):
+        frames.append(encode_frame(FRAME_BODY, channel, body[start:start + step]))
+    return b"".join(frames)
+
+
+class FrameDecoder:
+    """Cuts frames out of a byte stream; next_frame() is None until one is whole."""
+
+    def __init__(self, frame_max=DEFAULT_FRAME_MAX):
+        self.frame_max = frame_max
+        self._buffer = bytearray()
+
+    def feed(self, data):
+        self._buffer += data
+
+    @property
+    def pending(self):
+        return len(self._buffer)
+
+    def next_frame(self):
+        """(type, channel, payload bytes) of the next whole frame, or None."""
+        buffer = self._buffer
+        if len(buffer) < 7:
+            return None
+        frame_type, channel, size = _frame_head.unpack_from(buffer)
+        if frame_type not in (FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT):
+            if buffer[:4] == b"AMQP":  # a protocol header: the server wants another version
+                if len(buffer) < 8:
+                    return None
+                raise RemoteProtocolError(f"the server only speaks AMQP {buffer[5]}.{buffer[6]}."
+                                          f"{buffer[7]} (protocol id {buffer[4]}), not AMQP 0-9-1")
+            if buffer[0] in (0x15, 0x16) and buffer[1] == 3:  # a TLS record: alert, handshake
+                raise RemoteProtocolError("the server speaks TLS on this port: use amqps://")
+            raise RemoteProtocolError(f"unknown frame type {frame_type} "
+                                      f"(bytes {bytes(buffer[:16])!r}): not an AMQP 0-9-1 broker?")
+        if size + FRAME_OVERHEAD > self.frame_max:
+            raise RemoteProtocolError(f"frame of {size + FRAME_OVERHEAD} bytes is larger than "
+                                      f"the frame_max of {self.frame_max}")
+        end = 7 + size
+        if len(buffer) <= end:
+            return None
+        if buffer[end] != FRAME_END:
+            raise RemoteProtocolError(f"frame does not end with 0xCE but {buffer[end]:#04x}")
+        payload = bytes(buffer[7:end])
+        del buffer[:end + 1]
+        return frame_type, channel, payload

@@ -1,0 +1,753 @@
+"""command line: main(argv=None) parses and dispatches; one function per subcommand (check, push,
+serve, watch)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+
+from .header import __version__, log
+from .helpers import _number, _printable, _seconds, describe_error
+from .formats import format_prometheus, mark_optional, required_checks_passed
+from .checks import HealthCheck, format_report, get_utc_timestamp
+from .checkers import Disk, HTTP, TCP
+from .transport import AMQP
+from .pusher import AMQPPusher
+from .watcher import Watcher, _state_counts, _worst_first, fleet_exit_code, format_fleet
+from .server import HealthServer, _PROMETHEUS_TEXT, _TEXT_PLAIN, _http_classes
+from .compat import _loop_interval, load_healthcheck_from_yaml
+
+
+_EXAMPLES = """\
+examples:
+  pihace                      this machine's report as JSON, as `pihace check` prints it
+  pihace check --format str --tcp db=localhost:5432 --http web=http://localhost:8080/health
+  pihace check --no-system --disk data=/var/lib/app:10 --amqp mq=amqp://guest:guest@localhost/
+  PIHACE_AMQP_PASSWORD=secret pihace push --url amqp://app@broker/ --name app \\
+      --component-version 1.2 --interval 60
+
+  pihace serve --listen 0.0.0.0:8000 --tcp db=localhost:5432 --optional db
+
+exit codes: 0 Available (push: confirmed), 1 Partially Available, 2 Unavailable (push: not
+confirmed), 3 usage or internal error; `pihace check --help` lists the formats and the
+Docker mode. Environment: PIHACE_AMQP_URL, PIHACE_AMQP_PASSWORD.
+"""
+_CHECK_EPILOG = """\
+formats (--format):
+  json         the report (the default)
+  str          a few lines for people
+  health+json  application/health+json, draft-inadarei-api-health-check (pass/warn/fail)
+  prometheus   Prometheus text format 0.0.4; --textfile PATH writes it to a file for
+               node_exporter's textfile collector (atomically, without timestamps)
+  nagios       one status line and perfdata, per the Monitoring Plugins guidelines
+
+exit codes (--exit-codes nagios, the default, as Nagios plugins):
+  0 Available (OK), 1 Partially Available (WARNING), 2 Unavailable (CRITICAL),
+  3 usage or internal error (UNKNOWN)
+exit codes with --exit-codes docker (Docker's HEALTHCHECK reserves 2):
+  0 every check not named by --optional passed, 1 otherwise (errors included)
+
+--timeout bounds the whole command, every attempt included: each attempt of each check
+gets 0.9 x SECONDS / (1 + retries), and a check still running then is reported as timed out.
+"""
+_CHECK_OPTIONS = {  # --option: (its value, what makes the check pass)
+    "tcp": ("NAME=HOST:PORT", "a TCP connection opens ([::1]:5672 for IPv6)"),
+    "http": ("NAME=URL", "a GET answers 2xx or 3xx (redirects are not followed)"),
+    "disk": ("NAME=PATH:MIN_FREE_PERCENT", "at least that much space is free"),
+    "amqp": ("NAME=URL", "an AMQP connection opens"),
+}
+
+
+def _checker(kind, spec, http_timeout):
+    """(name, checker) from --tcp/--http/--disk/--amqp NAME=...; ValueError if malformed."""
+    name, _, target = spec.partition("=")
+    if not name or not target or "://" in name:
+        raise ValueError(f"expected {_CHECK_OPTIONS[kind][0]}")
+    if kind == "http":
+        return name, HTTP(target, http_timeout)
+    if kind == "amqp":
+        return name, AMQP(_amqp_urls([target], os.environ.get("PIHACE_AMQP_PASSWORD"))[0])
+    head, _, tail = target.rpartition(":")
+    if not head or not tail.replace(".", "", kind == "disk").isdigit():
+        raise ValueError(f"expected {_CHECK_OPTIONS[kind][0]}, a number after the last ':'")
+    if kind == "disk":
+        return name, Disk(head, float(tail))
+    host = head[1:-1] if head.startswith("[") and head.endswith("]") else head
+    if ":" in head and host == head:
+        raise ValueError("write an IPv6 address in brackets, as in [::1]:5672")
+    return name, TCP(host, int(tail))
+
+
+def _amqp_urls(urls, password):
+    """The URLs of --url or --amqp (else PIHACE_AMQP_URL), with `password` (from
+    PIHACE_AMQP_PASSWORD) percent-encoded into each that has none."""
+    from urllib.parse import quote, urlsplit  # here, not at the top: slow to import
+
+    urls = list(urls or [os.environ.get("PIHACE_AMQP_URL") or ""])
+    if not urls[0]:
+        raise ValueError("push needs --url or PIHACE_AMQP_URL")
+    for index, url in enumerate(urls if password else ()):
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # left as it is: AMQPParameters says what is wrong, masked
+            continue
+        if parts.password is None:
+            user, at, host = parts.netloc.rpartition("@")
+            netloc = f"{user if at else 'guest'}:{quote(password, safe='')}@{host}"
+            urls[index] = parts._replace(netloc=netloc).geturl()
+    return urls
+
+
+def _mask_user_info(text):
+    """`text` with all between its first :// and the last @ after it written ***, so that no
+    piece of a URL's user name or password shows, whatever its shape (spaces, @, quotes) and
+    however many arguments argparse joined into `text`. The full-width and small commercial
+    at count as @: NFKC, which urllib applies to host parts, turns them into one."""
+    start = text.find("://") + 3
+    end = max(text.rfind(at) for at in "@\uff20\ufe6b")
+    return f"{text[:start]}***{text[end:]}" if 3 <= start <= end else text
+
+
+def _parser():
+    """The pihace command's argument parser: an error is one line and exit code 3."""
+    import argparse  # here, not at the top: importing pihace should not pay for it
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line and exit code 3, instead of usage and 2
+            self.exit(3, f"pihace: error: {_printable(_mask_user_info(message))}\n")
+
+    common = Parser(add_help=False)
+    common.add_argument("--name", help="component name in the report")
+    common.add_argument("--component-version", metavar="VERSION")
+    common.add_argument("--system", action="store_true", default=True,
+                        help="include system information (default)")
+    common.add_argument("--no-system", dest="system", action="store_false")
+    for kind, (metavar, passes) in _CHECK_OPTIONS.items():
+        common.add_argument(f"--{kind}", action="append", default=[], metavar=metavar,
+                            help=f"a check that passes when {passes}; repeatable")
+    common.add_argument("--http-timeout", type=float, default=5.0, metavar="SECONDS")
+    common.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="of messages on stderr (default: INFO with --interval, else WARNING)")
+    parser = Parser(prog="pihace", description="Health checks, printed or pushed to an AMQP "
+                    "broker.", epilog=_EXAMPLES, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pihace {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="run what a pihace 1.0.0 config file "
+                        "(YAML with PyYAML, JSON, or TOML) describes, until SIGTERM or Ctrl-C")
+    commands = parser.add_subparsers(dest="command", metavar="{check,push,serve,watch}")
+    probe = Parser(add_help=False)
+    probe.add_argument("--retries", type=int, metavar="N",
+                       help="extra attempts of a check after a failed one (default 2)")
+    probe.add_argument("--optional", action="append", default=[], metavar="NAME",
+                       help="a check whose failure makes the status Partially Available, "
+                       "never Unavailable; repeatable")
+    _check_parser(commands, common, probe)
+    _push_parser(commands, common)
+    _serve_parser(commands, common, probe)
+    _watch_parser(commands, Parser)
+    return parser
+
+
+def _check_parser(commands, common, probe):
+    """pihace check: print the report once."""
+    import argparse  # loaded already by _parser()
+
+    check = commands.add_parser("check", parents=[common, probe], help="print the report "
+                                "(default)", epilog=_CHECK_EPILOG,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    check.add_argument("--format", choices=("json", "str", "health+json", "prometheus", "nagios"),
+                       help="of the output (default json; see below)")
+    check.add_argument("--timeout", type=float, metavar="SECONDS",
+                       help="one deadline for the whole command, all attempts included")
+    check.add_argument("--textfile", metavar="PATH", help="write the report in Prometheus text "
+                       "format to PATH (printed too only with --format)")
+    check.add_argument("--exit-codes", choices=("nagios", "docker"), default="nagios",
+                       help="nagios: 0/1/2/3 (default); docker: 0 or 1 only")
+
+
+def _push_parser(commands, common):
+    """pihace push: publish the report, once or every --interval."""
+    push = commands.add_parser("push", parents=[common], help="publish the report to a queue")
+    push.add_argument("--url", action="append", help="amqp[s]:// URL; repeat for failover")
+    push.add_argument("--queue", default="pihace.healthcheck")
+    push.add_argument("--exchange", default="")
+    push.add_argument("--routing-key", help="default: the queue name")
+    push.add_argument("--interval", type=float, metavar="SECONDS",
+                      help="push every SECONDS until stopped (default: once)")
+    push.add_argument("--buffer-size", type=int, default=1000, metavar="REPORTS")
+    push.add_argument("--spool", metavar="DIR",
+                      help="keep undelivered reports in this folder, so that they survive a "
+                      "restart (delivered first, in order, by the next run)")
+    push.add_argument("--max-connection-age", type=float, metavar="SECONDS",
+                      help="with several --url: replace a connection this old at the next "
+                      "report, at a random node (spreads a fleet again after a node returns)")
+    push.add_argument("--no-declare", dest="declare", action="store_false",
+                      help="publish without declaring the queue or exchange (it exists already, "
+                      "or the user may not configure)")
+    push.add_argument("--queue-arg", action="append", default=[], metavar="KEY=VALUE",
+                      help="an argument of the declared queue, e.g. x-max-length=1000 or "
+                      "x-queue-type=quorum (a whole number is sent as one, true/false as a "
+                      "boolean); repeatable")
+
+
+def _serve_parser(commands, common, probe):
+    """pihace serve: health over HTTP."""
+    serve = commands.add_parser("serve", parents=[common, probe], help="answer /livez, /readyz, "
+                                "/health and /metrics over HTTP")
+    serve.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT",
+                       help="address to listen on (default 127.0.0.1:8000, this machine only; "
+                       "0.0.0.0:8000 or [::]:8000 in a container)")
+    serve.add_argument("--cache-seconds", type=float, default=1.0, metavar="SECONDS",
+                       help="run the checks at most once per SECONDS (default 1)")
+    serve.add_argument("--background", action="store_true",
+                       help="run the checks every --cache-seconds in a thread: requests never "
+                       "wait")
+    serve.add_argument("--partial-ready", action="store_true",
+                       help="/readyz answers 200 when Partially Available too")
+
+
+def _watch_parser(commands, parser_class):
+    watch = commands.add_parser("watch", help="follow the fleet's reports: who is up, late, "
+                                "silent", description="Consume the reports pushers send and "
+                                "keep one state per device.")
+    watch.add_argument("--url", action="append", help="amqp[s]:// URL; repeat for failover")
+    watch.add_argument("--queue", default="pihace.healthcheck",
+                       help="queue to consume (with --exchange: '' for a queue of its own)")
+    watch.add_argument("--exchange", default="", help="bind the queue to this exchange, so "
+                       "that several watchers each see every report")
+    watch.add_argument("--exchange-type", help="declare the exchange (fanout, topic...)")
+    watch.add_argument("--binding-key", default="#", metavar="KEY")
+    watch.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
+                       help="expected interval of reports that do not say theirs (default 60)")
+    watch.add_argument("--grace", type=float, metavar="SECONDS",
+                       help="late after interval + grace (default: half the interval, >= 2 s)")
+    watch.add_argument("--silent-grace", type=float, metavar="SECONDS",
+                       help="silent after interval + this (default: 4 x grace)")
+    watch.add_argument("--silent-after", type=float, metavar="SECONDS",
+                       help="silent after this many seconds without a report, at the latest")
+    watch.add_argument("--once", action="store_true",
+                       help="read what is waiting, print the fleet's state and exit")
+    watch.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                       help="with --once: read for at most this long (default 5)")
+    watch.add_argument("--format", choices=("json", "nagios", "prometheus"), default="json",
+                       help="with --once (default json)")
+    watch.add_argument("--on-change", metavar="COMMAND", help="run COMMAND (split like a "
+                       "shell would, never run by one) on each change, with PIHACE_DEVICE, "
+                       "PIHACE_OLD_STATE, PIHACE_NEW_STATE and PIHACE_REPORT in its environment")
+    watch.add_argument("--hook-timeout", type=float, default=10.0, metavar="SECONDS")
+    watch.add_argument("--listen", metavar="HOST:PORT", help="serve the fleet as Prometheus "
+                       "metrics (/metrics) and JSON (/devices)")
+    watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def _health_check(args):
+    """The HealthCheck that the arguments describe; ValueError names a bad option."""
+    http_timeout = _seconds("--http-timeout", args.http_timeout)
+    hc = HealthCheck(with_system=args.system, name=args.name, version=args.component_version)
+    for kind in _CHECK_OPTIONS:
+        for spec in getattr(args, kind):
+            name = spec.partition("=")[0] if "=" in spec else ""
+            shown = f" {name}" if name and "://" not in name else ""  # never a password
+            try:
+                name, checker = _checker(kind, spec, http_timeout)
+                if name in hc.checkers:
+                    raise ValueError("a second check with this name")
+            except ValueError as exc:
+                raise ValueError(f"--{kind}{shown}: {exc}") from None
+            hc.register(name, checker, **_attempts(args, checker))
+    for name in getattr(args, "optional", ()):
+        if name not in hc.checkers:
+            raise ValueError(f"--optional {_printable(name)}: no check of that name")
+    return hc
+
+
+def _attempts(args, checker):
+    """register()'s timeout and retries for a built-in checker: its own timeout and a second
+    more, --retries (default 2); with --timeout, short enough for every attempt to end in time."""
+    retries = getattr(args, "retries", None)
+    retries = 2 if retries is None else _number("--retries", retries, lambda v: 0 <= v <= 100,
+                                                "an integer from 0 to 100", int)
+    timeout = getattr(checker, "timeout", 4) + 1
+    if args.command == "check" and args.timeout is not None:  # 10% left for the rest
+        timeout = min(timeout, _seconds("--timeout", args.timeout) * 0.9 / (1 + retries))
+    return {"timeout": timeout, "retries": retries}
+
+
+def _check(args, hc):
+    """pihace check: print the report (or write it to --textfile); the exit code says its
+    status."""
+    report = mark_optional(hc.check("dict"), args.optional)
+    if args.textfile:
+        try:
+            _write_textfile(args.textfile, format_prometheus(report))
+        except OSError as exc:
+            print(f"pihace: cannot write {_printable(args.textfile)}: {describe_error(exc)}",
+                  file=sys.stderr)
+            return 1 if args.exit_codes == "docker" else 3
+    if args.format or not args.textfile:
+        print(format_report(report, args.format or "json"))
+    if args.exit_codes == "docker":
+        return 0 if required_checks_passed(report) else 1
+    return {"Available": 0, "Partially Available": 1}.get(report["status"], 2)
+
+
+def _write_textfile(path, text):
+    """Write `text` to `path` through a temporary file in the same folder, renamed over it:
+    a reader (node_exporter) sees the old file or the new one, never a part."""
+    import tempfile  # here, not at the top: only --textfile needs it
+
+    folder, name = os.path.split(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from node_exporter's user
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def _listen_address(text):
+    """(host, port) from --listen HOST:PORT ([::]:8000 for IPv6)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen: expected HOST:PORT such as 0.0.0.0:8000 or [::]:8000, "
+                         f"got {_printable(repr(text))}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError("--listen: write an IPv6 address in brackets, as in [::1]:8000")
+    return host.strip("[]"), int(port)
+
+
+def _serve(args, hc):
+    """pihace serve: answer health requests over HTTP until SIGTERM or Ctrl-C."""
+    import signal  # here, not at the top: only the command line's servers need it
+
+    try:
+        host, port = _listen_address(args.listen)
+        server = HealthServer(hc, host, port, cache_seconds=args.cache_seconds,
+                              background=args.background, partial_ready=args.partial_ready,
+                              optional=args.optional)
+    except ValueError as exc:
+        print(f"pihace: error: {_printable(exc)}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"pihace: cannot listen on {_printable(args.listen)}: {describe_error(exc)}",
+              file=sys.stderr)
+        return 3
+    stopped = threading.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = ([signal.signal(number, lambda *_: stopped.set()) for number in signals]
+                if in_main_thread else [])
+    try:
+        with server:
+            print(f"pihace: serving {server.url} (livez, readyz, health, metrics)",
+                  file=sys.stderr, flush=True)
+            stopped.wait()
+    finally:
+        for number, previous_handler in zip(signals, previous):
+            signal.signal(number, previous_handler)
+    return 0
+
+
+def _exit_code(argv, code):
+    """`code`, or 1 for any failure with --exit-codes docker (Docker reserves 2)."""
+    docker = "--exit-codes=docker" in argv or any(
+        option == "--exit-codes" and value == "docker" for option, value in zip(argv, argv[1:]))
+    return 1 if docker and code not in (0, 1) else code
+
+
+def _pusher(args, hc):
+    """The AMQPPusher that the push arguments describe; ValueError names a bad option."""
+    urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
+    if args.interval is not None:
+        _seconds("--interval", args.interval)
+    queue_arguments = dict(map(_queue_argument, args.queue_arg))
+    try:
+        return AMQPPusher(hc, urls, args.queue, exchange=args.exchange,
+                          routing_key=args.routing_key, buffer_size=args.buffer_size,
+                          declare=args.declare, queue_arguments=queue_arguments,
+                          outbox_path=args.spool, max_connection_age=args.max_connection_age)
+    except OSError as exc:  # the spool folder
+        raise ValueError(f"--spool: {describe_error(exc)}") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc).replace("amqp_url", "--url")) from None
+
+
+def _queue_argument(spec):
+    """(key, value) from --queue-arg KEY=VALUE: a whole number as an int, true/false as a bool."""
+    key, equals, value = spec.partition("=")
+    if not key or not equals:
+        raise ValueError(f"--queue-arg: expected KEY=VALUE, got {_printable(repr(spec))}")
+    if value.lstrip("-").isdigit():
+        return key, int(value)
+    return key, {"true": True, "false": False}.get(value, value)
+
+
+def _push(pusher):
+    """pihace push: one report; exit code 0 when the broker confirmed it, else 2."""
+    with pusher:
+        result = pusher.push()
+        kept = len(pusher.outbox) if pusher.outbox.path else 0
+    if result is not True:
+        print(f"pihace: not delivered: {_printable(result[1])}", file=sys.stderr)
+    if kept:
+        print(f"pihace: {kept} report(s) kept in {pusher.outbox.path} for the next run",
+              file=sys.stderr)
+    return 0 if result is True else 2
+
+
+def _push_until_signalled(pusher, interval):
+    """pihace push --interval: push until SIGTERM or Ctrl-C, then close cleanly."""
+    import signal  # here, not at the top: only the command line's push loop needs it
+
+    def stop(*_):  # SIGTERM or a first Ctrl-C: end the round, then close cleanly
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one interrupts
+        pusher.stop()
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = [signal.signal(number, stop) for number in signals] if in_main_thread else []
+    try:
+        pusher.push_forever_in_loop(interval)
+    finally:
+        for number, previous_handler in zip(signals, previous):
+            signal.signal(number, previous_handler)
+    return 0
+
+
+def _watcher(args):
+    """The Watcher that the watch arguments describe; ValueError names a bad option."""
+    try:
+        urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
+    except ValueError:
+        raise ValueError("watch needs --url or PIHACE_AMQP_URL") from None
+    _seconds("--wait", args.wait)
+    _seconds("--hook-timeout", args.hook_timeout)
+    try:
+        return Watcher(urls, args.queue, exchange=args.exchange,
+                       exchange_type=args.exchange_type, binding_key=args.binding_key,
+                       default_interval=args.interval, grace=args.grace,
+                       silent_grace=args.silent_grace, silent_limit=args.silent_after,
+                       tick=0.5 if args.once else 1.0)
+    except (TypeError, ValueError) as exc:
+        name, space, rest = str(exc).partition(" ")  # "grace must be ...": the option's name
+        options = {"amqp_url": "--url", "default_interval": "--interval", "grace": "--grace",
+                   "silent_limit": "--silent-after", "silent_grace": "--silent-grace",
+                   "queue_name": "--queue"}
+        raise ValueError(options.get(name, name) + space + rest) from None
+
+
+def _watch(parser, args):
+    """pihace watch: --once, or follow the fleet until SIGTERM or Ctrl-C."""
+    try:
+        watcher = _watcher(args)
+        hooks = _Hooks(args.on_change, args.hook_timeout) if args.on_change else None
+        server = _serve_fleet(watcher, args.listen) if args.listen and not args.once else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.once:
+        return _watch_once(watcher, args.wait, args.format)
+    if hooks is not None:
+        watcher.on_change.append(hooks)
+    live = sys.stdout.isatty()
+    if not live:
+        watcher.on_change.append(_print_change)
+    try:
+        return _watch_until_signalled(watcher, _live_table if live else None)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if hooks is not None:
+            hooks.close()
+
+
+def _watch_once(watcher, wait, output):
+    """--once: read what is waiting (at most `wait` seconds), print the fleet, exit 0, 1, 2,
+    or 3 when nothing could be read."""
+    if not watcher.run(duration=wait, idle=0.5):
+        print(f"pihace: could not read the reports: {watcher.last_error or 'timed out'}",
+              file=sys.stderr)
+        return 3
+    devices = watcher.devices
+    print(format_fleet(devices, output), end="" if output == "prometheus" else "\n")
+    return fleet_exit_code(devices)
+
+
+def _watch_until_signalled(watcher, show=None):
+    """Run the watcher in a thread until SIGTERM or Ctrl-C; show(watcher) once a second."""
+    import signal  # here, not at the top: only the command line's loops need it
+
+    thread = threading.Thread(target=watcher.run, name="pihace-watch", daemon=True)
+    signals = (signal.SIGTERM, signal.SIGINT)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = [signal.signal(number, lambda *_: watcher.stop()) for number in signals] \
+        if in_main_thread else []
+    thread.start()
+    try:
+        while thread.is_alive():
+            if show is not None:
+                show(watcher)
+            thread.join(1.0)
+    finally:
+        for number, previous_handler in zip(signals, previous):
+            signal.signal(number, previous_handler)
+        watcher.stop()
+        thread.join(10)
+        if show is not None:
+            sys.stdout.write("\x1b[?25h")  # the cursor back
+            sys.stdout.flush()
+    return 0
+
+
+def _print_change(device, old, new, report):
+    """One line per change, for a pipe or a log: text from outside escaped."""
+    failing = f" failing: {_printable(', '.join(device['failing']))}" if (
+        report is not None and device["failing"]) else ""
+    print(f"{get_utc_timestamp()[:19]}Z {_printable(device['device'])} {old or '-'} -> {new}"
+          f"{failing}", flush=True)
+
+
+def _age(seconds):
+    seconds = int(seconds)
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else \
+        f"{seconds // 3600}h"
+
+
+def fleet_table(devices, width=80, height=24):
+    """The live table's text: a summary line, then one line per device, worst first, each
+    cut to `width` columns; as many devices as fit in `height` lines."""
+    rows = _worst_first(devices)
+    summary = ", ".join(f"{n} {state}" for state, n in _state_counts(devices).items() if n)
+    name_width = min(40, max([6] + [len(_printable(d["device"])) for d in rows]))
+    lines = [f"pihace watch: {len(rows)} devices{': ' if summary else ''}{summary}   "
+             f"{get_utc_timestamp()[:19]}Z",
+             f"{'DEVICE':<{name_width}}  {'STATE':<8}  {'LAST SEEN':<9}  {'AGE':>5}  "
+             f"{'RATE':<7}  FAILING"]
+    room = max(1, height - 3)
+    for device in rows[:room if len(rows) <= room else room - 1]:
+        name = _printable(device["device"])
+        if len(name) > name_width:
+            name = name[:name_width - 1] + "~"
+        seen = time.strftime("%H:%M:%S", time.gmtime(device["last_seen"]))
+        lines.append(f"{name:<{name_width}}  {device['state']:<8}  {seen:<9}  "
+                     f"{_age(device['age']):>5}  {_printable(device['rate'] or '-'):<7}  "
+                     f"{_printable(', '.join(device['failing']))}")
+    if len(rows) > room:
+        lines.append(f"... and {len(rows) - room + 1} more")
+    return "\n".join(line[:width] for line in lines)
+
+
+def _live_table(watcher):
+    """Redraw the table in place: cursor home, the table, clear what is left below."""
+    import shutil  # here, not at the top: slow to import (see the imports)
+
+    size = shutil.get_terminal_size()
+    table = fleet_table(watcher.devices, size.columns, size.lines)
+    sys.stdout.write("\x1b[?25l\x1b[H" + table.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J")
+    sys.stdout.flush()
+
+
+class _Hooks:
+    """--on-change: runs a command per change, with bounded concurrency and a timeout;
+    the watcher only queues (a full queue drops the change, counted and logged)."""
+
+    def __init__(self, command, timeout, workers=4, backlog=1000):
+        import shlex  # here, not at the top: only --on-change needs it
+
+        self.command, self.timeout = shlex.split(command), timeout
+        if not self.command:
+            raise ValueError("--on-change needs a command")
+        self.dropped = 0
+        self._queue = queue.Queue(backlog)
+        self._threads = [threading.Thread(target=self._work, daemon=True, name="pihace-hook")
+                         for _ in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def __call__(self, device, old, new, report):
+        import json  # here, not at the top: slow to import (see the imports)
+
+        env = dict(os.environ, PIHACE_DEVICE=_printable(device["device"]),
+                   PIHACE_NAME=_printable(device["name"]), PIHACE_HOST=_printable(device["host"]),
+                   PIHACE_OLD_STATE=old or "", PIHACE_NEW_STATE=new,
+                   PIHACE_REPORT=json.dumps(report) if report is not None else "")
+        try:
+            self._queue.put_nowait(env)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("--on-change is too slow: dropped %d change(s) so far", self.dropped)
+
+    def _work(self):
+        import subprocess  # here, not at the top: only --on-change needs it
+
+        while True:
+            env = self._queue.get()
+            if env is None:
+                return
+            try:
+                result = subprocess.run(self.command, env=env, timeout=self.timeout,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                if result.returncode:
+                    log.warning("--on-change exited with %d for %s", result.returncode,
+                                env["PIHACE_DEVICE"])
+            except subprocess.TimeoutExpired:
+                log.warning("--on-change ran past %gs for %s: killed", self.timeout,
+                            env["PIHACE_DEVICE"])
+            except OSError as exc:
+                log.warning("--on-change cannot run: %s", describe_error(exc))
+
+    def close(self, timeout=5.0):
+        """Let the queued commands finish (each within its timeout), at most `timeout`
+        seconds more; then stop the workers."""
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class _FleetPages:
+    """What `pihace watch --listen` answers, on the HTTP server's hardened classes (the
+    same limits on slow and malformed requests as HealthServer)."""
+
+    request_timeout = max_wait = 10.0
+
+    def __init__(self, watcher):
+        self.watcher = watcher
+
+    def respond(self, path, query, accept):
+        if path == "/metrics":
+            return (200, _PROMETHEUS_TEXT,
+                    format_fleet(self.watcher.devices, "prometheus").encode(), [])
+        if path in ("/", "/devices"):
+            return 200, "application/json", format_fleet(self.watcher.devices, "json").encode(), []
+        return 404, _TEXT_PLAIN, b"not found: try /metrics or /devices\n", []
+
+
+def _serve_fleet(watcher, listen):
+    """--listen HOST:PORT: /metrics (Prometheus) and /devices (JSON) in a thread."""
+    host, port = _listen_address(listen)
+    try:
+        server = _http_classes()[0]((host, port), _FleetPages(watcher))
+    except OSError as exc:
+        raise ValueError(f"--listen {_printable(listen)}: {describe_error(exc)}") from None
+    threading.Thread(target=server.serve_forever, daemon=True, name="pihace-listen").start()
+    log.warning("serving the fleet on http://%s:%d/metrics and /devices",
+                listen.rpartition(":")[0], server.server_address[1])
+    return server
+
+
+def _run_config(loaded):
+    """pihace --config FILE: start its providers, pushers and storages (each in a thread, as
+    pihace 1.0.0 did) and run until SIGTERM or Ctrl-C; then stop the loops cleanly."""
+    import signal  # here, not at the top: only the command line's loops need it
+
+    config, stop, threads, failed = loaded["config"], threading.Event(), [], []
+
+    def start(target, what, *args, **kwargs):
+        def run():  # a provider that cannot listen, say: one line, and the run ends
+            try:
+                target(*args, **kwargs)
+            except Exception as exc:
+                log.error("%s stopped: %s", what, describe_error(exc))
+                failed.append(what)
+                stop.set()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    for entry, provider in zip(config.get("providers") or [], loaded["providers"]):
+        start(getattr(provider, "serve", None) or provider.start, f"provider {entry['type']}")
+    loops = [(pusher, pusher.push_forever_in_loop, f"pusher {entry['type']}",
+              _loop_interval("pushers", entry))
+             for entry, pusher in zip(config.get("pushers") or [], loaded["pushers"])]
+    loops += [(storage, storage.run_forever_in_loop, f"storage {entry['type']}",
+               _loop_interval("storages", entry))
+              for entry, storage in zip(config.get("storages") or [], loaded["storages"])]
+    for _, loop, what, interval in loops:
+        start(loop, what, interval=interval, stop_event=stop)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGTERM, signal.SIGINT) if in_main_thread else ()
+    previous = [signal.signal(number, lambda *_: stop.set()) for number in signals]
+    try:
+        stop.wait()
+    finally:
+        for number, handler in zip(signals, previous):
+            signal.signal(number, handler)
+        for runner, _, _, _ in loops:
+            runner.stop()
+        for provider in loaded["providers"]:
+            for name in ("shutdown", "stop", "close"):
+                if callable(getattr(provider, name, None)):
+                    threading.Thread(target=getattr(provider, name), daemon=True).start()
+                    break
+        deadline = time.monotonic() + 10  # the pushers' last chance for their outboxes
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return 1 if failed else 0
+
+
+def main(argv=None):
+    """The ``pihace`` command: ``check`` (the default), ``push``, ``serve`` or ``watch``;
+    returns the exit code."""
+    import logging  # here, not at the top: slow to import (see the imports)
+
+    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version") \
+            and argv[0].partition("=")[0] != "--config":
+        argv.insert(0, "check")
+    handler, previous_level = logging.StreamHandler(), log.level
+    handler.setFormatter(logging.Formatter("%(asctime)s pihace %(levelname)s: %(message)s"))
+    try:
+        args = parser.parse_args(argv)
+        if args.config is not None:
+            log.addHandler(handler)
+            log.setLevel("INFO")
+            try:
+                loaded = load_healthcheck_from_yaml(args.config)
+            except (OSError, ValueError) as exc:
+                parser.error(f"--config: {describe_error(exc)}")
+            return _run_config(loaded)
+        looping = args.command == "push" and args.interval is not None
+        log.addHandler(handler)
+        log.setLevel(args.log_level or ("INFO" if looping else "WARNING"))
+        if args.command == "watch":
+            return _watch(parser, args)
+        try:
+            hc = _health_check(args)
+            pusher = _pusher(args, hc) if args.command == "push" else None
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.command == "serve":
+            return _serve(args, hc)
+        if pusher is None:
+            return _check(args, hc)
+        return _push_until_signalled(pusher, args.interval) if looping else _push(pusher)
+    except SystemExit as exc:  # from argparse: --help and --version (0), or an error (3)
+        return _exit_code(argv, exc.code if isinstance(exc.code, int) else 3)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        log.debug("internal error", exc_info=True)
+        print(f"pihace: internal error: {describe_error(exc)}", file=sys.stderr)
+        return _exit_code(argv, 3)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
