@@ -196,6 +196,8 @@ def _text(value):
             value = f"<{type(value).__name__} that cannot be shown>"
     if len(value) > _TEXT_LIMIT:
         value = f"{value[:_TEXT_LIMIT]}... ({len(value) - _TEXT_LIMIT} more characters)"
+    if not value.isascii():  # a lone surrogate (from a hostile server's JSON) cannot be sent
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
 
 
@@ -219,9 +221,19 @@ _CONTROL_ESCAPES = {code: repr(chr(code))[1:-1]
                     for code in itertools.chain(range(32), range(127, 160))}
 
 
+# ... and the characters that reorder the text around them (bidi overrides, isolates and
+# marks: a name could show as another) or cannot be encoded (lone surrogates, which
+# json.loads lets through): escaped too, so that every output can encode what it shows.
+_CONTROL_ESCAPES.update({code: f"\\u{code:04x}" for code in itertools.chain(
+    (0x061C, 0x200E, 0x200F), range(0x202A, 0x202F), range(0x2066, 0x206A),
+    range(0xD800, 0xE000))})
+
+
 def _printable(text):
-    """Text from outside, safe for a terminal or a log line: control characters escaped."""
-    return str(text).translate(_CONTROL_ESCAPES)
+    """Text from outside, safe for a terminal or a log line, and encodable in UTF-8: control
+    and bidi characters and lone surrogates escaped."""
+    text = str(text)
+    return text if text.isascii() and text.isprintable() else text.translate(_CONTROL_ESCAPES)
 
 
 def describe_error(exc, where=None):
@@ -3276,6 +3288,7 @@ class BlockingConnection:
         self._deliveries = collections.deque()  # Delivery events, for deliveries() to collect
         self._blocked_changes = 0  # Blocked and Unblocked not logged yet
         self._blocked_logged = None  # when the last line about them was
+        self._last_received = clock()  # when the broker last sent anything
 
     @property
     def is_open(self):
@@ -3285,6 +3298,16 @@ class BlockingConnection:
     def blocked(self):
         """Why the broker blocks publishing (a resource alarm), or None."""
         return self.protocol.blocked
+
+    @property
+    def heartbeat(self):
+        """The heartbeat period agreed with the broker, in seconds (0 or None: none)."""
+        return self.protocol.heartbeat
+
+    def quiet_for(self):
+        """Seconds since the broker last sent anything (RabbitMQ sends a heartbeat every
+        half period when it has nothing else to send)."""
+        return self.clock() - self._last_received
 
     def channel_is_open(self, channel):
         return self.sock is not None and self.protocol.channel_is_open(channel)
@@ -3424,7 +3447,8 @@ class BlockingConnection:
             data = self.sock.recv(1 << 16)
         except self._would_block:  # TLS: only part of a record has come
             return False
-        self.protocol.receive_data(data, self.clock())
+        self._last_received = self.clock()
+        self.protocol.receive_data(data, self._last_received)
         return True
 
     def _wait(self, writing, timeout):
@@ -3682,13 +3706,13 @@ class Wakeup:
 
 def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
                     connection_name="pihace", ssl_context=None, socket_factory=None,
-                    clock=time.monotonic, interrupt=None):
+                    clock=time.monotonic, interrupt=None, default_heartbeat=60):
     """An open BlockingConnection to the first of `endpoints` (AMQPParameters of the
     nodes of one cluster, tried in order) that answers before the deadline.
 
     Each endpoint gets a fair share of the time left, and at most its URL's
     connection_timeout (else `timeout`): a dead node cannot use it all. The
-    heartbeat is `heartbeat` if given, else the URL's, else 60 s. Over TLS with
+    heartbeat is `heartbeat` if given, else the URL's, else `default_heartbeat`. Over TLS with
     a client certificate and no password, the login is SASL EXTERNAL when the
     broker offers it. `interrupt`: see BlockingConnection. Raises what the last
     endpoint failed with.
@@ -3697,7 +3721,7 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
         protocol = AMQPProtocol(
             parameters.username, parameters.password, parameters.vhost,
             heartbeat=heartbeat if heartbeat is not None else
-            parameters.heartbeat if parameters.heartbeat is not None else 60,
+            parameters.heartbeat if parameters.heartbeat is not None else default_heartbeat,
             frame_max=parameters.frame_max or DEFAULT_FRAME_MAX,
             channel_max=parameters.channel_max or DEFAULT_CHANNEL_MAX,
             client_properties=_client_properties(connection_name),
@@ -3810,6 +3834,7 @@ class _AMQPClient:
     """
 
     _channel = 1  # the one channel each client uses
+    default_heartbeat = 60  # seconds, when neither the caller nor the URL says
 
     def __init__(self, amqp_url, names, *, exchange, exchange_type, queue_arguments, heartbeat,
                  timeout, connection_name, ssl_context, socket_factory):
@@ -3853,7 +3878,8 @@ class _AMQPClient:
             connection = open_connection(
                 order, deadline, timeout=timeout, heartbeat=self.heartbeat,
                 connection_name=self.connection_name, ssl_context=self.ssl_context,
-                socket_factory=self.socket_factory, clock=clock, interrupt=self._interrupt)
+                socket_factory=self.socket_factory, clock=clock, interrupt=self._interrupt,
+                default_heartbeat=self.default_heartbeat)
         except (PihaceError, OSError):
             self.parameters = order[-1]  # what the error is about
             raise
@@ -4638,82 +4664,110 @@ class AMQPPusher(_AMQPClient):
 
 
 # ---------------------------------------------------------------------------
-# watcher: consuming the fleet's reports, one state per device, hooks on changes.
+# watcher: consuming the fleet's reports, one state per device, hooks on changes. Never blames a
+# device for the watcher's own blindness: while it cannot read, states are kept and marked stale.
 # (src/pihace/watcher.py)
 # ---------------------------------------------------------------------------
 
 # The states of a device, worst first (the live table's order).
-DEVICE_STATES = ("silent", "down", "late", "degraded", "new", "up")
+DEVICE_STATES = ("silent", "down", "late", "degraded", "up")
 _STATE_OF_STATUS = {"Available": "up", "Partially Available": "degraded", "Unavailable": "down"}
 _NAME_LIMIT = 200  # characters of a device's name or host that are kept
 _FAILING_LIMIT = 20  # names of failing checks kept per device
+_WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minutes
+_QUEUE_CHECK = 5.0  # seconds between two looks at the queue (passive declare)
+_ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
+
+
+def _report_text(value, limit=_NAME_LIMIT):
+    """Text from a report, made safe once where it enters, so that every output can trust
+    it: a string of at most `limit` characters, control and bidi characters and lone
+    surrogates written as escapes."""
+    text = value if type(value) is str else "" if value is None else _text(value)
+    if not (text.isascii() and text.isprintable()):
+        text = _printable(text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Device:
     """What the watcher knows of one device (a component name on a host).
 
-    `last_seen` is wall-clock time (seconds since 1970) of its newest report:
-    the report's AMQP timestamp, never later than its arrival. `state` is one
-    of DEVICE_STATES; `status` the newest report's.
+    `last_seen` is wall-clock time (seconds since 1970) of its newest report: the
+    report's AMQP timestamp, never later than its arrival (its arrival, when the
+    device's clock is off by more than its grace). `state` is one of DEVICE_STATES,
+    since `since`; `status` the newest report's; `first_seen` when it was first seen.
     """
 
-    __slots__ = ("name", "host", "state", "status", "last_seen", "interval", "late_after",
-                 "reports", "rate", "failing", "due")
+    __slots__ = ("name", "host", "label", "state", "since", "status", "first_seen",
+                 "last_seen", "last_stamp", "judged_from", "interval", "late_after", "reports",
+                 "rate", "failing", "due", "skewed", "ids")
 
-    def __init__(self, name, host):
+    def __init__(self, name, host, now, window):
         self.name, self.host = name, host
+        self.label = None  # its Prometheus labels, made once when first needed
         self.state = self.status = self.rate = None
-        self.last_seen = self.interval = self.late_after = 0.0
-        self.reports, self.failing = 0, ()
+        self.since = self.first_seen = now
+        self.last_seen = self.last_stamp = self.judged_from = now
+        self.interval = self.late_after = 0.0
+        self.reports, self.failing, self.skewed = 0, (), False
         self.due = math.inf  # when its age next changes its state
+        self.ids = collections.deque(maxlen=window)  # its newest message ids: duplicates
 
     @property
     def id(self):
         return f"{self.name}@{self.host}" if self.host else self.name
 
-    def snapshot(self, now):
+    def snapshot(self, now, stale=False):
         return {"device": self.id, "name": self.name, "host": self.host, "state": self.state,
-                "status": self.status, "last_seen": self.last_seen,
-                "age": max(0.0, now - self.last_seen), "interval": self.interval,
-                "reports": self.reports, "rate": self.rate, "failing": list(self.failing)}
-
-
-def _bounded_text(value, limit=_NAME_LIMIT):
-    """A name from a report: text, at most `limit` characters (escaped only when shown)."""
-    text = value if isinstance(value, str) else "" if value is None else _text(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-_ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
+                "since": self.since, "status": self.status, "first_seen": self.first_seen,
+                "last_seen": self.last_seen, "age": max(0.0, now - self.last_seen),
+                "interval": self.interval, "reports": self.reports, "rate": self.rate,
+                "failing": list(self.failing), "stale": stale}
 
 
 class Watcher(_AMQPClient):
     """Consumes the fleet's health reports and keeps one state per device.
 
     A device is a component name on a host (a report without a name falls
-    back to the AMQP app_id, then user_id). Its state is `new` on its first
-    report, then `up`, `degraded` or `down` as its newest report's status
-    says; `late` when no report came for interval + grace seconds, `silent`
-    after interval + silent_grace (or silent_limit, if sooner). The interval
-    is the report's own `interval` key (pushers in a loop send it), else
-    `default_interval`. Each change calls every on_change(device, old_state,
-    new_state, report) once (device: a dict; report: None for late and silent).
+    back to the AMQP app_id, then user_id). Its state follows its newest
+    report's status at once (`up`, `degraded` or `down`, from its first
+    report on); `late` when no report came for interval + grace seconds,
+    `silent` after interval + silent_grace (or silent_limit, if sooner). The
+    interval is the report's own `interval` key (pushers in a loop send it),
+    else `default_interval`. Each change calls every on_change(device,
+    old_state, new_state, report) once (device: a dict; report: None for late
+    and silent); a device's first report calls them (with old_state None) only
+    with `announce_first`.
+
+    The watcher never blames a device for its own blindness: while it is not
+    connected, or the broker has sent nothing for a heartbeat, devices keep
+    their states, marked stale, and the time it could not see does not count
+    against them. A report sent live (not one that waited in the queue before
+    the watcher connected) whose timestamp is off from its arrival by more than
+    the device's grace (a wrong clock) counts from its arrival.
 
     Delivery is at-least-once: a report is acknowledged only after it has been
-    applied; one whose message_id was seen already is counted as a duplicate
-    and not applied again. A report that is not JSON, not a pihace report, or
-    larger than max_report_size bytes is counted, logged (once per producer)
-    and acknowledged, so it cannot come back. After any loss the watcher
-    reconnects with exponential backoff and jitter, trying each URL in turn.
+    applied; one that repeats one of the last `dedup_window` message ids of the
+    same device is counted as a duplicate and not applied again (a message can
+    make no other device's report a duplicate). A report that is not JSON, not a pihace
+    report, or larger than max_report_size bytes is counted, logged (once per
+    producer) and acknowledged, so it cannot come back. At most max_devices
+    are kept (a report of one more is refused, counted and logged); with
+    `forget_after`, a device silent that long is forgotten. After any loss
+    the watcher reconnects with exponential backoff and jitter, trying each
+    URL in turn.
     """
+
+    default_heartbeat = _WATCH_HEARTBEAT
 
     def __init__(self, amqp_url="amqp://guest:guest@localhost:5672/",
                  queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
                  binding_key="#", declare=True, queue_arguments=None, prefetch=100,
                  default_interval=60.0, grace=None, silent_grace=None, silent_limit=None,
-                 on_change=None, tick=1.0, max_report_size=1 << 20, dedup_window=100000,
-                 heartbeat=None, timeout=10.0, connection_name="pihace watch",
-                 ssl_context=None, socket_factory=None, wall_clock=time.time):
+                 on_change=None, announce_first=False, tick=1.0, max_report_size=1 << 20,
+                 dedup_window=32, max_devices=100000, forget_after=None, heartbeat=None,
+                 timeout=10.0, connection_name="pihace watch", ssl_context=None,
+                 socket_factory=None, wall_clock=time.time):
         super().__init__(
             amqp_url, {"queue_name": queue_name, "binding_key": binding_key},
             exchange=exchange, exchange_type=exchange_type, queue_arguments=queue_arguments,
@@ -4726,27 +4780,31 @@ class Watcher(_AMQPClient):
                 int)
         _number("max_report_size", max_report_size, lambda v: v >= 1, "an integer >= 1", int)
         _number("dedup_window", dedup_window, lambda v: v >= 0, "an integer >= 0", int)
+        _number("max_devices", max_devices, lambda v: v >= 1, "an integer >= 1", int)
         self.default_interval = _seconds("default_interval", default_interval)
         self.grace = None if grace is None else _seconds("grace", grace)
         self.silent_grace = None if silent_grace is None else _seconds("silent_grace",
                                                                        silent_grace)
         self.silent_limit = None if silent_limit is None else _seconds("silent_limit",
                                                                        silent_limit)
+        self.forget_after = None if forget_after is None else _seconds("forget_after",
+                                                                       forget_after)
         self.tick = _seconds("tick", tick)
         callbacks = on_change if isinstance(on_change, (list, tuple)) else [on_change]
         if not all(callable(callback) for callback in callbacks if callback is not None):
             raise TypeError("on_change must be a callable or a list of callables")
         self.on_change = [callback for callback in callbacks if callback is not None]
+        self.announce_first = bool(announce_first)
         self.queue_name, self.binding_key, self.declare = queue_name, binding_key, declare
         self.prefetch, self.max_report_size = prefetch, max_report_size
+        self.max_devices, self.dedup_window = max_devices, dedup_window
         self._ack_every = max(1, prefetch // 2) if prefetch else 50
         self.wall_clock = wall_clock  # seconds since 1970: reports' timestamps are on it
-        self.counts = collections.Counter()  # applied, duplicate, invalid, stale
+        # applied, duplicate, invalid, stale, refused, skewed, forgotten
+        self.counts = collections.Counter()
         self.last_error = None  # why it could not read, the last time it could not
         self._devices = {}  # (name, host) -> Device
         self._lock = threading.Lock()  # the devices, for snapshots from other threads
-        self._seen, self._seen_order = set(), collections.deque()
-        self._dedup_window = dedup_window
         self._garbage_from = set()  # producers whose bad reports were logged already
         import json.scanner  # here, not at the top: slow to import (see the imports)
 
@@ -4754,7 +4812,17 @@ class Watcher(_AMQPClient):
         self._json_loads, self._scan_json = json.loads, json.scanner.make_scanner(
             json.JSONDecoder())
         self._unacked, self._last_tag = 0, None  # applied, not acknowledged yet (acks batch)
-        self._next_tick = -math.inf
+        # Reports that waited in the queue when it connected: their timestamps are believed
+        # as they are (sent long ago); a report sent live and stamped far from now is a clock off.
+        self._backlog = 0
+        self._next_tick = self._next_queue_check = -math.inf
+        self._queue = None  # the name of the queue it consumes, once it does
+        self._consumers = 1  # on that queue, at the last look
+        # Its sight: None while it sees (or is fed by hand), else since when it is blind and why.
+        self._blind_since, self._blind_why = None, None
+        self._connected_since = None  # wall-clock time it (re)gained sight, once it did
+        self._last_message = None  # wall-clock time of the newest delivery
+        self._delivered_since_check = self._checked_before = self._stuck = False
 
     def __repr__(self):
         return f"<Watcher {self.parameters.safe_url} queue={self.queue_name!r}>"
@@ -4763,11 +4831,25 @@ class Watcher(_AMQPClient):
 
     @property
     def devices(self):
-        """A snapshot: {device id: dict of name, host, state, status, last_seen, age,
-        interval, reports, rate, failing}."""
-        now = self.wall_clock()
+        """A snapshot: {device id: dict of name, host, state, since, status, first_seen,
+        last_seen, age, interval, reports, rate, failing, stale}; `stale` is true while the
+        watcher cannot see (its states are then as last seen)."""
+        now, stale = self.wall_clock(), self._blind_since is not None
         with self._lock:
-            return {device.id: device.snapshot(now) for device in self._devices.values()}
+            return {device.id: device.snapshot(now, stale) for device in self._devices.values()}
+
+    @property
+    def status(self):
+        """The watcher's own health: {"connected", "since" (when it gained or lost sight),
+        "reason" (why it cannot see, or None), "last_message" (wall-clock time of the newest
+        delivery, or None), "consumers" (on its queue, at the last look), "devices",
+        "counts"}."""
+        blind = self._blind_since is not None
+        return {"connected": not blind,
+                "since": self._blind_since if blind else self._connected_since,
+                "reason": self._blind_why if blind else None,
+                "last_message": self._last_message, "consumers": self._consumers,
+                "devices": len(self._devices), "counts": dict(self.counts)}
 
     def _limits(self, interval):
         """(late, silent): the seconds without a report after which a device is each."""
@@ -4781,32 +4863,23 @@ class Watcher(_AMQPClient):
 
     def apply(self, body, properties=None, now=None):
         """Apply one report (bytes, as it came) to its device: "applied", "duplicate",
-        "invalid" (counted and logged) or "stale" (older than the device's newest).
-        `properties` are its AMQP properties (message_id, timestamp, app_id, ...)."""
+        "invalid" (counted and logged), "stale" (older than the device's newest) or
+        "refused" (a new device beyond max_devices). `properties` are its AMQP properties
+        (message_id, timestamp, app_id, ...). Never raises for what a report holds."""
         # The watcher's hot path (bench_watch.py times it with 50,000 devices): few calls,
         # and the usual case first.
         properties = properties or {}
-        message_id = properties.get("message_id")
-        if message_id is not None:
-            if message_id in self._seen:
-                self.counts["duplicate"] += 1
-                return "duplicate"
-            if self._dedup_window:  # remember it, and forget the oldest beyond the window
-                self._seen.add(message_id)
-                self._seen_order.append(message_id)
-                if len(self._seen_order) > self._dedup_window:
-                    self._seen.discard(self._seen_order.popleft())
         report = self._parse(body, properties)
         if report is None:
             self.counts["invalid"] += 1
             return "invalid"
-        change = self._update(report, properties, self.wall_clock() if now is None else now)
-        if change is None:
-            self.counts["stale"] += 1
-            return "stale"
+        outcome = self._update(report, properties, self.wall_clock() if now is None else now)
+        if type(outcome) is str:
+            self.counts[outcome] += 1
+            return outcome
         self.counts["applied"] += 1
-        if change is not True and self.on_change:
-            self._fire(*change)
+        if outcome is not None and self.on_change:
+            self._fire(*outcome)
         return "applied"
 
     def _parse(self, body, properties):
@@ -4826,75 +4899,129 @@ class Watcher(_AMQPClient):
                     raise ValueError("extra data")
             except (ValueError, StopIteration, TypeError):  # no JSON value at 0; a str body
                 report = self._json_loads(body)
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
             return self._garbage(properties, body, "not JSON")
-        if type(report) is not dict or report.get("status") not in _STATE_OF_STATUS:
+        if type(report) is not dict or type(report.get("status")) is not str or \
+                report["status"] not in _STATE_OF_STATUS:
             return self._garbage(properties, body, "not a pihace report (no valid status)")
         return report
 
     def _garbage(self, properties, body, why):
-        size = properties.get("body_size", len(body) if body is not None else 0)
-        producer = _bounded_text(properties.get("app_id") or properties.get("user_id") or "?", 60)
+        size = properties.get("body_size", len(body) if isinstance(body, (bytes, str)) else 0)
+        producer = _report_text(properties.get("app_id") or properties.get("user_id") or "?",
+                                60)
         if producer not in self._garbage_from and len(self._garbage_from) < 1000:
             self._garbage_from.add(producer)
-            log.warning("ignored a message of %d bytes from %s: %s (logged once per producer)",
-                        size, _printable(repr(producer)), why)
+            log.warning("ignored a message of %d bytes from '%s': %s (logged once per "
+                        "producer)", size, producer, why)
         return None
 
     def _update(self, report, properties, now):
-        """Apply a parsed report to its device: None when it is stale (older than the
-        device's newest), True when the device's state stays, else the change to announce."""
+        """Apply a parsed report to its device: "stale", "duplicate" or "refused" when it
+        is not applied; else None when no callback is owed, or the change to announce."""
         component = report.get("component")
         name = (component.get("name") if type(component) is dict else None) or properties.get(
             "app_id") or properties.get("user_id") or "unknown"
-        if type(name) is not str or len(name) > _NAME_LIMIT:
-            name = _bounded_text(name)
+        if type(name) is not str or len(name) > _NAME_LIMIT or not name.isascii() or \
+                not name.isprintable():
+            name = _report_text(name)
         host = report.get("host") or ""
-        if type(host) is not str or len(host) > _NAME_LIMIT:
-            host = _bounded_text(host)
+        if type(host) is not str or len(host) > _NAME_LIMIT or not host.isascii() or \
+                not host.isprintable():
+            host = _report_text(host)
         interval = report.get("interval")
         if type(interval) not in (float, int) or not 0 < interval < 1e6:  # bool, NaN, text...
             interval = self.default_interval
-        stamp = properties.get("timestamp")
-        seen = min(now, stamp + 1.0) if type(stamp) is int and stamp > 0 else now
-        status, rate, failure = report["status"], report.get("rate"), report.get("failure")
+        stamp = properties.get("timestamp")  # whole seconds: the report left within 1 s after
+        stamp = stamp + 1.0 if type(stamp) is int and stamp > 0 else now
+        message_id = properties.get("message_id")
+        if type(message_id) is not str:
+            message_id = None if type(message_id) not in (bytes, int) else message_id
         with self._lock:
             device = self._devices.get((name, host))
-            if device is None:
-                device = self._devices[(name, host)] = Device(name, host)
-            elif seen < device.last_seen:
-                return None  # an older report that came late (an outbox, say)
-            device.status, device.last_seen = status, seen
-            device.reports += 1
-            device.rate = (rate if type(rate) is str and len(rate) <= 20 else
-                           _bounded_text(rate, 20)) if rate else None
-            device.failing = tuple(_bounded_text(key) for key in itertools.islice(
-                failure, _FAILING_LIMIT)) if type(failure) is dict and failure else ()
+            first = device is None
+            if first:
+                if len(self._devices) >= self.max_devices:
+                    return self._refuse(name, host)
+                device = self._devices[(name, host)] = Device(name, host, now, self.dedup_window)
+            elif message_id is not None and message_id in device.ids:
+                return "duplicate"
+            elif stamp < device.last_stamp:
+                return "stale"  # an older report that came late (an outbox, say)
+            stamp = min(stamp, now)
             if interval != device.interval:  # the limits follow it; grace and the rest are fixed
                 device.interval, device.late_after = float(interval), self._limits(interval)[0]
+            seen = stamp
+            if not self._backlog and abs(now - stamp) > device.late_after - device.interval + 1:
+                seen = now  # sent just now, yet stamped far from now: a clock that is off
+                self._skewed(device, now - stamp)
+            if message_id is not None:
+                device.ids.append(message_id)
+            device.status, device.last_stamp = report["status"], stamp
+            device.last_seen = device.judged_from = seen
+            device.reports += 1
+            rate, failure = report.get("rate"), report.get("failure")
+            device.rate = (rate if type(rate) is str and len(rate) <= 20 and rate.isascii()
+                           and rate.isprintable() else _report_text(rate, 20)) if rate else None
+            device.failing = tuple(_report_text(key) for key in itertools.islice(
+                failure, _FAILING_LIMIT)) if type(failure) is dict and failure else ()
             device.due = seen + device.late_after
-            old = device.state
-            new = "new" if old is None else _STATE_OF_STATUS[status]
+            old, new = device.state, _STATE_OF_STATUS[device.status]
             if new == old:
-                return True
-            device.state = new
+                return None
+            device.state, device.since = new, now
+            if first and not self.announce_first:
+                return None
             return device, old, new, report, now
 
+    def _refuse(self, name, host):
+        """A report of one device more than max_devices: counted; logged at the first, then
+        at every 1000th."""
+        refused = self.counts["refused"] + 1
+        if refused == 1 or refused % 1000 == 0:
+            log.warning("refused a report of a new device %r on %r: already %d devices "
+                        "(max_devices); %d refused so far", name, host, self.max_devices, refused)
+        return "refused"
+
+    def _skewed(self, device, behind):
+        """A live report whose timestamp is far from its arrival: counted, logged once per
+        device."""
+        self.counts["skewed"] += 1
+        if not device.skewed:
+            device.skewed = True
+            log.warning("device %r: its reports' timestamps are %.0fs %s their arrival (a clock "
+                        "off?); their arrival times are used instead", device.id, abs(behind),
+                        "behind" if behind > 0 else "ahead of")
+
     def check_ages(self, now=None):
-        """Turn devices late or silent whose reports stopped; the changes, announced."""
+        """Turn devices late or silent whose reports stopped, and forget those silent for
+        forget_after; the changes, announced. Nothing changes while the watcher is blind."""
+        if self._blind_since is not None:
+            return 0
         now = self.wall_clock() if now is None else now
-        changes = []
+        changes, forgotten = [], []
         with self._lock:
-            for device in self._devices.values():
+            for key, device in self._devices.items():
                 if device.due > now:
                     continue
                 late, silent = self._limits(device.interval)
-                age = now - device.last_seen
+                age = now - device.judged_from
+                if self.forget_after is not None and age > max(silent, self.forget_after):
+                    forgotten.append(key)
+                    continue
                 new = "silent" if age > silent else "late"
-                device.due = math.inf if new == "silent" else device.last_seen + silent
+                device.due = (device.judged_from + silent if new == "late" else
+                              math.inf if self.forget_after is None else
+                              device.judged_from + max(silent, self.forget_after))
                 if new != device.state:
                     changes.append((device, device.state, new, None, now))
-                    device.state = new
+                    device.state, device.since = new, now
+            for key in forgotten:
+                del self._devices[key]
+        if forgotten:
+            self.counts["forgotten"] += len(forgotten)
+            log.info("forgot %d device(s) silent for more than %gs", len(forgotten),
+                     self.forget_after)
         for change in changes:
             self._fire(*change)
         return len(changes)
@@ -4913,6 +5040,33 @@ class Watcher(_AMQPClient):
         if delivery.body is None:
             properties = dict(properties, body_size=delivery.body_size)
         self.apply(delivery.body, properties)
+        if self._backlog:
+            self._backlog -= 1
+
+    # -- its sight ----------------------------------------------------------------
+
+    def _lose_sight(self, why, expected=False):
+        """From now on it cannot see: states are kept, marked stale, and aged no more.
+        Logged as a warning unless `expected` (before the first connection, after a stop)."""
+        if self._blind_since is None:
+            self._blind_since = self.wall_clock()
+            (log.info if expected else log.warning)("the fleet's view is stale: %s", why)
+        self._blind_why = why
+
+    def _regain_sight(self):
+        """It sees again: the time it was blind does not count against any device."""
+        if self._blind_since is None:
+            return
+        now = self.wall_clock()
+        blind_from, self._blind_since, self._blind_why = self._blind_since, None, None
+        self._connected_since = now
+        with self._lock:
+            for device in self._devices.values():
+                if device.judged_from < now:
+                    shift = now - max(blind_from, device.judged_from)
+                    device.judged_from += shift
+                    device.due += shift
+        log.info("watching again: the view is current (blind for %.0fs)", now - blind_from)
 
     # -- the connection ---------------------------------------------------------
 
@@ -4929,14 +5083,40 @@ class Watcher(_AMQPClient):
             if self.exchange:
                 connection.call(channel, "Queue.Bind", deadline, queue=queue,
                                 exchange=self.exchange, routing_key=self.binding_key)
+        self._queue = queue
+        self._backlog = self._look_at_queue(connection, deadline)
         connection.consume(channel, queue, deadline, prefetch=self.prefetch,
                            max_body_size=self.max_report_size)
         log.info("watching queue %s on %s", _printable(repr(queue)), self.parameters.safe_url)
         return connection
 
+    def _look_at_queue(self, connection, deadline):
+        """A passive declare of its queue: a ChannelClosed (404) when the queue is gone, even
+        if the broker sent no cancel; a warning when another consumer shares it (each would
+        see only part of the reports); blind when reports wait there but none comes. The
+        number of reports waiting."""
+        reply = connection.call(self._channel, "Queue.Declare", deadline, queue=self._queue,
+                                passive=True)
+        waiting = reply.args["message_count"]
+        others = reply.args["consumer_count"] - (1 if self._checked_before else 0)
+        if others > 0 and others + 1 != self._consumers:
+            log.warning("%d other consumer(s) share the queue %s: each of them takes reports "
+                        "this watcher will not see (give each watcher a queue of its own, bound "
+                        "to the reports' exchange)", others, _printable(repr(self._queue)))
+        self._consumers = max(1, others + 1)
+        self._stuck = bool(waiting and self._checked_before and not self._delivered_since_check
+                           and not self._unacked)
+        if self._stuck:
+            self._lose_sight(f"{waiting} report(s) wait in the queue but none comes to this "
+                             "watcher")
+        self._checked_before, self._delivered_since_check = True, False
+        self._next_queue_check = time.monotonic() + _QUEUE_CHECK
+        return waiting
+
     def _drop(self):
         connection, self._connection = self._connection, None
         self._unacked = 0  # what it applied and did not acknowledge comes again
+        self._next_queue_check, self._checked_before, self._stuck = -math.inf, False, False
         if connection is not None:
             connection.abort()
 
@@ -4945,12 +5125,15 @@ class Watcher(_AMQPClient):
     def run(self, stop_event=None, *, duration=None, idle=None):
         """Consume and apply reports until stop(), stop_event or Ctrl-C; or for at most
         `duration` seconds; or, given `idle`, until no report came for `idle` seconds
-        (what --once uses to read what is waiting). Returns True when it consumed."""
+        (what --once uses to read what is waiting). Returns True when it could read the
+        queue (it connected and consumed) at least once. An error that is not the
+        broker's or the network's is a bug: it ends run() and is raised."""
         monotonic = time.monotonic
         ends = math.inf if duration is None else monotonic() + _seconds("duration", duration)
         consumed, quiet_since = False, None
         backoff = Backoff(spread=1.0)
         self._wakeup = self._interrupt = Wakeup()
+        self._lose_sight("not connected yet", expected=True)
         try:
             while not self._stopped(stop_event) and monotonic() < ends:
                 if self._connection is None:
@@ -4969,6 +5152,7 @@ class Watcher(_AMQPClient):
                     self.last_error = describe_error(exc, self.parameters.safe_url)
                     log.warning("connection lost, opening a new one: %s", self.last_error)
                     self._drop()
+                    self._lose_sight(f"connection lost: {self.last_error}")
                     self._wakeup.wait(backoff.failed())
                     continue
                 self._tick()
@@ -4980,12 +5164,14 @@ class Watcher(_AMQPClient):
             log.info("interrupted: stopping")
         finally:
             self._wakeup.clear()  # a stop() already acted on must not cut the close short
+            if self._blind_since is None:
+                self.check_ages()  # what it could see until the end
             self._close()
+            self._lose_sight("stopped", expected=True)
             wakeup, self._wakeup = self._wakeup, None
             self._interrupt = None
             wakeup.close()
             self._stop_requested = False
-        self.check_ages()
         return consumed
 
     def _open(self, backoff, ends):
@@ -4997,6 +5183,7 @@ class Watcher(_AMQPClient):
         except (PihaceError, OSError) as exc:
             self._drop()
             reason = self.last_error = describe_error(exc, self.parameters.safe_url)
+            self._lose_sight(f"cannot connect: {reason}")
             if not backoff.failures:
                 log.warning("cannot watch: %s; trying again", reason)
             self._wakeup.wait(min(backoff.failed(), max(0.0, ends - time.monotonic())))
@@ -5004,6 +5191,7 @@ class Watcher(_AMQPClient):
         if backoff.failures:
             log.warning("watching again after %d failed attempt(s)", backoff.failures)
         backoff.succeeded()
+        self._regain_sight()
         self._next_tick = time.monotonic() + self.tick + 1.0  # the backlog comes first
         return True
 
@@ -5011,7 +5199,8 @@ class Watcher(_AMQPClient):
         """Apply the reports that come within `wait` seconds: True when some came.
 
         Each is acknowledged once applied (at-least-once): one Ack (multiple) for each
-        half of the prefetch, and one for what came before a pause."""
+        half of the prefetch, and one for what came before a pause. A broker silent for
+        more than a heartbeat makes the view stale until it speaks again."""
         connection, monotonic = self._connection, time.monotonic
         deliveries = connection.deliveries(wait, monotonic() + self.timeout)
         for delivery in deliveries:
@@ -5023,15 +5212,28 @@ class Watcher(_AMQPClient):
                 self._unacked = 0
         if deliveries:
             self._last_tag = deliveries[-1].delivery_tag
+            self._last_message = self.wall_clock()
+            self._delivered_since_check = True
         elif self._unacked:
             connection.ack(self._channel, self._last_tag, monotonic() + self.timeout,
                            multiple=True)
             self._unacked = 0
+        if deliveries:
+            self._stuck = False
+        heartbeat = connection.heartbeat
+        if heartbeat and connection.quiet_for() > heartbeat:
+            self._lose_sight(f"the broker sent nothing for {connection.quiet_for():.0f}s "
+                             f"(heartbeat {heartbeat}s)")
+            return bool(deliveries)
+        if monotonic() >= self._next_queue_check:
+            self._look_at_queue(connection, monotonic() + self.timeout)
+        if self._blind_since is not None and not self._stuck:
+            self._regain_sight()
         return bool(deliveries)
 
     def _tick(self):
-        """Look at the devices' ages once per tick (not while it cannot read: a watcher
-        that lost its broker cannot tell a silent device from its own blindness)."""
+        """Look at the devices' ages once per tick (check_ages does nothing while the
+        watcher is blind: it cannot tell a silent device from its own blindness)."""
         now = time.monotonic()
         if now >= self._next_tick:
             self._next_tick = now + self.tick
@@ -5049,82 +5251,6 @@ class Watcher(_AMQPClient):
                 pass
             self._unacked = 0
         connection.close(time.monotonic() + min(self.timeout, 5.0))
-
-
-
-# -- the fleet's state, as text -------------------------------------------------
-
-def _health(device):
-    """A device's state, with a new one's taken from its report: up, degraded, down..."""
-    state = device["state"]
-    return _STATE_OF_STATUS.get(device["status"], "up") if state == "new" else state
-
-
-def fleet_exit_code(devices):
-    """0 when every device is up (a new one by its report), 1 when some are degraded or
-    late, 2 when some are down or silent: Nagios' OK, WARNING, CRITICAL."""
-    return max([{"down": 2, "silent": 2, "degraded": 1, "late": 1}.get(_health(device), 0)
-                for device in devices.values()], default=0)
-
-
-def _worst_first(devices):
-    rank = {state: index for index, state in enumerate(DEVICE_STATES)}
-    return sorted(devices.values(), key=lambda d: (rank.get(d["state"], 0), -d["age"],
-                                                   d["device"]))
-
-
-def _state_counts(devices):
-    counts = dict.fromkeys(DEVICE_STATES, 0)
-    for device in devices.values():
-        counts[device["state"]] = counts.get(device["state"], 0) + 1
-    return counts
-
-
-def _prometheus_label(value):
-    """A label value: backslash, quote and newline escaped, other control characters
-    replaced (the text format has no escape for them)."""
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return text.translate({code: "\ufffd" for code in _CONTROL_ESCAPES if code != 10})
-
-
-def format_fleet(devices, output="json"):
-    """The fleet (Watcher.devices) as "json", "nagios" (status line, perfdata, then one
-    line per device not up) or "prometheus" (the text exposition format)."""
-    if output == "json":
-        import json  # here, not at the top: slow to import (see the imports)
-
-        return json.dumps({"status": ("OK", "WARNING", "CRITICAL")[fleet_exit_code(devices)],
-                           "counts": _state_counts(devices),
-                           "devices": _worst_first(devices)}, indent=2)
-    counts = _state_counts(devices)
-    if output == "nagios":
-        status = ("OK", "WARNING", "CRITICAL")[fleet_exit_code(devices)]
-        summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no devices"
-        perfdata = " ".join(f"{state}={n};;;0" for state, n in counts.items())
-        lines = [f"PIHACE FLEET {status} - {len(devices)} devices: {summary} | {perfdata}"]
-        lines += [f"{_printable(d['device']).replace('|', '/')}: {d['state']}, last seen "
-                  f"{d['age']:.0f}s ago" + (f", failing: {_printable(', '.join(d['failing']))}"
-                                            .replace("|", "/") if d["failing"] else "")
-                  for d in _worst_first(devices) if _health(d) != "up"]
-        return "\n".join(lines)
-    if output != "prometheus":
-        raise ValueError(f'output must be "json", "nagios" or "prometheus", got {output!r}')
-    lines = ["# HELP pihace_device_up 1 when the device's newest report says Available and it "
-             "is not late, else 0.",
-             "# TYPE pihace_device_up gauge"]
-    rows = _worst_first(devices)
-    labels = [f'device="{_prometheus_label(d["device"])}",name="{_prometheus_label(d["name"])}",'
-              f'host="{_prometheus_label(d["host"])}"' for d in rows]
-    lines += [f'pihace_device_up{{{label},state="{d["state"]}"}} '
-              f'{1 if _health(d) == "up" else 0}'
-              for label, d in zip(labels, rows)]
-    lines += ["# HELP pihace_device_last_seen_timestamp_seconds When the device's newest "
-              "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
-    lines += [f"pihace_device_last_seen_timestamp_seconds{{{label}}} {d['last_seen']:.3f}"
-              for label, d in zip(labels, rows)]
-    lines += ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
-    lines += [f'pihace_devices{{state="{state}"}} {n}' for state, n in counts.items()]
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------
@@ -5551,6 +5677,329 @@ class HealthServer:
 
 def _verbose(query):
     return any(part.partition("=")[0] == "verbose" for part in query.split("&"))
+
+
+# ---------------------------------------------------------------------------
+# fleet views: the watcher's devices as JSON, Nagios and Prometheus text, the live table, the
+# --on-change hooks and the pages of `pihace watch --listen` (rendered once a second at most,
+# whatever the number of requests).
+# (src/pihace/fleet.py)
+# ---------------------------------------------------------------------------
+
+# -- the fleet's state, as text -------------------------------------------------
+
+_EXIT_CODE_OF_STATE = {"down": 2, "silent": 2, "degraded": 1, "late": 1}
+_NAGIOS_WORDS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+_STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
+
+
+def fleet_exit_code(devices):
+    """0 when every device is up, 1 when some are degraded or late, 2 when some are down or
+    silent: Nagios' OK, WARNING, CRITICAL."""
+    return max([_EXIT_CODE_OF_STATE.get(device["state"], 0) for device in devices.values()],
+               default=0)
+
+
+def _worst_first(devices):
+    return sorted(devices.values(), key=lambda d: (_STATE_RANK.get(d["state"], 0), -d["age"],
+                                                   d["device"]))
+
+
+def _state_counts(devices):
+    counts = dict.fromkeys(DEVICE_STATES, 0)
+    for device in devices.values():
+        counts[device["state"]] = counts.get(device["state"], 0) + 1
+    return counts
+
+
+def _prometheus_label(value):
+    """A label value: backslash, quote and newline escaped, other control characters
+    replaced (the text format has no escape for them)."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return text.translate({code: "\ufffd" for code in _CONTROL_ESCAPES if code != 10})
+
+
+def _stale_note(status):
+    """'' while the watcher sees; else what its outputs say about their staleness."""
+    if status is None or status["connected"]:
+        return ""
+    since = time.strftime("%H:%M:%SZ", time.gmtime(status["since"])) if status["since"] else "?"
+    return f"watcher disconnected since {since}, view stale: {_printable(status['reason'])}"
+
+
+def format_fleet(devices, output="json", status=None):
+    """The fleet (Watcher.devices) as "json", "nagios" (status line, perfdata, then one
+    line per device not up) or "prometheus" (the text exposition format). `status`
+    (Watcher.status) adds the watcher's own health: while it cannot see, each format says
+    the view is stale."""
+    if output == "json":
+        import json  # here, not at the top: slow to import (see the imports)
+
+        document = {"status": _NAGIOS_WORDS[fleet_exit_code(devices)],
+                    "counts": _state_counts(devices), "devices": _worst_first(devices)}
+        if status is not None:
+            document["watcher"] = status
+        return json.dumps(document, indent=2)
+    if output == "nagios":
+        return _fleet_nagios(devices, status)
+    if output != "prometheus":
+        raise ValueError(f'output must be "json", "nagios" or "prometheus", got {output!r}')
+    return _fleet_prometheus(devices, status)
+
+
+def _fleet_nagios(devices, status):
+    counts = _state_counts(devices)
+    word = _NAGIOS_WORDS[fleet_exit_code(devices)]
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no devices"
+    stale = _stale_note(status)
+    perfdata = " ".join(f"{state}={n};;;0" for state, n in counts.items())
+    lines = [f"PIHACE FLEET {word} - {len(devices)} devices: {summary}"
+             f"{' (' + stale.replace('|', '/') + ')' if stale else ''} | {perfdata}"]
+    lines += [f"{_printable(d['device']).replace('|', '/')}: {d['state']}, last seen "
+              f"{d['age']:.0f}s ago" + (f", failing: {_printable(', '.join(d['failing']))}"
+                                        .replace("|", "/") if d["failing"] else "")
+              for d in _worst_first(devices) if d["state"] != "up"]
+    return "\n".join(lines)
+
+
+def _fleet_prometheus(devices, status):
+    """One series per device for up and last seen (labels that never change with its
+    state), and its state as a one-hot family, as kube-state-metrics does."""
+    rows = sorted(devices.values(), key=lambda d: d["device"])
+    labels = [f'device="{_prometheus_label(d["device"])}",name="{_prometheus_label(d["name"])}",'
+              f'host="{_prometheus_label(d["host"])}"' for d in rows]
+    lines = ["# HELP pihace_device_up 1 when the device's newest report says Available and it "
+             "is not late, else 0.", "# TYPE pihace_device_up gauge"]
+    lines += [f"pihace_device_up{{{label}}} {1 if d['state'] == 'up' else 0}"
+              for label, d in zip(labels, rows)]
+    lines += ["# HELP pihace_device_state The device's state: 1 for the one it is in.",
+              "# TYPE pihace_device_state gauge"]
+    for label, d in zip(labels, rows):
+        device = label.partition(",")[0]
+        lines += [f'pihace_device_state{{{device},state="{state}"}} '
+                  f'{1 if d["state"] == state else 0}' for state in DEVICE_STATES]
+    lines += ["# HELP pihace_device_last_seen_timestamp_seconds When the device's newest "
+              "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
+    lines += [f"pihace_device_last_seen_timestamp_seconds{{{label}}} {d['last_seen']:.3f}"
+              for label, d in zip(labels, rows)]
+    lines += ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
+    lines += [f'pihace_devices{{state="{state}"}} {n}'
+              for state, n in _state_counts(devices).items()]
+    if status is not None:
+        lines += ["# HELP pihace_watch_connected 1 while the watcher reads its queue; 0 while "
+                  "it cannot (its view is then stale).", "# TYPE pihace_watch_connected gauge",
+                  f"pihace_watch_connected {1 if status['connected'] else 0}"]
+        if status["last_message"] is not None:
+            lines += ["# HELP pihace_watch_last_message_age_seconds Seconds since the newest "
+                      "report reached the watcher.",
+                      "# TYPE pihace_watch_last_message_age_seconds gauge",
+                      f"pihace_watch_last_message_age_seconds "
+                      f"{max(0.0, time.time() - status['last_message']):.3f}"]
+        lines += ["# HELP pihace_watch_reports_total Reports the watcher received, by outcome.",
+                  "# TYPE pihace_watch_reports_total counter"]
+        lines += [f'pihace_watch_reports_total{{outcome="{outcome}"}} '
+                  f'{status["counts"].get(outcome, 0)}'
+                  for outcome in ("applied", "duplicate", "invalid", "stale", "refused")]
+    return "\n".join(lines) + "\n"
+
+
+def _print_change(device, old, new, report):
+    """One line per change, for a pipe or a log (device texts were made safe as they came)."""
+    failing = f" failing: {', '.join(device['failing'])}" if (
+        report is not None and device["failing"]) else ""
+    print(f"{get_utc_timestamp()[:19]}Z {device['device']} {old or '-'} -> {new}{failing}",
+          flush=True)
+
+
+def _age(seconds):
+    seconds = int(seconds)
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else \
+        f"{seconds // 3600}h"
+
+
+def fleet_table(devices, width=80, height=24, status=None):
+    """The live table's text: a summary line (and, while the watcher cannot see, a line that
+    says so), then one line per device, worst first, each cut to `width` columns; as many
+    devices as fit in `height` lines."""
+    rows = _worst_first(devices)
+    summary = ", ".join(f"{n} {state}" for state, n in _state_counts(devices).items() if n)
+    name_width = min(40, max([6] + [len(d["device"]) for d in rows]))
+    lines = [f"pihace watch: {len(rows)} devices{': ' if summary else ''}{summary}   "
+             f"{get_utc_timestamp()[:19]}Z"]
+    stale = _stale_note(status)
+    if stale:
+        lines.append(f"!! {stale.upper()[:1]}{stale[1:]}")
+    lines.append(f"{'DEVICE':<{name_width}}  {'STATE':<8}  {'LAST SEEN':<9}  {'AGE':>5}  "
+                 f"{'RATE':<7}  FAILING")
+    room = max(1, height - len(lines) - 1)
+    for device in rows[:room if len(rows) <= room else room - 1]:
+        name = device["device"]
+        if len(name) > name_width:
+            name = name[:name_width - 1] + "~"
+        seen = time.strftime("%H:%M:%S", time.gmtime(device["last_seen"]))
+        lines.append(f"{name:<{name_width}}  {device['state']:<8}  {seen:<9}  "
+                     f"{_age(device['age']):>5}  {device['rate'] or '-':<7}  "
+                     f"{', '.join(device['failing'])}")
+    if len(rows) > room:
+        lines.append(f"... and {len(rows) - room + 1} more")
+    return "\n".join(line[:width] for line in lines)
+
+
+def _live_table(watcher):
+    """Redraw the table in place: cursor home, the table, clear what is left below."""
+    import shutil  # here, not at the top: slow to import (see the imports)
+
+    size = shutil.get_terminal_size()
+    table = fleet_table(watcher.devices, size.columns, size.lines, watcher.status)
+    sys.stdout.write("\x1b[?25l\x1b[H" + table.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J")
+    sys.stdout.flush()
+
+
+# What a hook inherits of the watcher's environment: nothing else (no PIHACE_AMQP_PASSWORD).
+_HOOK_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER",
+                     "LOGNAME")
+
+
+class _Hooks:
+    """--on-change: runs a command per change, with bounded concurrency and a timeout; the
+    watcher only queues (a full queue drops the change, counted and logged). The command
+    gets the report as JSON on its standard input and the change in PIHACE_DEVICE,
+    PIHACE_NAME, PIHACE_HOST, PIHACE_OLD_STATE, PIHACE_NEW_STATE and PIHACE_FIRST_SEEN; its
+    environment holds nothing else of the watcher's but PATH, HOME, the locale and TZ.
+    `states`: the new states that run it (all when empty)."""
+
+    def __init__(self, command, timeout, states=(), workers=4, backlog=1000):
+        import shlex  # here, not at the top: only --on-change needs it
+        import shutil  # likewise
+
+        self.command, self.timeout = shlex.split(command), timeout
+        if not self.command:
+            raise ValueError("--on-change needs a command")
+        if shutil.which(self.command[0]) is None:
+            raise ValueError(f"--on-change: no program {_printable(self.command[0])!r} "
+                             "(not found, or not executable)")
+        unknown = set(states) - set(DEVICE_STATES)
+        if unknown:
+            raise ValueError(f"--on-change-states: unknown state(s) "
+                             f"{_printable(', '.join(sorted(unknown)))}; the states are "
+                             f"{', '.join(DEVICE_STATES)}")
+        self.states = frozenset(states)
+        self.dropped = 0
+        self._environment = {name: os.environ[name] for name in _HOOK_ENVIRONMENT
+                             if name in os.environ}
+        self._queue = queue.Queue(backlog)
+        self._threads = [threading.Thread(target=self._work, daemon=True, name="pihace-hook")
+                         for _ in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def __call__(self, device, old, new, report):
+        import json  # here, not at the top: slow to import (see the imports)
+
+        if self.states and new not in self.states:
+            return
+        env = dict(self._environment, PIHACE_DEVICE=device["device"],
+                   PIHACE_NAME=device["name"], PIHACE_HOST=device["host"],
+                   PIHACE_OLD_STATE=old or "", PIHACE_NEW_STATE=new,
+                   PIHACE_FIRST_SEEN=f"{device['first_seen']:.3f}")
+        stdin = (json.dumps(report) if report is not None else "").encode()
+        try:
+            self._queue.put_nowait((env, stdin))
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("--on-change is too slow: dropped %d change(s) so far", self.dropped)
+
+    def _work(self):
+        import subprocess  # here, not at the top: only --on-change needs it
+
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            env, stdin = job
+            try:
+                result = subprocess.run(self.command, env=env, timeout=self.timeout,
+                                        input=stdin, stdout=subprocess.DEVNULL)
+                if result.returncode:
+                    log.warning("--on-change exited with %d for %s", result.returncode,
+                                env["PIHACE_DEVICE"])
+            except subprocess.TimeoutExpired:
+                log.warning("--on-change ran past %gs for %s: killed", self.timeout,
+                            env["PIHACE_DEVICE"])
+            except OSError as exc:
+                log.warning("--on-change cannot run: %s", describe_error(exc))
+
+    def close(self, timeout=5.0):
+        """Let the queued commands finish (each within its timeout), at most `timeout`
+        seconds more; then stop the workers."""
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class _FleetPages:
+    """What `pihace watch --listen` answers, on the HTTP server's hardened classes (the
+    same limits on slow and malformed requests as HealthServer): /metrics, /devices (JSON,
+    a page of `limit` devices from `offset`, worst first) and /livez. The fleet is read
+    and rendered at most once per `refresh` seconds, and every request in that second
+    shares the same bytes."""
+
+    request_timeout = max_wait = 10.0
+    page_limit = 1000  # devices per /devices page unless ?limit= says (at most max_limit)
+    max_limit = 10000
+
+    def __init__(self, watcher, refresh=1.0):
+        self.watcher, self.refresh = watcher, refresh
+        self._lock = threading.RLock()  # a rendering may read the shared view: same thread
+        self._rendered = {}  # what -> (when, value)
+
+    def _cached(self, what, make):
+        """make() once per `refresh` seconds; every caller in between gets its value."""
+        with self._lock:
+            made = self._rendered.get(what)
+            now = time.monotonic()
+            if made is None or now - made[0] >= self.refresh:
+                made = self._rendered[what] = (now, make())
+            return made[1]
+
+    def _view(self):
+        """(devices, status, worst first): one reading of the watcher, shared for a second."""
+        def read():
+            devices = self.watcher.devices
+            return devices, self.watcher.status, _worst_first(devices)
+        return self._cached("view", read)
+
+    def respond(self, path, query, accept):
+        if path == "/metrics":
+            return 200, _PROMETHEUS_TEXT, self._cached("metrics", lambda: _fleet_prometheus(
+                *self._view()[:2]).encode()), []
+        if path in ("/", "/devices"):
+            return self._devices_page(query)
+        if path == "/livez":  # the watcher process answers; its view may be stale (/devices)
+            return 200, _TEXT_PLAIN, b"ok\n", []
+        return 404, _TEXT_PLAIN, b"not found: try /metrics, /devices or /livez\n", []
+
+    def _devices_page(self, query):
+        import json  # here, not at the top: slow to import (see the imports)
+        from urllib.parse import parse_qs  # likewise
+
+        fields = parse_qs(query)
+        try:
+            offset = int(fields.get("offset", ["0"])[0])
+            limit = int(fields.get("limit", [str(self.page_limit)])[0])
+            if offset < 0 or not 1 <= limit <= self.max_limit:
+                raise ValueError
+        except ValueError:
+            return (400, _TEXT_PLAIN, f"offset must be an integer >= 0 and limit one from 1 to "
+                    f"{self.max_limit}\n".encode(), [])
+        devices, status, rows = self._view()
+        document = {"status": _NAGIOS_WORDS[fleet_exit_code(devices)],
+                    "counts": _state_counts(devices), "watcher": status, "total": len(rows),
+                    "offset": offset, "limit": limit, "devices": rows[offset:offset + limit]}
+        return 200, "application/json", json.dumps(document, indent=1).encode(), []
 
 
 # ---------------------------------------------------------------------------
@@ -6181,6 +6630,14 @@ def _watch_parser(commands, parser_class):
                        "that several watchers each see every report")
     watch.add_argument("--exchange-type", help="declare the exchange (fanout, topic...)")
     watch.add_argument("--binding-key", default="#", metavar="KEY")
+    watch.add_argument("--no-declare", dest="declare", action="store_false",
+                       help="declare nothing: the queue (and exchange) must exist")
+    watch.add_argument("--queue-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="an argument of the queue it declares, e.g. x-queue-type=quorum "
+                       "(repeat for more)")
+    watch.add_argument("--heartbeat", type=int, metavar="SECONDS",
+                       help="AMQP heartbeat: a dead link is noticed within about twice this, "
+                       "and the view is marked stale after once this (default 5)")
     watch.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
                        help="expected interval of reports that do not say theirs (default 60)")
     watch.add_argument("--grace", type=float, metavar="SECONDS",
@@ -6196,11 +6653,23 @@ def _watch_parser(commands, parser_class):
     watch.add_argument("--format", choices=("json", "nagios", "prometheus"), default="json",
                        help="with --once (default json)")
     watch.add_argument("--on-change", metavar="COMMAND", help="run COMMAND (split like a "
-                       "shell would, never run by one) on each change, with PIHACE_DEVICE, "
-                       "PIHACE_OLD_STATE, PIHACE_NEW_STATE and PIHACE_REPORT in its environment")
+                       "shell would, never run by one) on each change, with the report as JSON "
+                       "on its standard input and PIHACE_DEVICE, PIHACE_NAME, PIHACE_HOST, "
+                       "PIHACE_OLD_STATE, PIHACE_NEW_STATE, PIHACE_FIRST_SEEN in a clean "
+                       "environment")
+    watch.add_argument("--on-change-states", metavar="STATE,...",
+                       help="run --on-change only for changes to these states (e.g. "
+                       "down,silent,up)")
+    watch.add_argument("--announce-first", action="store_true",
+                       help="also announce each device's first report (old state empty)")
     watch.add_argument("--hook-timeout", type=float, default=10.0, metavar="SECONDS")
     watch.add_argument("--listen", metavar="HOST:PORT", help="serve the fleet as Prometheus "
-                       "metrics (/metrics) and JSON (/devices)")
+                       "metrics (/metrics) and JSON (/devices), and /livez")
+    watch.add_argument("--max-devices", type=int, default=100000, metavar="N",
+                       help="keep at most N devices; reports of more are refused and counted "
+                       "(default 100000)")
+    watch.add_argument("--forget-after", type=float, metavar="SECONDS",
+                       help="forget a device silent this long (default: never)")
     watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -6394,17 +6863,22 @@ def _watcher(args):
         raise ValueError("watch needs --url or PIHACE_AMQP_URL") from None
     _seconds("--wait", args.wait)
     _seconds("--hook-timeout", args.hook_timeout)
+    queue_arguments = dict(map(_queue_argument, args.queue_arg))
     try:
         return Watcher(urls, args.queue, exchange=args.exchange,
                        exchange_type=args.exchange_type, binding_key=args.binding_key,
-                       default_interval=args.interval, grace=args.grace,
-                       silent_grace=args.silent_grace, silent_limit=args.silent_after,
+                       declare=args.declare, queue_arguments=queue_arguments,
+                       heartbeat=args.heartbeat, default_interval=args.interval,
+                       grace=args.grace, silent_grace=args.silent_grace,
+                       silent_limit=args.silent_after, max_devices=args.max_devices,
+                       forget_after=args.forget_after, announce_first=args.announce_first,
                        tick=0.5 if args.once else 1.0)
     except (TypeError, ValueError) as exc:
         name, space, rest = str(exc).partition(" ")  # "grace must be ...": the option's name
         options = {"amqp_url": "--url", "default_interval": "--interval", "grace": "--grace",
                    "silent_limit": "--silent-after", "silent_grace": "--silent-grace",
-                   "queue_name": "--queue"}
+                   "queue_name": "--queue", "max_devices": "--max-devices",
+                   "forget_after": "--forget-after", "heartbeat": "--heartbeat"}
         raise ValueError(options.get(name, name) + space + rest) from None
 
 
@@ -6412,7 +6886,11 @@ def _watch(parser, args):
     """pihace watch: --once, or follow the fleet until SIGTERM or Ctrl-C."""
     try:
         watcher = _watcher(args)
-        hooks = _Hooks(args.on_change, args.hook_timeout) if args.on_change else None
+        states = [state.strip() for state in (args.on_change_states or "").split(",")
+                  if state.strip()]
+        if states and not args.on_change:
+            raise ValueError("--on-change-states needs --on-change")
+        hooks = _Hooks(args.on_change, args.hook_timeout, states) if args.on_change else None
         server = _serve_fleet(watcher, args.listen) if args.listen and not args.once else None
     except ValueError as exc:
         parser.error(str(exc))
@@ -6441,15 +6919,26 @@ def _watch_once(watcher, wait, output):
               file=sys.stderr)
         return 3
     devices = watcher.devices
-    print(format_fleet(devices, output), end="" if output == "prometheus" else "\n")
+    print(format_fleet(devices, output, watcher.status),
+          end="" if output == "prometheus" else "\n")
     return fleet_exit_code(devices)
 
 
 def _watch_until_signalled(watcher, show=None):
-    """Run the watcher in a thread until SIGTERM or Ctrl-C; show(watcher) once a second."""
+    """Run the watcher in a thread until SIGTERM or Ctrl-C; show(watcher) once a second.
+    0, or 1 (with one line on stderr) when the watcher stopped on an unexpected error."""
     import signal  # here, not at the top: only the command line's loops need it
 
-    thread = threading.Thread(target=watcher.run, name="pihace-watch", daemon=True)
+    failure = []
+
+    def run():
+        try:
+            watcher.run()
+        except BaseException as exc:  # a bug: the process must not end as if all was well
+            failure.append(exc)
+            log.exception("the watcher stopped on an unexpected error (a bug)")
+
+    thread = threading.Thread(target=run, name="pihace-watch", daemon=True)
     signals = (signal.SIGTERM, signal.SIGINT)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = [signal.signal(number, lambda *_: watcher.stop()) for number in signals] \
@@ -6468,133 +6957,11 @@ def _watch_until_signalled(watcher, show=None):
         if show is not None:
             sys.stdout.write("\x1b[?25h")  # the cursor back
             sys.stdout.flush()
+    if failure:
+        print(f"pihace: the watcher stopped on an unexpected error (a bug: please report it): "
+              f"{describe_error(failure[0])}", file=sys.stderr)
+        return 1
     return 0
-
-
-def _print_change(device, old, new, report):
-    """One line per change, for a pipe or a log: text from outside escaped."""
-    failing = f" failing: {_printable(', '.join(device['failing']))}" if (
-        report is not None and device["failing"]) else ""
-    print(f"{get_utc_timestamp()[:19]}Z {_printable(device['device'])} {old or '-'} -> {new}"
-          f"{failing}", flush=True)
-
-
-def _age(seconds):
-    seconds = int(seconds)
-    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else \
-        f"{seconds // 3600}h"
-
-
-def fleet_table(devices, width=80, height=24):
-    """The live table's text: a summary line, then one line per device, worst first, each
-    cut to `width` columns; as many devices as fit in `height` lines."""
-    rows = _worst_first(devices)
-    summary = ", ".join(f"{n} {state}" for state, n in _state_counts(devices).items() if n)
-    name_width = min(40, max([6] + [len(_printable(d["device"])) for d in rows]))
-    lines = [f"pihace watch: {len(rows)} devices{': ' if summary else ''}{summary}   "
-             f"{get_utc_timestamp()[:19]}Z",
-             f"{'DEVICE':<{name_width}}  {'STATE':<8}  {'LAST SEEN':<9}  {'AGE':>5}  "
-             f"{'RATE':<7}  FAILING"]
-    room = max(1, height - 3)
-    for device in rows[:room if len(rows) <= room else room - 1]:
-        name = _printable(device["device"])
-        if len(name) > name_width:
-            name = name[:name_width - 1] + "~"
-        seen = time.strftime("%H:%M:%S", time.gmtime(device["last_seen"]))
-        lines.append(f"{name:<{name_width}}  {device['state']:<8}  {seen:<9}  "
-                     f"{_age(device['age']):>5}  {_printable(device['rate'] or '-'):<7}  "
-                     f"{_printable(', '.join(device['failing']))}")
-    if len(rows) > room:
-        lines.append(f"... and {len(rows) - room + 1} more")
-    return "\n".join(line[:width] for line in lines)
-
-
-def _live_table(watcher):
-    """Redraw the table in place: cursor home, the table, clear what is left below."""
-    import shutil  # here, not at the top: slow to import (see the imports)
-
-    size = shutil.get_terminal_size()
-    table = fleet_table(watcher.devices, size.columns, size.lines)
-    sys.stdout.write("\x1b[?25l\x1b[H" + table.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J")
-    sys.stdout.flush()
-
-
-class _Hooks:
-    """--on-change: runs a command per change, with bounded concurrency and a timeout;
-    the watcher only queues (a full queue drops the change, counted and logged)."""
-
-    def __init__(self, command, timeout, workers=4, backlog=1000):
-        import shlex  # here, not at the top: only --on-change needs it
-
-        self.command, self.timeout = shlex.split(command), timeout
-        if not self.command:
-            raise ValueError("--on-change needs a command")
-        self.dropped = 0
-        self._queue = queue.Queue(backlog)
-        self._threads = [threading.Thread(target=self._work, daemon=True, name="pihace-hook")
-                         for _ in range(workers)]
-        for thread in self._threads:
-            thread.start()
-
-    def __call__(self, device, old, new, report):
-        import json  # here, not at the top: slow to import (see the imports)
-
-        env = dict(os.environ, PIHACE_DEVICE=_printable(device["device"]),
-                   PIHACE_NAME=_printable(device["name"]), PIHACE_HOST=_printable(device["host"]),
-                   PIHACE_OLD_STATE=old or "", PIHACE_NEW_STATE=new,
-                   PIHACE_REPORT=json.dumps(report) if report is not None else "")
-        try:
-            self._queue.put_nowait(env)
-        except queue.Full:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning("--on-change is too slow: dropped %d change(s) so far", self.dropped)
-
-    def _work(self):
-        import subprocess  # here, not at the top: only --on-change needs it
-
-        while True:
-            env = self._queue.get()
-            if env is None:
-                return
-            try:
-                result = subprocess.run(self.command, env=env, timeout=self.timeout,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-                if result.returncode:
-                    log.warning("--on-change exited with %d for %s", result.returncode,
-                                env["PIHACE_DEVICE"])
-            except subprocess.TimeoutExpired:
-                log.warning("--on-change ran past %gs for %s: killed", self.timeout,
-                            env["PIHACE_DEVICE"])
-            except OSError as exc:
-                log.warning("--on-change cannot run: %s", describe_error(exc))
-
-    def close(self, timeout=5.0):
-        """Let the queued commands finish (each within its timeout), at most `timeout`
-        seconds more; then stop the workers."""
-        for _ in self._threads:
-            self._queue.put(None)
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-
-class _FleetPages:
-    """What `pihace watch --listen` answers, on the HTTP server's hardened classes (the
-    same limits on slow and malformed requests as HealthServer)."""
-
-    request_timeout = max_wait = 10.0
-
-    def __init__(self, watcher):
-        self.watcher = watcher
-
-    def respond(self, path, query, accept):
-        if path == "/metrics":
-            return (200, _PROMETHEUS_TEXT,
-                    format_fleet(self.watcher.devices, "prometheus").encode(), [])
-        if path in ("/", "/devices"):
-            return 200, "application/json", format_fleet(self.watcher.devices, "json").encode(), []
-        return 404, _TEXT_PLAIN, b"not found: try /metrics or /devices\n", []
 
 
 def _serve_fleet(watcher, listen):

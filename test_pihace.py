@@ -5766,8 +5766,8 @@ def test_each_state_and_each_transition_once():
     for status in ("Available", "Available", "Partially Available", "Unavailable", "Available"):
         assert watcher.apply(report(status), {"message_id": next(ids)}) == "applied"
         clock.now += 1
-    assert [change[1:3] for change in changes] == [
-        (None, "new"), ("new", "up"), ("up", "degraded"), ("degraded", "down"), ("down", "up")]
+    assert [change[1:3] for change in changes] == [  # a first report is not announced
+        ("up", "degraded"), ("degraded", "down"), ("down", "up")]
     del changes[:]
     last = clock.now - 1
     for offset, expected in ((14.9, 0), (15.1, 1), (20, 0), (30.1, 1), (100, 0)):
@@ -5796,16 +5796,17 @@ def test_duplicates_are_counted_never_applied_twice_and_older_reports_are_stale(
     assert watcher.apply(report("Unavailable"), properties) == "duplicate"
     assert watcher.apply(report("Unavailable"), {"message_id": "m-0", "timestamp": int(
         watcher.wall_clock.now) - 60}) == "stale"  # from an outbox: sent before the newest
-    assert watcher.devices["dev@h"]["reports"] == 1 and len(changes) == 1
+    assert watcher.devices["dev@h"]["reports"] == 1 and changes == []
     assert watcher.counts == {"applied": 1, "duplicate": 1, "stale": 1}
 
 
-def test_the_duplicate_window_is_bounded():
+def test_the_duplicate_window_is_bounded_and_per_device():
     watcher, _ = recording_watcher(dedup_window=3)
     for index in range(5):
         watcher.apply(report(), {"message_id": str(index)})
-    assert len(watcher._seen) == 3 and watcher.apply(report(), {"message_id": "4"}) == \
-        "duplicate"
+    assert watcher.apply(report(), {"message_id": "4"}) == "duplicate"
+    assert watcher.apply(report(), {"message_id": "1"}) == "applied"  # out of the window
+    assert watcher.apply(report(name="other"), {"message_id": "4"}) == "applied"
 
 
 def test_a_device_is_its_name_and_host_with_fallbacks():
@@ -5818,13 +5819,19 @@ def test_a_device_is_its_name_and_host_with_fallbacks():
     assert watcher.devices["dev@b"]["interval"] == 42  # not a number: the default
 
 
-def test_the_age_counts_from_the_reports_timestamp_never_after_its_arrival():
-    watcher, _ = recording_watcher()
+def test_the_age_counts_from_the_reports_timestamp_never_after_its_arrival(caplog):
+    watcher, _ = recording_watcher()  # interval 10, so a grace of 5 s
     now = watcher.wall_clock.now
-    watcher.apply(report(host="old"), {"timestamp": int(now) - 100})  # waited in the queue
+    watcher.apply(report(host="recent"), {"timestamp": int(now) - 4})  # waited in the queue
     watcher.apply(report(host="future"), {"timestamp": int(now) + 100})  # a clock ahead
-    assert watcher.devices["dev@old"]["last_seen"] == int(now) - 99
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        for _ in range(3):  # a clock 100 s behind: its reports count from their arrival
+            watcher.apply(report(host="behind"), {"timestamp": int(now) - 100})
+    assert watcher.devices["dev@recent"]["last_seen"] == int(now) - 3
     assert watcher.devices["dev@future"]["last_seen"] == now
+    assert watcher.devices["dev@behind"]["last_seen"] == now
+    assert watcher.counts["skewed"] == 3
+    assert len([r for r in caplog.records if "behind their arrival" in r.getMessage()]) == 1
 
 
 json_values = st.recursive(
@@ -5886,16 +5893,20 @@ def test_garbage_is_counted_and_logged_once_per_producer(caplog, body, why):
         for _ in range(3):
             assert watcher.apply(body, {"app_id": HOSTILE_DEVICE, "body_size": 5000}) == "invalid"
         assert watcher.apply(report(), {}) == "applied"  # and the watcher goes on
-    assert watcher.counts == {"invalid": 3, "applied": 1} and len(changes) == 1
+    assert watcher.counts == {"invalid": 3, "applied": 1} and changes == []
     [record] = [r for r in caplog.records if "ignored" in r.getMessage()]
     assert why in record.getMessage() and "\x1b" not in record.getMessage()
 
 
-def test_hostile_names_are_kept_but_shown_escaped_everywhere():
+HOSTILE_ESCAPED = 'evil\\x1b[2J\\x1b]0;owned\\x07\\nFORGED up\\r\\x9b31m"\\'
+
+
+def test_hostile_names_are_escaped_where_they_enter():
     watcher, _ = recording_watcher()
     watcher.apply(report("Unavailable", name=HOSTILE_DEVICE, failure={HOSTILE_DEVICE: "x"}), {})
     devices = watcher.devices
-    assert list(devices) == [HOSTILE_DEVICE + "@h"]
+    assert list(devices) == [HOSTILE_ESCAPED + "@h"]
+    assert devices[HOSTILE_ESCAPED + "@h"]["failing"] == [HOSTILE_ESCAPED]
     texts = [pihace.fleet_table(devices, 200, 10), pihace.format_fleet(devices, "nagios"),
              pihace.format_fleet(devices, "prometheus")]
     for text in texts:
@@ -5904,7 +5915,8 @@ def test_hostile_names_are_kept_but_shown_escaped_everywhere():
         assert not any(line.startswith("FORGED") for line in text.splitlines())
     nagios = texts[1].splitlines()
     assert len(nagios) == 2 and nagios[1].startswith("evil\\x1b[2J") and "|" not in nagios[1]
-    assert json.loads(pihace.format_fleet(devices, "json"))["devices"][0]["name"] == HOSTILE_DEVICE
+    assert json.loads(pihace.format_fleet(devices, "json"))["devices"][0]["name"] == \
+        HOSTILE_ESCAPED
 
 
 def test_a_hook_that_raises_is_logged_and_the_others_still_run(caplog):
@@ -5913,21 +5925,20 @@ def test_a_hook_that_raises_is_logged_and_the_others_still_run(caplog):
     def broken(*args):
         raise RuntimeError("hook bug")
 
-    watcher = pihace.Watcher("amqp://localhost/", on_change=[broken, lambda *a: calls.append(a)])
+    watcher = pihace.Watcher("amqp://localhost/", on_change=[broken, lambda *a: calls.append(a)],
+                             announce_first=True)
     with caplog.at_level(logging.ERROR, logger="pihace"):
         assert watcher.apply(report(), {}) == "applied"
     assert len(calls) == 1 and "hook bug" in caplog.text
 
 
 def fleet(*states):
-    """Watcher.devices of devices in the given states (a new one reported Available)."""
+    """Watcher.devices of devices in the given states."""
     watcher, _ = recording_watcher(grace=5, silent_grace=20)
     statuses = {"up": "Available", "degraded": "Partially Available", "down": "Unavailable"}
     for index, state in enumerate(states):
         body = report(statuses.get(state, "Available"), name=f"d{index}")
         watcher.apply(body, {})
-        if state != "new":
-            watcher.apply(body, {})
     watcher.wall_clock.now += {"late": 16, "silent": 31}.get(states[-1], 0) if states else 0
     if states and states[-1] in ("late", "silent"):
         for index in range(len(states) - 1):  # the others report on time
@@ -5937,7 +5948,7 @@ def fleet(*states):
 
 
 @pytest.mark.parametrize("states, code", [
-    ((), 0), (("up", "new"), 0), (("up", "degraded"), 1), (("up", "late"), 1),
+    ((), 0), (("up", "up"), 0), (("up", "degraded"), 1), (("up", "late"), 1),
     (("degraded", "down"), 2), (("up", "silent"), 2)])
 def test_the_fleets_exit_code(states, code):
     devices = fleet(*states)
@@ -5957,8 +5968,10 @@ def test_prometheus_output_passes_promtool_with_hostile_names(tmp_path):
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert 'pihace_device_up{device="plain@h2",name="plain",host="h2",state="new"} 1' in text
-    assert 'pihace_devices{state="new"} 2' in text
+    assert 'pihace_device_up{device="plain@h2",name="plain",host="h2"} 1' in text
+    assert 'pihace_device_state{device="plain@h2",state="up"} 1' in text
+    assert 'pihace_device_state{device="plain@h2",state="down"} 0' in text
+    assert 'pihace_devices{state="up"} 2' in text
 
 
 def test_the_table_is_worst_first_and_fits_the_width():
@@ -6072,10 +6085,9 @@ def test_a_paused_pusher_goes_late_then_silent_and_comes_back(rabbit, unique_que
         stop_pika.set()
         end(pushers)
         watched.stop()
-    assert watched.of(devices[0]) == [(None, "new"), ("new", "up"), ("up", "late"),
-                                      ("late", "silent"), ("silent", "up")]
+    assert watched.of(devices[0]) == [("up", "late"), ("late", "silent"), ("silent", "up")]
     for device in devices[1:]:
-        assert watched.of(device) == [(None, "new"), ("new", "up")], device
+        assert watched.of(device) == [], device  # a first report is not announced
     assert watched.watcher.counts["invalid"] == 0
 
 
@@ -6092,7 +6104,7 @@ def test_a_duplicate_delivery_is_counted_once(rabbit, unique_queue, pika_channel
     finally:
         watched.stop()
     assert watched.watcher.counts == {"applied": 1, "duplicate": 1}
-    assert watched.watcher.devices["twice@h"]["state"] == "new"
+    assert watched.watcher.devices["twice@h"]["state"] == "up"
     assert queue_depth(rabbit.url, unique_queue) == 0  # both acknowledged
 
 
@@ -6103,7 +6115,7 @@ def test_a_stop_mid_batch_acknowledges_what_was_applied_and_nothing_else(rabbit,
         pika_channel.basic_publish("", unique_queue, report(name=f"dev-{index}"))
     # stop() on the 3rd report: the rest of its read batch is applied, and the loop ends
     # before any pause or 50th report (prefetch 100) would acknowledge that batch
-    watcher = pihace.Watcher(rabbit.url, unique_queue, prefetch=100,
+    watcher = pihace.Watcher(rabbit.url, unique_queue, prefetch=100, announce_first=True,
                              on_change=lambda device, *_: device["name"] == "dev-2" and
                              watcher.stop())
     assert watcher.run(duration=20)
@@ -6125,7 +6137,7 @@ def test_garbage_bodies_neither_stop_the_watcher_nor_reach_the_output(rabbit, un
         [sys.executable, "pihace.py", "watch", "--url", rabbit.url, "--queue", unique_queue,
          "--once", "--format", "nagios"], cwd=HERE, capture_output=True, text=True, timeout=60)
     assert process.returncode == 0, process.stderr  # two new devices, both Available
-    assert process.stdout.startswith("PIHACE FLEET OK - 2 devices: 2 new")
+    assert process.stdout.startswith("PIHACE FLEET OK - 2 devices: 2 up")
     assert "ignored a message of 13 bytes from 'garbage\\x1b[5m': not JSON" in process.stderr
     assert process.stderr.count("ignored a message") == 1  # once per producer
     for text in (process.stdout, process.stderr):
@@ -6161,7 +6173,7 @@ def test_the_watcher_reconnects_after_a_broker_restart_and_states_go_on(fault_ra
     finally:
         loop.stop()
         watched.stop()
-    assert watched.of(device) == [(None, "new"), ("new", "up")]  # one device all along
+    assert watched.of(device) == []  # one device, up all along
     assert watched.watcher.counts["invalid"] == 0
 
 
@@ -7086,7 +7098,7 @@ def test_watch_once_sees_devices_that_stopped_reporting_long_ago(capsys, rabbit,
     fleet_json = json.loads(out)
     assert code == 2 and fleet_json["status"] == "CRITICAL"
     assert [(d["name"], d["state"]) for d in fleet_json["devices"]] == [
-        ("gone", "silent"), ("slow", "late"), ("fresh", "new")]
+        ("gone", "silent"), ("slow", "late"), ("fresh", "up")]  # waited: their stamps hold
 
 
 def test_watch_once_prometheus_output_passes_promtool(capsys, rabbit, unique_queue):
@@ -7152,7 +7164,7 @@ def test_watch_prints_one_line_per_change_when_not_on_a_terminal(rabbit, unique_
     assert code == 0 and "Traceback" not in err, err
     changes = [line.split(" ", 1)[1] for line in out.splitlines()]
     name = "evil\\x1b[2J\\x1b]0;owned\\x07\\nFORGED up\\r\\x9b31m\"\\@h"
-    assert changes[:2] == [f"{name} - -> new", f"{name} new -> down failing: db"]
+    assert changes[:1] == [f"{name} up -> down failing: db"]  # a first report: no line
     assert "\x1b" not in out
 
 
@@ -7161,29 +7173,33 @@ def test_on_change_runs_a_command_per_change_and_a_slow_one_stalls_nothing(
     publish_reports(rabbit.url, unique_queue)
     hook = tmp_path / "hook.py"
     hook.write_text("import json, os, sys, time\n"
+                    "report = json.load(sys.stdin)\n"
                     "if os.environ['PIHACE_NEW_STATE'] == 'down':\n"
                     "    time.sleep(60)  # a hung hook: killed at --hook-timeout\n"
                     "with open(sys.argv[1], 'a') as out:\n"
-                    "    out.write(json.dumps({k: v for k, v in os.environ.items()\n"
-                    "                          if k.startswith('PIHACE_')}) + '\\n')\n")
+                    "    out.write(json.dumps([dict(os.environ), report]) + '\\n')\n")
     calls = tmp_path / "calls"
     process = watch_process(rabbit.url, unique_queue, "--on-change",
                             f"{sys.executable} {hook} '{calls}'", "--hook-timeout", "2",
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PIHACE_AMQP_PASSWORD="not-for-hooks"))
     try:
+        big = "x" * 200_000  # over what an argument or the environment may carry
         publish_reports(rabbit.url, unique_queue, *[
-            (report(status, name=f"h{index}"), {}) for index in range(3)
+            (report(status, name=f"h{index}", note=big), {}) for index in range(3)
             for status in ("Available", "Unavailable", "Available")])
-        wait_until(lambda: calls.exists() and len(calls.read_text().splitlines()) == 6, 20,
-                   "the hooks of the changes to new and back up")
+        wait_until(lambda: calls.exists() and len(calls.read_text().splitlines()) == 3, 20,
+                   "the hooks of the changes back up")
         assert queue_depth(rabbit.url, unique_queue) == 0  # consumed while hooks hung
     finally:
         code, _, err = stopped(process, timeout=20)
     hooks = [json.loads(line) for line in calls.read_text().splitlines()]
-    assert sorted((h["PIHACE_DEVICE"], h["PIHACE_OLD_STATE"], h["PIHACE_NEW_STATE"])
-                  for h in hooks) == sorted([(f"h{i}@h", "", "new") for i in range(3)]
-                                            + [(f"h{i}@h", "down", "up") for i in range(3)])
-    assert all(json.loads(h["PIHACE_REPORT"])["status"] == "Available" for h in hooks)
+    assert sorted((env["PIHACE_DEVICE"], env["PIHACE_OLD_STATE"], env["PIHACE_NEW_STATE"])
+                  for env, _ in hooks) == [(f"h{i}@h", "down", "up") for i in range(3)]
+    assert all(report["status"] == "Available" and report["note"] == big
+               for _, report in hooks)  # the report, whole, on standard input
+    assert not any("PIHACE_AMQP_PASSWORD" in env or "not-for-hooks" in json.dumps(env)
+                   for env, _ in hooks)  # a clean environment
     assert "--on-change ran past 2s for h" in err
 
 
@@ -7199,11 +7215,13 @@ def test_listen_serves_the_fleet_as_prometheus_metrics_and_json(rabbit, unique_q
 
     try:
         wait_until(lambda: "scraped" in curl("/metrics"), 20, "the device in /metrics")
-        metrics, devices = curl("/metrics"), json.loads(curl("/devices"))
+        metrics, devices, livez = curl("/metrics"), json.loads(curl("/devices")), curl("/livez")
     finally:
         code, _, err = stopped(process)
     assert code == 0, err
-    assert 'pihace_device_up{device="scraped@h",name="scraped",host="h",state="new"} 1' in metrics
+    assert 'pihace_device_up{device="scraped@h",name="scraped",host="h"} 1' in metrics
+    assert "pihace_watch_connected 1" in metrics.splitlines()
+    assert livez == "ok\n"
     assert subprocess.run(["promtool", "check", "metrics"], input=metrics, text=True,
                           capture_output=True).returncode == 0
     assert devices["devices"][0]["device"] == "scraped@h"
@@ -7231,10 +7249,10 @@ def test_the_live_table_under_tmux_is_redrawn_in_place(rabbit, unique_queue, tmp
                         (report("Unavailable", name="first"), {}))
         wait_until(lambda: "2 devices" in screen(), 20, "the second device")
         lines = screen().splitlines()
-        assert lines[0].startswith("pihace watch: 2 devices: 1 down, 1 new")  # in place: top
+        assert lines[0].startswith("pihace watch: 2 devices: 1 down, 1 up")  # in place: top
         assert sum("DEVICE" in line for line in lines) == 1
         assert lines[2].split()[:2] == ["first@h", "down"] and lines[3].split()[:2] == [
-            "second@h", "new"]
+            "second@h", "up"]
         assert max(map(len, lines)) <= 100
         subprocess.run(tmux + ["send-keys", "-t", session, "C-c"], check=True, timeout=10)
         wait_until(lambda: "EXITED 0" in screen(), 10, "Ctrl-C to end it")

@@ -4,7 +4,6 @@ serve, watch)."""
 from __future__ import annotations
 
 import os
-import queue
 import sys
 import threading
 import time
@@ -12,12 +11,13 @@ import time
 from .header import __version__, log
 from .helpers import _number, _printable, _seconds, describe_error
 from .formats import format_prometheus, mark_optional, required_checks_passed
-from .checks import HealthCheck, format_report, get_utc_timestamp
+from .checks import HealthCheck, format_report
 from .checkers import Disk, HTTP, TCP
 from .transport import AMQP
 from .pusher import AMQPPusher
-from .watcher import Watcher, _state_counts, _worst_first, fleet_exit_code, format_fleet
-from .server import HealthServer, _PROMETHEUS_TEXT, _TEXT_PLAIN, _http_classes
+from .watcher import Watcher
+from .server import HealthServer, _http_classes
+from .fleet import _FleetPages, _Hooks, _live_table, _print_change, fleet_exit_code, format_fleet
 from .compat import _loop_interval, load_healthcheck_from_yaml
 
 
@@ -219,6 +219,14 @@ def _watch_parser(commands, parser_class):
                        "that several watchers each see every report")
     watch.add_argument("--exchange-type", help="declare the exchange (fanout, topic...)")
     watch.add_argument("--binding-key", default="#", metavar="KEY")
+    watch.add_argument("--no-declare", dest="declare", action="store_false",
+                       help="declare nothing: the queue (and exchange) must exist")
+    watch.add_argument("--queue-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="an argument of the queue it declares, e.g. x-queue-type=quorum "
+                       "(repeat for more)")
+    watch.add_argument("--heartbeat", type=int, metavar="SECONDS",
+                       help="AMQP heartbeat: a dead link is noticed within about twice this, "
+                       "and the view is marked stale after once this (default 5)")
     watch.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
                        help="expected interval of reports that do not say theirs (default 60)")
     watch.add_argument("--grace", type=float, metavar="SECONDS",
@@ -234,11 +242,23 @@ def _watch_parser(commands, parser_class):
     watch.add_argument("--format", choices=("json", "nagios", "prometheus"), default="json",
                        help="with --once (default json)")
     watch.add_argument("--on-change", metavar="COMMAND", help="run COMMAND (split like a "
-                       "shell would, never run by one) on each change, with PIHACE_DEVICE, "
-                       "PIHACE_OLD_STATE, PIHACE_NEW_STATE and PIHACE_REPORT in its environment")
+                       "shell would, never run by one) on each change, with the report as JSON "
+                       "on its standard input and PIHACE_DEVICE, PIHACE_NAME, PIHACE_HOST, "
+                       "PIHACE_OLD_STATE, PIHACE_NEW_STATE, PIHACE_FIRST_SEEN in a clean "
+                       "environment")
+    watch.add_argument("--on-change-states", metavar="STATE,...",
+                       help="run --on-change only for changes to these states (e.g. "
+                       "down,silent,up)")
+    watch.add_argument("--announce-first", action="store_true",
+                       help="also announce each device's first report (old state empty)")
     watch.add_argument("--hook-timeout", type=float, default=10.0, metavar="SECONDS")
     watch.add_argument("--listen", metavar="HOST:PORT", help="serve the fleet as Prometheus "
-                       "metrics (/metrics) and JSON (/devices)")
+                       "metrics (/metrics) and JSON (/devices), and /livez")
+    watch.add_argument("--max-devices", type=int, default=100000, metavar="N",
+                       help="keep at most N devices; reports of more are refused and counted "
+                       "(default 100000)")
+    watch.add_argument("--forget-after", type=float, metavar="SECONDS",
+                       help="forget a device silent this long (default: never)")
     watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -432,17 +452,22 @@ def _watcher(args):
         raise ValueError("watch needs --url or PIHACE_AMQP_URL") from None
     _seconds("--wait", args.wait)
     _seconds("--hook-timeout", args.hook_timeout)
+    queue_arguments = dict(map(_queue_argument, args.queue_arg))
     try:
         return Watcher(urls, args.queue, exchange=args.exchange,
                        exchange_type=args.exchange_type, binding_key=args.binding_key,
-                       default_interval=args.interval, grace=args.grace,
-                       silent_grace=args.silent_grace, silent_limit=args.silent_after,
+                       declare=args.declare, queue_arguments=queue_arguments,
+                       heartbeat=args.heartbeat, default_interval=args.interval,
+                       grace=args.grace, silent_grace=args.silent_grace,
+                       silent_limit=args.silent_after, max_devices=args.max_devices,
+                       forget_after=args.forget_after, announce_first=args.announce_first,
                        tick=0.5 if args.once else 1.0)
     except (TypeError, ValueError) as exc:
         name, space, rest = str(exc).partition(" ")  # "grace must be ...": the option's name
         options = {"amqp_url": "--url", "default_interval": "--interval", "grace": "--grace",
                    "silent_limit": "--silent-after", "silent_grace": "--silent-grace",
-                   "queue_name": "--queue"}
+                   "queue_name": "--queue", "max_devices": "--max-devices",
+                   "forget_after": "--forget-after", "heartbeat": "--heartbeat"}
         raise ValueError(options.get(name, name) + space + rest) from None
 
 
@@ -450,7 +475,11 @@ def _watch(parser, args):
     """pihace watch: --once, or follow the fleet until SIGTERM or Ctrl-C."""
     try:
         watcher = _watcher(args)
-        hooks = _Hooks(args.on_change, args.hook_timeout) if args.on_change else None
+        states = [state.strip() for state in (args.on_change_states or "").split(",")
+                  if state.strip()]
+        if states and not args.on_change:
+            raise ValueError("--on-change-states needs --on-change")
+        hooks = _Hooks(args.on_change, args.hook_timeout, states) if args.on_change else None
         server = _serve_fleet(watcher, args.listen) if args.listen and not args.once else None
     except ValueError as exc:
         parser.error(str(exc))
@@ -479,15 +508,26 @@ def _watch_once(watcher, wait, output):
               file=sys.stderr)
         return 3
     devices = watcher.devices
-    print(format_fleet(devices, output), end="" if output == "prometheus" else "\n")
+    print(format_fleet(devices, output, watcher.status),
+          end="" if output == "prometheus" else "\n")
     return fleet_exit_code(devices)
 
 
 def _watch_until_signalled(watcher, show=None):
-    """Run the watcher in a thread until SIGTERM or Ctrl-C; show(watcher) once a second."""
+    """Run the watcher in a thread until SIGTERM or Ctrl-C; show(watcher) once a second.
+    0, or 1 (with one line on stderr) when the watcher stopped on an unexpected error."""
     import signal  # here, not at the top: only the command line's loops need it
 
-    thread = threading.Thread(target=watcher.run, name="pihace-watch", daemon=True)
+    failure = []
+
+    def run():
+        try:
+            watcher.run()
+        except BaseException as exc:  # a bug: the process must not end as if all was well
+            failure.append(exc)
+            log.exception("the watcher stopped on an unexpected error (a bug)")
+
+    thread = threading.Thread(target=run, name="pihace-watch", daemon=True)
     signals = (signal.SIGTERM, signal.SIGINT)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = [signal.signal(number, lambda *_: watcher.stop()) for number in signals] \
@@ -506,133 +546,11 @@ def _watch_until_signalled(watcher, show=None):
         if show is not None:
             sys.stdout.write("\x1b[?25h")  # the cursor back
             sys.stdout.flush()
+    if failure:
+        print(f"pihace: the watcher stopped on an unexpected error (a bug: please report it): "
+              f"{describe_error(failure[0])}", file=sys.stderr)
+        return 1
     return 0
-
-
-def _print_change(device, old, new, report):
-    """One line per change, for a pipe or a log: text from outside escaped."""
-    failing = f" failing: {_printable(', '.join(device['failing']))}" if (
-        report is not None and device["failing"]) else ""
-    print(f"{get_utc_timestamp()[:19]}Z {_printable(device['device'])} {old or '-'} -> {new}"
-          f"{failing}", flush=True)
-
-
-def _age(seconds):
-    seconds = int(seconds)
-    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else \
-        f"{seconds // 3600}h"
-
-
-def fleet_table(devices, width=80, height=24):
-    """The live table's text: a summary line, then one line per device, worst first, each
-    cut to `width` columns; as many devices as fit in `height` lines."""
-    rows = _worst_first(devices)
-    summary = ", ".join(f"{n} {state}" for state, n in _state_counts(devices).items() if n)
-    name_width = min(40, max([6] + [len(_printable(d["device"])) for d in rows]))
-    lines = [f"pihace watch: {len(rows)} devices{': ' if summary else ''}{summary}   "
-             f"{get_utc_timestamp()[:19]}Z",
-             f"{'DEVICE':<{name_width}}  {'STATE':<8}  {'LAST SEEN':<9}  {'AGE':>5}  "
-             f"{'RATE':<7}  FAILING"]
-    room = max(1, height - 3)
-    for device in rows[:room if len(rows) <= room else room - 1]:
-        name = _printable(device["device"])
-        if len(name) > name_width:
-            name = name[:name_width - 1] + "~"
-        seen = time.strftime("%H:%M:%S", time.gmtime(device["last_seen"]))
-        lines.append(f"{name:<{name_width}}  {device['state']:<8}  {seen:<9}  "
-                     f"{_age(device['age']):>5}  {_printable(device['rate'] or '-'):<7}  "
-                     f"{_printable(', '.join(device['failing']))}")
-    if len(rows) > room:
-        lines.append(f"... and {len(rows) - room + 1} more")
-    return "\n".join(line[:width] for line in lines)
-
-
-def _live_table(watcher):
-    """Redraw the table in place: cursor home, the table, clear what is left below."""
-    import shutil  # here, not at the top: slow to import (see the imports)
-
-    size = shutil.get_terminal_size()
-    table = fleet_table(watcher.devices, size.columns, size.lines)
-    sys.stdout.write("\x1b[?25l\x1b[H" + table.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J")
-    sys.stdout.flush()
-
-
-class _Hooks:
-    """--on-change: runs a command per change, with bounded concurrency and a timeout;
-    the watcher only queues (a full queue drops the change, counted and logged)."""
-
-    def __init__(self, command, timeout, workers=4, backlog=1000):
-        import shlex  # here, not at the top: only --on-change needs it
-
-        self.command, self.timeout = shlex.split(command), timeout
-        if not self.command:
-            raise ValueError("--on-change needs a command")
-        self.dropped = 0
-        self._queue = queue.Queue(backlog)
-        self._threads = [threading.Thread(target=self._work, daemon=True, name="pihace-hook")
-                         for _ in range(workers)]
-        for thread in self._threads:
-            thread.start()
-
-    def __call__(self, device, old, new, report):
-        import json  # here, not at the top: slow to import (see the imports)
-
-        env = dict(os.environ, PIHACE_DEVICE=_printable(device["device"]),
-                   PIHACE_NAME=_printable(device["name"]), PIHACE_HOST=_printable(device["host"]),
-                   PIHACE_OLD_STATE=old or "", PIHACE_NEW_STATE=new,
-                   PIHACE_REPORT=json.dumps(report) if report is not None else "")
-        try:
-            self._queue.put_nowait(env)
-        except queue.Full:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning("--on-change is too slow: dropped %d change(s) so far", self.dropped)
-
-    def _work(self):
-        import subprocess  # here, not at the top: only --on-change needs it
-
-        while True:
-            env = self._queue.get()
-            if env is None:
-                return
-            try:
-                result = subprocess.run(self.command, env=env, timeout=self.timeout,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-                if result.returncode:
-                    log.warning("--on-change exited with %d for %s", result.returncode,
-                                env["PIHACE_DEVICE"])
-            except subprocess.TimeoutExpired:
-                log.warning("--on-change ran past %gs for %s: killed", self.timeout,
-                            env["PIHACE_DEVICE"])
-            except OSError as exc:
-                log.warning("--on-change cannot run: %s", describe_error(exc))
-
-    def close(self, timeout=5.0):
-        """Let the queued commands finish (each within its timeout), at most `timeout`
-        seconds more; then stop the workers."""
-        for _ in self._threads:
-            self._queue.put(None)
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-
-class _FleetPages:
-    """What `pihace watch --listen` answers, on the HTTP server's hardened classes (the
-    same limits on slow and malformed requests as HealthServer)."""
-
-    request_timeout = max_wait = 10.0
-
-    def __init__(self, watcher):
-        self.watcher = watcher
-
-    def respond(self, path, query, accept):
-        if path == "/metrics":
-            return (200, _PROMETHEUS_TEXT,
-                    format_fleet(self.watcher.devices, "prometheus").encode(), [])
-        if path in ("/", "/devices"):
-            return 200, "application/json", format_fleet(self.watcher.devices, "json").encode(), []
-        return 404, _TEXT_PLAIN, b"not found: try /metrics or /devices\n", []
 
 
 def _serve_fleet(watcher, listen):

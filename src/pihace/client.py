@@ -30,6 +30,7 @@ class _AMQPClient:
     """
 
     _channel = 1  # the one channel each client uses
+    default_heartbeat = 60  # seconds, when neither the caller nor the URL says
 
     def __init__(self, amqp_url, names, *, exchange, exchange_type, queue_arguments, heartbeat,
                  timeout, connection_name, ssl_context, socket_factory):
@@ -73,7 +74,8 @@ class _AMQPClient:
             connection = open_connection(
                 order, deadline, timeout=timeout, heartbeat=self.heartbeat,
                 connection_name=self.connection_name, ssl_context=self.ssl_context,
-                socket_factory=self.socket_factory, clock=clock, interrupt=self._interrupt)
+                socket_factory=self.socket_factory, clock=clock, interrupt=self._interrupt,
+                default_heartbeat=self.default_heartbeat)
         except (PihaceError, OSError):
             self.parameters = order[-1]  # what the error is about
             raise

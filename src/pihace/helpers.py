@@ -38,6 +38,8 @@ def _text(value):
             value = f"<{type(value).__name__} that cannot be shown>"
     if len(value) > _TEXT_LIMIT:
         value = f"{value[:_TEXT_LIMIT]}... ({len(value) - _TEXT_LIMIT} more characters)"
+    if not value.isascii():  # a lone surrogate (from a hostile server's JSON) cannot be sent
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
 
 
@@ -61,9 +63,19 @@ _CONTROL_ESCAPES = {code: repr(chr(code))[1:-1]
                     for code in itertools.chain(range(32), range(127, 160))}
 
 
+# ... and the characters that reorder the text around them (bidi overrides, isolates and
+# marks: a name could show as another) or cannot be encoded (lone surrogates, which
+# json.loads lets through): escaped too, so that every output can encode what it shows.
+_CONTROL_ESCAPES.update({code: f"\\u{code:04x}" for code in itertools.chain(
+    (0x061C, 0x200E, 0x200F), range(0x202A, 0x202F), range(0x2066, 0x206A),
+    range(0xD800, 0xE000))})
+
+
 def _printable(text):
-    """Text from outside, safe for a terminal or a log line: control characters escaped."""
-    return str(text).translate(_CONTROL_ESCAPES)
+    """Text from outside, safe for a terminal or a log line, and encodable in UTF-8: control
+    and bidi characters and lone surrogates escaped."""
+    text = str(text)
+    return text if text.isascii() and text.isprintable() else text.translate(_CONTROL_ESCAPES)
 
 
 def describe_error(exc, where=None):

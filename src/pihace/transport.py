@@ -217,6 +217,7 @@ class BlockingConnection:
         self._deliveries = collections.deque()  # Delivery events, for deliveries() to collect
         self._blocked_changes = 0  # Blocked and Unblocked not logged yet
         self._blocked_logged = None  # when the last line about them was
+        self._last_received = clock()  # when the broker last sent anything
 
     @property
     def is_open(self):
@@ -226,6 +227,16 @@ class BlockingConnection:
     def blocked(self):
         """Why the broker blocks publishing (a resource alarm), or None."""
         return self.protocol.blocked
+
+    @property
+    def heartbeat(self):
+        """The heartbeat period agreed with the broker, in seconds (0 or None: none)."""
+        return self.protocol.heartbeat
+
+    def quiet_for(self):
+        """Seconds since the broker last sent anything (RabbitMQ sends a heartbeat every
+        half period when it has nothing else to send)."""
+        return self.clock() - self._last_received
 
     def channel_is_open(self, channel):
         return self.sock is not None and self.protocol.channel_is_open(channel)
@@ -365,7 +376,8 @@ class BlockingConnection:
             data = self.sock.recv(1 << 16)
         except self._would_block:  # TLS: only part of a record has come
             return False
-        self.protocol.receive_data(data, self.clock())
+        self._last_received = self.clock()
+        self.protocol.receive_data(data, self._last_received)
         return True
 
     def _wait(self, writing, timeout):
@@ -623,13 +635,13 @@ class Wakeup:
 
 def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
                     connection_name="pihace", ssl_context=None, socket_factory=None,
-                    clock=time.monotonic, interrupt=None):
+                    clock=time.monotonic, interrupt=None, default_heartbeat=60):
     """An open BlockingConnection to the first of `endpoints` (AMQPParameters of the
     nodes of one cluster, tried in order) that answers before the deadline.
 
     Each endpoint gets a fair share of the time left, and at most its URL's
     connection_timeout (else `timeout`): a dead node cannot use it all. The
-    heartbeat is `heartbeat` if given, else the URL's, else 60 s. Over TLS with
+    heartbeat is `heartbeat` if given, else the URL's, else `default_heartbeat`. Over TLS with
     a client certificate and no password, the login is SASL EXTERNAL when the
     broker offers it. `interrupt`: see BlockingConnection. Raises what the last
     endpoint failed with.
@@ -638,7 +650,7 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
         protocol = AMQPProtocol(
             parameters.username, parameters.password, parameters.vhost,
             heartbeat=heartbeat if heartbeat is not None else
-            parameters.heartbeat if parameters.heartbeat is not None else 60,
+            parameters.heartbeat if parameters.heartbeat is not None else default_heartbeat,
             frame_max=parameters.frame_max or DEFAULT_FRAME_MAX,
             channel_max=parameters.channel_max or DEFAULT_CHANNEL_MAX,
             client_properties=_client_properties(connection_name),

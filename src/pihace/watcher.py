@@ -1,4 +1,5 @@
-"""watcher: consuming the fleet's reports, one state per device, hooks on changes."""
+"""watcher: consuming the fleet's reports, one state per device, hooks on changes. Never blames a
+device for the watcher's own blindness: while it cannot read, states are kept and marked stale."""
 
 from __future__ import annotations
 
@@ -10,83 +11,110 @@ import time
 
 from .header import log
 from .errors import Interrupted, PihaceError
-from .helpers import _CONTROL_ESCAPES, _number, _printable, _seconds, _text, describe_error
+from .helpers import _number, _printable, _seconds, _text, describe_error
 from .transport import Backoff, Wakeup
 from .client import _AMQPClient
 
 
 # The states of a device, worst first (the live table's order).
-DEVICE_STATES = ("silent", "down", "late", "degraded", "new", "up")
+DEVICE_STATES = ("silent", "down", "late", "degraded", "up")
 _STATE_OF_STATUS = {"Available": "up", "Partially Available": "degraded", "Unavailable": "down"}
 _NAME_LIMIT = 200  # characters of a device's name or host that are kept
 _FAILING_LIMIT = 20  # names of failing checks kept per device
+_WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minutes
+_QUEUE_CHECK = 5.0  # seconds between two looks at the queue (passive declare)
+_ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
+
+
+def _report_text(value, limit=_NAME_LIMIT):
+    """Text from a report, made safe once where it enters, so that every output can trust
+    it: a string of at most `limit` characters, control and bidi characters and lone
+    surrogates written as escapes."""
+    text = value if type(value) is str else "" if value is None else _text(value)
+    if not (text.isascii() and text.isprintable()):
+        text = _printable(text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Device:
     """What the watcher knows of one device (a component name on a host).
 
-    `last_seen` is wall-clock time (seconds since 1970) of its newest report:
-    the report's AMQP timestamp, never later than its arrival. `state` is one
-    of DEVICE_STATES; `status` the newest report's.
+    `last_seen` is wall-clock time (seconds since 1970) of its newest report: the
+    report's AMQP timestamp, never later than its arrival (its arrival, when the
+    device's clock is off by more than its grace). `state` is one of DEVICE_STATES,
+    since `since`; `status` the newest report's; `first_seen` when it was first seen.
     """
 
-    __slots__ = ("name", "host", "state", "status", "last_seen", "interval", "late_after",
-                 "reports", "rate", "failing", "due")
+    __slots__ = ("name", "host", "label", "state", "since", "status", "first_seen",
+                 "last_seen", "last_stamp", "judged_from", "interval", "late_after", "reports",
+                 "rate", "failing", "due", "skewed", "ids")
 
-    def __init__(self, name, host):
+    def __init__(self, name, host, now, window):
         self.name, self.host = name, host
+        self.label = None  # its Prometheus labels, made once when first needed
         self.state = self.status = self.rate = None
-        self.last_seen = self.interval = self.late_after = 0.0
-        self.reports, self.failing = 0, ()
+        self.since = self.first_seen = now
+        self.last_seen = self.last_stamp = self.judged_from = now
+        self.interval = self.late_after = 0.0
+        self.reports, self.failing, self.skewed = 0, (), False
         self.due = math.inf  # when its age next changes its state
+        self.ids = collections.deque(maxlen=window)  # its newest message ids: duplicates
 
     @property
     def id(self):
         return f"{self.name}@{self.host}" if self.host else self.name
 
-    def snapshot(self, now):
+    def snapshot(self, now, stale=False):
         return {"device": self.id, "name": self.name, "host": self.host, "state": self.state,
-                "status": self.status, "last_seen": self.last_seen,
-                "age": max(0.0, now - self.last_seen), "interval": self.interval,
-                "reports": self.reports, "rate": self.rate, "failing": list(self.failing)}
-
-
-def _bounded_text(value, limit=_NAME_LIMIT):
-    """A name from a report: text, at most `limit` characters (escaped only when shown)."""
-    text = value if isinstance(value, str) else "" if value is None else _text(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-_ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
+                "since": self.since, "status": self.status, "first_seen": self.first_seen,
+                "last_seen": self.last_seen, "age": max(0.0, now - self.last_seen),
+                "interval": self.interval, "reports": self.reports, "rate": self.rate,
+                "failing": list(self.failing), "stale": stale}
 
 
 class Watcher(_AMQPClient):
     """Consumes the fleet's health reports and keeps one state per device.
 
     A device is a component name on a host (a report without a name falls
-    back to the AMQP app_id, then user_id). Its state is `new` on its first
-    report, then `up`, `degraded` or `down` as its newest report's status
-    says; `late` when no report came for interval + grace seconds, `silent`
-    after interval + silent_grace (or silent_limit, if sooner). The interval
-    is the report's own `interval` key (pushers in a loop send it), else
-    `default_interval`. Each change calls every on_change(device, old_state,
-    new_state, report) once (device: a dict; report: None for late and silent).
+    back to the AMQP app_id, then user_id). Its state follows its newest
+    report's status at once (`up`, `degraded` or `down`, from its first
+    report on); `late` when no report came for interval + grace seconds,
+    `silent` after interval + silent_grace (or silent_limit, if sooner). The
+    interval is the report's own `interval` key (pushers in a loop send it),
+    else `default_interval`. Each change calls every on_change(device,
+    old_state, new_state, report) once (device: a dict; report: None for late
+    and silent); a device's first report calls them (with old_state None) only
+    with `announce_first`.
+
+    The watcher never blames a device for its own blindness: while it is not
+    connected, or the broker has sent nothing for a heartbeat, devices keep
+    their states, marked stale, and the time it could not see does not count
+    against them. A report sent live (not one that waited in the queue before
+    the watcher connected) whose timestamp is off from its arrival by more than
+    the device's grace (a wrong clock) counts from its arrival.
 
     Delivery is at-least-once: a report is acknowledged only after it has been
-    applied; one whose message_id was seen already is counted as a duplicate
-    and not applied again. A report that is not JSON, not a pihace report, or
-    larger than max_report_size bytes is counted, logged (once per producer)
-    and acknowledged, so it cannot come back. After any loss the watcher
-    reconnects with exponential backoff and jitter, trying each URL in turn.
+    applied; one that repeats one of the last `dedup_window` message ids of the
+    same device is counted as a duplicate and not applied again (a message can
+    make no other device's report a duplicate). A report that is not JSON, not a pihace
+    report, or larger than max_report_size bytes is counted, logged (once per
+    producer) and acknowledged, so it cannot come back. At most max_devices
+    are kept (a report of one more is refused, counted and logged); with
+    `forget_after`, a device silent that long is forgotten. After any loss
+    the watcher reconnects with exponential backoff and jitter, trying each
+    URL in turn.
     """
+
+    default_heartbeat = _WATCH_HEARTBEAT
 
     def __init__(self, amqp_url="amqp://guest:guest@localhost:5672/",
                  queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
                  binding_key="#", declare=True, queue_arguments=None, prefetch=100,
                  default_interval=60.0, grace=None, silent_grace=None, silent_limit=None,
-                 on_change=None, tick=1.0, max_report_size=1 << 20, dedup_window=100000,
-                 heartbeat=None, timeout=10.0, connection_name="pihace watch",
-                 ssl_context=None, socket_factory=None, wall_clock=time.time):
+                 on_change=None, announce_first=False, tick=1.0, max_report_size=1 << 20,
+                 dedup_window=32, max_devices=100000, forget_after=None, heartbeat=None,
+                 timeout=10.0, connection_name="pihace watch", ssl_context=None,
+                 socket_factory=None, wall_clock=time.time):
         super().__init__(
             amqp_url, {"queue_name": queue_name, "binding_key": binding_key},
             exchange=exchange, exchange_type=exchange_type, queue_arguments=queue_arguments,
@@ -99,27 +127,31 @@ class Watcher(_AMQPClient):
                 int)
         _number("max_report_size", max_report_size, lambda v: v >= 1, "an integer >= 1", int)
         _number("dedup_window", dedup_window, lambda v: v >= 0, "an integer >= 0", int)
+        _number("max_devices", max_devices, lambda v: v >= 1, "an integer >= 1", int)
         self.default_interval = _seconds("default_interval", default_interval)
         self.grace = None if grace is None else _seconds("grace", grace)
         self.silent_grace = None if silent_grace is None else _seconds("silent_grace",
                                                                        silent_grace)
         self.silent_limit = None if silent_limit is None else _seconds("silent_limit",
                                                                        silent_limit)
+        self.forget_after = None if forget_after is None else _seconds("forget_after",
+                                                                       forget_after)
         self.tick = _seconds("tick", tick)
         callbacks = on_change if isinstance(on_change, (list, tuple)) else [on_change]
         if not all(callable(callback) for callback in callbacks if callback is not None):
             raise TypeError("on_change must be a callable or a list of callables")
         self.on_change = [callback for callback in callbacks if callback is not None]
+        self.announce_first = bool(announce_first)
         self.queue_name, self.binding_key, self.declare = queue_name, binding_key, declare
         self.prefetch, self.max_report_size = prefetch, max_report_size
+        self.max_devices, self.dedup_window = max_devices, dedup_window
         self._ack_every = max(1, prefetch // 2) if prefetch else 50
         self.wall_clock = wall_clock  # seconds since 1970: reports' timestamps are on it
-        self.counts = collections.Counter()  # applied, duplicate, invalid, stale
+        # applied, duplicate, invalid, stale, refused, skewed, forgotten
+        self.counts = collections.Counter()
         self.last_error = None  # why it could not read, the last time it could not
         self._devices = {}  # (name, host) -> Device
         self._lock = threading.Lock()  # the devices, for snapshots from other threads
-        self._seen, self._seen_order = set(), collections.deque()
-        self._dedup_window = dedup_window
         self._garbage_from = set()  # producers whose bad reports were logged already
         import json.scanner  # here, not at the top: slow to import (see the imports)
 
@@ -127,7 +159,17 @@ class Watcher(_AMQPClient):
         self._json_loads, self._scan_json = json.loads, json.scanner.make_scanner(
             json.JSONDecoder())
         self._unacked, self._last_tag = 0, None  # applied, not acknowledged yet (acks batch)
-        self._next_tick = -math.inf
+        # Reports that waited in the queue when it connected: their timestamps are believed
+        # as they are (sent long ago); a report sent live and stamped far from now is a clock off.
+        self._backlog = 0
+        self._next_tick = self._next_queue_check = -math.inf
+        self._queue = None  # the name of the queue it consumes, once it does
+        self._consumers = 1  # on that queue, at the last look
+        # Its sight: None while it sees (or is fed by hand), else since when it is blind and why.
+        self._blind_since, self._blind_why = None, None
+        self._connected_since = None  # wall-clock time it (re)gained sight, once it did
+        self._last_message = None  # wall-clock time of the newest delivery
+        self._delivered_since_check = self._checked_before = self._stuck = False
 
     def __repr__(self):
         return f"<Watcher {self.parameters.safe_url} queue={self.queue_name!r}>"
@@ -136,11 +178,25 @@ class Watcher(_AMQPClient):
 
     @property
     def devices(self):
-        """A snapshot: {device id: dict of name, host, state, status, last_seen, age,
-        interval, reports, rate, failing}."""
-        now = self.wall_clock()
+        """A snapshot: {device id: dict of name, host, state, since, status, first_seen,
+        last_seen, age, interval, reports, rate, failing, stale}; `stale` is true while the
+        watcher cannot see (its states are then as last seen)."""
+        now, stale = self.wall_clock(), self._blind_since is not None
         with self._lock:
-            return {device.id: device.snapshot(now) for device in self._devices.values()}
+            return {device.id: device.snapshot(now, stale) for device in self._devices.values()}
+
+    @property
+    def status(self):
+        """The watcher's own health: {"connected", "since" (when it gained or lost sight),
+        "reason" (why it cannot see, or None), "last_message" (wall-clock time of the newest
+        delivery, or None), "consumers" (on its queue, at the last look), "devices",
+        "counts"}."""
+        blind = self._blind_since is not None
+        return {"connected": not blind,
+                "since": self._blind_since if blind else self._connected_since,
+                "reason": self._blind_why if blind else None,
+                "last_message": self._last_message, "consumers": self._consumers,
+                "devices": len(self._devices), "counts": dict(self.counts)}
 
     def _limits(self, interval):
         """(late, silent): the seconds without a report after which a device is each."""
@@ -154,32 +210,23 @@ class Watcher(_AMQPClient):
 
     def apply(self, body, properties=None, now=None):
         """Apply one report (bytes, as it came) to its device: "applied", "duplicate",
-        "invalid" (counted and logged) or "stale" (older than the device's newest).
-        `properties` are its AMQP properties (message_id, timestamp, app_id, ...)."""
+        "invalid" (counted and logged), "stale" (older than the device's newest) or
+        "refused" (a new device beyond max_devices). `properties` are its AMQP properties
+        (message_id, timestamp, app_id, ...). Never raises for what a report holds."""
         # The watcher's hot path (bench_watch.py times it with 50,000 devices): few calls,
         # and the usual case first.
         properties = properties or {}
-        message_id = properties.get("message_id")
-        if message_id is not None:
-            if message_id in self._seen:
-                self.counts["duplicate"] += 1
-                return "duplicate"
-            if self._dedup_window:  # remember it, and forget the oldest beyond the window
-                self._seen.add(message_id)
-                self._seen_order.append(message_id)
-                if len(self._seen_order) > self._dedup_window:
-                    self._seen.discard(self._seen_order.popleft())
         report = self._parse(body, properties)
         if report is None:
             self.counts["invalid"] += 1
             return "invalid"
-        change = self._update(report, properties, self.wall_clock() if now is None else now)
-        if change is None:
-            self.counts["stale"] += 1
-            return "stale"
+        outcome = self._update(report, properties, self.wall_clock() if now is None else now)
+        if type(outcome) is str:
+            self.counts[outcome] += 1
+            return outcome
         self.counts["applied"] += 1
-        if change is not True and self.on_change:
-            self._fire(*change)
+        if outcome is not None and self.on_change:
+            self._fire(*outcome)
         return "applied"
 
     def _parse(self, body, properties):
@@ -199,75 +246,129 @@ class Watcher(_AMQPClient):
                     raise ValueError("extra data")
             except (ValueError, StopIteration, TypeError):  # no JSON value at 0; a str body
                 report = self._json_loads(body)
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
             return self._garbage(properties, body, "not JSON")
-        if type(report) is not dict or report.get("status") not in _STATE_OF_STATUS:
+        if type(report) is not dict or type(report.get("status")) is not str or \
+                report["status"] not in _STATE_OF_STATUS:
             return self._garbage(properties, body, "not a pihace report (no valid status)")
         return report
 
     def _garbage(self, properties, body, why):
-        size = properties.get("body_size", len(body) if body is not None else 0)
-        producer = _bounded_text(properties.get("app_id") or properties.get("user_id") or "?", 60)
+        size = properties.get("body_size", len(body) if isinstance(body, (bytes, str)) else 0)
+        producer = _report_text(properties.get("app_id") or properties.get("user_id") or "?",
+                                60)
         if producer not in self._garbage_from and len(self._garbage_from) < 1000:
             self._garbage_from.add(producer)
-            log.warning("ignored a message of %d bytes from %s: %s (logged once per producer)",
-                        size, _printable(repr(producer)), why)
+            log.warning("ignored a message of %d bytes from '%s': %s (logged once per "
+                        "producer)", size, producer, why)
         return None
 
     def _update(self, report, properties, now):
-        """Apply a parsed report to its device: None when it is stale (older than the
-        device's newest), True when the device's state stays, else the change to announce."""
+        """Apply a parsed report to its device: "stale", "duplicate" or "refused" when it
+        is not applied; else None when no callback is owed, or the change to announce."""
         component = report.get("component")
         name = (component.get("name") if type(component) is dict else None) or properties.get(
             "app_id") or properties.get("user_id") or "unknown"
-        if type(name) is not str or len(name) > _NAME_LIMIT:
-            name = _bounded_text(name)
+        if type(name) is not str or len(name) > _NAME_LIMIT or not name.isascii() or \
+                not name.isprintable():
+            name = _report_text(name)
         host = report.get("host") or ""
-        if type(host) is not str or len(host) > _NAME_LIMIT:
-            host = _bounded_text(host)
+        if type(host) is not str or len(host) > _NAME_LIMIT or not host.isascii() or \
+                not host.isprintable():
+            host = _report_text(host)
         interval = report.get("interval")
         if type(interval) not in (float, int) or not 0 < interval < 1e6:  # bool, NaN, text...
             interval = self.default_interval
-        stamp = properties.get("timestamp")
-        seen = min(now, stamp + 1.0) if type(stamp) is int and stamp > 0 else now
-        status, rate, failure = report["status"], report.get("rate"), report.get("failure")
+        stamp = properties.get("timestamp")  # whole seconds: the report left within 1 s after
+        stamp = stamp + 1.0 if type(stamp) is int and stamp > 0 else now
+        message_id = properties.get("message_id")
+        if type(message_id) is not str:
+            message_id = None if type(message_id) not in (bytes, int) else message_id
         with self._lock:
             device = self._devices.get((name, host))
-            if device is None:
-                device = self._devices[(name, host)] = Device(name, host)
-            elif seen < device.last_seen:
-                return None  # an older report that came late (an outbox, say)
-            device.status, device.last_seen = status, seen
-            device.reports += 1
-            device.rate = (rate if type(rate) is str and len(rate) <= 20 else
-                           _bounded_text(rate, 20)) if rate else None
-            device.failing = tuple(_bounded_text(key) for key in itertools.islice(
-                failure, _FAILING_LIMIT)) if type(failure) is dict and failure else ()
+            first = device is None
+            if first:
+                if len(self._devices) >= self.max_devices:
+                    return self._refuse(name, host)
+                device = self._devices[(name, host)] = Device(name, host, now, self.dedup_window)
+            elif message_id is not None and message_id in device.ids:
+                return "duplicate"
+            elif stamp < device.last_stamp:
+                return "stale"  # an older report that came late (an outbox, say)
+            stamp = min(stamp, now)
             if interval != device.interval:  # the limits follow it; grace and the rest are fixed
                 device.interval, device.late_after = float(interval), self._limits(interval)[0]
+            seen = stamp
+            if not self._backlog and abs(now - stamp) > device.late_after - device.interval + 1:
+                seen = now  # sent just now, yet stamped far from now: a clock that is off
+                self._skewed(device, now - stamp)
+            if message_id is not None:
+                device.ids.append(message_id)
+            device.status, device.last_stamp = report["status"], stamp
+            device.last_seen = device.judged_from = seen
+            device.reports += 1
+            rate, failure = report.get("rate"), report.get("failure")
+            device.rate = (rate if type(rate) is str and len(rate) <= 20 and rate.isascii()
+                           and rate.isprintable() else _report_text(rate, 20)) if rate else None
+            device.failing = tuple(_report_text(key) for key in itertools.islice(
+                failure, _FAILING_LIMIT)) if type(failure) is dict and failure else ()
             device.due = seen + device.late_after
-            old = device.state
-            new = "new" if old is None else _STATE_OF_STATUS[status]
+            old, new = device.state, _STATE_OF_STATUS[device.status]
             if new == old:
-                return True
-            device.state = new
+                return None
+            device.state, device.since = new, now
+            if first and not self.announce_first:
+                return None
             return device, old, new, report, now
 
+    def _refuse(self, name, host):
+        """A report of one device more than max_devices: counted; logged at the first, then
+        at every 1000th."""
+        refused = self.counts["refused"] + 1
+        if refused == 1 or refused % 1000 == 0:
+            log.warning("refused a report of a new device %r on %r: already %d devices "
+                        "(max_devices); %d refused so far", name, host, self.max_devices, refused)
+        return "refused"
+
+    def _skewed(self, device, behind):
+        """A live report whose timestamp is far from its arrival: counted, logged once per
+        device."""
+        self.counts["skewed"] += 1
+        if not device.skewed:
+            device.skewed = True
+            log.warning("device %r: its reports' timestamps are %.0fs %s their arrival (a clock "
+                        "off?); their arrival times are used instead", device.id, abs(behind),
+                        "behind" if behind > 0 else "ahead of")
+
     def check_ages(self, now=None):
-        """Turn devices late or silent whose reports stopped; the changes, announced."""
+        """Turn devices late or silent whose reports stopped, and forget those silent for
+        forget_after; the changes, announced. Nothing changes while the watcher is blind."""
+        if self._blind_since is not None:
+            return 0
         now = self.wall_clock() if now is None else now
-        changes = []
+        changes, forgotten = [], []
         with self._lock:
-            for device in self._devices.values():
+            for key, device in self._devices.items():
                 if device.due > now:
                     continue
                 late, silent = self._limits(device.interval)
-                age = now - device.last_seen
+                age = now - device.judged_from
+                if self.forget_after is not None and age > max(silent, self.forget_after):
+                    forgotten.append(key)
+                    continue
                 new = "silent" if age > silent else "late"
-                device.due = math.inf if new == "silent" else device.last_seen + silent
+                device.due = (device.judged_from + silent if new == "late" else
+                              math.inf if self.forget_after is None else
+                              device.judged_from + max(silent, self.forget_after))
                 if new != device.state:
                     changes.append((device, device.state, new, None, now))
-                    device.state = new
+                    device.state, device.since = new, now
+            for key in forgotten:
+                del self._devices[key]
+        if forgotten:
+            self.counts["forgotten"] += len(forgotten)
+            log.info("forgot %d device(s) silent for more than %gs", len(forgotten),
+                     self.forget_after)
         for change in changes:
             self._fire(*change)
         return len(changes)
@@ -286,6 +387,33 @@ class Watcher(_AMQPClient):
         if delivery.body is None:
             properties = dict(properties, body_size=delivery.body_size)
         self.apply(delivery.body, properties)
+        if self._backlog:
+            self._backlog -= 1
+
+    # -- its sight ----------------------------------------------------------------
+
+    def _lose_sight(self, why, expected=False):
+        """From now on it cannot see: states are kept, marked stale, and aged no more.
+        Logged as a warning unless `expected` (before the first connection, after a stop)."""
+        if self._blind_since is None:
+            self._blind_since = self.wall_clock()
+            (log.info if expected else log.warning)("the fleet's view is stale: %s", why)
+        self._blind_why = why
+
+    def _regain_sight(self):
+        """It sees again: the time it was blind does not count against any device."""
+        if self._blind_since is None:
+            return
+        now = self.wall_clock()
+        blind_from, self._blind_since, self._blind_why = self._blind_since, None, None
+        self._connected_since = now
+        with self._lock:
+            for device in self._devices.values():
+                if device.judged_from < now:
+                    shift = now - max(blind_from, device.judged_from)
+                    device.judged_from += shift
+                    device.due += shift
+        log.info("watching again: the view is current (blind for %.0fs)", now - blind_from)
 
     # -- the connection ---------------------------------------------------------
 
@@ -302,14 +430,40 @@ class Watcher(_AMQPClient):
             if self.exchange:
                 connection.call(channel, "Queue.Bind", deadline, queue=queue,
                                 exchange=self.exchange, routing_key=self.binding_key)
+        self._queue = queue
+        self._backlog = self._look_at_queue(connection, deadline)
         connection.consume(channel, queue, deadline, prefetch=self.prefetch,
                            max_body_size=self.max_report_size)
         log.info("watching queue %s on %s", _printable(repr(queue)), self.parameters.safe_url)
         return connection
 
+    def _look_at_queue(self, connection, deadline):
+        """A passive declare of its queue: a ChannelClosed (404) when the queue is gone, even
+        if the broker sent no cancel; a warning when another consumer shares it (each would
+        see only part of the reports); blind when reports wait there but none comes. The
+        number of reports waiting."""
+        reply = connection.call(self._channel, "Queue.Declare", deadline, queue=self._queue,
+                                passive=True)
+        waiting = reply.args["message_count"]
+        others = reply.args["consumer_count"] - (1 if self._checked_before else 0)
+        if others > 0 and others + 1 != self._consumers:
+            log.warning("%d other consumer(s) share the queue %s: each of them takes reports "
+                        "this watcher will not see (give each watcher a queue of its own, bound "
+                        "to the reports' exchange)", others, _printable(repr(self._queue)))
+        self._consumers = max(1, others + 1)
+        self._stuck = bool(waiting and self._checked_before and not self._delivered_since_check
+                           and not self._unacked)
+        if self._stuck:
+            self._lose_sight(f"{waiting} report(s) wait in the queue but none comes to this "
+                             "watcher")
+        self._checked_before, self._delivered_since_check = True, False
+        self._next_queue_check = time.monotonic() + _QUEUE_CHECK
+        return waiting
+
     def _drop(self):
         connection, self._connection = self._connection, None
         self._unacked = 0  # what it applied and did not acknowledge comes again
+        self._next_queue_check, self._checked_before, self._stuck = -math.inf, False, False
         if connection is not None:
             connection.abort()
 
@@ -318,12 +472,15 @@ class Watcher(_AMQPClient):
     def run(self, stop_event=None, *, duration=None, idle=None):
         """Consume and apply reports until stop(), stop_event or Ctrl-C; or for at most
         `duration` seconds; or, given `idle`, until no report came for `idle` seconds
-        (what --once uses to read what is waiting). Returns True when it consumed."""
+        (what --once uses to read what is waiting). Returns True when it could read the
+        queue (it connected and consumed) at least once. An error that is not the
+        broker's or the network's is a bug: it ends run() and is raised."""
         monotonic = time.monotonic
         ends = math.inf if duration is None else monotonic() + _seconds("duration", duration)
         consumed, quiet_since = False, None
         backoff = Backoff(spread=1.0)
         self._wakeup = self._interrupt = Wakeup()
+        self._lose_sight("not connected yet", expected=True)
         try:
             while not self._stopped(stop_event) and monotonic() < ends:
                 if self._connection is None:
@@ -342,6 +499,7 @@ class Watcher(_AMQPClient):
                     self.last_error = describe_error(exc, self.parameters.safe_url)
                     log.warning("connection lost, opening a new one: %s", self.last_error)
                     self._drop()
+                    self._lose_sight(f"connection lost: {self.last_error}")
                     self._wakeup.wait(backoff.failed())
                     continue
                 self._tick()
@@ -353,12 +511,14 @@ class Watcher(_AMQPClient):
             log.info("interrupted: stopping")
         finally:
             self._wakeup.clear()  # a stop() already acted on must not cut the close short
+            if self._blind_since is None:
+                self.check_ages()  # what it could see until the end
             self._close()
+            self._lose_sight("stopped", expected=True)
             wakeup, self._wakeup = self._wakeup, None
             self._interrupt = None
             wakeup.close()
             self._stop_requested = False
-        self.check_ages()
         return consumed
 
     def _open(self, backoff, ends):
@@ -370,6 +530,7 @@ class Watcher(_AMQPClient):
         except (PihaceError, OSError) as exc:
             self._drop()
             reason = self.last_error = describe_error(exc, self.parameters.safe_url)
+            self._lose_sight(f"cannot connect: {reason}")
             if not backoff.failures:
                 log.warning("cannot watch: %s; trying again", reason)
             self._wakeup.wait(min(backoff.failed(), max(0.0, ends - time.monotonic())))
@@ -377,6 +538,7 @@ class Watcher(_AMQPClient):
         if backoff.failures:
             log.warning("watching again after %d failed attempt(s)", backoff.failures)
         backoff.succeeded()
+        self._regain_sight()
         self._next_tick = time.monotonic() + self.tick + 1.0  # the backlog comes first
         return True
 
@@ -384,7 +546,8 @@ class Watcher(_AMQPClient):
         """Apply the reports that come within `wait` seconds: True when some came.
 
         Each is acknowledged once applied (at-least-once): one Ack (multiple) for each
-        half of the prefetch, and one for what came before a pause."""
+        half of the prefetch, and one for what came before a pause. A broker silent for
+        more than a heartbeat makes the view stale until it speaks again."""
         connection, monotonic = self._connection, time.monotonic
         deliveries = connection.deliveries(wait, monotonic() + self.timeout)
         for delivery in deliveries:
@@ -396,15 +559,28 @@ class Watcher(_AMQPClient):
                 self._unacked = 0
         if deliveries:
             self._last_tag = deliveries[-1].delivery_tag
+            self._last_message = self.wall_clock()
+            self._delivered_since_check = True
         elif self._unacked:
             connection.ack(self._channel, self._last_tag, monotonic() + self.timeout,
                            multiple=True)
             self._unacked = 0
+        if deliveries:
+            self._stuck = False
+        heartbeat = connection.heartbeat
+        if heartbeat and connection.quiet_for() > heartbeat:
+            self._lose_sight(f"the broker sent nothing for {connection.quiet_for():.0f}s "
+                             f"(heartbeat {heartbeat}s)")
+            return bool(deliveries)
+        if monotonic() >= self._next_queue_check:
+            self._look_at_queue(connection, monotonic() + self.timeout)
+        if self._blind_since is not None and not self._stuck:
+            self._regain_sight()
         return bool(deliveries)
 
     def _tick(self):
-        """Look at the devices' ages once per tick (not while it cannot read: a watcher
-        that lost its broker cannot tell a silent device from its own blindness)."""
+        """Look at the devices' ages once per tick (check_ages does nothing while the
+        watcher is blind: it cannot tell a silent device from its own blindness)."""
         now = time.monotonic()
         if now >= self._next_tick:
             self._next_tick = now + self.tick
@@ -422,79 +598,3 @@ class Watcher(_AMQPClient):
                 pass
             self._unacked = 0
         connection.close(time.monotonic() + min(self.timeout, 5.0))
-
-
-
-# -- the fleet's state, as text -------------------------------------------------
-
-def _health(device):
-    """A device's state, with a new one's taken from its report: up, degraded, down..."""
-    state = device["state"]
-    return _STATE_OF_STATUS.get(device["status"], "up") if state == "new" else state
-
-
-def fleet_exit_code(devices):
-    """0 when every device is up (a new one by its report), 1 when some are degraded or
-    late, 2 when some are down or silent: Nagios' OK, WARNING, CRITICAL."""
-    return max([{"down": 2, "silent": 2, "degraded": 1, "late": 1}.get(_health(device), 0)
-                for device in devices.values()], default=0)
-
-
-def _worst_first(devices):
-    rank = {state: index for index, state in enumerate(DEVICE_STATES)}
-    return sorted(devices.values(), key=lambda d: (rank.get(d["state"], 0), -d["age"],
-                                                   d["device"]))
-
-
-def _state_counts(devices):
-    counts = dict.fromkeys(DEVICE_STATES, 0)
-    for device in devices.values():
-        counts[device["state"]] = counts.get(device["state"], 0) + 1
-    return counts
-
-
-def _prometheus_label(value):
-    """A label value: backslash, quote and newline escaped, other control characters
-    replaced (the text format has no escape for them)."""
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return text.translate({code: "\ufffd" for code in _CONTROL_ESCAPES if code != 10})
-
-
-def format_fleet(devices, output="json"):
-    """The fleet (Watcher.devices) as "json", "nagios" (status line, perfdata, then one
-    line per device not up) or "prometheus" (the text exposition format)."""
-    if output == "json":
-        import json  # here, not at the top: slow to import (see the imports)
-
-        return json.dumps({"status": ("OK", "WARNING", "CRITICAL")[fleet_exit_code(devices)],
-                           "counts": _state_counts(devices),
-                           "devices": _worst_first(devices)}, indent=2)
-    counts = _state_counts(devices)
-    if output == "nagios":
-        status = ("OK", "WARNING", "CRITICAL")[fleet_exit_code(devices)]
-        summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no devices"
-        perfdata = " ".join(f"{state}={n};;;0" for state, n in counts.items())
-        lines = [f"PIHACE FLEET {status} - {len(devices)} devices: {summary} | {perfdata}"]
-        lines += [f"{_printable(d['device']).replace('|', '/')}: {d['state']}, last seen "
-                  f"{d['age']:.0f}s ago" + (f", failing: {_printable(', '.join(d['failing']))}"
-                                            .replace("|", "/") if d["failing"] else "")
-                  for d in _worst_first(devices) if _health(d) != "up"]
-        return "\n".join(lines)
-    if output != "prometheus":
-        raise ValueError(f'output must be "json", "nagios" or "prometheus", got {output!r}')
-    lines = ["# HELP pihace_device_up 1 when the device's newest report says Available and it "
-             "is not late, else 0.",
-             "# TYPE pihace_device_up gauge"]
-    rows = _worst_first(devices)
-    labels = [f'device="{_prometheus_label(d["device"])}",name="{_prometheus_label(d["name"])}",'
-              f'host="{_prometheus_label(d["host"])}"' for d in rows]
-    lines += [f'pihace_device_up{{{label},state="{d["state"]}"}} '
-              f'{1 if _health(d) == "up" else 0}'
-              for label, d in zip(labels, rows)]
-    lines += ["# HELP pihace_device_last_seen_timestamp_seconds When the device's newest "
-              "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
-    lines += [f"pihace_device_last_seen_timestamp_seconds{{{label}}} {d['last_seen']:.3f}"
-              for label, d in zip(labels, rows)]
-    lines += ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
-    lines += [f'pihace_devices{{state="{state}"}} {n}' for state, n in counts.items()]
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,333 @@
+"""fleet views: the watcher's devices as JSON, Nagios and Prometheus text, the live table, the
+--on-change hooks and the pages of `pihace watch --listen` (rendered once a second at most,
+whatever the number of requests)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+
+from .header import log
+from .helpers import _CONTROL_ESCAPES, _printable, describe_error
+from .checks import get_utc_timestamp
+from .watcher import DEVICE_STATES
+from .server import _PROMETHEUS_TEXT, _TEXT_PLAIN
+
+
+# -- the fleet's state, as text -------------------------------------------------
+
+_EXIT_CODE_OF_STATE = {"down": 2, "silent": 2, "degraded": 1, "late": 1}
+_NAGIOS_WORDS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+_STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
+
+
+def fleet_exit_code(devices):
+    """0 when every device is up, 1 when some are degraded or late, 2 when some are down or
+    silent: Nagios' OK, WARNING, CRITICAL."""
+    return max([_EXIT_CODE_OF_STATE.get(device["state"], 0) for device in devices.values()],
+               default=0)
+
+
+def _worst_first(devices):
+    return sorted(devices.values(), key=lambda d: (_STATE_RANK.get(d["state"], 0), -d["age"],
+                                                   d["device"]))
+
+
+def _state_counts(devices):
+    counts = dict.fromkeys(DEVICE_STATES, 0)
+    for device in devices.values():
+        counts[device["state"]] = counts.get(device["state"], 0) + 1
+    return counts
+
+
+def _prometheus_label(value):
+    """A label value: backslash, quote and newline escaped, other control characters
+    replaced (the text format has no escape for them)."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return text.translate({code: "\ufffd" for code in _CONTROL_ESCAPES if code != 10})
+
+
+def _stale_note(status):
+    """'' while the watcher sees; else what its outputs say about their staleness."""
+    if status is None or status["connected"]:
+        return ""
+    since = time.strftime("%H:%M:%SZ", time.gmtime(status["since"])) if status["since"] else "?"
+    return f"watcher disconnected since {since}, view stale: {_printable(status['reason'])}"
+
+
+def format_fleet(devices, output="json", status=None):
+    """The fleet (Watcher.devices) as "json", "nagios" (status line, perfdata, then one
+    line per device not up) or "prometheus" (the text exposition format). `status`
+    (Watcher.status) adds the watcher's own health: while it cannot see, each format says
+    the view is stale."""
+    if output == "json":
+        import json  # here, not at the top: slow to import (see the imports)
+
+        document = {"status": _NAGIOS_WORDS[fleet_exit_code(devices)],
+                    "counts": _state_counts(devices), "devices": _worst_first(devices)}
+        if status is not None:
+            document["watcher"] = status
+        return json.dumps(document, indent=2)
+    if output == "nagios":
+        return _fleet_nagios(devices, status)
+    if output != "prometheus":
+        raise ValueError(f'output must be "json", "nagios" or "prometheus", got {output!r}')
+    return _fleet_prometheus(devices, status)
+
+
+def _fleet_nagios(devices, status):
+    counts = _state_counts(devices)
+    word = _NAGIOS_WORDS[fleet_exit_code(devices)]
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no devices"
+    stale = _stale_note(status)
+    perfdata = " ".join(f"{state}={n};;;0" for state, n in counts.items())
+    lines = [f"PIHACE FLEET {word} - {len(devices)} devices: {summary}"
+             f"{' (' + stale.replace('|', '/') + ')' if stale else ''} | {perfdata}"]
+    lines += [f"{_printable(d['device']).replace('|', '/')}: {d['state']}, last seen "
+              f"{d['age']:.0f}s ago" + (f", failing: {_printable(', '.join(d['failing']))}"
+                                        .replace("|", "/") if d["failing"] else "")
+              for d in _worst_first(devices) if d["state"] != "up"]
+    return "\n".join(lines)
+
+
+def _fleet_prometheus(devices, status):
+    """One series per device for up and last seen (labels that never change with its
+    state), and its state as a one-hot family, as kube-state-metrics does."""
+    rows = sorted(devices.values(), key=lambda d: d["device"])
+    labels = [f'device="{_prometheus_label(d["device"])}",name="{_prometheus_label(d["name"])}",'
+              f'host="{_prometheus_label(d["host"])}"' for d in rows]
+    lines = ["# HELP pihace_device_up 1 when the device's newest report says Available and it "
+             "is not late, else 0.", "# TYPE pihace_device_up gauge"]
+    lines += [f"pihace_device_up{{{label}}} {1 if d['state'] == 'up' else 0}"
+              for label, d in zip(labels, rows)]
+    lines += ["# HELP pihace_device_state The device's state: 1 for the one it is in.",
+              "# TYPE pihace_device_state gauge"]
+    for label, d in zip(labels, rows):
+        device = label.partition(",")[0]
+        lines += [f'pihace_device_state{{{device},state="{state}"}} '
+                  f'{1 if d["state"] == state else 0}' for state in DEVICE_STATES]
+    lines += ["# HELP pihace_device_last_seen_timestamp_seconds When the device's newest "
+              "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
+    lines += [f"pihace_device_last_seen_timestamp_seconds{{{label}}} {d['last_seen']:.3f}"
+              for label, d in zip(labels, rows)]
+    lines += ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
+    lines += [f'pihace_devices{{state="{state}"}} {n}'
+              for state, n in _state_counts(devices).items()]
+    if status is not None:
+        lines += ["# HELP pihace_watch_connected 1 while the watcher reads its queue; 0 while "
+                  "it cannot (its view is then stale).", "# TYPE pihace_watch_connected gauge",
+                  f"pihace_watch_connected {1 if status['connected'] else 0}"]
+        if status["last_message"] is not None:
+            lines += ["# HELP pihace_watch_last_message_age_seconds Seconds since the newest "
+                      "report reached the watcher.",
+                      "# TYPE pihace_watch_last_message_age_seconds gauge",
+                      f"pihace_watch_last_message_age_seconds "
+                      f"{max(0.0, time.time() - status['last_message']):.3f}"]
+        lines += ["# HELP pihace_watch_reports_total Reports the watcher received, by outcome.",
+                  "# TYPE pihace_watch_reports_total counter"]
+        lines += [f'pihace_watch_reports_total{{outcome="{outcome}"}} '
+                  f'{status["counts"].get(outcome, 0)}'
+                  for outcome in ("applied", "duplicate", "invalid", "stale", "refused")]
+    return "\n".join(lines) + "\n"
+
+
+def _print_change(device, old, new, report):
+    """One line per change, for a pipe or a log (device texts were made safe as they came)."""
+    failing = f" failing: {', '.join(device['failing'])}" if (
+        report is not None and device["failing"]) else ""
+    print(f"{get_utc_timestamp()[:19]}Z {device['device']} {old or '-'} -> {new}{failing}",
+          flush=True)
+
+
+def _age(seconds):
+    seconds = int(seconds)
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else \
+        f"{seconds // 3600}h"
+
+
+def fleet_table(devices, width=80, height=24, status=None):
+    """The live table's text: a summary line (and, while the watcher cannot see, a line that
+    says so), then one line per device, worst first, each cut to `width` columns; as many
+    devices as fit in `height` lines."""
+    rows = _worst_first(devices)
+    summary = ", ".join(f"{n} {state}" for state, n in _state_counts(devices).items() if n)
+    name_width = min(40, max([6] + [len(d["device"]) for d in rows]))
+    lines = [f"pihace watch: {len(rows)} devices{': ' if summary else ''}{summary}   "
+             f"{get_utc_timestamp()[:19]}Z"]
+    stale = _stale_note(status)
+    if stale:
+        lines.append(f"!! {stale.upper()[:1]}{stale[1:]}")
+    lines.append(f"{'DEVICE':<{name_width}}  {'STATE':<8}  {'LAST SEEN':<9}  {'AGE':>5}  "
+                 f"{'RATE':<7}  FAILING")
+    room = max(1, height - len(lines) - 1)
+    for device in rows[:room if len(rows) <= room else room - 1]:
+        name = device["device"]
+        if len(name) > name_width:
+            name = name[:name_width - 1] + "~"
+        seen = time.strftime("%H:%M:%S", time.gmtime(device["last_seen"]))
+        lines.append(f"{name:<{name_width}}  {device['state']:<8}  {seen:<9}  "
+                     f"{_age(device['age']):>5}  {device['rate'] or '-':<7}  "
+                     f"{', '.join(device['failing'])}")
+    if len(rows) > room:
+        lines.append(f"... and {len(rows) - room + 1} more")
+    return "\n".join(line[:width] for line in lines)
+
+
+def _live_table(watcher):
+    """Redraw the table in place: cursor home, the table, clear what is left below."""
+    import shutil  # here, not at the top: slow to import (see the imports)
+
+    size = shutil.get_terminal_size()
+    table = fleet_table(watcher.devices, size.columns, size.lines, watcher.status)
+    sys.stdout.write("\x1b[?25l\x1b[H" + table.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J")
+    sys.stdout.flush()
+
+
+# What a hook inherits of the watcher's environment: nothing else (no PIHACE_AMQP_PASSWORD).
+_HOOK_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER",
+                     "LOGNAME")
+
+
+class _Hooks:
+    """--on-change: runs a command per change, with bounded concurrency and a timeout; the
+    watcher only queues (a full queue drops the change, counted and logged). The command
+    gets the report as JSON on its standard input and the change in PIHACE_DEVICE,
+    PIHACE_NAME, PIHACE_HOST, PIHACE_OLD_STATE, PIHACE_NEW_STATE and PIHACE_FIRST_SEEN; its
+    environment holds nothing else of the watcher's but PATH, HOME, the locale and TZ.
+    `states`: the new states that run it (all when empty)."""
+
+    def __init__(self, command, timeout, states=(), workers=4, backlog=1000):
+        import shlex  # here, not at the top: only --on-change needs it
+        import shutil  # likewise
+
+        self.command, self.timeout = shlex.split(command), timeout
+        if not self.command:
+            raise ValueError("--on-change needs a command")
+        if shutil.which(self.command[0]) is None:
+            raise ValueError(f"--on-change: no program {_printable(self.command[0])!r} "
+                             "(not found, or not executable)")
+        unknown = set(states) - set(DEVICE_STATES)
+        if unknown:
+            raise ValueError(f"--on-change-states: unknown state(s) "
+                             f"{_printable(', '.join(sorted(unknown)))}; the states are "
+                             f"{', '.join(DEVICE_STATES)}")
+        self.states = frozenset(states)
+        self.dropped = 0
+        self._environment = {name: os.environ[name] for name in _HOOK_ENVIRONMENT
+                             if name in os.environ}
+        self._queue = queue.Queue(backlog)
+        self._threads = [threading.Thread(target=self._work, daemon=True, name="pihace-hook")
+                         for _ in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def __call__(self, device, old, new, report):
+        import json  # here, not at the top: slow to import (see the imports)
+
+        if self.states and new not in self.states:
+            return
+        env = dict(self._environment, PIHACE_DEVICE=device["device"],
+                   PIHACE_NAME=device["name"], PIHACE_HOST=device["host"],
+                   PIHACE_OLD_STATE=old or "", PIHACE_NEW_STATE=new,
+                   PIHACE_FIRST_SEEN=f"{device['first_seen']:.3f}")
+        stdin = (json.dumps(report) if report is not None else "").encode()
+        try:
+            self._queue.put_nowait((env, stdin))
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("--on-change is too slow: dropped %d change(s) so far", self.dropped)
+
+    def _work(self):
+        import subprocess  # here, not at the top: only --on-change needs it
+
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            env, stdin = job
+            try:
+                result = subprocess.run(self.command, env=env, timeout=self.timeout,
+                                        input=stdin, stdout=subprocess.DEVNULL)
+                if result.returncode:
+                    log.warning("--on-change exited with %d for %s", result.returncode,
+                                env["PIHACE_DEVICE"])
+            except subprocess.TimeoutExpired:
+                log.warning("--on-change ran past %gs for %s: killed", self.timeout,
+                            env["PIHACE_DEVICE"])
+            except OSError as exc:
+                log.warning("--on-change cannot run: %s", describe_error(exc))
+
+    def close(self, timeout=5.0):
+        """Let the queued commands finish (each within its timeout), at most `timeout`
+        seconds more; then stop the workers."""
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class _FleetPages:
+    """What `pihace watch --listen` answers, on the HTTP server's hardened classes (the
+    same limits on slow and malformed requests as HealthServer): /metrics, /devices (JSON,
+    a page of `limit` devices from `offset`, worst first) and /livez. The fleet is read
+    and rendered at most once per `refresh` seconds, and every request in that second
+    shares the same bytes."""
+
+    request_timeout = max_wait = 10.0
+    page_limit = 1000  # devices per /devices page unless ?limit= says (at most max_limit)
+    max_limit = 10000
+
+    def __init__(self, watcher, refresh=1.0):
+        self.watcher, self.refresh = watcher, refresh
+        self._lock = threading.RLock()  # a rendering may read the shared view: same thread
+        self._rendered = {}  # what -> (when, value)
+
+    def _cached(self, what, make):
+        """make() once per `refresh` seconds; every caller in between gets its value."""
+        with self._lock:
+            made = self._rendered.get(what)
+            now = time.monotonic()
+            if made is None or now - made[0] >= self.refresh:
+                made = self._rendered[what] = (now, make())
+            return made[1]
+
+    def _view(self):
+        """(devices, status, worst first): one reading of the watcher, shared for a second."""
+        def read():
+            devices = self.watcher.devices
+            return devices, self.watcher.status, _worst_first(devices)
+        return self._cached("view", read)
+
+    def respond(self, path, query, accept):
+        if path == "/metrics":
+            return 200, _PROMETHEUS_TEXT, self._cached("metrics", lambda: _fleet_prometheus(
+                *self._view()[:2]).encode()), []
+        if path in ("/", "/devices"):
+            return self._devices_page(query)
+        if path == "/livez":  # the watcher process answers; its view may be stale (/devices)
+            return 200, _TEXT_PLAIN, b"ok\n", []
+        return 404, _TEXT_PLAIN, b"not found: try /metrics, /devices or /livez\n", []
+
+    def _devices_page(self, query):
+        import json  # here, not at the top: slow to import (see the imports)
+        from urllib.parse import parse_qs  # likewise
+
+        fields = parse_qs(query)
+        try:
+            offset = int(fields.get("offset", ["0"])[0])
+            limit = int(fields.get("limit", [str(self.page_limit)])[0])
+            if offset < 0 or not 1 <= limit <= self.max_limit:
+                raise ValueError
+        except ValueError:
+            return (400, _TEXT_PLAIN, f"offset must be an integer >= 0 and limit one from 1 to "
+                    f"{self.max_limit}\n".encode(), [])
+        devices, status, rows = self._view()
+        document = {"status": _NAGIOS_WORDS[fleet_exit_code(devices)],
+                    "counts": _state_counts(devices), "watcher": status, "total": len(rows),
+                    "offset": offset, "limit": limit, "devices": rows[offset:offset + limit]}
+        return 200, "application/json", json.dumps(document, indent=1).encode(), []
