@@ -2808,7 +2808,7 @@ class AMQPProtocol:
             received += len(payload)  # the body of a returned message is not kept
             if received > size:
                 raise RemoteProtocolError(f"content body longer than its declared {size} bytes")
-            if parts is not None:
+            if parts is not None and payload:  # an empty frame adds nothing: keep nothing
                 parts.append(payload)
         self._content = [method, size, received, parts]
         if received != size:
@@ -5828,7 +5828,7 @@ def fleet_table(devices, width=80, height=24, status=None):
              f"{get_utc_timestamp()[:19]}Z"]
     stale = _stale_note(status)
     if stale:
-        lines.append(f"!! {stale.upper()[:1]}{stale[1:]}")
+        lines.append(f"!! {stale}")
     lines.append(f"{'DEVICE':<{name_width}}  {'STATE':<8}  {'LAST SEEN':<9}  {'AGE':>5}  "
                  f"{'RATE':<7}  FAILING")
     room = max(1, height - len(lines) - 1)

@@ -5996,6 +5996,235 @@ def test_watcher_arguments_are_checked():
         assert words in str(raised.value)
 
 
+# -- the watcher survives what a fleet sends it (issue 23) ---------------------------
+
+REPORT_KEYS = ("status", "component", "host", "interval", "rate", "failure", "checks")
+ODD_PROPERTIES = st.fixed_dictionaries({}, optional={
+    "message_id": st.none() | st.text(max_size=4) | st.integers() | st.binary(max_size=4),
+    "timestamp": st.none() | st.integers(min_value=-2 ** 63, max_value=2 ** 63) | st.floats(),
+    "app_id": st.none() | st.text(max_size=8), "user_id": st.none() | st.text(max_size=8)})
+ODD_TEXT = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF,
+                                          blacklist_categories=()), max_size=6)
+ODD_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | ODD_TEXT,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(ODD_TEXT, children,
+                                                                      max_size=3), max_leaves=6)
+
+
+def every_fleet_output(watcher):
+    """Every text the fleet is shown as, encoded as each output sends it."""
+    devices, status = watcher.devices, watcher.status
+    texts = [pihace.fleet_table(devices, 120, 50, status), pihace.format_fleet(devices, "json"),
+             pihace.format_fleet(devices, "nagios", status),
+             pihace.format_fleet(devices, "prometheus", status)]
+    pages = pihace._FleetPages(watcher)
+    texts += [pages.respond(path, "", "*/*")[2].decode() for path in ("/metrics", "/devices")]
+    for text in texts:
+        text.encode("utf-8")  # strict: a lone surrogate would raise
+    return texts
+
+
+@given(body=st.one_of(ODD_JSON.map(lambda value: json.dumps(value).encode()),
+                      st.fixed_dictionaries({}, optional=dict.fromkeys(REPORT_KEYS, ODD_JSON))
+                      .map(lambda value: json.dumps(value).encode()),
+                      st.fixed_dictionaries({"status": st.sampled_from(
+                          ["Available", "Unavailable"])}, optional=dict.fromkeys(
+                          REPORT_KEYS[1:], ODD_JSON)).map(lambda value: json.dumps(value).encode()),
+                      st.binary(max_size=40)),
+       properties=ODD_PROPERTIES)
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HypothesisHealthCheck.too_slow])
+def test_apply_never_raises_on_any_json_value_or_bytes(body, properties):
+    watcher, changes = recording_watcher(announce_first=True)
+    assert watcher.apply(body, properties) in ("applied", "invalid")
+    assert watcher.apply(body, properties) in ("applied", "invalid", "duplicate", "stale")
+    watcher.wall_clock.now += 1000
+    watcher.check_ages()
+    every_fleet_output(watcher)
+
+
+@pytest.mark.parametrize("body", [b'{"status": ["Available"]}', b'{"status": {}}',
+                                  b'{"status": null}', b'{"status": 1}', b'"Available"'])
+def test_a_status_that_is_not_a_string_is_invalid_not_a_crash(body):
+    watcher, _ = recording_watcher()
+    assert watcher.apply(body, {"message_id": "m-1"}) == "invalid"
+    assert watcher.apply(report(), {"message_id": "m-1"}) == "applied"  # the id was not taken
+
+
+def test_a_lone_surrogate_or_a_bidi_override_reaches_no_output_as_it_came():
+    watcher, changes = recording_watcher(announce_first=True)
+    body = (b'{"status": "Unavailable", "component": {"name": "dev\\ud800"}, '
+            b'"host": "h\\u202egnp.exe", "rate": "0\\udfff/1", "failure": {"db\\ud800": "x"}}')
+    assert watcher.apply(body, {}) == "applied"
+    [device] = watcher.devices.values()
+    assert device["device"] == "dev\\ud800@h\\u202egnp.exe"  # shown as escapes, once
+    assert device["failing"] == ["db\\ud800"] and device["rate"] == "0\\udfff/1"
+    for text in every_fleet_output(watcher):
+        assert "\ud800" not in text and "\u202e" not in text
+    assert changes[0][0] == device["device"]
+
+
+def test_garbage_carrying_a_devices_next_ids_makes_none_of_its_reports_duplicates():
+    watcher, _ = recording_watcher()
+    for index in range(299):  # what a hostile producer could send ahead of a healthy pusher
+        watcher.apply(b'{"status": ["Available"]}', {"message_id": f"pusher-{index}"})
+    watcher.apply(report(name="other"), {"message_id": "pusher-299"})  # another device's
+    for index in range(290, 300):
+        assert watcher.apply(report(), {"message_id": f"pusher-{index}"}) == "applied"
+    assert watcher.counts == {"invalid": 299, "applied": 11}
+
+
+def test_a_first_report_is_its_state_at_once_and_runs_no_hook_unless_asked():
+    watcher, changes = recording_watcher()
+    watcher.apply(report("Unavailable", name="born-down"), {})
+    watcher.apply(report("Partially Available", name="born-degraded"), {})
+    assert {d["name"]: d["state"] for d in watcher.devices.values()} == {
+        "born-down": "down", "born-degraded": "degraded"}
+    assert changes == [] and pihace.fleet_exit_code(watcher.devices) == 2
+    assert watcher.devices["born-down@h"]["first_seen"] == watcher.wall_clock.now
+    announcing, announced = recording_watcher(announce_first=True)
+    announcing.apply(report("Unavailable"), {})
+    assert announced == [("dev@h", None, "down", True)]
+
+
+def test_a_clock_minutes_slow_does_not_make_a_device_flap(caplog):
+    watcher, changes = recording_watcher()  # fed live: no backlog
+    clock = watcher.wall_clock
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        for _ in range(7):  # every 3 s for 18 s, stamped 5 minutes behind
+            watcher.apply(report(interval=3), {"timestamp": int(clock.now) - 300})
+            for _ in range(3):
+                clock.now += 1
+                watcher.check_ages()
+    assert changes == [] and watcher.devices["dev@h"]["state"] == "up"
+    assert watcher.counts["skewed"] == 7
+    assert len([r for r in caplog.records if "behind their arrival" in r.getMessage()]) == 1
+
+
+def test_max_devices_refuses_more_counts_and_logs(caplog):
+    watcher, _ = recording_watcher(max_devices=3)
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        outcomes = [watcher.apply(report(name=f"forged-{index}"), {}) for index in range(2002)]
+    assert outcomes.count("applied") == 3 and outcomes.count("refused") == 1999
+    assert len(watcher.devices) == 3 and watcher.counts["refused"] == 1999
+    assert watcher.apply(report(name="forged-0"), {}) == "applied"  # known devices go on
+    assert len([r for r in caplog.records if "refused" in r.getMessage()]) == 2  # 1st, 1000th
+
+
+@pytest.mark.slow
+def test_a_million_forged_device_ids_stay_within_max_devices():
+    import tracemalloc
+
+    watcher, _ = recording_watcher(max_devices=10_000)
+    bodies = [report(name=f"forged-{index}") for index in range(100)]
+    tracemalloc.start()
+    try:
+        for index in range(1_000_000):
+            body = bodies[index % 100].replace(b'"forged-', f'"{index}-'.encode(), 1)
+            watcher.apply(body, {"message_id": str(index)})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(watcher.devices) == 10_000 and watcher.counts["refused"] == 990_000
+    assert peak < 60 * 2 ** 20, f"{peak / 2 ** 20:.0f} MiB"
+
+
+def test_forget_after_forgets_devices_silent_that_long():
+    watcher, changes = recording_watcher(grace=5, silent_grace=20, forget_after=100)
+    watcher.apply(report(name="gone"), {})
+    watcher.wall_clock.now += 50
+    watcher.apply(report(name="alive"), {})
+    watcher.check_ages()
+    assert watcher.devices["gone@h"]["state"] == "silent"
+    watcher.wall_clock.now += 60  # gone: 110 s without a report
+    watcher.check_ages()
+    assert list(watcher.devices) == ["alive@h"] and watcher.counts["forgotten"] == 1
+
+
+def test_prometheus_keeps_one_up_series_per_device_whatever_its_state():
+    watcher, _ = recording_watcher()
+
+    def series(name):
+        text = pihace.format_fleet(watcher.devices, "prometheus")
+        return {line.rpartition(" ")[0]: line.rpartition(" ")[2]
+                for line in text.splitlines() if line.startswith(name + "{")}
+
+    watcher.apply(report(), {})
+    up, states = series("pihace_device_up"), series("pihace_device_state")
+    watcher.apply(report("Unavailable"), {})
+    assert series("pihace_device_up").keys() == up.keys()  # the same series: 1, then 0
+    assert list(up.values()) == ["1"] and list(series("pihace_device_up").values()) == ["0"]
+    assert series("pihace_device_state").keys() == states.keys()  # one-hot, every state
+    assert len(states) == len(pihace.DEVICE_STATES)
+    assert [key for key, value in series("pihace_device_state").items() if value == "1"] == [
+        'pihace_device_state{device="dev@h",state="down"}']
+
+
+def test_devices_are_served_by_pages_and_rendered_once_a_second():
+    watcher, _ = recording_watcher()
+    for index in range(5):
+        watcher.apply(report("Unavailable" if index == 3 else "Available", name=f"d{index}"), {})
+    pages = pihace._FleetPages(watcher, refresh=3600)
+    status, _, body, _ = pages.respond("/devices", "offset=0&limit=2", "*/*")
+    page = json.loads(body)
+    assert status == 200 and page["total"] == 5 and len(page["devices"]) == 2
+    assert page["devices"][0]["name"] == "d3"  # worst first
+    rest = json.loads(pages.respond("/devices", "offset=2&limit=10", "*/*")[2])
+    assert [d["name"] for d in rest["devices"]] == ["d0", "d1", "d2"][:3] or len(
+        rest["devices"]) == 3
+    watcher.apply(report(name="late-comer"), {})
+    assert pages.respond("/metrics", "", "*/*")[2] is pages.respond("/metrics", "", "*/*")[2]
+    assert b"late-comer" not in pages.respond("/metrics", "", "*/*")[2]  # until the refresh
+    assert pages.respond("/devices", "limit=0", "*/*")[0] == 400
+    assert pages.respond("/devices", "offset=x", "*/*")[0] == 400
+
+
+def test_hooks_refuse_a_missing_program_and_unknown_states_at_start():
+    with pytest.raises(ValueError) as missing:
+        pihace._Hooks("/nonexistent/notify --now", 5)
+    with pytest.raises(ValueError) as unknown:
+        pihace._Hooks(sys.executable, 5, ["down", "broken"])
+    assert "no program '/nonexistent/notify'" in str(missing.value)
+    assert "unknown state(s) broken" in str(unknown.value)
+
+
+def test_hooks_run_only_for_the_states_asked_for(tmp_path):
+    out = tmp_path / "calls"
+    hooks = pihace._Hooks(f"{sys.executable} -c \"import os; open({str(out)!r}, 'a').write("
+                          f"os.environ['PIHACE_NEW_STATE'] + chr(10))\"", 10, ["down", "silent"])
+    watcher = pihace.Watcher("amqp://localhost/", on_change=[hooks], wall_clock=Clock())
+    try:
+        for status in ("Available", "Partially Available", "Unavailable", "Available"):
+            watcher.apply(report(status), {})
+        watcher.wall_clock.now += 100
+        watcher.check_ages()
+    finally:
+        hooks.close(timeout=20)
+    assert sorted(out.read_text().split()) == ["down", "silent"]
+
+
+def test_empty_body_frames_are_not_kept():
+    import tracemalloc
+
+    protocol = consuming_protocol(max_body_size=1000)
+    whole = deliver(1, body=b"{}")
+    last = frame(3, 1, b"{}")
+    protocol.receive_data(whole[:-len(last)])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(1000):  # 100,000 empty body frames, as a hostile broker may send
+            protocol.receive_data(frame(3, 1, b"") * 100)
+            assert protocol.next_event() is None
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    protocol.receive_data(last)
+    delivery = protocol.next_event()
+    assert (delivery.body, delivery.body_size) == (b"{}", 2)
+    assert kept < 100_000, f"{kept} bytes kept for empty frames"
+
+
 # ---------------------------------------------------------------------------
 # watcher: against a real RabbitMQ, with pushers and pika
 # ---------------------------------------------------------------------------
@@ -7225,6 +7454,145 @@ def test_listen_serves_the_fleet_as_prometheus_metrics_and_json(rabbit, unique_q
     assert subprocess.run(["promtool", "check", "metrics"], input=metrics, text=True,
                           capture_output=True).returncode == 0
     assert devices["devices"][0]["device"] == "scraped@h"
+
+
+# -- the watcher against what a fleet and a network do to it (issue 23) ---------------
+
+POISON = [b'{"status": ["Available"]}', b'{"status": {}}', b'{"status": "Available", '
+          b'"component": {"name": "surro\\ud800gate"}, "host": "\\u202eh"}']
+
+
+def curl_text(port, path):
+    return subprocess.run(["curl", "-s", "--max-time", "5", f"http://127.0.0.1:{port}{path}"],
+                          capture_output=True, timeout=10).stdout.decode("utf-8")
+
+
+def test_poison_among_healthy_pushers_is_acknowledged_and_every_output_goes_on(
+        rabbit, unique_queue, closed_port, tmp_path):
+    import pika
+
+    publish_reports(rabbit.url, unique_queue)  # the queue exists
+    names = [f"healthy{index}" for index in range(3)]
+    pushers = start_pushers(rabbit.url, unique_queue, names, 1)
+    calls = tmp_path / "calls"
+    hook = tmp_path / "hook.py"
+    hook.write_text("import os, sys\nsys.stdin.read()\n"
+                    f"open({str(calls)!r}, 'a').write(os.environ['PIHACE_DEVICE'] + ' ' + "
+                    "os.environ['PIHACE_NEW_STATE'] + '\\n')\n")
+    process = watch_process(rabbit.url, unique_queue, "--listen", f"127.0.0.1:{closed_port}",
+                            "--grace", "3", "--announce-first", "--on-change",
+                            f"{sys.executable} {hook}", stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    devices = [f"{name}@{pihace._HOST}" for name in names]
+    try:
+        wait_until(lambda: all(f'device="{d}",state="up"}} 1' in curl_text(
+            closed_port, "/metrics") for d in devices), 30, "the healthy devices up")
+        connection = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+        channel = connection.channel()
+        for body in POISON * 3:
+            channel.basic_publish("", unique_queue, body, pika.BasicProperties(
+                app_id="poison", message_id=os.urandom(4).hex()))
+        connection.close()
+        surrogate = "surro\\ud800gate@\\u202eh"
+        wait_until(lambda: surrogate.replace("\\", "\\\\") in curl_text(closed_port, "/metrics"),
+                   20, "the surrogate-named device in /metrics (a label: \\ doubled)")
+        wait_until(lambda: calls.exists() and surrogate in calls.read_text(), 20,
+                   "the hook of the surrogate-named device")
+        metrics = curl_text(closed_port, "/metrics")
+        assert process.poll() is None, "the watcher died"
+        wait_until(lambda: queue_depth(rabbit.url, unique_queue) == 0, 20, "everything acked")
+        for _ in range(3):  # the table goes on too: one line per change, on a pipe
+            assert curl_text(closed_port, "/livez") == "ok\n"
+    finally:
+        end(pushers)
+        code, out, err = stopped(process, timeout=15)
+    assert code == 0 and "Traceback" not in err, err
+    assert all(f'pihace_device_up{{device="{d}",name=' in metrics for d in devices)
+    assert 'pihace_watch_reports_total{outcome="invalid"} 6' in metrics
+    assert subprocess.run(["promtool", "check", "metrics"], input=metrics, text=True,
+                          capture_output=True).returncode == 0
+    assert f"{surrogate} - -> up" in out
+    assert "ignored a message" in err and err.count("from 'poison'") == 1
+
+
+@pytest.mark.slow
+def test_a_blackholed_watcher_says_it_is_disconnected_and_blames_no_device(
+        rabbit, fault_proxy, unique_queue, closed_port):
+    publish_reports(rabbit.url, unique_queue)
+    names = [f"steady{index}" for index in range(3)]
+    pushers = start_pushers(rabbit.url, unique_queue, names, 1)  # straight to the broker
+    watched = WatcherThread(fault_proxy.url_for(rabbit.url), unique_queue, heartbeat=2,
+                            grace=2, silent_grace=3)
+    devices = [f"{name}@{pihace._HOST}" for name in names]
+    pages = pihace._FleetPages(watched.watcher, refresh=0.01)
+    try:
+        wait_until(lambda: all(watched.state(d) == "up" for d in devices), 30, "all up")
+        assert watched.watcher.status["connected"]
+        fault_proxy.set_mode("blackhole")
+        cut = time.monotonic()
+        wait_until(lambda: not watched.watcher.status["connected"], 10, "the view marked stale")
+        noticed = time.monotonic() - cut
+        metrics = pages.respond("/metrics", "", "*/*")[2].decode()
+        table = pihace.fleet_table(watched.watcher.devices, 120, 20, watched.watcher.status)
+        wait_until(lambda: watched.watcher.connections_opened >= 1 and
+                   time.monotonic() - cut > 10, 15, "ten seconds of blindness")
+        assert all(watched.state(d) == "up" for d in devices)  # kept, not late nor silent
+        assert all(d["stale"] for d in watched.watcher.devices.values())
+        fault_proxy.set_mode("pass")
+        wait_until(lambda: watched.watcher.status["connected"], 30, "the view current again")
+        wait_until(lambda: all(watched.watcher.devices[d]["age"] < 3 for d in devices), 20,
+                   "fresh reports")
+    finally:
+        end(pushers)
+        watched.stop()
+    assert noticed <= 2 * 2 + 1.5, f"noticed after {noticed:.1f}s"  # within about a heartbeat
+    assert "pihace_watch_connected 0" in metrics.splitlines()
+    assert "watcher disconnected since" in table.splitlines()[1]
+    assert [change for change in watched.changes if change[0] in devices] == []
+
+
+def test_watch_consumes_a_quorum_queue_when_told_its_type(capsys, rabbit, unique_queue,
+                                                          pika_channel):
+    import pika
+
+    pika_channel.queue_declare(unique_queue, durable=True,
+                               arguments={"x-queue-type": "quorum"})
+    pika_channel.basic_publish("", unique_queue, report(name="q1"),
+                               pika.BasicProperties(delivery_mode=2))
+    code, out, err = run_main(capsys, "watch", "--url", rabbit.url, "--queue", unique_queue,
+                              "--once", "--format", "nagios")
+    assert code == 3 and "PRECONDITION_FAILED" in err  # declared as classic: refused
+    for options in (["--queue-arg", "x-queue-type=quorum"], ["--no-declare"]):
+        pika_channel.basic_publish("", unique_queue, report(name="q1"),
+                                   pika.BasicProperties(delivery_mode=2))
+        code, out, err = run_main(capsys, "watch", "--url", rabbit.url, "--queue", unique_queue,
+                                  "--once", "--format", "nagios", *options)
+        assert (code, out.splitlines()[0][:32]) == (0, "PIHACE FLEET OK - 1 devices: 1 u"), err
+
+
+def test_a_consumer_sharing_the_watchers_queue_is_warned_about(rabbit, unique_queue,
+                                                               pika_channel, caplog):
+    pika_channel.queue_declare(unique_queue, durable=True)
+    pika_channel.basic_consume(unique_queue, lambda *args: None)
+    watcher = pihace.Watcher(rabbit.url, unique_queue)
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        assert watcher.run(duration=1.5)
+    assert "1 other consumer(s) share the queue" in caplog.text
+    assert watcher.status["consumers"] == 2
+
+
+def test_an_unexpected_error_in_the_watcher_ends_watch_with_exit_1(capsys, monkeypatch, rabbit,
+                                                                   unique_queue):
+    publish_reports(rabbit.url, unique_queue, (report(), {}))
+
+    def broken(self, wait):
+        raise RuntimeError("a bug in the loop")
+
+    monkeypatch.setattr(pihace.Watcher, "_consume", broken)
+    code, _, err = run_main(capsys, "watch", "--url", rabbit.url, "--queue", unique_queue)
+    assert code == 1
+    assert "the watcher stopped on an unexpected error (a bug: please report it): " \
+           "RuntimeError: a bug in the loop" in err
 
 
 def test_the_live_table_under_tmux_is_redrawn_in_place(rabbit, unique_queue, tmp_path):

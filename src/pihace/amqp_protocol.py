@@ -340,7 +340,7 @@ class AMQPProtocol:
             received += len(payload)  # the body of a returned message is not kept
             if received > size:
                 raise RemoteProtocolError(f"content body longer than its declared {size} bytes")
-            if parts is not None:
+            if parts is not None and payload:  # an empty frame adds nothing: keep nothing
                 parts.append(payload)
         self._content = [method, size, received, parts]
         if received != size:

@@ -159,7 +159,7 @@ def fleet_table(devices, width=80, height=24, status=None):
              f"{get_utc_timestamp()[:19]}Z"]
     stale = _stale_note(status)
     if stale:
-        lines.append(f"!! {stale.upper()[:1]}{stale[1:]}")
+        lines.append(f"!! {stale}")
     lines.append(f"{'DEVICE':<{name_width}}  {'STATE':<8}  {'LAST SEEN':<9}  {'AGE':>5}  "
                  f"{'RATE':<7}  FAILING")
     room = max(1, height - len(lines) - 1)
