@@ -6220,7 +6220,7 @@ def test_endpoints_answer_urllib_with_their_status_codes_and_no_store(serve):
     state = {"db": True}
     hc = pihace.HealthCheck(name="shop", version="2")
     hc.register("db", lambda: state["db"], retries=0)
-    server = serve(hc, cache_seconds=0.001)
+    server = serve(hc, cache_seconds=0.001, background=False)
     for path, code in [("livez", 200), ("readyz", 200), ("health", 200), ("healthcheck", 200),
                        ("metrics", 200), ("nope", 404), ("livez/", 404)]:
         status, headers, body = http_get(server.url + path)
@@ -6285,7 +6285,7 @@ def test_200_concurrent_requests_start_exactly_one_check_run(serve):
     calls = []
     hc = pihace.HealthCheck()
     hc.register("counted", lambda: calls.append(1) or True)
-    server = serve(hc, cache_seconds=60)
+    server = serve(hc, cache_seconds=60, background=False)
     together = threading.Barrier(200, timeout=30)
     statuses = []
 
@@ -6306,7 +6306,7 @@ def test_200_concurrent_requests_start_exactly_one_check_run(serve):
 def test_a_hung_checker_never_delays_livez_or_metrics(serve, release):
     hc = pihace.HealthCheck()
     hc.register("hangs", lambda: release.wait(30), timeout=20)
-    server = serve(hc, max_wait=30)
+    server = serve(hc, max_wait=30, background=False)
     waiting = []
     reader = threading.Thread(target=lambda: waiting.append(http_get(server.url + "readyz",
                                                                      timeout=60)))
@@ -6375,7 +6375,7 @@ def test_slow_loris_and_garbage_requests_do_not_stop_other_requests(serve):
 def test_a_request_waiting_for_a_run_is_not_cut_off_by_the_head_deadline(serve):
     hc = pihace.HealthCheck()
     hc.register("slow", lambda: time.sleep(1) or True, timeout=5)  # a dependency slow to answer
-    server = serve(hc, request_timeout=0.5)
+    server = serve(hc, request_timeout=0.5, background=False)
     assert http_get(server.url + "readyz")[:3:2] == (200, b"ok\n")
 
 

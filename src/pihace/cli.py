@@ -201,11 +201,22 @@ def _serve_parser(commands, common, probe):
                        "0.0.0.0:8000 or [::]:8000 in a container)")
     serve.add_argument("--cache-seconds", type=float, default=1.0, metavar="SECONDS",
                        help="run the checks at most once per SECONDS (default 1)")
-    serve.add_argument("--background", action="store_true",
-                       help="run the checks every --cache-seconds in a thread: requests never "
-                       "wait")
+    serve.add_argument("--background", action="store_true", default=True,
+                       help="run the checks every --cache-seconds in a thread, so that no "
+                       "request waits for them (the default)")
+    serve.add_argument("--on-request", dest="background", action="store_false",
+                       help="run the checks when a request finds the report older than "
+                       "--cache-seconds instead (a request may then wait up to 10 s: too long "
+                       "for a kubelet's probe)")
     serve.add_argument("--partial-ready", action="store_true",
                        help="/readyz answers 200 when Partially Available too")
+    serve.add_argument("--show-details", choices=("never", "loopback", "always"),
+                       default="loopback", help="who reads the checks' reasons (hosts, ports, "
+                       "errors) in /readyz?verbose and /health: loopback (clients on this "
+                       "machine; the default), always, or never")
+    serve.add_argument("--max-connections", type=int, default=100, metavar="N",
+                       help="open at once (default 100); past that the one idle longest is "
+                       "closed, or the new one answered 503")
 
 
 def _watch_parser(commands, parser_class):
@@ -334,7 +345,8 @@ def _serve(args, hc):
         host, port = _listen_address(args.listen)
         server = HealthServer(hc, host, port, cache_seconds=args.cache_seconds,
                               background=args.background, partial_ready=args.partial_ready,
-                              optional=args.optional)
+                              optional=args.optional, show_details=args.show_details,
+                              max_connections=args.max_connections)
     except ValueError as exc:
         print(f"pihace: error: {_printable(exc)}", file=sys.stderr)
         return 3
