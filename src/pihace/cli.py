@@ -11,7 +11,7 @@ import time
 
 from .header import __version__, log
 from .helpers import _number, _printable, _seconds, describe_error
-from .formats import format_prometheus, mark_optional, required_checks_passed
+from .formats import _nagios_text, format_prometheus, mark_optional, required_checks_passed
 from .checks import HealthCheck, format_report, get_utc_timestamp
 from .checkers import Disk, HTTP, TCP
 from .transport import AMQP
@@ -111,13 +111,30 @@ def _mask_user_info(text):
     return f"{text[:start]}***{text[end:]}" if 3 <= start <= end else text
 
 
+class _UsageError(SystemExit):
+    """A usage error, said on stderr already: exit code 3; `reason` for a Nagios line."""
+
+    def __init__(self, reason):
+        super().__init__(3)
+        self.reason = reason
+
+
+def _nagios_unknown(argv, reason):
+    """With --format nagios, the UNKNOWN line that Nagios shows (it reads stdout only)."""
+    if "--format=nagios" in argv or any(option == "--format" and value == "nagios"
+                                        for option, value in zip(argv, argv[1:])):
+        print(f"PIHACE UNKNOWN - {_nagios_text(reason)}", flush=True)
+
+
 def _parser():
     """The pihace command's argument parser: an error is one line and exit code 3."""
     import argparse  # here, not at the top: importing pihace should not pay for it
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line and exit code 3, instead of usage and 2
-            self.exit(3, f"pihace: error: {_printable(_mask_user_info(message))}\n")
+            reason = _printable(_mask_user_info(message))
+            sys.stderr.write(f"pihace: error: {reason}\n")
+            raise _UsageError(reason)
 
     common = Parser(add_help=False)
     common.add_argument("--name", help="component name in the report")
@@ -294,8 +311,10 @@ def _check(args, hc):
         try:
             _write_textfile(args.textfile, format_prometheus(report))
         except OSError as exc:
-            print(f"pihace: cannot write {_printable(args.textfile)}: {describe_error(exc)}",
-                  file=sys.stderr)
+            reason = f"cannot write {_printable(args.textfile)}: {describe_error(exc)}"
+            print(f"pihace: {reason}", file=sys.stderr)
+            if args.format == "nagios":
+                print(f"PIHACE UNKNOWN - {_nagios_text(reason)}")
             return 1 if args.exit_codes == "docker" else 3
     if args.format or not args.textfile:
         print(format_report(report, args.format or "json"))
@@ -749,12 +768,17 @@ def main(argv=None):
             return _check(args, hc)
         return _push_until_signalled(pusher, args.interval) if looping else _push(pusher)
     except SystemExit as exc:  # from argparse: --help and --version (0), or an error (3)
-        return _exit_code(argv, exc.code if isinstance(exc.code, int) else 3)
+        code = exc.code if isinstance(exc.code, int) else 3
+        if code:
+            _nagios_unknown(argv, getattr(exc, "reason", "usage error"))
+        return _exit_code(argv, code)
     except KeyboardInterrupt:
+        _nagios_unknown(argv, "interrupted")
         return 130
     except Exception as exc:
         log.debug("internal error", exc_info=True)
         print(f"pihace: internal error: {describe_error(exc)}", file=sys.stderr)
+        _nagios_unknown(argv, f"internal error: {describe_error(exc)}")
         return _exit_code(argv, 3)
     finally:
         log.removeHandler(handler)
