@@ -6412,7 +6412,8 @@ def test_stop_closes_the_port_and_the_context_manager_serves(serve):
 
 def test_a_request_head_over_64_kb_is_answered_431_and_closed(serve):
     server = serve(pihace.HealthCheck())
-    near = b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-A: " + b"a" * 60000 + b"\r\n\r\n"
+    near = b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-A: " + b"a" * 60000 + \
+        b"\r\n\r\n"
     assert raw_exchange(server, near).startswith(b"HTTP/1.1 200 ")
     over = b"GET /livez HTTP/1.1\r\nHost: x\r\n" + (b"X-A: " + b"a" * 40000 + b"\r\n") * 2 + b"\r\n"
     answer = raw_exchange(server, over)  # returns once the server has closed the connection
@@ -6459,7 +6460,8 @@ def test_a_get_or_head_with_a_body_is_refused_with_400_and_closed(serve):
                  b"HEAD /livez HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled),
                  b"GET /livez HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                  b"%x\r\n" % len(smuggled),
-                 b"GET /livez HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+                 b"GET /livez HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                 b"Content-Length: 0\r\n\r\n",
                  b"GET /livez HTTP/1.0\r\nContent-Length: 5\r\n\r\n"]:
         assert answers_on_one_connection(server, head + smuggled) == [400], head
     # Content-Length: 0 is no body: the connection stays open for the next request
