@@ -5400,7 +5400,6 @@ def _http_handler_class():
                 self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
                 if len(self.raw_requestline) > _MAX_REQUEST_LINE:
                     self.requestline = self.request_version = self.command = ""
-                    self.linger = True
                     self.send_error(414, f"request line over {_MAX_REQUEST_LINE} bytes")
                     return
                 if not self.raw_requestline:
@@ -5443,7 +5442,6 @@ def _http_handler_class():
                     self.requestline, self.command = _printable(
                         str(self.raw_requestline, "latin-1").rstrip("\r\n")), ""
                     self.request_version = ""
-                    self.linger = True
                     self.send_error(431, f"request head over {_MAX_HEAD} bytes")
                     return False
                 lines.append(line)
@@ -6625,7 +6623,8 @@ def _serve(args, hc):
                               optional=args.optional, show_details=args.show_details,
                               max_connections=args.max_connections)
     except ValueError as exc:
-        print(f"pihace: error: {_printable(exc)}", file=sys.stderr)
+        reason = str(exc).replace("max_connections", "--max-connections")
+        print(f"pihace: error: {_printable(reason)}", file=sys.stderr)
         return 3
     except OSError as exc:
         print(f"pihace: cannot listen on {_printable(args.listen)}: {describe_error(exc)}",

@@ -367,7 +367,8 @@ def _serve(args, hc):
                               optional=args.optional, show_details=args.show_details,
                               max_connections=args.max_connections)
     except ValueError as exc:
-        print(f"pihace: error: {_printable(exc)}", file=sys.stderr)
+        reason = str(exc).replace("max_connections", "--max-connections")
+        print(f"pihace: error: {_printable(reason)}", file=sys.stderr)
         return 3
     except OSError as exc:
         print(f"pihace: cannot listen on {_printable(args.listen)}: {describe_error(exc)}",

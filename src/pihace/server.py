@@ -280,7 +280,6 @@ def _http_handler_class():
                 self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
                 if len(self.raw_requestline) > _MAX_REQUEST_LINE:
                     self.requestline = self.request_version = self.command = ""
-                    self.linger = True
                     self.send_error(414, f"request line over {_MAX_REQUEST_LINE} bytes")
                     return
                 if not self.raw_requestline:
@@ -323,7 +322,6 @@ def _http_handler_class():
                     self.requestline, self.command = _printable(
                         str(self.raw_requestline, "latin-1").rstrip("\r\n")), ""
                     self.request_version = ""
-                    self.linger = True
                     self.send_error(431, f"request head over {_MAX_HEAD} bytes")
                     return False
                 lines.append(line)
