@@ -6461,7 +6461,7 @@ def test_endpoints_answer_urllib_with_their_status_codes_and_no_store(serve):
     state = {"db": True}
     hc = pihace.HealthCheck(name="shop", version="2")
     hc.register("db", lambda: state["db"], retries=0)
-    server = serve(hc, cache_seconds=0.001)
+    server = serve(hc, cache_seconds=0.001, background=False)
     for path, code in [("livez", 200), ("readyz", 200), ("health", 200), ("healthcheck", 200),
                        ("metrics", 200), ("nope", 404), ("livez/", 404)]:
         status, headers, body = http_get(server.url + path)
@@ -6526,7 +6526,7 @@ def test_200_concurrent_requests_start_exactly_one_check_run(serve):
     calls = []
     hc = pihace.HealthCheck()
     hc.register("counted", lambda: calls.append(1) or True)
-    server = serve(hc, cache_seconds=60)
+    server = serve(hc, cache_seconds=60, background=False)
     together = threading.Barrier(200, timeout=30)
     statuses = []
 
@@ -6547,7 +6547,7 @@ def test_200_concurrent_requests_start_exactly_one_check_run(serve):
 def test_a_hung_checker_never_delays_livez_or_metrics(serve, release):
     hc = pihace.HealthCheck()
     hc.register("hangs", lambda: release.wait(30), timeout=20)
-    server = serve(hc, max_wait=30)
+    server = serve(hc, max_wait=30, background=False)
     waiting = []
     reader = threading.Thread(target=lambda: waiting.append(http_get(server.url + "readyz",
                                                                      timeout=60)))
@@ -6616,7 +6616,7 @@ def test_slow_loris_and_garbage_requests_do_not_stop_other_requests(serve):
 def test_a_request_waiting_for_a_run_is_not_cut_off_by_the_head_deadline(serve):
     hc = pihace.HealthCheck()
     hc.register("slow", lambda: time.sleep(1) or True, timeout=5)  # a dependency slow to answer
-    server = serve(hc, request_timeout=0.5)
+    server = serve(hc, request_timeout=0.5, background=False)
     assert http_get(server.url + "readyz")[:3:2] == (200, b"ok\n")
 
 
@@ -6649,6 +6649,261 @@ def test_stop_closes_the_port_and_the_context_manager_serves(serve):
         with pytest.raises(ValueError) as raised:
             pihace.HealthServer(hc, "127.0.0.1", **dict({"port": 0}, **bad))
         assert words in str(raised.value)
+
+
+def test_a_request_head_over_64_kb_is_answered_431_and_closed(serve):
+    server = serve(pihace.HealthCheck())
+    near = b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-A: " + b"a" * 60000 + \
+        b"\r\n\r\n"
+    assert raw_exchange(server, near).startswith(b"HTTP/1.1 200 ")
+    over = b"GET /livez HTTP/1.1\r\nHost: x\r\n" + (b"X-A: " + b"a" * 40000 + b"\r\n") * 2 + b"\r\n"
+    answer = raw_exchange(server, over)  # returns once the server has closed the connection
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"\r\nConnection: close\r\n" in answer and b"\r\nX-Content-Type-Options: nosniff\r\n" \
+        in answer
+    # what was reproduced: 98 headers of 65 KB each (6.37 MB), each under http.client's
+    # limit of one line, were read whole and answered 200
+    huge = b"GET /livez HTTP/1.1\r\nHost: x\r\n" + (b"X-B: " + b"b" * 65000 + b"\r\n") * 98 + \
+        b"\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        def send():
+            try:
+                sock.sendall(huge)
+            except OSError:  # the server stopped reading and closed: expected
+                pass
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        answer = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        sender.join(10)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert http_get(server.url + "livez")[0] == 200
+
+
+def answers_on_one_connection(server, data):
+    """The status codes of every answer the server writes to `data` before it closes."""
+    answer = raw_exchange(server, data)
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+
+
+def test_a_get_or_head_with_a_body_is_refused_with_400_and_closed(serve):
+    server = serve(pihace.HealthCheck())
+    smuggled = b"GET /nosuch HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    for head in [b"GET /livez HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled),
+                 b"HEAD /livez HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled),
+                 b"GET /livez HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"%x\r\n" % len(smuggled),
+                 b"GET /livez HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                 b"Content-Length: 0\r\n\r\n",
+                 b"GET /livez HTTP/1.0\r\nContent-Length: 5\r\n\r\n"]:
+        assert answers_on_one_connection(server, head + smuggled) == [400], head
+    # Content-Length: 0 is no body: the connection stays open for the next request
+    assert answers_on_one_connection(
+        server, b"GET /livez HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" + smuggled) == \
+        [200, 404]
+
+
+def test_every_answer_says_nosniff_and_accept_q_values_are_honoured(serve):
+    hc = pihace.HealthCheck()
+    hc.register("db", lambda: True)
+    server = serve(hc)
+    for path, method in [("livez", "GET"), ("readyz", "GET"), ("health", "GET"),
+                         ("metrics", "HEAD"), ("nope", "GET"), ("health", "POST")]:
+        headers = http_get(server.url + path, method=method)[1]
+        assert headers["X-Content-Type-Options"] == "nosniff", (path, method)
+    assert b"\r\nX-Content-Type-Options: nosniff\r\n" in raw_exchange(server, b"NOT HTTP\r\n\r\n")
+    for accept, content_type in [
+            ("application/health+json", "application/health+json"),
+            ("application/health+json;q=0", "application/json"),
+            ("application/health+json; q=0.0, */*", "application/json"),
+            ("application/json;q=0.9, application/health+json;q=0.5", "application/json"),
+            ("application/json;q=0.5, application/health+json", "application/health+json"),
+            ("*/*", "application/json"), ("", "application/json")]:
+        headers = http_get(server.url + "health", {"Accept": accept})[1]
+        assert (accept, headers["Content-Type"]) == (accept, content_type)
+
+
+def test_readyz_livez_and_healthz_answer_per_check_and_exclude_as_kubernetes(serve):
+    hc = pihace.HealthCheck()
+    hc.register("db", lambda: True)
+    hc.register("cache", lambda: (False, "cold"), retries=0)
+    hc.register("a b/c", lambda: True)
+    server = serve(hc)
+
+    def get(path):
+        status, _, body = http_get(server.url + path)
+        return status, body.decode()
+
+    assert get("readyz") == (503, "[+]db ok\n[-]cache failed: reason withheld\n[+]a b/c ok\n"
+                                  "readyz check failed\n")
+    assert get("readyz?verbose") == (503, "[+]db ok\n[-]cache failed: cold\n[+]a b/c ok\n"
+                                          "readyz check failed\n")
+    assert get("readyz?exclude=cache") == (200, "ok\n")
+    assert get("readyz?exclude=cache&exclude=nope&verbose") == (
+        200, '[+]db ok\n[+]cache excluded: ok\n[+]a b/c ok\nwarn: some health checks cannot be '
+             'excluded: no matches for "nope"\nreadyz check passed\n')
+    assert get("healthz") == (503, "[+]db ok\n[-]cache failed: reason withheld\n[+]a b/c ok\n"
+                                   "healthz check failed\n")
+    assert get("healthz?exclude=cache") == (200, "ok\n")
+    assert get("readyz/db") == (200, "ok\n")
+    assert get("readyz/db?verbose") == (200, "[+]db ok\nreadyz check passed\n")
+    assert get("readyz/a%20b/c") == (200, "ok\n")
+    assert get("readyz/cache") == (503, "[-]cache failed: reason withheld\nreadyz check failed\n")
+    assert get("healthz/cache?verbose") == (503, "[-]cache failed: cold\nhealthz check failed\n")
+    assert get("readyz/nope") == (404, "not found: no check called nope\n")
+    assert get("livez/ping") == (200, "ok\n")
+    assert get("livez/ping?verbose") == (200, "[+]ping ok\nlivez check passed\n")
+    assert get("livez?exclude=ping&verbose") == (200, "[+]ping excluded: ok\nlivez check passed\n")
+    assert get("livez/db")[0] == 404 and get("readyz/")[0] == 404
+
+
+def outside_address():
+    """An address of this machine that is not loopback: a client from it is not local."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: only a route is chosen
+        except OSError:
+            pytest.skip("this machine has no address but loopback")
+        return probe.getsockname()[0]
+
+
+def test_reasons_reach_loopback_clients_only_unless_show_details_says_otherwise(serve):
+    hc = pihace.HealthCheck()
+    hc.register("db", lambda: (False, "db.internal:5432 refused"), retries=0)
+    outside = outside_address()
+    servers = {show: pihace.HealthServer(hc, "0.0.0.0", 0, show_details=show).start()
+               for show in ("loopback", "never", "always")}
+    try:
+        for show, server in servers.items():
+            for host in ("127.0.0.1", outside):
+                shown = show == "always" or show == "loopback" and host == "127.0.0.1"
+                url = f"http://{host}:{server.port}/"
+                bodies = [http_get(url + "readyz?verbose")[2], http_get(url + "health")[2],
+                          http_get(url + "health", {"Accept": "application/health+json"})[2],
+                          http_get(url + "readyz/db?verbose")[2], http_get(url + "readyz")[2]]
+                assert [b"db.internal" in body for body in bodies] == [shown] * 4 + [False], \
+                    (show, host)
+                if not shown:
+                    assert json.loads(bodies[1])["failure"] == {"db": "reason withheld"}
+                    assert json.loads(bodies[1])["checks"]["db"]["message"] == "reason withheld"
+    finally:
+        for server in servers.values():
+            server.stop()
+    with pytest.raises(ValueError) as raised:
+        pihace.HealthServer(hc, "127.0.0.1", 0, show_details="sometimes")
+    assert "show_details must be one of never, loopback, always" in str(raised.value)
+
+
+def test_pihace_up_and_readyz_agree_when_only_an_optional_check_fails(serve):
+    hc = pihace.HealthCheck()
+    hc.register("db", lambda: True)
+    hc.register("cache", lambda: False, retries=0)
+    server = serve(hc, optional=["cache"])
+    assert http_get(server.url + "readyz")[0] == 200
+    metrics = http_get(server.url + "metrics")[2].decode().splitlines()
+    assert "pihace_up 1" in metrics and 'pihace_status{status="Partially Available"} 1' in metrics
+    required = serve(hc)  # cache required: not ready, not up
+    assert http_get(required.url + "readyz")[0] == 503
+    assert "pihace_up 0" in http_get(required.url + "metrics")[2].decode().splitlines()
+
+
+def test_past_max_connections_the_idlest_is_closed_else_503(serve, release):
+    server = serve(pihace.HealthCheck(), max_connections=3)
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+    try:
+        wait_until(lambda: server.connections == 3, 10, "three idle connections")
+        assert http_get(server.url + "livez")[0] == 200  # room made by closing the idlest
+        assert idle[0].recv(100) == b""
+        for sock in idle[1:]:
+            assert sock not in select.select(idle[1:], [], [], 0.2)[0]  # still open
+    finally:
+        for sock in idle:
+            sock.close()
+    hung = pihace.HealthCheck()
+    hung.register("hangs", lambda: release.wait(30), timeout=20)
+    busy = serve(hung, max_connections=2, background=False, max_wait=30)
+    answers = []
+    clients = [threading.Thread(target=lambda: answers.append(
+        http_get(busy.url + "readyz", timeout=60)[0])) for _ in range(2)]
+    for client in clients:
+        client.start()
+    # both requests are in (white box: no connection waits for a request line)
+    wait_until(lambda: busy.connections == 2 and not busy._httpd.reaper.idle, 10,
+               "two requests waiting for the hung check")
+    with socket.create_connection(("127.0.0.1", busy.port), timeout=10) as extra:
+        answer = extra.recv(1000)
+    assert answer.startswith(b"HTTP/1.1 503 ") and answer.endswith(
+        b"too many connections: try again later\n"), answer
+    release.set()
+    for client in clients:
+        client.join(10)
+    assert answers == [200, 200]
+
+
+def cpu_seconds(pid):
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_file_descriptors_livez_answers_and_accept_does_not_spin(lone_copy):
+    # 64 descriptors, fewer than max_connections (100): accept() fails with EMFILE
+    code = ("import resource, sys, pihace\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit("
+            "resource.RLIMIT_NOFILE)[1]))\n"
+            "server = pihace.HealthServer(pihace.HealthCheck(), '127.0.0.1', 0)\n"
+            "print(server.port, flush=True)\n"
+            "server.serve_forever()\n")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=lone_copy, stdout=subprocess.PIPE,
+                               env=dict(os.environ, PYTHONPATH=lone_copy), text=True)
+    held = []
+    try:
+        port = int(process.stdout.readline())
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(150)]
+        for _ in range(20):
+            assert http_get(f"http://127.0.0.1:{port}/livez", timeout=5)[0] == 200
+        before, started = cpu_seconds(process.pid), time.monotonic()
+        time.sleep(1)  # a measurement window, not a wait for an event
+        used = (cpu_seconds(process.pid) - before) / (time.monotonic() - started)
+        assert used < 0.3, f"the server used {used:.0%} of a CPU while out of descriptors"
+    finally:
+        for sock in held:
+            sock.close()
+        process.kill()
+        process.wait()
+
+
+def test_ctrl_c_ends_serve_forever_with_a_log_line_and_no_traceback(lone_copy):
+    code = ("import logging, pihace\n"
+            "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+            "server = pihace.HealthServer(pihace.HealthCheck(), '127.0.0.1', 0)\n"
+            "print(server.port, flush=True)\n"
+            "server.serve_forever()\n"
+            "print('returned', flush=True)\n")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=lone_copy, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=lone_copy),
+                               text=True)
+    try:
+        port = int(process.stdout.readline())
+        assert http_get(f"http://127.0.0.1:{port}/livez")[0] == 200
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert (process.returncode, out, err) == (
+        0, "returned\n", f"INFO stopped serving http://127.0.0.1:{port}/: interrupted (Ctrl-C)\n")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
 def free_port():
@@ -7746,6 +8001,52 @@ def test_serve_on_a_port_in_use_says_so(capsys):
         code, out, err = run_main(capsys, "serve", "--listen", f"127.0.0.1:{port}")
     assert (code, out) == (3, "")
     assert err == f"pihace: cannot listen on 127.0.0.1:{port}: address already in use\n"
+
+
+def test_pihace_serve_answers_readyz_within_a_second_with_a_hung_optional_dependency():
+    port = free_port()
+    with socket.create_server(("127.0.0.1", 0)) as hung:  # connects, never answers
+        target = f"127.0.0.1:{hung.getsockname()[1]}"
+        server = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "pihace.py"), "serve", "--listen",
+             f"127.0.0.1:{port}", "--no-system", "--tcp", f"db={target}", "--http",
+             f"slow=http://{target}/", "--optional", "slow", "--http-timeout", "2",
+             "--retries", "0"], stderr=subprocess.PIPE, text=True)
+        try:
+            assert server.stderr.readline().startswith("pihace: serving ")
+            answers, deadline = [], time.monotonic() + 20
+            while answers.count(200) < 5 and time.monotonic() < deadline:
+                started = time.monotonic()
+                status, _, body = http_get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+                answers.append(status)
+                took = time.monotonic() - started
+                assert took < 0.9, f"/readyz took {took:.2f}s (answer {len(answers)}: {status})"
+                time.sleep(0.2)  # a probe's period
+            assert answers.count(200) == 5 and set(answers) <= {200, 503}, answers
+        finally:
+            server.terminate()
+            assert server.wait(10) == 0
+
+
+@pytest.mark.parametrize("args, code, line", [
+    (["check", "--format", "nagios", "--bogus"], 3, "unrecognized arguments: --bogus"),
+    (["--format=nagios", "--tcp", "x"], 3, "--tcp: expected NAME=HOST:PORT"),
+    (["check", "--format", "nagios", "--optional", "a|b\x1b"], 3,
+     "--optional a/b\\x1b: no check of that name"),
+    (["check", "--format", "nagios", "--retries", "x"], 3,
+     "argument --retries: invalid int value: 'x'"),
+    (["check", "--format", "nagios", "--exit-codes", "docker", "--timeout", "0", "--tcp",
+      "x=127.0.0.1:1"], 1, "--timeout must be a positive number of seconds, below a million, "
+     "got 0.0"),
+    (["check", "--format", "nagios", "--no-system", "--textfile", "/nonexistent/x.prom"], 3,
+     "cannot write /nonexistent/x.prom: no such file or directory: "),
+])
+def test_nagios_format_prints_its_unknown_line_on_stdout_at_every_exit(capsys, args, code, line):
+    got, out, err = run_main(capsys, *args)
+    assert (got, out[:17 + len(line)]) == (code, f"PIHACE UNKNOWN - {line}")
+    assert out.count("\n") == 1 and out.endswith("\n") and err.startswith("pihace: ")
+    assert run_main(capsys, *[arg for arg in args if "nagios" not in arg and arg != "--format"]
+                    )[1] == ""  # other formats: stdout stays empty
 
 
 # ---------------------------------------------------------------------------

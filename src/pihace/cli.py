@@ -10,7 +10,7 @@ import time
 
 from .header import __version__, log
 from .helpers import _number, _printable, _seconds, describe_error
-from .formats import format_prometheus, mark_optional, required_checks_passed
+from .formats import _nagios_text, format_prometheus, mark_optional, required_checks_passed
 from .checks import HealthCheck, format_report
 from .checkers import Disk, HTTP, TCP
 from .transport import AMQP
@@ -111,13 +111,30 @@ def _mask_user_info(text):
     return f"{text[:start]}***{text[end:]}" if 3 <= start <= end else text
 
 
+class _UsageError(SystemExit):
+    """A usage error, said on stderr already: exit code 3; `reason` for a Nagios line."""
+
+    def __init__(self, reason):
+        super().__init__(3)
+        self.reason = reason
+
+
+def _nagios_unknown(argv, reason):
+    """With --format nagios, the UNKNOWN line that Nagios shows (it reads stdout only)."""
+    if "--format=nagios" in argv or any(option == "--format" and value == "nagios"
+                                        for option, value in zip(argv, argv[1:])):
+        print(f"PIHACE UNKNOWN - {_nagios_text(reason)}", flush=True)
+
+
 def _parser():
     """The pihace command's argument parser: an error is one line and exit code 3."""
     import argparse  # here, not at the top: importing pihace should not pay for it
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line and exit code 3, instead of usage and 2
-            self.exit(3, f"pihace: error: {_printable(_mask_user_info(message))}\n")
+            reason = _printable(_mask_user_info(message))
+            sys.stderr.write(f"pihace: error: {reason}\n")
+            raise _UsageError(reason)
 
     common = Parser(add_help=False)
     common.add_argument("--name", help="component name in the report")
@@ -201,11 +218,22 @@ def _serve_parser(commands, common, probe):
                        "0.0.0.0:8000 or [::]:8000 in a container)")
     serve.add_argument("--cache-seconds", type=float, default=1.0, metavar="SECONDS",
                        help="run the checks at most once per SECONDS (default 1)")
-    serve.add_argument("--background", action="store_true",
-                       help="run the checks every --cache-seconds in a thread: requests never "
-                       "wait")
+    serve.add_argument("--background", action="store_true", default=True,
+                       help="run the checks every --cache-seconds in a thread, so that no "
+                       "request waits for them (the default)")
+    serve.add_argument("--on-request", dest="background", action="store_false",
+                       help="run the checks when a request finds the report older than "
+                       "--cache-seconds instead (a request may then wait up to 10 s: too long "
+                       "for a kubelet's probe)")
     serve.add_argument("--partial-ready", action="store_true",
                        help="/readyz answers 200 when Partially Available too")
+    serve.add_argument("--show-details", choices=("never", "loopback", "always"),
+                       default="loopback", help="who reads the checks' reasons (hosts, ports, "
+                       "errors) in /readyz?verbose and /health: loopback (clients on this "
+                       "machine; the default), always, or never")
+    serve.add_argument("--max-connections", type=int, default=100, metavar="N",
+                       help="open at once (default 100); past that the one idle longest is "
+                       "closed, or the new one answered 503")
 
 
 def _watch_parser(commands, parser_class):
@@ -303,8 +331,10 @@ def _check(args, hc):
         try:
             _write_textfile(args.textfile, format_prometheus(report))
         except OSError as exc:
-            print(f"pihace: cannot write {_printable(args.textfile)}: {describe_error(exc)}",
-                  file=sys.stderr)
+            reason = f"cannot write {_printable(args.textfile)}: {describe_error(exc)}"
+            print(f"pihace: {reason}", file=sys.stderr)
+            if args.format == "nagios":
+                print(f"PIHACE UNKNOWN - {_nagios_text(reason)}")
             return 1 if args.exit_codes == "docker" else 3
     if args.format or not args.textfile:
         print(format_report(report, args.format or "json"))
@@ -354,9 +384,11 @@ def _serve(args, hc):
         host, port = _listen_address(args.listen)
         server = HealthServer(hc, host, port, cache_seconds=args.cache_seconds,
                               background=args.background, partial_ready=args.partial_ready,
-                              optional=args.optional)
+                              optional=args.optional, show_details=args.show_details,
+                              max_connections=args.max_connections)
     except ValueError as exc:
-        print(f"pihace: error: {_printable(exc)}", file=sys.stderr)
+        reason = str(exc).replace("max_connections", "--max-connections")
+        print(f"pihace: error: {_printable(reason)}", file=sys.stderr)
         return 3
     except OSError as exc:
         print(f"pihace: cannot listen on {_printable(args.listen)}: {describe_error(exc)}",
@@ -655,12 +687,17 @@ def main(argv=None):
             return _check(args, hc)
         return _push_until_signalled(pusher, args.interval) if looping else _push(pusher)
     except SystemExit as exc:  # from argparse: --help and --version (0), or an error (3)
-        return _exit_code(argv, exc.code if isinstance(exc.code, int) else 3)
+        code = exc.code if isinstance(exc.code, int) else 3
+        if code:
+            _nagios_unknown(argv, getattr(exc, "reason", "usage error"))
+        return _exit_code(argv, code)
     except KeyboardInterrupt:
+        _nagios_unknown(argv, "interrupted")
         return 130
     except Exception as exc:
         log.debug("internal error", exc_info=True)
         print(f"pihace: internal error: {describe_error(exc)}", file=sys.stderr)
+        _nagios_unknown(argv, f"internal error: {describe_error(exc)}")
         return _exit_code(argv, 3)
     finally:
         log.removeHandler(handler)

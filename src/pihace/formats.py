@@ -143,8 +143,8 @@ def format_prometheus(report):
 
     component = report.get("component") or {}
     checks = report.get("checks") or {}
-    metric("up", "1 when the report's status is Available, else 0",
-           [((), int(report["status"] == "Available"))])
+    metric("up", "1 when every required check passed (optional ones may have failed), "
+           "as /readyz answers 200; else 0", [((), int(required_checks_passed(report)))])
     metric("status", "1 for the report's status, 0 for the others",
            [((("status", status),), int(report["status"] == status))
             for status in _HEALTH_STATUS])
