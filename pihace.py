@@ -197,7 +197,7 @@ def _text(value):
     if len(value) > _TEXT_LIMIT:
         value = f"{value[:_TEXT_LIMIT]}... ({len(value) - _TEXT_LIMIT} more characters)"
     if not value.isascii():  # a lone surrogate (from a hostile server's JSON) cannot be sent
-        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        value = str(value.encode("utf-8", "backslashreplace"), "utf-8")
     return value
 
 
