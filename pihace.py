@@ -232,8 +232,8 @@ _CONTROL_ESCAPES.update({code: f"\\u{code:04x}" for code in itertools.chain(
 def _printable(text):
     """Text from outside, safe for a terminal or a log line, and encodable in UTF-8: control
     and bidi characters and lone surrogates escaped."""
-    text = str(text)
-    return text if text.isascii() and text.isprintable() else text.translate(_CONTROL_ESCAPES)
+    shown = str(text)
+    return shown if shown.isascii() and shown.isprintable() else shown.translate(_CONTROL_ESCAPES)
 
 
 def describe_error(exc, where=None):
