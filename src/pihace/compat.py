@@ -404,8 +404,11 @@ class WebProvider:
         self.healthcheck, self.host, self.port = healthcheck, host, port
 
     def serve(self):
-        """Serve until interrupted (Ctrl-C), as uvicorn.run() did."""
-        server = self._server_class(self.healthcheck, self.host, self.port)
+        """Serve until interrupted (Ctrl-C), as uvicorn.run() did: the checks run per
+        request and every reason is shown, as pihace 1.0.0 did (HealthServer itself runs
+        them in the background and shows reasons to loopback clients only)."""
+        server = self._server_class(self.healthcheck, self.host, self.port, background=False,
+                                    show_details="always")
         try:
             server.serve_forever()
         except KeyboardInterrupt:
