@@ -277,8 +277,14 @@ def test_the_log_proxy_forwards_attribute_writes_to_the_real_logger():
 def test_log_calls_go_straight_to_the_logger_after_the_first(monkeypatch):
     pihace.log.debug("first use: the proxy may look the logger up")
     pihace.log.isEnabledFor(logging.DEBUG)
-    lookups, real = [], logging.getLogger
-    monkeypatch.setattr(logging, "getLogger", lambda *args: lookups.append(args) or real(*args))
+    lookups, real, me = [], logging.getLogger, threading.current_thread()
+
+    def get_logger(*args):  # counts this thread's look-ups only: others may log meanwhile
+        if threading.current_thread() is me:
+            lookups.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(logging, "getLogger", get_logger)
     for _ in range(3):
         pihace.log.debug("again %s", "and again")
         pihace.log.isEnabledFor(logging.DEBUG)
