@@ -47,7 +47,11 @@ import weakref
 __version__ = "1.1.0"
 __all__ = [
     "AMQP",
+    "AMQPError",
     "AMQPPusher",
+    "ChannelClosed",
+    "ConnectionClosed",
+    "ConsumerCancelled",
     "Disk",
     "ElasticSearch",
     "ElasticSearchPusher",
@@ -55,10 +59,15 @@ __all__ = [
     "HealthCheck",
     "HealthServer",
     "InfluxDB",
+    "Interrupted",
+    "LocalProtocolError",
     "MongoDB",
     "MongoStorage",
     "MySQL",
     "PihaceError",
+    "ProtocolError",
+    "PublishError",
+    "RemoteProtocolError",
     "SystemInfo",
     "TCP",
     "Watcher",
@@ -67,6 +76,7 @@ __all__ = [
     "format_nagios",
     "format_prometheus",
     "format_rate",
+    "format_report",
     "get_system_info",
     "get_utc_timestamp",
     "load_healthcheck_from_yaml",
@@ -79,7 +89,8 @@ __all__ = [
 class _Logger:
     """logging.getLogger("pihace") with a NullHandler, made on first use (logging is slow
     to import). The NullHandler keeps Python from printing pihace's warnings to stderr
-    when the application configured no logging."""
+    when the application configured no logging. A method asked for once (log.debug) is
+    kept as the logger's own, so that later calls go straight to it."""
 
     @staticmethod
     def _logger():
@@ -90,10 +101,14 @@ class _Logger:
             logger.addHandler(logging.NullHandler())
         return logger
 
-    def __getattr__(self, name):
-        return getattr(self._logger(), name)
+    def __getattr__(self, name):  # only for what is not kept yet
+        value = getattr(self._logger(), name)
+        if callable(value):  # a bound method: kept; a value (level, propagate) is read each time
+            self.__dict__[name] = value
+        return value
 
     def __setattr__(self, name, value):  # pihace.log.propagate = False reaches the logger
+        self.__dict__.pop(name, None)  # log.warning = a replacement: asked for anew
         setattr(self._logger(), name, value)
 
 
@@ -163,16 +178,18 @@ class Interrupted(PihaceError):
 
 
 # ---------------------------------------------------------------------------
-# small helpers: the one number validator, the one error description for people (masked, control
-# characters escaped).
+# small helpers: the one number validator, the one rule for URLs with a password, the one time
+# left until a deadline, the one way to handle SIGTERM and Ctrl-C, the one error description for
+# people (masked, control characters escaped).
 # (src/pihace/helpers.py)
 # ---------------------------------------------------------------------------
 
 def _number(name, value, valid, expected, kind=(int, float)):
     """`value` when it is a number of `kind` (never a bool) and valid(value), else a
-    ValueError that names `name` and says what was `expected`."""
+    ValueError that names `name` (as the caller's caller knows the option: "timeout",
+    "--interval", "push_config interval") and says what was `expected`."""
     if isinstance(value, bool) or not isinstance(value, kind) or not valid(value):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+        raise ValueError(f"{name} must be {expected}, got {_shown(repr(value))}")
     return value
 
 
@@ -199,6 +216,74 @@ def _text(value):
     if not value.isascii():  # a lone surrogate (from a hostile server's JSON) cannot be sent
         value = str(value.encode("utf-8", "backslashreplace"), "utf-8")
     return value
+
+
+def _shown(value, limit=100):
+    """A value from outside (a config file, an argument), for an error message: escaped and
+    cut to `limit` characters."""
+    text = _printable(_text(value))
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _split_url(url, what):
+    """urlsplit(url), by the one rule for every URL that may hold a user name and password
+    (AMQP, HTTP, the databases): a ValueError naming `what`, and never showing the URL,
+    when urllib cannot read it, or when an @ comes after the host (two in the host part,
+    or one in the path, query or fragment). Such an @ may end an unencoded / ? # or @ in the
+    password, whose rest would be read as a host, a port or a path: sent there, and shown
+    (http://user:123/pw@host/ is the host "user"). An @ that belongs in a path or query is
+    written %40."""
+    from urllib.parse import urlsplit  # here, not at the top: slow to import
+
+    if not isinstance(url, str):
+        raise ValueError(f"{what} must be a URL, got {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # its message quotes the user name, password and host
+        parts = None
+    if parts is None:  # raised here, not in the except: no __context__ to quote them either
+        raise ValueError(f"{what} is not a valid URL (not shown: it may hold a password); "
+                         "percent-encode the user name and password, and write an IPv6 "
+                         "address in brackets")
+    if parts.netloc.count("@") > 1 or "@" in parts.path + parts.query + parts.fragment:
+        raise ValueError(f"{what} has an @ after the host: percent-encode '/', '?', '#' and "
+                         "'@' in the user name and password (%2F, %3F, %23, %40), and an '@' "
+                         "in the path or query (%40)")
+    return parts
+
+
+def _time_left(deadline, clock=time.monotonic, at_least=0.0, expired=None):
+    """Seconds from now (clock()) until `deadline`, at least `at_least`: 0 for a wait, a
+    little more for a socket's timeout (where 0 would mean "do not block"). With `expired`
+    (a text), TimeoutError(expired) once the deadline has passed, instead."""
+    left = deadline - clock()
+    if expired is not None and left <= 0:
+        raise TimeoutError(expired)
+    return max(at_least, left)
+
+
+class _handling_signals:
+    """``with _handling_signals(handler):`` SIGTERM and SIGINT (Ctrl-C) call
+    handler(signum, frame), and the handlers from before are back on the way out. Outside
+    the main thread, where Python allows no signal handler, it changes nothing."""
+
+    def __init__(self, handler, names=("SIGTERM", "SIGINT")):
+        self.handler, self.names, self._previous = handler, names, []
+
+    def __enter__(self):
+        import signal  # here, not at the top: only the command line's loops need it
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.names:
+                number = getattr(signal, name)
+                self._previous.append((number, signal.signal(number, self.handler)))
+        return self
+
+    def __exit__(self, *exc_info):
+        import signal  # here, not at the top: only the command line's loops need it
+
+        while self._previous:
+            signal.signal(*self._previous.pop())
 
 
 # What a fork() leaves broken in the child (threads gone, a lock held by one of them, a socket
@@ -391,6 +476,12 @@ def get_system_info():
 # (src/pihace/formats.py)
 # ---------------------------------------------------------------------------
 
+# The report's three statuses, best first (`pihace check` exits with a status's index): the one
+# table of their words.
+_AVAILABLE, _PARTIALLY_AVAILABLE, _UNAVAILABLE = _STATUSES = (
+    "Available", "Partially Available", "Unavailable")
+
+
 # The report in the formats of other tools. Each takes the dict that check() returns
 # (`checks` entries included) and nothing else, so that `pihace check`, the HTTP server
 # and callers with a report from elsewhere share them.
@@ -413,11 +504,11 @@ def mark_optional(report, names):
               for name, check in checks.items()}
     required = [check["status"] == "pass" for name, check in checks.items() if name not in names]
     if all(check["status"] == "pass" for check in checks.values()):
-        status = "Available"
+        status = _AVAILABLE
     elif required and not any(required):
-        status = "Unavailable"
+        status = _UNAVAILABLE
     else:
-        status = "Partially Available"
+        status = _PARTIALLY_AVAILABLE
     return dict(report, status=status, checks=checks)
 
 
@@ -427,7 +518,7 @@ def required_checks_passed(report):
                if not check.get("optional"))
 
 
-_HEALTH_STATUS = {"Available": "pass", "Partially Available": "warn", "Unavailable": "fail"}
+_HEALTH_STATUS = dict(zip(_STATUSES, ("pass", "warn", "fail")))
 
 
 def _system_figures(system):
@@ -508,9 +599,17 @@ def format_health_json(report, pretty=True):
     return json.dumps(health, indent=4 if pretty else None)
 
 
-def _label(value):
-    """A Prometheus label value, escaped: backslash, double quote and line feed."""
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _prometheus_label_value(value):
+    """`value` as a label value of Prometheus' text format: backslash, double quote and line
+    feed escaped (the format's only escapes; it carries every other character as it is), and
+    a lone surrogate (a byte that argv could not decode), which UTF-8 cannot carry, as U+FFFD."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
+    return text
 
 
 def format_prometheus(report):
@@ -522,7 +621,8 @@ def format_prometheus(report):
         lines.append(f"# HELP pihace_{name} {text}")
         lines.append(f"# TYPE pihace_{name} gauge")
         for labels, value in samples:
-            shown = ",".join(f'{key}="{_label(label)}"' for key, label in labels)
+            shown = ",".join(f'{key}="{_prometheus_label_value(label)}"'
+                             for key, label in labels)
             lines.append(f"pihace_{name}{{{shown}}} {value!r}" if labels
                          else f"pihace_{name} {value!r}")
 
@@ -532,7 +632,7 @@ def format_prometheus(report):
            "as /readyz answers 200; else 0", [((), int(required_checks_passed(report)))])
     metric("status", "1 for the report's status, 0 for the others",
            [((("status", status),), int(report["status"] == status))
-            for status in _HEALTH_STATUS])
+            for status in _STATUSES])
     metric("info", "who reports: the component's name and version, pihace's version",
            [((("name", component.get("name") or ""), ("version", component.get("version") or ""),
               ("pihace_version", __version__)), 1)])
@@ -563,7 +663,7 @@ def format_prometheus(report):
     return "\n".join(lines) + "\n"
 
 
-_NAGIOS_STATES = {"Available": "OK", "Partially Available": "WARNING", "Unavailable": "CRITICAL"}
+_NAGIOS_STATES = dict(zip(_STATUSES, ("OK", "WARNING", "CRITICAL")))
 
 
 def _nagios_text(text):
@@ -614,7 +714,7 @@ def get_utc_timestamp(now=None):
 def calculate_status(passed, total):
     """"Available" when all passed (or there is nothing to check), "Unavailable"
     when none did, else "Partially Available"."""
-    return "Available" if passed == total else "Unavailable" if passed == 0 else "Partially Available"
+    return _AVAILABLE if passed == total else _UNAVAILABLE if passed == 0 else _PARTIALLY_AVAILABLE
 
 
 def format_rate(passed, total):
@@ -898,7 +998,7 @@ class _Attempts:
 def _wait_time(pending):
     """Seconds until the nearest deadline of `pending` attempts; None when none has one."""
     deadline = min(attempts.deadline for attempts in pending)
-    return None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+    return None if deadline == math.inf else _time_left(deadline)
 
 
 REPORT_FORMATS = ("dict", "json", "str", "health+json", "prometheus", "nagios")
@@ -1160,12 +1260,7 @@ class _DeadlineSocket:
         self.sock, self.deadline = sock, deadline
 
     def time_left(self):
-        import socket  # here, not at the top: slow to import (connect_tcp loaded it already)
-
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout("timed out")
-        self.sock.settimeout(left)
+        self.sock.settimeout(_time_left(self.deadline, expired="timed out"))
 
     def sendall(self, data):
         self.time_left()
@@ -1227,12 +1322,12 @@ def _http_exchange(url, path="", *, method="GET", headers=None, body=None, timeo
         host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
         if not host.isascii():
             host.encode("idna")  # UnicodeError, naming the codec, for a name it refuses
-        sock = connect_tcp((host, port), max(0.001, deadline - time.monotonic()))
+        sock = connect_tcp((host, port), _time_left(deadline, at_least=0.001))
         try:
             if parts.scheme == "https":
                 import ssl  # here, not at the top: only https:// needs it
 
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                sock.settimeout(_time_left(deadline, at_least=0.001))
                 sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
             connection = http.client.HTTPConnection(host, port)
             connection.sock = _DeadlineSocket(sock, deadline)
@@ -1298,12 +1393,10 @@ class HTTP:
     """
 
     def __init__(self, url, timeout=5):
-        from urllib.parse import urlsplit  # here, not at the top: slow to import
-
+        parts = _split_url(url, "url")
         try:
-            parts = urlsplit(url)
             valid = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
-        except (TypeError, ValueError, AttributeError):  # not a string, or a bad port
+        except ValueError:  # a bad port
             valid = False
         if not valid:  # the URL is not quoted: it may hold a password
             raise ValueError("url must be an http:// or https:// URL with a host and a valid port")
@@ -1349,29 +1442,19 @@ class Disk:
 # (src/pihace/databases.py)
 # ---------------------------------------------------------------------------
 
-def _refuse_stray_at(parts, what):
-    """A ValueError for a URL with an @ after its host (two in the host part, or one in the
-    path, query or fragment): an unencoded / ? # or @ in its password, which would otherwise
-    be read as a host, a port or a path, and shown as one."""
-    if parts.netloc.count("@") > 1 or "@" in parts.path + parts.query + parts.fragment:
-        raise ValueError(f"{what} has an @ after the host: percent-encode '/', '?', '#' and '@' "
-                         "in the user name and password (%2F, %3F, %23, %40)")
-
-
 def _url_parts(url, schemes, default_port, what):
     """(user, password, host, port, path) of a database URL, percent-decoded; a ValueError
     that never shows the user information when it cannot be read."""
-    from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
+    from urllib.parse import unquote  # here, not at the top: slow to import
 
+    parts = _split_url(url, what)
     try:
-        parts = urlsplit(url)
         port = parts.port or default_port
         valid = parts.scheme in schemes and parts.hostname
-    except (TypeError, ValueError, AttributeError):  # not a string, or a bad port
+    except ValueError:  # a bad port
         valid = False
     if not valid:
         raise ValueError(f"{what} must be a {schemes[0]}://user:password@host:port/... URL")
-    _refuse_stray_at(parts, what)
     return (unquote(parts.username or ""), unquote(parts.password or ""), parts.hostname, port,
             unquote(parts.path.lstrip("/")))
 
@@ -1425,14 +1508,9 @@ class _MySQLSession:
         self.sock, self.deadline, self.seq, self.buffer = sock, deadline, 0, bytearray()
 
     def _time_left(self):
-        """Seconds to the one deadline of the whole exchange; socket.timeout once it passed
+        """Seconds to the one deadline of the whole exchange; TimeoutError once it passed
         (a server that floods, or trickles a byte at a time, gets no more time)."""
-        import socket  # here, not at the top: slow to import (connect_tcp loaded it already)
-
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout("timed out")
-        return left
+        return _time_left(self.deadline, expired="timed out")
 
     def _recv(self, size):
         while len(self.buffer) < size:
@@ -1812,17 +1890,12 @@ class MongoDB:
     """
 
     def __init__(self, dsn, timeout=2):
-        from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
+        from urllib.parse import unquote  # here, not at the top: slow to import
 
         self.timeout = _seconds("timeout", timeout)
         self.dsn = dsn
-        try:
-            parts = urlsplit(dsn)
-            valid = parts.scheme in ("mongodb", "mongodb+srv")
-        except (TypeError, ValueError, AttributeError):
-            valid = False
-        if valid:
-            _refuse_stray_at(parts, "dsn")
+        parts = _split_url(dsn, "dsn")
+        valid = parts.scheme in ("mongodb", "mongodb+srv")
         userinfo, _, hosts = parts.netloc.rpartition("@") if valid else ("", "", "")
         self.hosts = []
         for host in hosts.split(",") if valid else ():
@@ -1871,7 +1944,7 @@ class MongoDB:
         return False, "no MongoDB server answered: " + "; ".join(reasons)
 
     def _hello_and_ping(self, address, deadline):
-        sock = connect_tcp(address, max(0.001, deadline - time.monotonic()))
+        sock = connect_tcp(address, _time_left(deadline, at_least=0.001))
         ids = itertools.count(1)
 
         def command(document, what, database="admin"):  # the command's name comes first
@@ -1940,13 +2013,8 @@ class MongoDB:
 
     @staticmethod
     def _command(sock, request_id, document, deadline):
-        import socket  # here, not at the top: slow to import (connect_tcp loaded it already)
-
         def time_left():  # each send and read gets what is left, and none once it passed
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("timed out")
-            return left
+            return _time_left(deadline, expired="timed out")
 
         sock.settimeout(time_left())
         sock.sendall(mongo_op_msg(request_id, document))
@@ -2004,16 +2072,13 @@ def _http_json(url, path, headers, timeout):
 
 def _http_url(url, what):
     """`url` checked as an http(s) URL with a host; its safe form (no user information)."""
-    from urllib.parse import urlsplit  # here, not at the top: slow to import
-
+    parts = _split_url(url, what)
     try:
-        parts = urlsplit(url)
         valid = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
-    except (TypeError, ValueError, AttributeError):
+    except ValueError:  # a bad port
         valid = False
     if not valid:
         raise ValueError(f"{what} must be an http:// or https:// URL with a host and a valid port")
-    _refuse_stray_at(parts, what)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
@@ -2041,7 +2106,7 @@ class InfluxDB:
                                                        self.timeout)
             if status == 404:  # InfluxDB 1.x before 1.8
                 status, phrase, headers, body = _http_json(
-                    self.url, "/ping", self._headers, max(0.001, deadline - time.monotonic()))
+                    self.url, "/ping", self._headers, _time_left(deadline, at_least=0.001))
                 if status == 204:
                     return True  # as pihace 1.0.0's plugins pass: no detail
                 return False, f"InfluxDB health status: fail - /ping answered HTTP {status} {phrase}"
@@ -3107,24 +3172,15 @@ class AMQPParameters:
     TLS_KEYS = ("cacertfile", "certfile", "keyfile", "keyfile_password", "verify",
                 "server_name_indication")
 
-    def __init__(self, url):
-        from urllib.parse import parse_qsl, unquote, urlsplit  # here: slow to import
+    def __init__(self, url, what="amqp_url"):
+        """`what`: the URL's name in errors, as the caller knows it ("--url", say)."""
+        from urllib.parse import parse_qsl, unquote  # here: slow to import
 
         if not isinstance(url, str):
-            raise TypeError(f"amqp_url must be a string, got {type(url).__name__}")
-        try:
-            parts = urlsplit(url.strip())
-        except ValueError:  # its message quotes the user name, password and host
-            parts = None
-        if parts is None:  # raised here, not in the except: no __context__ to quote them either
-            raise ValueError("amqp_url is not a valid URL (not shown: it may hold a password); "
-                             "percent-encode the user name and password, and write an IPv6 "
-                             "address in brackets")
-        if "@" in parts.path + parts.query + parts.fragment:
-            raise ValueError("amqp_url has an @ after the host: percent-encode '/', '?', '#' "
-                             "and '@' in the user name and password (%2F, %3F, %23, %40)")
+            raise TypeError(f"{what} must be a string, got {type(url).__name__}")
+        parts = _split_url(url.strip(), what)
         if parts.scheme not in ("amqp", "amqps"):
-            raise ValueError(f"amqp_url must start with amqp:// or amqps://, got "
+            raise ValueError(f"{what} must start with amqp:// or amqps://, got "
                              f"{parts.scheme + '://' if parts.scheme else 'no scheme'}")
         self.tls = parts.scheme == "amqps"
         self.host = parts.hostname or "localhost"
@@ -3135,7 +3191,7 @@ class AMQPParameters:
         if port == 0:  # without an @, the "port" may be a password: amqp://user:password/
             shown = parts.netloc.rpartition("@")[2].rpartition(":")[2] if "@" in parts.netloc \
                 else "(not shown: without a host it may be a password)"
-            raise ValueError(f"amqp_url has a bad port: {shown!r}")
+            raise ValueError(f"{what} has a bad port: {shown!r}")
         self.port = port or (5671 if self.tls else 5672)
         self.username = unquote(parts.username) if parts.username else "guest"
         self.password_given = parts.password is not None
@@ -3149,30 +3205,30 @@ class AMQPParameters:
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key in self.TLS_KEYS:
                 if not self.tls:
-                    raise ValueError(f"amqp_url query key {key} needs an amqps:// URL")
+                    raise ValueError(f"{what} query key {key} needs an amqps:// URL")
                 if key == "verify" and value not in ("verify_peer", "verify_none"):
-                    raise ValueError(f"amqp_url query key verify must be verify_peer or "
+                    raise ValueError(f"{what} query key verify must be verify_peer or "
                                      f"verify_none, got {value!r}")
                 setattr(self, key, value)
                 continue
             if key not in self.NUMBER_KEYS:
-                raise ValueError(f"amqp_url has an unknown query key {key!r}; known keys: "
+                raise ValueError(f"{what} has an unknown query key {key!r}; known keys: "
                                  f"{', '.join((*self.NUMBER_KEYS, *self.TLS_KEYS))}")
             try:
                 number = float(value) if key == "connection_timeout" else int(value)
             except ValueError:
-                raise ValueError(f"amqp_url query key {key} must be a number, got {value!r}") \
+                raise ValueError(f"{what} query key {key} must be a number, got {value!r}") \
                     from None
             low, high = self.NUMBER_KEYS[key]
             if not low <= number <= high:
-                raise ValueError(f"amqp_url query key {key} must be between {low} and {high}, "
+                raise ValueError(f"{what} query key {key} must be between {low} and {high}, "
                                  f"got {value}")
             setattr(self, key, number)
         if self.keyfile and not self.certfile:
-            raise ValueError("amqp_url has a keyfile but no certfile")
+            raise ValueError(f"{what} has a keyfile but no certfile")
         if self.server_name_indication is not None and not _is_host_name(
                 self.server_name_indication):
-            raise ValueError(f"amqp_url query key server_name_indication must be a host name, "
+            raise ValueError(f"{what} query key server_name_indication must be a host name, "
                              f"got {_printable(repr(self.server_name_indication))}")
 
     def ssl_context(self):
@@ -3318,10 +3374,7 @@ class BlockingConnection:
         return self.protocol.mechanism
 
     def _time_left(self, deadline, doing):
-        left = deadline - self.clock()
-        if left <= 0:
-            raise TimeoutError(f"timed out {doing}")
-        return left
+        return _time_left(deadline, self.clock, expired=f"timed out {doing}")
 
     # -- opening and closing --------------------------------------------------
 
@@ -3717,6 +3770,8 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
     broker offers it. `interrupt`: see BlockingConnection. Raises what the last
     endpoint failed with.
     """
+    if not endpoints:
+        raise ValueError("open_connection() needs at least one endpoint (AMQPParameters)")
     for left, parameters in zip(range(len(endpoints), 0, -1), endpoints):
         protocol = AMQPProtocol(
             parameters.username, parameters.password, parameters.vhost,
@@ -4088,8 +4143,8 @@ class Outbox:
             return iter(list(self._messages))
 
     def add(self, message, waited_for=False):
-        """Append `message` (on disk first, with a path); `waited_for`: outcome() will
-        be asked for it."""
+        """Append `message` (on disk first, with a path); `waited_for`: take_outcome()
+        will be asked for it."""
         with self._lock:
             if self._spool is not None:
                 try:
@@ -4133,9 +4188,9 @@ class Outbox:
         if self._spool is not None:
             self._spool.remove(message)
 
-    def outcome(self, message_id):
-        """What became of a message added with `waited_for` (asked once): None when
-        confirmed, a reason when dropped or unroutable, _PENDING while it waits."""
+    def take_outcome(self, message_id):
+        """What became of a message added with `waited_for`, which this forgets (ask once):
+        None when confirmed, a reason when dropped or unroutable, _PENDING while it waits."""
         with self._lock:
             return self._outcomes.pop(message_id, _PENDING)
 
@@ -4397,7 +4452,7 @@ class AMQPPusher(_AMQPClient):
         message = self._message(body, headers, message_id, timestamp, routing_key, exchange)
         deadline, setup_deadline = self._deadlines()
         # waiting for another thread's publish counts in the deadline
-        if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
+        if not self._lock.acquire(timeout=_time_left(deadline, self.clock)):
             return False, _BUSY
         try:
             outcomes, _ = self._deliver([message], deadline, setup_deadline)
@@ -4417,7 +4472,7 @@ class AMQPPusher(_AMQPClient):
         """
         message = self._take_report(waited_for=True)
         reasons = self._flush(*self._deadlines())
-        outcome = self.outbox.outcome(message.message_id)
+        outcome = self.outbox.take_outcome(message.message_id)
         if outcome is _PENDING:  # still in the outbox: this flush says why
             outcome = reasons.get(message.message_id, _PENDING)
         return True if outcome is None else (False, outcome)
@@ -4448,7 +4503,7 @@ class AMQPPusher(_AMQPClient):
     def _flush(self, deadline, setup_deadline, connect=False):
         """Deliver the outbox (and with `connect`, connect even if it is empty):
         {message_id: reason} for each message not delivered."""
-        if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
+        if not self._lock.acquire(timeout=_time_left(deadline, self.clock)):
             return dict.fromkeys(self.outbox.ids(), _BUSY) or {None: _BUSY}
         try:
             reasons, refused, routed_again = {}, False, set()
@@ -4532,9 +4587,10 @@ class AMQPPusher(_AMQPClient):
         `timeout` and 5 s (a second stop() or Ctrl-C ends it at once), and the
         connection is closed cleanly.
         """
-        interval = self.interval = _seconds("interval", interval)
+        interval = _seconds("interval", interval)
         if self.healthcheck is None:
             raise ValueError("push_forever_in_loop() needs the pusher's healthcheck")
+        self.interval = interval  # in each report the loop takes; None again when it ends
         backoff = Backoff(spread=interval / 2)
         next_report, retry_at, failed_rounds = self.clock(), math.inf, 0
         self._wakeup, self._interrupt = Wakeup(), Wakeup()
@@ -4596,6 +4652,7 @@ class AMQPPusher(_AMQPClient):
             wakeup.close()
             stopping.close()
             self._stop_requested = False  # ready for another run
+            self.interval = None  # a push() after the loop announces no cadence
 
     def _interruptible(self, on):
         """Let stop() end the connection's waits for the broker (only while the loop runs)."""
@@ -4671,7 +4728,7 @@ class AMQPPusher(_AMQPClient):
 
 # The states of a device, worst first (the live table's order).
 DEVICE_STATES = ("silent", "down", "late", "degraded", "up")
-_STATE_OF_STATUS = {"Available": "up", "Partially Available": "degraded", "Unavailable": "down"}
+_STATE_OF_STATUS = dict(zip(_STATUSES, ("up", "degraded", "down")))
 _NAME_LIMIT = 200  # characters of a device's name or host that are kept
 _FAILING_LIMIT = 20  # names of failing checks kept per device
 _WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minutes
@@ -6006,13 +6063,6 @@ def _state_counts(devices):
     return counts
 
 
-def _prometheus_label(value):
-    """A label value: backslash, quote and newline escaped, other control characters
-    replaced (the text format has no escape for them)."""
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return text.translate({code: "\ufffd" for code in _CONTROL_ESCAPES if code != 10})
-
-
 def _stale_note(status):
     """'' while the watcher sees; else what its outputs say about their staleness."""
     if status is None or status["connected"]:
@@ -6060,8 +6110,9 @@ def _fleet_prometheus(devices, status):
     """One series per device for up and last seen (labels that never change with its
     state), and its state as a one-hot family, as kube-state-metrics does."""
     rows = sorted(devices.values(), key=lambda d: d["device"])
-    labels = [f'device="{_prometheus_label(d["device"])}",name="{_prometheus_label(d["name"])}",'
-              f'host="{_prometheus_label(d["host"])}"' for d in rows]
+    labels = [f'device="{_prometheus_label_value(d["device"])}",'
+              f'name="{_prometheus_label_value(d["name"])}",'
+              f'host="{_prometheus_label_value(d["host"])}"' for d in rows]
     lines = ["# HELP pihace_device_up 1 when the device's newest report says Available and it "
              "is not late, else 0.", "# TYPE pihace_device_up gauge"]
     lines += [f"pihace_device_up{{{label}}} {1 if d['state'] == 'up' else 0}"
@@ -6231,7 +6282,7 @@ class _Hooks:
             self._queue.put(None)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(_time_left(deadline))
 
 
 class _FleetPages:
@@ -6318,7 +6369,7 @@ class _Loop:
                 except Exception:  # a bug in one round: logged, and the loop goes on
                     log.exception("%s failed", what)
                 next_round += interval * (1 + (time.monotonic() - next_round) // interval)
-                stop.wait(max(0.0, next_round - time.monotonic()))
+                stop.wait(_time_left(next_round))
         except KeyboardInterrupt:
             log.info("interrupted: stopping")
 
@@ -6497,12 +6548,6 @@ def read_config(path):
     raise ValueError(f"{path}: {problem}")
 
 
-def _shown(value, limit=100):
-    """A value from a config file, for an error message: escaped and cut to `limit`."""
-    text = _printable(_text(value))
-    return text if len(text) <= limit else f"{text[:limit]}..."
-
-
 def _secrets(options):
     """The passwords an entry's options may hold (in URLs, or as such), longest first, to be
     kept out of an error raised by what the options were given to."""
@@ -6567,12 +6612,8 @@ def _loop_interval(section, entry):
     if not isinstance(options, dict):
         raise ValueError(f"{section[:-1]} {entry['type']!r}: {key} must be a mapping, got "
                          f"{type(options).__name__}")
-    try:
-        return _seconds("interval", options.get("interval", 60))
-    except ValueError:
-        raise ValueError(f"{section[:-1]} {entry['type']!r}: {key} interval must be a positive "
-                         f"number of seconds, below a million, got "
-                         f"{_shown(repr(options.get('interval')))}") from None
+    return _seconds(f"{section[:-1]} {entry['type']!r}: {key} interval",
+                    options.get("interval", 60))
 
 
 def _config_part(config, key, kind):
@@ -7048,7 +7089,7 @@ def _check(args, hc):
         print(format_report(report, args.format or "json"))
     if args.exit_codes == "docker":
         return 0 if required_checks_passed(report) else 1
-    return {"Available": 0, "Partially Available": 1}.get(report["status"], 2)
+    return {status: code for code, status in enumerate(_STATUSES)}.get(report["status"], 2)
 
 
 def _write_textfile(path, text):
@@ -7086,8 +7127,6 @@ def _listen_address(text):
 
 def _serve(args, hc):
     """pihace serve: answer health requests over HTTP until SIGTERM or Ctrl-C."""
-    import signal  # here, not at the top: only the command line's servers need it
-
     try:
         host, port = _listen_address(args.listen)
         server = HealthServer(hc, host, port, cache_seconds=args.cache_seconds,
@@ -7103,18 +7142,10 @@ def _serve(args, hc):
               file=sys.stderr)
         return 3
     stopped = threading.Event()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = ([signal.signal(number, lambda *_: stopped.set()) for number in signals]
-                if in_main_thread else [])
-    try:
-        with server:
-            print(f"pihace: serving {server.url} (livez, readyz, health, metrics)",
-                  file=sys.stderr, flush=True)
-            stopped.wait()
-    finally:
-        for number, previous_handler in zip(signals, previous):
-            signal.signal(number, previous_handler)
+    with _handling_signals(lambda *_: stopped.set()), server:
+        print(f"pihace: serving {server.url} (livez, readyz, health, metrics)",
+              file=sys.stderr, flush=True)
+        stopped.wait()
     return 0
 
 
@@ -7128,8 +7159,17 @@ def _exit_code(argv, code):
 def _pusher(args, hc):
     """The AMQPPusher that the push arguments describe; ValueError names a bad option."""
     urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
+    for url in urls:  # checked here, by the rules AMQPPusher applies, to name the options
+        AMQPParameters(url, "--url")
+    for option, name in (("--queue", args.queue), ("--exchange", args.exchange),
+                         ("--routing-key", args.routing_key)):
+        if name is not None:
+            _check_name(option, name)
     if args.interval is not None:
         _seconds("--interval", args.interval)
+    _number("--buffer-size", args.buffer_size, lambda v: v >= 1, "an integer >= 1", int)
+    if args.max_connection_age is not None:
+        _seconds("--max-connection-age", args.max_connection_age)
     queue_arguments = dict(map(_queue_argument, args.queue_arg))
     try:
         return AMQPPusher(hc, urls, args.queue, exchange=args.exchange,
@@ -7138,8 +7178,6 @@ def _pusher(args, hc):
                           outbox_path=args.spool, max_connection_age=args.max_connection_age)
     except OSError as exc:  # the spool folder
         raise ValueError(f"--spool: {describe_error(exc)}") from None
-    except (TypeError, ValueError) as exc:
-        raise ValueError(str(exc).replace("amqp_url", "--url")) from None
 
 
 def _queue_argument(spec):
@@ -7173,14 +7211,8 @@ def _push_until_signalled(pusher, interval):
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one interrupts
         pusher.stop()
 
-    signals = (signal.SIGTERM, signal.SIGINT)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = [signal.signal(number, stop) for number in signals] if in_main_thread else []
-    try:
+    with _handling_signals(stop):
         pusher.push_forever_in_loop(interval)
-    finally:
-        for number, previous_handler in zip(signals, previous):
-            signal.signal(number, previous_handler)
     return 0
 
 
@@ -7256,8 +7288,6 @@ def _watch_once(watcher, wait, output):
 def _watch_until_signalled(watcher, show=None):
     """Run the watcher in a thread until SIGTERM or Ctrl-C; show(watcher) once a second.
     0, or 1 (with one line on stderr) when the watcher stopped on an unexpected error."""
-    import signal  # here, not at the top: only the command line's loops need it
-
     failure = []
 
     def run():
@@ -7268,24 +7298,19 @@ def _watch_until_signalled(watcher, show=None):
             log.exception("the watcher stopped on an unexpected error (a bug)")
 
     thread = threading.Thread(target=run, name="pihace-watch", daemon=True)
-    signals = (signal.SIGTERM, signal.SIGINT)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = [signal.signal(number, lambda *_: watcher.stop()) for number in signals] \
-        if in_main_thread else []
-    thread.start()
-    try:
-        while thread.is_alive():
+    with _handling_signals(lambda *_: watcher.stop()):
+        thread.start()
+        try:
+            while thread.is_alive():
+                if show is not None:
+                    show(watcher)
+                thread.join(1.0)
+        finally:
+            watcher.stop()
+            thread.join(10)
             if show is not None:
-                show(watcher)
-            thread.join(1.0)
-    finally:
-        for number, previous_handler in zip(signals, previous):
-            signal.signal(number, previous_handler)
-        watcher.stop()
-        thread.join(10)
-        if show is not None:
-            sys.stdout.write("\x1b[?25h")  # the cursor back
-            sys.stdout.flush()
+                sys.stdout.write("\x1b[?25h")  # the cursor back
+                sys.stdout.flush()
     if failure:
         print(f"pihace: the watcher stopped on an unexpected error (a bug: please report it): "
               f"{describe_error(failure[0])}", file=sys.stderr)
@@ -7309,8 +7334,6 @@ def _serve_fleet(watcher, listen):
 def _run_config(loaded):
     """pihace --config FILE: start its providers, pushers and storages (each in a thread, as
     pihace 1.0.0 did) and run until SIGTERM or Ctrl-C; then stop the loops cleanly."""
-    import signal  # here, not at the top: only the command line's loops need it
-
     config, stop, threads, failed = loaded["config"], threading.Event(), [], []
 
     def start(target, what, *args, **kwargs):
@@ -7336,14 +7359,10 @@ def _run_config(loaded):
               for entry, storage in zip(config.get("storages") or [], loaded["storages"])]
     for _, loop, what, interval in loops:
         start(loop, what, interval=interval, stop_event=stop)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    signals = (signal.SIGTERM, signal.SIGINT) if in_main_thread else ()
-    previous = [signal.signal(number, lambda *_: stop.set()) for number in signals]
     try:
-        stop.wait()
+        with _handling_signals(lambda *_: stop.set()):
+            stop.wait()
     finally:
-        for number, handler in zip(signals, previous):
-            signal.signal(number, handler)
         for runner, _, _, _ in loops:
             runner.stop()
         for provider in loaded["providers"]:
@@ -7353,7 +7372,7 @@ def _run_config(loaded):
                     break
         deadline = time.monotonic() + 10  # the pushers' last chance for their outboxes
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(_time_left(deadline))
     return 1 if failed else 0
 
 

@@ -274,6 +274,42 @@ def test_the_log_proxy_forwards_attribute_writes_to_the_real_logger():
         pihace.log.propagate = True
 
 
+def test_log_calls_go_straight_to_the_logger_after_the_first(monkeypatch):
+    pihace.log.debug("first use: the proxy may look the logger up")
+    pihace.log.isEnabledFor(logging.DEBUG)
+    lookups, real, me = [], logging.getLogger, threading.current_thread()
+
+    def get_logger(*args):  # counts this thread's look-ups only: others may log meanwhile
+        if threading.current_thread() is me:
+            lookups.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(logging, "getLogger", get_logger)
+    for _ in range(3):
+        pihace.log.debug("again %s", "and again")
+        pihace.log.isEnabledFor(logging.DEBUG)
+    assert lookups == []
+
+
+def test_a_method_replaced_on_the_log_proxy_is_the_one_called(monkeypatch):
+    pihace.log.warning("first use: the proxy keeps the logger's method")
+    said = []
+    monkeypatch.setattr(pihace.log, "warning", lambda *args, **kwargs: said.append(args))
+    pihace.log.warning("hello %s", "there")
+    assert said == [("hello %s", "there")]
+
+
+def test_all_names_the_error_classes_and_format_report():
+    public = {"format_report", "PihaceError", "AMQPError", "ProtocolError", "LocalProtocolError",
+              "RemoteProtocolError", "ConnectionClosed", "ChannelClosed", "ConsumerCancelled",
+              "PublishError", "Interrupted"}
+    assert public <= set(pihace.__all__)
+    star = {}
+    exec("from pihace import *", star)
+    assert star["PublishError"] is pihace.PublishError and issubclass(
+        star["ConnectionClosed"], star["AMQPError"])
+
+
 def test_the_logger_prints_nothing_when_the_application_configured_no_logging(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as placeholder:
         port = placeholder.getsockname()[1]
@@ -373,6 +409,53 @@ def test_seconds_is_the_one_rule_for_durations(value):
         pihace._seconds("interval", value)
     assert str(raised.value) == ("interval must be a positive number of seconds, below a million, "
                                  f"got {value!r}")
+
+
+def test_number_shows_a_long_or_hostile_value_escaped_and_cut():
+    with pytest.raises(ValueError) as raised:
+        pihace._seconds("--interval", "\x1b[2J" + "9" * 5000)
+    assert str(raised.value).startswith("--interval must be a positive number of seconds")
+    assert len(str(raised.value)) < 200 and "\x1b" not in str(raised.value)
+
+
+def test_time_left_is_the_one_rule_for_deadlines():
+    clock = lambda: 100.0  # noqa: E731
+    assert pihace._time_left(102.5, clock) == 2.5
+    assert pihace._time_left(99.0, clock) == 0.0
+    assert pihace._time_left(99.0, clock, at_least=0.001) == 0.001
+    assert pihace._time_left(float("inf"), clock) == float("inf")
+    assert pihace._time_left(102.5, clock, expired="timed out reading") == 2.5
+    with pytest.raises(TimeoutError) as raised:
+        pihace._time_left(100.0, clock, expired="timed out reading")
+    assert str(raised.value) == "timed out reading"
+
+
+def test_handling_signals_installs_a_handler_and_restores_the_ones_before():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    got = []
+    with pihace._handling_signals(lambda number, frame: got.append(number)):
+        signal.raise_signal(signal.SIGTERM) if hasattr(signal, "raise_signal") \
+            else os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGINT) if hasattr(signal, "raise_signal") \
+            else os.kill(os.getpid(), signal.SIGINT)
+    assert got == [signal.SIGTERM, signal.SIGINT]
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_handling_signals_outside_the_main_thread_changes_nothing():
+    before, failed = signal.getsignal(signal.SIGTERM), []
+
+    def run():
+        try:
+            with pihace._handling_signals(lambda *_: None):
+                failed.append(signal.getsignal(signal.SIGTERM) is not before)
+        except Exception as exc:  # signal.signal() raises ValueError outside the main thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    assert failed == [False]
 
 
 # ---------------------------------------------------------------------------
@@ -859,6 +942,17 @@ def promtool_check_metrics(text):
     assert (result.returncode, result.stdout + result.stderr) == (0, ""), text
 
 
+def test_prometheus_label_values_are_utf8_and_keep_what_the_format_allows():
+    report = two_check_report()
+    report["component"] = {"name": "shop\udcff", "version": "2.1"}  # a byte argv could not decode
+    report["checks"]["tab\there\r\x01"] = dict(report["checks"]["ok"])
+    text = pihace.format_prometheus(report)
+    text.encode("utf-8")  # the text format is UTF-8: no lone surrogate
+    promtool_check_metrics(text)
+    assert 'pihace_check_up{check="tab\there\r\x01"} 1' in text.split("\n")
+    assert 'name="shop\ufffd"' in text
+
+
 def test_prometheus_format_is_linted_by_promtool_and_escapes_label_values():
     text = pihace.format_prometheus(two_check_report(system=True))
     promtool_check_metrics(text)
@@ -1219,7 +1313,7 @@ def test_http_checker_sends_url_credentials_as_basic_auth_and_never_shows_them(w
 
 
 # An unencoded / ? or # ends the user info: what follows is a path, query or fragment, where an
-# HTTP URL may hold an @ (/@scope, ?mail=a@b). AMQP URLs cannot, and refuse it.
+# @ is refused (as by every URL parser of pihace: an @ in a path or query is written %40).
 @settings(max_examples=100, deadline=None, derandomize=True)
 @given(password=hostile_passwords.map(lambda password: password.translate(
     {ord(delimiter): None for delimiter in "/?#"})))
@@ -2451,6 +2545,45 @@ def test_a_dsn_with_an_at_after_the_host_is_a_value_error_that_shows_no_password
         assert SECRET not in exception_texts(raised.value) and "p@" not in str(raised.value)
 
 
+# Every parser of a URL that may hold a password, and the scheme it reads (issue 22).
+URL_PARSERS = {
+    "AMQPParameters": ("amqp", pihace.AMQPParameters),
+    "AMQP": ("amqp", pihace.AMQP),
+    "AMQPPusher": ("amqp", lambda url: pihace.AMQPPusher(None, url)),
+    "HTTP": ("http", pihace.HTTP),
+    "MySQL": ("mysql", pihace.MySQL),
+    "MongoDB": ("mongodb", pihace.MongoDB),
+    "InfluxDB": ("http", pihace.InfluxDB),
+    "ElasticSearch": ("http", pihace.ElasticSearch),
+    "ElasticSearchPusher": ("http", lambda url: pihace.ElasticSearchPusher(pihace.HealthCheck(),
+                                                                           url)),
+}
+AT_AFTER_THE_HOST = ("has an @ after the host: percent-encode '/', '?', '#' and '@' in the user "
+                     "name and password (%2F, %3F, %23, %40), and an '@' in the path or query "
+                     "(%40)")
+NOT_A_URL = ("is not a valid URL (not shown: it may hold a password); percent-encode the user "
+             "name and password, and write an IPv6 address in brackets")
+
+
+@pytest.mark.parametrize("parser", sorted(URL_PARSERS))
+@pytest.mark.parametrize("rest, error", [
+    ("user:123/sekrit@host/", AT_AFTER_THE_HOST),  # else: the host "user", port 123
+    ("user:12?sekrit@host/", AT_AFTER_THE_HOST),
+    ("user:1#sekrit@host/", AT_AFTER_THE_HOST),
+    ("user:p@sekrit@host/", AT_AFTER_THE_HOST),
+    ("us@er:sekrit@host/", AT_AFTER_THE_HOST),
+    ("host/@sekrit", AT_AFTER_THE_HOST),
+    ("user:[sekrit@host/", NOT_A_URL),
+    ("user:sekrit\uff20host/", NOT_A_URL),  # a full-width @, which NFKC makes an @
+], ids=lambda value: "" if value in (AT_AFTER_THE_HOST, NOT_A_URL) else None)
+def test_every_url_parser_refuses_the_same_urls_with_the_same_error(parser, rest, error):
+    scheme, parse = URL_PARSERS[parser]
+    with pytest.raises(ValueError) as raised:
+        parse(f"{scheme}://{rest}")
+    assert str(raised.value).partition(" ")[2] == error
+    assert SECRET not in exception_texts(raised.value) and "123" not in str(raised.value)
+
+
 @settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HypothesisHealthCheck.function_scoped_fixture])
 @given(password=hostile_passwords, name=st.sampled_from(sorted(DSN_MAKERS)))
@@ -2671,6 +2804,8 @@ HOSTILE_CONFIGS = [
      "below a million, got 10000000.0"),
     ("text.json", json.dumps({"pushers": [dict(ES_PUSHER, push_config={"interval": "soon"})]}),
      "got 'soon'"),
+    ("long.json", json.dumps({"pushers": [dict(ES_PUSHER, push_config={
+        "interval": "\x1b[2J" + "9" * 5000})]}), "got '\\x1b[2J999"),
     ("shape.json", json.dumps({"pushers": [dict(ES_PUSHER, push_config=5)]}),
      "push_config must be a mapping, got int"),
     ("store.json", json.dumps({"storages": [{"type": "mongodb_storage", "config": {
@@ -4296,6 +4431,12 @@ def test_wait_for_names_what_did_not_come(rabbit):
         connection.close(time.monotonic() + 5)
 
 
+def test_open_connection_with_no_endpoint_is_a_value_error():
+    with pytest.raises(ValueError) as raised:
+        pihace.open_connection([], time.monotonic() + 1)
+    assert "needs at least one endpoint" in str(raised.value)
+
+
 def test_open_connection_fails_over_and_chooses_the_heartbeat(rabbit, closed_port):
     dead = pihace.AMQPParameters(f"amqp://127.0.0.1:{closed_port}/?heartbeat=5")
     alive = pihace.AMQPParameters(rabbit.url + "?heartbeat=7")
@@ -5267,6 +5408,29 @@ def test_an_unexpected_error_in_one_round_is_logged_and_the_loop_goes_on(rabbit,
 # ---------------------------------------------------------------------------
 # pusher: edge cases found in review
 # ---------------------------------------------------------------------------
+
+def test_a_push_after_the_loop_ended_announces_no_interval(rabbit, unique_queue):
+    stop = threading.Event()
+    hc = counting_check()
+    hc.register("stop", lambda: stop.set() or True)  # the loop's first report ends it
+    pusher = pihace.AMQPPusher(hc, rabbit.url, unique_queue)
+    pusher.push_forever_in_loop(30, stop_event=stop)
+    with pusher:
+        assert pusher.push() is True
+    reports = [json.loads(body) for _, body in drain(rabbit.url, unique_queue)]
+    assert [(sequence(json.dumps(report)), report.get("interval")) for report in reports] == [
+        (1, 30.0), (2, None)]
+
+
+def test_the_outbox_forgets_an_outcome_once_it_is_taken():
+    outbox = pihace.Outbox(10)
+    message = types.SimpleNamespace(message_id="m1")
+    outbox.add(message, waited_for=True)
+    outbox.settle(message)  # confirmed
+    assert outbox.take_outcome("m1") is None
+    assert outbox.take_outcome("m1") == "not confirmed yet"  # taken: nothing is kept
+    assert not hasattr(outbox, "outcome")  # a name like a question must not change state
+
 
 def test_unroutable_reports_are_reported_once_not_resent(rabbit, pika_channel):
     pika_channel.exchange_declare("unbound.topic", "topic", durable=True)
@@ -7318,7 +7482,11 @@ def test_main_help_and_version(capsys):
     (["push"], "push needs --url or PIHACE_AMQP_URL"),
     (["push", "--url", "http://u:sekrit@h/"], "--url must start with amqp://"),
     (["push", "--url", "amqp://h/", "--interval", "0"], "--interval must be a positive number"),
-    (["push", "--url", "amqp://h/", "--buffer-size", "0"], "buffer_size must be an integer >= 1"),
+    (["push", "--url", "amqp://h/", "--buffer-size", "0"], "--buffer-size must be an integer >= 1"),
+    (["push", "--url", "amqp://h/", "--max-connection-age", "0"],
+     "--max-connection-age must be a positive number"),
+    (["push", "--url", "amqp://h/", "--queue", "q" * 256], "--queue is 256 bytes long"),
+    (["push", "--url", "amqp://h/?hearbeat=5"], "--url has an unknown query key 'hearbeat'"),
     (["push", "--url", "amqp://h/", "--interval", "inf"],
      "--interval must be a positive number of seconds, below a million, got inf"),
     (["push", "--url", "amqp://h/", "--queue-arg", "x-max-length"],

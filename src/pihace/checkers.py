@@ -6,7 +6,7 @@ import os
 import time
 
 from .header import __version__
-from .helpers import _number, _printable, _seconds, _text, describe_error
+from .helpers import _number, _printable, _seconds, _split_url, _text, _time_left, describe_error
 
 
 def connect_tcp(address, timeout):
@@ -48,12 +48,7 @@ class _DeadlineSocket:
         self.sock, self.deadline = sock, deadline
 
     def time_left(self):
-        import socket  # here, not at the top: slow to import (connect_tcp loaded it already)
-
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout("timed out")
-        self.sock.settimeout(left)
+        self.sock.settimeout(_time_left(self.deadline, expired="timed out"))
 
     def sendall(self, data):
         self.time_left()
@@ -115,12 +110,12 @@ def _http_exchange(url, path="", *, method="GET", headers=None, body=None, timeo
         host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
         if not host.isascii():
             host.encode("idna")  # UnicodeError, naming the codec, for a name it refuses
-        sock = connect_tcp((host, port), max(0.001, deadline - time.monotonic()))
+        sock = connect_tcp((host, port), _time_left(deadline, at_least=0.001))
         try:
             if parts.scheme == "https":
                 import ssl  # here, not at the top: only https:// needs it
 
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                sock.settimeout(_time_left(deadline, at_least=0.001))
                 sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
             connection = http.client.HTTPConnection(host, port)
             connection.sock = _DeadlineSocket(sock, deadline)
@@ -186,12 +181,10 @@ class HTTP:
     """
 
     def __init__(self, url, timeout=5):
-        from urllib.parse import urlsplit  # here, not at the top: slow to import
-
+        parts = _split_url(url, "url")
         try:
-            parts = urlsplit(url)
             valid = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
-        except (TypeError, ValueError, AttributeError):  # not a string, or a bad port
+        except ValueError:  # a bad port
             valid = False
         if not valid:  # the URL is not quoted: it may hold a password
             raise ValueError("url must be an http:// or https:// URL with a host and a valid port")

@@ -12,9 +12,14 @@ import queue
 import threading
 import time
 
-from .helpers import _number, _printable, _reset_after_fork, _seconds, _text, describe_error
+from .helpers import (
+    _number, _printable, _reset_after_fork, _seconds, _text, _time_left, describe_error,
+)
 from .system import get_system_info
-from .formats import format_health_json, format_nagios, format_prometheus
+from .formats import (
+    _AVAILABLE, _PARTIALLY_AVAILABLE, _UNAVAILABLE, format_health_json, format_nagios,
+    format_prometheus,
+)
 
 
 def get_utc_timestamp(now=None):
@@ -28,7 +33,7 @@ def get_utc_timestamp(now=None):
 def calculate_status(passed, total):
     """"Available" when all passed (or there is nothing to check), "Unavailable"
     when none did, else "Partially Available"."""
-    return "Available" if passed == total else "Unavailable" if passed == 0 else "Partially Available"
+    return _AVAILABLE if passed == total else _UNAVAILABLE if passed == 0 else _PARTIALLY_AVAILABLE
 
 
 def format_rate(passed, total):
@@ -312,7 +317,7 @@ class _Attempts:
 def _wait_time(pending):
     """Seconds until the nearest deadline of `pending` attempts; None when none has one."""
     deadline = min(attempts.deadline for attempts in pending)
-    return None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+    return None if deadline == math.inf else _time_left(deadline)
 
 
 REPORT_FORMATS = ("dict", "json", "str", "health+json", "prometheus", "nagios")

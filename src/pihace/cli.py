@@ -9,11 +9,16 @@ import threading
 import time
 
 from .header import __version__, log
-from .helpers import _number, _printable, _seconds, describe_error
-from .formats import _nagios_text, format_prometheus, mark_optional, required_checks_passed
+from .helpers import (
+    _handling_signals, _number, _printable, _seconds, _time_left, describe_error,
+)
+from .formats import (
+    _STATUSES, _nagios_text, format_prometheus, mark_optional, required_checks_passed,
+)
 from .checks import HealthCheck, format_report
 from .checkers import Disk, HTTP, TCP
-from .transport import AMQP
+from .transport import AMQP, AMQPParameters
+from .client import _check_name
 from .pusher import AMQPPusher
 from .watcher import Watcher
 from .server import HealthServer, _http_classes
@@ -340,7 +345,7 @@ def _check(args, hc):
         print(format_report(report, args.format or "json"))
     if args.exit_codes == "docker":
         return 0 if required_checks_passed(report) else 1
-    return {"Available": 0, "Partially Available": 1}.get(report["status"], 2)
+    return {status: code for code, status in enumerate(_STATUSES)}.get(report["status"], 2)
 
 
 def _write_textfile(path, text):
@@ -378,8 +383,6 @@ def _listen_address(text):
 
 def _serve(args, hc):
     """pihace serve: answer health requests over HTTP until SIGTERM or Ctrl-C."""
-    import signal  # here, not at the top: only the command line's servers need it
-
     try:
         host, port = _listen_address(args.listen)
         server = HealthServer(hc, host, port, cache_seconds=args.cache_seconds,
@@ -395,18 +398,10 @@ def _serve(args, hc):
               file=sys.stderr)
         return 3
     stopped = threading.Event()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = ([signal.signal(number, lambda *_: stopped.set()) for number in signals]
-                if in_main_thread else [])
-    try:
-        with server:
-            print(f"pihace: serving {server.url} (livez, readyz, health, metrics)",
-                  file=sys.stderr, flush=True)
-            stopped.wait()
-    finally:
-        for number, previous_handler in zip(signals, previous):
-            signal.signal(number, previous_handler)
+    with _handling_signals(lambda *_: stopped.set()), server:
+        print(f"pihace: serving {server.url} (livez, readyz, health, metrics)",
+              file=sys.stderr, flush=True)
+        stopped.wait()
     return 0
 
 
@@ -420,8 +415,17 @@ def _exit_code(argv, code):
 def _pusher(args, hc):
     """The AMQPPusher that the push arguments describe; ValueError names a bad option."""
     urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
+    for url in urls:  # checked here, by the rules AMQPPusher applies, to name the options
+        AMQPParameters(url, "--url")
+    for option, name in (("--queue", args.queue), ("--exchange", args.exchange),
+                         ("--routing-key", args.routing_key)):
+        if name is not None:
+            _check_name(option, name)
     if args.interval is not None:
         _seconds("--interval", args.interval)
+    _number("--buffer-size", args.buffer_size, lambda v: v >= 1, "an integer >= 1", int)
+    if args.max_connection_age is not None:
+        _seconds("--max-connection-age", args.max_connection_age)
     queue_arguments = dict(map(_queue_argument, args.queue_arg))
     try:
         return AMQPPusher(hc, urls, args.queue, exchange=args.exchange,
@@ -430,8 +434,6 @@ def _pusher(args, hc):
                           outbox_path=args.spool, max_connection_age=args.max_connection_age)
     except OSError as exc:  # the spool folder
         raise ValueError(f"--spool: {describe_error(exc)}") from None
-    except (TypeError, ValueError) as exc:
-        raise ValueError(str(exc).replace("amqp_url", "--url")) from None
 
 
 def _queue_argument(spec):
@@ -465,14 +467,8 @@ def _push_until_signalled(pusher, interval):
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one interrupts
         pusher.stop()
 
-    signals = (signal.SIGTERM, signal.SIGINT)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = [signal.signal(number, stop) for number in signals] if in_main_thread else []
-    try:
+    with _handling_signals(stop):
         pusher.push_forever_in_loop(interval)
-    finally:
-        for number, previous_handler in zip(signals, previous):
-            signal.signal(number, previous_handler)
     return 0
 
 
@@ -548,8 +544,6 @@ def _watch_once(watcher, wait, output):
 def _watch_until_signalled(watcher, show=None):
     """Run the watcher in a thread until SIGTERM or Ctrl-C; show(watcher) once a second.
     0, or 1 (with one line on stderr) when the watcher stopped on an unexpected error."""
-    import signal  # here, not at the top: only the command line's loops need it
-
     failure = []
 
     def run():
@@ -560,24 +554,19 @@ def _watch_until_signalled(watcher, show=None):
             log.exception("the watcher stopped on an unexpected error (a bug)")
 
     thread = threading.Thread(target=run, name="pihace-watch", daemon=True)
-    signals = (signal.SIGTERM, signal.SIGINT)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = [signal.signal(number, lambda *_: watcher.stop()) for number in signals] \
-        if in_main_thread else []
-    thread.start()
-    try:
-        while thread.is_alive():
+    with _handling_signals(lambda *_: watcher.stop()):
+        thread.start()
+        try:
+            while thread.is_alive():
+                if show is not None:
+                    show(watcher)
+                thread.join(1.0)
+        finally:
+            watcher.stop()
+            thread.join(10)
             if show is not None:
-                show(watcher)
-            thread.join(1.0)
-    finally:
-        for number, previous_handler in zip(signals, previous):
-            signal.signal(number, previous_handler)
-        watcher.stop()
-        thread.join(10)
-        if show is not None:
-            sys.stdout.write("\x1b[?25h")  # the cursor back
-            sys.stdout.flush()
+                sys.stdout.write("\x1b[?25h")  # the cursor back
+                sys.stdout.flush()
     if failure:
         print(f"pihace: the watcher stopped on an unexpected error (a bug: please report it): "
               f"{describe_error(failure[0])}", file=sys.stderr)
@@ -601,8 +590,6 @@ def _serve_fleet(watcher, listen):
 def _run_config(loaded):
     """pihace --config FILE: start its providers, pushers and storages (each in a thread, as
     pihace 1.0.0 did) and run until SIGTERM or Ctrl-C; then stop the loops cleanly."""
-    import signal  # here, not at the top: only the command line's loops need it
-
     config, stop, threads, failed = loaded["config"], threading.Event(), [], []
 
     def start(target, what, *args, **kwargs):
@@ -628,14 +615,10 @@ def _run_config(loaded):
               for entry, storage in zip(config.get("storages") or [], loaded["storages"])]
     for _, loop, what, interval in loops:
         start(loop, what, interval=interval, stop_event=stop)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    signals = (signal.SIGTERM, signal.SIGINT) if in_main_thread else ()
-    previous = [signal.signal(number, lambda *_: stop.set()) for number in signals]
     try:
-        stop.wait()
+        with _handling_signals(lambda *_: stop.set()):
+            stop.wait()
     finally:
-        for number, handler in zip(signals, previous):
-            signal.signal(number, handler)
         for runner, _, _, _ in loops:
             runner.stop()
         for provider in loaded["providers"]:
@@ -645,7 +628,7 @@ def _run_config(loaded):
                     break
         deadline = time.monotonic() + 10  # the pushers' last chance for their outboxes
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(_time_left(deadline))
     return 1 if failed else 0
 
 

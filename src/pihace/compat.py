@@ -9,7 +9,7 @@ import threading
 import time
 
 from .header import __version__, log
-from .helpers import _number, _printable, _seconds, _text
+from .helpers import _number, _printable, _seconds, _shown, _text, _time_left
 from .system import get_system_info
 from .checks import HealthCheck
 from .checkers import _http_errors, _http_exchange, _http_failure
@@ -33,7 +33,7 @@ class _Loop:
                 except Exception:  # a bug in one round: logged, and the loop goes on
                     log.exception("%s failed", what)
                 next_round += interval * (1 + (time.monotonic() - next_round) // interval)
-                stop.wait(max(0.0, next_round - time.monotonic()))
+                stop.wait(_time_left(next_round))
         except KeyboardInterrupt:
             log.info("interrupted: stopping")
 
@@ -212,12 +212,6 @@ def read_config(path):
     raise ValueError(f"{path}: {problem}")
 
 
-def _shown(value, limit=100):
-    """A value from a config file, for an error message: escaped and cut to `limit`."""
-    text = _printable(_text(value))
-    return text if len(text) <= limit else f"{text[:limit]}..."
-
-
 def _secrets(options):
     """The passwords an entry's options may hold (in URLs, or as such), longest first, to be
     kept out of an error raised by what the options were given to."""
@@ -282,12 +276,8 @@ def _loop_interval(section, entry):
     if not isinstance(options, dict):
         raise ValueError(f"{section[:-1]} {entry['type']!r}: {key} must be a mapping, got "
                          f"{type(options).__name__}")
-    try:
-        return _seconds("interval", options.get("interval", 60))
-    except ValueError:
-        raise ValueError(f"{section[:-1]} {entry['type']!r}: {key} interval must be a positive "
-                         f"number of seconds, below a million, got "
-                         f"{_shown(repr(options.get('interval')))}") from None
+    return _seconds(f"{section[:-1]} {entry['type']!r}: {key} interval",
+                    options.get("interval", 60))
 
 
 def _config_part(config, key, kind):

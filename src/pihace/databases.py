@@ -7,33 +7,23 @@ import os
 import struct
 import time
 
-from .helpers import _printable, _seconds, _text, describe_error
+from .helpers import _printable, _seconds, _split_url, _text, _time_left, describe_error
 from .checkers import _http_errors, _http_exchange, _http_failure, connect_tcp
-
-
-def _refuse_stray_at(parts, what):
-    """A ValueError for a URL with an @ after its host (two in the host part, or one in the
-    path, query or fragment): an unencoded / ? # or @ in its password, which would otherwise
-    be read as a host, a port or a path, and shown as one."""
-    if parts.netloc.count("@") > 1 or "@" in parts.path + parts.query + parts.fragment:
-        raise ValueError(f"{what} has an @ after the host: percent-encode '/', '?', '#' and '@' "
-                         "in the user name and password (%2F, %3F, %23, %40)")
 
 
 def _url_parts(url, schemes, default_port, what):
     """(user, password, host, port, path) of a database URL, percent-decoded; a ValueError
     that never shows the user information when it cannot be read."""
-    from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
+    from urllib.parse import unquote  # here, not at the top: slow to import
 
+    parts = _split_url(url, what)
     try:
-        parts = urlsplit(url)
         port = parts.port or default_port
         valid = parts.scheme in schemes and parts.hostname
-    except (TypeError, ValueError, AttributeError):  # not a string, or a bad port
+    except ValueError:  # a bad port
         valid = False
     if not valid:
         raise ValueError(f"{what} must be a {schemes[0]}://user:password@host:port/... URL")
-    _refuse_stray_at(parts, what)
     return (unquote(parts.username or ""), unquote(parts.password or ""), parts.hostname, port,
             unquote(parts.path.lstrip("/")))
 
@@ -87,14 +77,9 @@ class _MySQLSession:
         self.sock, self.deadline, self.seq, self.buffer = sock, deadline, 0, bytearray()
 
     def _time_left(self):
-        """Seconds to the one deadline of the whole exchange; socket.timeout once it passed
+        """Seconds to the one deadline of the whole exchange; TimeoutError once it passed
         (a server that floods, or trickles a byte at a time, gets no more time)."""
-        import socket  # here, not at the top: slow to import (connect_tcp loaded it already)
-
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout("timed out")
-        return left
+        return _time_left(self.deadline, expired="timed out")
 
     def _recv(self, size):
         while len(self.buffer) < size:
@@ -474,17 +459,12 @@ class MongoDB:
     """
 
     def __init__(self, dsn, timeout=2):
-        from urllib.parse import unquote, urlsplit  # here, not at the top: slow to import
+        from urllib.parse import unquote  # here, not at the top: slow to import
 
         self.timeout = _seconds("timeout", timeout)
         self.dsn = dsn
-        try:
-            parts = urlsplit(dsn)
-            valid = parts.scheme in ("mongodb", "mongodb+srv")
-        except (TypeError, ValueError, AttributeError):
-            valid = False
-        if valid:
-            _refuse_stray_at(parts, "dsn")
+        parts = _split_url(dsn, "dsn")
+        valid = parts.scheme in ("mongodb", "mongodb+srv")
         userinfo, _, hosts = parts.netloc.rpartition("@") if valid else ("", "", "")
         self.hosts = []
         for host in hosts.split(",") if valid else ():
@@ -533,7 +513,7 @@ class MongoDB:
         return False, "no MongoDB server answered: " + "; ".join(reasons)
 
     def _hello_and_ping(self, address, deadline):
-        sock = connect_tcp(address, max(0.001, deadline - time.monotonic()))
+        sock = connect_tcp(address, _time_left(deadline, at_least=0.001))
         ids = itertools.count(1)
 
         def command(document, what, database="admin"):  # the command's name comes first
@@ -602,13 +582,8 @@ class MongoDB:
 
     @staticmethod
     def _command(sock, request_id, document, deadline):
-        import socket  # here, not at the top: slow to import (connect_tcp loaded it already)
-
         def time_left():  # each send and read gets what is left, and none once it passed
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("timed out")
-            return left
+            return _time_left(deadline, expired="timed out")
 
         sock.settimeout(time_left())
         sock.sendall(mongo_op_msg(request_id, document))
@@ -666,16 +641,13 @@ def _http_json(url, path, headers, timeout):
 
 def _http_url(url, what):
     """`url` checked as an http(s) URL with a host; its safe form (no user information)."""
-    from urllib.parse import urlsplit  # here, not at the top: slow to import
-
+    parts = _split_url(url, what)
     try:
-        parts = urlsplit(url)
         valid = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
-    except (TypeError, ValueError, AttributeError):
+    except ValueError:  # a bad port
         valid = False
     if not valid:
         raise ValueError(f"{what} must be an http:// or https:// URL with a host and a valid port")
-    _refuse_stray_at(parts, what)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
@@ -703,7 +675,7 @@ class InfluxDB:
                                                        self.timeout)
             if status == 404:  # InfluxDB 1.x before 1.8
                 status, phrase, headers, body = _http_json(
-                    self.url, "/ping", self._headers, max(0.001, deadline - time.monotonic()))
+                    self.url, "/ping", self._headers, _time_left(deadline, at_least=0.001))
                 if status == 204:
                     return True  # as pihace 1.0.0's plugins pass: no detail
                 return False, f"InfluxDB health status: fail - /ping answered HTTP {status} {phrase}"

@@ -11,7 +11,8 @@ import threading
 import time
 
 from .header import log
-from .helpers import _CONTROL_ESCAPES, _printable, describe_error
+from .helpers import _printable, _time_left, describe_error
+from .formats import _prometheus_label_value
 from .checks import get_utc_timestamp
 from .watcher import DEVICE_STATES
 from .server import _PROMETHEUS_TEXT, _TEXT_PLAIN
@@ -41,13 +42,6 @@ def _state_counts(devices):
     for device in devices.values():
         counts[device["state"]] = counts.get(device["state"], 0) + 1
     return counts
-
-
-def _prometheus_label(value):
-    """A label value: backslash, quote and newline escaped, other control characters
-    replaced (the text format has no escape for them)."""
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return text.translate({code: "\ufffd" for code in _CONTROL_ESCAPES if code != 10})
 
 
 def _stale_note(status):
@@ -97,8 +91,9 @@ def _fleet_prometheus(devices, status):
     """One series per device for up and last seen (labels that never change with its
     state), and its state as a one-hot family, as kube-state-metrics does."""
     rows = sorted(devices.values(), key=lambda d: d["device"])
-    labels = [f'device="{_prometheus_label(d["device"])}",name="{_prometheus_label(d["name"])}",'
-              f'host="{_prometheus_label(d["host"])}"' for d in rows]
+    labels = [f'device="{_prometheus_label_value(d["device"])}",'
+              f'name="{_prometheus_label_value(d["name"])}",'
+              f'host="{_prometheus_label_value(d["host"])}"' for d in rows]
     lines = ["# HELP pihace_device_up 1 when the device's newest report says Available and it "
              "is not late, else 0.", "# TYPE pihace_device_up gauge"]
     lines += [f"pihace_device_up{{{label}}} {1 if d['state'] == 'up' else 0}"
@@ -268,7 +263,7 @@ class _Hooks:
             self._queue.put(None)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(_time_left(deadline))
 
 
 class _FleetPages:

@@ -6,6 +6,12 @@ from .header import __version__
 from .helpers import _printable
 
 
+# The report's three statuses, best first (`pihace check` exits with a status's index): the one
+# table of their words.
+_AVAILABLE, _PARTIALLY_AVAILABLE, _UNAVAILABLE = _STATUSES = (
+    "Available", "Partially Available", "Unavailable")
+
+
 # The report in the formats of other tools. Each takes the dict that check() returns
 # (`checks` entries included) and nothing else, so that `pihace check`, the HTTP server
 # and callers with a report from elsewhere share them.
@@ -28,11 +34,11 @@ def mark_optional(report, names):
               for name, check in checks.items()}
     required = [check["status"] == "pass" for name, check in checks.items() if name not in names]
     if all(check["status"] == "pass" for check in checks.values()):
-        status = "Available"
+        status = _AVAILABLE
     elif required and not any(required):
-        status = "Unavailable"
+        status = _UNAVAILABLE
     else:
-        status = "Partially Available"
+        status = _PARTIALLY_AVAILABLE
     return dict(report, status=status, checks=checks)
 
 
@@ -42,7 +48,7 @@ def required_checks_passed(report):
                if not check.get("optional"))
 
 
-_HEALTH_STATUS = {"Available": "pass", "Partially Available": "warn", "Unavailable": "fail"}
+_HEALTH_STATUS = dict(zip(_STATUSES, ("pass", "warn", "fail")))
 
 
 def _system_figures(system):
@@ -123,9 +129,17 @@ def format_health_json(report, pretty=True):
     return json.dumps(health, indent=4 if pretty else None)
 
 
-def _label(value):
-    """A Prometheus label value, escaped: backslash, double quote and line feed."""
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _prometheus_label_value(value):
+    """`value` as a label value of Prometheus' text format: backslash, double quote and line
+    feed escaped (the format's only escapes; it carries every other character as it is), and
+    a lone surrogate (a byte that argv could not decode), which UTF-8 cannot carry, as U+FFFD."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
+    return text
 
 
 def format_prometheus(report):
@@ -137,7 +151,8 @@ def format_prometheus(report):
         lines.append(f"# HELP pihace_{name} {text}")
         lines.append(f"# TYPE pihace_{name} gauge")
         for labels, value in samples:
-            shown = ",".join(f'{key}="{_label(label)}"' for key, label in labels)
+            shown = ",".join(f'{key}="{_prometheus_label_value(label)}"'
+                             for key, label in labels)
             lines.append(f"pihace_{name}{{{shown}}} {value!r}" if labels
                          else f"pihace_{name} {value!r}")
 
@@ -147,7 +162,7 @@ def format_prometheus(report):
            "as /readyz answers 200; else 0", [((), int(required_checks_passed(report)))])
     metric("status", "1 for the report's status, 0 for the others",
            [((("status", status),), int(report["status"] == status))
-            for status in _HEALTH_STATUS])
+            for status in _STATUSES])
     metric("info", "who reports: the component's name and version, pihace's version",
            [((("name", component.get("name") or ""), ("version", component.get("version") or ""),
               ("pihace_version", __version__)), 1)])
@@ -178,7 +193,7 @@ def format_prometheus(report):
     return "\n".join(lines) + "\n"
 
 
-_NAGIOS_STATES = {"Available": "OK", "Partially Available": "WARNING", "Unavailable": "CRITICAL"}
+_NAGIOS_STATES = dict(zip(_STATUSES, ("OK", "WARNING", "CRITICAL")))
 
 
 def _nagios_text(text):

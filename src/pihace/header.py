@@ -29,7 +29,11 @@ from __future__ import annotations
 __version__ = "1.1.0"
 __all__ = [
     "AMQP",
+    "AMQPError",
     "AMQPPusher",
+    "ChannelClosed",
+    "ConnectionClosed",
+    "ConsumerCancelled",
     "Disk",
     "ElasticSearch",
     "ElasticSearchPusher",
@@ -37,10 +41,15 @@ __all__ = [
     "HealthCheck",
     "HealthServer",
     "InfluxDB",
+    "Interrupted",
+    "LocalProtocolError",
     "MongoDB",
     "MongoStorage",
     "MySQL",
     "PihaceError",
+    "ProtocolError",
+    "PublishError",
+    "RemoteProtocolError",
     "SystemInfo",
     "TCP",
     "Watcher",
@@ -49,6 +58,7 @@ __all__ = [
     "format_nagios",
     "format_prometheus",
     "format_rate",
+    "format_report",
     "get_system_info",
     "get_utc_timestamp",
     "load_healthcheck_from_yaml",
@@ -61,7 +71,8 @@ __all__ = [
 class _Logger:
     """logging.getLogger("pihace") with a NullHandler, made on first use (logging is slow
     to import). The NullHandler keeps Python from printing pihace's warnings to stderr
-    when the application configured no logging."""
+    when the application configured no logging. A method asked for once (log.debug) is
+    kept as the logger's own, so that later calls go straight to it."""
 
     @staticmethod
     def _logger():
@@ -72,10 +83,14 @@ class _Logger:
             logger.addHandler(logging.NullHandler())
         return logger
 
-    def __getattr__(self, name):
-        return getattr(self._logger(), name)
+    def __getattr__(self, name):  # only for what is not kept yet
+        value = getattr(self._logger(), name)
+        if callable(value):  # a bound method: kept; a value (level, propagate) is read each time
+            self.__dict__[name] = value
+        return value
 
     def __setattr__(self, name, value):  # pihace.log.propagate = False reaches the logger
+        self.__dict__.pop(name, None)  # log.warning = a replacement: asked for anew
         setattr(self._logger(), name, value)
 
 

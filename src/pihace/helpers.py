@@ -1,10 +1,13 @@
-"""small helpers: the one number validator, the one error description for people (masked, control
-characters escaped)."""
+"""small helpers: the one number validator, the one rule for URLs with a password, the one time
+left until a deadline, the one way to handle SIGTERM and Ctrl-C, the one error description for
+people (masked, control characters escaped)."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import threading
+import time
 import weakref
 
 from .errors import PihaceError, PublishError, _ClosedByBroker
@@ -12,9 +15,10 @@ from .errors import PihaceError, PublishError, _ClosedByBroker
 
 def _number(name, value, valid, expected, kind=(int, float)):
     """`value` when it is a number of `kind` (never a bool) and valid(value), else a
-    ValueError that names `name` and says what was `expected`."""
+    ValueError that names `name` (as the caller's caller knows the option: "timeout",
+    "--interval", "push_config interval") and says what was `expected`."""
     if isinstance(value, bool) or not isinstance(value, kind) or not valid(value):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+        raise ValueError(f"{name} must be {expected}, got {_shown(repr(value))}")
     return value
 
 
@@ -41,6 +45,74 @@ def _text(value):
     if not value.isascii():  # a lone surrogate (from a hostile server's JSON) cannot be sent
         value = str(value.encode("utf-8", "backslashreplace"), "utf-8")
     return value
+
+
+def _shown(value, limit=100):
+    """A value from outside (a config file, an argument), for an error message: escaped and
+    cut to `limit` characters."""
+    text = _printable(_text(value))
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _split_url(url, what):
+    """urlsplit(url), by the one rule for every URL that may hold a user name and password
+    (AMQP, HTTP, the databases): a ValueError naming `what`, and never showing the URL,
+    when urllib cannot read it, or when an @ comes after the host (two in the host part,
+    or one in the path, query or fragment). Such an @ may end an unencoded / ? # or @ in the
+    password, whose rest would be read as a host, a port or a path: sent there, and shown
+    (http://user:123/pw@host/ is the host "user"). An @ that belongs in a path or query is
+    written %40."""
+    from urllib.parse import urlsplit  # here, not at the top: slow to import
+
+    if not isinstance(url, str):
+        raise ValueError(f"{what} must be a URL, got {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # its message quotes the user name, password and host
+        parts = None
+    if parts is None:  # raised here, not in the except: no __context__ to quote them either
+        raise ValueError(f"{what} is not a valid URL (not shown: it may hold a password); "
+                         "percent-encode the user name and password, and write an IPv6 "
+                         "address in brackets")
+    if parts.netloc.count("@") > 1 or "@" in parts.path + parts.query + parts.fragment:
+        raise ValueError(f"{what} has an @ after the host: percent-encode '/', '?', '#' and "
+                         "'@' in the user name and password (%2F, %3F, %23, %40), and an '@' "
+                         "in the path or query (%40)")
+    return parts
+
+
+def _time_left(deadline, clock=time.monotonic, at_least=0.0, expired=None):
+    """Seconds from now (clock()) until `deadline`, at least `at_least`: 0 for a wait, a
+    little more for a socket's timeout (where 0 would mean "do not block"). With `expired`
+    (a text), TimeoutError(expired) once the deadline has passed, instead."""
+    left = deadline - clock()
+    if expired is not None and left <= 0:
+        raise TimeoutError(expired)
+    return max(at_least, left)
+
+
+class _handling_signals:
+    """``with _handling_signals(handler):`` SIGTERM and SIGINT (Ctrl-C) call
+    handler(signum, frame), and the handlers from before are back on the way out. Outside
+    the main thread, where Python allows no signal handler, it changes nothing."""
+
+    def __init__(self, handler, names=("SIGTERM", "SIGINT")):
+        self.handler, self.names, self._previous = handler, names, []
+
+    def __enter__(self):
+        import signal  # here, not at the top: only the command line's loops need it
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.names:
+                number = getattr(signal, name)
+                self._previous.append((number, signal.signal(number, self.handler)))
+        return self
+
+    def __exit__(self, *exc_info):
+        import signal  # here, not at the top: only the command line's loops need it
+
+        while self._previous:
+            signal.signal(*self._previous.pop())
 
 
 # What a fork() leaves broken in the child (threads gone, a lock held by one of them, a socket

@@ -13,7 +13,9 @@ import time
 
 from .header import log
 from .errors import ChannelClosed, PihaceError, ProtocolError, PublishError
-from .helpers import _number, _printable, _reset_after_fork, _seconds, _text, describe_error
+from .helpers import (
+    _number, _printable, _reset_after_fork, _seconds, _text, _time_left, describe_error,
+)
 from .amqp_wire import (
     PropertiesTemplate, _Reader, _long, decode_properties, encode_shortstr,
 )
@@ -190,8 +192,8 @@ class Outbox:
             return iter(list(self._messages))
 
     def add(self, message, waited_for=False):
-        """Append `message` (on disk first, with a path); `waited_for`: outcome() will
-        be asked for it."""
+        """Append `message` (on disk first, with a path); `waited_for`: take_outcome()
+        will be asked for it."""
         with self._lock:
             if self._spool is not None:
                 try:
@@ -235,9 +237,9 @@ class Outbox:
         if self._spool is not None:
             self._spool.remove(message)
 
-    def outcome(self, message_id):
-        """What became of a message added with `waited_for` (asked once): None when
-        confirmed, a reason when dropped or unroutable, _PENDING while it waits."""
+    def take_outcome(self, message_id):
+        """What became of a message added with `waited_for`, which this forgets (ask once):
+        None when confirmed, a reason when dropped or unroutable, _PENDING while it waits."""
         with self._lock:
             return self._outcomes.pop(message_id, _PENDING)
 
@@ -499,7 +501,7 @@ class AMQPPusher(_AMQPClient):
         message = self._message(body, headers, message_id, timestamp, routing_key, exchange)
         deadline, setup_deadline = self._deadlines()
         # waiting for another thread's publish counts in the deadline
-        if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
+        if not self._lock.acquire(timeout=_time_left(deadline, self.clock)):
             return False, _BUSY
         try:
             outcomes, _ = self._deliver([message], deadline, setup_deadline)
@@ -519,7 +521,7 @@ class AMQPPusher(_AMQPClient):
         """
         message = self._take_report(waited_for=True)
         reasons = self._flush(*self._deadlines())
-        outcome = self.outbox.outcome(message.message_id)
+        outcome = self.outbox.take_outcome(message.message_id)
         if outcome is _PENDING:  # still in the outbox: this flush says why
             outcome = reasons.get(message.message_id, _PENDING)
         return True if outcome is None else (False, outcome)
@@ -550,7 +552,7 @@ class AMQPPusher(_AMQPClient):
     def _flush(self, deadline, setup_deadline, connect=False):
         """Deliver the outbox (and with `connect`, connect even if it is empty):
         {message_id: reason} for each message not delivered."""
-        if not self._lock.acquire(timeout=max(0.0, deadline - self.clock())):
+        if not self._lock.acquire(timeout=_time_left(deadline, self.clock)):
             return dict.fromkeys(self.outbox.ids(), _BUSY) or {None: _BUSY}
         try:
             reasons, refused, routed_again = {}, False, set()
@@ -634,9 +636,10 @@ class AMQPPusher(_AMQPClient):
         `timeout` and 5 s (a second stop() or Ctrl-C ends it at once), and the
         connection is closed cleanly.
         """
-        interval = self.interval = _seconds("interval", interval)
+        interval = _seconds("interval", interval)
         if self.healthcheck is None:
             raise ValueError("push_forever_in_loop() needs the pusher's healthcheck")
+        self.interval = interval  # in each report the loop takes; None again when it ends
         backoff = Backoff(spread=interval / 2)
         next_report, retry_at, failed_rounds = self.clock(), math.inf, 0
         self._wakeup, self._interrupt = Wakeup(), Wakeup()
@@ -698,6 +701,7 @@ class AMQPPusher(_AMQPClient):
             wakeup.close()
             stopping.close()
             self._stop_requested = False  # ready for another run
+            self.interval = None  # a push() after the loop announces no cadence
 
     def _interruptible(self, on):
         """Let stop() end the connection's waits for the broker (only while the loop runs)."""

@@ -12,7 +12,7 @@ from .header import __version__, log
 from .errors import (
     ChannelClosed, ConnectionClosed, ConsumerCancelled, Interrupted, PihaceError, PublishError,
 )
-from .helpers import _printable, _seconds, describe_error
+from .helpers import _printable, _seconds, _split_url, _time_left, describe_error
 from .checkers import connect_tcp
 from .amqp_wire import DEFAULT_CHANNEL_MAX, DEFAULT_FRAME_MAX, _METHOD_NAMES
 from .amqp_protocol import (
@@ -36,24 +36,15 @@ class AMQPParameters:
     TLS_KEYS = ("cacertfile", "certfile", "keyfile", "keyfile_password", "verify",
                 "server_name_indication")
 
-    def __init__(self, url):
-        from urllib.parse import parse_qsl, unquote, urlsplit  # here: slow to import
+    def __init__(self, url, what="amqp_url"):
+        """`what`: the URL's name in errors, as the caller knows it ("--url", say)."""
+        from urllib.parse import parse_qsl, unquote  # here: slow to import
 
         if not isinstance(url, str):
-            raise TypeError(f"amqp_url must be a string, got {type(url).__name__}")
-        try:
-            parts = urlsplit(url.strip())
-        except ValueError:  # its message quotes the user name, password and host
-            parts = None
-        if parts is None:  # raised here, not in the except: no __context__ to quote them either
-            raise ValueError("amqp_url is not a valid URL (not shown: it may hold a password); "
-                             "percent-encode the user name and password, and write an IPv6 "
-                             "address in brackets")
-        if "@" in parts.path + parts.query + parts.fragment:
-            raise ValueError("amqp_url has an @ after the host: percent-encode '/', '?', '#' "
-                             "and '@' in the user name and password (%2F, %3F, %23, %40)")
+            raise TypeError(f"{what} must be a string, got {type(url).__name__}")
+        parts = _split_url(url.strip(), what)
         if parts.scheme not in ("amqp", "amqps"):
-            raise ValueError(f"amqp_url must start with amqp:// or amqps://, got "
+            raise ValueError(f"{what} must start with amqp:// or amqps://, got "
                              f"{parts.scheme + '://' if parts.scheme else 'no scheme'}")
         self.tls = parts.scheme == "amqps"
         self.host = parts.hostname or "localhost"
@@ -64,7 +55,7 @@ class AMQPParameters:
         if port == 0:  # without an @, the "port" may be a password: amqp://user:password/
             shown = parts.netloc.rpartition("@")[2].rpartition(":")[2] if "@" in parts.netloc \
                 else "(not shown: without a host it may be a password)"
-            raise ValueError(f"amqp_url has a bad port: {shown!r}")
+            raise ValueError(f"{what} has a bad port: {shown!r}")
         self.port = port or (5671 if self.tls else 5672)
         self.username = unquote(parts.username) if parts.username else "guest"
         self.password_given = parts.password is not None
@@ -78,30 +69,30 @@ class AMQPParameters:
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key in self.TLS_KEYS:
                 if not self.tls:
-                    raise ValueError(f"amqp_url query key {key} needs an amqps:// URL")
+                    raise ValueError(f"{what} query key {key} needs an amqps:// URL")
                 if key == "verify" and value not in ("verify_peer", "verify_none"):
-                    raise ValueError(f"amqp_url query key verify must be verify_peer or "
+                    raise ValueError(f"{what} query key verify must be verify_peer or "
                                      f"verify_none, got {value!r}")
                 setattr(self, key, value)
                 continue
             if key not in self.NUMBER_KEYS:
-                raise ValueError(f"amqp_url has an unknown query key {key!r}; known keys: "
+                raise ValueError(f"{what} has an unknown query key {key!r}; known keys: "
                                  f"{', '.join((*self.NUMBER_KEYS, *self.TLS_KEYS))}")
             try:
                 number = float(value) if key == "connection_timeout" else int(value)
             except ValueError:
-                raise ValueError(f"amqp_url query key {key} must be a number, got {value!r}") \
+                raise ValueError(f"{what} query key {key} must be a number, got {value!r}") \
                     from None
             low, high = self.NUMBER_KEYS[key]
             if not low <= number <= high:
-                raise ValueError(f"amqp_url query key {key} must be between {low} and {high}, "
+                raise ValueError(f"{what} query key {key} must be between {low} and {high}, "
                                  f"got {value}")
             setattr(self, key, number)
         if self.keyfile and not self.certfile:
-            raise ValueError("amqp_url has a keyfile but no certfile")
+            raise ValueError(f"{what} has a keyfile but no certfile")
         if self.server_name_indication is not None and not _is_host_name(
                 self.server_name_indication):
-            raise ValueError(f"amqp_url query key server_name_indication must be a host name, "
+            raise ValueError(f"{what} query key server_name_indication must be a host name, "
                              f"got {_printable(repr(self.server_name_indication))}")
 
     def ssl_context(self):
@@ -247,10 +238,7 @@ class BlockingConnection:
         return self.protocol.mechanism
 
     def _time_left(self, deadline, doing):
-        left = deadline - self.clock()
-        if left <= 0:
-            raise TimeoutError(f"timed out {doing}")
-        return left
+        return _time_left(deadline, self.clock, expired=f"timed out {doing}")
 
     # -- opening and closing --------------------------------------------------
 
@@ -646,6 +634,8 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
     broker offers it. `interrupt`: see BlockingConnection. Raises what the last
     endpoint failed with.
     """
+    if not endpoints:
+        raise ValueError("open_connection() needs at least one endpoint (AMQPParameters)")
     for left, parameters in zip(range(len(endpoints), 0, -1), endpoints):
         protocol = AMQPProtocol(
             parameters.username, parameters.password, parameters.vhost,

@@ -12,13 +12,14 @@ import time
 from .header import log
 from .errors import Interrupted, PihaceError
 from .helpers import _number, _printable, _seconds, _text, describe_error
+from .formats import _STATUSES
 from .transport import Backoff, Wakeup
 from .client import _AMQPClient
 
 
 # The states of a device, worst first (the live table's order).
 DEVICE_STATES = ("silent", "down", "late", "degraded", "up")
-_STATE_OF_STATUS = {"Available": "up", "Partially Available": "degraded", "Unavailable": "down"}
+_STATE_OF_STATUS = dict(zip(_STATUSES, ("up", "degraded", "down")))
 _NAME_LIMIT = 200  # characters of a device's name or host that are kept
 _FAILING_LIMIT = 20  # names of failing checks kept per device
 _WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minutes
