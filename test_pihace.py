@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import struct
 import subprocess
 import sys
@@ -5622,6 +5623,150 @@ def test_a_spooled_report_is_removed_once_confirmed(tmp_path, rabbit, unique_que
                            outbox_path=tmp_path) as pusher:
         assert pusher.push() is True
     assert spooled(tmp_path) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs of its own (root only), at .path: a disk that fills up, or that
+    .remount("ro") makes read-only."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mount)],
+            capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield types.SimpleNamespace(path=mount, remount=lambda mode: subprocess.run(
+            ["mount", "-o", f"remount,{mode}", str(mount)], check=True))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_the_spool_folder_is_made_0700_and_its_files_0600(tmp_path, closed_port):
+    folder = tmp_path / "spool"
+    umask = os.umask(0o022)  # the usual one, under which they were 0755 and 0644
+    try:
+        pusher = pihace.AMQPPusher(counting_check(), f"amqp://127.0.0.1:{closed_port}/",
+                                   outbox_path=folder)
+        assert pusher.push()[0] is False
+        pusher.close()
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert len(spooled(folder)) == 1
+    assert {name: stat.S_IMODE((folder / name).stat().st_mode) for name in os.listdir(folder)} \
+        == {"lock": 0o600, spooled(folder)[0]: 0o600}
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="giving a folder to another user needs root")
+def test_a_spool_folder_another_user_owns_or_may_write_to_is_refused(tmp_path, closed_port):
+    url = f"amqp://127.0.0.1:{closed_port}/"
+    folder = tmp_path / "spool"
+    pusher = pihace.AMQPPusher(counting_check(), url, outbox_path=folder)
+    assert pusher.push()[0] is False  # a valid report: as one an attacker could plant
+    pusher.close()
+    refusals = {}
+    for owner, mode in ((65534, 0o700), (0, 0o777), (0, 0o770)):
+        os.chown(folder, owner, -1)
+        os.chmod(folder, mode)
+        with pytest.raises(ValueError) as error:
+            pihace.AMQPPusher(counting_check(), url, outbox_path=folder)
+        refusals[owner, mode] = str(error.value)
+    for text in refusals.values():
+        assert text.startswith(f"refused the spool folder {folder}: ") and "\n" not in text
+    assert "belongs to another user (uid 65534)" in refusals[65534, 0o700]
+    assert "group and others may write to it (mode 0777)" in refusals[0, 0o777]
+    assert "its group may write to it (mode 0770)" in refusals[0, 0o770]
+    os.chmod(folder, 0o755)  # this user's, written by it alone: used
+    with pihace.AMQPPusher(counting_check(), url, outbox_path=folder) as pusher:
+        assert len(pusher.outbox) == 1
+
+
+def test_the_spool_never_follows_a_symbolic_link(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's secret")
+    folder = tmp_path / "spool"
+    pusher = pihace.AMQPPusher(None, "amqp://127.0.0.1:1/")
+    message = pusher._message({"n": 1})
+    spool = pihace._Spool(folder)
+    os.symlink(victim, folder / f"{1:012d}-{message.message_id}.report.tmp")  # the next name
+    with pytest.raises(OSError) as error:
+        spool.write(message)
+    assert error.value.errno == errno.EEXIST  # created only when new: never followed
+    assert victim.read_bytes() == b"root's secret"
+    spool.close()
+    os.remove(folder / "lock")
+    os.symlink(tmp_path / "chosen", folder / "lock")
+    with pytest.raises(OSError) as error:
+        pihace._Spool(folder)
+    assert f"a symbolic link, not followed: '{folder / 'lock'}'" in pihace.describe_error(
+        error.value)
+    assert not (tmp_path / "chosen").exists()
+
+
+def test_a_failed_spool_write_leaves_no_temporary_file(small_disk, closed_port, caplog):
+    folder = small_disk.path / "spool"
+    pusher = pihace.AMQPPusher(counting_check(), f"amqp://127.0.0.1:{closed_port}/",
+                               outbox_path=folder)
+    with open(small_disk.path / "filler", "wb", buffering=0) as filler:
+        with pytest.raises(OSError) as full:
+            while True:
+                filler.write(b"x" * 4096)
+    assert full.value.errno == errno.ENOSPC
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        assert all(pusher.push()[0] is False for _ in range(3))
+    pusher.close()
+    assert os.listdir(folder) == ["lock"]  # no empty .tmp file per failed write
+    assert caplog.text.count("it waits in memory only") == 3
+    assert len(pusher.outbox) == 3
+
+
+def test_a_delivered_report_whose_file_cannot_be_removed_is_not_sent_again(
+        tmp_path, closed_port, rabbit, unique_queue, caplog):
+    folder = tmp_path / "spool"
+    with pihace.AMQPPusher(counting_check(), f"amqp://127.0.0.1:{closed_port}/", unique_queue,
+                           outbox_path=folder) as down:
+        assert all(down.push()[0] is False for _ in range(5))
+    kept = spooled(folder)
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue, outbox_path=folder)
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("an immutable folder needs root, and chattr")
+    try:  # nothing can be removed from it (EPERM), nor added
+        with caplog.at_level(logging.WARNING, logger="pihace"):
+            assert pusher.push() is True  # delivered the 5 and its own; none removed
+            assert pusher.push() is True
+        pusher.close()
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    assert len(pusher.outbox) == 0
+    ids = [properties.message_id for properties, _ in drain(rabbit.url, unique_queue)]
+    assert len(ids) == len(set(ids)) == 7  # each once
+    assert caplog.text.count("cannot remove delivered reports") == 1
+    assert spooled(folder) == kept  # still there
+    with pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue,
+                           outbox_path=folder) as again:  # the same process: known as sent
+        assert len(again.outbox) == 0
+    assert spooled(folder) == []
+
+
+def test_a_spool_folder_read_only_at_start_means_pushing_from_memory(
+        small_disk, closed_port, rabbit, unique_queue, caplog):
+    folder = small_disk.path / "spool"
+    with pihace.AMQPPusher(counting_check(), f"amqp://127.0.0.1:{closed_port}/",
+                           outbox_path=folder) as down:
+        assert down.push()[0] is False
+    small_disk.remount("ro")
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        with pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue,
+                               outbox_path=folder) as pusher:
+            assert pusher.push() is True and pusher.push() is True
+    assert pusher.outbox.path is None
+    assert queue_depth(rabbit.url, unique_queue) == 2
+    warnings = [record.getMessage() for record in caplog.records
+                if record.levelno >= logging.WARNING]
+    assert warnings == [f"the spool folder {folder} is read-only: reports wait in memory only "
+                        "(those kept there wait until it can be written again)"]
 
 
 @pytest.mark.slow
