@@ -2635,6 +2635,11 @@ def test_https_goes_through_the_same_exchange_and_verifies_the_certificate(tls_f
 
 
 ES_PUSHER = {"type": "elasticsearch_pusher", "config": {"es_url": "http://u:sekrit@h"}}
+# a billion laughs: nine aliases of nine aliases ... 9**9 strings from 600 bytes
+ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+    for previous, name in zip("abcdefgh", "bcdefghi"))
+TOO_LARGE = "too large: more than 100000 values (a YAML alias counts each time it is used)"
 
 
 HOSTILE_CONFIGS = [
@@ -2643,6 +2648,16 @@ HOSTILE_CONFIGS = [
     ("nul.yml", "a: \x00", "not valid YAML: unacceptable character #x0000"),
     ("deep.yml", "[" * 5000 + "]" * 5000, "nested too deep"),
     ("deep.json", "[" * 100_000, "nested too deep"),
+    pytest.param("deep.toml", "a = " + "[" * 5000 + "]" * 5000, "nested too deep",
+                 marks=pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib: 3.11+")),
+    ("deep-alias.yml", "a: &a [*a]", "nested too deep"),
+    ("bomb-name.yml", ALIAS_BOMB + "plugins: [{type: http, name: *i, config: {url: "
+                                   "'http://127.0.0.1:1/'}}]", TOO_LARGE),
+    ("bomb-interval.yml", ALIAS_BOMB + "pushers: [{type: elasticsearch_pusher, config: "
+                                       "{es_url: 'http://u:sekrit@h'}, push_config: "
+                                       "{interval: *i}}]", TOO_LARGE),
+    ("wide.json", json.dumps({"plugins": [[0] * 100_001]}), "too large: more than 100000"),
+    ("big.json", json.dumps({"x": "x" * (1 << 20)}), "too large: more than 1048576 bytes"),
     ("list.json", "[1]", "expected a mapping at the top, got list"),
     ("instance.json", json.dumps({"instance": 5}), "instance must be a mapping, got int"),
     ("system.json", json.dumps({"instance": {"with_system": "no"}}),
@@ -2680,8 +2695,8 @@ HOSTILE_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("name, text, words", HOSTILE_CONFIGS,
-                         ids=[name for name, _, _ in HOSTILE_CONFIGS])
+@pytest.mark.parametrize("name, text, words", HOSTILE_CONFIGS, ids=[
+    getattr(case, "values", case)[0] for case in HOSTILE_CONFIGS])
 def test_a_hostile_config_is_one_line_that_names_the_problem(tmp_path, capsys, name, text,
                                                              words):
     path = tmp_path / name
