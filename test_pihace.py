@@ -1259,6 +1259,40 @@ def test_amqp_checker(rabbit, closed_port):
     assert passed is False and "connection refused" in reason and "sekrit" not in reason
 
 
+def test_the_amqp_checker_keeps_its_url_with_the_password_masked():
+    checker = pihace.AMQP("amqp://u:sekrit@h/")
+    assert checker.url == checker.safe_url == "amqp://u:***@h:5672/"
+    assert "sekrit" not in repr(vars(checker))
+
+
+def test_amqps_to_the_plain_amqp_port_names_the_likely_cause(rabbit):
+    url = rabbit.url.replace("amqp://", "amqps://", 1)  # the same port: plain AMQP
+    (passed, reason), took = within(10, pihace.AMQP(url, timeout=5))
+    assert passed is False and took < 3, reason
+    where = urllib.parse.urlsplit(rabbit.url)
+    assert f"the TLS handshake with {where.hostname}:{where.port} failed (" in reason
+    assert "amqps:// to a port that speaks plain AMQP? (use amqp://, or the TLS port, 5671)" \
+        in reason
+
+
+def test_an_amqp_url_to_an_http_port_names_the_likely_cause(fake_broker):
+    hc = pihace.HealthCheck()
+    with pihace.HealthServer(hc, "127.0.0.1", 0, request_timeout=1) as server:  # silent
+        (passed, reason), took = within(10, pihace.AMQP(
+            f"amqp://u:sekrit@127.0.0.1:{server.port}/", timeout=5))
+    assert passed is False and took < 3, reason  # the server's timeout: it closes
+    assert reason.startswith(f"the broker closed the connection; 127.0.0.1:{server.port} said "
+                             "nothing in answer to the AMQP protocol header: is it an AMQP "
+                             "port? (an HTTP server, say, waits for a request)"), reason
+    broker = fake_broker(answers_then_waits(b"HTTP/1.1 400 Bad Request\r\n\r\n"))  # as nginx
+    (passed, reason), took = within(10, pihace.AMQP(broker.url, timeout=5))
+    assert passed is False and took < 3, reason  # at once, not at the timeout
+    assert reason.startswith(f"the server at 127.0.0.1:{broker.port} answered with HTTP, not "
+                             "AMQP: is the port right? (RabbitMQ takes AMQP on 5672, and on "
+                             "5671 with TLS)"), reason
+    assert "sekrit" not in reason
+
+
 @pytest.mark.parametrize("make, words", [
     (lambda: pihace.TCP("", 80), "host"),
     (lambda: pihace.TCP("h", 0), "port"),
@@ -4070,7 +4104,8 @@ def answers_then_waits(data):
 
 @pytest.mark.parametrize("script, words", [
     (silent, "timed out waiting for the broker"),
-    (answers(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"), "unknown frame type 72"),
+    (answers(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"),
+     "answered with HTTP, not AMQP: is the port right?"),
     (answers(b"AMQP\x00\x01\x00\x00"), "only speaks AMQP 1.0.0"),
     (answers(b"\x00\x01\x02garbage"), "unknown frame type 0"),
     (answers(START[:20]), "ended in the middle of a frame"),
