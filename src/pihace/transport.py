@@ -280,7 +280,7 @@ class BlockingConnection:
                     sock = (self.ssl_context or self.parameters.ssl_context()).wrap_socket(
                         sock, server_hostname=self.parameters.server_name_indication or host)
                 except ssl.SSLError as exc:
-                    if exc.reason not in _NOT_TLS:
+                    if getattr(exc, "reason", None) not in _NOT_TLS:  # one of ours has none
                         raise
                     raise ssl.SSLError(f"the TLS handshake with {where} failed ({exc.reason}): "
                                        "amqps:// to a port that speaks plain AMQP? (use "
