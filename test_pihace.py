@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import struct
 import subprocess
 import sys
@@ -1350,6 +1351,40 @@ def test_amqp_checker(rabbit, closed_port):
     assert passed is False and "ACCESS_REFUSED" in reason and "sekrit-pw" not in reason
     passed, reason = pihace.AMQP(f"amqp://u:sekrit@127.0.0.1:{closed_port}/", timeout=1)()
     assert passed is False and "connection refused" in reason and "sekrit" not in reason
+
+
+def test_the_amqp_checker_keeps_its_url_with_the_password_masked():
+    checker = pihace.AMQP("amqp://u:sekrit@h/")
+    assert checker.url == checker.safe_url == "amqp://u:***@h:5672/"
+    assert "sekrit" not in repr(vars(checker))
+
+
+def test_amqps_to_the_plain_amqp_port_names_the_likely_cause(rabbit):
+    url = rabbit.url.replace("amqp://", "amqps://", 1)  # the same port: plain AMQP
+    (passed, reason), took = within(10, pihace.AMQP(url, timeout=5))
+    assert passed is False and took < 3, reason
+    where = urllib.parse.urlsplit(rabbit.url)
+    assert f"the TLS handshake with {where.hostname}:{where.port} failed (" in reason
+    assert "amqps:// to a port that speaks plain AMQP? (use amqp://, or the TLS port, 5671)" \
+        in reason
+
+
+def test_an_amqp_url_to_an_http_port_names_the_likely_cause(fake_broker):
+    hc = pihace.HealthCheck()
+    with pihace.HealthServer(hc, "127.0.0.1", 0, request_timeout=1) as server:  # silent
+        (passed, reason), took = within(10, pihace.AMQP(
+            f"amqp://u:sekrit@127.0.0.1:{server.port}/", timeout=5))
+    assert passed is False and took < 3, reason  # the server's timeout: it closes
+    assert reason.startswith(f"the broker closed the connection; 127.0.0.1:{server.port} said "
+                             "nothing in answer to the AMQP protocol header: is it an AMQP "
+                             "port? (an HTTP server, say, waits for a request)"), reason
+    broker = fake_broker(answers_then_waits(b"HTTP/1.1 400 Bad Request\r\n\r\n"))  # as nginx
+    (passed, reason), took = within(10, pihace.AMQP(broker.url, timeout=5))
+    assert passed is False and took < 3, reason  # at once, not at the timeout
+    assert reason.startswith(f"the server at 127.0.0.1:{broker.port} answered with HTTP, not "
+                             "AMQP: is the port right? (RabbitMQ takes AMQP on 5672, and on "
+                             "5671 with TLS)"), reason
+    assert "sekrit" not in reason
 
 
 @pytest.mark.parametrize("make, words", [
@@ -2767,6 +2802,11 @@ def test_https_goes_through_the_same_exchange_and_verifies_the_certificate(tls_f
 
 
 ES_PUSHER = {"type": "elasticsearch_pusher", "config": {"es_url": "http://u:sekrit@h"}}
+# a billion laughs: nine aliases of nine aliases ... 9**9 strings from 600 bytes
+ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+    for previous, name in zip("abcdefgh", "bcdefghi"))
+TOO_LARGE = "too large: more than 100000 values (a YAML alias counts each time it is used)"
 
 
 HOSTILE_CONFIGS = [
@@ -2775,6 +2815,16 @@ HOSTILE_CONFIGS = [
     ("nul.yml", "a: \x00", "not valid YAML: unacceptable character #x0000"),
     ("deep.yml", "[" * 5000 + "]" * 5000, "nested too deep"),
     ("deep.json", "[" * 100_000, "nested too deep"),
+    pytest.param("deep.toml", "a = " + "[" * 5000 + "]" * 5000, "nested too deep",
+                 marks=pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib: 3.11+")),
+    ("deep-alias.yml", "a: &a [*a]", "nested too deep"),
+    ("bomb-name.yml", ALIAS_BOMB + "plugins: [{type: http, name: *i, config: {url: "
+                                   "'http://127.0.0.1:1/'}}]", TOO_LARGE),
+    ("bomb-interval.yml", ALIAS_BOMB + "pushers: [{type: elasticsearch_pusher, config: "
+                                       "{es_url: 'http://u:sekrit@h'}, push_config: "
+                                       "{interval: *i}}]", TOO_LARGE),
+    ("wide.json", json.dumps({"plugins": [[0] * 100_001]}), "too large: more than 100000"),
+    ("big.json", json.dumps({"x": "x" * (1 << 20)}), "too large: more than 1048576 bytes"),
     ("list.json", "[1]", "expected a mapping at the top, got list"),
     ("instance.json", json.dumps({"instance": 5}), "instance must be a mapping, got int"),
     ("system.json", json.dumps({"instance": {"with_system": "no"}}),
@@ -2814,8 +2864,8 @@ HOSTILE_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("name, text, words", HOSTILE_CONFIGS,
-                         ids=[name for name, _, _ in HOSTILE_CONFIGS])
+@pytest.mark.parametrize("name, text, words", HOSTILE_CONFIGS, ids=[
+    getattr(case, "values", case)[0] for case in HOSTILE_CONFIGS])
 def test_a_hostile_config_is_one_line_that_names_the_problem(tmp_path, capsys, name, text,
                                                              words):
     path = tmp_path / name
@@ -4189,7 +4239,8 @@ def answers_then_waits(data):
 
 @pytest.mark.parametrize("script, words", [
     (silent, "timed out waiting for the broker"),
-    (answers(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"), "unknown frame type 72"),
+    (answers(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"),
+     "answered with HTTP, not AMQP: is the port right?"),
     (answers(b"AMQP\x00\x01\x00\x00"), "only speaks AMQP 1.0.0"),
     (answers(b"\x00\x01\x02garbage"), "unknown frame type 0"),
     (answers(START[:20]), "ended in the middle of a frame"),
@@ -5786,6 +5837,150 @@ def test_a_spooled_report_is_removed_once_confirmed(tmp_path, rabbit, unique_que
                            outbox_path=tmp_path) as pusher:
         assert pusher.push() is True
     assert spooled(tmp_path) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs of its own (root only), at .path: a disk that fills up, or that
+    .remount("ro") makes read-only."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mount)],
+            capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield types.SimpleNamespace(path=mount, remount=lambda mode: subprocess.run(
+            ["mount", "-o", f"remount,{mode}", str(mount)], check=True))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_the_spool_folder_is_made_0700_and_its_files_0600(tmp_path, closed_port):
+    folder = tmp_path / "spool"
+    umask = os.umask(0o022)  # the usual one, under which they were 0755 and 0644
+    try:
+        pusher = pihace.AMQPPusher(counting_check(), f"amqp://127.0.0.1:{closed_port}/",
+                                   outbox_path=folder)
+        assert pusher.push()[0] is False
+        pusher.close()
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert len(spooled(folder)) == 1
+    assert {name: stat.S_IMODE((folder / name).stat().st_mode) for name in os.listdir(folder)} \
+        == {"lock": 0o600, spooled(folder)[0]: 0o600}
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="giving a folder to another user needs root")
+def test_a_spool_folder_another_user_owns_or_may_write_to_is_refused(tmp_path, closed_port):
+    url = f"amqp://127.0.0.1:{closed_port}/"
+    folder = tmp_path / "spool"
+    pusher = pihace.AMQPPusher(counting_check(), url, outbox_path=folder)
+    assert pusher.push()[0] is False  # a valid report: as one an attacker could plant
+    pusher.close()
+    refusals = {}
+    for owner, mode in ((65534, 0o700), (0, 0o777), (0, 0o770)):
+        os.chown(folder, owner, -1)
+        os.chmod(folder, mode)
+        with pytest.raises(ValueError) as error:
+            pihace.AMQPPusher(counting_check(), url, outbox_path=folder)
+        refusals[owner, mode] = str(error.value)
+    for text in refusals.values():
+        assert text.startswith(f"refused the spool folder {folder}: ") and "\n" not in text
+    assert "belongs to another user (uid 65534)" in refusals[65534, 0o700]
+    assert "group and others may write to it (mode 0777)" in refusals[0, 0o777]
+    assert "its group may write to it (mode 0770)" in refusals[0, 0o770]
+    os.chmod(folder, 0o755)  # this user's, written by it alone: used
+    with pihace.AMQPPusher(counting_check(), url, outbox_path=folder) as pusher:
+        assert len(pusher.outbox) == 1
+
+
+def test_the_spool_never_follows_a_symbolic_link(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's secret")
+    folder = tmp_path / "spool"
+    pusher = pihace.AMQPPusher(None, "amqp://127.0.0.1:1/")
+    message = pusher._message({"n": 1})
+    spool = pihace._Spool(folder)
+    os.symlink(victim, folder / f"{1:012d}-{message.message_id}.report.tmp")  # the next name
+    with pytest.raises(OSError) as error:
+        spool.write(message)
+    assert error.value.errno == errno.EEXIST  # created only when new: never followed
+    assert victim.read_bytes() == b"root's secret"
+    spool.close()
+    os.remove(folder / "lock")
+    os.symlink(tmp_path / "chosen", folder / "lock")
+    with pytest.raises(OSError) as error:
+        pihace._Spool(folder)
+    assert f"a symbolic link, not followed: '{folder / 'lock'}'" in pihace.describe_error(
+        error.value)
+    assert not (tmp_path / "chosen").exists()
+
+
+def test_a_failed_spool_write_leaves_no_temporary_file(small_disk, closed_port, caplog):
+    folder = small_disk.path / "spool"
+    pusher = pihace.AMQPPusher(counting_check(), f"amqp://127.0.0.1:{closed_port}/",
+                               outbox_path=folder)
+    with open(small_disk.path / "filler", "wb", buffering=0) as filler:
+        with pytest.raises(OSError) as full:
+            while True:
+                filler.write(b"x" * 4096)
+    assert full.value.errno == errno.ENOSPC
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        assert all(pusher.push()[0] is False for _ in range(3))
+    pusher.close()
+    assert os.listdir(folder) == ["lock"]  # no empty .tmp file per failed write
+    assert caplog.text.count("it waits in memory only") == 3
+    assert len(pusher.outbox) == 3
+
+
+def test_a_delivered_report_whose_file_cannot_be_removed_is_not_sent_again(
+        tmp_path, closed_port, rabbit, unique_queue, caplog):
+    folder = tmp_path / "spool"
+    with pihace.AMQPPusher(counting_check(), f"amqp://127.0.0.1:{closed_port}/", unique_queue,
+                           outbox_path=folder) as down:
+        assert all(down.push()[0] is False for _ in range(5))
+    kept = spooled(folder)
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue, outbox_path=folder)
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("an immutable folder needs root, and chattr")
+    try:  # nothing can be removed from it (EPERM), nor added
+        with caplog.at_level(logging.WARNING, logger="pihace"):
+            assert pusher.push() is True  # delivered the 5 and its own; none removed
+            assert pusher.push() is True
+        pusher.close()
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    assert len(pusher.outbox) == 0
+    ids = [properties.message_id for properties, _ in drain(rabbit.url, unique_queue)]
+    assert len(ids) == len(set(ids)) == 7  # each once
+    assert caplog.text.count("cannot remove delivered reports") == 1
+    assert spooled(folder) == kept  # still there
+    with pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue,
+                           outbox_path=folder) as again:  # the same process: known as sent
+        assert len(again.outbox) == 0
+    assert spooled(folder) == []
+
+
+def test_a_spool_folder_read_only_at_start_means_pushing_from_memory(
+        small_disk, closed_port, rabbit, unique_queue, caplog):
+    folder = small_disk.path / "spool"
+    with pihace.AMQPPusher(counting_check(), f"amqp://127.0.0.1:{closed_port}/",
+                           outbox_path=folder) as down:
+        assert down.push()[0] is False
+    small_disk.remount("ro")
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        with pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue,
+                               outbox_path=folder) as pusher:
+            assert pusher.push() is True and pusher.push() is True
+    assert pusher.outbox.path is None
+    assert queue_depth(rabbit.url, unique_queue) == 2
+    warnings = [record.getMessage() for record in caplog.records
+                if record.levelno >= logging.WARNING]
+    assert warnings == [f"the spool folder {folder} is read-only: reports wait in memory only "
+                        "(those kept there wait until it can be written again)"]
 
 
 @pytest.mark.slow

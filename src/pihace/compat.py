@@ -161,14 +161,54 @@ _CONFIG_TYPES = {  # section: {type: the name of what makes it, looked up when a
 }
 
 
+# what a config file may hold: bytes, values (a YAML alias counted each time it is used:
+# an alias bomb expands to billions), and depth
+_CONFIG_LIMITS = {"bytes": 1 << 20, "values": 100_000, "depth": 64}
+
+
 def read_config(path):
     """A config file as a dict: YAML (.yml, .yaml) with PyYAML when it is installed, JSON,
     or TOML (.toml, Python 3.11+). A YAML file without PyYAML is read as JSON when it is
-    JSON (JSON is YAML too); otherwise the error says what to do."""
+    JSON (JSON is YAML too); otherwise the error says what to do. A file larger than
+    _CONFIG_LIMITS allow is a ValueError, before it can hang or exhaust memory."""
+    config = _parse_config(path)
+    problem = _config_too_large(config)
+    if problem:
+        raise ValueError(f"{os.fspath(path)}: {problem}")
+    return config
+
+
+def _config_too_large(config):
+    """What makes `config` larger than _CONFIG_LIMITS allow, or None. Walks it without
+    recursion, counting a value shared by YAML aliases each time it is reached, and
+    stops at the limit: a self-referencing or exponential alias structure costs no more."""
+    values, limit, depth_limit = 0, _CONFIG_LIMITS["values"], _CONFIG_LIMITS["depth"]
+    stack = [(config, 1)]
+    while stack:
+        value, depth = stack.pop()
+        values += 1
+        if values > limit:
+            return (f"too large: more than {limit} values (a YAML alias counts each time it "
+                    "is used)")
+        if isinstance(value, dict):
+            children = [part for item in value.items() for part in item]
+        elif isinstance(value, (list, tuple, set)):
+            children = value
+        else:
+            continue
+        if depth >= depth_limit and children:
+            return "nested too deep"
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _parse_config(path):
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     with open(path, "rb") as file:
-        data = file.read()
+        data = file.read(_CONFIG_LIMITS["bytes"] + 1)
+    if len(data) > _CONFIG_LIMITS["bytes"]:
+        raise ValueError(f"{path}: too large: more than {_CONFIG_LIMITS['bytes']} bytes")
     if suffix == ".toml":
         try:
             import tomllib  # novermin: Python 3.11+; older ones get the error below
@@ -179,6 +219,8 @@ def read_config(path):
             return tomllib.loads(data.decode("utf-8"))
         except ValueError as exc:  # tomllib.TOMLDecodeError, UnicodeDecodeError
             problem = f"not valid TOML: {_text(exc)}"
+        except RecursionError:
+            problem = "nested too deep"
         raise ValueError(f"{path}: {problem}")  # here: no __context__ to quote the file
     import json  # here, not at the top: slow to import (see the imports)
 

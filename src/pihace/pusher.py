@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import binascii
 import collections
+import errno
 import itertools
 import math
 import os
+import stat
 import struct
 import threading
 import time
@@ -29,6 +31,11 @@ _DROPPED = "dropped from a full outbox"
 _PENDING = "not confirmed yet"  # the outcome of a report still in the outbox
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # POSIX: a symbolic link is refused, never followed
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted as a report must not block load()
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
 class _Spool:
     """The outbox on disk: one file per report in folder `path`, written before the
     report's first attempt and removed once it is confirmed, so that reports
@@ -39,20 +46,84 @@ class _Spool:
     a crash, or a file that fails its checksum, is ignored (never a crash). Names
     are <sequence>-<message id>.report, so the oldest comes first; a lock file
     keeps a second process from using the same folder at the same time.
+
+    Whoever may write to the folder may plant reports that go out with this
+    pusher's credentials, or links that make it write where they choose. So the
+    folder is made 0700 and its files 0600; a folder that another user owns, or
+    that group or others may write to, is refused with a ValueError (as ssh and
+    gpg refuse theirs); files are opened by the folder's descriptor, never
+    through a symbolic link, and created only when new (O_EXCL).
     """
 
     MAGIC = b"pihace-report\x001\n"
     FIELDS = _Message._fields  # each stored as a 4-byte length and its bytes
+    # (device, inode) of a folder -> names of delivered reports whose files could not be
+    # removed (a folder gone read-only): not sent again by this process
+    _delivered = {}
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        os.makedirs(self.path, exist_ok=True)
-        self._lock_file = self._lock_folder()
+        self._folder, self._identity = self._open_folder()
+        try:
+            self._lock_file = self._lock_folder()
+        except BaseException:
+            self._close_folder()
+            raise
         self._names = {}  # message id -> its file's name
         self._sequence = itertools.count(1)
+        self._removal_failed = False  # said once in the log
+
+    def _open_folder(self):
+        """(descriptor or None, identity) of the folder, made 0700 if missing; ValueError
+        if it is not this user's alone."""
+        os.makedirs(self.path, 0o700, exist_ok=True)
+        directory = getattr(os, "O_DIRECTORY", None)
+        if directory is None or os.open not in os.supports_dir_fd:  # Windows: by its path
+            info = os.stat(self.path)
+            return None, (info.st_dev, info.st_ino)
+        folder = os.open(self.path, os.O_RDONLY | directory | _CLOEXEC)
+        try:
+            info = os.fstat(folder)
+            problem = None
+            if info.st_uid != os.geteuid():
+                problem = (f"it belongs to another user (uid {info.st_uid}), not to this one "
+                           f"(uid {os.geteuid()})")
+            elif info.st_mode & 0o022:
+                problem = (f"{'group and others' if info.st_mode & 0o002 else 'its group'} "
+                           f"may write to it (mode {stat.S_IMODE(info.st_mode):04o})")
+            if problem:
+                raise ValueError(f"refused the spool folder {_printable(self.path)}: {problem}; "
+                                 "use a folder that only this user may write to (mode 0700)")
+            if os.fstatvfs(folder).f_flag & os.ST_RDONLY:  # an existing lock file opens anyway
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), self.path)
+        except BaseException:
+            os.close(folder)
+            raise
+        return folder, (info.st_dev, info.st_ino)
+
+    def _close_folder(self):
+        folder, self._folder = self._folder, None
+        if folder is not None:
+            os.close(folder)
+
+    def _name(self, name):
+        """How os functions given dir_fd=self._folder find the file `name`."""
+        return name if self._folder is not None else os.path.join(self.path, name)
+
+    def _open(self, name, flags):
+        """A descriptor of the folder's file `name`, never through a symbolic link."""
+        try:
+            return os.open(self._name(name), flags | _NOFOLLOW | _CLOEXEC, 0o600,
+                           dir_fd=self._folder)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link: say so, not "too many levels"
+                raise OSError(exc.errno, "a symbolic link, not followed",
+                              os.path.join(self.path, name)) from None
+            raise
 
     def _lock_folder(self):
-        lock_file = open(os.path.join(self.path, "lock"), "a+b")
+        # read-only: flock() needs no more, and a folder can still be remounted read-only
+        lock_file = os.fdopen(self._open("lock", os.O_RDONLY | os.O_CREAT), "rb")
         try:
             import fcntl  # POSIX only: elsewhere two processes must not share a folder
         except ImportError:
@@ -65,13 +136,19 @@ class _Spool:
                              "(each running pusher needs its own)") from None
         return lock_file
 
+    def _ready(self):
+        if self._lock_file.closed:  # the pusher was closed, and is used again
+            self._folder, self._identity = self._open_folder()
+            self._lock_file = self._lock_folder()
+
     def load(self):
         """The reports left by an earlier run, oldest first."""
+        self._ready()
+        delivered = self._delivered.get(self._identity, set())
         found = []
-        for name in os.listdir(self.path):
-            path = os.path.join(self.path, name)
-            if name.endswith(".tmp"):  # a write cut short: the report never counted as kept
-                self._remove(path)
+        for name in os.listdir(self.path if self._folder is None else self._folder):
+            if name.endswith(".tmp") or name in delivered:  # a write cut short: the report
+                self._discard(name)  # never counted as kept; or one delivered already
             elif name.endswith(".report"):
                 sequence = name.partition("-")[0]
                 if sequence.isdigit():
@@ -79,13 +156,15 @@ class _Spool:
         messages = []
         for sequence, name in sorted(found):
             try:
-                with open(os.path.join(self.path, name), "rb") as file:
+                with os.fdopen(self._open(name, os.O_RDONLY | _NONBLOCK), "rb") as file:
+                    if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                        raise ValueError("not a regular file")
                     message = self._decode(file.read())
             except (OSError, ValueError) as exc:
                 log.warning("ignored the spooled report %s: %s", name, _printable(str(exc)))
                 try:  # kept for a person to look at, out of the way
-                    os.replace(os.path.join(self.path, name),
-                               os.path.join(self.path, name + ".unreadable"))
+                    os.replace(self._name(name), self._name(name + ".unreadable"),
+                               src_dir_fd=self._folder, dst_dir_fd=self._folder)
                 except OSError:
                     pass
                 continue
@@ -95,31 +174,53 @@ class _Spool:
         return messages
 
     def write(self, message):
-        if self._lock_file.closed:  # the pusher was closed, and is used again
-            self._lock_file = self._lock_folder()
+        self._ready()
         name = f"{next(self._sequence):012d}-{message.message_id}.report"
-        path = os.path.join(self.path, name)
-        with open(path + ".tmp", "wb") as file:
-            file.write(self._encode(message))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(path + ".tmp", path)
+        temporary = name + ".tmp"
+        file = os.fdopen(self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb")
+        try:
+            with file:
+                file.write(self._encode(message))
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(self._name(temporary), self._name(name),
+                       src_dir_fd=self._folder, dst_dir_fd=self._folder)
+        except BaseException:
+            self._discard(temporary)  # a full disk, say: no empty file left behind
+            raise
         self._sync_folder()  # the rename itself survives a power loss
         self._names[message.message_id] = name
 
     def remove(self, message):
+        """Remove a delivered report's file; one that cannot be removed (a folder gone
+        read-only, say) is logged once, and not sent again by this process."""
         name = self._names.pop(message.message_id, None)
-        if name is not None:
-            self._remove(os.path.join(self.path, name))
-
-    @staticmethod
-    def _remove(path):
+        if name is None:
+            return
         try:
-            os.remove(path)
+            self._ready()
+            os.remove(self._name(name), dir_fd=self._folder)
         except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            self._delivered.setdefault(self._identity, set()).add(name)
+            if not self._removal_failed:
+                self._removal_failed = True
+                log.warning("cannot remove delivered reports from %s (%s): this process does "
+                            "not send them again; a later run may (with their message ids, "
+                            "so that consumers can drop them)", _printable(self.path),
+                            describe_error(exc))
+
+    def _discard(self, name):
+        try:
+            os.remove(self._name(name), dir_fd=self._folder)
+        except OSError:
             pass
 
     def _sync_folder(self):
+        if self._folder is not None:
+            os.fsync(self._folder)
+            return
         try:
             folder = os.open(self.path, os.O_RDONLY)
         except OSError:  # Windows cannot open a folder: its renames are durable as they are
@@ -159,6 +260,7 @@ class _Spool:
 
     def close(self):
         self._lock_file.close()
+        self._close_folder()
 
 
 class Outbox:
@@ -176,13 +278,26 @@ class Outbox:
         self._messages = collections.deque()
         self._lock = threading.Lock()
         self._outcomes = {}  # message id -> its outcome, for a push() that waits for it
-        self._spool = None if path is None else _Spool(path)
+        self._spool = None if path is None else self._open_spool(path)
         if self._spool is not None:
             for message in self._spool.load():
                 self._append(message)
             if self._messages:
                 log.info("%d report(s) from an earlier run wait in %s", len(self._messages),
                          self._spool.path)
+
+    def _open_spool(self, path):
+        """The _Spool in folder `path`; None, said once, when the folder is read-only (a
+        failing SD card remounted read-only, say): the reports then wait in memory only."""
+        try:
+            return _Spool(path)
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+        log.warning("the spool folder %s is read-only: reports wait in memory only (those "
+                    "kept there wait until it can be written again)", _printable(os.fspath(path)))
+        self.path = None
+        return None
 
     def __len__(self):
         return len(self._messages)

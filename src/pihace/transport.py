@@ -11,6 +11,7 @@ import time
 from .header import __version__, log
 from .errors import (
     ChannelClosed, ConnectionClosed, ConsumerCancelled, Interrupted, PihaceError, PublishError,
+    RemoteProtocolError,
 )
 from .helpers import _printable, _seconds, _split_url, _time_left, describe_error
 from .checkers import connect_tcp
@@ -155,6 +156,12 @@ def _client_properties(connection_name):
     }
 
 
+# what OpenSSL says when the server's first bytes are no TLS record (RabbitMQ's plain port
+# answers a ClientHello with its AMQP protocol header)
+_NOT_TLS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+            "UNKNOWN_PROTOCOL"}
+
+
 def _wait_io(socks, writing, timeout, also_readable=None):
     """Wait until one of `socks` can be read (or written), or `also_readable` can be
     read: poll() where there is one, since select() fails past file descriptor
@@ -209,6 +216,7 @@ class BlockingConnection:
         self._blocked_changes = 0  # Blocked and Unblocked not logged yet
         self._blocked_logged = None  # when the last line about them was
         self._last_received = clock()  # when the broker last sent anything
+        self._first_bytes = b""  # the server's, up to 5: does it answer in HTTP?
 
     @property
     def is_open(self):
@@ -267,12 +275,26 @@ class BlockingConnection:
                 # a non-blocking TLS socket says "try again" with these
                 self._would_block += (ssl.SSLWantReadError, ssl.SSLWantWriteError)
                 sock.settimeout(self._time_left(deadline, "during the TLS handshake"))
-                sock = (self.ssl_context or self.parameters.ssl_context()).wrap_socket(
-                    sock, server_hostname=self.parameters.server_name_indication or host)
+                try:
+                    sock = (self.ssl_context or self.parameters.ssl_context()).wrap_socket(
+                        sock, server_hostname=self.parameters.server_name_indication or host)
+                except ssl.SSLError as exc:
+                    if getattr(exc, "reason", None) not in _NOT_TLS:  # one of ours has none
+                        raise
+                    raise ssl.SSLError(f"the TLS handshake with {where} failed ({exc.reason}): "
+                                       "amqps:// to a port that speaks plain AMQP? (use "
+                                       "amqp://, or the TLS port, 5671)") from None
             sock.setblocking(False)  # every wait is a poll() with a deadline
             self.sock = sock
-            self.wait_for(lambda: self.protocol.is_open, deadline,
-                          f"for the broker at {where} to open the connection")
+            try:
+                self.wait_for(lambda: self.protocol.is_open, deadline,
+                              f"for the broker at {where} to open the connection")
+            except (ConnectionResetError, TimeoutError) as exc:
+                if self._first_bytes:
+                    raise
+                raise type(exc)(f"{exc}; {where} said nothing in answer to the AMQP protocol "
+                                "header: is it an AMQP port? (an HTTP server, say, waits for a "
+                                "request)") from None
         except BaseException:
             self.abort()
             raise
@@ -364,6 +386,13 @@ class BlockingConnection:
             data = self.sock.recv(1 << 16)
         except self._would_block:  # TLS: only part of a record has come
             return False
+        if len(self._first_bytes) < 5:
+            self._first_bytes += data[:5 - len(self._first_bytes)]
+            if self._first_bytes == b"HTTP/":  # an AMQP broker's first frame starts 01 00 00
+                raise RemoteProtocolError(
+                    f"the server at {self.parameters.host}:{self.parameters.port} answered "
+                    "with HTTP, not AMQP: is the port right? (RabbitMQ takes AMQP on 5672, "
+                    "and on 5671 with TLS)")
         self._last_received = self.clock()
         self.protocol.receive_data(data, self._last_received)
         return True
@@ -713,7 +742,7 @@ class AMQP:
             self.parameters = AMQPParameters(url)
         except (TypeError, ValueError) as exc:
             raise ValueError(str(exc).replace("amqp_url", "url", 1)) from None
-        self.url, self.safe_url = url, self.parameters.safe_url
+        self.url = self.safe_url = self.parameters.safe_url  # the password stays in parameters
         self.timeout = _seconds("timeout", timeout)
 
     def __call__(self):
