@@ -8213,6 +8213,158 @@ def test_an_unexpected_error_in_the_watcher_ends_watch_with_exit_1(capsys, monke
            "RuntimeError: a bug in the loop" in err
 
 
+# -- the watcher's state file (issue 24) ----------------------------------------------
+
+def test_the_state_file_brings_the_fleet_back_without_hooks_for_what_did_not_change(tmp_path):
+    path = tmp_path / "fleet.json"
+    first, changes = recording_watcher(grace=5, silent_grace=20, state_path=str(path))
+    for name, status in (("steady", "Available"), ("broken", "Unavailable"),
+                         ("gone", "Available"), ("fading", "Available")):
+        first.apply(report(status, name=name), {"message_id": f"{name}-1"})
+    first.wall_clock.now += 20
+    for name in ("steady", "broken", "fading"):
+        first.apply(report("Unavailable" if name == "broken" else "Available", name=name), {})
+    first.wall_clock.now += 15
+    first.apply(report(name="steady"), {})
+    first.apply(report("Unavailable", name="broken"), {})
+    first.check_ages()  # gone: 35 s without a report, silent; fading: 15 s, late
+    first.save_state()
+    before = first.devices
+    assert (os.stat(path).st_mode & 0o777) == 0o600
+    assert {d["name"]: d["state"] for d in before.values()} == {
+        "steady": "up", "broken": "down", "gone": "silent", "fading": "late"}
+
+    clock = Clock(first.wall_clock.now + 20)  # restarted twenty seconds later
+    calls = []
+    second = pihace.Watcher("amqp://localhost/", grace=5, silent_grace=20, wall_clock=clock,
+                            state_path=str(path), on_change=lambda device, old, new, r:
+                            calls.append((device["name"], old, new)))
+    after = second.devices
+    for device in before:
+        for key in ("state", "since", "status", "first_seen", "last_seen", "interval",
+                    "reports", "failing"):
+            assert after[device][key] == before[device][key], (device, key)
+    assert after["gone@h"]["transitions"][-1][1:] == ["up", "silent"]
+    second.apply(report(name="steady"), {})
+    second.apply(report("Unavailable", name="broken"), {})
+    assert second.apply(report(name="gone"), {"message_id": "gone-1"}) == "duplicate"
+    assert calls == []  # nothing changed, nothing is new
+    second.check_ages()  # fading: 35 s without a report now
+    assert calls == [("fading", "late", "silent")]
+
+
+@pytest.mark.parametrize("content", [b"{\"pihace_watch_state\": 1, \"devices\": [{\"na",
+                                     b"\x00\xff garbage", b"[]", b"{\"devices\": []}"],
+                         ids=["truncated", "binary", "a-list", "no-format"])
+def test_an_unreadable_state_file_is_set_aside_and_the_watcher_starts_afresh(tmp_path, caplog,
+                                                                             content):
+    path = tmp_path / "fleet.json"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        watcher, _ = recording_watcher(state_path=str(path))
+    [aside] = tmp_path.glob("fleet.json.unreadable-*")
+    assert aside.read_bytes() == content and not path.exists()  # kept, never lost
+    assert watcher.devices == {} and "could not be read" in caplog.text
+    watcher.apply(report(), {})
+    watcher.save_state()
+    assert list(recording_watcher(state_path=str(path))[0].devices) == ["dev@h"]
+
+
+def test_a_state_file_that_must_not_be_used_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "fleet.json"
+    watcher, _ = recording_watcher(state_path=str(path))
+    watcher.apply(report(), {})
+    watcher.save_state()
+    original = path.read_bytes()
+    path.chmod(0o666)
+    cases = [("group or others", None)]
+    with pytest.raises(ValueError) as writable:
+        recording_watcher(state_path=str(path))
+    path.chmod(0o600)
+    os.chown(path, 65534, -1)
+    with pytest.raises(ValueError) as foreign:
+        recording_watcher(state_path=str(path))
+    os.chown(path, os.getuid(), -1)
+    path.write_bytes(original.replace(b'"pihace_watch_state":1', b'"pihace_watch_state":2'))
+    with pytest.raises(ValueError) as newer:
+        recording_watcher(state_path=str(path))
+    link = tmp_path / "link.json"
+    link.symlink_to(path)
+    with pytest.raises(ValueError) as linked:
+        recording_watcher(state_path=str(link))
+    code, out, err = run_main(capsys, "watch", "--url", "amqp://localhost/", "--once",
+                              "--state", str(path))
+    assert "may be written by its group or others (mode 0666)" in str(writable.value)
+    assert "belongs to another user (uid 65534)" in str(foreign.value)
+    assert "written by a newer pihace (format 2; this one reads format 1)" in str(newer.value)
+    assert "is a symbolic link: not followed" in str(linked.value)
+    assert code == 3 and "written by a newer pihace" in err and len(err.splitlines()) == 1
+    assert path.read_bytes() != original and cases  # the newer file was left as it was
+
+
+def test_watch_once_with_a_state_file_goes_up_late_silent_and_never_forgets(capsys, rabbit,
+                                                                          unique_queue,
+                                                                          tmp_path):
+    state = str(tmp_path / "fleet.json")
+    once = ["watch", "--url", rabbit.url, "--queue", unique_queue, "--once", "--format",
+            "nagios", "--grace", "1", "--silent-grace", "3", "--wait", "2", "--state", state]
+    publish_reports(rabbit.url, unique_queue, (report(name="killed", interval=1),
+                                               {"timestamp": int(time.time())}))
+    sent = time.time()
+    codes = [run_main(capsys, *once)]
+    wait_until(lambda: time.time() > sent + 2.5, 5, "the device to be late")
+    codes.append(run_main(capsys, *once))
+    wait_until(lambda: time.time() > sent + 4.5, 5, "the device to be silent")
+    codes.append(run_main(capsys, *once))
+    codes.append(run_main(capsys, *once))
+    assert [code for code, _, _ in codes] == [0, 1, 2, 2], codes
+    assert [out.splitlines()[0].split(" - ")[1] for _, out, _ in codes] == [
+        "1 devices: 1 up | silent=0;;;0 down=0;;;0 late=0;;;0 degraded=0;;;0 up=1;;;0",
+        "1 devices: 1 late | silent=0;;;0 down=0;;;0 late=1;;;0 degraded=0;;;0 up=0;;;0",
+        "1 devices: 1 silent | silent=1;;;0 down=0;;;0 late=0;;;0 degraded=0;;;0 up=0;;;0",
+        "1 devices: 1 silent | silent=1;;;0 down=0;;;0 late=0;;;0 degraded=0;;;0 up=0;;;0"]
+
+
+@pytest.mark.slow
+def test_a_restarted_watcher_remembers_the_fleet_and_runs_no_hook_for_what_did_not_change(
+        rabbit, unique_queue, tmp_path):
+    state = tmp_path / "fleet.json"
+    calls = tmp_path / "calls"
+    hook = tmp_path / "hook.py"
+    hook.write_text("import os, sys\nsys.stdin.read()\n"
+                    f"open({str(calls)!r}, 'a').write(os.environ['PIHACE_DEVICE'] + ' ' + "
+                    "os.environ['PIHACE_OLD_STATE'] + ' ' + os.environ['PIHACE_NEW_STATE'] "
+                    "+ '\\n')\n")
+    options = ["--grace", "1", "--silent-grace", "2", "--state", str(state), "--on-change",
+               f"{sys.executable} {hook}"]
+    publish_reports(rabbit.url, unique_queue, (report(name="dead", interval=1), {}))
+    pushers = start_pushers(rabbit.url, unique_queue, ["alive"], 1)
+    alive = f"alive@{pihace._HOST}"
+    try:
+        process = watch_process(rabbit.url, unique_queue, *options, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        wait_until(lambda: calls.exists() and "dead@h late silent" in calls.read_text(), 30,
+                   "the dead device silent")
+        wait_until(lambda: state.exists() and b'"alive"' in state.read_bytes(), 20,
+                   "the state written")
+        code, _, err = stopped(process, timeout=15)
+        assert code == 0, err
+        hooks_before = calls.read_text()
+        process = watch_process(rabbit.url, unique_queue, *options, "--listen",
+                                "127.0.0.1:0", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        restarted = time.monotonic()
+        wait_until(lambda: time.monotonic() > restarted + 6, 10, "six seconds after a restart")
+        code, _, err = stopped(process, timeout=15)
+    finally:
+        end(pushers)
+    assert code == 0, err
+    assert calls.read_text() == hooks_before  # dead stays silent, alive stays up: no hook
+    devices = {entry["name"]: entry for entry in json.loads(state.read_text())["devices"]}
+    assert devices["dead"]["state"] == "silent" and devices["alive"]["state"] == "up"
+    assert devices[alive.split("@")[0]]["reports"] > 5
+
+
 def test_the_live_table_under_tmux_is_redrawn_in_place(rabbit, unique_queue, tmp_path):
     if shutil.which("tmux") is None:
         pytest.fail("tmux is missing: install it with bash .ci/setup")

@@ -292,6 +292,8 @@ def _watch_parser(commands, parser_class):
                        "(default 100000)")
     watch.add_argument("--forget-after", type=float, metavar="SECONDS",
                        help="forget a device silent this long (default: never)")
+    watch.add_argument("--state", metavar="FILE", help="remember the fleet in FILE across "
+                       "restarts and --once runs (written atomically, mode 0600)")
     watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -489,7 +491,7 @@ def _watcher(args):
                        grace=args.grace, silent_grace=args.silent_grace,
                        silent_limit=args.silent_after, max_devices=args.max_devices,
                        forget_after=args.forget_after, announce_first=args.announce_first,
-                       tick=0.5 if args.once else 1.0)
+                       state_path=args.state, tick=0.5 if args.once else 1.0)
     except (TypeError, ValueError) as exc:
         name, space, rest = str(exc).partition(" ")  # "grace must be ...": the option's name
         options = {"amqp_url": "--url", "default_interval": "--interval", "grace": "--grace",

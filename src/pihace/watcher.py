@@ -15,6 +15,7 @@ from .helpers import _number, _printable, _seconds, _text, describe_error
 from .formats import _STATUSES
 from .transport import Backoff, Wakeup
 from .client import _AMQPClient
+from .statefile import read_state, write_json_atomically
 
 
 # The states of a device, worst first (the live table's order).
@@ -25,6 +26,9 @@ _FAILING_LIMIT = 20  # names of failing checks kept per device
 _WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minutes
 _QUEUE_CHECK = 5.0  # seconds between two looks at the queue (passive declare)
 _ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
+_TRANSITIONS_KEPT = 20  # per device: its recent changes of state
+_STATE_FORMAT = 1  # of the state file: a newer one is refused, never overwritten
+_IDS_SAVED = 4  # message ids per device in the state file: what a restart may deliver again
 
 
 def _report_text(value, limit=_NAME_LIMIT):
@@ -48,7 +52,7 @@ class Device:
 
     __slots__ = ("name", "host", "label", "state", "since", "status", "first_seen",
                  "last_seen", "last_stamp", "judged_from", "interval", "late_after", "reports",
-                 "rate", "failing", "due", "skewed", "ids")
+                 "rate", "failing", "due", "skewed", "ids", "transitions")
 
     def __init__(self, name, host, now, window):
         self.name, self.host = name, host
@@ -60,6 +64,13 @@ class Device:
         self.reports, self.failing, self.skewed = 0, (), False
         self.due = math.inf  # when its age next changes its state
         self.ids = collections.deque(maxlen=window)  # its newest message ids: duplicates
+        self.transitions = collections.deque(maxlen=_TRANSITIONS_KEPT)  # (time, old, new)
+
+    def change(self, new, now):
+        """Into state `new` at `now`: the change, to announce."""
+        old, self.state, self.since = self.state, new, now
+        self.transitions.append((now, old, new))
+        return old
 
     @property
     def id(self):
@@ -70,7 +81,17 @@ class Device:
                 "since": self.since, "status": self.status, "first_seen": self.first_seen,
                 "last_seen": self.last_seen, "age": max(0.0, now - self.last_seen),
                 "interval": self.interval, "reports": self.reports, "rate": self.rate,
-                "failing": list(self.failing), "stale": stale}
+                "failing": list(self.failing), "stale": stale,
+                "transitions": [list(transition) for transition in self.transitions]}
+
+    def record(self):
+        """What the state file keeps of it."""
+        return {"name": self.name, "host": self.host, "state": self.state, "since": self.since,
+                "status": self.status, "first_seen": self.first_seen,
+                "last_seen": self.last_seen, "last_stamp": self.last_stamp,
+                "interval": self.interval, "reports": self.reports, "rate": self.rate,
+                "failing": list(self.failing), "ids": list(self.ids)[-_IDS_SAVED:],
+                "transitions": [list(transition) for transition in self.transitions]}
 
 
 class Watcher(_AMQPClient):
@@ -113,9 +134,9 @@ class Watcher(_AMQPClient):
                  binding_key="#", declare=True, queue_arguments=None, prefetch=100,
                  default_interval=60.0, grace=None, silent_grace=None, silent_limit=None,
                  on_change=None, announce_first=False, tick=1.0, max_report_size=1 << 20,
-                 dedup_window=32, max_devices=100000, forget_after=None, heartbeat=None,
-                 timeout=10.0, connection_name="pihace watch", ssl_context=None,
-                 socket_factory=None, wall_clock=time.time):
+                 dedup_window=32, max_devices=100000, forget_after=None, state_path=None,
+                 state_every=5.0, heartbeat=None, timeout=10.0, connection_name="pihace watch",
+                 ssl_context=None, socket_factory=None, wall_clock=time.time):
         super().__init__(
             amqp_url, {"queue_name": queue_name, "binding_key": binding_key},
             exchange=exchange, exchange_type=exchange_type, queue_arguments=queue_arguments,
@@ -171,6 +192,12 @@ class Watcher(_AMQPClient):
         self._connected_since = None  # wall-clock time it (re)gained sight, once it did
         self._last_message = None  # wall-clock time of the newest delivery
         self._delivered_since_check = self._checked_before = self._stuck = False
+        # Its memory across restarts: read now (a ValueError says why it must not be used),
+        # written at most every state_every seconds while something changed, and at the end.
+        self.state_path, self.state_every = state_path, _seconds("state_every", state_every)
+        self._dirty, self._next_save = False, -math.inf
+        if state_path is not None:
+            self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT))
 
     def __repr__(self):
         return f"<Watcher {self.parameters.safe_url} queue={self.queue_name!r}>"
@@ -314,10 +341,11 @@ class Watcher(_AMQPClient):
             device.failing = tuple(_report_text(key) for key in itertools.islice(
                 failure, _FAILING_LIMIT)) if type(failure) is dict and failure else ()
             device.due = seen + device.late_after
-            old, new = device.state, _STATE_OF_STATUS[device.status]
-            if new == old:
+            new = _STATE_OF_STATUS[device.status]
+            self._dirty = True
+            if new == device.state:
                 return None
-            device.state, device.since = new, now
+            old = device.change(new, now)
             if first and not self.announce_first:
                 return None
             return device, old, new, report, now
@@ -362,10 +390,10 @@ class Watcher(_AMQPClient):
                               math.inf if self.forget_after is None else
                               device.judged_from + max(silent, self.forget_after))
                 if new != device.state:
-                    changes.append((device, device.state, new, None, now))
-                    device.state, device.since = new, now
+                    changes.append((device, device.change(new, now), new, None, now))
             for key in forgotten:
                 del self._devices[key]
+            self._dirty = self._dirty or bool(changes or forgotten)
         if forgotten:
             self.counts["forgotten"] += len(forgotten)
             log.info("forgot %d device(s) silent for more than %gs", len(forgotten),
@@ -390,6 +418,83 @@ class Watcher(_AMQPClient):
         self.apply(delivery.body, properties)
         if self._backlog:
             self._backlog -= 1
+
+    # -- its memory ---------------------------------------------------------------
+
+    def save_state(self):
+        """Write the device table to state_path now (atomically, mode 0600). An OSError
+        (a full disk, say) is logged and the watcher goes on: it is tried again later."""
+        if self.state_path is None:
+            return
+        with self._lock:
+            records = [device.record() for device in self._devices.values()]
+            self._dirty = False
+        document = {"pihace_watch_state": _STATE_FORMAT, "written": self.wall_clock(),
+                    "devices": records}
+        try:
+            write_json_atomically(self.state_path, document)
+        except OSError as exc:
+            self._dirty = True
+            log.warning("cannot write the state file %s: %s", _printable(self.state_path),
+                        describe_error(exc))
+        self._next_save = time.monotonic() + self.state_every
+
+    def _save_when_due(self):
+        if self._dirty and self.state_path is not None and time.monotonic() >= self._next_save:
+            self.save_state()
+
+    def _restore(self, document):
+        """The devices a state file remembers: as they were, their ages counting on (a device
+        whose time ran out meanwhile turns late or silent at the next look, with its hook)."""
+        if document is None:
+            return
+        entries = document.get("devices")
+        restored, skipped = 0, 0
+        for entry in entries if type(entries) is list else ():
+            device = self._device_from_record(entry)
+            if device is None or len(self._devices) >= self.max_devices:
+                skipped += 1
+                continue
+            self._devices[(device.name, device.host)] = device
+            restored += 1
+        log.info("restored %d device(s) from %s%s", restored, _printable(self.state_path),
+                 f" ({skipped} entries not usable, skipped)" if skipped else "")
+
+    def _device_from_record(self, entry):
+        """A Device from a state file's entry, or None when the entry does not make one."""
+        try:
+            name, host, state = entry["name"], entry["host"], entry["state"]
+            if type(name) is not str or type(host) is not str or state not in DEVICE_STATES \
+                    or entry["status"] not in _STATE_OF_STATUS:
+                return None
+            numbers = [float(entry[key]) for key in ("since", "first_seen", "last_seen",
+                                                     "last_stamp", "interval")]
+            if not all(math.isfinite(number) for number in numbers) or numbers[4] <= 0:
+                return None
+            device = Device(_report_text(name), _report_text(host), numbers[1],
+                            self.dedup_window)
+            device.state, device.status = state, entry["status"]
+            device.since, _, device.last_seen, device.last_stamp, interval = numbers
+            device.judged_from = device.last_seen
+            device.interval, device.late_after = interval, self._limits(interval)[0]
+            device.reports = int(entry["reports"])
+            rate = entry.get("rate")
+            device.rate = _report_text(rate, 20) if rate else None
+            device.failing = tuple(_report_text(key) for key in entry.get("failing", ())
+                                   [:_FAILING_LIMIT])
+            device.ids.extend(entry.get("ids", ())[-self.dedup_window:] if self.dedup_window
+                              else ())
+            device.transitions.extend(
+                (float(when), old, new) for when, old, new in entry.get("transitions", ())
+                if (old is None or old in DEVICE_STATES) and new in DEVICE_STATES)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return None
+        late, silent = self._limits(interval)
+        device.due = (device.judged_from + late if state not in ("late", "silent") else
+                      device.judged_from + silent if state == "late" else
+                      math.inf if self.forget_after is None else
+                      device.judged_from + max(silent, self.forget_after))
+        return device
 
     # -- its sight ----------------------------------------------------------------
 
@@ -514,8 +619,9 @@ class Watcher(_AMQPClient):
             self._wakeup.clear()  # a stop() already acted on must not cut the close short
             if self._blind_since is None:
                 self.check_ages()  # what it could see until the end
-            self._close()
-            self._lose_sight("stopped", expected=True)
+            self._close()  # its view stays as current as it was when it stopped
+            if self._dirty:
+                self.save_state()
             wakeup, self._wakeup = self._wakeup, None
             self._interrupt = None
             wakeup.close()
@@ -586,6 +692,7 @@ class Watcher(_AMQPClient):
         if now >= self._next_tick:
             self._next_tick = now + self.tick
             self.check_ages()
+            self._save_when_due()
 
     def _close(self):
         connection, self._connection = self._connection, None

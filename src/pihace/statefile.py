@@ -1,0 +1,101 @@
+"""state files: what the watcher remembers across restarts, written atomically (a temporary
+file, fsync, rename, the folder fsynced; mode 0600) and read back with every problem named."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+from .header import log
+from .helpers import _printable, describe_error
+
+_STATE_LIMIT = 1 << 30  # bytes: a state file larger than this is not read
+
+
+def write_json_atomically(path, document):
+    """`document` as JSON at `path`, all or nothing: a reader (or a crash) sees the old file
+    or the new one, never a part. Created 0600; a symbolic link at the temporary name is
+    never followed."""
+    import json  # here, not at the top: slow to import (see the imports)
+
+    data = json.dumps(document, separators=(",", ":")).encode()
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        os.unlink(temporary)  # one a crash of this pid left
+    except FileNotFoundError:
+        pass
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    descriptor = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # the rename itself, durable
+        folder_descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder_descriptor)
+        finally:
+            os.close(folder_descriptor)
+
+
+def read_state(path, kind, version):
+    """The JSON document at `path` whose `kind` key holds its format number, or None when
+    there is none, or it could not be read as one (it is then set aside as
+    PATH.unreadable-TIME and the reason logged: a fresh start, nothing lost). ValueError,
+    which says why, when the file must not be used: another user's, writable by others, a
+    symbolic link, or a format newer than `version`."""
+    import json  # here, not at the top: slow to import (see the imports)
+
+    shown = _printable(path)
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(status.st_mode):
+        raise ValueError(f"the state file {shown} is a symbolic link: not followed (name the "
+                         "file itself)")
+    if not stat.S_ISREG(status.st_mode):
+        raise ValueError(f"the state file {shown} is not a regular file")
+    if hasattr(os, "geteuid") and status.st_uid != os.geteuid():
+        raise ValueError(f"the state file {shown} belongs to another user (uid "
+                         f"{status.st_uid}): use a file of this user's (uid {os.geteuid()})")
+    if status.st_mode & 0o022:
+        raise ValueError(f"the state file {shown} may be written by its group or others (mode "
+                         f"{stat.S_IMODE(status.st_mode):04o}): make it 0600")
+    try:
+        with open(path, "rb") as file:
+            data = file.read(_STATE_LIMIT + 1)
+        if len(data) > _STATE_LIMIT:
+            raise ValueError(f"larger than {_STATE_LIMIT} bytes")
+        document = json.loads(data)
+        if type(document) is not dict or type(document.get(kind)) is not int:
+            raise ValueError(f"not a state file (no {kind!r} format number)")
+    except (OSError, ValueError, RecursionError) as exc:
+        _set_aside(path, describe_error(exc))
+        return None
+    if document[kind] > version:
+        raise ValueError(f"the state file {shown} was written by a newer pihace (format "
+                         f"{document[kind]}; this one reads format {version}): run that one, "
+                         "or move the file away to start afresh")
+    return document
+
+
+def _set_aside(path, why):
+    aside = f"{path}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        raise ValueError(f"the state file {_printable(path)} cannot be read ({why}) nor set "
+                         f"aside ({describe_error(exc)})") from None
+    log.warning("the state file %s could not be read (%s): kept as %s; starting afresh",
+                _printable(path), why, _printable(aside))
