@@ -8365,6 +8365,169 @@ def test_a_restarted_watcher_remembers_the_fleet_and_runs_no_hook_for_what_did_n
     assert devices[alive.split("@")[0]]["reports"] > 5
 
 
+def test_a_connection_used_after_it_was_aborted_says_it_is_closed(rabbit):
+    [endpoint] = [pihace.AMQPParameters(rabbit.url)]
+    connection = pihace.open_connection([endpoint], time.monotonic() + 10)
+    connection.open_channel(1, time.monotonic() + 10, confirm=False)
+    connection.abort()  # as a failed send does
+    with pytest.raises(ConnectionResetError) as raised:
+        connection.call(1, "Queue.Declare", time.monotonic() + 1, queue="", exclusive=True)
+    assert "the connection to the broker is closed" in str(raised.value)
+
+
+# -- a standby group: one leader runs the hooks (issue 24) ----------------------------
+
+class GroupWatcher:
+    """A `pihace watch` process of a standby group, with its own /metrics port and a hook
+    that writes `<who> <device> <old> <new>` lines to `calls`."""
+
+    def __init__(self, urls, exchange, who, calls, hook, *options):
+        self.who, self.port = who, rabbitnode.free_port()
+        url_options = [item for url in urls for item in ("--url", url)]
+        self.process = subprocess.Popen(
+            [sys.executable, "pihace.py", "watch", *url_options, "--exchange", exchange,
+             "--exchange-type", "fanout", "--queue", "", "--standby-group", "g",
+             "--listen", f"127.0.0.1:{self.port}", "--heartbeat", "2", "--grace", "1",
+             "--silent-grace", "3", "--on-change", f"{sys.executable} {hook} {who} {calls}",
+             *options], cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def metric(self, name):
+        for line in curl_text(self.port, "/metrics").splitlines():
+            if line.startswith(name):
+                return line.rpartition(" ")[2]
+        return None
+
+    def leads(self):
+        return self.metric("pihace_watch_leader") == "1"
+
+    def state(self, device):
+        return self.metric(f'pihace_device_state{{device="{device}",state=') and next(
+            (line.split('state="')[1].split('"')[0] for line in curl_text(
+                self.port, "/metrics").splitlines() if line.startswith(
+                f'pihace_device_state{{device="{device}",') and line.endswith(" 1")), None)
+
+    def end(self):
+        """Kill it; its stderr, for a failing test's report."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+        return self.process.communicate(timeout=10)[1]
+
+
+GROUP_HOOK = ("import os, sys\nsys.stdin.read()\n"
+              "open(sys.argv[2], 'a').write(' '.join([sys.argv[1], os.environ['PIHACE_DEVICE'], "
+              "os.environ['PIHACE_OLD_STATE'], os.environ['PIHACE_NEW_STATE']]) + '\\n')\n")
+
+
+def flipper(url, exchange, status_of, stop):
+    """pika publishing a report of device "flipper@h" to `exchange` every 0.3 s, with the
+    status status_of() gives at that moment."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    try:
+        while not stop.is_set():
+            channel.basic_publish(exchange, "", report(status_of(), name="flipper", interval=1),
+                                  pika.BasicProperties(message_id=os.urandom(8).hex(),
+                                                       timestamp=int(time.time())))
+            stop.wait(0.3)
+    finally:
+        connection.close()
+
+
+def hooks_for(calls, device):
+    text = calls.read_text() if calls.exists() else ""
+    return [line.split() for line in text.splitlines() if line.split()[1] == device]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["kill", "pause"])
+def test_a_standby_takes_over_from_a_dead_or_paused_leader_and_runs_each_hook_once(
+        rabbit, pika_channel, tmp_path, how):
+    exchange = f"fleet-{os.urandom(4).hex()}"
+    pika_channel.exchange_declare(exchange, "fanout", durable=True)
+    calls, hook = tmp_path / "calls", tmp_path / "hook.py"
+    hook.write_text(GROUP_HOOK)
+    status, stop = ["Available"], threading.Event()
+    publisher = threading.Thread(target=flipper, daemon=True,
+                                 args=(rabbit.url, exchange, lambda: status[0], stop))
+    first = GroupWatcher([rabbit.url], exchange, "first", calls, hook)
+    watchers = [first]
+    try:
+        wait_until(lambda: first.leads(), 20, "the first watcher to lead")
+        second = GroupWatcher([rabbit.url], exchange, "second", calls, hook)
+        watchers.append(second)
+        wait_until(lambda: second.metric("pihace_watch_leader") == "0", 20, "a standby")
+        publisher.start()
+        wait_until(lambda: first.state("flipper@h") == "up" and
+                   second.state("flipper@h") == "up", 20, "both to see the device up")
+        status[0] = "Partially Available"  # a change while the first leads: its hook only
+        wait_until(lambda: hooks_for(calls, "flipper@h"), 20, "the hook of the first change")
+        wait_until(lambda: second.state("flipper@h") == "degraded", 20, "the standby's view")
+        if how == "kill":
+            first.process.kill()
+        else:
+            first.process.send_signal(signal.SIGSTOP)
+        cut = time.monotonic()
+        status[0] = "Unavailable"  # while the leader is gone
+        wait_until(lambda: second.leads(), 20, "the standby to take over")
+        took_over = time.monotonic() - cut
+        wait_until(lambda: len(hooks_for(calls, "flipper@h")) >= 2, 20,
+                   "the hook of the change while the leader was gone")
+        if how == "pause":  # woken, the old leader learns it lost the lead, and stands by
+            first.process.send_signal(signal.SIGCONT)
+            wait_until(lambda: first.metric("pihace_watch_leader") == "0", 30,
+                       "the old leader to stand by")
+        status[0] = "Available"
+        wait_until(lambda: len(hooks_for(calls, "flipper@h")) >= 3, 20, "the hook of up")
+        ended = time.monotonic()
+        wait_until(lambda: time.monotonic() > ended + 3, 5, "three more seconds")
+    finally:
+        stop.set()
+        logs = {watcher.who: watcher.end() for watcher in watchers}
+        print(logs)  # shown when the test fails
+    assert took_over <= (10 if how == "kill" else 2 * 2 + 10), (took_over, logs)
+    assert hooks_for(calls, "flipper@h") == [
+        ["first", "flipper@h", "up", "degraded"], ["second", "flipper@h", "degraded", "down"],
+        ["second", "flipper@h", "down", "up"]], logs
+
+
+@pytest.mark.slow
+def test_a_killed_cluster_node_hands_the_lead_and_the_fleet_over(cluster, tmp_path):
+    import pika
+
+    exchange = f"fleet-{os.urandom(4).hex()}"
+    connection = pika.BlockingConnection(pika.URLParameters(cluster.urls[2]))
+    connection.channel().exchange_declare(exchange, "fanout", durable=True)
+    connection.close()
+    calls, hook = tmp_path / "calls", tmp_path / "hook.py"
+    hook.write_text(GROUP_HOOK)
+    status, stop = ["Available"], threading.Event()
+    publisher = threading.Thread(target=flipper, daemon=True,
+                                 args=(cluster.urls[2], exchange, lambda: status[0], stop))
+    first = GroupWatcher([cluster.urls[0]], exchange, "first", calls, hook)
+    watchers = [first]
+    try:
+        wait_until(lambda: first.leads(), 30, "the first watcher to lead")
+        second = GroupWatcher([cluster.urls[1]], exchange, "second", calls, hook)
+        watchers.append(second)
+        publisher.start()
+        wait_until(lambda: second.state("flipper@h") == "up", 30, "the standby's view")
+        cluster.kill(cluster.nodes[0])  # the leader's node
+        killed = time.monotonic()
+        wait_until(lambda: second.leads(), 15, "the lead on another node")
+        status[0] = "Unavailable"
+        wait_until(lambda: second.state("flipper@h") == "down", 15, "the device's state")
+        assert time.monotonic() - killed <= 15 + 3
+        wait_until(lambda: hooks_for(calls, "flipper@h") == [
+            ["second", "flipper@h", "up", "down"]], 15, "one hook, from the new leader")
+    finally:
+        stop.set()
+        for watcher in watchers:
+            watcher.end()
+
+
 def test_the_live_table_under_tmux_is_redrawn_in_place(rabbit, unique_queue, tmp_path):
     if shutil.which("tmux") is None:
         pytest.fail("tmux is missing: install it with bash .ci/setup")

@@ -195,6 +195,8 @@ def _push_parser(commands, common):
     push.add_argument("--url", action="append", help="amqp[s]:// URL; repeat for failover")
     push.add_argument("--queue", default="pihace.healthcheck")
     push.add_argument("--exchange", default="")
+    push.add_argument("--exchange-type", metavar="TYPE", help="declare --exchange, durable, of "
+                      "this type (fanout, topic, direct...), as the watchers do")
     push.add_argument("--routing-key", help="default: the queue name")
     push.add_argument("--interval", type=float, metavar="SECONDS",
                       help="push every SECONDS until stopped (default: once)")
@@ -292,6 +294,9 @@ def _watch_parser(commands, parser_class):
                        "(default 100000)")
     watch.add_argument("--forget-after", type=float, metavar="SECONDS",
                        help="forget a device silent this long (default: never)")
+    watch.add_argument("--standby-group", metavar="NAME", help="one of several watchers (each "
+                       "with its own queue bound to --exchange) of which only the leader runs "
+                       "--on-change; leadership comes from the broker")
     watch.add_argument("--state", metavar="FILE", help="remember the fleet in FILE across "
                        "restarts and --once runs (written atomically, mode 0600)")
     watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -431,7 +436,7 @@ def _pusher(args, hc):
     queue_arguments = dict(map(_queue_argument, args.queue_arg))
     try:
         return AMQPPusher(hc, urls, args.queue, exchange=args.exchange,
-                          routing_key=args.routing_key, buffer_size=args.buffer_size,
+                          exchange_type=args.exchange_type, routing_key=args.routing_key, buffer_size=args.buffer_size,
                           declare=args.declare, queue_arguments=queue_arguments,
                           outbox_path=args.spool, max_connection_age=args.max_connection_age)
     except OSError as exc:  # the spool folder
@@ -491,7 +496,8 @@ def _watcher(args):
                        grace=args.grace, silent_grace=args.silent_grace,
                        silent_limit=args.silent_after, max_devices=args.max_devices,
                        forget_after=args.forget_after, announce_first=args.announce_first,
-                       state_path=args.state, tick=0.5 if args.once else 1.0)
+                       state_path=args.state, standby_group=args.standby_group,
+                       tick=0.5 if args.once else 1.0)
     except (TypeError, ValueError) as exc:
         name, space, rest = str(exc).partition(" ")  # "grace must be ...": the option's name
         options = {"amqp_url": "--url", "default_interval": "--interval", "grace": "--grace",
@@ -519,7 +525,7 @@ def _watch(parser, args):
         watcher.on_change.append(hooks)
     live = sys.stdout.isatty()
     if not live:
-        watcher.on_change.append(_print_change)
+        watcher.on_view_change.append(_print_change)
     try:
         return _watch_until_signalled(watcher, _live_table if live else None)
     finally:

@@ -115,6 +115,12 @@ def _fleet_prometheus(devices, status):
         lines += ["# HELP pihace_watch_connected 1 while the watcher reads its queue; 0 while "
                   "it cannot (its view is then stale).", "# TYPE pihace_watch_connected gauge",
                   f"pihace_watch_connected {1 if status['connected'] else 0}"]
+        if status.get("standby_group") is not None:
+            lines += ["# HELP pihace_watch_leader 1 while this watcher leads its standby group "
+                      "(it runs the hooks), 0 while it stands by.",
+                      "# TYPE pihace_watch_leader gauge",
+                      f'pihace_watch_leader{{group="{_prometheus_label_value(status["standby_group"])}"}} '
+                      f'{1 if status["leader"] else 0}']
         if status["last_message"] is not None:
             lines += ["# HELP pihace_watch_last_message_age_seconds Seconds since the newest "
                       "report reached the watcher.",
@@ -150,8 +156,11 @@ def fleet_table(devices, width=80, height=24, status=None):
     rows = _worst_first(devices)
     summary = ", ".join(f"{n} {state}" for state, n in _state_counts(devices).items() if n)
     name_width = min(40, max([6] + [len(d["device"]) for d in rows]))
+    role = "" if status is None or status.get("standby_group") is None else (
+        f"   [{'leader' if status['leader'] else 'standby'} of "
+        f"{_printable(status['standby_group'])}]")
     lines = [f"pihace watch: {len(rows)} devices{': ' if summary else ''}{summary}   "
-             f"{get_utc_timestamp()[:19]}Z"]
+             f"{get_utc_timestamp()[:19]}Z{role}"]
     stale = _stale_note(status)
     if stale:
         lines.append(f"!! {stale}")

@@ -328,6 +328,8 @@ class BlockingConnection:
 
     def send_pending(self, deadline):
         """Send what the protocol has queued, all of it before the deadline."""
+        if self.sock is None:  # aborted (by an error, or the broker's Close) meanwhile
+            raise ConnectionResetError("the connection to the broker is closed")
         data = self.protocol.data_to_send(self.clock())
         if not data:
             return

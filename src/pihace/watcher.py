@@ -10,11 +10,12 @@ import threading
 import time
 
 from .header import log
-from .errors import Interrupted, PihaceError
+from .errors import ChannelClosed, Interrupted, PihaceError
 from .helpers import _number, _printable, _seconds, _text, describe_error
 from .formats import _STATUSES
-from .transport import Backoff, Wakeup
-from .client import _AMQPClient
+from .amqp_wire import encode_properties
+from .transport import Backoff, Wakeup, _Message
+from .client import _AMQPClient, _check_name
 from .statefile import read_state, write_json_atomically
 
 
@@ -29,6 +30,10 @@ _ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are
 _TRANSITIONS_KEPT = 20  # per device: its recent changes of state
 _STATE_FORMAT = 1  # of the state file: a newer one is refused, never overwritten
 _IDS_SAVED = 4  # message ids per device in the state file: what a restart may deliver again
+_LEADER_CHANNEL = 2  # the channel a watcher of a standby group holds its group's queue on
+_LEADER_RETRY = 2.0  # seconds between two tries of a standby to become the leader
+_HANDLED_TYPE = "pihace.watch.handled"  # the AMQP type of the leader's notices
+_PENDING_FOR = 60.0  # seconds a standby keeps a change no leader said it handled
 
 
 def _report_text(value, limit=_NAME_LIMIT):
@@ -39,6 +44,23 @@ def _report_text(value, limit=_NAME_LIMIT):
     if not (text.isascii() and text.isprintable()):
         text = _printable(text)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _callbacks(what, given):
+    """A list of callables from None, one callable, or a list of them."""
+    callbacks = given if isinstance(given, (list, tuple)) else [given]
+    if not all(callable(callback) for callback in callbacks if callback is not None):
+        raise TypeError(f"{what} must be a callable or a list of callables")
+    return [callback for callback in callbacks if callback is not None]
+
+
+def _call(callbacks, *change):
+    for callback in callbacks:
+        try:
+            callback(*change)
+        except Exception as exc:  # a bug in a callback must not stop the watcher
+            log.error("on_change callback %s failed: %s", _printable(repr(callback)),
+                      describe_error(exc))
 
 
 class Device:
@@ -133,7 +155,8 @@ class Watcher(_AMQPClient):
                  queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
                  binding_key="#", declare=True, queue_arguments=None, prefetch=100,
                  default_interval=60.0, grace=None, silent_grace=None, silent_limit=None,
-                 on_change=None, announce_first=False, tick=1.0, max_report_size=1 << 20,
+                 on_change=None, on_view_change=None, announce_first=False,
+                 standby_group=None, tick=1.0, max_report_size=1 << 20,
                  dedup_window=32, max_devices=100000, forget_after=None, state_path=None,
                  state_every=5.0, heartbeat=None, timeout=10.0, connection_name="pihace watch",
                  ssl_context=None, socket_factory=None, wall_clock=time.time):
@@ -159,10 +182,19 @@ class Watcher(_AMQPClient):
         self.forget_after = None if forget_after is None else _seconds("forget_after",
                                                                        forget_after)
         self.tick = _seconds("tick", tick)
-        callbacks = on_change if isinstance(on_change, (list, tuple)) else [on_change]
-        if not all(callable(callback) for callback in callbacks if callback is not None):
-            raise TypeError("on_change must be a callable or a list of callables")
-        self.on_change = [callback for callback in callbacks if callback is not None]
+        self.on_change = _callbacks("on_change", on_change)
+        self.on_view_change = _callbacks("on_view_change", on_view_change)
+        if standby_group is not None:
+            if not exchange:
+                raise ValueError("standby_group needs an exchange: each watcher of the group "
+                                 "consumes a queue of its own bound to it")
+            _check_name("standby_group", f"pihace.watch.leader.{standby_group}")
+        self.standby_group = standby_group
+        self._leader = None if standby_group is None else False  # None: no group, it leads
+        self._next_leader_try = -math.inf
+        self._last_turn = math.inf  # when _consume last ran (a paused leader must know)
+        self._pending = {}  # device id -> (device, old, new, report, when): not handled yet
+        self._handled = {}  # device id -> (new state, when): what the leader said it handled
         self.announce_first = bool(announce_first)
         self.queue_name, self.binding_key, self.declare = queue_name, binding_key, declare
         self.prefetch, self.max_report_size = prefetch, max_report_size
@@ -217,13 +249,14 @@ class Watcher(_AMQPClient):
     def status(self):
         """The watcher's own health: {"connected", "since" (when it gained or lost sight),
         "reason" (why it cannot see, or None), "last_message" (wall-clock time of the newest
-        delivery, or None), "consumers" (on its queue, at the last look), "devices",
-        "counts"}."""
+        delivery, or None), "consumers" (on its queue, at the last look), "leader" (None
+        without a standby group), "standby_group", "devices", "counts"}."""
         blind = self._blind_since is not None
         return {"connected": not blind,
                 "since": self._blind_since if blind else self._connected_since,
                 "reason": self._blind_why if blind else None,
                 "last_message": self._last_message, "consumers": self._consumers,
+                "leader": self._leader, "standby_group": self.standby_group,
                 "devices": len(self._devices), "counts": dict(self.counts)}
 
     def _limits(self, interval):
@@ -403,21 +436,112 @@ class Watcher(_AMQPClient):
         return len(changes)
 
     def _fire(self, device, old, new, report, now):
+        """Announce a change: on_view_change always; on_change only in the leader of a
+        standby group (a standby keeps the change until the leader says it handled it, and
+        runs it itself if it takes over first)."""
         snapshot = device.snapshot(now)
-        for callback in self.on_change:
-            try:
-                callback(snapshot, old, new, report)
-            except Exception as exc:  # a bug in a callback must not stop the watcher
-                log.error("on_change callback %s failed: %s", _printable(repr(callback)),
-                          describe_error(exc))
+        _call(self.on_view_change, snapshot, old, new, report)
+        if not self.on_change:
+            return
+        if self._leader is False or (self._leader and not self._leading_now()):
+            handled = self._handled.get(snapshot["device"])
+            if handled is None or handled[0] != new or now - handled[1] > _PENDING_FOR:
+                self._pending[snapshot["device"]] = (snapshot, old, new, report, now)
+            return
+        if self._leader:
+            self._announce_handled(snapshot["device"], old, new, now)
+        _call(self.on_change, snapshot, old, new, report)
 
     def _apply_delivery(self, delivery):
         properties = delivery.properties or {}
+        if properties.get("type") == _HANDLED_TYPE:
+            self._take_notice(delivery.body)
+            return
         if delivery.body is None:
             properties = dict(properties, body_size=delivery.body_size)
         self.apply(delivery.body, properties)
         if self._backlog:
             self._backlog -= 1
+
+    # -- a standby group: one leader runs the hooks ---------------------------------
+
+    @property
+    def leader(self):
+        """True while it leads its standby group (or has none), False while it stands by."""
+        return self._leader is not False
+
+    def _leading_now(self):
+        """Is its leadership current: its link to the broker alive and heard from lately? A
+        paused leader woken up must not run hooks before it learns it lost the lead."""
+        connection = self._connection
+        return connection is not None and connection.is_open and (
+            not connection.heartbeat or connection.quiet_for() <= connection.heartbeat)
+
+    def _try_leadership(self, connection, deadline):
+        """Declare the group's exclusive queue: only one connection can hold it, and the
+        broker deletes it when that connection dies. RESOURCE_LOCKED: another leads."""
+        self._next_leader_try = time.monotonic() + _LEADER_RETRY
+        if not connection.channel_is_open(_LEADER_CHANNEL):
+            connection.open_channel(_LEADER_CHANNEL, deadline, confirm=False)
+        try:
+            connection.call(_LEADER_CHANNEL, "Queue.Declare", deadline,
+                            queue=f"pihace.watch.leader.{self.standby_group}", exclusive=True,
+                            auto_delete=True)
+        except ChannelClosed as exc:
+            if exc.reply_code != 405:  # RESOURCE_LOCKED: held by the leader's connection
+                raise
+            return
+        self._leader = True
+        log.warning("leading the standby group %r: this watcher runs the hooks now",
+                    self.standby_group)
+        self._run_pending()
+
+    def _run_pending(self):
+        """The changes a standby saw that no leader said it handled: run now, once."""
+        pending, self._pending = self._pending, {}
+        now = self.wall_clock()
+        for snapshot, old, new, report, when in pending.values():
+            if now - when <= _PENDING_FOR:
+                self._announce_handled(snapshot["device"], old, new, when)
+                _call(self.on_change, snapshot, old, new, report)
+
+    def _announce_handled(self, device_id, old, new, when):
+        """Tell the group's standbys that this change is handled (on the reports' exchange,
+        as a message of its own type that every watcher's queue receives)."""
+        import json  # here, not at the top: slow to import (see the imports)
+
+        connection = self._connection
+        body = json.dumps({"group": self.standby_group, "device": device_id, "old": old,
+                           "new": new, "at": when}).encode()
+        message = _Message(body, encode_properties({"type": _HANDLED_TYPE,
+                                                    "app_id": "pihace watch"}),
+                           None, self.exchange, f"pihace.watch.{self.standby_group}")
+        try:
+            connection.publish(_LEADER_CHANNEL, [message], time.monotonic() + self.timeout)
+        except (PihaceError, OSError, AttributeError) as exc:  # no connection: its hook runs
+            log.warning("could not tell the standbys that the change of %s is handled: %s",
+                        device_id, describe_error(exc))
+
+    def _take_notice(self, body):
+        """A leader's notice: the change it names is handled; a standby forgets it."""
+        try:
+            import json  # here, not at the top: slow to import (see the imports)
+
+            notice = json.loads(body)
+            if notice.get("group") != self.standby_group or self._leader:
+                return
+            device, new = notice["device"], notice["new"]
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            return
+        if type(device) is not str:
+            return
+        pending = self._pending.get(device)
+        if pending is not None and pending[2] == new:
+            del self._pending[device]
+        else:
+            self._handled[device] = (new, self.wall_clock())
+        if len(self._handled) > self.max_devices:
+            self._handled.clear()
 
     # -- its memory ---------------------------------------------------------------
 
@@ -520,6 +644,8 @@ class Watcher(_AMQPClient):
                     device.judged_from += shift
                     device.due += shift
         log.info("watching again: the view is current (blind for %.0fs)", now - blind_from)
+        if self._leader and self._pending:
+            self._run_pending()
 
     # -- the connection ---------------------------------------------------------
 
@@ -541,6 +667,8 @@ class Watcher(_AMQPClient):
         connection.consume(channel, queue, deadline, prefetch=self.prefetch,
                            max_body_size=self.max_report_size)
         log.info("watching queue %s on %s", _printable(repr(queue)), self.parameters.safe_url)
+        if self.standby_group is not None:
+            self._try_leadership(connection, deadline)
         return connection
 
     def _look_at_queue(self, connection, deadline):
@@ -567,6 +695,10 @@ class Watcher(_AMQPClient):
         return waiting
 
     def _drop(self):
+        if self._leader:
+            self._leader = False
+            log.warning("no longer leading the standby group %r (connection lost)",
+                        self.standby_group)
         connection, self._connection = self._connection, None
         self._unacked = 0  # what it applied and did not acknowledge comes again
         self._next_queue_check, self._checked_before, self._stuck = -math.inf, False, False
@@ -645,6 +777,7 @@ class Watcher(_AMQPClient):
         if backoff.failures:
             log.warning("watching again after %d failed attempt(s)", backoff.failures)
         backoff.succeeded()
+        self._last_turn = time.monotonic()
         self._regain_sight()
         self._next_tick = time.monotonic() + self.tick + 1.0  # the backlog comes first
         return True
@@ -656,7 +789,18 @@ class Watcher(_AMQPClient):
         half of the prefetch, and one for what came before a pause. A broker silent for
         more than a heartbeat makes the view stale until it speaks again."""
         connection, monotonic = self._connection, time.monotonic
+        now = monotonic()
+        if self._leader and connection.heartbeat and now - self._last_turn > connection.heartbeat:
+            # Paused (SIGSTOP, a frozen VM) for longer than a heartbeat: the broker has
+            # likely dropped this connection and another watcher leads. What waited in the
+            # socket meanwhile must not run hooks: a new connection tries the lead again.
+            raise ConnectionResetError(f"this watcher did not run for {now - self._last_turn:.0f}"
+                                       "s: its lead of the standby group may be gone")
         deliveries = connection.deliveries(wait, monotonic() + self.timeout)
+        self._last_turn, waited = monotonic(), monotonic() - now
+        if self._leader and connection.heartbeat and waited > wait + connection.heartbeat:
+            raise ConnectionResetError(f"this watcher did not run for {waited - wait:.0f}s: "
+                                       "its lead of the standby group may be gone")
         for delivery in deliveries:
             self._apply_delivery(delivery)
             self._unacked += 1
@@ -681,6 +825,8 @@ class Watcher(_AMQPClient):
             return bool(deliveries)
         if monotonic() >= self._next_queue_check:
             self._look_at_queue(connection, monotonic() + self.timeout)
+        if self._leader is False and monotonic() >= self._next_leader_try:
+            self._try_leadership(connection, monotonic() + self.timeout)
         if self._blind_since is not None and not self._stuck:
             self._regain_sight()
         return bool(deliveries)
@@ -695,6 +841,8 @@ class Watcher(_AMQPClient):
             self._save_when_due()
 
     def _close(self):
+        if self._leader:
+            self._leader = False
         connection, self._connection = self._connection, None
         if connection is None:
             return
