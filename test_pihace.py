@@ -8493,6 +8493,27 @@ def test_a_standby_takes_over_from_a_dead_or_paused_leader_and_runs_each_hook_on
         ["second", "flipper@h", "down", "up"]], logs
 
 
+def test_a_watcher_reports_itself_so_that_another_sees_it_die(rabbit, pika_channel):
+    exchange = f"fleet-{os.urandom(4).hex()}"
+    pika_channel.exchange_declare(exchange, "fanout", durable=True)
+    other = WatcherThread(rabbit.url, "", exchange=exchange, grace=1, silent_grace=2)
+    process = subprocess.Popen(
+        [sys.executable, "pihace.py", "watch", "--url", rabbit.url, "--exchange", exchange,
+         "--queue", "", "--report-as", "watcher-a", "--report-interval", "1"], cwd=HERE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    device = f"watcher-a@{pihace._HOST}"
+    try:
+        wait_until(lambda: other.state(device) == "up", 20, "the watcher seen as a device")
+        process.kill()
+        wait_until(lambda: other.state(device) == "silent", 20, "the dead watcher silent")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        other.stop()
+    assert [new for _, new in other.of(device)] == ["late", "silent"], other.changes
+
+
 @pytest.mark.slow
 def test_a_killed_cluster_node_hands_the_lead_and_the_fleet_over(cluster, tmp_path):
     import pika

@@ -297,6 +297,11 @@ def _watch_parser(commands, parser_class):
     watch.add_argument("--standby-group", metavar="NAME", help="one of several watchers (each "
                        "with its own queue bound to --exchange) of which only the leader runs "
                        "--on-change; leadership comes from the broker")
+    watch.add_argument("--report-as", metavar="NAME", help="publish the watcher's own report "
+                       "as device NAME (Unavailable while its view is stale), where pushers "
+                       "publish: another watcher, or any dead man's switch, sees it die")
+    watch.add_argument("--report-interval", type=float, default=30.0, metavar="SECONDS",
+                       help="with --report-as (default 30)")
     watch.add_argument("--state", metavar="FILE", help="remember the fleet in FILE across "
                        "restarts and --once runs (written atomically, mode 0600)")
     watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -516,6 +521,7 @@ def _watch(parser, args):
         if states and not args.on_change:
             raise ValueError("--on-change-states needs --on-change")
         hooks = _Hooks(args.on_change, args.hook_timeout, states) if args.on_change else None
+        reporter = _self_reporter(watcher, args) if args.report_as and not args.once else None
         server = _serve_fleet(watcher, args.listen) if args.listen and not args.once else None
     except ValueError as exc:
         parser.error(str(exc))
@@ -526,14 +532,46 @@ def _watch(parser, args):
     live = sys.stdout.isatty()
     if not live:
         watcher.on_view_change.append(_print_change)
+    if reporter is not None:
+        def report_once_watching():  # its first report says it reads, not "not connected yet"
+            while not (watcher.connections_opened and watcher.status["connected"]) and \
+                    not reported.wait(0.1):
+                pass
+            if not reported.is_set():
+                reporter.push_forever_in_loop(args.report_interval, stop_event=reported)
+
+        reported = threading.Event()  # set when watch ends
+        threading.Thread(target=report_once_watching, daemon=True,
+                         name="pihace-watch-report").start()
     try:
         return _watch_until_signalled(watcher, _live_table if live else None)
     finally:
+        if reporter is not None:
+            reported.set()
+            reporter.stop()
+            reporter.close()
         if server is not None:
             server.shutdown()
             server.server_close()
         if hooks is not None:
             hooks.close()
+
+
+def _self_reporter(watcher, args):
+    """--report-as NAME: a pusher of the watcher's own report (a device like any other), to
+    where the fleet's reports go: Available while it reads its queue, else why not."""
+    _seconds("--report-interval", args.report_interval)
+    hc = HealthCheck(name=args.report_as, version=__version__)
+
+    def watching():
+        status = watcher.status
+        return (True, "reading its queue") if status["connected"] else (False, status["reason"])
+
+    hc.register("watching", watching)
+    urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
+    return AMQPPusher(hc, urls, args.queue or "pihace.healthcheck", exchange=args.exchange,
+                      exchange_type=args.exchange_type, declare=args.declare,
+                      queue_arguments=dict(map(_queue_argument, args.queue_arg)))
 
 
 def _watch_once(watcher, wait, output):
