@@ -4421,6 +4421,7 @@ class AMQPPusher(_AMQPClient):
                                    _seconds("max_connection_age", max_connection_age))
         self.buffer_size = buffer_size
         self.outbox = Outbox(buffer_size, outbox_path)
+        self._paused_until, self._pause_reason = 0.0, None  # maintenance it announces (pause())
         self.clock = clock  # monotonic: deadlines and connection ages, never shown
         self._declared, self._connected_at = False, 0.0
         self._lock = threading.RLock()  # held while the connection is in use
@@ -4428,8 +4429,8 @@ class AMQPPusher(_AMQPClient):
         _reset_after_fork.add(self)
         self._properties = PropertiesTemplate(
             {"content_type": "application/json", "content_encoding": "utf-8",
-             "delivery_mode": 2, "type": "pihace.health", "app_id": name and str(name)},
-            varying=("headers", "message_id", "timestamp"))
+             "delivery_mode": 2, "app_id": name and str(name)},
+            varying=("headers", "message_id", "timestamp", "type"))
 
     def __repr__(self):
         return (f"<AMQPPusher {self.parameters.safe_url} exchange={self.exchange!r} "
@@ -4538,9 +4539,9 @@ class AMQPPusher(_AMQPClient):
     # -- publishing -----------------------------------------------------------
 
     def _message(self, body, headers=None, message_id=None, timestamp=None, routing_key=None,
-                 exchange=None, as_text=None):
-        """Check and encode a message; ValueError for what can never be sent.
-        `as_text` turns what JSON cannot hold into text instead (for reports)."""
+                 exchange=None, as_text=None, kind="pihace.health"):
+        """Check and encode a message (of AMQP type `kind`); ValueError for what can never
+        be sent. `as_text` turns what JSON cannot hold into text instead (for reports)."""
         if isinstance(body, dict):
             try:
                 import json  # here, not at the top: slow to import (see the imports)
@@ -4563,7 +4564,8 @@ class AMQPPusher(_AMQPClient):
         if not 0 <= timestamp < 2 ** 63:
             raise ValueError(f"timestamp must be seconds since 1970, got {timestamp}")
         return _Message(body, self._properties.encode(headers=headers, message_id=message_id,
-                                                      timestamp=timestamp), message_id,
+                                                      timestamp=timestamp, type=kind),
+                        message_id,
                         self.exchange if exchange is None else exchange,
                         self.routing_key if routing_key is None else routing_key)
 
@@ -4588,13 +4590,15 @@ class AMQPPusher(_AMQPClient):
                                   mandatory=self.confirm), deadline
 
     def publish(self, body, *, headers=None, message_id=None, timestamp=None,
-                routing_key=None, exchange=None):
-        """Send one message (bytes, or a dict as JSON) with the pusher's options.
+                routing_key=None, exchange=None, kind="pihace.health"):
+        """Send one message (bytes, or a dict as JSON) with the pusher's options; `kind`
+        is its AMQP type (a watcher reads "pihace.watch.control" as an operator's).
 
         Returns True once confirmed (or sent, with confirm=False), else
         (False, reason). Unlike push(), nothing is kept for a later retry.
         """
-        message = self._message(body, headers, message_id, timestamp, routing_key, exchange)
+        message = self._message(body, headers, message_id, timestamp, routing_key, exchange,
+                                kind=kind)
         deadline, setup_deadline = self._deadlines()
         # waiting for another thread's publish counts in the deadline
         if not self._lock.acquire(timeout=_time_left(deadline, self.clock)):
@@ -4622,8 +4626,21 @@ class AMQPPusher(_AMQPClient):
             outcome = reasons.get(message.message_id, _PENDING)
         return True if outcome is None else (False, outcome)
 
-    def _take_report(self, waited_for=False):
-        """Run the checks and put the report in the outbox."""
+    def pause(self, seconds, reason=None):
+        """Announce maintenance: push a report now, and mark every report for `seconds`
+        more, saying this device is paused until then (and why); a watcher shows it
+        `paused` and runs no failure hook meanwhile. push()'s answer. `pause(0)` ends it."""
+        seconds = float(_number("seconds", seconds, lambda v: 0 <= v < 1e7,
+                                "a number of seconds from 0 to 10,000,000"))
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"reason must be a string, got {type(reason).__name__}")
+        self._paused_until = time.time() + seconds if seconds else 0.0
+        self._pause_reason = reason if seconds else None
+        return self.push()
+
+    def _take_report(self, waited_for=False, stopped=False):
+        """Run the checks and put the report in the outbox. `stopped`: the last report of a
+        loop that ends on purpose (a watcher then shows the device stopped, not silent)."""
         if self.healthcheck is None:
             raise ValueError("push() needs the pusher's healthcheck; use publish() to send "
                              "other messages")
@@ -4634,6 +4651,11 @@ class AMQPPusher(_AMQPClient):
             # often; in a copy, as the caller's healthcheck may keep the dict it returned
             report = {**report, "host": _HOST,
                       **({"interval": self.interval} if self.interval else {})}
+            # new keys too, which pihace 1.0.0's consumers ignore: why not to worry
+            if self._paused_until > time.time():
+                report.update(paused_until=self._paused_until, pause_reason=self._pause_reason)
+            if stopped:
+                report["stopped"] = True
             status = report.get("status")
         # a component name that is a Path, say, must not stop the reports
         message = self._message(report, headers={"status": status}, as_text=_text)
@@ -4782,6 +4804,8 @@ class AMQPPusher(_AMQPClient):
         """The outbox's last chance, bounded on its own; then close."""
         self._interrupt.clear()  # the stop() that ended the loop must not end this too
         try:
+            if self.healthcheck is not None:  # the last word: stopped on purpose
+                self._survive(lambda: self._take_report(stopped=True))
             if self.outbox:
                 self.flush(timeout=min(self.timeout, 5.0))
         except KeyboardInterrupt:  # a second Ctrl-C: stop now
@@ -4968,21 +4992,27 @@ def _set_aside(path, why):
 # (src/pihace/watcher.py)
 # ---------------------------------------------------------------------------
 
-# The states of a device, worst first (the live table's order).
-DEVICE_STATES = ("silent", "down", "late", "degraded", "up")
+# The states of a device, worst first (the live table's order): `missing` is a device of the
+# roster never seen; `paused` one in maintenance (announced by itself or set by an operator);
+# `stopped` one whose pusher said it stopped on purpose.
+DEVICE_STATES = ("silent", "missing", "down", "late", "degraded", "paused", "stopped", "up")
+_REMINDED_STATES = ("down", "silent", "missing")  # --remind re-runs the hook while in these
 _STATE_OF_STATUS = dict(zip(_STATUSES, ("up", "degraded", "down")))
 _NAME_LIMIT = 200  # characters of a device's name or host that are kept
 _FAILING_LIMIT = 20  # names of failing checks kept per device
 _WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minutes
 _QUEUE_CHECK = 5.0  # seconds between two looks at the queue (passive declare)
 _ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
-_TRANSITIONS_KEPT = 20  # per device: its recent changes of state
+_TRANSITIONS_KEPT = 100  # per device: its recent changes of state (its uptime comes from them)
 _STATE_FORMAT = 1  # of the state file: a newer one is refused, never overwritten
 _IDS_SAVED = 4  # message ids per device in the state file: what a restart may deliver again
 _LEADER_CHANNEL = 2  # the channel a watcher of a standby group holds its group's queue on
 _LEADER_RETRY = 2.0  # seconds between two tries of a standby to become the leader
 _HANDLED_TYPE = "pihace.watch.handled"  # the AMQP type of the leader's notices
 _PENDING_FOR = 60.0  # seconds a standby keeps a change no leader said it handled
+_CONTROL_TYPE = "pihace.watch.control"  # the AMQP type of an operator's pause or resume
+_FLIPS_LIMIT = 10 << 20  # bytes of the flip log before it is rotated (one older file kept)
+_UPTIME_WINDOWS = (("24h", 86400.0), ("7d", 7 * 86400.0))
 
 
 def _report_text(value, limit=_NAME_LIMIT):
@@ -5012,6 +5042,42 @@ def _call(callbacks, *change):
                       describe_error(exc))
 
 
+_ROSTER_KEYS = {"device", "interval", "grace", "down_after", "up_after", "tags", "owner"}
+
+
+def _roster_entry(number, entry):
+    """(device id, settings) of a roster's entry: an id, or a mapping; ValueError names a
+    bad one by its number."""
+    if isinstance(entry, str):
+        entry = {"device": entry}
+    if not isinstance(entry, dict) or not isinstance(entry.get("device"), str) or \
+            not entry["device"]:
+        raise ValueError(f"roster entry {number}: a device id (name@host) or a mapping with a "
+                         f"'device' key, got {_printable(repr(entry))[:80]}")
+    where = f"roster entry {number} ({_printable(entry['device'])[:80]})"
+    unknown = sorted(map(str, set(entry) - _ROSTER_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {_printable(', '.join(unknown))[:80]}; the "
+                         f"keys are {', '.join(sorted(_ROSTER_KEYS))}")
+    settings = {}
+    for key in ("interval", "grace"):
+        if key in entry:
+            settings[key] = _seconds(f"{where}: {key}", entry[key])
+    for key in ("down_after", "up_after"):
+        if key in entry:
+            settings[key] = _number(f"{where}: {key}", entry[key], lambda v: v >= 1,
+                                    "an integer >= 1", int)
+    tags = entry.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise ValueError(f"{where}: tags must be a list of strings")
+    settings["tags"] = [_report_text(tag) for tag in tags]
+    if entry.get("owner") is not None:
+        if not isinstance(entry["owner"], str):
+            raise ValueError(f"{where}: owner must be a string")
+        settings["owner"] = _report_text(entry["owner"])
+    return _report_text(entry["device"]), settings
+
+
 class Device:
     """What the watcher knows of one device (a component name on a host).
 
@@ -5023,7 +5089,8 @@ class Device:
 
     __slots__ = ("name", "host", "label", "state", "since", "status", "first_seen",
                  "last_seen", "last_stamp", "judged_from", "interval", "late_after", "reports",
-                 "rate", "failing", "due", "skewed", "ids", "transitions")
+                 "rate", "failing", "due", "skewed", "ids", "transitions", "health", "streak",
+                 "stopped", "paused_until", "pause_reason", "reminded", "listed")
 
     def __init__(self, name, host, now, window):
         self.name, self.host = name, host
@@ -5036,12 +5103,36 @@ class Device:
         self.due = math.inf  # when its age next changes its state
         self.ids = collections.deque(maxlen=window)  # its newest message ids: duplicates
         self.transitions = collections.deque(maxlen=_TRANSITIONS_KEPT)  # (time, old, new)
+        self.health, self.streak = None, 0  # its status's state, damped; same ones in a row
+        self.stopped, self.paused_until, self.pause_reason = False, 0.0, None
+        self.reminded = 0.0  # when the hook last ran for its state (for --remind)
+        self.listed = None  # in the roster: its settings; None when there is no roster
 
     def change(self, new, now):
         """Into state `new` at `now`: the change, to announce."""
         old, self.state, self.since = self.state, new, now
         self.transitions.append((now, old, new))
+        self.reminded = now
         return old
+
+    def uptime(self, now, window):
+        """The share of the last `window` seconds (since it was first seen, if later) it was
+        up, out of the time it was watched and not paused or stopped; None without history."""
+        start = max(now - window, self.first_seen)
+        counted = up = 0.0
+        end, state = now, self.state
+        for when, old, new in reversed(self.transitions):
+            begin = max(when, start)
+            if begin < end and state not in ("paused", "stopped", "missing"):
+                counted += end - begin
+                up += (end - begin) if state == "up" else 0.0
+            end, state = when, old
+            if when <= start:
+                break
+        if end > start and state not in (None, "paused", "stopped", "missing"):
+            counted += end - start
+            up += (end - start) if state == "up" else 0.0
+        return up / counted if counted > 0 else None
 
     @property
     def id(self):
@@ -5053,6 +5144,8 @@ class Device:
                 "last_seen": self.last_seen, "age": max(0.0, now - self.last_seen),
                 "interval": self.interval, "reports": self.reports, "rate": self.rate,
                 "failing": list(self.failing), "stale": stale,
+                "paused_until": self.paused_until or None, "pause_reason": self.pause_reason,
+                "unexpected": self.listed is False,
                 "transitions": [list(transition) for transition in self.transitions]}
 
     def record(self):
@@ -5062,6 +5155,8 @@ class Device:
                 "last_seen": self.last_seen, "last_stamp": self.last_stamp,
                 "interval": self.interval, "reports": self.reports, "rate": self.rate,
                 "failing": list(self.failing), "ids": list(self.ids)[-_IDS_SAVED:],
+                "health": self.health, "streak": self.streak, "stopped": self.stopped,
+                "paused_until": self.paused_until, "pause_reason": self.pause_reason,
                 "transitions": [list(transition) for transition in self.transitions]}
 
 
@@ -5107,7 +5202,9 @@ class Watcher(_AMQPClient):
                  on_change=None, on_view_change=None, announce_first=False,
                  standby_group=None, tick=1.0, max_report_size=1 << 20,
                  dedup_window=32, max_devices=100000, forget_after=None, state_path=None,
-                 state_every=5.0, heartbeat=None, timeout=10.0, connection_name="pihace watch",
+                 state_every=5.0, history_path=None, down_after=1, up_after=1,
+                 max_interval=86400.0, remind=None, roster=None, ignore_unexpected=False,
+                 heartbeat=None, timeout=10.0, connection_name="pihace watch",
                  ssl_context=None, socket_factory=None, wall_clock=time.time):
         super().__init__(
             amqp_url, {"queue_name": queue_name, "binding_key": binding_key},
@@ -5130,6 +5227,15 @@ class Watcher(_AMQPClient):
                                                                        silent_limit)
         self.forget_after = None if forget_after is None else _seconds("forget_after",
                                                                        forget_after)
+        self.down_after = _number("down_after", down_after, lambda v: v >= 1, "an integer >= 1",
+                                  int)
+        self.up_after = _number("up_after", up_after, lambda v: v >= 1, "an integer >= 1", int)
+        self.max_interval = _seconds("max_interval", max_interval)
+        self.remind = None if remind is None else _seconds("remind", remind)
+        self.ignore_unexpected = bool(ignore_unexpected)
+        self._roster = None  # device id -> its settings, once a roster is given
+        self._pauses = {}  # device id -> (until, reason, by): pauses set by an operator
+        self._capped = set()  # devices whose interval was capped at max_interval (logged once)
         self.tick = _seconds("tick", tick)
         self.on_change = _callbacks("on_change", on_change)
         self.on_view_change = _callbacks("on_view_change", on_view_change)
@@ -5176,9 +5282,14 @@ class Watcher(_AMQPClient):
         # Its memory across restarts: read now (a ValueError says why it must not be used),
         # written at most every state_every seconds while something changed, and at the end.
         self.state_path, self.state_every = state_path, _seconds("state_every", state_every)
+        self.history_path = history_path if history_path is not None or state_path is None \
+            else f"{state_path}.flips"
+        self._flips = []  # transitions not written to the flip log yet
         self._dirty, self._next_save = False, -math.inf
         if state_path is not None:
             self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT))
+        if roster is not None:
+            self.set_roster(roster)
 
     def __repr__(self):
         return f"<Watcher {self.parameters.safe_url} queue={self.queue_name!r}>"
@@ -5190,9 +5301,24 @@ class Watcher(_AMQPClient):
         """A snapshot: {device id: dict of name, host, state, since, status, first_seen,
         last_seen, age, interval, reports, rate, failing, stale}; `stale` is true while the
         watcher cannot see (its states are then as last seen)."""
-        now, stale = self.wall_clock(), self._blind_since is not None
+        now = self.wall_clock()
         with self._lock:
-            return {device.id: device.snapshot(now, stale) for device in self._devices.values()}
+            return {device.id: self._snapshot(device, now) for device in self._devices.values()}
+
+    def _snapshot(self, device, now):
+        """A device as a dict, with what the watcher knows of it besides: stale, an
+        operator's pause, its uptime."""
+        snapshot = device.snapshot(now, self._blind_since is not None)
+        pause = self._pauses.get(snapshot["device"]) if self._pauses else None
+        snapshot["paused_by"] = None
+        if pause is not None and pause[0] > now and pause[0] >= device.paused_until:
+            snapshot["paused_until"], snapshot["pause_reason"], snapshot["paused_by"] = pause
+        snapshot["uptime"] = {name: device.uptime(now, window)
+                              for name, window in _UPTIME_WINDOWS}
+        if device.listed:
+            snapshot["tags"], snapshot["owner"] = (device.listed.get("tags", []),
+                                                    device.listed.get("owner"))
+        return snapshot
 
     @property
     def status(self):
@@ -5208,9 +5334,15 @@ class Watcher(_AMQPClient):
                 "leader": self._leader, "standby_group": self.standby_group,
                 "devices": len(self._devices), "counts": dict(self.counts)}
 
-    def _limits(self, interval):
-        """(late, silent): the seconds without a report after which a device is each."""
-        grace = self.grace if self.grace is not None else max(0.5 * interval, 2.0)
+    def _limits(self, interval, settings=None):
+        """(late, silent): the seconds without a report after which a device is each; a
+        roster's `settings` of the device override its interval and grace."""
+        if settings:
+            interval = settings.get("interval", interval)
+            grace = settings.get("grace", self.grace)
+        else:
+            grace = self.grace
+        grace = grace if grace is not None else max(0.5 * interval, 2.0)
         silent = interval + (self.silent_grace if self.silent_grace is not None else 4 * grace)
         if self.silent_limit is not None:
             silent = min(silent, self.silent_limit)
@@ -5235,7 +5367,7 @@ class Watcher(_AMQPClient):
             self.counts[outcome] += 1
             return outcome
         self.counts["applied"] += 1
-        if outcome is not None and self.on_change:
+        if outcome is not None and (self.on_change or self.on_view_change):
             self._fire(*outcome)
         return "applied"
 
@@ -5289,6 +5421,8 @@ class Watcher(_AMQPClient):
         interval = report.get("interval")
         if type(interval) not in (float, int) or not 0 < interval < 1e6:  # bool, NaN, text...
             interval = self.default_interval
+        elif interval > self.max_interval:
+            interval = self._capped_interval(name, host, interval)
         stamp = properties.get("timestamp")  # whole seconds: the report left within 1 s after
         stamp = stamp + 1.0 if type(stamp) is int and stamp > 0 else now
         message_id = properties.get("message_id")
@@ -5300,14 +5434,21 @@ class Watcher(_AMQPClient):
             if first:
                 if len(self._devices) >= self.max_devices:
                     return self._refuse(name, host)
+                listed = None
+                if self._roster is not None:
+                    listed = self._roster.get(f"{name}@{host}" if host else name, False)
+                    if listed is False and self.ignore_unexpected:
+                        return "unexpected"
                 device = self._devices[(name, host)] = Device(name, host, now, self.dedup_window)
+                device.listed = listed
             elif message_id is not None and message_id in device.ids:
                 return "duplicate"
             elif stamp < device.last_stamp:
                 return "stale"  # an older report that came late (an outbox, say)
             stamp = min(stamp, now)
             if interval != device.interval:  # the limits follow it; grace and the rest are fixed
-                device.interval, device.late_after = float(interval), self._limits(interval)[0]
+                device.interval = float(interval)
+                device.late_after = self._limits(interval, device.listed)[0]
             seen = stamp
             if not self._backlog and abs(now - stamp) > device.late_after - device.interval + 1:
                 seen = now  # sent just now, yet stamped far from now: a clock that is off
@@ -5322,15 +5463,87 @@ class Watcher(_AMQPClient):
                            and rate.isprintable() else _report_text(rate, 20)) if rate else None
             device.failing = tuple(_report_text(key) for key in itertools.islice(
                 failure, _FAILING_LIMIT)) if type(failure) is dict and failure else ()
-            device.due = seen + device.late_after
-            new = _STATE_OF_STATUS[device.status]
+            device.stopped = report.get("stopped") is True
+            until = report.get("paused_until")
+            if type(until) in (int, float) and until > now:  # maintenance the device announces
+                device.paused_until = float(min(until, now + self.max_interval))
+                device.pause_reason = _report_text(report.get("pause_reason") or "") or None
+            elif device.paused_until:  # a report without it: the maintenance is over
+                device.paused_until, device.pause_reason = 0.0, None
+            raw = _STATE_OF_STATUS[device.status]
+            device.health = raw if self.down_after == self.up_after == 1 and device.listed \
+                is None else self._damped(device, raw)
+            if device.stopped or device.paused_until or self._pauses or self.remind:
+                new, device.due = self._state_now(device, now)
+            else:
+                new, device.due = device.health, seen + device.late_after
             self._dirty = True
             if new == device.state:
                 return None
-            old = device.change(new, now)
+            old = self._change(device, new, now)
             if first and not self.announce_first:
                 return None
             return device, old, new, report, now
+
+    def _capped_interval(self, name, host, interval):
+        key = (name, host)
+        if key not in self._capped and len(self._capped) < 1000:
+            self._capped.add(key)
+            log.warning("device %r on %r reports an interval of %gs: capped at max_interval, "
+                        "%gs (logged once per device)", name, host, interval, self.max_interval)
+        return self.max_interval
+
+    def _damped(self, device, raw):
+        """Flap damping: `down` only after down_after bad reports in a row (degraded until
+        then), and back `up` from down or degraded only after up_after good ones."""
+        last, count = device.streak or (None, 0)
+        count = count + 1 if raw == last else 1
+        device.streak = (raw, count)
+        settings = device.listed or {}
+        if raw == "down" and device.health != "down" and \
+                count < settings.get("down_after", self.down_after):
+            return "degraded"
+        if raw == "up" and device.health in ("down", "degraded") and \
+                count < settings.get("up_after", self.up_after):
+            return device.health
+        return raw
+
+    def _state_now(self, device, now):
+        """(state, when it may next change) of a device at `now`: paused while a pause holds
+        (its own or an operator's); missing while a roster's device was never seen; stopped
+        once it said so; late or silent by its age; else its status (damped)."""
+        pause = device.paused_until
+        if self._pauses:
+            pause = max(pause, self._pauses.get(device.id, (0.0,))[0])
+        if pause > now:
+            return "paused", pause
+        if device.health is None:
+            state, due = "missing", math.inf
+        elif device.stopped:
+            return "stopped", math.inf
+        else:
+            late, silent = self._limits(device.interval, device.listed)
+            age = now - device.judged_from
+            if age > silent:
+                state, due = "silent", math.inf if self.forget_after is None else \
+                    device.judged_from + max(silent, self.forget_after)
+            elif age > late:
+                state, due = "late", device.judged_from + silent
+            else:
+                state, due = device.health, device.judged_from + late
+        if self.remind is not None and state in _REMINDED_STATES:
+            due = min(due, device.reminded + self.remind)
+        return state, due
+
+    def _change(self, device, new, now):
+        """Device into state `new`: the old state; the change goes to the flip log too."""
+        old = device.change(new, now)
+        if self.history_path is not None:
+            self._flips.append({"time": now, "device": device.id, "old": old, "new": new,
+                                "reason": ", ".join(device.failing) or None})
+            if len(self._flips) >= 10000:
+                self._write_flips()
+        return old
 
     def _refuse(self, name, host):
         """A report of one device more than max_devices: counted; logged at the first, then
@@ -5352,8 +5565,9 @@ class Watcher(_AMQPClient):
                         "behind" if behind > 0 else "ahead of")
 
     def check_ages(self, now=None):
-        """Turn devices late or silent whose reports stopped, and forget those silent for
-        forget_after; the changes, announced. Nothing changes while the watcher is blind."""
+        """Turn devices late or silent whose reports stopped, out of a pause that ended, or
+        forgotten when silent for forget_after; remind of those still down, silent or missing
+        (with `remind`); the changes, announced. Nothing changes while the watcher is blind."""
         if self._blind_since is not None:
             return 0
         now = self.wall_clock() if now is None else now
@@ -5362,17 +5576,17 @@ class Watcher(_AMQPClient):
             for key, device in self._devices.items():
                 if device.due > now:
                     continue
-                late, silent = self._limits(device.interval)
-                age = now - device.judged_from
-                if self.forget_after is not None and age > max(silent, self.forget_after):
+                new, device.due = self._state_now(device, now)
+                if new == "silent" and self.forget_after is not None and \
+                        now - device.judged_from > max(self.forget_after, self._limits(
+                            device.interval, device.listed)[1]):
                     forgotten.append(key)
-                    continue
-                new = "silent" if age > silent else "late"
-                device.due = (device.judged_from + silent if new == "late" else
-                              math.inf if self.forget_after is None else
-                              device.judged_from + max(silent, self.forget_after))
-                if new != device.state:
-                    changes.append((device, device.change(new, now), new, None, now))
+                elif new != device.state:
+                    changes.append((device, self._change(device, new, now), new, None, now))
+                elif self.remind is not None and new in _REMINDED_STATES and \
+                        now - device.reminded >= self.remind:
+                    device.reminded = now
+                    changes.append((device, new, new, None, now))
             for key in forgotten:
                 del self._devices[key]
             self._dirty = self._dirty or bool(changes or forgotten)
@@ -5388,7 +5602,9 @@ class Watcher(_AMQPClient):
         """Announce a change: on_view_change always; on_change only in the leader of a
         standby group (a standby keeps the change until the leader says it handled it, and
         runs it itself if it takes over first)."""
-        snapshot = device.snapshot(now)
+        snapshot = self._snapshot(device, now)
+        if old == new:
+            snapshot["reminder"] = True  # still in that state after `remind` seconds
         _call(self.on_view_change, snapshot, old, new, report)
         if not self.on_change:
             return
@@ -5403,8 +5619,12 @@ class Watcher(_AMQPClient):
 
     def _apply_delivery(self, delivery):
         properties = delivery.properties or {}
-        if properties.get("type") == _HANDLED_TYPE:
+        kind = properties.get("type")
+        if kind == _HANDLED_TYPE:
             self._take_notice(delivery.body)
+            return
+        if kind == _CONTROL_TYPE:
+            self._take_control(delivery.body)
             return
         if delivery.body is None:
             properties = dict(properties, body_size=delivery.body_size)
@@ -5492,7 +5712,110 @@ class Watcher(_AMQPClient):
         if len(self._handled) > self.max_devices:
             self._handled.clear()
 
+    # -- what operators say: pauses, the roster -----------------------------------
+
+    def pause(self, device_id, until, reason=None, by=None):
+        """Pause a device (its id, "name@host") until `until` (wall-clock seconds): it shows
+        `paused`, and no late, silent or down hook runs for it until then. Kept in the
+        state file. What `pihace watch --pause` sends to every running watcher."""
+        if type(device_id) is not str or not device_id:
+            raise ValueError("a device id is a non-empty string (name@host)")
+        until = float(_number("until", until, math.isfinite, "a finite number"))
+        device_id = _report_text(device_id)
+        with self._lock:
+            if until <= self.wall_clock():
+                self._pauses.pop(device_id, None)
+            elif device_id in self._pauses or len(self._pauses) < self.max_devices:
+                self._pauses[device_id] = (until, _report_text(reason or "") or None,
+                                           _report_text(by or "") or None)
+            for device in self._devices.values():
+                if device.id == device_id:
+                    device.due = -math.inf  # looked at again at the next tick
+            self._dirty = True
+        log.warning("device %r %s", device_id, "resumed" if until <= self.wall_clock() else
+                    f"paused until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}"
+                    f" by {by or '?'}: {reason or 'no reason given'}")
+
+    def _take_control(self, body):
+        """An operator's message (pihace watch --pause/--resume): applied, or logged once as
+        not understood."""
+        try:
+            import json  # here, not at the top: slow to import (see the imports)
+
+            control = json.loads(body)
+            action, device_id = control["action"], control["device"]
+            until = float(control["until"]) if action == "pause" else 0.0
+            if action not in ("pause", "resume"):
+                raise ValueError(f"unknown action {action!r}")
+            self.pause(device_id, until, control.get("reason"), control.get("by"))
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            self.counts["invalid"] += 1
+            log.warning("ignored an operator's message that is not one: %s",
+                        describe_error(exc))
+
+    def set_roster(self, entries):
+        """The devices expected: a list of ids ("name@host") or mappings {"device": id,
+        "interval", "grace", "down_after", "up_after", "tags", "owner"} (its settings
+        override the watcher's for that device). A listed device never seen is `missing`; one
+        not listed is flagged unexpected (with ignore_unexpected, its reports are refused).
+        Called again (on SIGHUP, say) it replaces the roster. ValueError names a bad entry."""
+        roster = {}
+        for index, entry in enumerate(entries if isinstance(entries, list) else [entries]):
+            device_id, settings = _roster_entry(index + 1, entry)
+            roster[device_id] = settings
+        now = self.wall_clock()
+        with self._lock:
+            self._roster = roster
+            known = set()
+            for key, device in list(self._devices.items()):
+                device_id = device.id
+                known.add(device_id)
+                if device.health is None and device_id not in roster:
+                    del self._devices[key]  # missing, and no longer expected
+                    continue
+                device.listed = roster.get(device_id, False)
+                device.late_after = self._limits(device.interval, device.listed)[0]
+                device.due = -math.inf
+            for device_id, settings in roster.items():
+                if device_id in known or len(self._devices) >= self.max_devices:
+                    continue
+                name, _, host = device_id.rpartition("@") if "@" in device_id else (
+                    device_id, "", "")
+                device = Device(name, host, now, self.dedup_window)
+                device.listed, device.interval = settings, settings.get(
+                    "interval", self.default_interval)
+                device.late_after = self._limits(device.interval, settings)[0]
+                device.state, device.due = "missing", -math.inf
+                device.last_stamp = 0.0  # any report of it is newer
+                self._devices[(name, host)] = device
+            self._dirty = True
+        log.info("roster: %d device(s) expected", len(roster))
+
     # -- its memory ---------------------------------------------------------------
+
+    def _write_flips(self):
+        """Append the transitions not written yet to the flip log (one JSON line each),
+        rotated past _FLIPS_LIMIT bytes (one older file kept, as PATH.1)."""
+        import json  # here, not at the top: slow to import (see the imports)
+
+        flips, self._flips = self._flips, []
+        if not flips or self.history_path is None:
+            return
+        try:
+            if os.path.getsize(self.history_path) > _FLIPS_LIMIT:
+                os.replace(self.history_path, f"{self.history_path}.1")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot rotate the flip log %s: %s", _printable(self.history_path),
+                        describe_error(exc))
+        try:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(self.history_path, flags, 0o600), "a") as file:
+                file.write("".join(json.dumps(flip) + "\n" for flip in flips))
+        except OSError as exc:
+            log.warning("cannot write the flip log %s: %s", _printable(self.history_path),
+                        describe_error(exc))
 
     def save_state(self):
         """Write the device table to state_path now (atomically, mode 0600). An OSError
@@ -5503,7 +5826,9 @@ class Watcher(_AMQPClient):
             records = [device.record() for device in self._devices.values()]
             self._dirty = False
         document = {"pihace_watch_state": _STATE_FORMAT, "written": self.wall_clock(),
-                    "devices": records}
+                    "devices": records,
+                    "pauses": {device: list(pause) for device, pause in self._pauses.items()}}
+        self._write_flips()
         try:
             write_json_atomically(self.state_path, document)
         except OSError as exc:
@@ -5523,6 +5848,16 @@ class Watcher(_AMQPClient):
             return
         entries = document.get("devices")
         restored, skipped = 0, 0
+        pauses = document.get("pauses")
+        for device_id, pause in (pauses.items() if type(pauses) is dict else ()):
+            try:
+                until, reason, by = pause
+                if type(device_id) is str and math.isfinite(float(until)):
+                    self._pauses[_report_text(device_id)] = (
+                        float(until), _report_text(reason) if reason else None,
+                        _report_text(by) if by else None)
+            except (TypeError, ValueError):
+                skipped += 1
         for entry in entries if type(entries) is list else ():
             device = self._device_from_record(entry)
             if device is None or len(self._devices) >= self.max_devices:
@@ -5538,7 +5873,7 @@ class Watcher(_AMQPClient):
         try:
             name, host, state = entry["name"], entry["host"], entry["state"]
             if type(name) is not str or type(host) is not str or state not in DEVICE_STATES \
-                    or entry["status"] not in _STATE_OF_STATUS:
+                    or entry["status"] not in _STATE_OF_STATUS or state == "missing":
                 return None
             numbers = [float(entry[key]) for key in ("since", "first_seen", "last_seen",
                                                      "last_stamp", "interval")]
@@ -5560,13 +5895,21 @@ class Watcher(_AMQPClient):
             device.transitions.extend(
                 (float(when), old, new) for when, old, new in entry.get("transitions", ())
                 if (old is None or old in DEVICE_STATES) and new in DEVICE_STATES)
+            health = entry.get("health", _STATE_OF_STATUS[device.status])
+            device.health = health if health in ("up", "degraded", "down") else \
+                _STATE_OF_STATUS[device.status]
+            streak = entry.get("streak")
+            if type(streak) is list and len(streak) == 2 and type(streak[1]) is int:
+                device.streak = (streak[0], streak[1])
+            device.stopped = entry.get("stopped") is True
+            paused_until = float(entry.get("paused_until") or 0.0)
+            if math.isfinite(paused_until):
+                device.paused_until = paused_until
+                reason = entry.get("pause_reason")
+                device.pause_reason = _report_text(reason) if reason else None
         except (KeyError, TypeError, ValueError, OverflowError):
             return None
-        late, silent = self._limits(interval)
-        device.due = (device.judged_from + late if state not in ("late", "silent") else
-                      device.judged_from + silent if state == "late" else
-                      math.inf if self.forget_after is None else
-                      device.judged_from + max(silent, self.forget_after))
+        device.due = -math.inf  # its state is looked at again at the first tick
         return device
 
     # -- its sight ----------------------------------------------------------------
@@ -5701,8 +6044,9 @@ class Watcher(_AMQPClient):
             if self._blind_since is None:
                 self.check_ages()  # what it could see until the end
             self._close()  # its view stays as current as it was when it stopped
-            if self._dirty:
+            if self._dirty and self.state_path is not None:
                 self.save_state()
+            self._write_flips()
             wakeup, self._wakeup = self._wakeup, None
             self._interrupt = None
             wakeup.close()
@@ -6534,7 +6878,7 @@ def _is_loopback(host):
 
 # -- the fleet's state, as text -------------------------------------------------
 
-_EXIT_CODE_OF_STATE = {"down": 2, "silent": 2, "degraded": 1, "late": 1}
+_EXIT_CODE_OF_STATE = {"down": 2, "silent": 2, "missing": 2, "degraded": 1, "late": 1}
 _NAGIOS_WORDS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 _STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
 
@@ -6750,7 +7094,8 @@ class _Hooks:
         env = dict(self._environment, PIHACE_DEVICE=device["device"],
                    PIHACE_NAME=device["name"], PIHACE_HOST=device["host"],
                    PIHACE_OLD_STATE=old or "", PIHACE_NEW_STATE=new,
-                   PIHACE_FIRST_SEEN=f"{device['first_seen']:.3f}")
+                   PIHACE_FIRST_SEEN=f"{device['first_seen']:.3f}",
+                   PIHACE_REMINDER="1" if device.get("reminder") else "")
         stdin = (json.dumps(report) if report is not None else "").encode()
         try:
             self._queue.put_nowait((env, stdin))
@@ -7488,6 +7833,10 @@ def _push_parser(commands, common):
     push.add_argument("--exchange-type", metavar="TYPE", help="declare --exchange, durable, of "
                       "this type (fanout, topic, direct...), as the watchers do")
     push.add_argument("--routing-key", help="default: the queue name")
+    push.add_argument("--maintenance", metavar="DURATION", help="announce maintenance: one "
+                      "report saying this device is paused for DURATION (90s, 15m, 2h, 1d), "
+                      "then exit; watchers show it paused and run no failure hook meanwhile")
+    push.add_argument("--reason", metavar="TEXT", help="with --maintenance: why")
     push.add_argument("--interval", type=float, metavar="SECONDS",
                       help="push every SECONDS until stopped (default: once)")
     push.add_argument("--buffer-size", type=int, default=1000, metavar="REPORTS")
@@ -7592,6 +7941,30 @@ def _watch_parser(commands, parser_class):
                        "publish: another watcher, or any dead man's switch, sees it die")
     watch.add_argument("--report-interval", type=float, default=30.0, metavar="SECONDS",
                        help="with --report-as (default 30)")
+    watch.add_argument("--down-after", type=int, default=1, metavar="N", help="down only after "
+                       "N bad reports in a row (degraded until then)")
+    watch.add_argument("--up-after", type=int, default=1, metavar="N", help="back up only after "
+                       "N good reports in a row")
+    watch.add_argument("--max-interval", type=float, default=86400.0, metavar="SECONDS",
+                       help="cap what a report says its interval is (default one day)")
+    watch.add_argument("--remind", metavar="DURATION", help="run --on-change again every "
+                       "DURATION while a device stays down, silent or missing (a reminder)")
+    watch.add_argument("--roster", metavar="FILE", help="the devices expected (JSON or YAML: a "
+                       "list of ids or mappings); a listed device never seen is missing, one "
+                       "not listed unexpected; read again on SIGHUP")
+    watch.add_argument("--ignore-unexpected", action="store_true",
+                       help="with --roster: refuse (and count) reports of devices not listed")
+    watch.add_argument("--history-file", metavar="FILE", help="the flip log: one JSON line per "
+                       "change of state (default: the --state file's name + .flips)")
+    watch.add_argument("--history", nargs="?", const="", metavar="DEVICE", help="print the "
+                       "flip log (of DEVICE only, if given) and exit")
+    watch.add_argument("--pause", metavar="DEVICE", help="pause DEVICE (name@host) in every "
+                       "running watcher, through the broker, for --for; then exit")
+    watch.add_argument("--for", dest="pause_for", metavar="DURATION",
+                       help="with --pause: how long (90s, 15m, 2h, 1d)")
+    watch.add_argument("--resume", metavar="DEVICE", help="end DEVICE's pause in every running "
+                       "watcher; then exit")
+    watch.add_argument("--reason", metavar="TEXT", help="with --pause: why (shown with who)")
     watch.add_argument("--state", metavar="FILE", help="remember the fleet in FILE across "
                        "restarts and --once runs (written atomically, mode 0600)")
     watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -7748,10 +8121,25 @@ def _queue_argument(spec):
     return key, {"true": True, "false": False}.get(value, value)
 
 
-def _push(pusher):
-    """pihace push: one report; exit code 0 when the broker confirmed it, else 2."""
+def _duration(option, text):
+    """Seconds from "90", "90s", "15m", "2h" or "1d"; ValueError names the option."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds < 1e7:
+        raise ValueError(f"{option} must be a duration such as 90s, 15m, 2h or 1d, got "
+                         f"{_printable(repr(text))}")
+    return seconds
+
+
+def _push(pusher, maintenance=None, reason=None):
+    """pihace push: one report (with --maintenance, the announcement of a pause); exit code
+    0 when the broker confirmed it, else 2."""
     with pusher:
-        result = pusher.push()
+        result = pusher.pause(maintenance, reason) if maintenance else pusher.push()
         kept = len(pusher.outbox) if pusher.outbox.path else 0
     if result is not True:
         print(f"pihace: not delivered: {_printable(result[1])}", file=sys.stderr)
@@ -7792,20 +8180,33 @@ def _watcher(args):
                        silent_limit=args.silent_after, max_devices=args.max_devices,
                        forget_after=args.forget_after, announce_first=args.announce_first,
                        state_path=args.state, standby_group=args.standby_group,
+                       history_path=args.history_file, down_after=args.down_after,
+                       up_after=args.up_after, max_interval=args.max_interval,
+                       remind=args.remind and _duration("--remind", args.remind),
+                       ignore_unexpected=args.ignore_unexpected,
                        tick=0.5 if args.once else 1.0)
     except (TypeError, ValueError) as exc:
         name, space, rest = str(exc).partition(" ")  # "grace must be ...": the option's name
         options = {"amqp_url": "--url", "default_interval": "--interval", "grace": "--grace",
                    "silent_limit": "--silent-after", "silent_grace": "--silent-grace",
                    "queue_name": "--queue", "max_devices": "--max-devices",
-                   "forget_after": "--forget-after", "heartbeat": "--heartbeat"}
+                   "forget_after": "--forget-after", "heartbeat": "--heartbeat",
+                   "down_after": "--down-after", "up_after": "--up-after",
+                   "max_interval": "--max-interval"}
         raise ValueError(options.get(name, name) + space + rest) from None
 
 
 def _watch(parser, args):
-    """pihace watch: --once, or follow the fleet until SIGTERM or Ctrl-C."""
+    """pihace watch: --once, --history, --pause/--resume, or follow the fleet until SIGTERM
+    or Ctrl-C (SIGHUP reads the --roster again)."""
+    if args.history is not None:
+        return _print_history(parser, args)
+    if args.pause or args.resume:
+        return _send_pause(parser, args)
     try:
         watcher = _watcher(args)
+        if args.roster:
+            watcher.set_roster(_read_roster(args.roster))
         states = [state.strip() for state in (args.on_change_states or "").split(",")
                   if state.strip()]
         if states and not args.on_change:
@@ -7822,6 +8223,8 @@ def _watch(parser, args):
     live = sys.stdout.isatty()
     if not live:
         watcher.on_view_change.append(_print_change)
+    if args.roster:
+        _reload_roster_on_sighup(watcher, args.roster)
     if reporter is not None:
         def report_once_watching():  # its first report says it reads, not "not connected yet"
             while not (watcher.connections_opened and watcher.status["connected"]) and \
@@ -7845,6 +8248,98 @@ def _watch(parser, args):
             server.server_close()
         if hooks is not None:
             hooks.close()
+
+
+def _read_roster(path):
+    """The roster file's entries: a list, or a mapping with a "devices" list."""
+    try:
+        roster = read_config(path)
+    except OSError as exc:
+        raise ValueError(f"--roster: {describe_error(exc)}") from None
+    if isinstance(roster, dict):
+        roster = roster.get("devices")
+    if not isinstance(roster, list):
+        raise ValueError(f"--roster {_printable(path)}: a list of devices, or a mapping with "
+                         "a 'devices' list")
+    return roster
+
+
+def _reload_roster_on_sighup(watcher, path):
+    import signal  # here, not at the top: only the command line's loops need it
+
+    def reload(*_):
+        try:
+            watcher.set_roster(_read_roster(path))
+        except ValueError as exc:  # the roster in force stays
+            log.error("the roster was not read again: %s", _printable(str(exc)))
+
+    if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, reload)
+
+
+def _print_history(parser, args):
+    """watch --history [DEVICE]: the flip log, oldest first (the rotated file, then the
+    current one)."""
+    import json  # here, not at the top: slow to import (see the imports)
+
+    path = args.history_file or (args.state and f"{args.state}.flips")
+    if not path:
+        parser.error("--history needs --history-file or --state (its flip log)")
+    shown = 0
+    for name in (f"{path}.1", path):
+        try:
+            with open(name, encoding="utf-8", errors="replace") as file:
+                for line in file:
+                    try:
+                        flip = json.loads(line)
+                        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(flip["time"]))
+                        device, old, new = flip["device"], flip["old"], flip["new"]
+                    except (ValueError, TypeError, KeyError, OverflowError):
+                        continue
+                    if args.history and device != args.history:
+                        continue
+                    reason = f" ({flip['reason']})" if flip.get("reason") else ""
+                    print(_printable(f"{when} {device} {old or '-'} -> {new}{reason}"))
+                    shown += 1
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            parser.error(f"--history: {describe_error(exc)}")
+    return 0 if shown else 1
+
+
+def _send_pause(parser, args):
+    """watch --pause DEVICE --for DURATION [--reason TEXT], or --resume DEVICE: one control
+    message where the watchers read (the exchange, or the queue), for every running watcher."""
+    import getpass  # here, not at the top: only this command needs it
+    import json  # likewise
+
+    try:
+        urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
+        if args.pause and args.resume:
+            raise ValueError("--pause and --resume: one at a time")
+        if args.pause and not args.pause_for:
+            raise ValueError("--pause needs --for DURATION")
+        until = time.time() + _duration("--for", args.pause_for) if args.pause else 0.0
+        try:
+            by = getpass.getuser()
+        except (KeyError, OSError):
+            by = "?"
+        body = json.dumps({"action": "pause" if args.pause else "resume",
+                           "device": args.pause or args.resume, "until": until,
+                           "reason": args.reason, "by": by})
+        pusher = AMQPPusher(None, urls, args.queue or "pihace.healthcheck",
+                            exchange=args.exchange, exchange_type=args.exchange_type,
+                            declare=args.declare,
+                            queue_arguments=dict(map(_queue_argument, args.queue_arg)))
+    except ValueError as exc:
+        parser.error(str(exc))
+    with pusher:
+        result = pusher.publish(body.encode(), kind="pihace.watch.control")
+    if result is not True:
+        print(f"pihace: not delivered: {_printable(result[1])}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _self_reporter(watcher, args):
@@ -8004,7 +8499,10 @@ def main(argv=None):
             return _serve(args, hc)
         if pusher is None:
             return _check(args, hc)
-        return _push_until_signalled(pusher, args.interval) if looping else _push(pusher)
+        if looping:
+            return _push_until_signalled(pusher, args.interval)
+        return _push(pusher, args.maintenance and _duration("--maintenance", args.maintenance),
+                     args.reason)
     except SystemExit as exc:  # from argparse: --help and --version (0), or an error (3)
         code = exc.code if isinstance(exc.code, int) else 3
         if code:

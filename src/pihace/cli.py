@@ -23,7 +23,7 @@ from .pusher import AMQPPusher
 from .watcher import Watcher
 from .server import HealthServer, _http_classes
 from .fleet import _FleetPages, _Hooks, _live_table, _print_change, fleet_exit_code, format_fleet
-from .compat import _loop_interval, load_healthcheck_from_yaml
+from .compat import _loop_interval, load_healthcheck_from_yaml, read_config
 
 
 _EXAMPLES = """\
@@ -198,6 +198,10 @@ def _push_parser(commands, common):
     push.add_argument("--exchange-type", metavar="TYPE", help="declare --exchange, durable, of "
                       "this type (fanout, topic, direct...), as the watchers do")
     push.add_argument("--routing-key", help="default: the queue name")
+    push.add_argument("--maintenance", metavar="DURATION", help="announce maintenance: one "
+                      "report saying this device is paused for DURATION (90s, 15m, 2h, 1d), "
+                      "then exit; watchers show it paused and run no failure hook meanwhile")
+    push.add_argument("--reason", metavar="TEXT", help="with --maintenance: why")
     push.add_argument("--interval", type=float, metavar="SECONDS",
                       help="push every SECONDS until stopped (default: once)")
     push.add_argument("--buffer-size", type=int, default=1000, metavar="REPORTS")
@@ -302,6 +306,30 @@ def _watch_parser(commands, parser_class):
                        "publish: another watcher, or any dead man's switch, sees it die")
     watch.add_argument("--report-interval", type=float, default=30.0, metavar="SECONDS",
                        help="with --report-as (default 30)")
+    watch.add_argument("--down-after", type=int, default=1, metavar="N", help="down only after "
+                       "N bad reports in a row (degraded until then)")
+    watch.add_argument("--up-after", type=int, default=1, metavar="N", help="back up only after "
+                       "N good reports in a row")
+    watch.add_argument("--max-interval", type=float, default=86400.0, metavar="SECONDS",
+                       help="cap what a report says its interval is (default one day)")
+    watch.add_argument("--remind", metavar="DURATION", help="run --on-change again every "
+                       "DURATION while a device stays down, silent or missing (a reminder)")
+    watch.add_argument("--roster", metavar="FILE", help="the devices expected (JSON or YAML: a "
+                       "list of ids or mappings); a listed device never seen is missing, one "
+                       "not listed unexpected; read again on SIGHUP")
+    watch.add_argument("--ignore-unexpected", action="store_true",
+                       help="with --roster: refuse (and count) reports of devices not listed")
+    watch.add_argument("--history-file", metavar="FILE", help="the flip log: one JSON line per "
+                       "change of state (default: the --state file's name + .flips)")
+    watch.add_argument("--history", nargs="?", const="", metavar="DEVICE", help="print the "
+                       "flip log (of DEVICE only, if given) and exit")
+    watch.add_argument("--pause", metavar="DEVICE", help="pause DEVICE (name@host) in every "
+                       "running watcher, through the broker, for --for; then exit")
+    watch.add_argument("--for", dest="pause_for", metavar="DURATION",
+                       help="with --pause: how long (90s, 15m, 2h, 1d)")
+    watch.add_argument("--resume", metavar="DEVICE", help="end DEVICE's pause in every running "
+                       "watcher; then exit")
+    watch.add_argument("--reason", metavar="TEXT", help="with --pause: why (shown with who)")
     watch.add_argument("--state", metavar="FILE", help="remember the fleet in FILE across "
                        "restarts and --once runs (written atomically, mode 0600)")
     watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -458,10 +486,25 @@ def _queue_argument(spec):
     return key, {"true": True, "false": False}.get(value, value)
 
 
-def _push(pusher):
-    """pihace push: one report; exit code 0 when the broker confirmed it, else 2."""
+def _duration(option, text):
+    """Seconds from "90", "90s", "15m", "2h" or "1d"; ValueError names the option."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds < 1e7:
+        raise ValueError(f"{option} must be a duration such as 90s, 15m, 2h or 1d, got "
+                         f"{_printable(repr(text))}")
+    return seconds
+
+
+def _push(pusher, maintenance=None, reason=None):
+    """pihace push: one report (with --maintenance, the announcement of a pause); exit code
+    0 when the broker confirmed it, else 2."""
     with pusher:
-        result = pusher.push()
+        result = pusher.pause(maintenance, reason) if maintenance else pusher.push()
         kept = len(pusher.outbox) if pusher.outbox.path else 0
     if result is not True:
         print(f"pihace: not delivered: {_printable(result[1])}", file=sys.stderr)
@@ -502,20 +545,33 @@ def _watcher(args):
                        silent_limit=args.silent_after, max_devices=args.max_devices,
                        forget_after=args.forget_after, announce_first=args.announce_first,
                        state_path=args.state, standby_group=args.standby_group,
+                       history_path=args.history_file, down_after=args.down_after,
+                       up_after=args.up_after, max_interval=args.max_interval,
+                       remind=args.remind and _duration("--remind", args.remind),
+                       ignore_unexpected=args.ignore_unexpected,
                        tick=0.5 if args.once else 1.0)
     except (TypeError, ValueError) as exc:
         name, space, rest = str(exc).partition(" ")  # "grace must be ...": the option's name
         options = {"amqp_url": "--url", "default_interval": "--interval", "grace": "--grace",
                    "silent_limit": "--silent-after", "silent_grace": "--silent-grace",
                    "queue_name": "--queue", "max_devices": "--max-devices",
-                   "forget_after": "--forget-after", "heartbeat": "--heartbeat"}
+                   "forget_after": "--forget-after", "heartbeat": "--heartbeat",
+                   "down_after": "--down-after", "up_after": "--up-after",
+                   "max_interval": "--max-interval"}
         raise ValueError(options.get(name, name) + space + rest) from None
 
 
 def _watch(parser, args):
-    """pihace watch: --once, or follow the fleet until SIGTERM or Ctrl-C."""
+    """pihace watch: --once, --history, --pause/--resume, or follow the fleet until SIGTERM
+    or Ctrl-C (SIGHUP reads the --roster again)."""
+    if args.history is not None:
+        return _print_history(parser, args)
+    if args.pause or args.resume:
+        return _send_pause(parser, args)
     try:
         watcher = _watcher(args)
+        if args.roster:
+            watcher.set_roster(_read_roster(args.roster))
         states = [state.strip() for state in (args.on_change_states or "").split(",")
                   if state.strip()]
         if states and not args.on_change:
@@ -532,6 +588,8 @@ def _watch(parser, args):
     live = sys.stdout.isatty()
     if not live:
         watcher.on_view_change.append(_print_change)
+    if args.roster:
+        _reload_roster_on_sighup(watcher, args.roster)
     if reporter is not None:
         def report_once_watching():  # its first report says it reads, not "not connected yet"
             while not (watcher.connections_opened and watcher.status["connected"]) and \
@@ -555,6 +613,98 @@ def _watch(parser, args):
             server.server_close()
         if hooks is not None:
             hooks.close()
+
+
+def _read_roster(path):
+    """The roster file's entries: a list, or a mapping with a "devices" list."""
+    try:
+        roster = read_config(path)
+    except OSError as exc:
+        raise ValueError(f"--roster: {describe_error(exc)}") from None
+    if isinstance(roster, dict):
+        roster = roster.get("devices")
+    if not isinstance(roster, list):
+        raise ValueError(f"--roster {_printable(path)}: a list of devices, or a mapping with "
+                         "a 'devices' list")
+    return roster
+
+
+def _reload_roster_on_sighup(watcher, path):
+    import signal  # here, not at the top: only the command line's loops need it
+
+    def reload(*_):
+        try:
+            watcher.set_roster(_read_roster(path))
+        except ValueError as exc:  # the roster in force stays
+            log.error("the roster was not read again: %s", _printable(str(exc)))
+
+    if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, reload)
+
+
+def _print_history(parser, args):
+    """watch --history [DEVICE]: the flip log, oldest first (the rotated file, then the
+    current one)."""
+    import json  # here, not at the top: slow to import (see the imports)
+
+    path = args.history_file or (args.state and f"{args.state}.flips")
+    if not path:
+        parser.error("--history needs --history-file or --state (its flip log)")
+    shown = 0
+    for name in (f"{path}.1", path):
+        try:
+            with open(name, encoding="utf-8", errors="replace") as file:
+                for line in file:
+                    try:
+                        flip = json.loads(line)
+                        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(flip["time"]))
+                        device, old, new = flip["device"], flip["old"], flip["new"]
+                    except (ValueError, TypeError, KeyError, OverflowError):
+                        continue
+                    if args.history and device != args.history:
+                        continue
+                    reason = f" ({flip['reason']})" if flip.get("reason") else ""
+                    print(_printable(f"{when} {device} {old or '-'} -> {new}{reason}"))
+                    shown += 1
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            parser.error(f"--history: {describe_error(exc)}")
+    return 0 if shown else 1
+
+
+def _send_pause(parser, args):
+    """watch --pause DEVICE --for DURATION [--reason TEXT], or --resume DEVICE: one control
+    message where the watchers read (the exchange, or the queue), for every running watcher."""
+    import getpass  # here, not at the top: only this command needs it
+    import json  # likewise
+
+    try:
+        urls = _amqp_urls(args.url, os.environ.get("PIHACE_AMQP_PASSWORD"))
+        if args.pause and args.resume:
+            raise ValueError("--pause and --resume: one at a time")
+        if args.pause and not args.pause_for:
+            raise ValueError("--pause needs --for DURATION")
+        until = time.time() + _duration("--for", args.pause_for) if args.pause else 0.0
+        try:
+            by = getpass.getuser()
+        except (KeyError, OSError):
+            by = "?"
+        body = json.dumps({"action": "pause" if args.pause else "resume",
+                           "device": args.pause or args.resume, "until": until,
+                           "reason": args.reason, "by": by})
+        pusher = AMQPPusher(None, urls, args.queue or "pihace.healthcheck",
+                            exchange=args.exchange, exchange_type=args.exchange_type,
+                            declare=args.declare,
+                            queue_arguments=dict(map(_queue_argument, args.queue_arg)))
+    except ValueError as exc:
+        parser.error(str(exc))
+    with pusher:
+        result = pusher.publish(body.encode(), kind="pihace.watch.control")
+    if result is not True:
+        print(f"pihace: not delivered: {_printable(result[1])}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _self_reporter(watcher, args):
@@ -714,7 +864,10 @@ def main(argv=None):
             return _serve(args, hc)
         if pusher is None:
             return _check(args, hc)
-        return _push_until_signalled(pusher, args.interval) if looping else _push(pusher)
+        if looping:
+            return _push_until_signalled(pusher, args.interval)
+        return _push(pusher, args.maintenance and _duration("--maintenance", args.maintenance),
+                     args.reason)
     except SystemExit as exc:  # from argparse: --help and --version (0), or an error (3)
         code = exc.code if isinstance(exc.code, int) else 3
         if code:

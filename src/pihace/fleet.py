@@ -20,7 +20,7 @@ from .server import _PROMETHEUS_TEXT, _TEXT_PLAIN
 
 # -- the fleet's state, as text -------------------------------------------------
 
-_EXIT_CODE_OF_STATE = {"down": 2, "silent": 2, "degraded": 1, "late": 1}
+_EXIT_CODE_OF_STATE = {"down": 2, "silent": 2, "missing": 2, "degraded": 1, "late": 1}
 _NAGIOS_WORDS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 _STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
 
@@ -236,7 +236,8 @@ class _Hooks:
         env = dict(self._environment, PIHACE_DEVICE=device["device"],
                    PIHACE_NAME=device["name"], PIHACE_HOST=device["host"],
                    PIHACE_OLD_STATE=old or "", PIHACE_NEW_STATE=new,
-                   PIHACE_FIRST_SEEN=f"{device['first_seen']:.3f}")
+                   PIHACE_FIRST_SEEN=f"{device['first_seen']:.3f}",
+                   PIHACE_REMINDER="1" if device.get("reminder") else "")
         stdin = (json.dumps(report) if report is not None else "").encode()
         try:
             self._queue.put_nowait((env, stdin))

@@ -440,6 +440,7 @@ class AMQPPusher(_AMQPClient):
                                    _seconds("max_connection_age", max_connection_age))
         self.buffer_size = buffer_size
         self.outbox = Outbox(buffer_size, outbox_path)
+        self._paused_until, self._pause_reason = 0.0, None  # maintenance it announces (pause())
         self.clock = clock  # monotonic: deadlines and connection ages, never shown
         self._declared, self._connected_at = False, 0.0
         self._lock = threading.RLock()  # held while the connection is in use
@@ -447,8 +448,8 @@ class AMQPPusher(_AMQPClient):
         _reset_after_fork.add(self)
         self._properties = PropertiesTemplate(
             {"content_type": "application/json", "content_encoding": "utf-8",
-             "delivery_mode": 2, "type": "pihace.health", "app_id": name and str(name)},
-            varying=("headers", "message_id", "timestamp"))
+             "delivery_mode": 2, "app_id": name and str(name)},
+            varying=("headers", "message_id", "timestamp", "type"))
 
     def __repr__(self):
         return (f"<AMQPPusher {self.parameters.safe_url} exchange={self.exchange!r} "
@@ -557,9 +558,9 @@ class AMQPPusher(_AMQPClient):
     # -- publishing -----------------------------------------------------------
 
     def _message(self, body, headers=None, message_id=None, timestamp=None, routing_key=None,
-                 exchange=None, as_text=None):
-        """Check and encode a message; ValueError for what can never be sent.
-        `as_text` turns what JSON cannot hold into text instead (for reports)."""
+                 exchange=None, as_text=None, kind="pihace.health"):
+        """Check and encode a message (of AMQP type `kind`); ValueError for what can never
+        be sent. `as_text` turns what JSON cannot hold into text instead (for reports)."""
         if isinstance(body, dict):
             try:
                 import json  # here, not at the top: slow to import (see the imports)
@@ -582,7 +583,8 @@ class AMQPPusher(_AMQPClient):
         if not 0 <= timestamp < 2 ** 63:
             raise ValueError(f"timestamp must be seconds since 1970, got {timestamp}")
         return _Message(body, self._properties.encode(headers=headers, message_id=message_id,
-                                                      timestamp=timestamp), message_id,
+                                                      timestamp=timestamp, type=kind),
+                        message_id,
                         self.exchange if exchange is None else exchange,
                         self.routing_key if routing_key is None else routing_key)
 
@@ -607,13 +609,15 @@ class AMQPPusher(_AMQPClient):
                                   mandatory=self.confirm), deadline
 
     def publish(self, body, *, headers=None, message_id=None, timestamp=None,
-                routing_key=None, exchange=None):
-        """Send one message (bytes, or a dict as JSON) with the pusher's options.
+                routing_key=None, exchange=None, kind="pihace.health"):
+        """Send one message (bytes, or a dict as JSON) with the pusher's options; `kind`
+        is its AMQP type (a watcher reads "pihace.watch.control" as an operator's).
 
         Returns True once confirmed (or sent, with confirm=False), else
         (False, reason). Unlike push(), nothing is kept for a later retry.
         """
-        message = self._message(body, headers, message_id, timestamp, routing_key, exchange)
+        message = self._message(body, headers, message_id, timestamp, routing_key, exchange,
+                                kind=kind)
         deadline, setup_deadline = self._deadlines()
         # waiting for another thread's publish counts in the deadline
         if not self._lock.acquire(timeout=_time_left(deadline, self.clock)):
@@ -641,8 +645,21 @@ class AMQPPusher(_AMQPClient):
             outcome = reasons.get(message.message_id, _PENDING)
         return True if outcome is None else (False, outcome)
 
-    def _take_report(self, waited_for=False):
-        """Run the checks and put the report in the outbox."""
+    def pause(self, seconds, reason=None):
+        """Announce maintenance: push a report now, and mark every report for `seconds`
+        more, saying this device is paused until then (and why); a watcher shows it
+        `paused` and runs no failure hook meanwhile. push()'s answer. `pause(0)` ends it."""
+        seconds = float(_number("seconds", seconds, lambda v: 0 <= v < 1e7,
+                                "a number of seconds from 0 to 10,000,000"))
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"reason must be a string, got {type(reason).__name__}")
+        self._paused_until = time.time() + seconds if seconds else 0.0
+        self._pause_reason = reason if seconds else None
+        return self.push()
+
+    def _take_report(self, waited_for=False, stopped=False):
+        """Run the checks and put the report in the outbox. `stopped`: the last report of a
+        loop that ends on purpose (a watcher then shows the device stopped, not silent)."""
         if self.healthcheck is None:
             raise ValueError("push() needs the pusher's healthcheck; use publish() to send "
                              "other messages")
@@ -653,6 +670,11 @@ class AMQPPusher(_AMQPClient):
             # often; in a copy, as the caller's healthcheck may keep the dict it returned
             report = {**report, "host": _HOST,
                       **({"interval": self.interval} if self.interval else {})}
+            # new keys too, which pihace 1.0.0's consumers ignore: why not to worry
+            if self._paused_until > time.time():
+                report.update(paused_until=self._paused_until, pause_reason=self._pause_reason)
+            if stopped:
+                report["stopped"] = True
             status = report.get("status")
         # a component name that is a Path, say, must not stop the reports
         message = self._message(report, headers={"status": status}, as_text=_text)
@@ -801,6 +823,8 @@ class AMQPPusher(_AMQPClient):
         """The outbox's last chance, bounded on its own; then close."""
         self._interrupt.clear()  # the stop() that ended the loop must not end this too
         try:
+            if self.healthcheck is not None:  # the last word: stopped on purpose
+                self._survive(lambda: self._take_report(stopped=True))
             if self.outbox:
                 self.flush(timeout=min(self.timeout, 5.0))
         except KeyboardInterrupt:  # a second Ctrl-C: stop now
