@@ -20,6 +20,7 @@ https://opensource.org/licenses/MIT. Keep this notice in copies of this file.
 
 from __future__ import annotations
 
+from datetime import datetime
 import binascii
 import collections
 import collections.abc
@@ -385,6 +386,15 @@ class SystemInfo:
         self._last_cpu = (0, 0)  # (busy, total) of the previous sample
         self._last_percent = None
 
+    def __getstate__(self):  # copy.deepcopy, pickle (a HealthCheck holding it): not the lock
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def psutil(self):
         """The psutil in use: the one given, else this module's `psutil` as it is now, so that
@@ -405,7 +415,7 @@ class SystemInfo:
                     times = [int(x) for x in stat.readline().split()[1:9]] + [0] * 5
                 total = sum(times)
                 busy = total - times[3] - times[4]
-        except (OSError, ValueError, IndexError, AttributeError):
+        except Exception:  # whatever psutil raises (psutil.Error, NotImplementedError...)
             return None
         with self._lock:
             last_busy, last_total = self._last_cpu
@@ -424,7 +434,7 @@ class SystemInfo:
                 values = dict(line.split()[:2] for line in meminfo)  # b"MemTotal:": b"16318044"
             total, available = (int(values[key]) * 1024 for key in (b"MemTotal:", b"MemAvailable:"))
             return round((total - available) / total * 100, 1), available
-        except (OSError, ValueError, KeyError, IndexError, ZeroDivisionError):
+        except Exception:  # whatever psutil raises: the figure is null, the report goes on
             return None, None
 
     def disk(self):
@@ -438,7 +448,7 @@ class SystemInfo:
                 return usage.percent, usage.free
             usage = shutil.disk_usage(self.disk_path)
             return round(usage.used / (usage.used + usage.free) * 100, 1), usage.free
-        except (OSError, ZeroDivisionError, AttributeError):
+        except Exception:  # whatever psutil raises: the figure is null, the report goes on
             return None, None
 
     def read(self):
@@ -455,14 +465,22 @@ class SystemInfo:
         return {
             "cpu_usage": None if cpu is None else f"{cpu}%",
             "memory_usage": None if memory_percent is None else f"{memory_percent}%",
-            "memory_available": None if memory_available is None
-            else f"{round(memory_available / 1024 ** 2, 2)} MB",
+            "memory_available": _in_units(memory_available, 1024 ** 2, "MB"),
             "disk_usage": None if disk_percent is None else f"{disk_percent}%",
-            "disk_available": None if disk_free is None else f"{round(disk_free / 1024 ** 3, 2)} GB",
+            "disk_available": _in_units(disk_free, 1024 ** 3, "GB"),
             "os": uname[0] or None,
             "os_version": uname[3] or None,
             "python_version": "%d.%d" % sys.version_info[:2],
         }
+
+
+def _in_units(count, unit, name):
+    """A count of bytes as pihace 1.0.0 showed it ("512.0 MB"); None when it is None or not a
+    number (a test's double of psutil may give anything)."""
+    try:
+        return None if count is None else f"{round(count / unit, 2)} {name}"
+    except Exception:
+        return None
 
 
 _system_info = SystemInfo()
@@ -656,7 +674,8 @@ def format_prometheus(report):
                [((("check", name),), round(check.get("duration_ms", 0) / 1000, 6))
                 for name, check in checks.items()])
         metric("check_attempts", "attempts the check took", [
-            ((("check", name),), check.get("attempts", 1)) for name, check in checks.items()])
+            ((("check", name),), check.get("attempts", 1)) for name, check in checks.items()
+            if check.get("attempts", 1) is not None])  # None: a subclass ran it, count unknown
         metric("check_optional", "1 when a failure of the check cannot make the status "
                "Unavailable", [((("check", name),), int(bool(check.get("optional"))))
                                for name, check in checks.items()])
@@ -705,12 +724,21 @@ def format_nagios(report):
 # (src/pihace/checks.py)
 # ---------------------------------------------------------------------------
 
+_DATETIME = datetime  # the real class, to tell a patched `datetime` (a test's) from it
+
+
 def get_utc_timestamp(now=None):
-    """`now` (default: the current time.time()) as ISO 8601 UTC ending in Z:
-    ``2026-05-01T12:34:56.789123Z``."""
+    """`now` (default: the current time.time()) as ISO 8601 UTC ending in Z, in pihace
+    1.0.0's format (``datetime.utcnow().isoformat() + "Z"``): ``2026-05-01T12:34:56.789123Z``,
+    without the fraction when it is zero (``2026-05-01T12:34:56Z``). A test that patches
+    ``pihace.utils.datetime`` gets its utcnow(), as with pihace 1.0.0."""
+    if now is None and datetime is not _DATETIME:  # patched: mock.patch, freezegun
+        return datetime.utcnow().isoformat() + "Z"
     now = time.time() if now is None else now
     seconds = int(now)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%06dZ" % ((now - seconds) * 1e6)
+    micro = int((now - seconds) * 1e6)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (
+        ".%06dZ" % micro if micro else "Z")
 
 
 def calculate_status(passed, total):
@@ -752,10 +780,11 @@ class _Run:
     """One run of a sync checker, with the methods of a concurrent.futures.Future
     that check() uses (that module costs memory)."""
 
-    __slots__ = ("_outcome", "_callbacks", "_lock")
+    __slots__ = ("_outcome", "_callbacks", "_lock", "ended")
 
     def __init__(self):
         self._outcome = None  # (value, exception), once done
+        self.ended = None  # time.monotonic() when it ended
         self._callbacks = []
         self._lock = threading.Lock()
 
@@ -763,6 +792,7 @@ class _Run:
         return self._outcome is not None
 
     def finish(self, value, exception):
+        self.ended = time.monotonic()
         with self._lock:
             self._outcome = (value, exception)
             callbacks, self._callbacks = self._callbacks, []
@@ -876,53 +906,61 @@ def _timeout(name, value):
     return value
 
 
-class _Checker(collections.abc.MutableMapping):
+class _Checker(dict):
     """A registered checker, and its latest run: a run that outlives its check()
     is waited for by the next check(), never started twice.
 
-    It reads and writes as pihace 1.0.0's ``hc.checkers[name]``, the dict
-    ``{"checker": function, "timeout": seconds, "retries": count}``.
+    It is pihace 1.0.0's ``hc.checkers[name]``, the dict ``{"checker": function,
+    "timeout": seconds, "retries": count}`` (keys of the caller's own too); the
+    three are checked when set. A copy, deep copy or pickle holds the settings,
+    not the run.
     """
 
-    __slots__ = ("name", "function", "timeout", "retries", "is_async", "run", "started", "lock")
-    _KEYS = {"checker": "function", "timeout": "timeout", "retries": "retries"}
+    __slots__ = ("name", "run", "started", "lock", "_run_of", "_async_of")
+    _KEYS = ("checker", "timeout", "retries")
 
-    def __init__(self, name, function, timeout, retries):
-        self.name, self.function, self.timeout, self.retries = name, function, timeout, retries
-        self.is_async = _is_async_callable(function)
-        self.run, self.started = None, 0.0
+    def __init__(self, name, function, timeout, retries, extra=()):
+        super().__init__(checker=function, timeout=timeout, retries=retries)
+        dict.update(self, {key: value for key, value in dict(extra).items()
+                           if key not in self._KEYS})
+        self.name = name
+        self.run, self.started, self._run_of = None, 0.0, None
+        self._async_of = (None, False)  # (function, is it async?), worked out once
         self.lock = threading.Lock()  # check() from two threads at once: still one run
 
-    def __getitem__(self, key):
-        return getattr(self, self._KEYS[key])
+    def __reduce__(self):  # copy, deepcopy, pickle: the settings, without run or lock
+        return _new_checker, (self.name, self.function, self.timeout, self.retries, dict(self))
 
     def __setitem__(self, key, value):
-        if key not in self._KEYS:
-            raise KeyError(f"a checker has {', '.join(map(repr, self._KEYS))}, not {key!r}")
-        if key == "checker":
-            if not callable(value):
-                raise ValueError(f"checker {self.name!r} must be callable, got "
-                                 f"{type(value).__name__}")
-            with self.lock:  # a run of the old function is not this checker's any more
-                self.function, self.is_async, self.run = value, _is_async_callable(value), None
-        elif key == "timeout":
-            self.timeout = _timeout(f"timeout of checker {self.name!r}", value)
-        else:
-            self.retries = _number(f"retries of checker {self.name!r}", value, lambda v: v >= 0,
-                                   "an integer >= 0", int)
+        if key == "checker" and not callable(value):
+            raise ValueError(f"checker {self.name!r} must be callable, got "
+                             f"{type(value).__name__}")
+        if key == "timeout":
+            _timeout(f"timeout of checker {self.name!r}", value)
+        elif key == "retries":
+            _number(f"retries of checker {self.name!r}", value, lambda v: v >= 0,
+                    "an integer >= 0", int)
+        super().__setitem__(key, value)
 
     def __delitem__(self, key):
-        raise TypeError("a checker keeps its settings; remove the checker with "
-                        "hc.checkers.pop(name)")
+        if key in self._KEYS:
+            raise TypeError("a checker keeps its settings; remove the checker with "
+                            "hc.checkers.pop(name)")
+        super().__delitem__(key)
 
-    def __iter__(self):
-        return iter(self._KEYS)
+    # the settings as attributes (what a dict written with update() holds, as it is now)
+    function = property(lambda self: self.get("checker"))
+    timeout = property(lambda self: self.get("timeout"),
+                       lambda self, value: self.__setitem__("timeout", value))
+    retries = property(lambda self: self.get("retries"),
+                       lambda self, value: self.__setitem__("retries", value))
 
-    def __len__(self):
-        return len(self._KEYS)
-
-    def __repr__(self):
-        return repr(dict(self))
+    @property
+    def is_async(self):
+        function = self.function
+        if self._async_of[0] is not function:
+            self._async_of = (function, _is_async_callable(function))
+        return self._async_of[1]
 
     def start(self, now, loop=None):
         """The Future of this checker's run: the one still going, else a new one.
@@ -930,28 +968,31 @@ class _Checker(collections.abc.MutableMapping):
         It runs in a copy of the caller's context (contextvars: a Flask app
         context, say); an async checker runs on `loop`, the caller's running
         loop, when one is given (its run is cancelled at its timeout, so it is
-        never waited for by a later check), else on pihace's own loop.
+        never waited for by a later check), else on pihace's own loop. A run of
+        a function that was replaced since is not this checker's any more.
         """
-        if loop is not None and self.is_async:
+        function, is_async = self.function, self.is_async
+        if loop is not None and is_async:
             self.started = now
-            return loop.create_task(_awaited_call(self.function))  # the task copies the context
+            return loop.create_task(_awaited_call(function))  # the task copies the context
         with self.lock:
-            if self.run is None or self.run.done():
-                self.started = now
+            if self.run is None or self.run.done() or self._run_of is not function:
+                self.started, self._run_of = now, function
                 # call_soon_threadsafe, inside run_coroutine_threadsafe, copies the context
-                self.run = (_run_async(_awaited_call(self.function)) if self.is_async
+                self.run = (_run_async(_awaited_call(function)) if is_async
                             else _workers.submit(functools.partial(
-                                contextvars.copy_context().run, _call_checker, self.function)))
+                                contextvars.copy_context().run, _call_checker, function)))
             return self.run
 
 
-def _new_checker(name, function, timeout, retries):
-    """A _Checker from register()'s arguments, each checked; ValueError names a bad one."""
+def _new_checker(name, function, timeout, retries, extra=()):
+    """A _Checker from register()'s arguments, each checked; ValueError names a bad one.
+    `extra`: the other keys of a dict set whole (or copied)."""
     if not callable(function):
         raise ValueError(f"checker {name!r} must be callable, got {type(function).__name__}")
     timeout = _timeout(f"timeout of checker {name!r}", timeout)
     _number(f"retries of checker {name!r}", retries, lambda v: v >= 0, "an integer >= 0", int)
-    return _Checker(str(name), function, timeout, retries)
+    return _Checker(str(name), function, timeout, retries, extra)
 
 
 class _Attempts:
@@ -964,7 +1005,9 @@ class _Attempts:
         self.attempt(now, new_run=True)
 
     def attempt(self, now, new_run):
-        """Another attempt: a new run, or more time for the one that timed out."""
+        """Another attempt: a new run, or more time for the one that timed out (a hung
+        checker is never started twice); either way, an answer must come within
+        `timeout` of the run's start to count, as in pihace 1.0.0."""
         self.count += 1
         self.deadline = now + (math.inf if self.checker.timeout is None else self.checker.timeout)
         if new_run:
@@ -975,7 +1018,11 @@ class _Attempts:
         """Settle the outcome, or start the next attempt after a failed one; True once
         settled (passed, or failed with no retry left)."""
         checker, run, done = self.checker, self.run, self.run.done()
-        if done:
+        took = (getattr(run, "ended", None) or now) - checker.started
+        if done and checker.timeout is not None and took > checker.timeout:
+            passed, message = False, f"timed out after {checker.timeout:g}s (it answered " \
+                f"after {took:.1f}s)"  # too late for this attempt, as in pihace 1.0.0
+        elif done:
             try:
                 passed, message = _interpret(run.result())
             except BaseException as exc:
@@ -1042,6 +1089,20 @@ class HealthCheck:
         self._lock = threading.Lock()
         _reset_after_fork.add(self)
 
+    def __getstate__(self):  # copy.deepcopy, pickle: the settings, not the lock
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        _reset_after_fork.add(self)
+
+    def _overrides(self, name):
+        """Does a subclass override pihace 1.0.0's method `name` (its code is then called)?"""
+        return getattr(type(self), name) is not getattr(HealthCheck, name)
+
     def _after_fork(self):
         """In a forked child: the runs in progress died with the parent's threads."""
         self._lock = threading.Lock()
@@ -1068,11 +1129,14 @@ class HealthCheck:
                                      f"(and optionally \"timeout\" and \"retries\"), got "
                                      f"{type(entry).__name__}")
                 self.checkers[name] = _new_checker(name, entry["checker"],
-                                                   entry.get("timeout", 5), entry.get("retries", 2))
+                                                   entry.get("timeout", 5), entry.get("retries", 2),
+                                                   entry)
             return list(self.checkers.values())
 
     def _run_checkers(self):
         """[(name, its entry in the report)] for every checker, run at once."""
+        if self._overrides("run_checker_with_retries"):
+            return _run_to_end(self._run_checkers_async())
         checkers = self._registered()
         # Runs report their end on this queue: waiting on it is much cheaper
         # than concurrent.futures.wait(), which matters for fast checkers.
@@ -1096,6 +1160,16 @@ class HealthCheck:
 
         loop = asyncio.get_running_loop()
         checkers = self._registered()
+        if self._overrides("run_checker_with_retries"):  # a subclass's, as pihace 1.0.0 ran it
+            began = time.monotonic()
+            results = await asyncio.gather(*(self.run_checker_with_retries(
+                checker.name, checker.function, checker.retries, checker.timeout)
+                for checker in checkers))
+            duration_ms = round((time.monotonic() - began) * 1000, 3)
+            return [(checker.name, {"status": "pass" if passed else "fail",
+                                    "duration_ms": duration_ms, "attempts": None,
+                                    "message": message})
+                    for checker, (passed, message) in zip(checkers, map(_interpret, results))]
         ended = asyncio.Event()
 
         def wake(_run):  # from a worker thread, or from the loop itself
@@ -1153,6 +1227,8 @@ class HealthCheck:
         it blocks for the duration: prefer ``await check_async()`` there).
         """
         output = _output_name(output)
+        if self._overrides("_check_async"):  # a subclass's, run as pihace 1.0.0's check() ran it
+            return _run_to_end(self._check_async(output, pretty))
         return format_report(self.report(), output, pretty)
 
     async def check_async(self, output="dict", pretty=True):
@@ -1185,6 +1261,23 @@ class HealthCheck:
                 await asyncio.wait_for(woken.wait(), _wait_time([attempts]))
             except asyncio.TimeoutError:
                 pass
+
+
+def _run_to_end(coroutine):
+    """What `coroutine` returns, as asyncio.run() gives it (pihace 1.0.0's check()); inside a
+    running event loop, asyncio.run() goes to a thread of its own (it cannot nest)."""
+    import asyncio  # here, not at the top: slow to import, and only subclasses need it
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    ended = threading.Event()
+    run = _workers.submit(functools.partial(contextvars.copy_context().run, asyncio.run,
+                                            coroutine))
+    run.add_done_callback(lambda _run: ended.set())
+    ended.wait()
+    return run.result()
 
 
 def format_report(report, output="dict", pretty=True):
@@ -1290,6 +1383,18 @@ class _DeadlineSocket:
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
+def _https_context(ssl):
+    """The TLS settings of an https:// check: the system's CAs or, as requests (pihace
+    1.0.0's HTTP client) does, only those of the file or folder that REQUESTS_CA_BUNDLE,
+    else CURL_CA_BUNDLE, names."""
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if not bundle:
+        return ssl.create_default_context()
+    if os.path.isdir(bundle):
+        return ssl.create_default_context(capath=bundle)
+    return ssl.create_default_context(cafile=bundle)
+
+
 def _http_exchange(url, path="", *, method="GET", headers=None, body=None, timeout=5.0,
                    follow=0, limit=1_000_000):
     """(status, reason phrase, headers, body) of one HTTP request to `url` (+ `path`), all
@@ -1330,7 +1435,7 @@ def _http_exchange(url, path="", *, method="GET", headers=None, body=None, timeo
                 import ssl  # here, not at the top: only https:// needs it
 
                 sock.settimeout(_time_left(deadline, at_least=0.001))
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+                sock = _https_context(ssl).wrap_socket(sock, server_hostname=host)
             connection = http.client.HTTPConnection(host, port)
             connection.sock = _DeadlineSocket(sock, deadline)
             connection.request(method, (parts.path or "/") + (f"?{parts.query}"
@@ -2209,6 +2314,10 @@ _METHOD_TABLE = [
     "50 20 > Queue.Bind ticket:short queue:shortstr exchange:shortstr routing_key:shortstr "
     "nowait:bits arguments:table",
     "50 21 < Queue.Bind-Ok",
+    "50 30 > Queue.Purge ticket:short queue:shortstr nowait:bits",
+    "50 31 < Queue.Purge-Ok message_count:long",
+    "50 40 > Queue.Delete ticket:short queue:shortstr if_unused,if_empty,nowait:bits",
+    "50 41 < Queue.Delete-Ok message_count:long",
     "60 10 > Basic.Qos prefetch_size:long prefetch_count:short global:bits",
     "60 11 < Basic.Qos-Ok",
     "60 20 > Basic.Consume ticket:short queue:shortstr consumer_tag:shortstr "
@@ -3170,7 +3279,13 @@ class AMQPParameters:
     """Where and how to connect, parsed from an amqp:// or amqps:// URL."""
 
     NUMBER_KEYS = {"heartbeat": (0, 65535), "connection_timeout": (1e-3, 1e6),
-                   "frame_max": (8192, 2 ** 31), "channel_max": (1, 65535)}
+                   "frame_max": (8192, 2 ** 31), "channel_max": (1, 65535),
+                   # pika's URLParameters keys (as pihace 1.0.0's URLs may hold them):
+                   "connection_attempts": (1, 1000), "retry_delay": (0, 3600),
+                   "socket_timeout": (1e-3, 1e6), "stack_timeout": (1e-3, 1e6),
+                   "blocked_connection_timeout": (1e-3, 1e6)}
+    # pika's other keys: accepted, with nothing to do here (one debug line says so)
+    IGNORED_KEYS = ("client_properties", "locale", "ssl_options", "tcp_options")
     TLS_KEYS = ("cacertfile", "certfile", "keyfile", "keyfile_password", "verify",
                 "server_name_indication")
 
@@ -3200,6 +3315,8 @@ class AMQPParameters:
         self.password = unquote(parts.password) if self.password_given else "guest"
         self.vhost = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path) or "/"
         self.heartbeat = self.connection_timeout = self.frame_max = self.channel_max = None
+        self.socket_timeout = self.stack_timeout = self.blocked_connection_timeout = None
+        self.connection_attempts, self.retry_delay = 1, 2.0  # pika's default delay
         self.cacertfile = self.certfile = self.keyfile = self.server_name_indication = None
         self.keyfile_password = None  # for an encrypted keyfile; never asked for on a terminal
         self.verify = "verify_peer"
@@ -3213,11 +3330,15 @@ class AMQPParameters:
                                      f"verify_none, got {value!r}")
                 setattr(self, key, value)
                 continue
+            if key in self.IGNORED_KEYS:
+                log.debug("%s: query key %s (pika's) is accepted and not used", what, key)
+                continue
             if key not in self.NUMBER_KEYS:
-                raise ValueError(f"{what} has an unknown query key {key!r}; known keys: "
-                                 f"{', '.join((*self.NUMBER_KEYS, *self.TLS_KEYS))}")
+                raise ValueError(f"{what} has an unknown query key {_printable(repr(key))}; "
+                                 "known keys: " + ", ".join(
+                                     (*self.NUMBER_KEYS, *self.TLS_KEYS, *self.IGNORED_KEYS)))
             try:
-                number = float(value) if key == "connection_timeout" else int(value)
+                number = float(value) if key.endswith(("_timeout", "_delay")) else int(value)
             except ValueError:
                 raise ValueError(f"{what} query key {key} must be a number, got {value!r}") \
                     from None
@@ -3351,6 +3472,7 @@ class BlockingConnection:
         self._outcomes = {}  # message id -> (acked, reason), for publish() to collect
         self._deliveries = collections.deque()  # Delivery events, for deliveries() to collect
         self._blocked_changes = 0  # Blocked and Unblocked not logged yet
+        self._blocked_since = None  # when the broker blocked publishing, while it does
         self._blocked_logged = None  # when the last line about them was
         self._last_received = clock()  # when the broker last sent anything
         self._first_bytes = b""  # the server's, up to 5: does it answer in HTTP?
@@ -3394,8 +3516,10 @@ class BlockingConnection:
         host, port = self.parameters.host, self.parameters.port
         where = f"{host}:{port}"
         try:
-            sock = self.socket_factory((host, port),
-                                       self._time_left(deadline, f"connecting to {where}"))
+            left = self._time_left(deadline, f"connecting to {where}")
+            if self.parameters.socket_timeout is not None:  # pika's bound for the TCP connect
+                left = min(left, self.parameters.socket_timeout)
+            sock = self.socket_factory((host, port), left)
         except socket.timeout:
             raise TimeoutError(f"timed out connecting to {where}") from None
         except ConnectionRefusedError:
@@ -3586,6 +3710,8 @@ class BlockingConnection:
                                         "deleted, or its node went down)")
             if name in ("Connection.Blocked", "Connection.Unblocked"):
                 self._blocked_changes += 1
+                self._blocked_since = None if self.blocked is None else (
+                    self._blocked_since or self.clock())
                 self._log_blocked()
             elif name in _REPLY_NAMES:
                 self._replies[event.channel] = event
@@ -3665,6 +3791,7 @@ class BlockingConnection:
         broker does not answer in time, and PublishError while it blocks publishers.
         """
         if self.blocked is not None:
+            self._check_blocked_timeout()
             raise PublishError(f"the broker blocks publishers ({self.blocked})")
         self._outcomes.clear()
         for index, message in enumerate(messages):
@@ -3682,6 +3809,7 @@ class BlockingConnection:
         except TimeoutError:
             if self.blocked is None:
                 raise  # a broker that does not answer: the caller drops the connection
+            self._check_blocked_timeout()
             # Blocked after we published: the connection stays, and will resume.
             raise PublishError(f"the broker blocks publishers ({self.blocked}); "
                                "not confirmed yet") from None
@@ -3690,6 +3818,15 @@ class BlockingConnection:
         return {message.message_id: self._outcomes.pop(message.message_id, (True, None))
                 for message in messages}
 
+
+    def _check_blocked_timeout(self):
+        """TimeoutError (the caller drops the connection, as pika tears it down) once the
+        broker has blocked publishing for longer than the URL's blocked_connection_timeout."""
+        limit = self.parameters.blocked_connection_timeout
+        if limit is not None and self._blocked_since is not None \
+                and self.clock() - self._blocked_since >= limit:
+            raise TimeoutError(f"the broker blocked publishing for more than {limit:g}s "
+                               f"(blocked_connection_timeout): {self.blocked}")
 
     # -- consuming ------------------------------------------------------------
 
@@ -3805,6 +3942,29 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
     if not endpoints:
         raise ValueError("open_connection() needs at least one endpoint (AMQPParameters)")
     for left, parameters in zip(range(len(endpoints), 0, -1), endpoints):
+        connection = _connect_with_attempts(
+            parameters, left, deadline, timeout=timeout, heartbeat=heartbeat,
+            connection_name=connection_name, ssl_context=ssl_context,
+            socket_factory=socket_factory, clock=clock, interrupt=interrupt,
+            default_heartbeat=default_heartbeat)
+        if connection is None:
+            log.info("trying %s", endpoints[-left + 1].safe_url)
+            continue
+        log.info("connected to %s", parameters.safe_url)
+        if connection.mechanism == "EXTERNAL" and parameters.username != "guest":
+            log.warning("the user name %r of %s is not used: with SASL EXTERNAL the broker "
+                        "logs in as its TLS client certificate says", parameters.username,
+                        parameters.safe_url)
+        return connection
+
+
+def _connect_with_attempts(parameters, left, deadline, *, timeout, heartbeat, connection_name,
+                           ssl_context, socket_factory, clock, interrupt, default_heartbeat):
+    """An open connection to one endpoint, tried up to its URL's connection_attempts times
+    (retry_delay seconds apart, as pika); None when it failed and `left` endpoints (this
+    one included) remain to try, else what it failed with is raised."""
+    attempts = parameters.connection_attempts
+    for attempt in range(1, attempts + 1):
         protocol = AMQPProtocol(
             parameters.username, parameters.password, parameters.vhost,
             heartbeat=heartbeat if heartbeat is not None else
@@ -3816,21 +3976,34 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
             parameters.password_given and (parameters.certfile or ssl_context) else ("PLAIN",))
         connection = BlockingConnection(parameters, protocol, socket_factory=socket_factory,
                                         ssl_context=ssl_context, clock=clock, interrupt=interrupt)
-        share = (deadline - clock()) / left
+        share = (deadline - clock()) / (left + attempts - attempt)
+        bound = parameters.connection_timeout or parameters.stack_timeout or timeout
         try:
-            connection.connect(clock() + min(share, parameters.connection_timeout or timeout))
+            connection.connect(clock() + min(share, bound))
+            return connection
         except (PihaceError, OSError) as exc:
-            if left == 1 or isinstance(exc, Interrupted):
+            last = attempt == attempts or deadline - clock() <= parameters.retry_delay
+            if isinstance(exc, Interrupted) or last and left == 1:
                 raise
-            log.info("cannot use %s (%s); trying %s", parameters.safe_url,
-                     describe_error(exc, parameters.safe_url), endpoints[-left + 1].safe_url)
-            continue
-        log.info("connected to %s", parameters.safe_url)
-        if connection.mechanism == "EXTERNAL" and parameters.username != "guest":
-            log.warning("the user name %r of %s is not used: with SASL EXTERNAL the broker "
-                        "logs in as its TLS client certificate says", parameters.username,
-                        parameters.safe_url)
-        return connection
+            log.info("cannot use %s (%s)%s", parameters.safe_url,
+                     describe_error(exc, parameters.safe_url),
+                     "" if last else f"; attempt {attempt + 1} of {attempts} in "
+                     f"{parameters.retry_delay:g}s")
+            if last:
+                return None
+        _pause(parameters.retry_delay, interrupt)
+    return None
+
+
+def _pause(seconds, interrupt):
+    """Wait `seconds` between two connection attempts; Interrupted when `interrupt` (a
+    Wakeup) is signalled meanwhile."""
+    if interrupt is None:
+        time.sleep(seconds)
+        return
+    _wait_io([], False, seconds, also_readable=interrupt.sock)
+    if interrupt.take_one():
+        raise Interrupted("stopped while waiting to connect again")
 
 
 def failover_order(endpoints, last=None):
@@ -4536,6 +4709,71 @@ class AMQPPusher(_AMQPClient):
             self._wake_loop()  # its poll() still holds the socket open
             log.info("closed the connection to %s", self.parameters.safe_url)
 
+    # -- pihace 1.0.0's publisher.connection and publisher.channel -------------
+
+    @property
+    def connection(self):
+        """pihace 1.0.0's ``publisher.connection`` (pika's BlockingConnection there):
+        is_open, close(), process_data_events() and sleep(), over this pusher's own
+        connection. See _PikaConnection."""
+        return _PikaConnection(self)
+
+    @property
+    def channel(self):
+        """pihace 1.0.0's ``publisher.channel`` (pika's BlockingChannel there):
+        basic_publish(), queue_declare(), queue_purge(), queue_delete() and is_open, on
+        this pusher's own channel. See _PikaChannel."""
+        return _PikaChannel(self)
+
+    def is_connected(self, channel=False):
+        """Is the connection (with `channel`, the pusher's channel) open now? Connects not."""
+        connection = self._connection
+        return connection is not None and (connection.channel_is_open(self._channel)
+                                           if channel else connection.is_open)
+
+    def call(self, name, **values):
+        """Send a synchronous method (Queue.Declare, Queue.Purge, Queue.Delete) on the
+        pusher's channel, set up first as for a push, and return the broker's reply (a dict
+        of its arguments). Raises what failed (PihaceError, OSError), as pika does."""
+        deadline, setup_deadline = self._deadlines()
+        if not self._lock.acquire(timeout=_time_left(deadline, self.clock)):
+            raise TimeoutError(_BUSY)
+        try:
+            connection, deadline = self._ready(deadline, setup_deadline)
+            reply = connection.call(self._channel, name, deadline, **values)
+            if name == "Queue.Delete":
+                self._declared = False  # the pusher's own queue, maybe: declared again
+            return reply.args
+        except (PihaceError, OSError) as exc:
+            self._handle_failure(exc)
+            raise
+        finally:
+            self._lock.release()
+
+    def process_events(self, seconds=0.0):
+        """Connect if need be, then for `seconds` handle what the broker sends and send the
+        heartbeats due (pika's process_data_events). Raises what failed, as pika does."""
+        until = self.clock() + max(0.0, seconds)
+        wakeup = Wakeup() if seconds > 0 else None
+        try:
+            while True:
+                with self._lock:
+                    deadline, setup_deadline = self._deadlines()
+                    try:
+                        connection, _ = self._ready(deadline, setup_deadline)
+                        heartbeat_in = connection.keep_alive(self.clock() + self.timeout)
+                    except (PihaceError, OSError) as exc:
+                        self._handle_failure(exc)
+                        raise
+                wait = until - self.clock()
+                if wait <= 0:
+                    return
+                wakeup.wait(wait if heartbeat_in is None else min(wait, heartbeat_in),
+                            connection)  # without the lock: other threads may push
+        finally:
+            if wakeup is not None:
+                wakeup.close()
+
     # -- publishing -----------------------------------------------------------
 
     def _message(self, body, headers=None, message_id=None, timestamp=None, routing_key=None,
@@ -4887,6 +5125,89 @@ class AMQPPusher(_AMQPClient):
                     if heartbeat_in is not None:
                         wait = min(wait, heartbeat_in)
             self._wakeup.wait(wait, connection)  # without the lock
+
+
+def _wait_seconds(name, value):
+    return float(_number(name, value, lambda v: 0 <= v < 1e6,
+                         "a number of seconds from 0, below a million"))
+
+
+class _PikaMethod:
+    """The part of pika's method frame that code reads: ``.method.message_count`` ..."""
+
+    def __init__(self, name, arguments):
+        self.method = type(name.replace(".", "").replace("-", ""), (), dict(arguments))()
+
+
+class _PikaConnection:
+    """``publisher.connection`` of pihace 1.0.0 code: what it called on pika's
+    BlockingConnection, done by the pusher over its own connection. The pusher connects
+    on first use, not in its constructor: is_open is False until then (process_data_events()
+    connects)."""
+
+    def __init__(self, pusher):
+        self._pusher = pusher
+
+    @property
+    def is_open(self):
+        return self._pusher.is_connected()
+
+    @property
+    def is_closed(self):
+        return not self._pusher.is_connected()
+
+    def close(self, reply_code=200, reply_text="Normal shutdown"):
+        self._pusher.close()
+
+    def process_data_events(self, time_limit=0):
+        """Handle the broker's frames and send heartbeats, for up to time_limit seconds."""
+        self._pusher.process_events(0.0 if time_limit is None else
+                                     _wait_seconds("time_limit", time_limit))
+
+    def sleep(self, duration):
+        """Wait `duration` seconds while keeping the connection alive."""
+        self._pusher.process_events(_wait_seconds("duration", duration))
+
+    def channel(self, channel_number=None):
+        return _PikaChannel(self._pusher)
+
+
+class _PikaChannel:
+    """``publisher.channel`` of pihace 1.0.0 code: what it called on pika's BlockingChannel,
+    done on the pusher's own channel. basic_publish() sends with the pusher's properties
+    (persistent, JSON content type; the headers of `properties` kept) and waits for the
+    broker's confirm: a message not confirmed raises PublishError (pika: NackError,
+    UnroutableError). The others return pika's shape: ``.method.message_count`` ..."""
+
+    def __init__(self, pusher):
+        self._pusher = pusher
+
+    @property
+    def is_open(self):
+        return self._pusher.is_connected(channel=True)
+
+    @property
+    def is_closed(self):
+        return not self._pusher.is_connected(channel=True)
+
+    def basic_publish(self, exchange, routing_key, body, properties=None, mandatory=False):
+        outcome = self._pusher.publish(body, headers=getattr(properties, "headers", None),
+                                       routing_key=routing_key, exchange=exchange)
+        if outcome is not True:
+            raise PublishError(outcome[1])
+
+    def queue_declare(self, queue, passive=False, durable=False, exclusive=False,
+                      auto_delete=False, arguments=None):
+        return _PikaMethod("Queue.DeclareOk", self._pusher.call(
+            "Queue.Declare", queue=queue, passive=passive, durable=durable, exclusive=exclusive,
+            auto_delete=auto_delete, arguments=arguments or {}))
+
+    def queue_purge(self, queue):
+        return _PikaMethod("Queue.PurgeOk", self._pusher.call("Queue.Purge", queue=queue))
+
+    def queue_delete(self, queue, if_unused=False, if_empty=False):
+        return _PikaMethod("Queue.DeleteOk", self._pusher.call(
+            "Queue.Delete", queue=queue, if_unused=if_unused, if_empty=if_empty))
 
 
 # ---------------------------------------------------------------------------
@@ -7558,6 +7879,42 @@ def load_healthcheck_from_yaml(path):
     except ValueError as exc:
         problem = str(exc)
     raise ValueError(f"{os.fspath(path)}: {problem}")  # here: no __context__ to quote the file
+
+
+class _NotUsedHere:
+    """Stands where pihace 1.0.0's module had a driver (``pihace.plugins.http.requests``,
+    ``pihace.pusher.messaging.pika`` ...), so that ``mock.patch`` of it resolves. pihace.py
+    does not use the drivers: patching one changes nothing. Calling it says what to patch
+    instead (docs/differences.md, "Patch points")."""
+
+    def __init__(self, name, instead, **parts):
+        self._name, self._instead = name, instead
+        for part, value in parts.items():
+            setattr(self, part, value if value is not None else
+                    _NotUsedHere(f"{name}.{part}", instead))
+
+    def __call__(self, *args, **kwargs):
+        raise ModuleNotFoundError(f"{self._name} is pihace 1.0.0's driver, which pihace.py does "
+                                  f"not use; {self._instead}", name=self._name.partition(".")[0])
+
+    def __repr__(self):
+        return f"<{self._name}: not used by pihace.py>"
+
+
+_PATCH_INSTEAD = ("in tests, patch the checker's __call__ (mock.patch.object(pihace.{0}, "
+                  "'__call__', return_value=(False, 'down'))) or register a stand-in function")
+# pihace 1.0.0's driver names in its modules, and what a test should patch instead
+requests = _NotUsedHere("requests", _PATCH_INSTEAD.format("HTTP"), get=None, head=None,
+                        post=None, RequestException=None)
+# pihace.plugins.mysql.mysql is this module (as pihace.plugins.mysql is): its .connector
+connector = _NotUsedHere("mysql.connector", _PATCH_INSTEAD.format("MySQL"), connect=None,
+                         Error=None)
+MongoClient = _NotUsedHere("pymongo.MongoClient", _PATCH_INSTEAD.format("MongoDB"))
+InfluxDBClient = _NotUsedHere("influxdb_client.InfluxDBClient", _PATCH_INSTEAD.format("InfluxDB"))
+Elasticsearch = _NotUsedHere("elasticsearch.Elasticsearch", _PATCH_INSTEAD.format("ElasticSearch"))
+pika = _NotUsedHere("pika", "in tests, patch pihace.AMQPPusher.push (or give the pusher a "
+                    "socket_factory); see docs/differences.md", BlockingConnection=None,
+                    URLParameters=None, BasicProperties=None)
 
 
 _ALIASES_1_0_0 = ("plugins.mysql", "plugins.mongodb", "plugins.influxdb", "plugins.elasticsearch",

@@ -607,7 +607,8 @@ def test_report_keys_timestamp_component_and_checks():
 
 
 def test_timestamp_is_utc():
-    assert pihace.get_utc_timestamp(0) == "1970-01-01T00:00:00.000000Z"
+    # pihace 1.0.0's datetime.utcnow().isoformat() + "Z": no fraction when it is zero
+    assert pihace.get_utc_timestamp(0) == "1970-01-01T00:00:00Z"
     assert pihace.get_utc_timestamp(1777638896.789123) == "2026-05-01T12:34:56.789123Z"
 
 
@@ -1185,8 +1186,8 @@ def test_checkers_read_and_write_as_pihace_1_0_0_dicts():
         with pytest.raises(ValueError) as raised:
             entry[key] = bad
         assert key in str(raised.value) or "callable" in str(raised.value)
-    with pytest.raises(KeyError):
-        entry["interval"] = 3
+    entry["interval"] = 3  # a key of the caller's own, as in pihace 1.0.0's dict
+    assert entry["interval"] == 3 and isinstance(entry, dict)
 
 
 def test_a_checker_set_whole_as_a_pihace_1_0_0_dict_runs():
@@ -2788,6 +2789,8 @@ def test_https_goes_through_the_same_exchange_and_verifies_the_certificate(tls_f
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         url = f"https://elastic:sekrit@localhost:{server.server_address[1]}"
+        for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # they would come first
+            monkeypatch.delenv(variable, raising=False)
         monkeypatch.setenv("SSL_CERT_FILE", tls_files["ca"])
         assert pihace.ElasticSearch(url)() is True
         assert green.requests[0][1]["Authorization"] == "Basic " + base64.b64encode(
@@ -8851,3 +8854,25 @@ def test_the_wheel_installs_the_module_the_console_script_and_the_system_extra(t
     report = subprocess.run([str(venv / "bin" / "pihace"), "check"], capture_output=True,
                             text=True, timeout=60, cwd=str(tmp_path))
     assert report.returncode == 0 and json.loads(report.stdout)["system"]["os"]
+
+
+def test_pika_s_url_keys_are_honoured_or_ignored(closed_port, caplog):
+    parameters = pihace.AMQPParameters(
+        f"amqp://127.0.0.1:{closed_port}/?connection_attempts=3&retry_delay=0.05"
+        "&socket_timeout=2&stack_timeout=4&blocked_connection_timeout=30&locale=en_US"
+        "&client_properties=%7B%7D")
+    assert (parameters.connection_attempts, parameters.retry_delay, parameters.socket_timeout,
+            parameters.stack_timeout, parameters.blocked_connection_timeout) == (3, 0.05, 2.0,
+                                                                                 4.0, 30.0)
+    tried = []
+
+    def counting(address, timeout):
+        tried.append(timeout)
+        return pihace.connect_tcp(address, timeout)
+
+    with pytest.raises(ConnectionRefusedError):
+        pihace.open_connection([parameters], time.monotonic() + 10, socket_factory=counting)
+    assert len(tried) == 3 and max(tried) <= 2.0  # each TCP connect bounded by socket_timeout
+    with pytest.raises(ValueError) as raised:
+        pihace.AMQPParameters("amqp://h/?connection_attempts=0")
+    assert "connection_attempts" in str(raised.value)

@@ -50,6 +50,10 @@ _METHOD_TABLE = [
     "50 20 > Queue.Bind ticket:short queue:shortstr exchange:shortstr routing_key:shortstr "
     "nowait:bits arguments:table",
     "50 21 < Queue.Bind-Ok",
+    "50 30 > Queue.Purge ticket:short queue:shortstr nowait:bits",
+    "50 31 < Queue.Purge-Ok message_count:long",
+    "50 40 > Queue.Delete ticket:short queue:shortstr if_unused,if_empty,nowait:bits",
+    "50 41 < Queue.Delete-Ok message_count:long",
     "60 10 > Basic.Qos prefetch_size:long prefetch_count:short global:bits",
     "60 11 < Basic.Qos-Ok",
     "60 20 > Basic.Consume ticket:short queue:shortstr consumer_tag:shortstr "

@@ -76,6 +76,18 @@ class _DeadlineSocket:
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
+def _https_context(ssl):
+    """The TLS settings of an https:// check: the system's CAs or, as requests (pihace
+    1.0.0's HTTP client) does, only those of the file or folder that REQUESTS_CA_BUNDLE,
+    else CURL_CA_BUNDLE, names."""
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if not bundle:
+        return ssl.create_default_context()
+    if os.path.isdir(bundle):
+        return ssl.create_default_context(capath=bundle)
+    return ssl.create_default_context(cafile=bundle)
+
+
 def _http_exchange(url, path="", *, method="GET", headers=None, body=None, timeout=5.0,
                    follow=0, limit=1_000_000):
     """(status, reason phrase, headers, body) of one HTTP request to `url` (+ `path`), all
@@ -116,7 +128,7 @@ def _http_exchange(url, path="", *, method="GET", headers=None, body=None, timeo
                 import ssl  # here, not at the top: only https:// needs it
 
                 sock.settimeout(_time_left(deadline, at_least=0.001))
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+                sock = _https_context(ssl).wrap_socket(sock, server_hostname=host)
             connection = http.client.HTTPConnection(host, port)
             connection.sock = _DeadlineSocket(sock, deadline)
             connection.request(method, (parts.path or "/") + (f"?{parts.query}"

@@ -11,6 +11,7 @@ import os
 import queue
 import threading
 import time
+from datetime import datetime  # pihace 1.0.0's pihace.utils.datetime: a patch of it is honoured
 
 from .helpers import (
     _number, _printable, _reset_after_fork, _seconds, _text, _time_left, describe_error,
@@ -22,12 +23,21 @@ from .formats import (
 )
 
 
+_DATETIME = datetime  # the real class, to tell a patched `datetime` (a test's) from it
+
+
 def get_utc_timestamp(now=None):
-    """`now` (default: the current time.time()) as ISO 8601 UTC ending in Z:
-    ``2026-05-01T12:34:56.789123Z``."""
+    """`now` (default: the current time.time()) as ISO 8601 UTC ending in Z, in pihace
+    1.0.0's format (``datetime.utcnow().isoformat() + "Z"``): ``2026-05-01T12:34:56.789123Z``,
+    without the fraction when it is zero (``2026-05-01T12:34:56Z``). A test that patches
+    ``pihace.utils.datetime`` gets its utcnow(), as with pihace 1.0.0."""
+    if now is None and datetime is not _DATETIME:  # patched: mock.patch, freezegun
+        return datetime.utcnow().isoformat() + "Z"
     now = time.time() if now is None else now
     seconds = int(now)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%06dZ" % ((now - seconds) * 1e6)
+    micro = int((now - seconds) * 1e6)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (
+        ".%06dZ" % micro if micro else "Z")
 
 
 def calculate_status(passed, total):
@@ -69,10 +79,11 @@ class _Run:
     """One run of a sync checker, with the methods of a concurrent.futures.Future
     that check() uses (that module costs memory)."""
 
-    __slots__ = ("_outcome", "_callbacks", "_lock")
+    __slots__ = ("_outcome", "_callbacks", "_lock", "ended")
 
     def __init__(self):
         self._outcome = None  # (value, exception), once done
+        self.ended = None  # time.monotonic() when it ended
         self._callbacks = []
         self._lock = threading.Lock()
 
@@ -80,6 +91,7 @@ class _Run:
         return self._outcome is not None
 
     def finish(self, value, exception):
+        self.ended = time.monotonic()
         with self._lock:
             self._outcome = (value, exception)
             callbacks, self._callbacks = self._callbacks, []
@@ -193,53 +205,61 @@ def _timeout(name, value):
     return value
 
 
-class _Checker(collections.abc.MutableMapping):
+class _Checker(dict):
     """A registered checker, and its latest run: a run that outlives its check()
     is waited for by the next check(), never started twice.
 
-    It reads and writes as pihace 1.0.0's ``hc.checkers[name]``, the dict
-    ``{"checker": function, "timeout": seconds, "retries": count}``.
+    It is pihace 1.0.0's ``hc.checkers[name]``, the dict ``{"checker": function,
+    "timeout": seconds, "retries": count}`` (keys of the caller's own too); the
+    three are checked when set. A copy, deep copy or pickle holds the settings,
+    not the run.
     """
 
-    __slots__ = ("name", "function", "timeout", "retries", "is_async", "run", "started", "lock")
-    _KEYS = {"checker": "function", "timeout": "timeout", "retries": "retries"}
+    __slots__ = ("name", "run", "started", "lock", "_run_of", "_async_of")
+    _KEYS = ("checker", "timeout", "retries")
 
-    def __init__(self, name, function, timeout, retries):
-        self.name, self.function, self.timeout, self.retries = name, function, timeout, retries
-        self.is_async = _is_async_callable(function)
-        self.run, self.started = None, 0.0
+    def __init__(self, name, function, timeout, retries, extra=()):
+        super().__init__(checker=function, timeout=timeout, retries=retries)
+        dict.update(self, {key: value for key, value in dict(extra).items()
+                           if key not in self._KEYS})
+        self.name = name
+        self.run, self.started, self._run_of = None, 0.0, None
+        self._async_of = (None, False)  # (function, is it async?), worked out once
         self.lock = threading.Lock()  # check() from two threads at once: still one run
 
-    def __getitem__(self, key):
-        return getattr(self, self._KEYS[key])
+    def __reduce__(self):  # copy, deepcopy, pickle: the settings, without run or lock
+        return _new_checker, (self.name, self.function, self.timeout, self.retries, dict(self))
 
     def __setitem__(self, key, value):
-        if key not in self._KEYS:
-            raise KeyError(f"a checker has {', '.join(map(repr, self._KEYS))}, not {key!r}")
-        if key == "checker":
-            if not callable(value):
-                raise ValueError(f"checker {self.name!r} must be callable, got "
-                                 f"{type(value).__name__}")
-            with self.lock:  # a run of the old function is not this checker's any more
-                self.function, self.is_async, self.run = value, _is_async_callable(value), None
-        elif key == "timeout":
-            self.timeout = _timeout(f"timeout of checker {self.name!r}", value)
-        else:
-            self.retries = _number(f"retries of checker {self.name!r}", value, lambda v: v >= 0,
-                                   "an integer >= 0", int)
+        if key == "checker" and not callable(value):
+            raise ValueError(f"checker {self.name!r} must be callable, got "
+                             f"{type(value).__name__}")
+        if key == "timeout":
+            _timeout(f"timeout of checker {self.name!r}", value)
+        elif key == "retries":
+            _number(f"retries of checker {self.name!r}", value, lambda v: v >= 0,
+                    "an integer >= 0", int)
+        super().__setitem__(key, value)
 
     def __delitem__(self, key):
-        raise TypeError("a checker keeps its settings; remove the checker with "
-                        "hc.checkers.pop(name)")
+        if key in self._KEYS:
+            raise TypeError("a checker keeps its settings; remove the checker with "
+                            "hc.checkers.pop(name)")
+        super().__delitem__(key)
 
-    def __iter__(self):
-        return iter(self._KEYS)
+    # the settings as attributes (what a dict written with update() holds, as it is now)
+    function = property(lambda self: self.get("checker"))
+    timeout = property(lambda self: self.get("timeout"),
+                       lambda self, value: self.__setitem__("timeout", value))
+    retries = property(lambda self: self.get("retries"),
+                       lambda self, value: self.__setitem__("retries", value))
 
-    def __len__(self):
-        return len(self._KEYS)
-
-    def __repr__(self):
-        return repr(dict(self))
+    @property
+    def is_async(self):
+        function = self.function
+        if self._async_of[0] is not function:
+            self._async_of = (function, _is_async_callable(function))
+        return self._async_of[1]
 
     def start(self, now, loop=None):
         """The Future of this checker's run: the one still going, else a new one.
@@ -247,28 +267,31 @@ class _Checker(collections.abc.MutableMapping):
         It runs in a copy of the caller's context (contextvars: a Flask app
         context, say); an async checker runs on `loop`, the caller's running
         loop, when one is given (its run is cancelled at its timeout, so it is
-        never waited for by a later check), else on pihace's own loop.
+        never waited for by a later check), else on pihace's own loop. A run of
+        a function that was replaced since is not this checker's any more.
         """
-        if loop is not None and self.is_async:
+        function, is_async = self.function, self.is_async
+        if loop is not None and is_async:
             self.started = now
-            return loop.create_task(_awaited_call(self.function))  # the task copies the context
+            return loop.create_task(_awaited_call(function))  # the task copies the context
         with self.lock:
-            if self.run is None or self.run.done():
-                self.started = now
+            if self.run is None or self.run.done() or self._run_of is not function:
+                self.started, self._run_of = now, function
                 # call_soon_threadsafe, inside run_coroutine_threadsafe, copies the context
-                self.run = (_run_async(_awaited_call(self.function)) if self.is_async
+                self.run = (_run_async(_awaited_call(function)) if is_async
                             else _workers.submit(functools.partial(
-                                contextvars.copy_context().run, _call_checker, self.function)))
+                                contextvars.copy_context().run, _call_checker, function)))
             return self.run
 
 
-def _new_checker(name, function, timeout, retries):
-    """A _Checker from register()'s arguments, each checked; ValueError names a bad one."""
+def _new_checker(name, function, timeout, retries, extra=()):
+    """A _Checker from register()'s arguments, each checked; ValueError names a bad one.
+    `extra`: the other keys of a dict set whole (or copied)."""
     if not callable(function):
         raise ValueError(f"checker {name!r} must be callable, got {type(function).__name__}")
     timeout = _timeout(f"timeout of checker {name!r}", timeout)
     _number(f"retries of checker {name!r}", retries, lambda v: v >= 0, "an integer >= 0", int)
-    return _Checker(str(name), function, timeout, retries)
+    return _Checker(str(name), function, timeout, retries, extra)
 
 
 class _Attempts:
@@ -281,7 +304,9 @@ class _Attempts:
         self.attempt(now, new_run=True)
 
     def attempt(self, now, new_run):
-        """Another attempt: a new run, or more time for the one that timed out."""
+        """Another attempt: a new run, or more time for the one that timed out (a hung
+        checker is never started twice); either way, an answer must come within
+        `timeout` of the run's start to count, as in pihace 1.0.0."""
         self.count += 1
         self.deadline = now + (math.inf if self.checker.timeout is None else self.checker.timeout)
         if new_run:
@@ -292,7 +317,11 @@ class _Attempts:
         """Settle the outcome, or start the next attempt after a failed one; True once
         settled (passed, or failed with no retry left)."""
         checker, run, done = self.checker, self.run, self.run.done()
-        if done:
+        took = (getattr(run, "ended", None) or now) - checker.started
+        if done and checker.timeout is not None and took > checker.timeout:
+            passed, message = False, f"timed out after {checker.timeout:g}s (it answered " \
+                f"after {took:.1f}s)"  # too late for this attempt, as in pihace 1.0.0
+        elif done:
             try:
                 passed, message = _interpret(run.result())
             except BaseException as exc:
@@ -359,6 +388,20 @@ class HealthCheck:
         self._lock = threading.Lock()
         _reset_after_fork.add(self)
 
+    def __getstate__(self):  # copy.deepcopy, pickle: the settings, not the lock
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        _reset_after_fork.add(self)
+
+    def _overrides(self, name):
+        """Does a subclass override pihace 1.0.0's method `name` (its code is then called)?"""
+        return getattr(type(self), name) is not getattr(HealthCheck, name)
+
     def _after_fork(self):
         """In a forked child: the runs in progress died with the parent's threads."""
         self._lock = threading.Lock()
@@ -385,11 +428,14 @@ class HealthCheck:
                                      f"(and optionally \"timeout\" and \"retries\"), got "
                                      f"{type(entry).__name__}")
                 self.checkers[name] = _new_checker(name, entry["checker"],
-                                                   entry.get("timeout", 5), entry.get("retries", 2))
+                                                   entry.get("timeout", 5), entry.get("retries", 2),
+                                                   entry)
             return list(self.checkers.values())
 
     def _run_checkers(self):
         """[(name, its entry in the report)] for every checker, run at once."""
+        if self._overrides("run_checker_with_retries"):
+            return _run_to_end(self._run_checkers_async())
         checkers = self._registered()
         # Runs report their end on this queue: waiting on it is much cheaper
         # than concurrent.futures.wait(), which matters for fast checkers.
@@ -413,6 +459,16 @@ class HealthCheck:
 
         loop = asyncio.get_running_loop()
         checkers = self._registered()
+        if self._overrides("run_checker_with_retries"):  # a subclass's, as pihace 1.0.0 ran it
+            began = time.monotonic()
+            results = await asyncio.gather(*(self.run_checker_with_retries(
+                checker.name, checker.function, checker.retries, checker.timeout)
+                for checker in checkers))
+            duration_ms = round((time.monotonic() - began) * 1000, 3)
+            return [(checker.name, {"status": "pass" if passed else "fail",
+                                    "duration_ms": duration_ms, "attempts": None,
+                                    "message": message})
+                    for checker, (passed, message) in zip(checkers, map(_interpret, results))]
         ended = asyncio.Event()
 
         def wake(_run):  # from a worker thread, or from the loop itself
@@ -470,6 +526,8 @@ class HealthCheck:
         it blocks for the duration: prefer ``await check_async()`` there).
         """
         output = _output_name(output)
+        if self._overrides("_check_async"):  # a subclass's, run as pihace 1.0.0's check() ran it
+            return _run_to_end(self._check_async(output, pretty))
         return format_report(self.report(), output, pretty)
 
     async def check_async(self, output="dict", pretty=True):
@@ -502,6 +560,23 @@ class HealthCheck:
                 await asyncio.wait_for(woken.wait(), _wait_time([attempts]))
             except asyncio.TimeoutError:
                 pass
+
+
+def _run_to_end(coroutine):
+    """What `coroutine` returns, as asyncio.run() gives it (pihace 1.0.0's check()); inside a
+    running event loop, asyncio.run() goes to a thread of its own (it cannot nest)."""
+    import asyncio  # here, not at the top: slow to import, and only subclasses need it
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    ended = threading.Event()
+    run = _workers.submit(functools.partial(contextvars.copy_context().run, asyncio.run,
+                                            coroutine))
+    run.add_done_callback(lambda _run: ended.set())
+    ended.wait()
+    return run.result()
 
 
 def format_report(report, output="dict", pretty=True):

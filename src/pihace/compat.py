@@ -375,6 +375,42 @@ def load_healthcheck_from_yaml(path):
     raise ValueError(f"{os.fspath(path)}: {problem}")  # here: no __context__ to quote the file
 
 
+class _NotUsedHere:
+    """Stands where pihace 1.0.0's module had a driver (``pihace.plugins.http.requests``,
+    ``pihace.pusher.messaging.pika`` ...), so that ``mock.patch`` of it resolves. pihace.py
+    does not use the drivers: patching one changes nothing. Calling it says what to patch
+    instead (docs/differences.md, "Patch points")."""
+
+    def __init__(self, name, instead, **parts):
+        self._name, self._instead = name, instead
+        for part, value in parts.items():
+            setattr(self, part, value if value is not None else
+                    _NotUsedHere(f"{name}.{part}", instead))
+
+    def __call__(self, *args, **kwargs):
+        raise ModuleNotFoundError(f"{self._name} is pihace 1.0.0's driver, which pihace.py does "
+                                  f"not use; {self._instead}", name=self._name.partition(".")[0])
+
+    def __repr__(self):
+        return f"<{self._name}: not used by pihace.py>"
+
+
+_PATCH_INSTEAD = ("in tests, patch the checker's __call__ (mock.patch.object(pihace.{0}, "
+                  "'__call__', return_value=(False, 'down'))) or register a stand-in function")
+# pihace 1.0.0's driver names in its modules, and what a test should patch instead
+requests = _NotUsedHere("requests", _PATCH_INSTEAD.format("HTTP"), get=None, head=None,
+                        post=None, RequestException=None)
+# pihace.plugins.mysql.mysql is this module (as pihace.plugins.mysql is): its .connector
+connector = _NotUsedHere("mysql.connector", _PATCH_INSTEAD.format("MySQL"), connect=None,
+                         Error=None)
+MongoClient = _NotUsedHere("pymongo.MongoClient", _PATCH_INSTEAD.format("MongoDB"))
+InfluxDBClient = _NotUsedHere("influxdb_client.InfluxDBClient", _PATCH_INSTEAD.format("InfluxDB"))
+Elasticsearch = _NotUsedHere("elasticsearch.Elasticsearch", _PATCH_INSTEAD.format("ElasticSearch"))
+pika = _NotUsedHere("pika", "in tests, patch pihace.AMQPPusher.push (or give the pusher a "
+                    "socket_factory); see docs/differences.md", BlockingConnection=None,
+                    URLParameters=None, BasicProperties=None)
+
+
 _ALIASES_1_0_0 = ("plugins.mysql", "plugins.mongodb", "plugins.influxdb", "plugins.elasticsearch",
                   "pusher.elasticsearch", "storage", "storage.mongodb", "types", "loader")
 # pihace.types: 1.0.0's Literal names, made on first use (typing is slow to import)

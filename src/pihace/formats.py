@@ -184,7 +184,8 @@ def format_prometheus(report):
                [((("check", name),), round(check.get("duration_ms", 0) / 1000, 6))
                 for name, check in checks.items()])
         metric("check_attempts", "attempts the check took", [
-            ((("check", name),), check.get("attempts", 1)) for name, check in checks.items()])
+            ((("check", name),), check.get("attempts", 1)) for name, check in checks.items()
+            if check.get("attempts", 1) is not None])  # None: a subclass ran it, count unknown
         metric("check_optional", "1 when a failure of the check cannot make the status "
                "Unavailable", [((("check", name),), int(bool(check.get("optional"))))
                                for name, check in checks.items()])

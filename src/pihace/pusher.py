@@ -555,6 +555,71 @@ class AMQPPusher(_AMQPClient):
             self._wake_loop()  # its poll() still holds the socket open
             log.info("closed the connection to %s", self.parameters.safe_url)
 
+    # -- pihace 1.0.0's publisher.connection and publisher.channel -------------
+
+    @property
+    def connection(self):
+        """pihace 1.0.0's ``publisher.connection`` (pika's BlockingConnection there):
+        is_open, close(), process_data_events() and sleep(), over this pusher's own
+        connection. See _PikaConnection."""
+        return _PikaConnection(self)
+
+    @property
+    def channel(self):
+        """pihace 1.0.0's ``publisher.channel`` (pika's BlockingChannel there):
+        basic_publish(), queue_declare(), queue_purge(), queue_delete() and is_open, on
+        this pusher's own channel. See _PikaChannel."""
+        return _PikaChannel(self)
+
+    def is_connected(self, channel=False):
+        """Is the connection (with `channel`, the pusher's channel) open now? Connects not."""
+        connection = self._connection
+        return connection is not None and (connection.channel_is_open(self._channel)
+                                           if channel else connection.is_open)
+
+    def call(self, name, **values):
+        """Send a synchronous method (Queue.Declare, Queue.Purge, Queue.Delete) on the
+        pusher's channel, set up first as for a push, and return the broker's reply (a dict
+        of its arguments). Raises what failed (PihaceError, OSError), as pika does."""
+        deadline, setup_deadline = self._deadlines()
+        if not self._lock.acquire(timeout=_time_left(deadline, self.clock)):
+            raise TimeoutError(_BUSY)
+        try:
+            connection, deadline = self._ready(deadline, setup_deadline)
+            reply = connection.call(self._channel, name, deadline, **values)
+            if name == "Queue.Delete":
+                self._declared = False  # the pusher's own queue, maybe: declared again
+            return reply.args
+        except (PihaceError, OSError) as exc:
+            self._handle_failure(exc)
+            raise
+        finally:
+            self._lock.release()
+
+    def process_events(self, seconds=0.0):
+        """Connect if need be, then for `seconds` handle what the broker sends and send the
+        heartbeats due (pika's process_data_events). Raises what failed, as pika does."""
+        until = self.clock() + max(0.0, seconds)
+        wakeup = Wakeup() if seconds > 0 else None
+        try:
+            while True:
+                with self._lock:
+                    deadline, setup_deadline = self._deadlines()
+                    try:
+                        connection, _ = self._ready(deadline, setup_deadline)
+                        heartbeat_in = connection.keep_alive(self.clock() + self.timeout)
+                    except (PihaceError, OSError) as exc:
+                        self._handle_failure(exc)
+                        raise
+                wait = until - self.clock()
+                if wait <= 0:
+                    return
+                wakeup.wait(wait if heartbeat_in is None else min(wait, heartbeat_in),
+                            connection)  # without the lock: other threads may push
+        finally:
+            if wakeup is not None:
+                wakeup.close()
+
     # -- publishing -----------------------------------------------------------
 
     def _message(self, body, headers=None, message_id=None, timestamp=None, routing_key=None,
@@ -906,3 +971,86 @@ class AMQPPusher(_AMQPClient):
                     if heartbeat_in is not None:
                         wait = min(wait, heartbeat_in)
             self._wakeup.wait(wait, connection)  # without the lock
+
+
+def _wait_seconds(name, value):
+    return float(_number(name, value, lambda v: 0 <= v < 1e6,
+                         "a number of seconds from 0, below a million"))
+
+
+class _PikaMethod:
+    """The part of pika's method frame that code reads: ``.method.message_count`` ..."""
+
+    def __init__(self, name, arguments):
+        self.method = type(name.replace(".", "").replace("-", ""), (), dict(arguments))()
+
+
+class _PikaConnection:
+    """``publisher.connection`` of pihace 1.0.0 code: what it called on pika's
+    BlockingConnection, done by the pusher over its own connection. The pusher connects
+    on first use, not in its constructor: is_open is False until then (process_data_events()
+    connects)."""
+
+    def __init__(self, pusher):
+        self._pusher = pusher
+
+    @property
+    def is_open(self):
+        return self._pusher.is_connected()
+
+    @property
+    def is_closed(self):
+        return not self._pusher.is_connected()
+
+    def close(self, reply_code=200, reply_text="Normal shutdown"):
+        self._pusher.close()
+
+    def process_data_events(self, time_limit=0):
+        """Handle the broker's frames and send heartbeats, for up to time_limit seconds."""
+        self._pusher.process_events(0.0 if time_limit is None else
+                                     _wait_seconds("time_limit", time_limit))
+
+    def sleep(self, duration):
+        """Wait `duration` seconds while keeping the connection alive."""
+        self._pusher.process_events(_wait_seconds("duration", duration))
+
+    def channel(self, channel_number=None):
+        return _PikaChannel(self._pusher)
+
+
+class _PikaChannel:
+    """``publisher.channel`` of pihace 1.0.0 code: what it called on pika's BlockingChannel,
+    done on the pusher's own channel. basic_publish() sends with the pusher's properties
+    (persistent, JSON content type; the headers of `properties` kept) and waits for the
+    broker's confirm: a message not confirmed raises PublishError (pika: NackError,
+    UnroutableError). The others return pika's shape: ``.method.message_count`` ..."""
+
+    def __init__(self, pusher):
+        self._pusher = pusher
+
+    @property
+    def is_open(self):
+        return self._pusher.is_connected(channel=True)
+
+    @property
+    def is_closed(self):
+        return not self._pusher.is_connected(channel=True)
+
+    def basic_publish(self, exchange, routing_key, body, properties=None, mandatory=False):
+        outcome = self._pusher.publish(body, headers=getattr(properties, "headers", None),
+                                       routing_key=routing_key, exchange=exchange)
+        if outcome is not True:
+            raise PublishError(outcome[1])
+
+    def queue_declare(self, queue, passive=False, durable=False, exclusive=False,
+                      auto_delete=False, arguments=None):
+        return _PikaMethod("Queue.DeclareOk", self._pusher.call(
+            "Queue.Declare", queue=queue, passive=passive, durable=durable, exclusive=exclusive,
+            auto_delete=auto_delete, arguments=arguments or {}))
+
+    def queue_purge(self, queue):
+        return _PikaMethod("Queue.PurgeOk", self._pusher.call("Queue.Purge", queue=queue))
+
+    def queue_delete(self, queue, if_unused=False, if_empty=False):
+        return _PikaMethod("Queue.DeleteOk", self._pusher.call(
+            "Queue.Delete", queue=queue, if_unused=if_unused, if_empty=if_empty))

@@ -33,6 +33,15 @@ class SystemInfo:
         self._last_cpu = (0, 0)  # (busy, total) of the previous sample
         self._last_percent = None
 
+    def __getstate__(self):  # copy.deepcopy, pickle (a HealthCheck holding it): not the lock
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def psutil(self):
         """The psutil in use: the one given, else this module's `psutil` as it is now, so that
@@ -53,7 +62,7 @@ class SystemInfo:
                     times = [int(x) for x in stat.readline().split()[1:9]] + [0] * 5
                 total = sum(times)
                 busy = total - times[3] - times[4]
-        except (OSError, ValueError, IndexError, AttributeError):
+        except Exception:  # whatever psutil raises (psutil.Error, NotImplementedError...)
             return None
         with self._lock:
             last_busy, last_total = self._last_cpu
@@ -72,7 +81,7 @@ class SystemInfo:
                 values = dict(line.split()[:2] for line in meminfo)  # b"MemTotal:": b"16318044"
             total, available = (int(values[key]) * 1024 for key in (b"MemTotal:", b"MemAvailable:"))
             return round((total - available) / total * 100, 1), available
-        except (OSError, ValueError, KeyError, IndexError, ZeroDivisionError):
+        except Exception:  # whatever psutil raises: the figure is null, the report goes on
             return None, None
 
     def disk(self):
@@ -86,7 +95,7 @@ class SystemInfo:
                 return usage.percent, usage.free
             usage = shutil.disk_usage(self.disk_path)
             return round(usage.used / (usage.used + usage.free) * 100, 1), usage.free
-        except (OSError, ZeroDivisionError, AttributeError):
+        except Exception:  # whatever psutil raises: the figure is null, the report goes on
             return None, None
 
     def read(self):
@@ -103,14 +112,22 @@ class SystemInfo:
         return {
             "cpu_usage": None if cpu is None else f"{cpu}%",
             "memory_usage": None if memory_percent is None else f"{memory_percent}%",
-            "memory_available": None if memory_available is None
-            else f"{round(memory_available / 1024 ** 2, 2)} MB",
+            "memory_available": _in_units(memory_available, 1024 ** 2, "MB"),
             "disk_usage": None if disk_percent is None else f"{disk_percent}%",
-            "disk_available": None if disk_free is None else f"{round(disk_free / 1024 ** 3, 2)} GB",
+            "disk_available": _in_units(disk_free, 1024 ** 3, "GB"),
             "os": uname[0] or None,
             "os_version": uname[3] or None,
             "python_version": "%d.%d" % sys.version_info[:2],
         }
+
+
+def _in_units(count, unit, name):
+    """A count of bytes as pihace 1.0.0 showed it ("512.0 MB"); None when it is None or not a
+    number (a test's double of psutil may give anything)."""
+    try:
+        return None if count is None else f"{round(count / unit, 2)} {name}"
+    except Exception:
+        return None
 
 
 _system_info = SystemInfo()

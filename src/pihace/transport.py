@@ -33,7 +33,13 @@ class AMQPParameters:
     """Where and how to connect, parsed from an amqp:// or amqps:// URL."""
 
     NUMBER_KEYS = {"heartbeat": (0, 65535), "connection_timeout": (1e-3, 1e6),
-                   "frame_max": (8192, 2 ** 31), "channel_max": (1, 65535)}
+                   "frame_max": (8192, 2 ** 31), "channel_max": (1, 65535),
+                   # pika's URLParameters keys (as pihace 1.0.0's URLs may hold them):
+                   "connection_attempts": (1, 1000), "retry_delay": (0, 3600),
+                   "socket_timeout": (1e-3, 1e6), "stack_timeout": (1e-3, 1e6),
+                   "blocked_connection_timeout": (1e-3, 1e6)}
+    # pika's other keys: accepted, with nothing to do here (one debug line says so)
+    IGNORED_KEYS = ("client_properties", "locale", "ssl_options", "tcp_options")
     TLS_KEYS = ("cacertfile", "certfile", "keyfile", "keyfile_password", "verify",
                 "server_name_indication")
 
@@ -63,6 +69,8 @@ class AMQPParameters:
         self.password = unquote(parts.password) if self.password_given else "guest"
         self.vhost = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path) or "/"
         self.heartbeat = self.connection_timeout = self.frame_max = self.channel_max = None
+        self.socket_timeout = self.stack_timeout = self.blocked_connection_timeout = None
+        self.connection_attempts, self.retry_delay = 1, 2.0  # pika's default delay
         self.cacertfile = self.certfile = self.keyfile = self.server_name_indication = None
         self.keyfile_password = None  # for an encrypted keyfile; never asked for on a terminal
         self.verify = "verify_peer"
@@ -76,11 +84,15 @@ class AMQPParameters:
                                      f"verify_none, got {value!r}")
                 setattr(self, key, value)
                 continue
+            if key in self.IGNORED_KEYS:
+                log.debug("%s: query key %s (pika's) is accepted and not used", what, key)
+                continue
             if key not in self.NUMBER_KEYS:
-                raise ValueError(f"{what} has an unknown query key {key!r}; known keys: "
-                                 f"{', '.join((*self.NUMBER_KEYS, *self.TLS_KEYS))}")
+                raise ValueError(f"{what} has an unknown query key {_printable(repr(key))}; "
+                                 "known keys: " + ", ".join(
+                                     (*self.NUMBER_KEYS, *self.TLS_KEYS, *self.IGNORED_KEYS)))
             try:
-                number = float(value) if key == "connection_timeout" else int(value)
+                number = float(value) if key.endswith(("_timeout", "_delay")) else int(value)
             except ValueError:
                 raise ValueError(f"{what} query key {key} must be a number, got {value!r}") \
                     from None
@@ -214,6 +226,7 @@ class BlockingConnection:
         self._outcomes = {}  # message id -> (acked, reason), for publish() to collect
         self._deliveries = collections.deque()  # Delivery events, for deliveries() to collect
         self._blocked_changes = 0  # Blocked and Unblocked not logged yet
+        self._blocked_since = None  # when the broker blocked publishing, while it does
         self._blocked_logged = None  # when the last line about them was
         self._last_received = clock()  # when the broker last sent anything
         self._first_bytes = b""  # the server's, up to 5: does it answer in HTTP?
@@ -257,8 +270,10 @@ class BlockingConnection:
         host, port = self.parameters.host, self.parameters.port
         where = f"{host}:{port}"
         try:
-            sock = self.socket_factory((host, port),
-                                       self._time_left(deadline, f"connecting to {where}"))
+            left = self._time_left(deadline, f"connecting to {where}")
+            if self.parameters.socket_timeout is not None:  # pika's bound for the TCP connect
+                left = min(left, self.parameters.socket_timeout)
+            sock = self.socket_factory((host, port), left)
         except socket.timeout:
             raise TimeoutError(f"timed out connecting to {where}") from None
         except ConnectionRefusedError:
@@ -449,6 +464,8 @@ class BlockingConnection:
                                         "deleted, or its node went down)")
             if name in ("Connection.Blocked", "Connection.Unblocked"):
                 self._blocked_changes += 1
+                self._blocked_since = None if self.blocked is None else (
+                    self._blocked_since or self.clock())
                 self._log_blocked()
             elif name in _REPLY_NAMES:
                 self._replies[event.channel] = event
@@ -528,6 +545,7 @@ class BlockingConnection:
         broker does not answer in time, and PublishError while it blocks publishers.
         """
         if self.blocked is not None:
+            self._check_blocked_timeout()
             raise PublishError(f"the broker blocks publishers ({self.blocked})")
         self._outcomes.clear()
         for index, message in enumerate(messages):
@@ -545,6 +563,7 @@ class BlockingConnection:
         except TimeoutError:
             if self.blocked is None:
                 raise  # a broker that does not answer: the caller drops the connection
+            self._check_blocked_timeout()
             # Blocked after we published: the connection stays, and will resume.
             raise PublishError(f"the broker blocks publishers ({self.blocked}); "
                                "not confirmed yet") from None
@@ -553,6 +572,15 @@ class BlockingConnection:
         return {message.message_id: self._outcomes.pop(message.message_id, (True, None))
                 for message in messages}
 
+
+    def _check_blocked_timeout(self):
+        """TimeoutError (the caller drops the connection, as pika tears it down) once the
+        broker has blocked publishing for longer than the URL's blocked_connection_timeout."""
+        limit = self.parameters.blocked_connection_timeout
+        if limit is not None and self._blocked_since is not None \
+                and self.clock() - self._blocked_since >= limit:
+            raise TimeoutError(f"the broker blocked publishing for more than {limit:g}s "
+                               f"(blocked_connection_timeout): {self.blocked}")
 
     # -- consuming ------------------------------------------------------------
 
@@ -668,6 +696,29 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
     if not endpoints:
         raise ValueError("open_connection() needs at least one endpoint (AMQPParameters)")
     for left, parameters in zip(range(len(endpoints), 0, -1), endpoints):
+        connection = _connect_with_attempts(
+            parameters, left, deadline, timeout=timeout, heartbeat=heartbeat,
+            connection_name=connection_name, ssl_context=ssl_context,
+            socket_factory=socket_factory, clock=clock, interrupt=interrupt,
+            default_heartbeat=default_heartbeat)
+        if connection is None:
+            log.info("trying %s", endpoints[-left + 1].safe_url)
+            continue
+        log.info("connected to %s", parameters.safe_url)
+        if connection.mechanism == "EXTERNAL" and parameters.username != "guest":
+            log.warning("the user name %r of %s is not used: with SASL EXTERNAL the broker "
+                        "logs in as its TLS client certificate says", parameters.username,
+                        parameters.safe_url)
+        return connection
+
+
+def _connect_with_attempts(parameters, left, deadline, *, timeout, heartbeat, connection_name,
+                           ssl_context, socket_factory, clock, interrupt, default_heartbeat):
+    """An open connection to one endpoint, tried up to its URL's connection_attempts times
+    (retry_delay seconds apart, as pika); None when it failed and `left` endpoints (this
+    one included) remain to try, else what it failed with is raised."""
+    attempts = parameters.connection_attempts
+    for attempt in range(1, attempts + 1):
         protocol = AMQPProtocol(
             parameters.username, parameters.password, parameters.vhost,
             heartbeat=heartbeat if heartbeat is not None else
@@ -679,21 +730,34 @@ def open_connection(endpoints, deadline, *, timeout=10.0, heartbeat=None,
             parameters.password_given and (parameters.certfile or ssl_context) else ("PLAIN",))
         connection = BlockingConnection(parameters, protocol, socket_factory=socket_factory,
                                         ssl_context=ssl_context, clock=clock, interrupt=interrupt)
-        share = (deadline - clock()) / left
+        share = (deadline - clock()) / (left + attempts - attempt)
+        bound = parameters.connection_timeout or parameters.stack_timeout or timeout
         try:
-            connection.connect(clock() + min(share, parameters.connection_timeout or timeout))
+            connection.connect(clock() + min(share, bound))
+            return connection
         except (PihaceError, OSError) as exc:
-            if left == 1 or isinstance(exc, Interrupted):
+            last = attempt == attempts or deadline - clock() <= parameters.retry_delay
+            if isinstance(exc, Interrupted) or last and left == 1:
                 raise
-            log.info("cannot use %s (%s); trying %s", parameters.safe_url,
-                     describe_error(exc, parameters.safe_url), endpoints[-left + 1].safe_url)
-            continue
-        log.info("connected to %s", parameters.safe_url)
-        if connection.mechanism == "EXTERNAL" and parameters.username != "guest":
-            log.warning("the user name %r of %s is not used: with SASL EXTERNAL the broker "
-                        "logs in as its TLS client certificate says", parameters.username,
-                        parameters.safe_url)
-        return connection
+            log.info("cannot use %s (%s)%s", parameters.safe_url,
+                     describe_error(exc, parameters.safe_url),
+                     "" if last else f"; attempt {attempt + 1} of {attempts} in "
+                     f"{parameters.retry_delay:g}s")
+            if last:
+                return None
+        _pause(parameters.retry_delay, interrupt)
+    return None
+
+
+def _pause(seconds, interrupt):
+    """Wait `seconds` between two connection attempts; Interrupted when `interrupt` (a
+    Wakeup) is signalled meanwhile."""
+    if interrupt is None:
+        time.sleep(seconds)
+        return
+    _wait_io([], False, seconds, also_readable=interrupt.sock)
+    if interrupt.take_one():
+        raise Interrupted("stopped while waiting to connect again")
 
 
 def failover_order(endpoints, last=None):
