@@ -6587,6 +6587,158 @@ def test_empty_body_frames_are_not_kept():
     assert kept < 100_000, f"{kept} bytes kept for empty frames"
 
 
+# -- what operators need: clean stops, maintenance, damping, a roster, history (issue 25) ----
+
+def test_a_device_that_stops_on_purpose_is_stopped_never_late_and_up_when_back():
+    watcher, changes = recording_watcher(grace=5, silent_grace=20)
+    watcher.apply(report(), {})
+    watcher.apply(report(stopped=True), {})
+    watcher.wall_clock.now += 3600
+    watcher.check_ages()
+    assert watcher.devices["dev@h"]["state"] == "stopped"
+    watcher.apply(report(), {})
+    assert [change[1:3] for change in changes] == [("up", "stopped"), ("stopped", "up")]
+
+
+def test_maintenance_a_device_announces_holds_its_hooks_until_it_ends():
+    watcher, changes = recording_watcher(grace=5, silent_grace=20)
+    now = watcher.wall_clock.now
+    watcher.apply(report(), {})
+    watcher.apply(report(paused_until=now + 100, pause_reason="firmware"), {})
+    watcher.apply(report("Unavailable", paused_until=now + 100, pause_reason="firmware"), {})
+    watcher.wall_clock.now += 99
+    watcher.check_ages()
+    device = watcher.devices["dev@h"]
+    assert (device["state"], device["pause_reason"], device["paused_until"]) == (
+        "paused", "firmware", now + 100)
+    watcher.wall_clock.now += 2  # the pause is over, and nothing came for 101 s: silent
+    watcher.check_ages()
+    assert [change[1:3] for change in changes] == [("up", "paused"), ("paused", "silent")]
+
+
+def test_an_operators_pause_is_shown_with_who_and_why_and_kept_in_the_state_file(tmp_path):
+    path = str(tmp_path / "fleet.json")
+    watcher, changes = recording_watcher(state_path=path)
+    watcher.apply(report(), {})
+    until = watcher.wall_clock.now + 600
+    watcher.pause("dev@h", until, "disk swap", "alice")
+    watcher.check_ages()
+    watcher.apply(report("Unavailable"), {})
+    watcher.save_state()
+    restarted, _ = recording_watcher(state_path=path)
+    for seen in (watcher.devices["dev@h"], restarted.devices["dev@h"]):
+        assert (seen["state"], seen["paused_until"], seen["pause_reason"], seen["paused_by"]) \
+            == ("paused", until, "disk swap", "alice")
+    watcher.pause("dev@h", 0)  # resume
+    watcher.check_ages()
+    assert [change[1:3] for change in changes] == [("up", "paused"), ("paused", "down")]
+
+
+def test_down_after_n_bad_reports_in_a_row_never_on_alternating_ones():
+    watcher, changes = recording_watcher(down_after=3, up_after=2)
+    for status in ["Available", "Unavailable"] * 5:  # flapping
+        watcher.apply(report(status), {})
+        assert watcher.devices["dev@h"]["state"] in ("up", "degraded")
+    assert [change[1:3] for change in changes] == [("up", "degraded")]  # never down
+    for _ in range(3):
+        watcher.apply(report("Unavailable"), {})
+    assert watcher.devices["dev@h"]["state"] == "down"
+    watcher.apply(report(), {})
+    assert watcher.devices["dev@h"]["state"] == "down"  # one good report is not enough
+    watcher.apply(report(), {})
+    assert watcher.devices["dev@h"]["state"] == "up"
+
+
+def test_an_interval_past_max_interval_is_capped_and_said_once(caplog):
+    watcher, changes = recording_watcher(grace=5, silent_grace=20, max_interval=60)
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        for _ in range(3):
+            watcher.apply(report(interval=999_999), {})
+    watcher.wall_clock.now += 66
+    watcher.check_ages()
+    assert watcher.devices["dev@h"]["state"] == "late" and watcher.devices["dev@h"][
+        "interval"] == 60
+    assert caplog.text.count("capped at max_interval") == 1
+
+
+def test_a_roster_shows_missing_and_unexpected_devices_and_its_settings_apply():
+    watcher, changes = recording_watcher(grace=5, silent_grace=20, roster=[
+        "dev@h", {"device": "pump-7@plant-north", "interval": 300, "tags": ["pumps"],
+                  "owner": "ops"}])
+    watcher.check_ages()
+    watcher.apply(report(), {})
+    watcher.apply(report(name="stranger"), {})
+    devices = watcher.devices
+    assert devices["pump-7@plant-north"]["state"] == "missing"
+    assert devices["pump-7@plant-north"]["tags"] == ["pumps"]
+    assert devices["stranger@h"]["unexpected"] and not devices["dev@h"]["unexpected"]
+    assert pihace.fleet_exit_code(devices) == 2  # a missing device is critical
+    watcher.apply(report(name="pump-7", host="plant-north", interval=10), {})
+    watcher.wall_clock.now += 200  # within the roster's interval of 300 s: not late
+    watcher.apply(report(), {})
+    watcher.check_ages()
+    assert watcher.devices["pump-7@plant-north"]["state"] == "up"
+    assert ("pump-7@plant-north", "missing", "up", True) in changes
+    strict, _ = recording_watcher(roster=["dev@h"], ignore_unexpected=True)
+    assert strict.apply(report(name="stranger"), {}) == "unexpected"
+    for bad, words in [([{"device": ""}], "roster entry 1: a device id"),
+                       (["a@b", {"device": "x", "colour": 1}], "roster entry 2 (x): unknown key"),
+                       ([{"device": "x", "interval": -1}], "roster entry 1 (x): interval must")]:
+        with pytest.raises(ValueError) as raised:
+            recording_watcher(roster=bad)
+        assert words in str(raised.value)
+
+
+def test_remind_reruns_the_hook_while_a_device_stays_down():
+    watcher, changes = recording_watcher(remind=30, grace=1000)
+    watcher.apply(report(), {})
+    watcher.apply(report("Unavailable"), {})
+    for _ in range(7):
+        watcher.wall_clock.now += 10
+        watcher.check_ages()
+    assert [change[1:3] for change in changes] == [("up", "down"), ("down", "down"),
+                                                   ("down", "down")]
+
+
+def test_the_flip_log_and_uptime_of_a_scripted_day(tmp_path, capsys):
+    path = str(tmp_path / "fleet.json")
+    watcher, _ = recording_watcher(state_path=path, grace=60, silent_grace=7200)
+    start = watcher.wall_clock.now
+    script = [(0, "Available"), (3600 * 6, "Unavailable"), (3600 * 8, "Available"),
+              (3600 * 20, "Partially Available"), (3600 * 21, "Available")]
+    for offset, status in script:
+        watcher.wall_clock.now = start + offset
+        watcher.apply(report(status, interval=3600), {})
+    for offset in range(0, 3600 * 24, 1800):  # reports go on every half hour
+        watcher.wall_clock.now = start + offset
+        status = [s for o, s in script if o <= offset][-1]
+        watcher.apply(report(status, interval=3600), {})
+    watcher.wall_clock.now = start + 3600 * 24
+    watcher.check_ages()
+    uptime = watcher.devices["dev@h"]["uptime"]
+    assert uptime["24h"] == pytest.approx((24 - 2 - 1) / 24)  # down 2 h, degraded 1 h
+    assert uptime["7d"] == pytest.approx((24 - 2 - 1) / 24)  # seen for a day only
+    watcher.save_state()
+    flips = [json.loads(line) for line in open(path + ".flips")]
+    assert [(flip["old"], flip["new"]) for flip in flips] == [
+        (None, "up"), ("up", "down"), ("down", "up"), ("up", "degraded"), ("degraded", "up")]
+
+
+def test_watch_history_prints_the_flip_log(tmp_path, capsys):
+    path = str(tmp_path / "fleet.json")
+    watcher, _ = recording_watcher(state_path=path)
+    watcher.apply(report(name="a"), {})
+    watcher.apply(report("Unavailable", name="a"), {})
+    watcher.apply(report(name="b"), {})
+    watcher.save_state()
+    code, out, _ = run_main(capsys, "watch", "--history", "a@h", "--state", path)
+    assert code == 0
+    assert [line.split(" ", 1)[1] for line in out.splitlines()] == [
+        "a@h - -> up", "a@h up -> down (db)"]
+    code, out, _ = run_main(capsys, "watch", "--history", "--state", path)
+    assert len(out.splitlines()) == 3
+
+
 # ---------------------------------------------------------------------------
 # watcher: against a real RabbitMQ, with pushers and pika
 # ---------------------------------------------------------------------------
@@ -8547,6 +8699,86 @@ def test_a_killed_cluster_node_hands_the_lead_and_the_fleet_over(cluster, tmp_pa
         stop.set()
         for watcher in watchers:
             watcher.end()
+
+
+# -- operators' semantics with real pushers (issue 25) ---------------------------------
+
+def test_a_pusher_stopped_with_sigterm_shows_stopped_and_no_failure(rabbit, unique_queue):
+    publish_reports(rabbit.url, unique_queue)
+    watched = WatcherThread(rabbit.url, unique_queue, grace=1, silent_grace=2)
+    [pusher] = start_pushers(rabbit.url, unique_queue, ["quitter"], 1)
+    device = f"quitter@{pihace._HOST}"
+    try:
+        wait_until(lambda: watched.state(device) == "up", 20, "the device up")
+        pusher.send_signal(signal.SIGTERM)
+        assert pusher.wait(20) == 0
+        wait_until(lambda: watched.state(device) == "stopped", 10, "the device stopped")
+        stopped_at = time.monotonic()
+        wait_until(lambda: time.monotonic() > stopped_at + 4, 6, "longer than silent")
+        watched.watcher.check_ages()
+    finally:
+        end([pusher])
+        watched.stop()
+    assert watched.of(device) == [("up", "stopped")]  # never late, silent or down
+
+
+def test_maintenance_announced_from_the_command_line_then_normal_rules(rabbit, unique_queue):
+    publish_reports(rabbit.url, unique_queue)
+    watched = WatcherThread(rabbit.url, unique_queue, default_interval=1, grace=1,
+                            silent_grace=2)
+    device = f"fixme@{pihace._HOST}"
+    try:
+        result = subprocess.run(
+            [sys.executable, "pihace.py", "push", "--url", rabbit.url, "--queue", unique_queue,
+             "--name", "fixme", "--no-system", "--maintenance", "3s", "--reason", "new disk"],
+            cwd=HERE, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: watched.state(device) == "paused", 10, "paused")
+        assert watched.watcher.devices[device]["pause_reason"] == "new disk"
+        wait_until(lambda: watched.state(device) == "silent", 15, "silent after it")
+    finally:
+        watched.stop()
+    # its first report is its state (paused): then, the pause over, late and silent by its age
+    assert [new for _, new in watched.of(device)] in (["late", "silent"], ["silent"])
+
+
+def test_an_operators_pause_reaches_every_running_watcher_and_survives_a_restart(
+        rabbit, pika_channel, tmp_path, capsys):
+    exchange = f"fleet-{os.urandom(4).hex()}"
+    pika_channel.exchange_declare(exchange, "fanout", durable=True)
+    state = str(tmp_path / "fleet.json")
+    first = WatcherThread(rabbit.url, "", exchange=exchange, state_path=state)
+    second = WatcherThread(rabbit.url, "", exchange=exchange)
+    try:
+        wait_until(lambda: first.watcher.status["connected"] and second.watcher.status[
+            "connected"], 10, "both watchers reading")
+        pika_channel.basic_publish(exchange, "", report(name="pump"))
+        wait_until(lambda: first.state("pump@h") == second.state("pump@h") == "up", 10, "up")
+        code, _, err = run_main(capsys, "watch", "--url", rabbit.url, "--exchange", exchange,
+                                "--queue", "", "--pause", "pump@h", "--for", "1h", "--reason",
+                                "valve swap")
+        assert code == 0, err
+        wait_until(lambda: first.state("pump@h") == second.state("pump@h") == "paused", 10,
+                   "paused in both")
+    finally:
+        first.stop()
+        second.stop()
+    device = pihace.Watcher(rabbit.url, "", exchange=exchange, state_path=state).devices[
+        "pump@h"]
+    assert (device["state"], device["pause_reason"]) == ("paused", "valve swap")
+    assert device["paused_by"] and device["paused_until"] > time.time() + 3500
+
+
+def test_watch_once_with_a_roster_says_a_device_never_seen_is_missing(capsys, rabbit,
+                                                                      unique_queue, tmp_path):
+    roster = tmp_path / "roster.json"
+    roster.write_text(json.dumps(["seen@h", {"device": "never@h", "owner": "ops"}]))
+    publish_reports(rabbit.url, unique_queue, (report(name="seen"), {}))
+    code, out, err = run_main(capsys, "watch", "--url", rabbit.url, "--queue", unique_queue,
+                              "--once", "--format", "nagios", "--roster", str(roster))
+    assert code == 2, err
+    assert out.startswith("PIHACE FLEET CRITICAL - 2 devices: 1 missing, 1 up")
+    assert "never@h: missing" in out
 
 
 def test_the_live_table_under_tmux_is_redrawn_in_place(rabbit, unique_queue, tmp_path):

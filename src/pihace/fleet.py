@@ -172,9 +172,12 @@ def fleet_table(devices, width=80, height=24, status=None):
         if len(name) > name_width:
             name = name[:name_width - 1] + "~"
         seen = time.strftime("%H:%M:%S", time.gmtime(device["last_seen"]))
+        note = ", ".join(device["failing"])
+        if device["state"] == "paused":
+            note = f"{device.get('pause_reason') or 'paused'}" + (
+                f" ({device['paused_by']})" if device.get("paused_by") else "")
         lines.append(f"{name:<{name_width}}  {device['state']:<8}  {seen:<9}  "
-                     f"{_age(device['age']):>5}  {device['rate'] or '-':<7}  "
-                     f"{', '.join(device['failing'])}")
+                     f"{_age(device['age']):>5}  {device['rate'] or '-':<7}  {note}")
     if len(rows) > room:
         lines.append(f"... and {len(rows) - room + 1} more")
     return "\n".join(line[:width] for line in lines)
