@@ -7287,6 +7287,13 @@ def _fleet_prometheus(devices, status):
               "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
     lines += [f"pihace_device_last_seen_timestamp_seconds{{{label}}} {d['last_seen']:.3f}"
               for label, d in zip(labels, rows)]
+    lines += ["# HELP pihace_device_uptime_ratio The share of the window the device was up, "
+              "out of the time it was watched (paused and stopped not counted).",
+              "# TYPE pihace_device_uptime_ratio gauge"]
+    for label, d in zip(labels, rows):
+        device = label.partition(",")[0]
+        lines += [f'pihace_device_uptime_ratio{{{device},window="{window}"}} {ratio:.6f}'
+                  for window, ratio in (d.get("uptime") or {}).items() if ratio is not None]
     lines += ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
     lines += [f'pihace_devices{{state="{state}"}} {n}'
               for state, n in _state_counts(devices).items()]

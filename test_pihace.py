@@ -6718,6 +6718,9 @@ def test_the_flip_log_and_uptime_of_a_scripted_day(tmp_path, capsys):
     uptime = watcher.devices["dev@h"]["uptime"]
     assert uptime["24h"] == pytest.approx((24 - 2 - 1) / 24)  # down 2 h, degraded 1 h
     assert uptime["7d"] == pytest.approx((24 - 2 - 1) / 24)  # seen for a day only
+    metrics = pihace.format_fleet(watcher.devices, "prometheus")
+    assert f'pihace_device_uptime_ratio{{device="dev@h",window="24h"}} {21 / 24:.6f}' in metrics
+    promtool_check_metrics(metrics)
     watcher.save_state()
     flips = [json.loads(line) for line in open(path + ".flips")]
     assert [(flip["old"], flip["new"]) for flip in flips] == [
