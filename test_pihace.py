@@ -6727,6 +6727,24 @@ def test_the_flip_log_and_uptime_of_a_scripted_day(tmp_path, capsys):
         (None, "up"), ("up", "down"), ("down", "up"), ("up", "degraded"), ("degraded", "up")]
 
 
+def test_a_host_whose_devices_all_go_silent_at_once_is_one_event():
+    watcher, changes = recording_watcher(grace=5, silent_grace=20)
+    for name in ("app", "db", "cache"):
+        watcher.apply(report(name=name, host="rack-3"), {})
+    watcher.apply(report(name="web", host="rack-4"), {})
+    watcher.apply(report(name="db", host="rack-4"), {})
+    watcher.wall_clock.now += 16
+    watcher.check_ages()  # late, each on its own
+    watcher.wall_clock.now += 20
+    watcher.apply(report(name="web", host="rack-4"), {})  # rack-4 half alive
+    watcher.check_ages()
+    silent = [change for change in changes if change[2] == "silent"]
+    assert silent == [("db@rack-4", "late", "silent", False),
+                      ("*@rack-3", None, "silent", False)]
+    assert all(watcher.devices[f"{name}@rack-3"]["rolled_up"] for name in ("app", "db", "cache"))
+    assert not watcher.devices["db@rack-4"]["rolled_up"]
+
+
 def test_watch_history_prints_the_flip_log(tmp_path, capsys):
     path = str(tmp_path / "fleet.json")
     watcher, _ = recording_watcher(state_path=path)

@@ -106,6 +106,35 @@ def _roster_entry(number, entry):
     return _report_text(entry["device"]), settings
 
 
+class _HostEvent:
+    """A host all of whose devices went silent at once: one change, announced as a device
+    "*@host" whose `devices` are theirs."""
+
+    paused_until, listed = 0.0, None  # what Watcher._snapshot asks of a device
+
+    def __init__(self, host, devices):
+        self.host, self.devices = host, devices
+
+    def uptime(self, now, window):
+        return None
+
+    @property
+    def id(self):
+        return f"*@{self.host}"
+
+    def snapshot(self, now, stale=False):
+        last_seen = max(device.last_seen for device in self.devices)
+        return {"device": self.id, "name": "*", "host": self.host, "state": "silent",
+                "since": now, "status": None,
+                "first_seen": min(device.first_seen for device in self.devices),
+                "last_seen": last_seen, "age": max(0.0, now - last_seen),
+                "interval": max(device.interval for device in self.devices),
+                "reports": sum(device.reports for device in self.devices), "rate": None,
+                "failing": [], "stale": stale, "transitions": [], "paused_until": None,
+                "pause_reason": None, "unexpected": False, "rolled_up": True,
+                "devices": sorted(device.id for device in self.devices)}
+
+
 class Device:
     """What the watcher knows of one device (a component name on a host).
 
@@ -118,7 +147,7 @@ class Device:
     __slots__ = ("name", "host", "label", "state", "since", "status", "first_seen",
                  "last_seen", "last_stamp", "judged_from", "interval", "late_after", "reports",
                  "rate", "failing", "due", "skewed", "ids", "transitions", "health", "streak",
-                 "stopped", "paused_until", "pause_reason", "reminded", "listed")
+                 "stopped", "paused_until", "pause_reason", "reminded", "listed", "rolled_up")
 
     def __init__(self, name, host, now, window):
         self.name, self.host = name, host
@@ -135,12 +164,13 @@ class Device:
         self.stopped, self.paused_until, self.pause_reason = False, 0.0, None
         self.reminded = 0.0  # when the hook last ran for its state (for --remind)
         self.listed = None  # in the roster: its settings; None when there is no roster
+        self.rolled_up = False  # went silent with every device of its host: one event for all
 
     def change(self, new, now):
         """Into state `new` at `now`: the change, to announce."""
         old, self.state, self.since = self.state, new, now
         self.transitions.append((now, old, new))
-        self.reminded = now
+        self.reminded, self.rolled_up = now, False
         return old
 
     def uptime(self, now, window):
@@ -173,7 +203,7 @@ class Device:
                 "interval": self.interval, "reports": self.reports, "rate": self.rate,
                 "failing": list(self.failing), "stale": stale,
                 "paused_until": self.paused_until or None, "pause_reason": self.pause_reason,
-                "unexpected": self.listed is False,
+                "unexpected": self.listed is False, "rolled_up": self.rolled_up,
                 "transitions": [list(transition) for transition in self.transitions]}
 
     def record(self):
@@ -622,9 +652,35 @@ class Watcher(_AMQPClient):
             self.counts["forgotten"] += len(forgotten)
             log.info("forgot %d device(s) silent for more than %gs", len(forgotten),
                      self.forget_after)
-        for change in changes:
+        for change in self._roll_up(changes, now):
             self._fire(*change)
         return len(changes)
+
+    def _roll_up(self, changes, now):
+        """The changes to announce: when every device of a host (two or more) went silent
+        in the same look, one change for the host ("*@host", with its devices listed), not
+        one per device; its devices are marked rolled_up."""
+        silent = collections.defaultdict(list)
+        for change in changes:
+            if change[2] == "silent" and change[1] != "silent":
+                silent[change[0].host].append(change[0])
+        hosts = {host for host, devices in silent.items() if len(devices) >= 2 and host}
+        if not hosts:
+            return changes
+        with self._lock:
+            on_host = collections.Counter(device.host for device in self._devices.values()
+                                          if device.host in hosts)
+        hosts = {host for host in hosts if on_host[host] == len(silent[host])}
+        if not hosts:
+            return changes
+        kept = [change for change in changes if not (change[2] == "silent" and change[
+            0].host in hosts and change[1] != "silent")]
+        for host in sorted(hosts):
+            devices = silent[host]
+            for device in devices:
+                device.rolled_up = True
+            kept.append((_HostEvent(host, devices), None, "silent", None, now))
+        return kept
 
     def _fire(self, device, old, new, report, now):
         """Announce a change: on_view_change always; on_change only in the leader of a
