@@ -5219,13 +5219,11 @@ class _PikaChannel:
 _STATE_LIMIT = 1 << 30  # bytes: a state file larger than this is not read
 
 
-def write_json_atomically(path, document):
-    """`document` as JSON at `path`, all or nothing: a reader (or a crash) sees the old file
-    or the new one, never a part. Created 0600; a symbolic link at the temporary name is
-    never followed."""
-    import json  # here, not at the top: slow to import (see the imports)
-
-    data = json.dumps(document, separators=(",", ":")).encode()
+def write_atomically(path, data, mode=0o600):
+    """`data` (bytes) at `path`, all or nothing: a reader (or a crash) sees the old file or
+    the new one, never a part (a temporary file in the same folder, fsync, rename, and the
+    folder fsynced). Created with `mode`; a symbolic link at the temporary name is never
+    followed."""
     folder = os.path.dirname(os.path.abspath(path))
     temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
@@ -5233,8 +5231,9 @@ def write_json_atomically(path, document):
     except FileNotFoundError:
         pass
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    descriptor = os.open(temporary, flags, 0o600)
+    descriptor = os.open(temporary, flags, mode)
     try:
+        os.fchmod(descriptor, mode)  # whatever the umask
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
             file.flush()
@@ -5252,6 +5251,13 @@ def write_json_atomically(path, document):
             os.fsync(folder_descriptor)
         finally:
             os.close(folder_descriptor)
+
+
+def write_json_atomically(path, document):
+    """`document` as JSON at `path`, all or nothing, mode 0600 (write_atomically)."""
+    import json  # here, not at the top: slow to import (see the imports)
+
+    write_atomically(path, json.dumps(document, separators=(",", ":")).encode())
 
 
 def read_state(path, kind, version):
@@ -8447,25 +8453,9 @@ def _check(args, hc):
 
 
 def _write_textfile(path, text):
-    """Write `text` to `path` through a temporary file in the same folder, renamed over it:
-    a reader (node_exporter) sees the old file or the new one, never a part."""
-    import tempfile  # here, not at the top: only --textfile needs it
-
-    folder, name = os.path.split(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from node_exporter's user
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    """Write `text` to `path` all or nothing: a reader (node_exporter) sees the old file or the
+    new one, never a part. Mode 0644: node_exporter's user must read it."""
+    write_atomically(path, text.encode("utf-8"), 0o644)
 
 
 def _listen_address(text):

@@ -20,6 +20,7 @@ from .checkers import Disk, HTTP, TCP
 from .transport import AMQP, AMQPParameters
 from .client import _check_name
 from .pusher import AMQPPusher
+from .statefile import write_atomically
 from .watcher import Watcher
 from .server import HealthServer, _http_classes
 from .fleet import _FleetPages, _Hooks, _live_table, _print_change, fleet_exit_code, format_fleet
@@ -389,25 +390,9 @@ def _check(args, hc):
 
 
 def _write_textfile(path, text):
-    """Write `text` to `path` through a temporary file in the same folder, renamed over it:
-    a reader (node_exporter) sees the old file or the new one, never a part."""
-    import tempfile  # here, not at the top: only --textfile needs it
-
-    folder, name = os.path.split(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from node_exporter's user
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    """Write `text` to `path` all or nothing: a reader (node_exporter) sees the old file or the
+    new one, never a part. Mode 0644: node_exporter's user must read it."""
+    write_atomically(path, text.encode("utf-8"), 0o644)
 
 
 def _listen_address(text):
