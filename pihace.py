@@ -5571,46 +5571,21 @@ class Watcher(_AMQPClient):
         if not queue_name and not exchange:
             raise ValueError("queue_name may be empty (a queue of the watcher's own) only with "
                              "an exchange to bind it to")
-        _number("prefetch", prefetch, lambda v: 0 <= v <= 65535, "an integer from 0 to 65535",
-                int)
-        _number("max_report_size", max_report_size, lambda v: v >= 1, "an integer >= 1", int)
-        _number("dedup_window", dedup_window, lambda v: v >= 0, "an integer >= 0", int)
-        _number("max_devices", max_devices, lambda v: v >= 1, "an integer >= 1", int)
-        self.default_interval = _seconds("default_interval", default_interval)
-        self.grace = None if grace is None else _seconds("grace", grace)
-        self.silent_grace = None if silent_grace is None else _seconds("silent_grace",
-                                                                       silent_grace)
-        self.silent_limit = None if silent_limit is None else _seconds("silent_limit",
-                                                                       silent_limit)
-        self.forget_after = None if forget_after is None else _seconds("forget_after",
-                                                                       forget_after)
-        self.down_after = _number("down_after", down_after, lambda v: v >= 1, "an integer >= 1",
-                                  int)
-        self.up_after = _number("up_after", up_after, lambda v: v >= 1, "an integer >= 1", int)
-        self.max_interval = _seconds("max_interval", max_interval)
-        self.remind = None if remind is None else _seconds("remind", remind)
+        self._set_rules(prefetch=prefetch, max_report_size=max_report_size,
+                        dedup_window=dedup_window, max_devices=max_devices,
+                        default_interval=default_interval, grace=grace,
+                        silent_grace=silent_grace, silent_limit=silent_limit,
+                        forget_after=forget_after, down_after=down_after, up_after=up_after,
+                        max_interval=max_interval, remind=remind, tick=tick)
         self.ignore_unexpected = bool(ignore_unexpected)
         self._roster = None  # device id -> its settings, once a roster is given
         self._pauses = {}  # device id -> (until, reason, by): pauses set by an operator
         self._capped = set()  # devices whose interval was capped at max_interval (logged once)
-        self.tick = _seconds("tick", tick)
         self.on_change = _callbacks("on_change", on_change)
         self.on_view_change = _callbacks("on_view_change", on_view_change)
-        if standby_group is not None:
-            if not exchange:
-                raise ValueError("standby_group needs an exchange: each watcher of the group "
-                                 "consumes a queue of its own bound to it")
-            _check_name("standby_group", f"pihace.watch.leader.{standby_group}")
-        self.standby_group = standby_group
-        self._leader = None if standby_group is None else False  # None: no group, it leads
-        self._next_leader_try = -math.inf
-        self._last_turn = math.inf  # when _consume last ran (a paused leader must know)
-        self._pending = {}  # device id -> (device, old, new, report, when): not handled yet
-        self._handled = {}  # device id -> (new state, when): what the leader said it handled
+        self._set_standby(standby_group, exchange)
         self.announce_first = bool(announce_first)
         self.queue_name, self.binding_key, self.declare = queue_name, binding_key, declare
-        self.prefetch, self.max_report_size = prefetch, max_report_size
-        self.max_devices, self.dedup_window = max_devices, dedup_window
         self._ack_every = max(1, prefetch // 2) if prefetch else 50
         self.wall_clock = wall_clock  # seconds since 1970: reports' timestamps are on it
         # applied, duplicate, invalid, stale, refused, skewed, forgotten
@@ -5650,6 +5625,47 @@ class Watcher(_AMQPClient):
 
     def __repr__(self):
         return f"<Watcher {self.parameters.safe_url} queue={self.queue_name!r}>"
+
+    def _set_rules(self, *, prefetch, max_report_size, dedup_window, max_devices,
+                   default_interval, grace, silent_grace, silent_limit, forget_after,
+                   down_after, up_after, max_interval, remind, tick):
+        """The numbers that rule devices and consuming, each checked (a ValueError names it)."""
+        def seconds_or_none(name, value):
+            return None if value is None else _seconds(name, value)
+
+        def at_least_one(name, value):
+            return _number(name, value, lambda v: v >= 1, "an integer >= 1", int)
+
+        self.prefetch = _number("prefetch", prefetch, lambda v: 0 <= v <= 65535,
+                                "an integer from 0 to 65535", int)
+        self.max_report_size = at_least_one("max_report_size", max_report_size)
+        self.dedup_window = _number("dedup_window", dedup_window, lambda v: v >= 0,
+                                    "an integer >= 0", int)
+        self.max_devices = at_least_one("max_devices", max_devices)
+        self.default_interval = _seconds("default_interval", default_interval)
+        self.grace = seconds_or_none("grace", grace)
+        self.silent_grace = seconds_or_none("silent_grace", silent_grace)
+        self.silent_limit = seconds_or_none("silent_limit", silent_limit)
+        self.forget_after = seconds_or_none("forget_after", forget_after)
+        self.down_after = at_least_one("down_after", down_after)
+        self.up_after = at_least_one("up_after", up_after)
+        self.max_interval = _seconds("max_interval", max_interval)
+        self.remind = seconds_or_none("remind", remind)
+        self.tick = _seconds("tick", tick)
+
+    def _set_standby(self, standby_group, exchange):
+        """A standby group's name, and the state of its leadership."""
+        if standby_group is not None:
+            if not exchange:
+                raise ValueError("standby_group needs an exchange: each watcher of the group "
+                                 "consumes a queue of its own bound to it")
+            _check_name("standby_group", f"pihace.watch.leader.{standby_group}")
+        self.standby_group = standby_group
+        self._leader = None if standby_group is None else False  # None: no group, it leads
+        self._next_leader_try = -math.inf
+        self._last_turn = math.inf  # when _consume last ran (a paused leader must know)
+        self._pending = {}  # device id -> (device, old, new, report, when): not handled yet
+        self._handled = {}  # device id -> (new state, when): what the leader said it handled
 
     # -- what it knows ----------------------------------------------------------
 
@@ -5820,20 +5836,7 @@ class Watcher(_AMQPClient):
                            and rate.isprintable() else _report_text(rate, 20)) if rate else None
             device.failing = tuple(_report_text(key) for key in itertools.islice(
                 failure, _FAILING_LIMIT)) if type(failure) is dict and failure else ()
-            device.stopped = report.get("stopped") is True
-            until = report.get("paused_until")
-            if type(until) in (int, float) and until > now:  # maintenance the device announces
-                device.paused_until = float(min(until, now + self.max_interval))
-                device.pause_reason = _report_text(report.get("pause_reason") or "") or None
-            elif device.paused_until:  # a report without it: the maintenance is over
-                device.paused_until, device.pause_reason = 0.0, None
-            raw = _STATE_OF_STATUS[device.status]
-            device.health = raw if self.down_after == self.up_after == 1 and device.listed \
-                is None else self._damped(device, raw)
-            if device.stopped or device.paused_until or self._pauses or self.remind:
-                new, device.due = self._state_now(device, now)
-            else:
-                new, device.due = device.health, seen + device.late_after
+            new = self._take_flags(device, report, seen, now)
             self._dirty = True
             if new == device.state:
                 return None
@@ -5841,6 +5844,25 @@ class Watcher(_AMQPClient):
             if first and not self.announce_first:
                 return None
             return device, old, new, report, now
+
+    def _take_flags(self, device, report, seen, now):
+        """The device's state once its newest report is in: what it says of itself (stopped,
+        paused until), its status damped, then the watcher's rules (_state_now)."""
+        device.stopped = report.get("stopped") is True
+        until = report.get("paused_until")
+        if type(until) in (int, float) and until > now:  # maintenance the device announces
+            device.paused_until = float(min(until, now + self.max_interval))
+            device.pause_reason = _report_text(report.get("pause_reason") or "") or None
+        elif device.paused_until:  # a report without it: the maintenance is over
+            device.paused_until, device.pause_reason = 0.0, None
+        raw = _STATE_OF_STATUS[device.status]
+        device.health = raw if self.down_after == self.up_after == 1 and device.listed \
+            is None else self._damped(device, raw)
+        if device.stopped or device.paused_until or self._pauses or self.remind:
+            new, device.due = self._state_now(device, now)
+        else:  # the usual case, the short way: fresh, so its status is its state
+            new, device.due = device.health, seen + device.late_after
+        return new
 
     def _capped_interval(self, name, host, interval):
         key = (name, host)
@@ -8330,6 +8352,13 @@ def _watch_parser(commands, parser_class):
     watch.add_argument("--heartbeat", type=int, metavar="SECONDS",
                        help="AMQP heartbeat: a dead link is noticed within about twice this, "
                        "and the view is marked stale after once this (default 5)")
+    _watch_rule_arguments(watch)
+    _watch_operator_arguments(watch)
+    watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def _watch_rule_arguments(watch):
+    """watch: how devices are judged, and what it shows and serves."""
     watch.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
                        help="expected interval of reports that do not say theirs (default 60)")
     watch.add_argument("--grace", type=float, metavar="SECONDS",
@@ -8362,6 +8391,10 @@ def _watch_parser(commands, parser_class):
                        "(default 100000)")
     watch.add_argument("--forget-after", type=float, metavar="SECONDS",
                        help="forget a device silent this long (default: never)")
+
+
+def _watch_operator_arguments(watch):
+    """watch: hooks, standby groups, self-reports, rosters, history, pauses and state."""
     watch.add_argument("--standby-group", metavar="NAME", help="one of several watchers (each "
                        "with its own queue bound to --exchange) of which only the leader runs "
                        "--on-change; leadership comes from the broker")
@@ -8396,7 +8429,6 @@ def _watch_parser(commands, parser_class):
     watch.add_argument("--reason", metavar="TEXT", help="with --pause: why (shown with who)")
     watch.add_argument("--state", metavar="FILE", help="remember the fleet in FILE across "
                        "restarts and --once runs (written atomically, mode 0600)")
-    watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 def _health_check(args):

@@ -267,6 +267,13 @@ def _watch_parser(commands, parser_class):
     watch.add_argument("--heartbeat", type=int, metavar="SECONDS",
                        help="AMQP heartbeat: a dead link is noticed within about twice this, "
                        "and the view is marked stale after once this (default 5)")
+    _watch_rule_arguments(watch)
+    _watch_operator_arguments(watch)
+    watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def _watch_rule_arguments(watch):
+    """watch: how devices are judged, and what it shows and serves."""
     watch.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
                        help="expected interval of reports that do not say theirs (default 60)")
     watch.add_argument("--grace", type=float, metavar="SECONDS",
@@ -299,6 +306,10 @@ def _watch_parser(commands, parser_class):
                        "(default 100000)")
     watch.add_argument("--forget-after", type=float, metavar="SECONDS",
                        help="forget a device silent this long (default: never)")
+
+
+def _watch_operator_arguments(watch):
+    """watch: hooks, standby groups, self-reports, rosters, history, pauses and state."""
     watch.add_argument("--standby-group", metavar="NAME", help="one of several watchers (each "
                        "with its own queue bound to --exchange) of which only the leader runs "
                        "--on-change; leadership comes from the broker")
@@ -333,7 +344,6 @@ def _watch_parser(commands, parser_class):
     watch.add_argument("--reason", metavar="TEXT", help="with --pause: why (shown with who)")
     watch.add_argument("--state", metavar="FILE", help="remember the fleet in FILE across "
                        "restarts and --once runs (written atomically, mode 0600)")
-    watch.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 def _health_check(args):
