@@ -73,7 +73,7 @@ def _watcher_text(status, now):
         f" · {'leader' if status['leader'] else 'standby'} of {status['standby_group']}")
     since = status["since"]
     if status["connected"]:
-        return "ok", f"watcher connected since {_when(since)}{role}"
+        return "ok", f"watcher connected{f' since {_when(since)}' if since else ''}{role}"
     return "bad", (f"watcher NOT connected since {_when(since)} ({_span(now - since) if since else '?'}"
                    f"): {status['reason'] or 'unknown reason'} — states shown are as last seen"
                    f"{role}")
@@ -252,7 +252,7 @@ def _pill(state):
 
 _COLUMNS = (("c-state", "state"), ("c-name", "device"), ("c-host", "host"),
             ("c-seen", "last seen"), ("c-age", "age / interval"), ("c-rate", "rate"),
-            ("c-failing", "failing checks"), ("c-since", "in this state for"))
+            ("c-failing", "failing checks"), ("c-since", "in state for"))
 
 
 def _row_html(device, now):
@@ -316,10 +316,11 @@ def _render_fleet(devices, status, rows, text, state, group, offset):
     for device in page:
         if group and key(device) != last_group:
             last_group = key(device)
-            body_rows.append(f'<tr class="group"><td colspan="8">{_escape(last_group)}</td></tr>')
+            body_rows.append('<tr class="group">' + "".join(
+                f'<td class="{css}">{_escape(last_group) if css == "c-name" else ""}</td>'
+                for css, _ in _COLUMNS) + "</tr>")
         body_rows.append(_row_html(device, now))
     head = "".join(f'<th class="{css}" scope="col">{label}</th>' for css, label in _COLUMNS)
-    cols = "".join(f'<col class="{css}">' for css, _ in _COLUMNS)
     link = f"q={_quote(text)}&amp;state={_quote(state)}&amp;group={_quote(group)}"
     more = [f'showing {offset + 1 if page else 0}–{offset + len(page)} of {len(shown)}']
     if offset:
@@ -331,7 +332,7 @@ def _render_fleet(devices, status, rows, text, state, group, offset):
     title = "pihace fleet: " + (", ".join(f"{n} {s}" for s, n in counts.items() if n)
                                 or "no devices")
     body = (f'{_header_html(rows, status, now)}<main>{_filters_html(text, state, group)}'
-            f'<table id="fleet" class="fleet"><colgroup>{cols}</colgroup><thead><tr>{head}'
+            f'<table id="fleet" class="fleet"><thead><tr>{head}'
             f'</tr></thead><tbody id="rows">{"".join(body_rows)}</tbody></table>'
             f'<p id="empty" class="empty"{"" if not rows else " hidden"}>No device has '
             f'reported yet.</p>'
@@ -430,8 +431,9 @@ font-size:13px;z-index:1;box-shadow:0 1px 0 var(--line)}
 .fleet tr.pad td{height:auto;padding:0;border:0}
 .fleet tr.group td{font-weight:600;background:var(--bg);color:var(--muted)}
 .fleet tr.stale{opacity:.6}
-col.c-state{width:104px}col.c-name{width:24%}col.c-host{width:14%}col.c-seen{width:96px}
-col.c-age{width:116px}col.c-rate{width:64px}col.c-since{width:112px}
+.fleet th.c-state{width:104px}.fleet th.c-name{width:24%}.fleet th.c-host{width:14%}
+.fleet th.c-seen{width:96px}.fleet th.c-age{width:116px}.fleet th.c-rate{width:64px}
+.fleet th.c-since{width:104px}
 .pill{display:inline-block;min-width:76px;padding:0 6px;border-radius:10px;line-height:20px;
 font-size:13px;text-align:center;color:#fff;background:var(--c);font-weight:600}
 @media (prefers-color-scheme:dark){.pill{color:#111418}}
@@ -450,10 +452,10 @@ svg.strip rect.nodata{fill:var(--line)}
 .transitions li{height:28px}
 .transitions time{display:inline-block;min-width:190px}
 @media (max-width:700px){body{padding:0 8px 16px}
-col.c-host,col.c-age,col.c-rate,col.c-since,.fleet .c-host,.fleet .c-age,.fleet .c-rate,
-.fleet .c-since{display:none}
-col.c-state{width:92px}col.c-name{width:auto}col.c-seen{width:72px}col.c-failing{width:30%}
-.pill{min-width:64px}.count a{min-width:0}.watcher{white-space:normal}}
+.fleet .c-host,.fleet .c-age,.fleet .c-rate,.fleet .c-since{display:none}
+.fleet th.c-state{width:84px}.fleet th.c-name{width:auto}.fleet th.c-seen{width:76px}
+.fleet th.c-failing{width:28%}
+.pill{min-width:60px}.count a{min-width:0}.watcher{white-space:normal}}
 """
 
 _JS = r"""
@@ -491,7 +493,8 @@ _JS = r"""
     if (!status) return ["ok", "watcher"];
     var role = status.standby_group === null || status.standby_group === undefined ? "" :
       " \u00b7 " + (status.leader ? "leader" : "standby") + " of " + status.standby_group;
-    if (status.connected) return ["ok", "watcher connected since " + when(status.since) + role];
+    if (status.connected)
+      return ["ok", "watcher connected" + (status.since ? " since " + when(status.since) : "") + role];
     return ["bad", "watcher NOT connected since " + when(status.since) + " (" +
       (status.since ? span(now() - status.since) : "?") + "): " +
       (status.reason || "unknown reason") + " \u2014 states shown are as last seen" + role];
@@ -504,6 +507,7 @@ _JS = r"""
   var lostSince = null;
   function connection(ok) {
     var node = document.getElementById("conn");
+    if (!node) return;
     if (ok) { lostSince = null; node.hidden = true; return; }
     if (lostSince === null) lostSince = Date.now() / 1000;
     node.hidden = false;
@@ -514,7 +518,7 @@ _JS = r"""
   function poll(url, headers, use) {
     var controller = new AbortController();
     var timer = setTimeout(function () { controller.abort(); }, 3000);
-    fetch(url, {cache: "no-store", headers: headers, signal: controller.signal})
+    fetch(url(), {cache: "no-store", headers: headers, signal: controller.signal})
       .then(function (response) {
         if (!response.ok) throw new Error("HTTP " + response.status);
         return response.json();
@@ -523,7 +527,7 @@ _JS = r"""
             function () { connection(false); })
       .then(function () {
         clearTimeout(timer);
-        setTimeout(function () { poll(url(), headers, use); }, 1000);
+        setTimeout(function () { poll(url, headers, use); }, 1000);
       });
   }
 
@@ -535,8 +539,8 @@ _JS = r"""
     var empty = document.getElementById("empty");
     var devices = [], version = "", list = [], rowHeight = 30, pool = [];
     var padTop = el("tr", "pad"), padBottom = el("tr", "pad");
-    padTop.appendChild(el("td")).colSpan = 8;
-    padBottom.appendChild(el("td")).colSpan = 8;
+    padTop.appendChild(el("td"));  // one cell: a colspan would add columns the phone hides
+    padBottom.appendChild(el("td"));
     var COLUMNS = ["c-state", "c-name", "c-host", "c-seen", "c-age", "c-rate", "c-failing",
                    "c-since"];
 
