@@ -8076,7 +8076,7 @@ def test_listen_serves_the_fleet_as_prometheus_metrics_and_json(rabbit, unique_q
 
 # -- the fleet page in a browser (issue 26) --------------------------------------------
 
-HOSTILE_NAME = "<img src=x onerror=alert(1)>"
+HOSTILE_MARKUP = "<img src=x onerror=alert(1)>"
 
 
 @pytest.fixture(scope="module")
@@ -8101,8 +8101,8 @@ def fleet_pages(devices):
 
 
 def test_the_fleet_page_escapes_every_text_and_is_strict():
-    watcher, pages = fleet_pages([(HOSTILE_NAME, "Available", "host0"),
-                                  (HOSTILE_NAME, "Unavailable", "host0"),
+    watcher, pages = fleet_pages([(HOSTILE_MARKUP, "Available", "host0"),
+                                  (HOSTILE_MARKUP, "Unavailable", "host0"),
                                   ("plain", "Available", "host2")])
     status, content_type, body, headers = pages.respond("/", "", "text/html,*/*;q=0.8")
     page, headers = body.decode(), dict(headers)
@@ -8118,12 +8118,12 @@ def test_the_fleet_page_escapes_every_text_and_is_strict():
     assert "<img" not in html_page and "history covers only the last" in html_page
     assert "<svg class=\"strip\"" in html_page and "s-down" in html_page
     answer = json.loads(pages.respond(f"/devices/{device}", "", "application/json")[2])
-    assert answer["device"]["device"] == HOSTILE_NAME + "@host0"
+    assert answer["device"]["device"] == HOSTILE_MARKUP + "@host0"
     assert [t[1:] for t in answer["device"]["transitions"]] == [[None, "up"], ["up", "down"]]
     assert pages.respond("/devices/nobody", "", "application/json")[0] == 404
     assert pages.respond("/static/page.js", "", "*/*")[1].startswith("text/javascript")
     compact = json.loads(pages.respond("/page/fleet.json", "", "*/*")[2])
-    assert [row[0] for row in compact["devices"]] == [HOSTILE_NAME + "@host0", "plain@host2"]
+    assert [row[0] for row in compact["devices"]] == [HOSTILE_MARKUP + "@host0", "plain@host2"]
     same = json.loads(pages.respond("/page/fleet.json", f"v={compact['v']}", "*/*")[2])
     assert same["same"] and "devices" not in same
 
@@ -8144,7 +8144,7 @@ def test_uptime_is_computed_from_the_transitions_and_says_when_history_is_short(
 
 def test_serve_has_a_page_for_people_with_reasons_where_verbose_shows_them(serve):
     hc = pihace.HealthCheck()
-    hc.register(HOSTILE_NAME, lambda: (False, f"refused {HOSTILE_NAME}"))
+    hc.register(HOSTILE_MARKUP, lambda: (False, f"refused {HOSTILE_MARKUP}"))
     hc.register("fine", lambda: True)
     server = serve(hc)
     wait_until(lambda: http_get(server.url + "readyz")[0] == 503, 10, "a first report")
@@ -8170,7 +8170,7 @@ def page_rows(page):
 def test_the_fleet_page_in_a_browser_is_live_and_safe(rabbit, unique_queue, closed_port, browser,
                                                       tmp_path):
     names = ["kitchen", "garage", "attic"]
-    publish_reports(rabbit.url, unique_queue, (report(name=HOSTILE_NAME, interval=3600), {}))
+    publish_reports(rabbit.url, unique_queue, (report(name=HOSTILE_MARKUP, interval=3600), {}))
     pushers = start_pushers(rabbit.url, unique_queue, names, 1)
     process = watch_process(rabbit.url, unique_queue, "--listen", f"127.0.0.1:{closed_port}",
                             "--grace", "2", "--silent-grace", "60", stdout=subprocess.DEVNULL,
@@ -8196,7 +8196,7 @@ def test_the_fleet_page_in_a_browser_is_live_and_safe(rabbit, unique_queue, clos
         # the hostile name is text: no element made of it, no dialog opened
         assert page.evaluate("document.querySelectorAll('img').length") == 0
         assert page.evaluate("Array.from(document.querySelectorAll('#rows a'))"
-                             f".some(a => a.textContent === {json.dumps(HOSTILE_NAME)})")
+                             f".some(a => a.textContent === {json.dumps(HOSTILE_MARKUP)})")
         page.screenshot(tmp_path / "fleet-page.png")
         assert (tmp_path / "fleet-page.png").stat().st_size > 10000
         pushers[0].send_signal(signal.SIGSTOP)
