@@ -8265,6 +8265,204 @@ def test_listen_serves_the_fleet_as_prometheus_metrics_and_json(rabbit, unique_q
     assert devices["devices"][0]["device"] == "scraped@h"
 
 
+# -- the fleet page in a browser (issue 26) --------------------------------------------
+
+HOSTILE_MARKUP = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (Debian's chromium, see .ci/setup): missing, the test fails."""
+    import headless
+
+    assert headless.chromium_path(), "no chromium: .ci/setup installs Debian's chromium"
+    chromium = headless.Browser()
+    yield chromium
+    chromium.close()
+
+
+def fleet_pages(devices):
+    """A _FleetPages over a Watcher fed one report per (name, status), host{index % 7}'s
+    unless a third item names the host."""
+    watcher = pihace.Watcher("amqp://localhost/", grace=5, silent_grace=20)
+    for index, (name, status, *host) in enumerate(devices):
+        assert watcher.apply(report(status, name=name, host=(host or [f"host{index % 7}"])[0]),
+                             {"message_id": str(index)}) == "applied"
+    return watcher, pihace._FleetPages(watcher)
+
+
+def test_the_fleet_page_escapes_every_text_and_is_strict():
+    watcher, pages = fleet_pages([(HOSTILE_MARKUP, "Available", "host0"),
+                                  (HOSTILE_MARKUP, "Unavailable", "host0"),
+                                  ("plain", "Available", "host2")])
+    status, content_type, body, headers = pages.respond("/", "", "text/html,*/*;q=0.8")
+    page, headers = body.decode(), dict(headers)
+    assert status == 200 and content_type == "text/html; charset=utf-8"
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert headers["Content-Security-Policy"].startswith("default-src 'none'; script-src 'self'")
+    assert "<script>" not in page and " style=" not in page  # nothing inline: the CSP holds
+    assert '<meta http-equiv="refresh"' in page  # without JavaScript: refreshed
+    # machines keep the JSON: curl's */* and a script's application/json
+    assert json.loads(pages.respond("/", "", "*/*")[2])["total"] == 2
+    device = "%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E%40host0"
+    html_page = pages.respond(f"/devices/{device}", "", "text/html")[2].decode()
+    assert "<img" not in html_page and "history covers only the last" in html_page
+    assert "<svg class=\"strip\"" in html_page and "s-down" in html_page
+    answer = json.loads(pages.respond(f"/devices/{device}", "", "application/json")[2])
+    assert answer["device"]["device"] == HOSTILE_MARKUP + "@host0"
+    assert [t[1:] for t in answer["device"]["transitions"]] == [[None, "up"], ["up", "down"]]
+    assert pages.respond("/devices/nobody", "", "application/json")[0] == 404
+    assert pages.respond("/static/page.js", "", "*/*")[1].startswith("text/javascript")
+    compact = json.loads(pages.respond("/page/fleet.json", "", "*/*")[2])
+    assert [row[0] for row in compact["devices"]] == [HOSTILE_MARKUP + "@host0", "plain@host2"]
+    same = json.loads(pages.respond("/page/fleet.json", f"v={compact['v']}", "*/*")[2])
+    assert same["same"] and "devices" not in same
+
+
+def test_uptime_is_computed_from_the_transitions_and_says_when_history_is_short():
+    from pihace import _uptime
+
+    day = 86400.0
+    device = {"first_seen": 1000.0, "state": "up", "transitions": [
+        [1000.0, None, "up"], [1000.0 + day / 2, "up", "down"], [1000.0 + day * 3 / 4, "down", "up"]]}
+    over_a_day = _uptime(device, 1000.0 + day, day)
+    assert over_a_day["covered"] == day and over_a_day["up"] == 0.75
+    assert [s[2] for s in over_a_day["segments"]] == ["up", "down", "up"]
+    week = _uptime(device, 1000.0 + day, 7 * day)
+    assert week["covered"] == day and week["up"] == 0.75  # only a day of history
+    assert "history covers only the last 24h of 7 d" in pihace._uptime_text("7 d", week)
+
+
+def test_serve_has_a_page_for_people_with_reasons_where_verbose_shows_them(serve):
+    hc = pihace.HealthCheck()
+    hc.register(HOSTILE_MARKUP, lambda: (False, f"refused {HOSTILE_MARKUP}"))
+    hc.register("fine", lambda: True)
+    server = serve(hc)
+    wait_until(lambda: http_get(server.url + "readyz")[0] == 503, 10, "a first report")
+    status, headers, body = http_get(server.url, {"Accept": "text/html"})
+    page = body.decode()
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "<img" not in page and "refused &lt;img src=x" in page  # loopback: shown, escaped
+    assert headers["Content-Security-Policy"].startswith("default-src 'none'; style-src 'sha256-")
+    hidden = serve(hc, show_details="never")
+    wait_until(lambda: http_get(hidden.url + "readyz")[0] == 503, 10, "a first report")
+    page = http_get(hidden.url)[2].decode()
+    assert "refused" not in page and "reason withheld" in page and "&lt;img src=x" in page
+
+
+def page_rows(page):
+    """(device id, state) of each row the fleet page shows, in order."""
+    return [tuple(row) for row in page.evaluate(
+        "Array.from(document.querySelectorAll('#rows tr:not(.pad):not(.group)'))"
+        ".map(tr => [tr.cells[1].firstChild.title, tr.cells[0].textContent])")]
+
+
+@pytest.mark.slow
+def test_the_fleet_page_in_a_browser_is_live_and_safe(rabbit, unique_queue, closed_port, browser,
+                                                      tmp_path):
+    names = ["kitchen", "garage", "attic"]
+    publish_reports(rabbit.url, unique_queue, (report(name=HOSTILE_MARKUP, interval=3600), {}))
+    pushers = start_pushers(rabbit.url, unique_queue, names, 1)
+    process = watch_process(rabbit.url, unique_queue, "--listen", f"127.0.0.1:{closed_port}",
+                            "--grace", "2", "--silent-grace", "60", stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{closed_port}/"
+
+    def devices():
+        try:
+            return {(d["device"], d["state"]) for d in json.loads(http_get(url + "devices")[2])
+                    ["devices"]}
+        except OSError:
+            return set()
+
+    ids = [f"{name}@{pihace._HOST}" for name in names]
+    page = browser.page()
+    try:
+        wait_until(lambda: {(i, "up") for i in ids} <= devices(), 30, "the pushers up")
+        page.viewport(1280, 720)
+        page.navigate(url)
+        page.wait_for("document.body.getAttribute('data-version')", 10, "the script's data")
+        wait_until(lambda: set(page_rows(page)) == devices(), 10, "rows that match /devices")
+        assert len(page_rows(page)) == 4
+        # the hostile name is text: no element made of it, no dialog opened
+        assert page.evaluate("document.querySelectorAll('img').length") == 0
+        assert page.evaluate("Array.from(document.querySelectorAll('#rows a'))"
+                             f".some(a => a.textContent === {json.dumps(HOSTILE_MARKUP)})")
+        page.screenshot(tmp_path / "fleet-page.png")
+        assert (tmp_path / "fleet-page.png").stat().st_size > 10000
+        pushers[0].send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        page.wait_for(f"Array.from(document.querySelectorAll('#rows tr:not(.pad)')).some(tr => "
+                      f"tr.cells[1].firstChild && tr.cells[1].firstChild.title === "
+                      f"{json.dumps(ids[0])} && tr.cells[0].textContent === 'late')", 1 + 2 + 4,
+                      "the stopped pusher's row to turn late, without a reload")
+        late_after = time.monotonic() - stopped_at
+        assert late_after <= 1 + 2 + 1 + 1 + 1, late_after  # interval + grace + a stamp + a poll
+        assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+        # its own page: state, transitions, the strips
+        page.navigate(url + "devices/" + urllib.parse.quote(ids[0], safe=""))
+        assert page.evaluate("document.querySelector('#d-state').textContent") == "late"
+        assert page.evaluate("document.querySelectorAll('svg.strip').length") == 2
+        assert "history covers only" in page.evaluate("document.body.textContent")
+        page.navigate(url)
+        page.wait_for("document.body.getAttribute('data-version')", 10, "the script's data")
+        assert not page.dialogs()
+        code, _, err = stopped(process)  # the watcher goes: the page says so
+        page.wait_for("!document.getElementById('conn').hidden", 8, "the page to say it lost "
+                      "its connection")
+        assert "lost its connection" in page.evaluate("document.getElementById('conn').textContent")
+        assert code == 0, err
+        assert not page.dialogs()
+    finally:
+        page.close()
+        end(pushers)
+        if process.poll() is None:
+            stopped(process)
+
+
+@pytest.mark.slow
+def test_the_fleet_page_paints_10000_devices_within_a_second(browser):
+    watcher, pages = fleet_pages([(f"device-{index:05d}", "Unavailable" if index % 97 == 0
+                                   else "Available") for index in range(10000)])
+    server = pihace._http_classes()[0](("127.0.0.1", 0), pages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    page = browser.page()
+    try:
+        page.viewport(1280, 720)
+        page.navigate(f"http://127.0.0.1:{server.server_address[1]}/")
+        first_paint = page.wait_for("(performance.getEntriesByName('first-contentful-paint')"
+                                    "[0] || {}).startTime", 5, "the first paint")
+        page.wait_for("document.body.getAttribute('data-version')", 10, "the script's data")
+        print(f"first contentful paint with 10,000 devices: {first_paint:.0f} ms")
+        assert first_paint < 1000
+        assert page.evaluate("document.getElementById('fleet').getAttribute('data-rows')") \
+            == "10000"
+        assert len(page_rows(page)) < 200  # windowed: not 10,000 rows in the document
+        # scrolled to the end: the last devices are drawn, each row as high as the first
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        last = pages._view()[2][-1]["name"]
+        page.wait_for("(() => { const rows = document.querySelectorAll("
+                      "'#rows tr:not(.pad)'); return rows.length && rows[rows.length - 1]"
+                      f".cells[1].textContent === '{last}'; }})()", 5, "the last rows")
+        assert page.evaluate("new Set(Array.from(document.querySelectorAll('#rows tr:not(.pad)'))"
+                             ".map(tr => tr.offsetHeight)).size") == 1
+        # filtered by text and state, then grouped by host
+        page.evaluate("const q = document.getElementById('q'); q.value = 'device-0009';"
+                      "q.dispatchEvent(new Event('input'))")
+        assert sorted(row[0] for row in page_rows(page)) == [
+            f"device-0009{i}@host{(90 + i) % 7}" for i in range(10)]
+        page.evaluate("const g = document.getElementById('group'); g.value = 'host';"
+                      "g.dispatchEvent(new Event('change'))")
+        assert page.evaluate("document.querySelectorAll('#rows tr.group').length") == 7
+        page.evaluate("const s = document.getElementById('state'); s.value = 'down';"
+                      "s.dispatchEvent(new Event('change'))")
+        assert page_rows(page) == [("device-00097@host6", "down")]
+    finally:
+        page.close()
+        server.shutdown()
+        server.server_close()
+
+
 # -- the watcher against what a fleet and a network do to it (issue 23) ---------------
 
 POISON = [b'{"status": ["Available"]}', b'{"status": {}}', b'{"status": "Available", '

@@ -16,6 +16,7 @@ from .formats import _prometheus_label_value
 from .checks import get_utc_timestamp
 from .watcher import DEVICE_STATES
 from .server import _PROMETHEUS_TEXT, _TEXT_PLAIN
+from .page import _page_answer
 
 
 # -- the fleet's state, as text -------------------------------------------------
@@ -319,6 +320,9 @@ class _FleetPages:
         return self._cached("view", read)
 
     def respond(self, path, query, accept):
+        page = _page_answer(self, path, query, accept)  # /, /devices/<id>, /static/...
+        if page is not None:
+            return page
         if path == "/metrics":
             return 200, _PROMETHEUS_TEXT, self._cached("metrics", lambda: _fleet_prometheus(
                 *self._view()[:2]).encode()), []

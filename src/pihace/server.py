@@ -611,6 +611,8 @@ class HealthServer:
             return self._metrics()
         if path in ("/health", "/healthcheck"):
             return self._health(_prefers_health_json(accept))
+        if path == "/":
+            return _service_page(self._cache.get(), self._shows_details())
         return 404, _TEXT_PLAIN, b"not found: try /livez, /readyz, /health or /metrics\n", []
 
     def _shows_details(self):
@@ -645,6 +647,52 @@ class HealthServer:
 
 
 _SHOW_DETAILS = ("never", "loopback", "always")
+_SERVICE_STYLE = (
+    ":root{color-scheme:light dark;font:15px/1.4 system-ui,sans-serif}body{margin:16px auto;"
+    "max-width:900px;padding:0 12px}table{border-collapse:collapse;width:100%}td,th{text-align:"
+    "left;padding:4px 8px;border-bottom:1px solid #8884;overflow-wrap:anywhere}.pill{display:"
+    "inline-block;min-width:64px;text-align:center;border-radius:10px;color:#fff;font-weight:600;"
+    "font-size:13px}.pass{background:#1e7e34}.fail{background:#c62828}.other{background:#5c6670}"
+    ".muted{color:#888}")
+
+
+def _service_page(cached, details):
+    """`pihace serve`'s / for people: the service's status, each check's state, and its
+    reason where /readyz?verbose would show it (`details`). Its one style is allowed by hash."""
+    import base64  # here, not at the top: only this page needs them
+    import hashlib
+    import html
+
+    def escape(text):
+        return html.escape(_printable(str(text)), quote=True)
+
+    style = base64.b64encode(hashlib.sha256(_SERVICE_STYLE.encode()).digest()).decode()
+    headers = [("Content-Security-Policy", f"default-src 'none'; style-src 'sha256-{style}'; "
+                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+               ("Referrer-Policy", "no-referrer")]
+    report = cached.report if cached is not None else None
+    rows = []
+    for name, entry in ((report or {}).get("checks") or {}).items():
+        passed = entry.get("status") == "pass"
+        reason = "" if passed else (escape(entry.get("message") or "") if details
+                                    else f'<span class="muted">{escape(_WITHHELD)}</span>')
+        rows.append(f'<tr><td>{escape(name)}</td><td><span class="pill '
+                    f'{"pass" if passed else "fail"}">{"ok" if passed else "failed"}</span>'
+                    f'{" (optional)" if entry.get("optional") else ""}</td><td>{reason}</td></tr>')
+    status = report["status"] if report else "no report yet"
+    component = (report or {}).get("component") or {}
+    title = escape(component.get("name") or "pihace serve")
+    body = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+            f'content="width=device-width, initial-scale=1"><meta http-equiv="refresh" '
+            f'content="5"><title>{title}: {escape(status)}</title><style>{_SERVICE_STYLE}'
+            f'</style></head><body><h1>{title}: <span class="pill '
+            f'{"pass" if status == "Available" else "fail" if report else "other"}">'
+            f'{escape(status)}</span></h1><table><thead><tr><th>check</th><th>state</th>'
+            f'<th>reason</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            f'<p class="muted">pihace {escape(__version__)} · <a href="/health">JSON</a> · '
+            f'<a href="/readyz?verbose">readyz</a> · <a href="/metrics">metrics</a> · '
+            f'refreshed every 5 s</p></body></html>\n')
+    return (200 if report else 503), "text/html; charset=utf-8", body.encode(), headers
 
 
 def _probe_answer(endpoint, checks, only, excluded, verbose, details, partial_ready=False):
