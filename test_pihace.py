@@ -5292,11 +5292,14 @@ def test_stop_event_and_ctrl_c(rabbit, unique_queue):
     pusher = pihace.AMQPPusher(hc, rabbit.url, unique_queue)
     pusher.push_forever_in_loop(0.1, stop_event=event)  # returns once the event is set
     assert event.is_set()
-    assert [sequence(body) for _, body in drain(rabbit.url, unique_queue)] == [1, 2, 3]
+    reports = [json.loads(body) for _, body in drain(rabbit.url, unique_queue)]
+    # and its last word: the third again, saying it stopped (no check ran for it)
+    assert [(sequence(json.dumps(r)), r.get("stopped")) for r in reports] == [
+        (1, None), (2, None), (3, None), (3, True)]
     pusher.push_forever_in_loop(0.1)  # Ctrl-C ends it without a traceback
     assert next(checks) == 6  # it ended at the fifth report: nothing ran after the Ctrl-C
     delivered = [sequence(body) for _, body in drain(rabbit.url, unique_queue)]
-    assert delivered in ([4], [4, 5])  # the fifth if the Ctrl-C came after its check
+    assert delivered in ([4, 4], [4, 5, 5])  # the fifth if the Ctrl-C came after its check
 
 
 @pytest.mark.slow
@@ -5352,7 +5355,7 @@ def test_an_idle_loop_sleeps_until_the_next_heartbeat_not_in_slices(rabbit, uniq
         pusher.stop()
         thread.join(10)
     assert not thread.is_alive() and time.monotonic() - stopped_at < 5
-    assert queue_depth(rabbit.url, unique_queue) == 1
+    assert queue_depth(rabbit.url, unique_queue) == 2  # its report, and its last word
     # one wait until the next heartbeat is due (45 s, or the broker's at 30 s), not every 0.25 s
     assert waits[0] > 20
 
@@ -5487,8 +5490,8 @@ def test_a_push_after_the_loop_ended_announces_no_interval(rabbit, unique_queue)
     with pusher:
         assert pusher.push() is True
     reports = [json.loads(body) for _, body in drain(rabbit.url, unique_queue)]
-    assert [(sequence(json.dumps(report)), report.get("interval")) for report in reports] == [
-        (1, 30.0), (2, None)]
+    assert [(sequence(json.dumps(report)), report.get("interval"), report.get("stopped"))
+            for report in reports] == [(1, 30.0, None), (1, 30.0, True), (2, None, None)]
 
 
 def test_the_outbox_forgets_an_outcome_once_it_is_taken():

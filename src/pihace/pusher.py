@@ -21,6 +21,7 @@ from .helpers import (
 from .amqp_wire import (
     PropertiesTemplate, _Reader, _long, decode_properties, encode_shortstr,
 )
+from .checks import get_utc_timestamp
 from .transport import Backoff, Wakeup, _Message
 from .client import _AMQPClient
 
@@ -441,6 +442,7 @@ class AMQPPusher(_AMQPClient):
         self.buffer_size = buffer_size
         self.outbox = Outbox(buffer_size, outbox_path)
         self._paused_until, self._pause_reason = 0.0, None  # maintenance it announces (pause())
+        self._loop_report = None  # the newest report of a running loop (for its last word)
         self.clock = clock  # monotonic: deadlines and connection ages, never shown
         self._declared, self._connected_at = False, 0.0
         self._lock = threading.RLock()  # held while the connection is in use
@@ -722,9 +724,8 @@ class AMQPPusher(_AMQPClient):
         self._pause_reason = reason if seconds else None
         return self.push()
 
-    def _take_report(self, waited_for=False, stopped=False):
-        """Run the checks and put the report in the outbox. `stopped`: the last report of a
-        loop that ends on purpose (a watcher then shows the device stopped, not silent)."""
+    def _take_report(self, waited_for=False):
+        """Run the checks and put the report in the outbox."""
         if self.healthcheck is None:
             raise ValueError("push() needs the pusher's healthcheck; use publish() to send "
                              "other messages")
@@ -738,8 +739,8 @@ class AMQPPusher(_AMQPClient):
             # new keys too, which pihace 1.0.0's consumers ignore: why not to worry
             if self._paused_until > time.time():
                 report.update(paused_until=self._paused_until, pause_reason=self._pause_reason)
-            if stopped:
-                report["stopped"] = True
+            if self.interval:
+                self._loop_report = report  # its last word will repeat it (_finish_loop)
             status = report.get("status")
         # a component name that is a Path, say, must not stop the reports
         message = self._message(report, headers={"status": status}, as_text=_text)
@@ -888,8 +889,8 @@ class AMQPPusher(_AMQPClient):
         """The outbox's last chance, bounded on its own; then close."""
         self._interrupt.clear()  # the stop() that ended the loop must not end this too
         try:
-            if self.healthcheck is not None:  # the last word: stopped on purpose
-                self._survive(lambda: self._take_report(stopped=True))
+            if self._loop_report is not None:  # the last word: stopped on purpose
+                self._survive(self._say_stopped)
             if self.outbox:
                 self.flush(timeout=min(self.timeout, 5.0))
         except KeyboardInterrupt:  # a second Ctrl-C: stop now
@@ -906,6 +907,14 @@ class AMQPPusher(_AMQPClient):
             stopping.close()
             self._stop_requested = False  # ready for another run
             self.interval = None  # a push() after the loop announces no cadence
+
+    def _say_stopped(self):
+        """The loop's last report again, now, saying it stopped on purpose (a watcher then
+        shows the device stopped, not late and silent); the checks do not run again."""
+        report, self._loop_report = self._loop_report, None
+        report = {**report, "timestamp": get_utc_timestamp(), "stopped": True}
+        self.outbox.add(self._message(report, headers={"status": report.get("status")},
+                                      as_text=_text))
 
     def _interruptible(self, on):
         """Let stop() end the connection's waits for the broker (only while the loop runs)."""
