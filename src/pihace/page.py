@@ -389,10 +389,11 @@ def _device_version(device):
 _CSS = """
 :root{--bg:#f6f7f9;--fg:#1b1f24;--muted:#5c6670;--line:#d9dde2;--card:#fff;--link:#0b57d0;
 --up:#1e7e34;--degraded:#b26a00;--late:#c05600;--down:#c62828;--silent:#6a1b9a;--other:#5c6670;
---row:30px;color-scheme:light dark}
+--missing:#ad1457;--paused:#1565c0;--stopped:#455a64;--row:30px;color-scheme:light dark}
 @media (prefers-color-scheme:dark){:root{--bg:#111418;--fg:#e6e8eb;--muted:#9aa4ae;
 --line:#2a3038;--card:#181c21;--link:#8ab4f8;--up:#3fb950;--degraded:#d29922;--late:#f0883e;
---down:#f85149;--silent:#bc8cff;--other:#9aa4ae}}
+--down:#f85149;--silent:#bc8cff;--other:#9aa4ae;--missing:#f778ba;--paused:#58a6ff;
+--stopped:#8b949e}}
 *{box-sizing:border-box}
 html{background:var(--bg);color:var(--fg);font:15px/1.4 system-ui,-apple-system,"Segoe UI",
 Roboto,sans-serif}
@@ -410,6 +411,7 @@ border-left:6px solid var(--c,var(--line));font-variant-numeric:tabular-nums}
 .count.selected a{outline:2px solid var(--c,var(--link))}
 .s-up{--c:var(--up)}.s-degraded{--c:var(--degraded)}.s-late{--c:var(--late)}
 .s-down{--c:var(--down)}.s-silent{--c:var(--silent)}.s-other{--c:var(--other)}
+.s-missing{--c:var(--missing)}.s-paused{--c:var(--paused)}.s-stopped{--c:var(--stopped)}
 .watcher,.conn{margin:0 0 8px;padding:4px 10px;border-radius:6px;border:1px solid var(--line);
 background:var(--card);white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .watcher.ok::before{content:"● ";color:var(--up)}
@@ -463,7 +465,7 @@ _JS = r"""
 (function () {
   var page = document.body.getAttribute("data-page");
   document.documentElement.classList.add("js");
-  var KNOWN = ["silent", "down", "late", "degraded", "up"];
+  var KNOWN = ["silent", "missing", "down", "late", "degraded", "paused", "stopped", "up"];
   var offset = 0;  // the watcher's clock minus this browser's, in seconds
 
   function el(tag, cls, text) {
