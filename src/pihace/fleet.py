@@ -4,6 +4,7 @@ whatever the number of requests)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import sys
@@ -88,6 +89,15 @@ def _fleet_nagios(devices, status):
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=None)
+def _one_hot_lines():
+    """{state: the lines of pihace_device_state for a device in it, with NUL where its
+    device label goes}: one str.replace per device, not one line each."""
+    return {current: "\n".join(f'pihace_device_state{{\0,state="{state}"}} '
+                                f'{1 if state == current else 0}' for state in DEVICE_STATES)
+            for current in (*DEVICE_STATES, None)}
+
+
 def _fleet_prometheus(devices, status):
     """One series per device for up and last seen (labels that never change with its
     state), and its state as a one-hot family, as kube-state-metrics does."""
@@ -101,10 +111,9 @@ def _fleet_prometheus(devices, status):
               for label, d in zip(labels, rows)]
     lines += ["# HELP pihace_device_state The device's state: 1 for the one it is in.",
               "# TYPE pihace_device_state gauge"]
-    for label, d in zip(labels, rows):
-        device = label.partition(",")[0]
-        lines += [f'pihace_device_state{{{device},state="{state}"}} '
-                  f'{1 if d["state"] == state else 0}' for state in DEVICE_STATES]
+    one_hot = _one_hot_lines()
+    lines += [one_hot.get(d["state"], one_hot[None]).replace("\0", label.partition(",")[0])
+              for label, d in zip(labels, rows)]
     lines += ["# HELP pihace_device_last_seen_timestamp_seconds When the device's newest "
               "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
     lines += [f"pihace_device_last_seen_timestamp_seconds{{{label}}} {d['last_seen']:.3f}"
