@@ -8636,7 +8636,7 @@ def test_the_state_file_brings_the_fleet_back_without_hooks_for_what_did_not_cha
         for key in ("state", "since", "status", "first_seen", "last_seen", "interval",
                     "reports", "failing"):
             assert after[device][key] == before[device][key], (device, key)
-    assert after["gone@h"]["transitions"][-1][1:] == ["up", "silent"]
+    assert list(after["gone@h"]["transitions"][-1][1:]) == ["up", "silent"]
     second.apply(report(name="steady"), {})
     second.apply(report("Unavailable", name="broken"), {})
     assert second.apply(report(name="gone"), {"message_id": "gone-1"}) == "duplicate"

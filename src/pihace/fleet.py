@@ -318,7 +318,10 @@ class _FleetPages:
             made = self._rendered.get(what)
             now = time.monotonic()
             if made is None or now - made[0] >= self.refresh:
-                made = self._rendered[what] = (now, make())
+                value = make()
+                # stamped when done: the requests that waited for it share it, even when
+                # rendering takes longer than `refresh` (else each of them renders again)
+                made = self._rendered[what] = (time.monotonic(), value)
             return made[1]
 
     def _view(self):

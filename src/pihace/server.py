@@ -235,6 +235,12 @@ def _http_classes():
 _request_client = threading.local()
 
 
+# Bodies up to this size are joined to their head and sent in one write; larger ones follow
+# the head in a write of their own, so that concurrent requests for a shared rendering of
+# megabytes do not each make a copy of it.
+_JOINED_BODY = 1 << 16
+
+
 def _http_handler_class():
     """The request handler: one answer per request, each within the server's deadlines."""
     import http.server  # here, not at the top: slow to import, and only servers need them
@@ -343,8 +349,14 @@ def _http_handler_class():
                     *(f"{name}: {value}" for name, value in headers)]
             if self.close_connection:
                 head.append("Connection: close")
-            self.wfile.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n"
-                             + (body if self.command != "HEAD" else b""))
+            head = "\r\n".join(head).encode("latin-1") + b"\r\n\r\n"
+            if self.command == "HEAD":
+                body = b""
+            if len(body) <= _JOINED_BODY:
+                self.wfile.write(head + body)
+            else:  # a large body (a fleet's /metrics): sent as it is, not copied per request
+                self.wfile.write(head)
+                self.wfile.write(body)
 
         def send_error(self, code, message=None, explain=None):
             self.linger = True  # http.server's own answers (400, 414, 431, 501): closing

@@ -165,7 +165,7 @@ class Device:
                  "rate", "failing", "due", "skewed", "ids", "transitions", "health", "streak",
                  "stopped", "paused_until", "pause_reason", "reminded", "listed", "rolled_up")
 
-    def __init__(self, name, host, now, window):
+    def __init__(self, name, host, now):
         self.name, self.host = name, host
         self.label = None  # its Prometheus labels, made once when first needed
         self.state = self.status = self.rate = None
@@ -174,8 +174,10 @@ class Device:
         self.interval = self.late_after = 0.0
         self.reports, self.failing, self.skewed = 0, (), False
         self.due = math.inf  # when its age next changes its state
-        self.ids = collections.deque(maxlen=window)  # its newest message ids: duplicates
-        self.transitions = collections.deque(maxlen=_TRANSITIONS_KEPT)  # (time, old, new)
+        # its newest message ids (duplicates, at most `window`) and changes of state (time,
+        # old, new): lists, which grow as needed (an empty deque takes 760 bytes: 150 MB for
+        # the two of 100,000 devices)
+        self.ids, self.transitions = [], []
         self.health, self.streak = None, 0  # its status's state, damped; same ones in a row
         self.stopped, self.paused_until, self.pause_reason = False, 0.0, None
         self.reminded = 0.0  # when the hook last ran for its state (for --remind)
@@ -186,6 +188,8 @@ class Device:
         """Into state `new` at `now`: the change, to announce."""
         old, self.state, self.since = self.state, new, now
         self.transitions.append((now, old, new))
+        if len(self.transitions) > _TRANSITIONS_KEPT:
+            del self.transitions[0]
         self.reminded, self.rolled_up = now, False
         return old
 
@@ -533,7 +537,7 @@ class Watcher(_AMQPClient):
                     listed = self._roster.get(f"{name}@{host}" if host else name, False)
                     if listed is False and self.ignore_unexpected:
                         return "unexpected"
-                device = self._devices[(name, host)] = Device(name, host, now, self.dedup_window)
+                device = self._devices[(name, host)] = Device(name, host, now)
                 device.listed = listed
             elif message_id is not None and message_id in device.ids:
                 return "duplicate"
@@ -547,8 +551,11 @@ class Watcher(_AMQPClient):
             if not self._backlog and abs(now - stamp) > device.late_after - device.interval + 1:
                 seen = now  # sent just now, yet stamped far from now: a clock that is off
                 self._skewed(device, now - stamp)
-            if message_id is not None:
-                device.ids.append(message_id)
+            if message_id is not None and self.dedup_window:
+                ids = device.ids
+                ids.append(message_id)
+                if len(ids) > self.dedup_window:
+                    del ids[0]
             device.status, device.last_stamp = report["status"], stamp
             device.last_seen = device.judged_from = seen
             device.reports += 1
@@ -907,7 +914,7 @@ class Watcher(_AMQPClient):
                     continue
                 name, _, host = device_id.rpartition("@") if "@" in device_id else (
                     device_id, "", "")
-                device = Device(name, host, now, self.dedup_window)
+                device = Device(name, host, now)
                 device.listed, device.interval = settings, settings.get(
                     "interval", self.default_interval)
                 device.late_after = self._limits(device.interval, settings)[0]
@@ -1009,8 +1016,7 @@ class Watcher(_AMQPClient):
                                                      "last_stamp", "interval")]
             if not all(math.isfinite(number) for number in numbers) or numbers[4] <= 0:
                 return None
-            device = Device(_report_text(name), _report_text(host), numbers[1],
-                            self.dedup_window)
+            device = Device(_report_text(name), _report_text(host), numbers[1])
             device.state, device.status = state, entry["status"]
             device.since, _, device.last_seen, device.last_stamp, interval = numbers
             device.judged_from = device.last_seen
@@ -1020,11 +1026,12 @@ class Watcher(_AMQPClient):
             device.rate = _report_text(rate, 20) if rate else None
             device.failing = tuple(_report_text(key) for key in entry.get("failing", ())
                                    [:_FAILING_LIMIT])
-            device.ids.extend(entry.get("ids", ())[-self.dedup_window:] if self.dedup_window
-                              else ())
-            device.transitions.extend(
+            device.ids = list(entry.get("ids", ())[-self.dedup_window:]) if \
+                self.dedup_window else []
+            device.transitions = [
                 (float(when), old, new) for when, old, new in entry.get("transitions", ())
-                if (old is None or old in DEVICE_STATES) and new in DEVICE_STATES)
+                [-_TRANSITIONS_KEPT:] if (old is None or old in DEVICE_STATES) and
+                new in DEVICE_STATES]
             health = entry.get("health", _STATE_OF_STATUS[device.status])
             device.health = health if health in ("up", "degraded", "down") else \
                 _STATE_OF_STATUS[device.status]
