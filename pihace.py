@@ -5333,6 +5333,7 @@ def _set_aside(path, why):
 # roster never seen; `paused` one in maintenance (announced by itself or set by an operator);
 # `stopped` one whose pusher said it stopped on purpose.
 DEVICE_STATES = ("silent", "missing", "down", "late", "degraded", "paused", "stopped", "up")
+_STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
 _REMINDED_STATES = ("down", "silent", "missing")  # --remind re-runs the hook while in these
 _STATE_OF_STATUS = dict(zip(_STATUSES, ("up", "degraded", "down")))
 _NAME_LIMIT = 200  # characters of a device's name or host that are kept
@@ -5360,6 +5361,13 @@ def _report_text(value, limit=_NAME_LIMIT):
     if not (text.isascii() and text.isprintable()):
         text = _printable(text)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _metric_labels(device_id, name, host):
+    """(device, name and host labels; the device label alone) of Prometheus' text."""
+    device = f'device="{_prometheus_label_value(device_id)}"'
+    return (f'{device},name="{_prometheus_label_value(name)}",'
+            f'host="{_prometheus_label_value(host)}"', device)
 
 
 @contextlib.contextmanager
@@ -5709,6 +5717,37 @@ class Watcher(_AMQPClient):
         now = self.wall_clock()
         with self._lock, _no_collection():
             return {device.id: self._snapshot(device, now) for device in self._devices.values()}
+
+    def devices_page(self, offset=0, limit=1000):
+        """(how many devices, how many in each state, snapshots of `limit` devices from
+        `offset`, worst first: state, then the longest silence, then the id). Only the page
+        is snapshot: a page of 100,000 devices costs a sort, not 100,000 dicts."""
+        now, rank = self.wall_clock(), _STATE_RANK
+        counts = dict.fromkeys(DEVICE_STATES, 0)
+        with self._lock, _no_collection():
+            keyed = []
+            for device in self._devices.values():
+                counts[device.state] += 1
+                keyed.append((rank[device.state], device.last_seen, device.id, device))
+            keyed.sort(key=lambda entry: entry[:3])
+            page = [self._snapshot(device, now) for *_, device in keyed[offset:offset + limit]]
+        return len(keyed), counts, page
+
+    def metric_rows(self):
+        """(labels, short labels, state, last_seen, uptime over 24 h, over 7 d) of each device,
+        in the order of their ids: what Prometheus' text is made of, without a dict per
+        device, each device's labels escaped once in its life."""
+        now = self.wall_clock()
+        with self._lock, _no_collection():
+            rows = []
+            for device in self._devices.values():
+                labels = device.label
+                if labels is None:
+                    labels = device.label = _metric_labels(device.id, device.name, device.host)
+                rows.append((*labels, device.state, device.last_seen,
+                             *(device.uptime(now, window) for _, window in _UPTIME_WINDOWS)))
+        rows.sort()
+        return rows
 
     def _snapshot(self, device, now):
         """A device as a dict, with what the watcher knows of it besides: stale, an
@@ -8153,7 +8192,6 @@ _STATIC = {"/static/page.css": ("text/css; charset=utf-8", _CSS),
 
 _EXIT_CODE_OF_STATE = {"down": 2, "silent": 2, "missing": 2, "degraded": 1, "late": 1}
 _NAGIOS_WORDS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
-_STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
 
 
 def fleet_exit_code(devices):
@@ -8200,7 +8238,7 @@ def format_fleet(devices, output="json", status=None):
         return _fleet_nagios(devices, status)
     if output != "prometheus":
         raise ValueError(f'output must be "json", "nagios" or "prometheus", got {output!r}')
-    return _fleet_prometheus(devices, status)
+    return _fleet_prometheus(_metric_rows_of(devices), status)
 
 
 def _fleet_nagios(devices, status):
@@ -8227,36 +8265,39 @@ def _one_hot_lines():
             for current in (*DEVICE_STATES, None)}
 
 
-def _fleet_prometheus(devices, status):
-    """One series per device for up and last seen (labels that never change with its
-    state), and its state as a one-hot family, as kube-state-metrics does."""
-    rows = sorted(devices.values(), key=lambda d: d["device"])
-    labels = [f'device="{_prometheus_label_value(d["device"])}",'
-              f'name="{_prometheus_label_value(d["name"])}",'
-              f'host="{_prometheus_label_value(d["host"])}"' for d in rows]
+def _metric_rows_of(devices):
+    """Watcher.metric_rows() of a snapshot (Watcher.devices)."""
+    return sorted((*_metric_labels(d["device"], d["name"], d["host"]), d["state"],
+                   d["last_seen"], *((d.get("uptime") or {}).get(window) for window, _ in
+                                     _UPTIME_WINDOWS)) for d in devices.values())
+
+
+def _fleet_prometheus(rows, status):
+    """Prometheus' text of Watcher.metric_rows(): one series per device for up, last seen
+    and uptime (labels that never change with its state), and its state as a one-hot
+    family, as kube-state-metrics does."""
     lines = ["# HELP pihace_device_up 1 when the device's newest report says Available and it "
              "is not late, else 0.", "# TYPE pihace_device_up gauge"]
-    lines += [f"pihace_device_up{{{label}}} {1 if d['state'] == 'up' else 0}"
-              for label, d in zip(labels, rows)]
+    lines += [f"pihace_device_up{{{row[0]}}} {1 if row[2] == 'up' else 0}" for row in rows]
     lines += ["# HELP pihace_device_state The device's state: 1 for the one it is in.",
               "# TYPE pihace_device_state gauge"]
     one_hot = _one_hot_lines()
-    lines += [one_hot.get(d["state"], one_hot[None]).replace("\0", label.partition(",")[0])
-              for label, d in zip(labels, rows)]
+    lines += [one_hot.get(row[2], one_hot[None]).replace("\0", row[1]) for row in rows]
     lines += ["# HELP pihace_device_last_seen_timestamp_seconds When the device's newest "
               "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
-    lines += [f"pihace_device_last_seen_timestamp_seconds{{{label}}} {d['last_seen']:.3f}"
-              for label, d in zip(labels, rows)]
+    lines += [f"pihace_device_last_seen_timestamp_seconds{{{row[0]}}} {row[3]:.3f}"
+              for row in rows]
     lines += ["# HELP pihace_device_uptime_ratio The share of the window the device was up, "
               "out of the time it was watched (paused and stopped not counted).",
               "# TYPE pihace_device_uptime_ratio gauge"]
-    for label, d in zip(labels, rows):
-        device = label.partition(",")[0]
-        lines += [f'pihace_device_uptime_ratio{{{device},window="{window}"}} {ratio:.6f}'
-                  for window, ratio in (d.get("uptime") or {}).items() if ratio is not None]
+    for row in rows:
+        lines += [f'pihace_device_uptime_ratio{{{row[1]},window="{window}"}} {ratio:.6f}'
+                  for (window, _), ratio in zip(_UPTIME_WINDOWS, row[4:]) if ratio is not None]
+    counts = dict.fromkeys(DEVICE_STATES, 0)
+    for row in rows:
+        counts[row[2]] = counts.get(row[2], 0) + 1
     lines += ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
-    lines += [f'pihace_devices{{state="{state}"}} {n}'
-              for state, n in _state_counts(devices).items()]
+    lines += [f'pihace_devices{{state="{state}"}} {n}' for state, n in counts.items()]
     if status is not None:
         lines += ["# HELP pihace_watch_connected 1 while the watcher reads its queue; 0 while "
                   "it cannot (its view is then stale).", "# TYPE pihace_watch_connected gauge",
@@ -8466,7 +8507,7 @@ class _FleetPages:
             return page
         if path == "/metrics":
             return 200, _PROMETHEUS_TEXT, self._cached("metrics", lambda: _fleet_prometheus(
-                *self._view()[:2]).encode()), []
+                self.watcher.metric_rows(), self.watcher.status).encode()), []
         if path in ("/", "/devices"):
             return self._devices_page(query)
         if path == "/livez":  # the watcher process answers; its view may be stale (/devices)
@@ -8486,10 +8527,15 @@ class _FleetPages:
         except ValueError:
             return (400, _TEXT_PLAIN, f"offset must be an integer >= 0 and limit one from 1 to "
                     f"{self.max_limit}\n".encode(), [])
-        devices, status, rows = self._view()
-        document = {"status": _NAGIOS_WORDS[fleet_exit_code(devices)],
-                    "counts": _state_counts(devices), "watcher": status, "total": len(rows),
-                    "offset": offset, "limit": limit, "devices": rows[offset:offset + limit]}
+        if (offset, limit) == (0, self.page_limit):  # the usual request: shared for a second
+            total, counts, page = self._cached("devices", self.watcher.devices_page)
+        else:
+            total, counts, page = self.watcher.devices_page(offset, limit)
+        worst = max((_EXIT_CODE_OF_STATE.get(state, 0) for state, n in counts.items() if n),
+                    default=0)
+        document = {"status": _NAGIOS_WORDS[worst], "counts": counts,
+                    "watcher": self.watcher.status, "total": total, "offset": offset,
+                    "limit": limit, "devices": page}
         return 200, "application/json", json.dumps(document, indent=1).encode(), []
 
 

@@ -15,7 +15,7 @@ from .header import log
 from .helpers import _printable, _time_left, describe_error
 from .formats import _prometheus_label_value
 from .checks import get_utc_timestamp
-from .watcher import DEVICE_STATES
+from .watcher import _STATE_RANK, _UPTIME_WINDOWS, DEVICE_STATES, _metric_labels
 from .server import _PROMETHEUS_TEXT, _TEXT_PLAIN
 from .page import _page_answer
 
@@ -24,7 +24,6 @@ from .page import _page_answer
 
 _EXIT_CODE_OF_STATE = {"down": 2, "silent": 2, "missing": 2, "degraded": 1, "late": 1}
 _NAGIOS_WORDS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
-_STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
 
 
 def fleet_exit_code(devices):
@@ -71,7 +70,7 @@ def format_fleet(devices, output="json", status=None):
         return _fleet_nagios(devices, status)
     if output != "prometheus":
         raise ValueError(f'output must be "json", "nagios" or "prometheus", got {output!r}')
-    return _fleet_prometheus(devices, status)
+    return _fleet_prometheus(_metric_rows_of(devices), status)
 
 
 def _fleet_nagios(devices, status):
@@ -98,36 +97,39 @@ def _one_hot_lines():
             for current in (*DEVICE_STATES, None)}
 
 
-def _fleet_prometheus(devices, status):
-    """One series per device for up and last seen (labels that never change with its
-    state), and its state as a one-hot family, as kube-state-metrics does."""
-    rows = sorted(devices.values(), key=lambda d: d["device"])
-    labels = [f'device="{_prometheus_label_value(d["device"])}",'
-              f'name="{_prometheus_label_value(d["name"])}",'
-              f'host="{_prometheus_label_value(d["host"])}"' for d in rows]
+def _metric_rows_of(devices):
+    """Watcher.metric_rows() of a snapshot (Watcher.devices)."""
+    return sorted((*_metric_labels(d["device"], d["name"], d["host"]), d["state"],
+                   d["last_seen"], *((d.get("uptime") or {}).get(window) for window, _ in
+                                     _UPTIME_WINDOWS)) for d in devices.values())
+
+
+def _fleet_prometheus(rows, status):
+    """Prometheus' text of Watcher.metric_rows(): one series per device for up, last seen
+    and uptime (labels that never change with its state), and its state as a one-hot
+    family, as kube-state-metrics does."""
     lines = ["# HELP pihace_device_up 1 when the device's newest report says Available and it "
              "is not late, else 0.", "# TYPE pihace_device_up gauge"]
-    lines += [f"pihace_device_up{{{label}}} {1 if d['state'] == 'up' else 0}"
-              for label, d in zip(labels, rows)]
+    lines += [f"pihace_device_up{{{row[0]}}} {1 if row[2] == 'up' else 0}" for row in rows]
     lines += ["# HELP pihace_device_state The device's state: 1 for the one it is in.",
               "# TYPE pihace_device_state gauge"]
     one_hot = _one_hot_lines()
-    lines += [one_hot.get(d["state"], one_hot[None]).replace("\0", label.partition(",")[0])
-              for label, d in zip(labels, rows)]
+    lines += [one_hot.get(row[2], one_hot[None]).replace("\0", row[1]) for row in rows]
     lines += ["# HELP pihace_device_last_seen_timestamp_seconds When the device's newest "
               "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
-    lines += [f"pihace_device_last_seen_timestamp_seconds{{{label}}} {d['last_seen']:.3f}"
-              for label, d in zip(labels, rows)]
+    lines += [f"pihace_device_last_seen_timestamp_seconds{{{row[0]}}} {row[3]:.3f}"
+              for row in rows]
     lines += ["# HELP pihace_device_uptime_ratio The share of the window the device was up, "
               "out of the time it was watched (paused and stopped not counted).",
               "# TYPE pihace_device_uptime_ratio gauge"]
-    for label, d in zip(labels, rows):
-        device = label.partition(",")[0]
-        lines += [f'pihace_device_uptime_ratio{{{device},window="{window}"}} {ratio:.6f}'
-                  for window, ratio in (d.get("uptime") or {}).items() if ratio is not None]
+    for row in rows:
+        lines += [f'pihace_device_uptime_ratio{{{row[1]},window="{window}"}} {ratio:.6f}'
+                  for (window, _), ratio in zip(_UPTIME_WINDOWS, row[4:]) if ratio is not None]
+    counts = dict.fromkeys(DEVICE_STATES, 0)
+    for row in rows:
+        counts[row[2]] = counts.get(row[2], 0) + 1
     lines += ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
-    lines += [f'pihace_devices{{state="{state}"}} {n}'
-              for state, n in _state_counts(devices).items()]
+    lines += [f'pihace_devices{{state="{state}"}} {n}' for state, n in counts.items()]
     if status is not None:
         lines += ["# HELP pihace_watch_connected 1 while the watcher reads its queue; 0 while "
                   "it cannot (its view is then stale).", "# TYPE pihace_watch_connected gauge",
@@ -337,7 +339,7 @@ class _FleetPages:
             return page
         if path == "/metrics":
             return 200, _PROMETHEUS_TEXT, self._cached("metrics", lambda: _fleet_prometheus(
-                *self._view()[:2]).encode()), []
+                self.watcher.metric_rows(), self.watcher.status).encode()), []
         if path in ("/", "/devices"):
             return self._devices_page(query)
         if path == "/livez":  # the watcher process answers; its view may be stale (/devices)
@@ -357,8 +359,13 @@ class _FleetPages:
         except ValueError:
             return (400, _TEXT_PLAIN, f"offset must be an integer >= 0 and limit one from 1 to "
                     f"{self.max_limit}\n".encode(), [])
-        devices, status, rows = self._view()
-        document = {"status": _NAGIOS_WORDS[fleet_exit_code(devices)],
-                    "counts": _state_counts(devices), "watcher": status, "total": len(rows),
-                    "offset": offset, "limit": limit, "devices": rows[offset:offset + limit]}
+        if (offset, limit) == (0, self.page_limit):  # the usual request: shared for a second
+            total, counts, page = self._cached("devices", self.watcher.devices_page)
+        else:
+            total, counts, page = self.watcher.devices_page(offset, limit)
+        worst = max((_EXIT_CODE_OF_STATE.get(state, 0) for state, n in counts.items() if n),
+                    default=0)
+        document = {"status": _NAGIOS_WORDS[worst], "counts": counts,
+                    "watcher": self.watcher.status, "total": total, "offset": offset,
+                    "limit": limit, "devices": page}
         return 200, "application/json", json.dumps(document, indent=1).encode(), []

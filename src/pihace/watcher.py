@@ -15,7 +15,7 @@ import time
 from .header import log
 from .errors import ChannelClosed, Interrupted, PihaceError
 from .helpers import _number, _printable, _seconds, _text, describe_error
-from .formats import _STATUSES
+from .formats import _STATUSES, _prometheus_label_value
 from .amqp_wire import encode_properties
 from .transport import Backoff, Wakeup, _Message
 from .client import _AMQPClient, _check_name
@@ -26,6 +26,7 @@ from .statefile import read_state, write_json_atomically
 # roster never seen; `paused` one in maintenance (announced by itself or set by an operator);
 # `stopped` one whose pusher said it stopped on purpose.
 DEVICE_STATES = ("silent", "missing", "down", "late", "degraded", "paused", "stopped", "up")
+_STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
 _REMINDED_STATES = ("down", "silent", "missing")  # --remind re-runs the hook while in these
 _STATE_OF_STATUS = dict(zip(_STATUSES, ("up", "degraded", "down")))
 _NAME_LIMIT = 200  # characters of a device's name or host that are kept
@@ -53,6 +54,13 @@ def _report_text(value, limit=_NAME_LIMIT):
     if not (text.isascii() and text.isprintable()):
         text = _printable(text)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _metric_labels(device_id, name, host):
+    """(device, name and host labels; the device label alone) of Prometheus' text."""
+    device = f'device="{_prometheus_label_value(device_id)}"'
+    return (f'{device},name="{_prometheus_label_value(name)}",'
+            f'host="{_prometheus_label_value(host)}"', device)
 
 
 @contextlib.contextmanager
@@ -402,6 +410,37 @@ class Watcher(_AMQPClient):
         now = self.wall_clock()
         with self._lock, _no_collection():
             return {device.id: self._snapshot(device, now) for device in self._devices.values()}
+
+    def devices_page(self, offset=0, limit=1000):
+        """(how many devices, how many in each state, snapshots of `limit` devices from
+        `offset`, worst first: state, then the longest silence, then the id). Only the page
+        is snapshot: a page of 100,000 devices costs a sort, not 100,000 dicts."""
+        now, rank = self.wall_clock(), _STATE_RANK
+        counts = dict.fromkeys(DEVICE_STATES, 0)
+        with self._lock, _no_collection():
+            keyed = []
+            for device in self._devices.values():
+                counts[device.state] += 1
+                keyed.append((rank[device.state], device.last_seen, device.id, device))
+            keyed.sort(key=lambda entry: entry[:3])
+            page = [self._snapshot(device, now) for *_, device in keyed[offset:offset + limit]]
+        return len(keyed), counts, page
+
+    def metric_rows(self):
+        """(labels, short labels, state, last_seen, uptime over 24 h, over 7 d) of each device,
+        in the order of their ids: what Prometheus' text is made of, without a dict per
+        device, each device's labels escaped once in its life."""
+        now = self.wall_clock()
+        with self._lock, _no_collection():
+            rows = []
+            for device in self._devices.values():
+                labels = device.label
+                if labels is None:
+                    labels = device.label = _metric_labels(device.id, device.name, device.host)
+                rows.append((*labels, device.state, device.last_seen,
+                             *(device.uptime(now, window) for _, window in _UPTIME_WINDOWS)))
+        rows.sort()
+        return rows
 
     def _snapshot(self, device, now):
         """A device as a dict, with what the watcher knows of it besides: stale, an
