@@ -5160,7 +5160,9 @@ def test_loop_survives_a_broker_restart_and_delivers_the_outbox_in_order(fault_r
     first_seen = {}
     for properties, body in messages:  # at-least-once: a duplicate keeps its message_id
         first_seen.setdefault(properties.message_id, (properties, body))
-    numbers = [sequence(body) for _, body in first_seen.values()]
+    *reports, (_, last_word) = first_seen.values()
+    assert json.loads(last_word)["stopped"] is True  # the loop's last word, after the rest
+    numbers = [sequence(body) for _, body in reports]
     assert numbers == list(range(1, len(numbers) + 1)), "a report is missing or out of order"
     stamps = [json.loads(body)["timestamp"] for _, body in first_seen.values()]
     assert stamps == sorted(stamps)
@@ -5689,7 +5691,7 @@ def test_stop_interrupts_a_push_into_a_blackhole_and_a_second_stop_ends_the_last
     assert loop.thread.is_alive()
     assert loop.stop(within=2.0) < 1.0  # the second stop
     assert loop.ended - first_stop < 3.0
-    assert len(pusher.outbox) == 1
+    assert len(pusher.outbox) == 2  # the report, and the loop's last word (stopped)
 
 
 @pytest.mark.slow
@@ -6956,7 +6958,7 @@ def test_the_watcher_reconnects_after_a_broker_restart_and_states_go_on(fault_ra
     finally:
         loop.stop()
         watched.stop()
-    assert watched.of(device) == []  # one device, up all along
+    assert watched.of(device) == [("up", "stopped")]  # one device, up until its loop ended
     assert watched.watcher.counts["invalid"] == 0
 
 
