@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import threading
 import time
@@ -241,137 +242,146 @@ _request_client = threading.local()
 _JOINED_BODY = 1 << 16
 
 
-def _http_handler_class():
-    """The request handler: one answer per request, each within the server's deadlines."""
-    import http.server  # here, not at the top: slow to import, and only servers need them
-    import io
+class _HandlerBehaviour:
+    """What pihace's request handler does on top of http.server's (mixed into it by
+    _http_handler_class, which imports http.server only when a server starts): one answer
+    per request, each within the server's deadlines."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive
-        server_version = f"pihace/{__version__}"
-        sys_version = ""
-        default_request_version = "HTTP/1.0"  # an error answer to garbage has a status line
-        disable_nagle_algorithm = True
-        linger = False  # after an error answer: input the client may still send is dropped
+    protocol_version = "HTTP/1.1"  # keep-alive
+    server_version = f"pihace/{__version__}"
+    sys_version = ""
+    default_request_version = "HTTP/1.0"  # an error answer to garbage has a status line
+    disable_nagle_algorithm = True
+    linger = False  # after an error answer: input the client may still send is dropped
 
-        def finish(self):
-            try:
-                super().finish()
-                if self.linger:
-                    self._drop_input()
-            except OSError:
-                pass
-            finally:
-                self.server.reaper.remove(self.connection)
+    def finish(self):
+        try:
+            super().finish()
+            if self.linger:
+                self._drop_input()
+        except OSError:
+            pass
+        finally:
+            self.server.reaper.remove(self.connection)
 
-        def _drop_input(self):
-            """Half-close, then read what the client still sends (a bounded amount, for a
-            bounded time) before the close: closing with unread input would send a reset
-            that can destroy the error answer before the client reads it (RFC 9112, 9.6)."""
-            import socket  # loaded already: the server's sockets are open
+    def _drop_input(self):
+        """Half-close, then read what the client still sends (a bounded amount, for a
+        bounded time) before the close: closing with unread input would send a reset
+        that can destroy the error answer before the client reads it (RFC 9112, 9.6)."""
+        import socket  # loaded already: the server's sockets are open
 
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(1.0)
-            dropped = 0
-            while dropped < _LINGER_BYTES:
-                chunk = self.connection.recv(65536)
-                if not chunk:
-                    return
-                dropped += len(chunk)
+        self.connection.shutdown(socket.SHUT_WR)
+        self.connection.settimeout(1.0)
+        dropped = 0
+        while dropped < _LINGER_BYTES:
+            chunk = self.connection.recv(65536)
+            if not chunk:
+                return
+            dropped += len(chunk)
 
-        def handle_one_request(self):
-            health, reaper = self.server.health, self.server.reaper
-            reaper.renew(self.connection, time.monotonic() + health.request_timeout, idle=True)
-            try:
-                self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
-                if len(self.raw_requestline) > _MAX_REQUEST_LINE:
-                    self.requestline = self.request_version = self.command = ""
-                    self.send_error(414, f"request line over {_MAX_REQUEST_LINE} bytes")
-                    return
-                if not self.raw_requestline:
-                    self.close_connection = True
-                    return
-                reaper.renew(self.connection, time.monotonic() + health.request_timeout,
-                             idle=False)
-                if not self._parse_head():
-                    self.close_connection = True
-                    return
-                reaper.renew(self.connection, time.monotonic() + health.max_wait
-                             + health.request_timeout, idle=False)  # the head is in: answer
-                if self.command not in ("GET", "HEAD"):
-                    self.close_connection = self.linger = True  # a body we do not read
-                    self._answer(405, _TEXT_PLAIN, b"method not allowed: use GET or HEAD\n",
-                                 [("Allow", "GET, HEAD")])
-                    return
-                body = _body_framing(self.headers)
-                if body:  # its bytes would be read as the next request: refused, closed
-                    self.close_connection = self.linger = True
-                    self._answer(400, _TEXT_PLAIN, f"bad request: {body}\n".encode())
-                    return
-                _request_client.address = self.client_address[0]
-                status, content_type, body, headers = health.respond(
-                    *_request_target(self.path), self.headers.get("Accept", ""))
-                self._answer(status, content_type, body, headers)
-            except OSError as exc:  # reset, or gone: this connection is over
-                log.debug("HTTP connection from %s ended: %s", self.client_address[0],
-                          describe_error(exc))
+    def handle_one_request(self):
+        health, reaper = self.server.health, self.server.reaper
+        reaper.renew(self.connection, time.monotonic() + health.request_timeout, idle=True)
+        try:
+            self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
+            if len(self.raw_requestline) > _MAX_REQUEST_LINE:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(414, f"request line over {_MAX_REQUEST_LINE} bytes")
+                return
+            if not self.raw_requestline:
                 self.close_connection = True
+                return
+            reaper.renew(self.connection, time.monotonic() + health.request_timeout,
+                         idle=False)
+            if not self._parse_head():
+                self.close_connection = True
+                return
+            reaper.renew(self.connection, time.monotonic() + health.max_wait
+                         + health.request_timeout, idle=False)  # the head is in: answer
+            if self.command not in ("GET", "HEAD"):
+                self.close_connection = self.linger = True  # a body we do not read
+                self._answer(405, _TEXT_PLAIN, b"method not allowed: use GET or HEAD\n",
+                             [("Allow", "GET, HEAD")])
+                return
+            body = _body_framing(self.headers)
+            if body:  # its bytes would be read as the next request: refused, closed
+                self.close_connection = self.linger = True
+                self._answer(400, _TEXT_PLAIN, f"bad request: {body}\n".encode())
+                return
+            _request_client.address = self.client_address[0]
+            status, content_type, body, headers = health.respond(
+                *_request_target(self.path), self.headers.get("Accept", ""))
+            self._answer(status, content_type, body, headers)
+        except OSError as exc:  # reset, or gone: this connection is over
+            log.debug("HTTP connection from %s ended: %s", self.client_address[0],
+                      describe_error(exc))
+            self.close_connection = True
 
-        def _parse_head(self):
-            """parse_request() on a head of at most _MAX_HEAD bytes (431 past that): the
-            header lines are read here, within that budget, and parsed from memory."""
-            budget, lines = _MAX_HEAD - len(self.raw_requestline), []
-            while True:
-                line = self.rfile.readline(budget + 1)
-                budget -= len(line)
-                if budget < 0:
-                    self.requestline, self.command = _printable(
-                        str(self.raw_requestline, "latin-1").rstrip("\r\n")), ""
-                    self.request_version = ""
-                    self.send_error(431, f"request head over {_MAX_HEAD} bytes")
-                    return False
-                lines.append(line)
-                if line in (b"\r\n", b"\n", b""):
-                    break
-            socket_file, self.rfile = self.rfile, io.BytesIO(b"".join(lines))
-            try:
-                return self.parse_request()
-            finally:
-                self.rfile = socket_file
+    def _parse_head(self):
+        """parse_request() on a head of at most _MAX_HEAD bytes (431 past that): the
+        header lines are read here, within that budget, and parsed from memory."""
+        budget, lines = _MAX_HEAD - len(self.raw_requestline), []
+        while True:
+            line = self.rfile.readline(budget + 1)
+            budget -= len(line)
+            if budget < 0:
+                self.requestline, self.command = _printable(
+                    str(self.raw_requestline, "latin-1").rstrip("\r\n")), ""
+                self.request_version = ""
+                self.send_error(431, f"request head over {_MAX_HEAD} bytes")
+                return False
+            lines.append(line)
+            if line in (b"\r\n", b"\n", b""):
+                break
+        import io  # loaded already: http.server uses it
 
-        def _answer(self, status, content_type, body, headers=()):
-            """The whole answer in one write (no Nagle delay between head and body)."""
-            self.log_request(status, len(body))
-            head = [f"HTTP/1.1 {status} {self.responses[status][0]}",
-                    f"Server: {self.server_version}", f"Date: {self.date_time_string()}",
-                    f"Content-Type: {content_type}", f"Content-Length: {len(body)}",
-                    "Cache-Control: no-store", "X-Content-Type-Options: nosniff",
-                    *(f"{name}: {value}" for name, value in headers)]
-            if self.close_connection:
-                head.append("Connection: close")
-            head = "\r\n".join(head).encode("latin-1") + b"\r\n\r\n"
-            if self.command == "HEAD":
-                body = b""
-            if len(body) <= _JOINED_BODY:
-                self.wfile.write(head + body)
-            else:  # a large body (a fleet's /metrics): sent as it is, not copied per request
-                self.wfile.write(head)
-                self.wfile.write(body)
+        socket_file, self.rfile = self.rfile, io.BytesIO(b"".join(lines))
+        try:
+            return self.parse_request()
+        finally:
+            self.rfile = socket_file
 
-        def send_error(self, code, message=None, explain=None):
-            self.linger = True  # http.server's own answers (400, 414, 431, 501): closing
-            super().send_error(code, message, explain)
+    def _answer(self, status, content_type, body, headers=()):
+        """The whole answer in one write (no Nagle delay between head and body)."""
+        self.log_request(status, len(body))
+        head = [f"HTTP/1.1 {status} {self.responses[status][0]}",
+                f"Server: {self.server_version}", f"Date: {self.date_time_string()}",
+                f"Content-Type: {content_type}", f"Content-Length: {len(body)}",
+                "Cache-Control: no-store", "X-Content-Type-Options: nosniff",
+                *(f"{name}: {value}" for name, value in headers)]
+        if self.close_connection:
+            head.append("Connection: close")
+        head = "\r\n".join(head).encode("latin-1") + b"\r\n\r\n"
+        if self.command == "HEAD":
+            body = b""
+        if len(body) <= _JOINED_BODY:
+            self.wfile.write(head + body)
+        else:  # a large body (a fleet's /metrics): sent as it is, not copied per request
+            self.wfile.write(head)
+            self.wfile.write(body)
 
-        def end_headers(self):  # the answers of http.server itself: 400, 414, 431, 501
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            super().end_headers()
+    def send_error(self, code, message=None, explain=None):
+        self.linger = True  # http.server's own answers (400, 414, 431, 501): closing
+        super().send_error(code, message, explain)
 
-        def log_request(self, code="-", size="-"):
-            pass  # one line per request would cost more than the answer
+    def end_headers(self):  # the answers of http.server itself: 400, 414, 431, 501
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        super().end_headers()
 
-        def log_message(self, format, *args):
-            log.debug("HTTP %s: %s", self.client_address[0], _printable(format % args))
+    def log_request(self, code="-", size="-"):
+        pass  # one line per request would cost more than the answer
+
+    def log_message(self, format, *args):
+        log.debug("HTTP %s: %s", self.client_address[0], _printable(format % args))
+
+
+def _http_handler_class():
+    """The request handler class: _HandlerBehaviour on http.server's."""
+    import http.server  # here, not at the top: slow to import, and only servers need them
+
+    class Handler(_HandlerBehaviour, http.server.BaseHTTPRequestHandler):
+        pass
 
     return Handler
 
@@ -389,84 +399,95 @@ def _body_framing(headers):
     return ""
 
 
+# accept() fails with these when the process (or the system) has no file descriptor left
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class _ServerBehaviour:
+    """What pihace's HTTP server does on top of http.server's threading server (mixed into
+    it by _http_server_class): IPv4 or IPv6, one _Reaper that counts the connections, at most
+    the responder's `max_connections` (past that, the idlest is closed, or the new one
+    answered 503 when none is idle), and no busy loop when file descriptors run out."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 1024  # many probes at once are not refused by the backlog
+
+    def __init__(self, address, health, handler):
+        import ipaddress  # here, not at the top: only servers need them
+        import socket
+
+        host = address[0].strip("[]")
+        try:
+            if ipaddress.ip_address(host).version == 6:
+                self.address_family = socket.AF_INET6
+        except ValueError:
+            pass  # a host name: resolved by bind() as IPv4
+        self.health = health
+        self.reaper = _Reaper(getattr(health, "max_connections", _MAX_CONNECTIONS))
+        self._warned = None  # when out of file descriptors was last logged
+        super().__init__((host, address[1]), handler)
+
+    def get_request(self):
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in _OUT_OF_DESCRIPTORS:
+                self._out_of_descriptors(exc)
+            raise  # the serving loop drops it and polls again
+
+    def _out_of_descriptors(self, exc):
+        """accept() failed for want of a file descriptor: close the idlest connection
+        and pause, rather than poll the listening socket again at once (a busy loop)."""
+        now = time.monotonic()
+        if self._warned is None or now - self._warned > 60:
+            self._warned = now
+            log.warning("cannot accept HTTP connections: %s (%d open); closing idle ones",
+                        describe_error(exc), len(self.reaper.deadlines))
+        time.sleep(0.01 if self.reaper.reap_idlest() else 0.1)
+
+    def process_request(self, request, client_address):
+        deadline = time.monotonic() + self.health.request_timeout
+        if not self.reaper.admit(request, deadline):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)  # a thread of its own
+        except BaseException:
+            self.reaper.remove(request)
+            raise
+
+    def _refuse(self, request):
+        """503 to a connection past the limit, written without blocking, then closed."""
+        body = b"too many connections: try again later\n"
+        try:
+            request.setblocking(False)
+            request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; "
+                         b"charset=utf-8\r\nContent-Length: %d\r\nRetry-After: 1\r\n"
+                         b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+                         b"Connection: close\r\n\r\n%s" % (len(body), body))
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def server_close(self):
+        super().server_close()
+        self.reaper.close()
+
+    def server_bind(self):  # HTTPServer's, without its getfqdn(): a DNS lookup, maybe slow
+        import socketserver  # loaded already: http.server uses it
+
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
 def _http_server_class(handler):
-    """The threading server of `handler`, on IPv4 or IPv6, with one _Reaper that counts
-    the connections: at most the responder's `max_connections` (past that, the idlest is
-    closed, or the new one answered 503 when none is idle)."""
-    import errno
+    """The threading server class of `handler`: _ServerBehaviour on http.server's."""
     import http.server  # here, not at the top: slow to import, and only servers need them
-    import socket
 
-    out_of_descriptors = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-
-    class Server(http.server.ThreadingHTTPServer):
-        daemon_threads = True
-        block_on_close = False
-        request_queue_size = 1024  # many probes at once are not refused by the backlog
-
+    class Server(_ServerBehaviour, http.server.ThreadingHTTPServer):
         def __init__(self, address, health):
-            import ipaddress
-
-            host = address[0].strip("[]")
-            try:
-                if ipaddress.ip_address(host).version == 6:
-                    self.address_family = socket.AF_INET6
-            except ValueError:
-                pass  # a host name: resolved by bind() as IPv4
-            self.health = health
-            self.reaper = _Reaper(getattr(health, "max_connections", _MAX_CONNECTIONS))
-            self._warned = None  # when out of file descriptors was last logged
-            super().__init__((host, address[1]), handler)
-
-        def get_request(self):
-            try:
-                return super().get_request()
-            except OSError as exc:
-                if exc.errno in out_of_descriptors:
-                    self._out_of_descriptors(exc)
-                raise  # the serving loop drops it and polls again
-
-        def _out_of_descriptors(self, exc):
-            """accept() failed for want of a file descriptor: close the idlest connection
-            and pause, rather than poll the listening socket again at once (a busy loop)."""
-            now = time.monotonic()
-            if self._warned is None or now - self._warned > 60:
-                self._warned = now
-                log.warning("cannot accept HTTP connections: %s (%d open); closing idle ones",
-                            describe_error(exc), len(self.reaper.deadlines))
-            time.sleep(0.01 if self.reaper.reap_idlest() else 0.1)
-
-        def process_request(self, request, client_address):
-            deadline = time.monotonic() + self.health.request_timeout
-            if not self.reaper.admit(request, deadline):
-                self._refuse(request)
-                return
-            try:
-                super().process_request(request, client_address)  # a thread of its own
-            except BaseException:
-                self.reaper.remove(request)
-                raise
-
-        def _refuse(self, request):
-            """503 to a connection past the limit, written without blocking, then closed."""
-            body = b"too many connections: try again later\n"
-            try:
-                request.setblocking(False)
-                request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; "
-                             b"charset=utf-8\r\nContent-Length: %d\r\nRetry-After: 1\r\n"
-                             b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
-                             b"Connection: close\r\n\r\n%s" % (len(body), body))
-            except OSError:
-                pass
-            self.shutdown_request(request)
-
-        def server_close(self):
-            super().server_close()
-            self.reaper.close()
-
-        def server_bind(self):  # HTTPServer's, without its getfqdn(): a DNS lookup, maybe slow
-            http.server.socketserver.TCPServer.server_bind(self)
-            self.server_name, self.server_port = self.server_address[:2]
+            super().__init__(address, health, handler)
 
     return Server
 
