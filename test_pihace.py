@@ -8171,6 +8171,23 @@ def test_watch_once_that_cannot_read_exits_3_without_the_password(capsys, closed
     (["watch", "--url", "amqp://x/", "--listen", "nowhere"], "--listen: expected HOST:PORT"),
     (["watch", "--url", "amqp://x/", "--queue", ""], "--queue may be empty"),
     (["watch", "--url", "amqp://x/", "--on-change", "  "], "--on-change needs a command"),
+    (["watch", "--url", "amqp://x/", "--on-change", "/nonexistent/page-me"],
+     "--on-change: no program '/nonexistent/page-me'"),
+    (["watch", "--url", "amqp://x/", "--on-change", "true", "--on-change-states", "down,bad"],
+     "--on-change-states: unknown state(s) bad"),
+    (["watch", "--url", "amqp://x/", "--on-change-states", "down"],
+     "--on-change-states needs --on-change"),
+    (["watch", "--url", "amqp://x/", "--max-devices", "0"], "--max-devices must be"),
+    (["watch", "--url", "amqp://x/", "--down-after", "0"], "--down-after must be"),
+    (["watch", "--url", "amqp://x/", "--heartbeat", "70000"], "--heartbeat must be"),
+    (["watch", "--url", "amqp://x/", "--forget-after", "-5"], "--forget-after must be"),
+    (["watch", "--url", "amqp://x/", "--remind", "soon"], "--remind must be a duration"),
+    (["watch", "--url", "amqp://x/", "--standby-group", "g"], "--standby-group needs --exchange"),
+    (["watch", "--url", "amqp://x/", "--roster", "/nonexistent/roster.json"], "--roster"),
+    (["watch", "--url", "amqp://x/", "--pause", "d@h"], "--pause needs --for"),
+    (["watch", "--history"], "--history needs --history-file or --state"),
+    (["push", "--url", "amqp://x/", "--maintenance", "forever"],
+     "--maintenance must be a duration"),
 ])
 def test_bad_watch_arguments_are_one_line_and_exit_code_3(capsys, monkeypatch, args, words):
     monkeypatch.delenv("PIHACE_AMQP_URL", raising=False)

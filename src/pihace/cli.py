@@ -464,7 +464,8 @@ def _pusher(args, hc):
     queue_arguments = dict(map(_queue_argument, args.queue_arg))
     try:
         return AMQPPusher(hc, urls, args.queue, exchange=args.exchange,
-                          exchange_type=args.exchange_type, routing_key=args.routing_key, buffer_size=args.buffer_size,
+                          exchange_type=args.exchange_type, routing_key=args.routing_key,
+                          buffer_size=args.buffer_size,
                           declare=args.declare, queue_arguments=queue_arguments,
                           outbox_path=args.spool, max_connection_age=args.max_connection_age)
     except OSError as exc:  # the spool folder
@@ -530,30 +531,49 @@ def _watcher(args):
         raise ValueError("watch needs --url or PIHACE_AMQP_URL") from None
     _seconds("--wait", args.wait)
     _seconds("--hook-timeout", args.hook_timeout)
+    _check_watch_options(args, urls)
     queue_arguments = dict(map(_queue_argument, args.queue_arg))
-    try:
-        return Watcher(urls, args.queue, exchange=args.exchange,
-                       exchange_type=args.exchange_type, binding_key=args.binding_key,
-                       declare=args.declare, queue_arguments=queue_arguments,
-                       heartbeat=args.heartbeat, default_interval=args.interval,
-                       grace=args.grace, silent_grace=args.silent_grace,
-                       silent_limit=args.silent_after, max_devices=args.max_devices,
-                       forget_after=args.forget_after, announce_first=args.announce_first,
-                       state_path=args.state, standby_group=args.standby_group,
-                       history_path=args.history_file, down_after=args.down_after,
-                       up_after=args.up_after, max_interval=args.max_interval,
-                       remind=args.remind and _duration("--remind", args.remind),
-                       ignore_unexpected=args.ignore_unexpected,
-                       tick=0.5 if args.once else 1.0)
-    except (TypeError, ValueError) as exc:
-        name, space, rest = str(exc).partition(" ")  # "grace must be ...": the option's name
-        options = {"amqp_url": "--url", "default_interval": "--interval", "grace": "--grace",
-                   "silent_limit": "--silent-after", "silent_grace": "--silent-grace",
-                   "queue_name": "--queue", "max_devices": "--max-devices",
-                   "forget_after": "--forget-after", "heartbeat": "--heartbeat",
-                   "down_after": "--down-after", "up_after": "--up-after",
-                   "max_interval": "--max-interval"}
-        raise ValueError(options.get(name, name) + space + rest) from None
+    return Watcher(urls, args.queue, exchange=args.exchange,
+                   exchange_type=args.exchange_type, binding_key=args.binding_key,
+                   declare=args.declare, queue_arguments=queue_arguments,
+                   heartbeat=args.heartbeat, default_interval=args.interval,
+                   grace=args.grace, silent_grace=args.silent_grace,
+                   silent_limit=args.silent_after, max_devices=args.max_devices,
+                   forget_after=args.forget_after, announce_first=args.announce_first,
+                   state_path=args.state, standby_group=args.standby_group,
+                   history_path=args.history_file, down_after=args.down_after,
+                   up_after=args.up_after, max_interval=args.max_interval,
+                   remind=args.remind and _duration("--remind", args.remind),
+                   ignore_unexpected=args.ignore_unexpected,
+                   tick=0.5 if args.once else 1.0)
+
+
+def _check_watch_options(args, urls):
+    """The watch options, checked by the rules Watcher applies, under the options' names."""
+    for url in urls:
+        AMQPParameters(url, "--url")
+    for option, name in (("--queue", args.queue), ("--exchange", args.exchange),
+                         ("--binding-key", args.binding_key)):
+        _check_name(option, name)
+    if not args.queue and not args.exchange:
+        raise ValueError("--queue may be empty (a queue of the watcher's own) only with "
+                         "--exchange to bind it to")
+    if args.standby_group is not None and not args.exchange:
+        raise ValueError("--standby-group needs --exchange: each watcher of the group "
+                         "consumes a queue of its own bound to it")
+    _seconds("--interval", args.interval)
+    _seconds("--max-interval", args.max_interval)
+    for option, value in (("--grace", args.grace), ("--silent-grace", args.silent_grace),
+                          ("--silent-after", args.silent_after),
+                          ("--forget-after", args.forget_after)):
+        if value is not None:
+            _seconds(option, value)
+    for option, value in (("--max-devices", args.max_devices), ("--down-after", args.down_after),
+                          ("--up-after", args.up_after)):
+        _number(option, value, lambda v: v >= 1, "an integer >= 1", int)
+    if args.heartbeat is not None:
+        _number("--heartbeat", args.heartbeat, lambda v: 0 <= v <= 65535,
+                "whole seconds from 0 (off) to 65535", int)
 
 
 def _watch(parser, args):
