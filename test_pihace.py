@@ -8187,7 +8187,8 @@ def test_watch_once_that_cannot_read_exits_3_without_the_password(capsys, closed
     (["watch", "--url", "amqp://x/", "--pause", "d@h"], "--pause needs --for"),
     (["watch", "--history"], "--history needs --history-file or --state"),
     (["push", "--url", "amqp://x/", "--maintenance", "forever"],
-     "--maintenance must be a duration"),
+     "pihace: error: --maintenance must be a duration"),
+    (["push", "--url", "amqp://x/", "--reason", "why"], "--reason goes with --maintenance"),
 ])
 def test_bad_watch_arguments_are_one_line_and_exit_code_3(capsys, monkeypatch, args, words):
     monkeypatch.delenv("PIHACE_AMQP_URL", raising=False)

@@ -461,6 +461,10 @@ def _pusher(args, hc):
     _number("--buffer-size", args.buffer_size, lambda v: v >= 1, "an integer >= 1", int)
     if args.max_connection_age is not None:
         _seconds("--max-connection-age", args.max_connection_age)
+    if args.maintenance is not None:
+        _duration("--maintenance", args.maintenance)
+    elif args.reason is not None:
+        raise ValueError("--reason goes with --maintenance")
     queue_arguments = dict(map(_queue_argument, args.queue_arg))
     try:
         return AMQPPusher(hc, urls, args.queue, exchange=args.exchange,
