@@ -9039,6 +9039,37 @@ def test_watch_once_with_a_roster_says_a_device_never_seen_is_missing(capsys, ra
     assert "never@h: missing" in out
 
 
+def test_sighup_reads_the_roster_again(rabbit, unique_queue, tmp_path):
+    roster = tmp_path / "roster.json"
+    roster.write_text(json.dumps(["first@h"]))
+    publish_reports(rabbit.url, unique_queue)
+    port = rabbitnode.free_port()
+    process = watch_process(rabbit.url, unique_queue, "--roster", str(roster), "--listen",
+                            f"127.0.0.1:{port}", stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+    def listed():
+        try:
+            return {d["device"]: d["state"] for d in json.loads(curl_text(port, "/devices"))[
+                "devices"]}
+        except ValueError:
+            return {}
+
+    try:
+        wait_until(lambda: listed() == {"first@h": "missing"}, 20, "the roster's device")
+        roster.write_text(json.dumps(["first@h", "second@h"]))
+        process.send_signal(signal.SIGHUP)
+        wait_until(lambda: listed() == {"first@h": "missing", "second@h": "missing"}, 20,
+                   "the roster read again")
+        roster.write_text("[broken")
+        process.send_signal(signal.SIGHUP)
+        publish_reports(rabbit.url, unique_queue, (report(name="first"), {}))
+        wait_until(lambda: listed().get("first@h") == "up", 20, "the roster kept, the watcher on")
+    finally:
+        code, _, err = stopped(process)
+    assert code == 0 and "the roster was not read again" in err
+
+
 def test_the_live_table_under_tmux_is_redrawn_in_place(rabbit, unique_queue, tmp_path):
     if shutil.which("tmux") is None:
         pytest.fail("tmux is missing: install it with bash .ci/setup")
