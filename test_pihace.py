@@ -9008,8 +9008,8 @@ def test_an_operators_pause_reaches_every_running_watcher_and_survives_a_restart
     first = WatcherThread(rabbit.url, "", exchange=exchange, state_path=state)
     second = WatcherThread(rabbit.url, "", exchange=exchange)
     try:
-        wait_until(lambda: first.watcher.status["connected"] and second.watcher.status[
-            "connected"], 10, "both watchers reading")
+        wait_until(lambda: all(watched.watcher.connections_opened and watched.watcher.status[
+            "connected"] for watched in (first, second)), 10, "both watchers reading")
         pika_channel.basic_publish(exchange, "", report(name="pump"))
         wait_until(lambda: first.state("pump@h") == second.state("pump@h") == "up", 10, "up")
         code, _, err = run_main(capsys, "watch", "--url", rabbit.url, "--exchange", exchange,
