@@ -4868,18 +4868,23 @@ class AMQPPusher(_AMQPClient):
         timestamp = int(time.time() if timestamp is None else timestamp)
         if not 0 <= timestamp < 2 ** 63:
             raise ValueError(f"timestamp must be seconds since 1970, got {timestamp}")
-        template = self._properties_of_kind.get(kind) if headers is None else None
-        if template is None and headers is None and type(kind) is str and (  # noqa: E721
-                len(self._properties_of_kind) < 16):  # the few types a pusher sends
-            template = self._properties_of_kind[kind] = PropertiesTemplate(
-                dict(self._fixed_properties, type=kind), varying=("message_id", "timestamp"))
-        properties = (self._properties.encode(headers=headers, message_id=message_id,
-                                              timestamp=timestamp, type=kind)
-                      if template is None else
-                      template.encode(message_id=message_id, timestamp=timestamp))
-        return _Message(body, properties, message_id,
+        return _Message(body, self._encode_properties(headers, message_id, timestamp, kind),
+                        message_id,
                         self.exchange if exchange is None else exchange,
                         self.routing_key if routing_key is None else routing_key)
+
+    def _encode_properties(self, headers, message_id, timestamp, kind):
+        """A message's properties; without headers, from a template for its type (a pusher
+        sends few), which leaves only the message id and timestamp to encode."""
+        template = self._properties_of_kind.get(kind) if headers is None else None
+        if template is None:
+            if headers is not None or type(kind) is not str or (  # noqa: E721
+                    len(self._properties_of_kind) >= 16):
+                return self._properties.encode(headers=headers, message_id=message_id,
+                                               timestamp=timestamp, type=kind)
+            template = self._properties_of_kind[kind] = PropertiesTemplate(
+                dict(self._fixed_properties, type=kind), varying=("message_id", "timestamp"))
+        return template.encode(message_id=message_id, timestamp=timestamp)
 
     def _deadlines(self, timeout=None):
         """(deadline, setup deadline) of an operation starting now: `timeout` and
