@@ -2598,6 +2598,11 @@ def decode_properties(reader):
 
 _frame_head = struct.Struct(">BHI")
 _content_head = struct.Struct(">HHQ")
+# a content header frame's head and its payload's fixed part: type, channel, size, class,
+# weight, body size
+_header_frame_head = struct.Struct(">BHIHHQ")
+# the end of the frame before, and a body frame's head: frame end, type, channel, size
+_body_frame_head = struct.Struct(">BBHI")
 
 
 def encode_frame(frame_type, channel, payload):
@@ -2610,12 +2615,33 @@ def encode_content(channel, properties, body, frame_max):
     `properties` is encoded property bytes (see encode_properties). Body frames
     hold at most frame_max - 8 bytes; an empty body sends none.
     """
-    frames = [encode_frame(FRAME_HEADER, channel,
-                           _content_head.pack(BASIC_CLASS, 0, len(body)) + properties)]
+    return encode_message(b"", channel, properties, body, frame_max)
+
+
+def encode_message(method, channel, properties, body, frame_max):
+    """A published message's frames as one string of bytes: `method` (its Basic.Publish
+    method frame, already encoded: it is the same for every message to one destination),
+    then the content header frame and the body frames, as encode_content() makes them.
+
+    A body that fits in one frame (the common case) is joined in one go, without
+    encoding each frame on its own.
+    """
+    size = len(body)
+    head = _header_frame_head.pack(FRAME_HEADER, channel, 12 + len(properties), BASIC_CLASS, 0,
+                                   size)
     step = frame_max - FRAME_OVERHEAD
-    for start in range(0, len(body), step):
-        frames.append(encode_frame(FRAME_BODY, channel, body[start:start + step]))
-    return b"".join(frames)
+    if size <= step:
+        if not size:
+            return b"".join((method, head, properties, b"\xce"))
+        return b"".join((method, head, properties,
+                         _body_frame_head.pack(FRAME_END, FRAME_BODY, channel, size), body,
+                         b"\xce"))
+    parts = [method, head, properties]
+    for start in range(0, size, step):
+        chunk = body[start:start + step]
+        parts += _body_frame_head.pack(FRAME_END, FRAME_BODY, channel, len(chunk)), chunk
+    parts.append(b"\xce")
+    return b"".join(parts)
 
 
 class FrameDecoder:
@@ -2870,22 +2896,22 @@ class AMQPProtocol:
         than two heartbeat periods: the connection is dead even if the socket is
         not.
         """
-        if not self.heartbeat or self.state not in ("open", "closing"):
+        heartbeat = self.heartbeat  # (called before every publish: locals, not attributes)
+        if not heartbeat or self.state not in ("open", "closing"):
             return None
-        if self._last_received is None:
-            self._last_received = now
-        if self._last_sent is None:
-            self._last_sent = now
-        if now - self._last_received > 2 * self.heartbeat:
-            raise TimeoutError(f"the broker sent nothing for {now - self._last_received:.0f}s "
-                               f"(heartbeat {self.heartbeat}s): connection presumed dead")
-        quiet = now - self._last_sent
-        if quiet >= 0.75 * self.heartbeat or (
-                quiet >= 0.25 * self.heartbeat and self._last_received > self._last_sent):
+        received, sent = self._last_received, self._last_sent
+        if received is None:
+            received = self._last_received = now
+        if sent is None:
+            sent = self._last_sent = now
+        if now - received > 2 * heartbeat:
+            raise TimeoutError(f"the broker sent nothing for {now - received:.0f}s "
+                               f"(heartbeat {heartbeat}s): connection presumed dead")
+        quiet = now - sent
+        if quiet >= 0.75 * heartbeat or (quiet >= 0.25 * heartbeat and received > sent):
             self._outbox.append(HEARTBEAT_FRAME)
-            self._last_sent = now
-        return max(0.0, min(self._last_sent + 0.75 * self.heartbeat,
-                            self._last_received + 2 * self.heartbeat) - now)
+            sent = self._last_sent = now
+        return max(0.0, min(sent + 0.75 * heartbeat, received + 2 * heartbeat) - now)
 
     def _send(self, channel, name, **values):
         self._outbox.append(encode_frame(FRAME_METHOD, channel, encode_method(name, **values)))
@@ -3243,7 +3269,9 @@ class AMQPProtocol:
         the broker's answer comes as an Acked, Nacked or Returned event naming
         `message_id`.
         """
-        state = self._require_open("publish", channel)
+        state = self.channels.get(channel)
+        if self.state != "open" or state is None or state.state != "open":
+            self._require_open("publish", channel)  # raises: says what is not open
         key = (channel, exchange, routing_key, mandatory)
         method = self._publish_frames.get(key)
         if method is None:  # the same few destinations over and over: encode each once
@@ -3251,7 +3279,8 @@ class AMQPProtocol:
                 self._publish_frames.clear()
             method = self._publish_frames[key] = encode_frame(FRAME_METHOD, channel, encode_method(
                 "Basic.Publish", exchange=exchange, routing_key=routing_key, mandatory=mandatory))
-        self._outbox += method, encode_content(channel, properties, body, self.frame_max)
+        # one string for the three frames (and one item for data_to_send() to join)
+        self._outbox.append(encode_message(method, channel, properties, body, self.frame_max))
         if not state.confirming:
             return None
         tag, state.next_tag = state.next_tag, state.next_tag + 1
@@ -3481,11 +3510,13 @@ class BlockingConnection:
         self._blocked_since = None  # when the broker blocked publishing, while it does
         self._blocked_logged = None  # when the last line about them was
         self._last_received = clock()  # when the broker last sent anything
+        self._poller = None  # a poll object watching the socket, for looks without waiting
+        self._pending = None  # the TLS socket's pending(): bytes decrypted but not read yet
         self._first_bytes = b""  # the server's, up to 5: does it answer in HTTP?
 
     @property
     def is_open(self):
-        return self.sock is not None and self.protocol.is_open
+        return self.sock is not None and self.protocol.state == "open"
 
     @property
     def blocked(self):
@@ -3552,7 +3583,8 @@ class BlockingConnection:
                                        "amqps:// to a port that speaks plain AMQP? (use "
                                        "amqp://, or the TLS port, 5671)") from None
             sock.setblocking(False)  # every wait is a poll() with a deadline
-            self.sock = sock
+            self.sock, self._poller = sock, None
+            self._pending = getattr(sock, "pending", None)
             try:
                 self.wait_for(lambda: self.protocol.is_open, deadline,
                               f"for the broker at {where} to open the connection")
@@ -3570,7 +3602,7 @@ class BlockingConnection:
         """Drop the socket without the closing handshake."""
         if self._blocked_changes:  # the line owed about Blocked comes now, not never
             self._log_blocked(at_once=True)
-        sock, self.sock = self.sock, None
+        sock, self.sock, self._poller, self._pending = self.sock, None, None, None
         if sock is not None:
             try:
                 sock.close()
@@ -3597,21 +3629,27 @@ class BlockingConnection:
         """Send what the protocol has queued, all of it before the deadline."""
         if self.sock is None:  # aborted (by an error, or the broker's Close) meanwhile
             raise ConnectionResetError("the connection to the broker is closed")
+        sock = self.sock
         data = self.protocol.data_to_send(self.clock())
         if not data:
             return
-        data = memoryview(data)
         try:
+            try:
+                sent = sock.send(data)  # the common case: it takes all of it at once
+            except self._would_block:
+                sent = 0
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
             while data:
-                try:
-                    data = data[self.sock.send(data):]
-                except self._would_block:
-                    pass
                 # the socket's buffer is full: a blocked broker stops reading
-                if data and not self._wait(True, self._time_left(
-                        deadline, "sending to the broker")):
+                if not self._wait(True, self._time_left(deadline, "sending to the broker")):
                     raise TimeoutError("timed out sending to the broker "
                                        "(it stopped reading: blocked, or overloaded?)")
+                try:
+                    data = data[sock.send(data):]
+                except self._would_block:
+                    pass
         except BaseException:  # Ctrl-C included: a frame cut half-way breaks the stream
             self.abort()
             raise
@@ -3630,11 +3668,13 @@ class BlockingConnection:
         """Handle what the broker has sent, then send a heartbeat if one is due, without
         waiting for the broker. The seconds until it needs calling again (a heartbeat is
         due, or a line about Blocked is owed to the log), or None."""
-        if self._receive(0.0):
+        # (a look first: it is taken before every publish, and mostly finds nothing)
+        if (self._buffered() or self._readable_now()) and self._receive(0.0):
             while self._buffered():  # TLS may hold more decrypted bytes than one recv() took
                 self._receive(0.0)
             self._handle_events()
-        heartbeat_in = self._send_queued(send_deadline)
+        heartbeat_in = self.protocol.tick(self.clock())  # as _send_queued()
+        self.send_pending(send_deadline)
         log_in = self._log_blocked() if self._blocked_changes else None
         if log_in is not None and (heartbeat_in is None or log_in < heartbeat_in):
             return log_in
@@ -3670,6 +3710,8 @@ class BlockingConnection:
         """Wait until the socket can be read (or written); False when the time ran out.
         Interrupted when `interrupt` is signalled first."""
         interrupt = self.interrupt
+        if timeout <= 0 and not writing:
+            return self._readable_now()
         if interrupt is None or timeout <= 0:  # a look without waiting needs no interrupting
             return _wait_io([self.sock], writing, timeout)
         ready = _wait_io([self.sock], writing, timeout, also_readable=interrupt.sock)
@@ -3677,10 +3719,21 @@ class BlockingConnection:
             raise Interrupted("stopped while waiting for the broker")
         return ready
 
+    def _readable_now(self):
+        """Can the socket be read now (or has it failed)? A look without waiting, as one is
+        taken before every publish: with one poll object kept for the socket's life."""
+        poller = self._poller
+        if poller is None:
+            if not hasattr(select, "poll"):  # Windows
+                return _wait_io([self.sock], False, 0.0)
+            poller = self._poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
+
     def _buffered(self):
         """Does TLS hold bytes it already decrypted (which poll() cannot see)?"""
-        pending = getattr(self.sock, "pending", None)
-        return bool(pending and pending())
+        pending = self._pending
+        return pending is not None and bool(pending())
 
     def _handle_events(self):
         while True:
@@ -3796,17 +3849,17 @@ class BlockingConnection:
         nacked. Raises for connection and channel trouble, TimeoutError when the
         broker does not answer in time, and PublishError while it blocks publishers.
         """
-        if self.blocked is not None:
+        protocol = self.protocol
+        if protocol.blocked is not None:
             self._check_blocked_timeout()
             raise PublishError(f"the broker blocks publishers ({self.blocked})")
         self._outcomes.clear()
         for index, message in enumerate(messages):
-            tag = self.protocol.publish(channel, message.exchange, message.routing_key,
-                                        message.body, message.properties, mandatory,
-                                        message.message_id)
+            tag = protocol.publish(channel, message.exchange, message.routing_key, message.body,
+                                   message.properties, mandatory, message.message_id)
             if tag is not None:
                 self._awaited.add(message.message_id)
-            if index % 64 == 63:  # keep what is queued in memory small
+            if index % 64 == 63:  # keep what is queued in memory small: one send per 64
                 self.send_pending(deadline)
         try:
             self.send_pending(deadline)
@@ -3821,8 +3874,10 @@ class BlockingConnection:
                                "not confirmed yet") from None
         finally:
             self._awaited.clear()  # what comes later for these messages is dropped
-        return {message.message_id: self._outcomes.pop(message.message_id, (True, None))
-                for message in messages}
+        outcomes, pop = {}, self._outcomes.pop
+        for message in messages:
+            outcomes[message.message_id] = pop(message.message_id, (True, None))
+        return outcomes
 
 
     def _check_blocked_timeout(self):
@@ -4607,10 +4662,12 @@ class AMQPPusher(_AMQPClient):
         self._lock = threading.RLock()  # held while the connection is in use
         self._new_message_ids()
         _reset_after_fork.add(self)
+        self._fixed_properties = {"content_type": "application/json", "content_encoding": "utf-8",
+                                  "delivery_mode": 2, "app_id": name and str(name)}
         self._properties = PropertiesTemplate(
-            {"content_type": "application/json", "content_encoding": "utf-8",
-             "delivery_mode": 2, "app_id": name and str(name)},
-            varying=("headers", "message_id", "timestamp", "type"))
+            self._fixed_properties, varying=("headers", "message_id", "timestamp", "type"))
+        # a message without headers, by its type: only its id and timestamp are encoded
+        self._properties_of_kind = {}
 
     def __repr__(self):
         return (f"<AMQPPusher {self.parameters.safe_url} exchange={self.exchange!r} "
@@ -4658,7 +4715,7 @@ class AMQPPusher(_AMQPClient):
             except (PihaceError, OSError) as exc:
                 log.warning("connection lost, opening a new one: %s", self._handle_failure(exc))
                 connection = self._connection  # still there after a channel was closed
-        if connection is not None and self._too_old():
+        if connection is not None and self.max_connection_age is not None and self._too_old():
             log.info("replacing the connection to %s after %gs, to spread over the nodes",
                      self.parameters.safe_url, self.max_connection_age)
             self._rebalancing = True
@@ -4787,7 +4844,9 @@ class AMQPPusher(_AMQPClient):
                  exchange=None, as_text=None, kind="pihace.health"):
         """Check and encode a message (of AMQP type `kind`); ValueError for what can never
         be sent. `as_text` turns what JSON cannot hold into text instead (for reports)."""
-        if isinstance(body, dict):
+        if type(body) is bytes:  # noqa: E721 (the common case first: nothing to do)
+            pass
+        elif isinstance(body, dict):
             try:
                 import json  # here, not at the top: slow to import (see the imports)
 
@@ -4801,18 +4860,31 @@ class AMQPPusher(_AMQPClient):
             body = bytes(body)
         elif not isinstance(body, bytes):
             raise ValueError(f"a message body must be bytes or a dict, not {type(body).__name__}")
-        for name in (routing_key, exchange):  # the pusher's own were checked by __init__
-            if name is not None:
-                encode_shortstr(name)  # a ValueError if too long
+        if routing_key is not None or exchange is not None:  # the pusher's own were checked
+            for name in (routing_key, exchange):
+                if name is not None:
+                    encode_shortstr(name)  # a ValueError if too long
         message_id = message_id or next(self._message_ids)
         timestamp = int(time.time() if timestamp is None else timestamp)
         if not 0 <= timestamp < 2 ** 63:
             raise ValueError(f"timestamp must be seconds since 1970, got {timestamp}")
-        return _Message(body, self._properties.encode(headers=headers, message_id=message_id,
-                                                      timestamp=timestamp, type=kind),
+        return _Message(body, self._encode_properties(headers, message_id, timestamp, kind),
                         message_id,
                         self.exchange if exchange is None else exchange,
                         self.routing_key if routing_key is None else routing_key)
+
+    def _encode_properties(self, headers, message_id, timestamp, kind):
+        """A message's properties; without headers, from a template for its type (a pusher
+        sends few), which leaves only the message id and timestamp to encode."""
+        template = self._properties_of_kind.get(kind) if headers is None else None
+        if template is None:
+            if headers is not None or type(kind) is not str or (  # noqa: E721
+                    len(self._properties_of_kind) >= 16):
+                return self._properties.encode(headers=headers, message_id=message_id,
+                                               timestamp=timestamp, type=kind)
+            template = self._properties_of_kind[kind] = PropertiesTemplate(
+                dict(self._fixed_properties, type=kind), varying=("message_id", "timestamp"))
+        return template.encode(message_id=message_id, timestamp=timestamp)
 
     def _deadlines(self, timeout=None):
         """(deadline, setup deadline) of an operation starting now: `timeout` and
@@ -4845,8 +4917,9 @@ class AMQPPusher(_AMQPClient):
         message = self._message(body, headers, message_id, timestamp, routing_key, exchange,
                                 kind=kind)
         deadline, setup_deadline = self._deadlines()
-        # waiting for another thread's publish counts in the deadline
-        if not self._lock.acquire(timeout=_time_left(deadline, self.clock)):
+        # waiting for another thread's publish counts in the deadline (which is
+        # self.timeout from now)
+        if not self._lock.acquire(timeout=self.timeout):
             return False, _BUSY
         try:
             outcomes, _ = self._deliver([message], deadline, setup_deadline)

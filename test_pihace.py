@@ -3072,6 +3072,78 @@ def test_body_frames_are_split_at_frame_max_minus_8(how):
     assert b"".join(payload for frame_type, _, payload in frames if frame_type == 3) == body
 
 
+# One published message, its three frames written from the spec: Basic.Publish (exchange "",
+# routing key "q", not mandatory), a content header (class 60, weight 0, body size 5, flags
+# 0x9000: content-type and delivery-mode) and a body frame, all on channel 1.
+PUBLISH_Q = b"\x01\x00\x01\x00\x00\x00\x0a" b"\x00\x3c\x00\x28\x00\x00\x00\x01q\x00" b"\xce"
+MESSAGE_Q = (PUBLISH_Q
+             + b"\x02\x00\x01\x00\x00\x00\x20" b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05"
+             b"\x90\x00\x10application/json\x02" b"\xce"
+             + b"\x03\x00\x01\x00\x00\x00\x05" b"hello" b"\xce")
+
+
+def test_golden_published_message_is_three_frames_in_one_string():
+    properties = b"\x90\x00\x10application/json\x02"
+    assert pihace.encode_message(PUBLISH_Q, 1, properties, b"hello", 4096) == MESSAGE_Q
+    assert pihace.encode_content(1, properties, b"hello", 4096) == MESSAGE_Q[len(PUBLISH_Q):]
+    # an empty body: the header frame says 0 bytes, and no body frame follows
+    assert pihace.encode_message(PUBLISH_Q, 1, b"\x00\x00", b"", 4096) == (
+        PUBLISH_Q + b"\x02\x00\x01\x00\x00\x00\x0e"
+        b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xce")
+    # a body of exactly frame_max - 8 bytes is one frame; one more byte makes two
+    assert pihace.encode_message(b"", 2, b"\x00\x00", b"a" * 4088, 4096) == (
+        b"\x02\x00\x02\x00\x00\x00\x0e"
+        b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x0f\xf8\x00\x00\xce"
+        b"\x03\x00\x02\x00\x00\x0f\xf8" + b"a" * 4088 + b"\xce")
+    assert pihace.encode_message(b"", 2, b"\x00\x00", b"a" * 4089, 4096) == (
+        b"\x02\x00\x02\x00\x00\x00\x0e"
+        b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x0f\xf9\x00\x00\xce"
+        b"\x03\x00\x02\x00\x00\x0f\xf8" + b"a" * 4088 + b"\xce"
+        b"\x03\x00\x02\x00\x00\x00\x01" b"a" b"\xce")
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_burst_of_publishes_is_sent_as_one_string_of_whole_messages(how):
+    protocol = opened_protocol()
+    protocol.open_channel(1)
+    feed(protocol, CHANNEL_OPEN_OK, "whole")
+    protocol.data_to_send()
+    properties = b"\x90\x00\x10application/json\x02"
+    for _ in range(3):
+        assert protocol.publish(1, "", "q", b"hello", properties) is None  # no confirms
+    sent = protocol.data_to_send()
+    assert sent == MESSAGE_Q * 3
+    assert protocol.data_to_send() == b""
+    assert decode_frames(sent, how) == [
+        (1, 1, b"\x00\x3c\x00\x28\x00\x00\x00\x01q\x00"),
+        (2, 1, b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05" + properties),
+        (3, 1, b"hello")] * 3
+
+
+def test_pusher_properties_written_from_the_spec():
+    """A report's properties: content-type, content-encoding, [headers,] delivery-mode,
+    message-id, timestamp and type (flags 0xd0e0, 0xf0e0 with headers), in flag order."""
+    pusher = pihace.AMQPPusher(None, "amqp://localhost/", "q")
+    fixed = b"\x10application/json" b"\x05utf-8"
+    after = b"\x02" b"\x01m" b"\x00\x00\x00\x00\x00\x00\x00\x01"
+    message = pusher._message(b"{}", message_id="m", timestamp=1)
+    assert message.properties == b"\xd0\xe0" + fixed + after + b"\x0dpihace.health"
+    message = pusher._message(b"{}", message_id="m", timestamp=1, kind="x")
+    assert message.properties == b"\xd0\xe0" + fixed + after + b"\x01x"
+    message = pusher._message(b"{}", headers={"status": "ok"}, message_id="m", timestamp=1)
+    assert message.properties == (b"\xf0\xe0" + fixed
+                                  + b"\x00\x00\x00\x0e" b"\x06statusS\x00\x00\x00\x02ok"
+                                  + after + b"\x0dpihace.health")
+    message = pusher._message(b"{}", message_id="m", timestamp=1, kind=None)
+    assert message.properties == b"\xd0\xc0" + fixed + after
+    with pytest.raises(ValueError):
+        pusher._message(b"{}", kind="k" * 256)
+    named = pihace.AMQPPusher(types.SimpleNamespace(check=lambda **_: {},
+                                                    component_name="api"), "amqp://localhost/")
+    assert named._message(b"{}", message_id="m", timestamp=1).properties == (
+        b"\xd0\xe8" + fixed + after + b"\x0dpihace.health" b"\x03api")
+
+
 def test_shortstr_limit_is_255_bytes_after_utf8():
     assert pihace.encode_shortstr("é" * 127) == b"\xfe" + "é".encode() * 127
     with pytest.raises(ValueError) as raised:

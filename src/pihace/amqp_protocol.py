@@ -12,7 +12,7 @@ from .amqp_wire import (
     BASIC_CLASS, DEFAULT_CHANNEL_MAX, DEFAULT_FRAME_MAX, FRAME_HEADER, FRAME_HEARTBEAT,
     FRAME_METHOD, FRAME_MIN_SIZE, FrameDecoder, HEARTBEAT_FRAME, PROTOCOL_HEADER, _FROM_BROKER,
     _METHOD_ARGUMENTS, _METHOD_IDS, _METHOD_NAMES, _Reader, _content_head, _longlong, _short,
-    decode_properties, encode_content, encode_frame, encode_method,
+    decode_properties, encode_frame, encode_message, encode_method,
 )
 
 
@@ -220,22 +220,22 @@ class AMQPProtocol:
         than two heartbeat periods: the connection is dead even if the socket is
         not.
         """
-        if not self.heartbeat or self.state not in ("open", "closing"):
+        heartbeat = self.heartbeat  # (called before every publish: locals, not attributes)
+        if not heartbeat or self.state not in ("open", "closing"):
             return None
-        if self._last_received is None:
-            self._last_received = now
-        if self._last_sent is None:
-            self._last_sent = now
-        if now - self._last_received > 2 * self.heartbeat:
-            raise TimeoutError(f"the broker sent nothing for {now - self._last_received:.0f}s "
-                               f"(heartbeat {self.heartbeat}s): connection presumed dead")
-        quiet = now - self._last_sent
-        if quiet >= 0.75 * self.heartbeat or (
-                quiet >= 0.25 * self.heartbeat and self._last_received > self._last_sent):
+        received, sent = self._last_received, self._last_sent
+        if received is None:
+            received = self._last_received = now
+        if sent is None:
+            sent = self._last_sent = now
+        if now - received > 2 * heartbeat:
+            raise TimeoutError(f"the broker sent nothing for {now - received:.0f}s "
+                               f"(heartbeat {heartbeat}s): connection presumed dead")
+        quiet = now - sent
+        if quiet >= 0.75 * heartbeat or (quiet >= 0.25 * heartbeat and received > sent):
             self._outbox.append(HEARTBEAT_FRAME)
-            self._last_sent = now
-        return max(0.0, min(self._last_sent + 0.75 * self.heartbeat,
-                            self._last_received + 2 * self.heartbeat) - now)
+            sent = self._last_sent = now
+        return max(0.0, min(sent + 0.75 * heartbeat, received + 2 * heartbeat) - now)
 
     def _send(self, channel, name, **values):
         self._outbox.append(encode_frame(FRAME_METHOD, channel, encode_method(name, **values)))
@@ -593,7 +593,9 @@ class AMQPProtocol:
         the broker's answer comes as an Acked, Nacked or Returned event naming
         `message_id`.
         """
-        state = self._require_open("publish", channel)
+        state = self.channels.get(channel)
+        if self.state != "open" or state is None or state.state != "open":
+            self._require_open("publish", channel)  # raises: says what is not open
         key = (channel, exchange, routing_key, mandatory)
         method = self._publish_frames.get(key)
         if method is None:  # the same few destinations over and over: encode each once
@@ -601,7 +603,8 @@ class AMQPProtocol:
                 self._publish_frames.clear()
             method = self._publish_frames[key] = encode_frame(FRAME_METHOD, channel, encode_method(
                 "Basic.Publish", exchange=exchange, routing_key=routing_key, mandatory=mandatory))
-        self._outbox += method, encode_content(channel, properties, body, self.frame_max)
+        # one string for the three frames (and one item for data_to_send() to join)
+        self._outbox.append(encode_message(method, channel, properties, body, self.frame_max))
         if not state.confirming:
             return None
         tag, state.next_tag = state.next_tag, state.next_tag + 1

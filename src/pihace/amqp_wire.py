@@ -328,6 +328,11 @@ def decode_properties(reader):
 
 _frame_head = struct.Struct(">BHI")
 _content_head = struct.Struct(">HHQ")
+# a content header frame's head and its payload's fixed part: type, channel, size, class,
+# weight, body size
+_header_frame_head = struct.Struct(">BHIHHQ")
+# the end of the frame before, and a body frame's head: frame end, type, channel, size
+_body_frame_head = struct.Struct(">BBHI")
 
 
 def encode_frame(frame_type, channel, payload):
@@ -340,12 +345,33 @@ def encode_content(channel, properties, body, frame_max):
     `properties` is encoded property bytes (see encode_properties). Body frames
     hold at most frame_max - 8 bytes; an empty body sends none.
     """
-    frames = [encode_frame(FRAME_HEADER, channel,
-                           _content_head.pack(BASIC_CLASS, 0, len(body)) + properties)]
+    return encode_message(b"", channel, properties, body, frame_max)
+
+
+def encode_message(method, channel, properties, body, frame_max):
+    """A published message's frames as one string of bytes: `method` (its Basic.Publish
+    method frame, already encoded: it is the same for every message to one destination),
+    then the content header frame and the body frames, as encode_content() makes them.
+
+    A body that fits in one frame (the common case) is joined in one go, without
+    encoding each frame on its own.
+    """
+    size = len(body)
+    head = _header_frame_head.pack(FRAME_HEADER, channel, 12 + len(properties), BASIC_CLASS, 0,
+                                   size)
     step = frame_max - FRAME_OVERHEAD
-    for start in range(0, len(body), step):
-        frames.append(encode_frame(FRAME_BODY, channel, body[start:start + step]))
-    return b"".join(frames)
+    if size <= step:
+        if not size:
+            return b"".join((method, head, properties, b"\xce"))
+        return b"".join((method, head, properties,
+                         _body_frame_head.pack(FRAME_END, FRAME_BODY, channel, size), body,
+                         b"\xce"))
+    parts = [method, head, properties]
+    for start in range(0, size, step):
+        chunk = body[start:start + step]
+        parts += _body_frame_head.pack(FRAME_END, FRAME_BODY, channel, len(chunk)), chunk
+    parts.append(b"\xce")
+    return b"".join(parts)
 
 
 class FrameDecoder:

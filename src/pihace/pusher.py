@@ -448,10 +448,12 @@ class AMQPPusher(_AMQPClient):
         self._lock = threading.RLock()  # held while the connection is in use
         self._new_message_ids()
         _reset_after_fork.add(self)
+        self._fixed_properties = {"content_type": "application/json", "content_encoding": "utf-8",
+                                  "delivery_mode": 2, "app_id": name and str(name)}
         self._properties = PropertiesTemplate(
-            {"content_type": "application/json", "content_encoding": "utf-8",
-             "delivery_mode": 2, "app_id": name and str(name)},
-            varying=("headers", "message_id", "timestamp", "type"))
+            self._fixed_properties, varying=("headers", "message_id", "timestamp", "type"))
+        # a message without headers, by its type: only its id and timestamp are encoded
+        self._properties_of_kind = {}
 
     def __repr__(self):
         return (f"<AMQPPusher {self.parameters.safe_url} exchange={self.exchange!r} "
@@ -499,7 +501,7 @@ class AMQPPusher(_AMQPClient):
             except (PihaceError, OSError) as exc:
                 log.warning("connection lost, opening a new one: %s", self._handle_failure(exc))
                 connection = self._connection  # still there after a channel was closed
-        if connection is not None and self._too_old():
+        if connection is not None and self.max_connection_age is not None and self._too_old():
             log.info("replacing the connection to %s after %gs, to spread over the nodes",
                      self.parameters.safe_url, self.max_connection_age)
             self._rebalancing = True
@@ -628,7 +630,9 @@ class AMQPPusher(_AMQPClient):
                  exchange=None, as_text=None, kind="pihace.health"):
         """Check and encode a message (of AMQP type `kind`); ValueError for what can never
         be sent. `as_text` turns what JSON cannot hold into text instead (for reports)."""
-        if isinstance(body, dict):
+        if type(body) is bytes:  # noqa: E721 (the common case first: nothing to do)
+            pass
+        elif isinstance(body, dict):
             try:
                 import json  # here, not at the top: slow to import (see the imports)
 
@@ -642,18 +646,31 @@ class AMQPPusher(_AMQPClient):
             body = bytes(body)
         elif not isinstance(body, bytes):
             raise ValueError(f"a message body must be bytes or a dict, not {type(body).__name__}")
-        for name in (routing_key, exchange):  # the pusher's own were checked by __init__
-            if name is not None:
-                encode_shortstr(name)  # a ValueError if too long
+        if routing_key is not None or exchange is not None:  # the pusher's own were checked
+            for name in (routing_key, exchange):
+                if name is not None:
+                    encode_shortstr(name)  # a ValueError if too long
         message_id = message_id or next(self._message_ids)
         timestamp = int(time.time() if timestamp is None else timestamp)
         if not 0 <= timestamp < 2 ** 63:
             raise ValueError(f"timestamp must be seconds since 1970, got {timestamp}")
-        return _Message(body, self._properties.encode(headers=headers, message_id=message_id,
-                                                      timestamp=timestamp, type=kind),
+        return _Message(body, self._encode_properties(headers, message_id, timestamp, kind),
                         message_id,
                         self.exchange if exchange is None else exchange,
                         self.routing_key if routing_key is None else routing_key)
+
+    def _encode_properties(self, headers, message_id, timestamp, kind):
+        """A message's properties; without headers, from a template for its type (a pusher
+        sends few), which leaves only the message id and timestamp to encode."""
+        template = self._properties_of_kind.get(kind) if headers is None else None
+        if template is None:
+            if headers is not None or type(kind) is not str or (  # noqa: E721
+                    len(self._properties_of_kind) >= 16):
+                return self._properties.encode(headers=headers, message_id=message_id,
+                                               timestamp=timestamp, type=kind)
+            template = self._properties_of_kind[kind] = PropertiesTemplate(
+                dict(self._fixed_properties, type=kind), varying=("message_id", "timestamp"))
+        return template.encode(message_id=message_id, timestamp=timestamp)
 
     def _deadlines(self, timeout=None):
         """(deadline, setup deadline) of an operation starting now: `timeout` and
@@ -686,8 +703,9 @@ class AMQPPusher(_AMQPClient):
         message = self._message(body, headers, message_id, timestamp, routing_key, exchange,
                                 kind=kind)
         deadline, setup_deadline = self._deadlines()
-        # waiting for another thread's publish counts in the deadline
-        if not self._lock.acquire(timeout=_time_left(deadline, self.clock)):
+        # waiting for another thread's publish counts in the deadline (which is
+        # self.timeout from now)
+        if not self._lock.acquire(timeout=self.timeout):
             return False, _BUSY
         try:
             outcomes, _ = self._deliver([message], deadline, setup_deadline)

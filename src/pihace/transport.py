@@ -229,11 +229,13 @@ class BlockingConnection:
         self._blocked_since = None  # when the broker blocked publishing, while it does
         self._blocked_logged = None  # when the last line about them was
         self._last_received = clock()  # when the broker last sent anything
+        self._poller = None  # a poll object watching the socket, for looks without waiting
+        self._pending = None  # the TLS socket's pending(): bytes decrypted but not read yet
         self._first_bytes = b""  # the server's, up to 5: does it answer in HTTP?
 
     @property
     def is_open(self):
-        return self.sock is not None and self.protocol.is_open
+        return self.sock is not None and self.protocol.state == "open"
 
     @property
     def blocked(self):
@@ -300,7 +302,8 @@ class BlockingConnection:
                                        "amqps:// to a port that speaks plain AMQP? (use "
                                        "amqp://, or the TLS port, 5671)") from None
             sock.setblocking(False)  # every wait is a poll() with a deadline
-            self.sock = sock
+            self.sock, self._poller = sock, None
+            self._pending = getattr(sock, "pending", None)
             try:
                 self.wait_for(lambda: self.protocol.is_open, deadline,
                               f"for the broker at {where} to open the connection")
@@ -318,7 +321,7 @@ class BlockingConnection:
         """Drop the socket without the closing handshake."""
         if self._blocked_changes:  # the line owed about Blocked comes now, not never
             self._log_blocked(at_once=True)
-        sock, self.sock = self.sock, None
+        sock, self.sock, self._poller, self._pending = self.sock, None, None, None
         if sock is not None:
             try:
                 sock.close()
@@ -345,21 +348,27 @@ class BlockingConnection:
         """Send what the protocol has queued, all of it before the deadline."""
         if self.sock is None:  # aborted (by an error, or the broker's Close) meanwhile
             raise ConnectionResetError("the connection to the broker is closed")
+        sock = self.sock
         data = self.protocol.data_to_send(self.clock())
         if not data:
             return
-        data = memoryview(data)
         try:
+            try:
+                sent = sock.send(data)  # the common case: it takes all of it at once
+            except self._would_block:
+                sent = 0
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
             while data:
-                try:
-                    data = data[self.sock.send(data):]
-                except self._would_block:
-                    pass
                 # the socket's buffer is full: a blocked broker stops reading
-                if data and not self._wait(True, self._time_left(
-                        deadline, "sending to the broker")):
+                if not self._wait(True, self._time_left(deadline, "sending to the broker")):
                     raise TimeoutError("timed out sending to the broker "
                                        "(it stopped reading: blocked, or overloaded?)")
+                try:
+                    data = data[sock.send(data):]
+                except self._would_block:
+                    pass
         except BaseException:  # Ctrl-C included: a frame cut half-way breaks the stream
             self.abort()
             raise
@@ -378,11 +387,13 @@ class BlockingConnection:
         """Handle what the broker has sent, then send a heartbeat if one is due, without
         waiting for the broker. The seconds until it needs calling again (a heartbeat is
         due, or a line about Blocked is owed to the log), or None."""
-        if self._receive(0.0):
+        # (a look first: it is taken before every publish, and mostly finds nothing)
+        if (self._buffered() or self._readable_now()) and self._receive(0.0):
             while self._buffered():  # TLS may hold more decrypted bytes than one recv() took
                 self._receive(0.0)
             self._handle_events()
-        heartbeat_in = self._send_queued(send_deadline)
+        heartbeat_in = self.protocol.tick(self.clock())  # as _send_queued()
+        self.send_pending(send_deadline)
         log_in = self._log_blocked() if self._blocked_changes else None
         if log_in is not None and (heartbeat_in is None or log_in < heartbeat_in):
             return log_in
@@ -418,6 +429,8 @@ class BlockingConnection:
         """Wait until the socket can be read (or written); False when the time ran out.
         Interrupted when `interrupt` is signalled first."""
         interrupt = self.interrupt
+        if timeout <= 0 and not writing:
+            return self._readable_now()
         if interrupt is None or timeout <= 0:  # a look without waiting needs no interrupting
             return _wait_io([self.sock], writing, timeout)
         ready = _wait_io([self.sock], writing, timeout, also_readable=interrupt.sock)
@@ -425,10 +438,21 @@ class BlockingConnection:
             raise Interrupted("stopped while waiting for the broker")
         return ready
 
+    def _readable_now(self):
+        """Can the socket be read now (or has it failed)? A look without waiting, as one is
+        taken before every publish: with one poll object kept for the socket's life."""
+        poller = self._poller
+        if poller is None:
+            if not hasattr(select, "poll"):  # Windows
+                return _wait_io([self.sock], False, 0.0)
+            poller = self._poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
+
     def _buffered(self):
         """Does TLS hold bytes it already decrypted (which poll() cannot see)?"""
-        pending = getattr(self.sock, "pending", None)
-        return bool(pending and pending())
+        pending = self._pending
+        return pending is not None and bool(pending())
 
     def _handle_events(self):
         while True:
@@ -544,17 +568,17 @@ class BlockingConnection:
         nacked. Raises for connection and channel trouble, TimeoutError when the
         broker does not answer in time, and PublishError while it blocks publishers.
         """
-        if self.blocked is not None:
+        protocol = self.protocol
+        if protocol.blocked is not None:
             self._check_blocked_timeout()
             raise PublishError(f"the broker blocks publishers ({self.blocked})")
         self._outcomes.clear()
         for index, message in enumerate(messages):
-            tag = self.protocol.publish(channel, message.exchange, message.routing_key,
-                                        message.body, message.properties, mandatory,
-                                        message.message_id)
+            tag = protocol.publish(channel, message.exchange, message.routing_key, message.body,
+                                   message.properties, mandatory, message.message_id)
             if tag is not None:
                 self._awaited.add(message.message_id)
-            if index % 64 == 63:  # keep what is queued in memory small
+            if index % 64 == 63:  # keep what is queued in memory small: one send per 64
                 self.send_pending(deadline)
         try:
             self.send_pending(deadline)
@@ -569,8 +593,10 @@ class BlockingConnection:
                                "not confirmed yet") from None
         finally:
             self._awaited.clear()  # what comes later for these messages is dropped
-        return {message.message_id: self._outcomes.pop(message.message_id, (True, None))
-                for message in messages}
+        outcomes, pop = {}, self._outcomes.pop
+        for message in messages:
+            outcomes[message.message_id] = pop(message.message_id, (True, None))
+        return outcomes
 
 
     def _check_blocked_timeout(self):
