@@ -5739,14 +5739,20 @@ class Watcher(_AMQPClient):
         in the order of their ids: what Prometheus' text is made of, without a dict per
         device, each device's labels escaped once in its life."""
         now = self.wall_clock()
-        with self._lock, _no_collection():
-            rows = []
-            for device in self._devices.values():
-                labels = device.label
-                if labels is None:
-                    labels = device.label = _metric_labels(device.id, device.name, device.host)
-                rows.append((*labels, device.state, device.last_seen,
-                             *(device.uptime(now, window) for _, window in _UPTIME_WINDOWS)))
+        with self._lock:
+            devices = list(self._devices.values())
+        rows = []
+        # a thousand devices at a time under the lock: 100,000 take a quarter of a second, and
+        # reports are applied in between (held all along, the lock held back every change)
+        for start in range(0, len(devices), 1000):
+            with self._lock, _no_collection():
+                for device in devices[start:start + 1000]:
+                    labels = device.label
+                    if labels is None:
+                        labels = device.label = _metric_labels(device.id, device.name,
+                                                               device.host)
+                    rows.append((*labels, device.state, device.last_seen,
+                                 *(device.uptime(now, window) for _, window in _UPTIME_WINDOWS)))
         rows.sort()
         return rows
 
