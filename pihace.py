@@ -5384,6 +5384,13 @@ def _no_collection():
             gc.enable()
 
 
+def _let_waiters_in():
+    """A pause between two turns of a long reading under the watcher's lock: a lock is not
+    fair, so without it the reader takes it again at once, and the watcher's thread, which
+    waits for it to apply a report, waits for the whole reading."""
+    time.sleep(0.001)
+
+
 def _callbacks(what, given):
     """A list of callables from None, one callable, or a list of them."""
     callbacks = given if isinstance(given, (list, tuple)) else [given]
@@ -5745,6 +5752,8 @@ class Watcher(_AMQPClient):
         # a thousand devices at a time under the lock: 100,000 take a quarter of a second, and
         # reports are applied in between (held all along, the lock held back every change)
         for start in range(0, len(devices), 1000):
+            if start:
+                _let_waiters_in()
             with self._lock, _no_collection():
                 for device in devices[start:start + 1000]:
                     labels = device.label
@@ -6335,6 +6344,8 @@ class Watcher(_AMQPClient):
         # the whole table would hold the GIL, and a report's change, for all of that second).
         encode, records = json.JSONEncoder(separators=(",", ":")).encode, []
         for start in range(0, len(devices), 1000):
+            if start:
+                _let_waiters_in()
             with self._lock, _no_collection():
                 records.append(",".join([encode(device.record())
                                          for device in devices[start:start + 1000]]))
