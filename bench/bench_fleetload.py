@@ -255,7 +255,7 @@ def proc_memory(pid):
 class Watch:
     """`pihace.py watch` in a session of its own; its stdout lines, stamped as they come."""
 
-    def __init__(self, snapshot, url, folder, port):
+    def __init__(self, snapshot, url, folder, port, state=True):
         self.hooks = os.path.join(folder, "hooks.txt")
         hook = os.path.join(folder, "hook.sh")
         with open(hook, "w") as script:
@@ -266,8 +266,9 @@ class Watch:
         self.state = os.path.join(folder, "state.json")
         self.stderr = open(os.path.join(folder, "watch.stderr"), "w+")
         self.argv = [sys.executable, os.path.join(snapshot, "pihace.py"), "watch", "--url", url,
-                     "--state", self.state, "--listen", f"127.0.0.1:{port}",
-                     "--on-change", hook, "--on-change-states", ",".join(HOOKED)]
+                     *(("--state", self.state) if state else ()), "--listen",
+                     f"127.0.0.1:{port}", "--on-change", hook, "--on-change-states",
+                     ",".join(HOOKED)]
         env = common.env_for()
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self.stderr,
@@ -440,7 +441,7 @@ def run(args, url, notes, snapshot, folder):
     from rabbitnode import free_port
 
     port = free_port()
-    watch = Watch(snapshot, url, folder, port)
+    watch = Watch(snapshot, url, folder, port, state=not args.no_state)
     sampler = None
     try:
         wait_connected(watch, port)
@@ -551,6 +552,8 @@ def report(args, results, header):
           f"published in all (the plan's rate: {generator['expected_rate']:,.0f}/s). Schedule "
           f"(seed {args.seed}): " + ", ".join(f"{n:,} {k}" for k, n in sorted(counts.items()))
           + ".")
+    print(f"- The watcher's command line: {' '.join(watch.argv[2:])} (the URL, the folder "
+          "and the port are the run's).")
     print(f"- The generator (pika {generator['version']}, one process) used "
           f"{generator['cpu'] / generator['elapsed'] * 100:.0f} % of a core.")
     if invented:
@@ -575,6 +578,8 @@ def main(argv=None):
     parser.add_argument("--scrape-every", type=float, default=SCRAPE_EVERY, metavar="SECONDS",
                         help="GET /metrics this often (default 15; 0: never, to see what "
                         "scrapes cost)")
+    parser.add_argument("--no-state", action="store_true",
+                        help="run the watcher without --state, to see what the state file costs")
     parser.add_argument("--keep", metavar="DIR", help="copy the schedule, hook file, change "
                         "lines and the watcher's stderr to DIR")
     parser.add_argument("--worker", nargs=2, metavar=("NAME", "JSON"), help=argparse.SUPPRESS)
