@@ -5461,6 +5461,13 @@ def _no_collection():
             gc.enable()
 
 
+def _let_waiters_in():
+    """A pause between two turns of a long reading under the watcher's lock: a lock is not
+    fair, so without it the reader takes it again at once, and the watcher's thread, which
+    waits for it to apply a report, waits for the whole reading."""
+    time.sleep(0.001)
+
+
 def _callbacks(what, given):
     """A list of callables from None, one callable, or a list of them."""
     callbacks = given if isinstance(given, (list, tuple)) else [given]
@@ -5735,6 +5742,7 @@ class Watcher(_AMQPClient):
             else f"{state_path}.flips"
         self._flips = []  # transitions not written to the flip log yet
         self._dirty, self._next_save = False, -math.inf
+        self._saver = None  # the thread writing the state file, while it does
         if state_path is not None:
             self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT))
         if roster is not None:
@@ -5815,14 +5823,22 @@ class Watcher(_AMQPClient):
         in the order of their ids: what Prometheus' text is made of, without a dict per
         device, each device's labels escaped once in its life."""
         now = self.wall_clock()
-        with self._lock, _no_collection():
-            rows = []
-            for device in self._devices.values():
-                labels = device.label
-                if labels is None:
-                    labels = device.label = _metric_labels(device.id, device.name, device.host)
-                rows.append((*labels, device.state, device.last_seen,
-                             *(device.uptime(now, window) for _, window in _UPTIME_WINDOWS)))
+        with self._lock:
+            devices = list(self._devices.values())
+        rows = []
+        # a thousand devices at a time under the lock: 100,000 take a quarter of a second, and
+        # reports are applied in between (held all along, the lock held back every change)
+        for start in range(0, len(devices), 1000):
+            if start:
+                _let_waiters_in()
+            with self._lock, _no_collection():
+                for device in devices[start:start + 1000]:
+                    labels = device.label
+                    if labels is None:
+                        labels = device.label = _metric_labels(device.id, device.name,
+                                                               device.host)
+                    rows.append((*labels, device.state, device.last_seen,
+                                 *(device.uptime(now, window) for _, window in _UPTIME_WINDOWS)))
         rows.sort()
         return rows
 
@@ -6378,28 +6394,57 @@ class Watcher(_AMQPClient):
         (a full disk, say) is logged and the watcher goes on: it is tried again later."""
         if self.state_path is None:
             return
-        started = time.monotonic()
-        with self._lock, _no_collection():
-            records = [device.record() for device in self._devices.values()]
-            self._dirty = False
-        document = {"pihace_watch_state": _STATE_FORMAT, "written": self.wall_clock(),
-                    "devices": records,
-                    "pauses": {device: list(pause) for device, pause in self._pauses.items()}}
+        saver = self._saver
+        if saver is not None:
+            saver.join()
         self._write_flips()
+        self._save()
+
+    def _save(self):
+        started = time.monotonic()
         try:
-            write_json_atomically(self.state_path, document)
+            self._write_state()
+        finally:  # at most every state_every seconds, and never more than 5 % of the time: a
+            # large fleet's file (100,000 devices: about 45 MB) takes a second or so to write
+            self._next_save = time.monotonic() + max(self.state_every,
+                                                     20 * (time.monotonic() - started))
+
+    def _write_state(self):
+        import json  # here, not at the top: slow to import (see the imports)
+
+        with self._lock:
+            devices = list(self._devices.values())
+            pauses = {device: list(pause) for device, pause in self._pauses.items()}
+            self._dirty = False
+        # Encoded a thousand devices at a time, each thousand under the lock: 100,000 devices
+        # take a second, during which the watcher goes on applying reports (one json.dumps of
+        # the whole table would hold the GIL, and a report's change, for all of that second).
+        encode, records = json.JSONEncoder(separators=(",", ":")).encode, []
+        for start in range(0, len(devices), 1000):
+            if start:
+                _let_waiters_in()
+            with self._lock, _no_collection():
+                records.append(",".join([encode(device.record())
+                                         for device in devices[start:start + 1000]]))
+        head = encode({"pihace_watch_state": _STATE_FORMAT, "written": self.wall_clock(),
+                       "pauses": pauses})
+        try:
+            write_atomically(self.state_path,
+                             f'{head[:-1]},"devices":[{",".join(records)}]}}'.encode())
         except OSError as exc:
             self._dirty = True
             log.warning("cannot write the state file %s: %s", _printable(self.state_path),
                         describe_error(exc))
-        # at most every state_every seconds, and never more than 5 % of the time: a large
-        # fleet's file (100,000 devices: about 35 MB) takes a second or so to write
-        took = time.monotonic() - started
-        self._next_save = time.monotonic() + max(self.state_every, 20 * took)
 
     def _save_when_due(self):
+        """The state file written in a thread of its own, so that reports go on being
+        applied while it is: once due, and when the last writing is over."""
         if self._dirty and self.state_path is not None and time.monotonic() >= self._next_save:
-            self.save_state()
+            self._write_flips()
+            self._next_save = math.inf  # _save sets the next time when it is done
+            self._saver = threading.Thread(target=self._save, daemon=True,
+                                           name="pihace-watch-save")
+            self._saver.start()
 
     def _restore(self, document):
         """The devices a state file remembers: as they were, their ages counting on (a device

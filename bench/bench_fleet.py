@@ -18,8 +18,8 @@ check_ages() runs: 3 % down, 2 % degraded, 2 % late, 1 % silent, the rest up.
      RSS of the process after a gc.collect(), and its growth over the process before the Watcher
    2 /metrics and /devices (limit=1000), rendered as `pihace watch --listen` does:
      _FleetPages(watcher, refresh=0).respond(...) (each call reads the fleet, sorts it and renders
-     again): median time and size; and the parts of /metrics (the snapshot watcher.devices, the
-     worst-first sort, _fleet_prometheus alone)
+     again): median time and size; and the parts alone (Watcher.metric_rows(),
+     _fleet_prometheus(rows), Watcher.devices_page(0, 1000))
    3 serving: the real HTTP server (`_http_classes()[0](("127.0.0.1", 0), _FleetPages(watcher))`,
      refresh 1 s as --listen has it) in a thread; a client subprocess with 10 threads, each on its
      own keep-alive connection, GETs /metrics and /devices in turn `--requests` times each;
@@ -27,8 +27,9 @@ check_ages() runs: 3 % down, 2 % degraded, 2 % late, 1 % silent, the rest up.
      server's RSS before, its peak while serving (VmHWM after clearing it, and VmRSS sampled
      every 10 ms) and after
 prometheus_client: a CollectorRegistry with Gauges of the same names and label sets
-   (pihace_device_up{device,name,host}, pihace_device_state{device,state} over 5 states,
-   pihace_device_last_seen_timestamp_seconds{device,name,host}, pihace_devices{state},
+   (pihace_device_up{device,name,host}, pihace_device_state{device,state} over 8 states,
+   pihace_device_last_seen_timestamp_seconds{device,name,host},
+   pihace_device_uptime_ratio{device,window} over 24h and 7d, pihace_devices{state},
    pihace_watch_connected, pihace_watch_reports_total{outcome}) holding the same values; the
    time to fill it once and to render it with generate_latest(), and its size.
 """
@@ -48,7 +49,9 @@ import common
 from common import REPO, ensure_venv, identity_after, in_order, machine, ours_identity, \
     ours_snapshots, print_rows
 
-STATES = ("silent", "down", "late", "degraded", "up")  # pihace's DEVICE_STATES, worst first
+# pihace's DEVICE_STATES, worst first: the one-hot family has a line for each, per device
+STATES = ("silent", "missing", "down", "late", "degraded", "paused", "stopped", "up")
+WINDOWS = ("24h", "7d")  # pihace_device_uptime_ratio{device,window}: one line per window
 T0 = 1_800_000_000  # the fake clock's start (2027-01-15), whole seconds
 END = T0 + 1000  # where it stands when the pages are rendered
 INTERVAL = 60.0  # late after 90 s, silent after 180 s (pihace's default grace: half the interval)
@@ -147,9 +150,7 @@ def work_pihace(options):
     check_ages_ms = (time.perf_counter() - start) * 1000
     gc.collect()
     built = rss_mb()
-    counts = {state: 0 for state in STATES}
-    for device in watcher.devices.values():
-        counts[device["state"]] += 1
+    _, counts, _ = watcher.devices_page(0, 1)
     assert counts == expected_counts(devices), counts
     times.sort()
     result = {"file": pihace.__file__, "counts": counts, "changed": changed,
@@ -178,10 +179,10 @@ def work_pihace(options):
         del body
     gc.collect()
     result["rss_cached"] = rss_mb()  # the pages keep their last view and renderings
-    parts = {"snapshot": lambda: watcher.devices}
-    snapshot = watcher.devices
-    parts["sort"] = lambda: pihace._worst_first(snapshot)
-    parts["format"] = lambda: pihace._fleet_prometheus(snapshot, watcher.status)
+    parts = {"rows": watcher.metric_rows}
+    rows = watcher.metric_rows()
+    parts["format"] = lambda: pihace._fleet_prometheus(rows, watcher.status)
+    parts["page"] = lambda: watcher.devices_page(0, 1000)
     for part, call in parts.items():
         seconds = []
         for _ in range(3 if result["metrics_ms"] < 2000 else 1):
@@ -189,7 +190,7 @@ def work_pihace(options):
             call()
             seconds.append(time.perf_counter() - start)
         result[f"part_{part}_ms"] = median_ms(seconds)
-    snapshot = parts = None  # not kept for the serving figures
+    rows = parts = None  # not kept for the serving figures
     if options.get("profile"):
         profile_pages(pihace._FleetPages(watcher, refresh=0))
     del pages
@@ -346,6 +347,9 @@ def work_peer(options):
                       "cannot (its view is then stale).", registry=registry)
     reports = Counter("pihace_watch_reports", "Reports the watcher received, by outcome.",
                       ("outcome",), registry=registry)
+    uptime = Gauge("pihace_device_uptime_ratio", "The share of the window the device was up, "
+                   "out of the time it was watched (paused and stopped not counted).",
+                   ("device", "window"), registry=registry)
     rows = sorted((f"{name}@{host}", name, host, now_state, ago)
                   for name, host, _, now_state, ago in map(plan, range(devices)))
     counts = dict.fromkeys(STATES, 0)
@@ -354,6 +358,8 @@ def work_peer(options):
         for each in STATES:
             state.labels(device, each).set(1 if each == now_state else 0)
         seen.labels(device, name, host).set(END - ago)
+        for window in WINDOWS:  # what pihace has of a device watched since T0
+            uptime.labels(device, window).set(1.0 if now_state == "up" else 0.0)
         counts[now_state] += 1
     for each, n in counts.items():
         fleet.labels(each).set(n)
@@ -462,9 +468,10 @@ def print_table(results, options, rounds, header):
          "pihace.py _FleetPages", "metrics_peak", None),
         ("  /metrics samples (lines)", "pihace.py _FleetPages", "metrics_samples", None),
         ("", "prometheus_client generate_latest", "metrics_samples", None),
-        ("  of /metrics: watcher.devices snapshot, ms", "pihace.py", "part_snapshot_ms", None),
-        ("  of /metrics: _worst_first sort, ms", "pihace.py", "part_sort_ms", None),
-        ("  of /metrics: _fleet_prometheus text, ms", "pihace.py", "part_format_ms", None),
+        ("  of /metrics: Watcher.metric_rows(), ms", "pihace.py", "part_rows_ms", None),
+        ("  of /metrics: _fleet_prometheus(rows) text, ms", "pihace.py", "part_format_ms",
+         None),
+        ("  of /devices: Watcher.devices_page(0, 1000), ms", "pihace.py", "part_page_ms", None),
         ("  filling the registry once, ms", "prometheus_client", "fill_ms", None),
         ("  RSS with the registry filled, MB", "prometheus_client", "rss", None),
         ("  of which the registry's own (RSS growth), MB", "prometheus_client", "growth", None),
@@ -512,8 +519,9 @@ def print_table(results, options, rounds, header):
         f"{int(value('pihace', 'changed')[0]):,} states. Renderings: median of "
         f"{options['renders']} per round; rounds: {rounds}.")
     print("- /metrics and /devices figures are _FleetPages.respond() with refresh=0: each call "
-          "takes a new snapshot of the watcher (watcher.devices), sorts it worst first, then "
-          "renders. generate_latest() renders a registry that already holds the values; filling "
+          "reads the watcher again (/metrics: Watcher.metric_rows(), one tuple per device, "
+          "sorted by id; /devices: Watcher.devices_page(), a sort and the page's snapshots), "
+          "then renders. generate_latest() renders a registry that already holds the values; filling "
           "it is timed apart (what an application would pay again on every change).")
     for figure in ("metrics", "devices"):
         if results.get(("pihace", f"serve_{figure}_failed"), [0])[0]:
