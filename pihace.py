@@ -5340,13 +5340,6 @@ def write_atomically(path, data, mode=0o600):
             os.close(folder_descriptor)
 
 
-def write_json_atomically(path, document):
-    """`document` as JSON at `path`, all or nothing, mode 0600 (write_atomically)."""
-    import json  # here, not at the top: slow to import (see the imports)
-
-    write_atomically(path, json.dumps(document, separators=(",", ":")).encode())
-
-
 def read_state(path, kind, version):
     """The JSON document at `path` whose `kind` key holds its format number, or None when
     there is none, or it could not be read as one (it is then set aside as
@@ -6650,7 +6643,9 @@ class Watcher(_AMQPClient):
                 self.check_ages()  # what it could see until the end
             self._close()  # its view stays as current as it was when it stopped
             if self._dirty and self.state_path is not None:
-                self.save_state()
+                self.save_state()  # after the save under way, if one is
+            elif self._saver is not None:
+                self._saver.join()  # a file half written would be left behind
             self._write_flips()
             wakeup, self._wakeup = self._wakeup, None
             self._interrupt = None

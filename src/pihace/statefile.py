@@ -47,13 +47,6 @@ def write_atomically(path, data, mode=0o600):
             os.close(folder_descriptor)
 
 
-def write_json_atomically(path, document):
-    """`document` as JSON at `path`, all or nothing, mode 0600 (write_atomically)."""
-    import json  # here, not at the top: slow to import (see the imports)
-
-    write_atomically(path, json.dumps(document, separators=(",", ":")).encode())
-
-
 def read_state(path, kind, version):
     """The JSON document at `path` whose `kind` key holds its format number, or None when
     there is none, or it could not be read as one (it is then set aside as

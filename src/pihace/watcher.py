@@ -1266,7 +1266,9 @@ class Watcher(_AMQPClient):
                 self.check_ages()  # what it could see until the end
             self._close()  # its view stays as current as it was when it stopped
             if self._dirty and self.state_path is not None:
-                self.save_state()
+                self.save_state()  # after the save under way, if one is
+            elif self._saver is not None:
+                self._saver.join()  # a file half written would be left behind
             self._write_flips()
             wakeup, self._wakeup = self._wakeup, None
             self._interrupt = None
