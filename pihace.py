@@ -5394,9 +5394,9 @@ def _set_aside(path, why):
 
 
 # ---------------------------------------------------------------------------
-# watcher: consuming the fleet's reports, one state per device, hooks on changes. Never blames a
-# device for the watcher's own blindness: while it cannot read, states are kept and marked stale.
-# (src/pihace/watcher.py)
+# devices: what the watcher knows of each device (Device), its states, worst first, the text
+# of reports made safe where it enters, a roster's entries, and a host's roll-up event.
+# (src/pihace/devices.py)
 # ---------------------------------------------------------------------------
 
 # The states of a device, worst first (the live table's order): `missing` is a device of the
@@ -5408,18 +5408,8 @@ _REMINDED_STATES = ("down", "silent", "missing")  # --remind re-runs the hook wh
 _STATE_OF_STATUS = dict(zip(_STATUSES, ("up", "degraded", "down")))
 _NAME_LIMIT = 200  # characters of a device's name or host that are kept
 _FAILING_LIMIT = 20  # names of failing checks kept per device
-_WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minutes
-_QUEUE_CHECK = 5.0  # seconds between two looks at the queue (passive declare)
-_ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
 _TRANSITIONS_KEPT = 100  # per device: its recent changes of state (its uptime comes from them)
-_STATE_FORMAT = 1  # of the state file: a newer one is refused, never overwritten
 _IDS_SAVED = 4  # message ids per device in the state file: what a restart may deliver again
-_LEADER_CHANNEL = 2  # the channel a watcher of a standby group holds its group's queue on
-_LEADER_RETRY = 2.0  # seconds between two tries of a standby to become the leader
-_HANDLED_TYPE = "pihace.watch.handled"  # the AMQP type of the leader's notices
-_PENDING_FOR = 60.0  # seconds a standby keeps a change no leader said it handled
-_CONTROL_TYPE = "pihace.watch.control"  # the AMQP type of an operator's pause or resume
-_FLIPS_LIMIT = 10 << 20  # bytes of the flip log before it is rotated (one older file kept)
 _UPTIME_WINDOWS = (("24h", 86400.0), ("7d", 7 * 86400.0))
 
 
@@ -5438,44 +5428,6 @@ def _metric_labels(device_id, name, host):
     device = f'device="{_prometheus_label_value(device_id)}"'
     return (f'{device},name="{_prometheus_label_value(name)}",'
             f'host="{_prometheus_label_value(host)}"', device)
-
-
-@contextlib.contextmanager
-def _no_collection():
-    """No cyclic garbage collection while a snapshot of every device is built: 100,000 new
-    dicts would set it off again and again (it took two thirds of the time), and they form
-    no cycle."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _let_waiters_in():
-    """A pause between two turns of a long reading under the watcher's lock: a lock is not
-    fair, so without it the reader takes it again at once, and the watcher's thread, which
-    waits for it to apply a report, waits for the whole reading."""
-    time.sleep(0.001)
-
-
-def _callbacks(what, given):
-    """A list of callables from None, one callable, or a list of them."""
-    callbacks = given if isinstance(given, (list, tuple)) else [given]
-    if not all(callable(callback) for callback in callbacks if callback is not None):
-        raise TypeError(f"{what} must be a callable or a list of callables")
-    return [callback for callback in callbacks if callback is not None]
-
-
-def _call(callbacks, *change):
-    for callback in callbacks:
-        try:
-            callback(*change)
-        except Exception as exc:  # a bug in a callback must not stop the watcher
-            log.error("on_change callback %s failed: %s", _printable(repr(callback)),
-                      describe_error(exc))
 
 
 _ROSTER_KEYS = {"device", "interval", "grace", "down_after", "up_after", "tags", "owner"}
@@ -5632,6 +5584,62 @@ class Device:
                 "health": self.health, "streak": self.streak, "stopped": self.stopped,
                 "paused_until": self.paused_until, "pause_reason": self.pause_reason,
                 "transitions": list(self.transitions)}
+
+
+# ---------------------------------------------------------------------------
+# watcher: consuming the fleet's reports, one state per device, hooks on changes. Never blames a
+# device for the watcher's own blindness: while it cannot read, states are kept and marked stale.
+# (src/pihace/watcher.py)
+# ---------------------------------------------------------------------------
+
+_WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minutes
+_QUEUE_CHECK = 5.0  # seconds between two looks at the queue (passive declare)
+_ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
+_STATE_FORMAT = 1  # of the state file: a newer one is refused, never overwritten
+_LEADER_CHANNEL = 2  # the channel a watcher of a standby group holds its group's queue on
+_LEADER_RETRY = 2.0  # seconds between two tries of a standby to become the leader
+_HANDLED_TYPE = "pihace.watch.handled"  # the AMQP type of the leader's notices
+_PENDING_FOR = 60.0  # seconds a standby keeps a change no leader said it handled
+_CONTROL_TYPE = "pihace.watch.control"  # the AMQP type of an operator's pause or resume
+_FLIPS_LIMIT = 10 << 20  # bytes of the flip log before it is rotated (one older file kept)
+
+
+@contextlib.contextmanager
+def _no_collection():
+    """No cyclic garbage collection while a snapshot of every device is built: 100,000 new
+    dicts would set it off again and again (it took two thirds of the time), and they form
+    no cycle."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _let_waiters_in():
+    """A pause between two turns of a long reading under the watcher's lock: a lock is not
+    fair, so without it the reader takes it again at once, and the watcher's thread, which
+    waits for it to apply a report, waits for the whole reading."""
+    time.sleep(0.001)
+
+
+def _callbacks(what, given):
+    """A list of callables from None, one callable, or a list of them."""
+    callbacks = given if isinstance(given, (list, tuple)) else [given]
+    if not all(callable(callback) for callback in callbacks if callback is not None):
+        raise TypeError(f"{what} must be a callable or a list of callables")
+    return [callback for callback in callbacks if callback is not None]
+
+
+def _call(callbacks, *change):
+    for callback in callbacks:
+        try:
+            callback(*change)
+        except Exception as exc:  # a bug in a callback must not stop the watcher
+            log.error("on_change callback %s failed: %s", _printable(repr(callback)),
+                      describe_error(exc))
 
 
 class Watcher(_AMQPClient):

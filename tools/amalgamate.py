@@ -18,8 +18,8 @@ TARGET = ROOT / "pihace.py"
 
 # Dependency order: a module may import only the modules before it (test_structure.py checks).
 MODULES = ("header", "errors", "helpers", "system", "formats", "checks", "checkers", "databases",
-           "amqp_wire", "amqp_protocol", "transport", "client", "pusher", "statefile", "watcher",
-           "server", "page", "fleet", "compat", "cli")
+           "amqp_wire", "amqp_protocol", "transport", "client", "pusher", "statefile", "devices",
+           "watcher", "server", "page", "fleet", "compat", "cli")
 RULE = "# " + "-" * 75
 
 

@@ -15,7 +15,7 @@ from .header import log
 from .helpers import _printable, _time_left, describe_error
 from .formats import _prometheus_label_value
 from .checks import get_utc_timestamp
-from .watcher import _STATE_RANK, _UPTIME_WINDOWS, DEVICE_STATES, _metric_labels
+from .devices import _STATE_RANK, _UPTIME_WINDOWS, DEVICE_STATES, _metric_labels
 from .server import _PROMETHEUS_TEXT, _TEXT_PLAIN
 from .page import _page_answer
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from .header import __version__
-from .watcher import DEVICE_STATES, _TRANSITIONS_KEPT
+from .devices import DEVICE_STATES, _TRANSITIONS_KEPT
 from .server import _TEXT_PLAIN, _quality
 
 _HTML = "text/html; charset=utf-8"

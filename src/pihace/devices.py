@@ -1,0 +1,196 @@
+"""devices: what the watcher knows of each device (Device), its states, worst first, the text
+of reports made safe where it enters, a roster's entries, and a host's roll-up event."""
+
+from __future__ import annotations
+
+import math
+
+from .helpers import _number, _printable, _seconds, _text
+from .formats import _STATUSES, _prometheus_label_value
+
+
+# The states of a device, worst first (the live table's order): `missing` is a device of the
+# roster never seen; `paused` one in maintenance (announced by itself or set by an operator);
+# `stopped` one whose pusher said it stopped on purpose.
+DEVICE_STATES = ("silent", "missing", "down", "late", "degraded", "paused", "stopped", "up")
+_STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
+_REMINDED_STATES = ("down", "silent", "missing")  # --remind re-runs the hook while in these
+_STATE_OF_STATUS = dict(zip(_STATUSES, ("up", "degraded", "down")))
+_NAME_LIMIT = 200  # characters of a device's name or host that are kept
+_FAILING_LIMIT = 20  # names of failing checks kept per device
+_TRANSITIONS_KEPT = 100  # per device: its recent changes of state (its uptime comes from them)
+_IDS_SAVED = 4  # message ids per device in the state file: what a restart may deliver again
+_UPTIME_WINDOWS = (("24h", 86400.0), ("7d", 7 * 86400.0))
+
+
+def _report_text(value, limit=_NAME_LIMIT):
+    """Text from a report, made safe once where it enters, so that every output can trust
+    it: a string of at most `limit` characters, control and bidi characters and lone
+    surrogates written as escapes."""
+    text = value if type(value) is str else "" if value is None else _text(value)
+    if not (text.isascii() and text.isprintable()):
+        text = _printable(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _metric_labels(device_id, name, host):
+    """(device, name and host labels; the device label alone) of Prometheus' text."""
+    device = f'device="{_prometheus_label_value(device_id)}"'
+    return (f'{device},name="{_prometheus_label_value(name)}",'
+            f'host="{_prometheus_label_value(host)}"', device)
+
+
+_ROSTER_KEYS = {"device", "interval", "grace", "down_after", "up_after", "tags", "owner"}
+
+
+def _roster_entry(number, entry):
+    """(device id, settings) of a roster's entry: an id, or a mapping; ValueError names a
+    bad one by its number."""
+    if isinstance(entry, str):
+        entry = {"device": entry}
+    if not isinstance(entry, dict) or not isinstance(entry.get("device"), str) or \
+            not entry["device"]:
+        raise ValueError(f"roster entry {number}: a device id (name@host) or a mapping with a "
+                         f"'device' key, got {_printable(repr(entry))[:80]}")
+    where = f"roster entry {number} ({_printable(entry['device'])[:80]})"
+    unknown = sorted(map(str, set(entry) - _ROSTER_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {_printable(', '.join(unknown))[:80]}; the "
+                         f"keys are {', '.join(sorted(_ROSTER_KEYS))}")
+    settings = {}
+    for key in ("interval", "grace"):
+        if key in entry:
+            settings[key] = _seconds(f"{where}: {key}", entry[key])
+    for key in ("down_after", "up_after"):
+        if key in entry:
+            settings[key] = _number(f"{where}: {key}", entry[key], lambda v: v >= 1,
+                                    "an integer >= 1", int)
+    tags = entry.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise ValueError(f"{where}: tags must be a list of strings")
+    settings["tags"] = [_report_text(tag) for tag in tags]
+    if entry.get("owner") is not None:
+        if not isinstance(entry["owner"], str):
+            raise ValueError(f"{where}: owner must be a string")
+        settings["owner"] = _report_text(entry["owner"])
+    return _report_text(entry["device"]), settings
+
+
+class _HostEvent:
+    """A host all of whose devices went silent at once: one change, announced as a device
+    "*@host" whose `devices` are theirs."""
+
+    paused_until, listed = 0.0, None  # what Watcher._snapshot asks of a device
+
+    def __init__(self, host, devices):
+        self.host, self.devices = host, devices
+
+    def uptime(self, now, window):
+        return None
+
+    @property
+    def id(self):
+        return f"*@{self.host}"
+
+    def snapshot(self, now, stale=False):
+        last_seen = max(device.last_seen for device in self.devices)
+        return {"device": self.id, "name": "*", "host": self.host, "state": "silent",
+                "since": now, "status": None,
+                "first_seen": min(device.first_seen for device in self.devices),
+                "last_seen": last_seen, "age": max(0.0, now - last_seen),
+                "interval": max(device.interval for device in self.devices),
+                "reports": sum(device.reports for device in self.devices), "rate": None,
+                "failing": [], "stale": stale, "transitions": [], "paused_until": None,
+                "pause_reason": None, "unexpected": False, "rolled_up": True,
+                "devices": sorted(device.id for device in self.devices)}
+
+
+class Device:
+    """What the watcher knows of one device (a component name on a host).
+
+    `last_seen` is wall-clock time (seconds since 1970) of its newest report: the
+    report's AMQP timestamp, never later than its arrival (its arrival, when the
+    device's clock is off by more than its grace). `state` is one of DEVICE_STATES,
+    since `since`; `status` the newest report's; `first_seen` when it was first seen.
+    """
+
+    __slots__ = ("name", "host", "label", "state", "since", "status", "first_seen",
+                 "last_seen", "last_stamp", "judged_from", "interval", "late_after", "reports",
+                 "rate", "failing", "due", "skewed", "ids", "transitions", "health", "streak",
+                 "stopped", "paused_until", "pause_reason", "reminded", "listed", "rolled_up")
+
+    def __init__(self, name, host, now):
+        self.name, self.host = name, host
+        self.label = None  # its Prometheus labels, made once when first needed
+        self.state = self.status = self.rate = None
+        self.since = self.first_seen = now
+        self.last_seen = self.last_stamp = self.judged_from = now
+        self.interval = self.late_after = 0.0
+        self.reports, self.failing, self.skewed = 0, (), False
+        self.due = math.inf  # when its age next changes its state
+        # its newest message ids (duplicates, at most `window`) and changes of state (time,
+        # old, new): lists, which grow as needed (an empty deque takes 760 bytes: 150 MB for
+        # the two of 100,000 devices)
+        self.ids, self.transitions = [], []
+        self.health, self.streak = None, 0  # its status's state, damped; same ones in a row
+        self.stopped, self.paused_until, self.pause_reason = False, 0.0, None
+        self.reminded = 0.0  # when the hook last ran for its state (for --remind)
+        self.listed = None  # in the roster: its settings; None when there is no roster
+        self.rolled_up = False  # went silent with every device of its host: one event for all
+
+    def change(self, new, now):
+        """Into state `new` at `now`: the change, to announce."""
+        old, self.state, self.since = self.state, new, now
+        self.transitions.append((now, old, new))
+        if len(self.transitions) > _TRANSITIONS_KEPT:
+            del self.transitions[0]
+        self.reminded, self.rolled_up = now, False
+        return old
+
+    def uptime(self, now, window):
+        """The share of the last `window` seconds (since it was first seen, if later) it was
+        up, out of the time it was watched and not paused or stopped; None without history."""
+        if len(self.transitions) == 1:  # in one state since it was first seen: the usual case
+            if self.state in ("paused", "stopped", "missing") or now <= self.first_seen:
+                return None
+            return 1.0 if self.state == "up" else 0.0
+        start = max(now - window, self.first_seen)
+        counted = up = 0.0
+        end, state = now, self.state
+        for when, old, new in reversed(self.transitions):
+            begin = max(when, start)
+            if begin < end and state not in ("paused", "stopped", "missing"):
+                counted += end - begin
+                up += (end - begin) if state == "up" else 0.0
+            end, state = when, old
+            if when <= start:
+                break
+        if end > start and state not in (None, "paused", "stopped", "missing"):
+            counted += end - start
+            up += (end - start) if state == "up" else 0.0
+        return up / counted if counted > 0 else None
+
+    @property
+    def id(self):
+        return f"{self.name}@{self.host}" if self.host else self.name
+
+    def snapshot(self, now, stale=False):
+        return {"device": self.id, "name": self.name, "host": self.host, "state": self.state,
+                "since": self.since, "status": self.status, "first_seen": self.first_seen,
+                "last_seen": self.last_seen, "age": max(0.0, now - self.last_seen),
+                "interval": self.interval, "reports": self.reports, "rate": self.rate,
+                "failing": list(self.failing), "stale": stale,
+                "paused_until": self.paused_until or None, "pause_reason": self.pause_reason,
+                "unexpected": self.listed is False, "rolled_up": self.rolled_up,
+                "transitions": list(self.transitions)}
+
+    def record(self):
+        """What the state file keeps of it."""
+        return {"name": self.name, "host": self.host, "state": self.state, "since": self.since,
+                "status": self.status, "first_seen": self.first_seen,
+                "last_seen": self.last_seen, "last_stamp": self.last_stamp,
+                "interval": self.interval, "reports": self.reports, "rate": self.rate,
+                "failing": list(self.failing), "ids": list(self.ids)[-_IDS_SAVED:],
+                "health": self.health, "streak": self.streak, "stopped": self.stopped,
+                "paused_until": self.paused_until, "pause_reason": self.pause_reason,
+                "transitions": list(self.transitions)}
