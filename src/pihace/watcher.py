@@ -170,16 +170,7 @@ class Watcher(_AMQPClient):
         self._connected_since = None  # wall-clock time it (re)gained sight, once it did
         self._last_message = None  # wall-clock time of the newest delivery
         self._delivered_since_check = self._checked_before = self._stuck = False
-        # Its memory across restarts: read now (a ValueError says why it must not be used),
-        # written at most every state_every seconds while something changed, and at the end.
-        self.state_path, self.state_every = state_path, _seconds("state_every", state_every)
-        self.history_path = history_path if history_path is not None or state_path is None \
-            else f"{state_path}.flips"
-        self._flips = []  # transitions not written to the flip log yet
-        self._dirty, self._next_save = False, -math.inf
-        self._saver = None  # the thread writing the state file, while it does
-        if state_path is not None:
-            self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT))
+        self._set_memory(state_path, state_every, history_path)
         if roster is not None:
             self.set_roster(roster)
 
@@ -212,6 +203,19 @@ class Watcher(_AMQPClient):
         self.max_interval = _seconds("max_interval", max_interval)
         self.remind = seconds_or_none("remind", remind)
         self.tick = _seconds("tick", tick)
+
+    def _set_memory(self, state_path, state_every, history_path):
+        """Its memory across restarts: read now (a ValueError says why it must not be used),
+        written at most every state_every seconds while something changed, and at the end;
+        its flip log beside it."""
+        self.state_path, self.state_every = state_path, _seconds("state_every", state_every)
+        self.history_path = history_path if history_path is not None or state_path is None \
+            else f"{state_path}.flips"
+        self._flips = []  # transitions not written to the flip log yet
+        self._dirty, self._next_save = False, -math.inf
+        self._saver = None  # the thread writing the state file, while it does
+        if state_path is not None:
+            self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT))
 
     def _set_standby(self, standby_group, exchange):
         """A standby group's name, and the state of its leadership."""
