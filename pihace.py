@@ -5307,7 +5307,7 @@ _STATE_LIMIT = 1 << 30  # bytes: a state file larger than this is not read
 
 
 def write_atomically(path, data, mode=0o600):
-    """`data` (bytes) at `path`, all or nothing: a reader (or a crash) sees the old file or
+    """`data` (bytes, or an iterable of bytes written as they come) at `path`, all or nothing: a reader (or a crash) sees the old file or
     the new one, never a part (a temporary file in the same folder, fsync, rename, and the
     folder fsynced). Created with `mode`; a symbolic link at the temporary name is never
     followed."""
@@ -5322,7 +5322,8 @@ def write_atomically(path, data, mode=0o600):
     try:
         os.fchmod(descriptor, mode)  # whatever the umask
         with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
+            for part in (data,) if isinstance(data, bytes) else data:
+                file.write(part)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -5406,10 +5407,10 @@ DEVICE_STATES = ("silent", "missing", "down", "late", "degraded", "paused", "sto
 _STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
 _REMINDED_STATES = ("down", "silent", "missing")  # --remind re-runs the hook while in these
 _STATE_OF_STATUS = dict(zip(_STATUSES, ("up", "degraded", "down")))
+_STATUS_TEXT = {status: status for status in _STATUSES}  # one str of each, shared
 _NAME_LIMIT = 200  # characters of a device's name or host that are kept
 _FAILING_LIMIT = 20  # names of failing checks kept per device
 _TRANSITIONS_KEPT = 100  # per device: its recent changes of state (its uptime comes from them)
-_IDS_SAVED = 4  # message ids per device in the state file: what a restart may deliver again
 _UPTIME_WINDOWS = (("24h", 86400.0), ("7d", 7 * 86400.0))
 
 
@@ -5428,6 +5429,19 @@ def _metric_labels(device_id, name, host):
     device = f'device="{_prometheus_label_value(device_id)}"'
     return (f'{device},name="{_prometheus_label_value(name)}",'
             f'host="{_prometheus_label_value(host)}"', device)
+
+
+def _plain_labels(name, host):
+    """True when a device's labels need no escape: its texts were made safe where they
+    entered (_report_text), so only a backslash or a double quote would need one."""
+    return not ("\\" in name or '"' in name or "\\" in host or '"' in host)
+
+
+def _id_key(message_id):
+    """A message id as the 8 bytes a device's `ids` keeps: its hash (keyed at random per
+    process, so no producer can choose ids that collide; a window of 32 ids takes 256
+    bytes)."""
+    return (hash(message_id) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
 
 
 _ROSTER_KEYS = {"device", "interval", "grace", "down_after", "up_after", "tags", "owner"}
@@ -5506,22 +5520,25 @@ class Device:
 
     __slots__ = ("name", "host", "label", "state", "since", "status", "first_seen",
                  "last_seen", "last_stamp", "judged_from", "interval", "late_after", "reports",
-                 "rate", "failing", "due", "skewed", "ids", "transitions", "health", "streak",
+                 "rate", "failing", "due", "skewed", "ids", "last_id", "transitions", "health", "streak",
                  "stopped", "paused_until", "pause_reason", "reminded", "listed", "rolled_up")
 
     def __init__(self, name, host, now):
         self.name, self.host = name, host
-        self.label = None  # its Prometheus labels, made once when first needed
+        # its Prometheus labels when they need escapes (rare: made once); else None, and
+        # they are written as they are (no 300 bytes per device kept for them)
+        self.label = None if _plain_labels(name, host) else _metric_labels(self.id, name, host)
         self.state = self.status = self.rate = None
         self.since = self.first_seen = now
         self.last_seen = self.last_stamp = self.judged_from = now
         self.interval = self.late_after = 0.0
         self.reports, self.failing, self.skewed = 0, (), False
         self.due = math.inf  # when its age next changes its state
-        # its newest message ids (duplicates, at most `window`) and changes of state (time,
-        # old, new): lists, which grow as needed (an empty deque takes 760 bytes: 150 MB for
-        # the two of 100,000 devices)
-        self.ids, self.transitions = [], []
+        # its newest message ids (duplicates: at most the watcher's dedup_window) as one
+        # bytes of 8 per id (_id_key; 32 id strings would take 3 KB: 300 MB for 100,000
+        # devices), the newest id itself (what the state file keeps: what a restart may
+        # deliver again), and its changes of state (time, old, new)
+        self.ids, self.last_id, self.transitions = b"", None, []
         self.health, self.streak = None, 0  # its status's state, damped; same ones in a row
         self.stopped, self.paused_until, self.pause_reason = False, 0.0, None
         self.reminded = 0.0  # when the hook last ran for its state (for --remind)
@@ -5575,15 +5592,23 @@ class Device:
                 "transitions": list(self.transitions)}
 
     def record(self):
-        """What the state file keeps of it."""
-        return {"name": self.name, "host": self.host, "state": self.state, "since": self.since,
-                "status": self.status, "first_seen": self.first_seen,
-                "last_seen": self.last_seen, "last_stamp": self.last_stamp,
-                "interval": self.interval, "reports": self.reports, "rate": self.rate,
-                "failing": list(self.failing), "ids": list(self.ids)[-_IDS_SAVED:],
-                "health": self.health, "streak": self.streak, "stopped": self.stopped,
-                "paused_until": self.paused_until, "pause_reason": self.pause_reason,
-                "transitions": list(self.transitions)}
+        """What the state file keeps of it (what is as a new device has it, left out)."""
+        record = {"name": self.name, "host": self.host, "state": self.state,
+                  "since": self.since, "status": self.status, "first_seen": self.first_seen,
+                  "last_seen": self.last_seen, "last_stamp": self.last_stamp,
+                  "interval": self.interval, "reports": self.reports, "rate": self.rate,
+                  "health": self.health, "streak": self.streak,
+                  "transitions": self.transitions}
+        if self.failing:
+            record["failing"] = self.failing
+        if type(self.last_id) is str:
+            record["ids"] = [self.last_id]
+        if self.stopped:
+            record["stopped"] = True
+        if self.paused_until:
+            record["paused_until"], record["pause_reason"] = self.paused_until, \
+                self.pause_reason
+        return record
 
 
 # ---------------------------------------------------------------------------
@@ -5706,6 +5731,7 @@ class Watcher(_AMQPClient):
         self._roster = None  # device id -> its settings, once a roster is given
         self._pauses = {}  # device id -> (until, reason, by): pauses set by an operator
         self._capped = set()  # devices whose interval was capped at max_interval (logged once)
+        self._rates = {}  # the rates reports carry ("3/3"): one str of each, shared
         self.on_change = _callbacks("on_change", on_change)
         self.on_view_change = _callbacks("on_view_change", on_view_change)
         self._set_standby(standby_group, exchange)
@@ -5824,27 +5850,23 @@ class Watcher(_AMQPClient):
         return len(keyed), counts, page
 
     def metric_rows(self):
-        """(labels, short labels, state, last_seen, uptime over 24 h, over 7 d) of each device,
-        in the order of their ids: what Prometheus' text is made of, without a dict per
-        device, each device's labels escaped once in its life."""
-        now = self.wall_clock()
+        """(name, host, its escaped labels or None when they need no escape, state,
+        last_seen, uptime over 24 h, over 7 d) of each device, in the order they were first
+        seen: what Prometheus' text is made of (_fleet_prometheus_parts), without a dict or a
+        string made per device."""
+        now, (_, day), (_, week) = self.wall_clock(), *_UPTIME_WINDOWS
         with self._lock:
             devices = list(self._devices.values())
         rows = []
-        # a thousand devices at a time under the lock: 100,000 take a quarter of a second, and
+        # a thousand devices at a time under the lock: 100,000 take a tenth of a second, and
         # reports are applied in between (held all along, the lock held back every change)
         for start in range(0, len(devices), 1000):
             if start:
                 _let_waiters_in()
             with self._lock, _no_collection():
-                for device in devices[start:start + 1000]:
-                    labels = device.label
-                    if labels is None:
-                        labels = device.label = _metric_labels(device.id, device.name,
-                                                               device.host)
-                    rows.append((*labels, device.state, device.last_seen,
-                                 *(device.uptime(now, window) for _, window in _UPTIME_WINDOWS)))
-        rows.sort()
+                rows += [(device.name, device.host, device.label, device.state,
+                          device.last_seen, device.uptime(now, day), device.uptime(now, week))
+                         for device in devices[start:start + 1000]]
         return rows
 
     def _snapshot(self, device, now):
@@ -5953,13 +5975,14 @@ class Watcher(_AMQPClient):
         component = report.get("component")
         name = (component.get("name") if type(component) is dict else None) or properties.get(
             "app_id") or properties.get("user_id") or "unknown"
-        if type(name) is not str or len(name) > _NAME_LIMIT or not name.isascii() or \
-                not name.isprintable():
-            name = _report_text(name)
         host = report.get("host") or ""
-        if type(host) is not str or len(host) > _NAME_LIMIT or not host.isascii() or \
-                not host.isprintable():
-            host = _report_text(host)
+        # A known device: its name and host were made safe when it was first seen, so the
+        # same texts need no second look (the usual case: one lookup; only this thread adds
+        # or removes devices)
+        device = self._devices.get((name, host)) if type(name) is str and type(host) is str \
+            else None
+        if device is None:
+            name, host = _report_text(name), _report_text(host)
         interval = report.get("interval")
         if type(interval) not in (float, int) or not 0 < interval < 1e6:  # bool, NaN, text...
             interval = self.default_interval
@@ -5970,21 +5993,25 @@ class Watcher(_AMQPClient):
         message_id = properties.get("message_id")
         if type(message_id) is not str:
             message_id = None if type(message_id) not in (bytes, int) else message_id
+        id_key = _id_key(message_id) if message_id is not None else None
+        rate = report.get("rate")
+        if rate:  # one str for each rate the fleet sends ("3/3"), not one per device
+            shared = self._rates.get(rate) if type(rate) is str else None
+            if shared is None:
+                shared = _report_text(rate, 20)
+                if len(self._rates) < 1000:
+                    self._rates[shared] = shared
+            rate = shared
         with self._lock:
-            device = self._devices.get((name, host))
+            if device is None:  # new, or known by the texts made safe
+                device = self._devices.get((name, host))
             first = device is None
             if first:
-                if len(self._devices) >= self.max_devices:
-                    return self._refuse(name, host)
-                listed = None
-                if self._roster is not None:
-                    listed = self._roster.get(f"{name}@{host}" if host else name, False)
-                    if listed is False and self.ignore_unexpected:
-                        return "unexpected"
-                device = self._devices[(name, host)] = Device(name, host, now)
-                device.listed = listed
-            elif message_id is not None and message_id in device.ids:
-                return "duplicate"
+                device = self._new_device(name, host, now)
+                if type(device) is str:
+                    return device  # "refused" or "unexpected"
+            elif id_key is not None and id_key in device.ids:
+                return "duplicate"  # (8 bytes found unaligned: 1 chance in 2**64 a place)
             elif stamp < device.last_stamp:
                 return "stale"  # an older report that came late (an outbox, say)
             stamp = min(stamp, now)
@@ -5995,20 +6022,26 @@ class Watcher(_AMQPClient):
             if not self._backlog and abs(now - stamp) > device.late_after - device.interval + 1:
                 seen = now  # sent just now, yet stamped far from now: a clock that is off
                 self._skewed(device, now - stamp)
-            if message_id is not None and self.dedup_window:
-                ids = device.ids
-                ids.append(message_id)
-                if len(ids) > self.dedup_window:
-                    del ids[0]
-            device.status, device.last_stamp = report["status"], stamp
+            if id_key is not None and self.dedup_window:
+                ids = device.ids + id_key
+                device.ids = ids if len(ids) <= 8 * self.dedup_window else \
+                    ids[-8 * self.dedup_window:]
+                device.last_id = message_id
+            device.status, device.last_stamp = _STATUS_TEXT[report["status"]], stamp
             device.last_seen = device.judged_from = seen
             device.reports += 1
-            rate, failure = report.get("rate"), report.get("failure")
-            device.rate = (rate if type(rate) is str and len(rate) <= 20 and rate.isascii()
-                           and rate.isprintable() else _report_text(rate, 20)) if rate else None
-            device.failing = tuple(_report_text(key) for key in itertools.islice(
+            device.rate, failure = rate or None, report.get("failure")
+            device.failing = tuple(_report_text(check) for check in itertools.islice(
                 failure, _FAILING_LIMIT)) if type(failure) is dict and failure else ()
-            new = self._take_flags(device, report, seen, now)
+            if report.get("stopped") is None and report.get("paused_until") is None and \
+                    self.remind is None and self.down_after == self.up_after == 1 and \
+                    device.listed is None and not (
+                        device.stopped or device.paused_until or self._pauses):
+                # the usual case, the short way: fresh, so its status is its state
+                new = device.health = _STATE_OF_STATUS[device.status]
+                device.due = seen + device.late_after
+            else:
+                new = self._take_flags(device, report, seen, now)
             self._dirty = True
             if new == device.state:
                 return None
@@ -6016,6 +6049,20 @@ class Watcher(_AMQPClient):
             if first and not self.announce_first:
                 return None
             return device, old, new, report, now
+
+    def _new_device(self, name, host, now):
+        """A new device, tracked: "refused" beyond max_devices, "unexpected" when a roster
+        does not list it and such devices are ignored."""
+        if len(self._devices) >= self.max_devices:
+            return self._refuse(name, host)
+        listed = None
+        if self._roster is not None:
+            listed = self._roster.get(f"{name}@{host}" if host else name, False)
+            if listed is False and self.ignore_unexpected:
+                return "unexpected"
+        device = self._devices[(name, host)] = Device(name, host, now)
+        device.listed = listed
+        return device
 
     def _take_flags(self, device, report, seen, now):
         """The device's state once its newest report is in: what it says of itself (stopped,
@@ -6124,9 +6171,9 @@ class Watcher(_AMQPClient):
         now = self.wall_clock() if now is None else now
         changes, forgotten = [], []
         with self._lock:
-            for key, device in self._devices.items():
-                if device.due > now:
-                    continue
+            # the few that are due, picked in one pass (100,000 devices: a few ms each second)
+            due = [(key, device) for key, device in self._devices.items() if device.due <= now]
+            for key, device in due:
                 new, device.due = self._state_now(device, now)
                 if new == "silent" and self.forget_after is not None and \
                         now - device.judged_from > max(self.forget_after, self._limits(
@@ -6421,21 +6468,26 @@ class Watcher(_AMQPClient):
             devices = list(self._devices.values())
             pauses = {device: list(pause) for device, pause in self._pauses.items()}
             self._dirty = False
-        # Encoded a thousand devices at a time, each thousand under the lock: 100,000 devices
-        # take a second, during which the watcher goes on applying reports (one json.dumps of
-        # the whole table would hold the GIL, and a report's change, for all of that second).
-        encode, records = json.JSONEncoder(separators=(",", ":")).encode, []
-        for start in range(0, len(devices), 1000):
-            if start:
-                _let_waiters_in()
-            with self._lock, _no_collection():
-                records.append(",".join([encode(device.record())
-                                         for device in devices[start:start + 1000]]))
+        encode = json.JSONEncoder(separators=(",", ":")).encode
         head = encode({"pihace_watch_state": _STATE_FORMAT, "written": self.wall_clock(),
                        "pauses": pauses})
+
+        def parts():
+            # Encoded a thousand devices at a time, each thousand under the lock, and written
+            # as they are (100,000 devices: 30 MB never held whole, and reports applied in
+            # between: one json.dumps of the whole table would hold the GIL, and every
+            # change, for a second)
+            yield f'{head[:-1]},"devices":['.encode()
+            for start in range(0, len(devices), 1000):
+                if start:
+                    _let_waiters_in()
+                with self._lock, _no_collection():
+                    text = ",".join([encode(device.record())
+                                     for device in devices[start:start + 1000]])
+                yield (f",{text}" if start else text).encode()
+            yield b"]}"
         try:
-            write_atomically(self.state_path,
-                             f'{head[:-1]},"devices":[{",".join(records)}]}}'.encode())
+            write_atomically(self.state_path, parts())
         except OSError as exc:
             self._dirty = True
             log.warning("cannot write the state file %s: %s", _printable(self.state_path),
@@ -6499,8 +6551,10 @@ class Watcher(_AMQPClient):
             device.rate = _report_text(rate, 20) if rate else None
             device.failing = tuple(_report_text(key) for key in entry.get("failing", ())
                                    [:_FAILING_LIMIT])
-            device.ids = list(entry.get("ids", ())[-self.dedup_window:]) if \
-                self.dedup_window else []
+            ids = [key for key in entry.get("ids", ()) if type(key) is str]
+            if ids and self.dedup_window:
+                device.ids = b"".join(map(_id_key, ids[-self.dedup_window:]))
+                device.last_id = ids[-1]
             device.transitions = [
                 (float(when), old, new) for when, old, new in entry.get("transitions", ())
                 [-_TRANSITIONS_KEPT:] if (old is None or old in DEVICE_STATES) and
@@ -7095,21 +7149,37 @@ class _HandlerBehaviour:
             self.rfile = socket_file
 
     def _answer(self, status, content_type, body, headers=()):
-        """The whole answer in one write (no Nagle delay between head and body)."""
-        self.log_request(status, len(body))
+        """The whole answer in one write (no Nagle delay between head and body). A body that
+        is not bytes is an iterable of bytes, sent as it is made (chunked; to an HTTP/1.0
+        client, up to the close): a fleet's /metrics, tens of MB, is never held whole."""
+        streamed = not isinstance(body, bytes)
+        if streamed and self.request_version == "HTTP/1.0":
+            self.close_connection = True  # its end is the close
+        self.log_request(status, "-" if streamed else len(body))
         head = [f"HTTP/1.1 {status} {self.responses[status][0]}",
                 f"Server: {self.server_version}", f"Date: {self.date_time_string()}",
-                f"Content-Type: {content_type}", f"Content-Length: {len(body)}",
+                f"Content-Type: {content_type}",
+                ("Transfer-Encoding: chunked" if not self.close_connection else None)
+                if streamed else f"Content-Length: {len(body)}",
                 "Cache-Control: no-store", "X-Content-Type-Options: nosniff",
                 *(f"{name}: {value}" for name, value in headers)]
         if self.close_connection:
             head.append("Connection: close")
-        head = "\r\n".join(head).encode("latin-1") + b"\r\n\r\n"
+        head = "\r\n".join(line for line in head if line).encode("latin-1") + b"\r\n\r\n"
         if self.command == "HEAD":
             body = b""
-        if len(body) <= _JOINED_BODY:
+        if streamed and body:
+            self.wfile.write(head)
+            for part in body:
+                if self.close_connection:
+                    self.wfile.write(part)
+                elif part:
+                    self.wfile.write(b"%x\r\n%b\r\n" % (len(part), part))
+            if not self.close_connection:
+                self.wfile.write(b"0\r\n\r\n")
+        elif len(body) <= _JOINED_BODY:
             self.wfile.write(head + body)
-        else:  # a large body (a fleet's /metrics): sent as it is, not copied per request
+        else:  # a large body: sent as it is, not copied per request
             self.wfile.write(head)
             self.wfile.write(body)
 
@@ -8405,47 +8475,75 @@ def _fleet_nagios(devices, status):
     return "\n".join(lines)
 
 
-@functools.lru_cache(maxsize=None)
-def _one_hot_lines():
-    """{state: the lines of pihace_device_state for a device in it, with NUL where its
-    device label goes}: one str.replace per device, not one line each."""
-    return {current: "\n".join(f'pihace_device_state{{\0,state="{state}"}} '
-                                f'{1 if state == current else 0}' for state in DEVICE_STATES)
-            for current in (*DEVICE_STATES, None)}
-
-
 def _metric_rows_of(devices):
     """Watcher.metric_rows() of a snapshot (Watcher.devices)."""
-    return sorted((*_metric_labels(d["device"], d["name"], d["host"]), d["state"],
-                   d["last_seen"], *((d.get("uptime") or {}).get(window) for window, _ in
-                                     _UPTIME_WINDOWS)) for d in devices.values())
+    return [(d["name"], d["host"], None if _plain_labels(d["name"], d["host"]) else
+             _metric_labels(d["device"], d["name"], d["host"]), d["state"], d["last_seen"],
+             *((d.get("uptime") or {}).get(window) for window, _ in _UPTIME_WINDOWS))
+            for d in devices.values()]
+
+
+_METRIC_PART = 2000  # devices per part of Prometheus' text: about 100 KB per family
 
 
 def _fleet_prometheus(rows, status):
-    """Prometheus' text of Watcher.metric_rows(): one series per device for up, last seen
-    and uptime (labels that never change with its state), and its state as a one-hot
-    family, as kube-state-metrics does."""
-    lines = ["# HELP pihace_device_up 1 when the device's newest report says Available and it "
-             "is not late, else 0.", "# TYPE pihace_device_up gauge"]
-    lines += [f"pihace_device_up{{{row[0]}}} {1 if row[2] == 'up' else 0}" for row in rows]
-    lines += ["# HELP pihace_device_state The device's state: 1 for the one it is in.",
-              "# TYPE pihace_device_state gauge"]
-    one_hot = _one_hot_lines()
-    lines += [one_hot.get(row[2], one_hot[None]).replace("\0", row[1]) for row in rows]
-    lines += ["# HELP pihace_device_last_seen_timestamp_seconds When the device's newest "
-              "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
-    lines += [f"pihace_device_last_seen_timestamp_seconds{{{row[0]}}} {row[3]:.3f}"
-              for row in rows]
-    lines += ["# HELP pihace_device_uptime_ratio The share of the window the device was up, "
-              "out of the time it was watched (paused and stopped not counted).",
-              "# TYPE pihace_device_uptime_ratio gauge"]
-    for row in rows:
-        lines += [f'pihace_device_uptime_ratio{{{row[1]},window="{window}"}} {ratio:.6f}'
-                  for (window, _), ratio in zip(_UPTIME_WINDOWS, row[4:]) if ratio is not None]
+    return "".join(_fleet_prometheus_parts(rows, status))
+
+
+def _fleet_prometheus_parts(rows, status):
+    """Prometheus' text of Watcher.metric_rows(), in parts of _METRIC_PART devices (a fleet of
+    100,000 is tens of MB: written as it is made, never held whole): one series per device
+    for up, last seen and uptime (labels that never change with its state), and the state
+    it is in (value 1; the series of a state it left ends, as Prometheus marks a series gone
+    from a scrape: one line per device, not one per state and device)."""
+    parts = [rows[start:start + _METRIC_PART] for start in range(0, len(rows), _METRIC_PART)]
+    yield ("# HELP pihace_device_up 1 when the device's newest report says Available and it "
+           "is not late, else 0.\n# TYPE pihace_device_up gauge\n")
+    for part in parts:
+        yield "".join([f"pihace_device_up{{{_labels(*row[:3])[0]}}} "
+                       f"{1 if row[3] == 'up' else 0}\n" for row in part])
+    yield ("# HELP pihace_device_state The state the device is in (1); the series of a state "
+           "it left is gone.\n# TYPE pihace_device_state gauge\n")
+    for part in parts:
+        yield "".join([f'pihace_device_state{{{_labels(*row[:3])[1]},state="{row[3]}"}} 1\n'
+                       for row in part])
+    yield ("# HELP pihace_device_last_seen_timestamp_seconds When the device's newest report "
+           "was sent.\n# TYPE pihace_device_last_seen_timestamp_seconds gauge\n")
+    for part in parts:
+        yield "".join([f"pihace_device_last_seen_timestamp_seconds{{{_labels(*row[:3])[0]}}} "
+                       f"{row[4]:.3f}\n" for row in part])
+    yield ("# HELP pihace_device_uptime_ratio The share of the window the device was up, out "
+           "of the time it was watched (paused and stopped not counted).\n"
+           "# TYPE pihace_device_uptime_ratio gauge\n")
+    (day, _), (week, _) = _UPTIME_WINDOWS
+    for part in parts:
+        lines = []
+        for name, host, label, _, _, day_ratio, week_ratio in part:
+            device = _labels(name, host, label)[1]
+            if day_ratio is not None:
+                lines.append(f'pihace_device_uptime_ratio{{{device},window="{day}"}} '
+                             f'{day_ratio:.6f}\n')
+            if week_ratio is not None:
+                lines.append(f'pihace_device_uptime_ratio{{{device},window="{week}"}} '
+                             f'{week_ratio:.6f}\n')
+        yield "".join(lines)
+    yield _fleet_prometheus_totals(rows, status)
+
+
+def _labels(name, host, escaped):
+    """(device, name and host labels; the device label alone) of a row of metric_rows()."""
+    if escaped is not None:
+        return escaped
+    device = f'device="{name}@{host}"' if host else f'device="{name}"'
+    return f'{device},name="{name}",host="{host}"', device
+
+
+def _fleet_prometheus_totals(rows, status):
+    """The fleet's and the watcher's own lines of Prometheus' text."""
     counts = dict.fromkeys(DEVICE_STATES, 0)
     for row in rows:
-        counts[row[2]] = counts.get(row[2], 0) + 1
-    lines += ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
+        counts[row[3]] = counts.get(row[3], 0) + 1
+    lines = ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
     lines += [f'pihace_devices{{state="{state}"}} {n}' for state, n in counts.items()]
     if status is not None:
         lines += ["# HELP pihace_watch_connected 1 while the watcher reads its queue; 0 while "
@@ -8655,8 +8753,12 @@ class _FleetPages:
         if page is not None:
             return page
         if path == "/metrics":
-            return 200, _PROMETHEUS_TEXT, self._cached("metrics", lambda: _fleet_prometheus(
-                self.watcher.metric_rows(), self.watcher.status).encode()), []
+            # the fleet read once a second, shared; its text made for each request as it is
+            # sent, a part at a time (100,000 devices: 60 MB never held whole)
+            rows, status = self._cached("metrics", lambda: (self.watcher.metric_rows(),
+                                                            self.watcher.status))
+            return 200, _PROMETHEUS_TEXT, (part.encode() for part in _fleet_prometheus_parts(
+                rows, status)), []
         if path in ("/", "/devices"):
             return self._devices_page(query)
         if path == "/livez":  # the watcher process answers; its view may be stale (/devices)

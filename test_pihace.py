@@ -6424,8 +6424,14 @@ def test_prometheus_output_passes_promtool_with_hostile_names(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert 'pihace_device_up{device="plain@h2",name="plain",host="h2"} 1' in text
     assert 'pihace_device_state{device="plain@h2",state="up"} 1' in text
-    assert 'pihace_device_state{device="plain@h2",state="down"} 0' in text
+    assert 'pihace_device_state{device="plain@h2",state="down"}' not in text  # its state only
     assert 'pihace_devices{state="up"} 2' in text
+    # what --listen serves: the labels the watcher escaped once, the same lines, and more
+    served = b"".join(pihace._FleetPages(watcher).respond("/metrics", "", "*/*")[2]).decode()
+    result = subprocess.run(["promtool", "check", "metrics"], input=served,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(text.splitlines()) < set(served.splitlines())
 
 
 def test_the_table_is_worst_first_and_fits_the_width():
@@ -6472,7 +6478,9 @@ def every_fleet_output(watcher):
              pihace.format_fleet(devices, "nagios", status),
              pihace.format_fleet(devices, "prometheus", status)]
     pages = pihace._FleetPages(watcher)
-    texts += [pages.respond(path, "", "*/*")[2].decode() for path in ("/metrics", "/devices")]
+    for path in ("/metrics", "/devices"):
+        body = pages.respond(path, "", "*/*")[2]  # bytes, or parts as they are sent
+        texts.append((body if isinstance(body, bytes) else b"".join(body)).decode())
     for text in texts:
         text.encode("utf-8")  # strict: a lone surrogate would raise
     return texts
@@ -6608,10 +6616,9 @@ def test_prometheus_keeps_one_up_series_per_device_whatever_its_state():
     watcher.apply(report("Unavailable"), {})
     assert series("pihace_device_up").keys() == up.keys()  # the same series: 1, then 0
     assert list(up.values()) == ["1"] and list(series("pihace_device_up").values()) == ["0"]
-    assert series("pihace_device_state").keys() == states.keys()  # one-hot, every state
-    assert len(states) == len(pihace.DEVICE_STATES)
-    assert [key for key, value in series("pihace_device_state").items() if value == "1"] == [
-        'pihace_device_state{device="dev@h",state="down"}']
+    assert states == {'pihace_device_state{device="dev@h",state="up"}': "1"}
+    assert series("pihace_device_state") == {  # the state it is in; the one it left is gone
+        'pihace_device_state{device="dev@h",state="down"}': "1"}
 
 
 def test_devices_are_served_by_pages_and_rendered_once_a_second():
@@ -6626,10 +6633,11 @@ def test_devices_are_served_by_pages_and_rendered_once_a_second():
     rest = json.loads(pages.respond("/devices", "offset=2&limit=10", "*/*")[2])
     assert [d["name"] for d in rest["devices"]] == ["d0", "d1", "d2"][:3] or len(
         rest["devices"]) == 3
-    metrics = pages.respond("/metrics", "", "*/*")[2]
+    metrics = b"".join(pages.respond("/metrics", "", "*/*")[2])  # made as it is sent
+    assert b'pihace_device_state{device="d3@h",state="down"} 1' in metrics
     watcher.apply(report(name="late-comer"), {})
-    assert pages.respond("/metrics", "", "*/*")[2] is metrics  # the same bytes, shared
-    assert b"late-comer" not in pages.respond("/metrics", "", "*/*")[2]  # until the refresh
+    again = b"".join(pages.respond("/metrics", "", "*/*")[2])
+    assert again == metrics and b"late-comer" not in again  # one reading, until the refresh
     assert pages.respond("/devices", "limit=0", "*/*")[0] == 400
     assert pages.respond("/devices", "offset=x", "*/*")[0] == 400
 
@@ -8516,6 +8524,39 @@ def test_the_fleet_page_in_a_browser_is_live_and_safe(rabbit, unique_queue, clos
             stopped(process)
 
 
+def test_metrics_of_a_fleet_are_streamed_to_http_1_1_and_1_0_clients_and_head():
+    # 5,000 devices: several parts of each family; curl, an independent client, reads them
+    watcher, pages = fleet_pages([(f"device-{index:05d}", "Unavailable" if index % 97 == 0
+                                   else "Available") for index in range(5000)])
+    expected = pihace.format_fleet(watcher.devices, "prometheus")
+    server = pihace._http_classes()[0](("127.0.0.1", 0), pages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+
+    def curl(*args):
+        result = subprocess.run(["curl", "-sS", "--max-time", "10", *args, url],
+                                capture_output=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.decode()
+    try:
+        chunked = curl("-D", "-")
+        head, _, body = chunked.partition("\r\n\r\n")
+        assert "Transfer-Encoding: chunked" in head and "Content-Length" not in head
+        for text in (body, curl("--http1.0")):  # HTTP/1.0: no chunks, its end is the close
+            assert text.startswith("# HELP pihace_device_up ")
+            assert text.count("\npihace_device_state{") == 5000
+            device_lines = [line for line in text.splitlines() if line.startswith("pihace_de")]
+            assert device_lines == [line for line in expected.splitlines()
+                                    if line.startswith("pihace_de")]
+        assert 'pihace_device_state{device="device-00097@host6",state="down"} 1' in body
+        head = curl("-I")
+        assert head.startswith("HTTP/1.1 200") and "Transfer-Encoding: chunked" in head
+        assert "pihace_device_up" not in head
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.slow
 def test_the_fleet_page_paints_10000_devices_within_a_second(browser):
     watcher, pages = fleet_pages([(f"device-{index:05d}", "Unavailable" if index % 97 == 0
@@ -8635,7 +8676,7 @@ def test_a_blackholed_watcher_says_it_is_disconnected_and_blames_no_device(
         cut = time.monotonic()
         wait_until(lambda: not watched.watcher.status["connected"], 10, "the view marked stale")
         noticed = time.monotonic() - cut
-        metrics = pages.respond("/metrics", "", "*/*")[2].decode()
+        metrics = b"".join(pages.respond("/metrics", "", "*/*")[2]).decode()
         table = pihace.fleet_table(watched.watcher.devices, 120, 20, watched.watcher.status)
         wait_until(lambda: watched.watcher.connections_opened >= 1 and
                    time.monotonic() - cut > 10, 15, "ten seconds of blindness")

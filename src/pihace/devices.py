@@ -16,10 +16,10 @@ DEVICE_STATES = ("silent", "missing", "down", "late", "degraded", "paused", "sto
 _STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
 _REMINDED_STATES = ("down", "silent", "missing")  # --remind re-runs the hook while in these
 _STATE_OF_STATUS = dict(zip(_STATUSES, ("up", "degraded", "down")))
+_STATUS_TEXT = {status: status for status in _STATUSES}  # one str of each, shared
 _NAME_LIMIT = 200  # characters of a device's name or host that are kept
 _FAILING_LIMIT = 20  # names of failing checks kept per device
 _TRANSITIONS_KEPT = 100  # per device: its recent changes of state (its uptime comes from them)
-_IDS_SAVED = 4  # message ids per device in the state file: what a restart may deliver again
 _UPTIME_WINDOWS = (("24h", 86400.0), ("7d", 7 * 86400.0))
 
 
@@ -38,6 +38,19 @@ def _metric_labels(device_id, name, host):
     device = f'device="{_prometheus_label_value(device_id)}"'
     return (f'{device},name="{_prometheus_label_value(name)}",'
             f'host="{_prometheus_label_value(host)}"', device)
+
+
+def _plain_labels(name, host):
+    """True when a device's labels need no escape: its texts were made safe where they
+    entered (_report_text), so only a backslash or a double quote would need one."""
+    return not ("\\" in name or '"' in name or "\\" in host or '"' in host)
+
+
+def _id_key(message_id):
+    """A message id as the 8 bytes a device's `ids` keeps: its hash (keyed at random per
+    process, so no producer can choose ids that collide; a window of 32 ids takes 256
+    bytes)."""
+    return (hash(message_id) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
 
 
 _ROSTER_KEYS = {"device", "interval", "grace", "down_after", "up_after", "tags", "owner"}
@@ -116,22 +129,25 @@ class Device:
 
     __slots__ = ("name", "host", "label", "state", "since", "status", "first_seen",
                  "last_seen", "last_stamp", "judged_from", "interval", "late_after", "reports",
-                 "rate", "failing", "due", "skewed", "ids", "transitions", "health", "streak",
+                 "rate", "failing", "due", "skewed", "ids", "last_id", "transitions", "health", "streak",
                  "stopped", "paused_until", "pause_reason", "reminded", "listed", "rolled_up")
 
     def __init__(self, name, host, now):
         self.name, self.host = name, host
-        self.label = None  # its Prometheus labels, made once when first needed
+        # its Prometheus labels when they need escapes (rare: made once); else None, and
+        # they are written as they are (no 300 bytes per device kept for them)
+        self.label = None if _plain_labels(name, host) else _metric_labels(self.id, name, host)
         self.state = self.status = self.rate = None
         self.since = self.first_seen = now
         self.last_seen = self.last_stamp = self.judged_from = now
         self.interval = self.late_after = 0.0
         self.reports, self.failing, self.skewed = 0, (), False
         self.due = math.inf  # when its age next changes its state
-        # its newest message ids (duplicates, at most `window`) and changes of state (time,
-        # old, new): lists, which grow as needed (an empty deque takes 760 bytes: 150 MB for
-        # the two of 100,000 devices)
-        self.ids, self.transitions = [], []
+        # its newest message ids (duplicates: at most the watcher's dedup_window) as one
+        # bytes of 8 per id (_id_key; 32 id strings would take 3 KB: 300 MB for 100,000
+        # devices), the newest id itself (what the state file keeps: what a restart may
+        # deliver again), and its changes of state (time, old, new)
+        self.ids, self.last_id, self.transitions = b"", None, []
         self.health, self.streak = None, 0  # its status's state, damped; same ones in a row
         self.stopped, self.paused_until, self.pause_reason = False, 0.0, None
         self.reminded = 0.0  # when the hook last ran for its state (for --remind)
@@ -185,12 +201,20 @@ class Device:
                 "transitions": list(self.transitions)}
 
     def record(self):
-        """What the state file keeps of it."""
-        return {"name": self.name, "host": self.host, "state": self.state, "since": self.since,
-                "status": self.status, "first_seen": self.first_seen,
-                "last_seen": self.last_seen, "last_stamp": self.last_stamp,
-                "interval": self.interval, "reports": self.reports, "rate": self.rate,
-                "failing": list(self.failing), "ids": list(self.ids)[-_IDS_SAVED:],
-                "health": self.health, "streak": self.streak, "stopped": self.stopped,
-                "paused_until": self.paused_until, "pause_reason": self.pause_reason,
-                "transitions": list(self.transitions)}
+        """What the state file keeps of it (what is as a new device has it, left out)."""
+        record = {"name": self.name, "host": self.host, "state": self.state,
+                  "since": self.since, "status": self.status, "first_seen": self.first_seen,
+                  "last_seen": self.last_seen, "last_stamp": self.last_stamp,
+                  "interval": self.interval, "reports": self.reports, "rate": self.rate,
+                  "health": self.health, "streak": self.streak,
+                  "transitions": self.transitions}
+        if self.failing:
+            record["failing"] = self.failing
+        if type(self.last_id) is str:
+            record["ids"] = [self.last_id]
+        if self.stopped:
+            record["stopped"] = True
+        if self.paused_until:
+            record["paused_until"], record["pause_reason"] = self.paused_until, \
+                self.pause_reason
+        return record

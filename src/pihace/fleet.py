@@ -4,7 +4,6 @@ whatever the number of requests)."""
 
 from __future__ import annotations
 
-import functools
 import os
 import queue
 import sys
@@ -15,7 +14,7 @@ from .header import log
 from .helpers import _printable, _time_left, describe_error
 from .formats import _prometheus_label_value
 from .checks import get_utc_timestamp
-from .devices import _STATE_RANK, _UPTIME_WINDOWS, DEVICE_STATES, _metric_labels
+from .devices import _STATE_RANK, _UPTIME_WINDOWS, DEVICE_STATES, _metric_labels, _plain_labels
 from .server import _PROMETHEUS_TEXT, _TEXT_PLAIN
 from .page import _page_answer
 
@@ -88,47 +87,75 @@ def _fleet_nagios(devices, status):
     return "\n".join(lines)
 
 
-@functools.lru_cache(maxsize=None)
-def _one_hot_lines():
-    """{state: the lines of pihace_device_state for a device in it, with NUL where its
-    device label goes}: one str.replace per device, not one line each."""
-    return {current: "\n".join(f'pihace_device_state{{\0,state="{state}"}} '
-                                f'{1 if state == current else 0}' for state in DEVICE_STATES)
-            for current in (*DEVICE_STATES, None)}
-
-
 def _metric_rows_of(devices):
     """Watcher.metric_rows() of a snapshot (Watcher.devices)."""
-    return sorted((*_metric_labels(d["device"], d["name"], d["host"]), d["state"],
-                   d["last_seen"], *((d.get("uptime") or {}).get(window) for window, _ in
-                                     _UPTIME_WINDOWS)) for d in devices.values())
+    return [(d["name"], d["host"], None if _plain_labels(d["name"], d["host"]) else
+             _metric_labels(d["device"], d["name"], d["host"]), d["state"], d["last_seen"],
+             *((d.get("uptime") or {}).get(window) for window, _ in _UPTIME_WINDOWS))
+            for d in devices.values()]
+
+
+_METRIC_PART = 2000  # devices per part of Prometheus' text: about 100 KB per family
 
 
 def _fleet_prometheus(rows, status):
-    """Prometheus' text of Watcher.metric_rows(): one series per device for up, last seen
-    and uptime (labels that never change with its state), and its state as a one-hot
-    family, as kube-state-metrics does."""
-    lines = ["# HELP pihace_device_up 1 when the device's newest report says Available and it "
-             "is not late, else 0.", "# TYPE pihace_device_up gauge"]
-    lines += [f"pihace_device_up{{{row[0]}}} {1 if row[2] == 'up' else 0}" for row in rows]
-    lines += ["# HELP pihace_device_state The device's state: 1 for the one it is in.",
-              "# TYPE pihace_device_state gauge"]
-    one_hot = _one_hot_lines()
-    lines += [one_hot.get(row[2], one_hot[None]).replace("\0", row[1]) for row in rows]
-    lines += ["# HELP pihace_device_last_seen_timestamp_seconds When the device's newest "
-              "report was sent.", "# TYPE pihace_device_last_seen_timestamp_seconds gauge"]
-    lines += [f"pihace_device_last_seen_timestamp_seconds{{{row[0]}}} {row[3]:.3f}"
-              for row in rows]
-    lines += ["# HELP pihace_device_uptime_ratio The share of the window the device was up, "
-              "out of the time it was watched (paused and stopped not counted).",
-              "# TYPE pihace_device_uptime_ratio gauge"]
-    for row in rows:
-        lines += [f'pihace_device_uptime_ratio{{{row[1]},window="{window}"}} {ratio:.6f}'
-                  for (window, _), ratio in zip(_UPTIME_WINDOWS, row[4:]) if ratio is not None]
+    return "".join(_fleet_prometheus_parts(rows, status))
+
+
+def _fleet_prometheus_parts(rows, status):
+    """Prometheus' text of Watcher.metric_rows(), in parts of _METRIC_PART devices (a fleet of
+    100,000 is tens of MB: written as it is made, never held whole): one series per device
+    for up, last seen and uptime (labels that never change with its state), and the state
+    it is in (value 1; the series of a state it left ends, as Prometheus marks a series gone
+    from a scrape: one line per device, not one per state and device)."""
+    parts = [rows[start:start + _METRIC_PART] for start in range(0, len(rows), _METRIC_PART)]
+    yield ("# HELP pihace_device_up 1 when the device's newest report says Available and it "
+           "is not late, else 0.\n# TYPE pihace_device_up gauge\n")
+    for part in parts:
+        yield "".join([f"pihace_device_up{{{_labels(*row[:3])[0]}}} "
+                       f"{1 if row[3] == 'up' else 0}\n" for row in part])
+    yield ("# HELP pihace_device_state The state the device is in (1); the series of a state "
+           "it left is gone.\n# TYPE pihace_device_state gauge\n")
+    for part in parts:
+        yield "".join([f'pihace_device_state{{{_labels(*row[:3])[1]},state="{row[3]}"}} 1\n'
+                       for row in part])
+    yield ("# HELP pihace_device_last_seen_timestamp_seconds When the device's newest report "
+           "was sent.\n# TYPE pihace_device_last_seen_timestamp_seconds gauge\n")
+    for part in parts:
+        yield "".join([f"pihace_device_last_seen_timestamp_seconds{{{_labels(*row[:3])[0]}}} "
+                       f"{row[4]:.3f}\n" for row in part])
+    yield ("# HELP pihace_device_uptime_ratio The share of the window the device was up, out "
+           "of the time it was watched (paused and stopped not counted).\n"
+           "# TYPE pihace_device_uptime_ratio gauge\n")
+    (day, _), (week, _) = _UPTIME_WINDOWS
+    for part in parts:
+        lines = []
+        for name, host, label, _, _, day_ratio, week_ratio in part:
+            device = _labels(name, host, label)[1]
+            if day_ratio is not None:
+                lines.append(f'pihace_device_uptime_ratio{{{device},window="{day}"}} '
+                             f'{day_ratio:.6f}\n')
+            if week_ratio is not None:
+                lines.append(f'pihace_device_uptime_ratio{{{device},window="{week}"}} '
+                             f'{week_ratio:.6f}\n')
+        yield "".join(lines)
+    yield _fleet_prometheus_totals(rows, status)
+
+
+def _labels(name, host, escaped):
+    """(device, name and host labels; the device label alone) of a row of metric_rows()."""
+    if escaped is not None:
+        return escaped
+    device = f'device="{name}@{host}"' if host else f'device="{name}"'
+    return f'{device},name="{name}",host="{host}"', device
+
+
+def _fleet_prometheus_totals(rows, status):
+    """The fleet's and the watcher's own lines of Prometheus' text."""
     counts = dict.fromkeys(DEVICE_STATES, 0)
     for row in rows:
-        counts[row[2]] = counts.get(row[2], 0) + 1
-    lines += ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
+        counts[row[3]] = counts.get(row[3], 0) + 1
+    lines = ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
     lines += [f'pihace_devices{{state="{state}"}} {n}' for state, n in counts.items()]
     if status is not None:
         lines += ["# HELP pihace_watch_connected 1 while the watcher reads its queue; 0 while "
@@ -338,8 +365,12 @@ class _FleetPages:
         if page is not None:
             return page
         if path == "/metrics":
-            return 200, _PROMETHEUS_TEXT, self._cached("metrics", lambda: _fleet_prometheus(
-                self.watcher.metric_rows(), self.watcher.status).encode()), []
+            # the fleet read once a second, shared; its text made for each request as it is
+            # sent, a part at a time (100,000 devices: 60 MB never held whole)
+            rows, status = self._cached("metrics", lambda: (self.watcher.metric_rows(),
+                                                            self.watcher.status))
+            return 200, _PROMETHEUS_TEXT, (part.encode() for part in _fleet_prometheus_parts(
+                rows, status)), []
         if path in ("/", "/devices"):
             return self._devices_page(query)
         if path == "/livez":  # the watcher process answers; its view may be stale (/devices)

@@ -342,21 +342,37 @@ class _HandlerBehaviour:
             self.rfile = socket_file
 
     def _answer(self, status, content_type, body, headers=()):
-        """The whole answer in one write (no Nagle delay between head and body)."""
-        self.log_request(status, len(body))
+        """The whole answer in one write (no Nagle delay between head and body). A body that
+        is not bytes is an iterable of bytes, sent as it is made (chunked; to an HTTP/1.0
+        client, up to the close): a fleet's /metrics, tens of MB, is never held whole."""
+        streamed = not isinstance(body, bytes)
+        if streamed and self.request_version == "HTTP/1.0":
+            self.close_connection = True  # its end is the close
+        self.log_request(status, "-" if streamed else len(body))
         head = [f"HTTP/1.1 {status} {self.responses[status][0]}",
                 f"Server: {self.server_version}", f"Date: {self.date_time_string()}",
-                f"Content-Type: {content_type}", f"Content-Length: {len(body)}",
+                f"Content-Type: {content_type}",
+                ("Transfer-Encoding: chunked" if not self.close_connection else None)
+                if streamed else f"Content-Length: {len(body)}",
                 "Cache-Control: no-store", "X-Content-Type-Options: nosniff",
                 *(f"{name}: {value}" for name, value in headers)]
         if self.close_connection:
             head.append("Connection: close")
-        head = "\r\n".join(head).encode("latin-1") + b"\r\n\r\n"
+        head = "\r\n".join(line for line in head if line).encode("latin-1") + b"\r\n\r\n"
         if self.command == "HEAD":
             body = b""
-        if len(body) <= _JOINED_BODY:
+        if streamed and body:
+            self.wfile.write(head)
+            for part in body:
+                if self.close_connection:
+                    self.wfile.write(part)
+                elif part:
+                    self.wfile.write(b"%x\r\n%b\r\n" % (len(part), part))
+            if not self.close_connection:
+                self.wfile.write(b"0\r\n\r\n")
+        elif len(body) <= _JOINED_BODY:
             self.wfile.write(head + body)
-        else:  # a large body (a fleet's /metrics): sent as it is, not copied per request
+        else:  # a large body: sent as it is, not copied per request
             self.wfile.write(head)
             self.wfile.write(body)
 

@@ -14,7 +14,7 @@ _STATE_LIMIT = 1 << 30  # bytes: a state file larger than this is not read
 
 
 def write_atomically(path, data, mode=0o600):
-    """`data` (bytes) at `path`, all or nothing: a reader (or a crash) sees the old file or
+    """`data` (bytes, or an iterable of bytes written as they come) at `path`, all or nothing: a reader (or a crash) sees the old file or
     the new one, never a part (a temporary file in the same folder, fsync, rename, and the
     folder fsynced). Created with `mode`; a symbolic link at the temporary name is never
     followed."""
@@ -29,7 +29,8 @@ def write_atomically(path, data, mode=0o600):
     try:
         os.fchmod(descriptor, mode)  # whatever the umask
         with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
+            for part in (data,) if isinstance(data, bytes) else data:
+                file.write(part)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
