@@ -98,8 +98,8 @@ class _HostEvent:
     def __init__(self, host, devices):
         self.host, self.devices = host, devices
 
-    def uptime(self, now, window):
-        return None
+    def uptimes(self, now):
+        return None, None
 
     @property
     def id(self):
@@ -162,6 +162,13 @@ class Device:
             del self.transitions[0]
         self.reminded, self.rolled_up = now, False
         return old
+
+    def uptimes(self, now):
+        """Its uptime over each of _UPTIME_WINDOWS."""
+        if len(self.transitions) == 1:  # in one state since it was first seen: the usual case
+            ratio = self.uptime(now, 0.0)
+            return ratio, ratio
+        return tuple(self.uptime(now, window) for _, window in _UPTIME_WINDOWS)
 
     def uptime(self, now, window):
         """The share of the last `window` seconds (since it was first seen, if later) it was

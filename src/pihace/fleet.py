@@ -89,13 +89,14 @@ def _fleet_nagios(devices, status):
 
 def _metric_rows_of(devices):
     """Watcher.metric_rows() of a snapshot (Watcher.devices)."""
-    return [(d["name"], d["host"], None if _plain_labels(d["name"], d["host"]) else
-             _metric_labels(d["device"], d["name"], d["host"]), d["state"], d["last_seen"],
-             *((d.get("uptime") or {}).get(window) for window, _ in _UPTIME_WINDOWS))
+    return [(d["device"], d["name"], d["host"], None if _plain_labels(d["name"], d["host"])
+             else _metric_labels(d["device"], d["name"], d["host"]), d["state"],
+             d["last_seen"], *((d.get("uptime") or {}).get(window) for window, _ in
+                               _UPTIME_WINDOWS))
             for d in devices.values()]
 
 
-_METRIC_PART = 2000  # devices per part of Prometheus' text: about 100 KB per family
+_METRIC_PART = 2000  # devices per part of Prometheus' text: about 200 KB per family
 
 
 def _fleet_prometheus(rows, status):
@@ -107,31 +108,38 @@ def _fleet_prometheus_parts(rows, status):
     100,000 is tens of MB: written as it is made, never held whole): one series per device
     for up, last seen and uptime (labels that never change with its state), and the state
     it is in (value 1; the series of a state it left ends, as Prometheus marks a series gone
-    from a scrape: one line per device, not one per state and device)."""
+    from a scrape: one line per device, not one per state and device). A row's labels are
+    written as they are, unless it carries them escaped."""
     parts = [rows[start:start + _METRIC_PART] for start in range(0, len(rows), _METRIC_PART)]
     yield ("# HELP pihace_device_up 1 when the device's newest report says Available and it "
            "is not late, else 0.\n# TYPE pihace_device_up gauge\n")
     for part in parts:
-        yield "".join([f"pihace_device_up{{{_labels(*row[:3])[0]}}} "
-                       f"{1 if row[3] == 'up' else 0}\n" for row in part])
+        yield "".join([
+            f'pihace_device_up{{device="{i}",name="{n}",host="{h}"}} {1 if s == "up" else 0}\n'
+            if e is None else f'pihace_device_up{{{e[0]}}} {1 if s == "up" else 0}\n'
+            for i, n, h, e, s, *_ in part])
     yield ("# HELP pihace_device_state The state the device is in (1); the series of a state "
            "it left is gone.\n# TYPE pihace_device_state gauge\n")
     for part in parts:
-        yield "".join([f'pihace_device_state{{{_labels(*row[:3])[1]},state="{row[3]}"}} 1\n'
-                       for row in part])
+        yield "".join([f'pihace_device_state{{device="{i}",state="{s}"}} 1\n' if e is None
+                       else f'pihace_device_state{{{e[1]},state="{s}"}} 1\n'
+                       for i, _, _, e, s, *_ in part])
     yield ("# HELP pihace_device_last_seen_timestamp_seconds When the device's newest report "
            "was sent.\n# TYPE pihace_device_last_seen_timestamp_seconds gauge\n")
     for part in parts:
-        yield "".join([f"pihace_device_last_seen_timestamp_seconds{{{_labels(*row[:3])[0]}}} "
-                       f"{row[4]:.3f}\n" for row in part])
+        yield "".join([
+            f'pihace_device_last_seen_timestamp_seconds{{device="{i}",name="{n}",host="{h}"}} '
+            f'{seen:.3f}\n' if e is None else
+            f'pihace_device_last_seen_timestamp_seconds{{{e[0]}}} {seen:.3f}\n'
+            for i, n, h, e, _, seen, *_ in part])
     yield ("# HELP pihace_device_uptime_ratio The share of the window the device was up, out "
            "of the time it was watched (paused and stopped not counted).\n"
            "# TYPE pihace_device_uptime_ratio gauge\n")
     (day, _), (week, _) = _UPTIME_WINDOWS
     for part in parts:
         lines = []
-        for name, host, label, _, _, day_ratio, week_ratio in part:
-            device = _labels(name, host, label)[1]
+        for i, _, _, e, _, _, day_ratio, week_ratio in part:
+            device = f'device="{i}"' if e is None else e[1]
             if day_ratio is not None:
                 lines.append(f'pihace_device_uptime_ratio{{{device},window="{day}"}} '
                              f'{day_ratio:.6f}\n')
@@ -142,19 +150,11 @@ def _fleet_prometheus_parts(rows, status):
     yield _fleet_prometheus_totals(rows, status)
 
 
-def _labels(name, host, escaped):
-    """(device, name and host labels; the device label alone) of a row of metric_rows()."""
-    if escaped is not None:
-        return escaped
-    device = f'device="{name}@{host}"' if host else f'device="{name}"'
-    return f'{device},name="{name}",host="{host}"', device
-
-
 def _fleet_prometheus_totals(rows, status):
     """The fleet's and the watcher's own lines of Prometheus' text."""
     counts = dict.fromkeys(DEVICE_STATES, 0)
     for row in rows:
-        counts[row[3]] = counts.get(row[3], 0) + 1
+        counts[row[4]] = counts.get(row[4], 0) + 1
     lines = ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
     lines += [f'pihace_devices{{state="{state}"}} {n}' for state, n in counts.items()]
     if status is not None:
