@@ -580,6 +580,18 @@ def _check_watch_options(args, urls):
                 "whole seconds from 0 (off) to 65535", int)
 
 
+def _give_memory_back():
+    """Hand the memory that the C library keeps free back to the system (glibc's
+    malloc_trim; elsewhere nothing). Compiling this 10,000-line script leaves about 18 MB of
+    it, and reading a fleet's state file more: a long-lived watcher need not carry them."""
+    try:
+        import ctypes  # here, not at the top: only `pihace watch` needs it
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (ImportError, OSError, AttributeError):  # no ctypes, or not glibc
+        pass
+
+
 def _watch(parser, args):
     """pihace watch: --once, --history, --pause/--resume, or follow the fleet until SIGTERM
     or Ctrl-C (SIGHUP reads the --roster again)."""
@@ -589,6 +601,7 @@ def _watch(parser, args):
         return _send_pause(parser, args)
     try:
         watcher = _watcher(args)
+        _give_memory_back()  # the compiler's and the state file's, now garbage
         if args.roster:
             watcher.set_roster(_read_roster(args.roster))
         states = [state.strip() for state in (args.on_change_states or "").split(",")

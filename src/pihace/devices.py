@@ -129,8 +129,8 @@ class Device:
 
     __slots__ = ("name", "host", "label", "state", "since", "status", "first_seen",
                  "last_seen", "last_stamp", "judged_from", "interval", "late_after", "reports",
-                 "rate", "failing", "due", "skewed", "ids", "last_id", "transitions", "health", "streak",
-                 "stopped", "paused_until", "pause_reason", "reminded", "listed", "rolled_up")
+                 "rate", "failing", "due", "skewed", "ids", "last_id", "transitions", "health",
+                 "streak", "stopped", "paused_until", "pause_reason", "reminded", "listed", "rolled_up")
 
     def __init__(self, name, host, now):
         self.name, self.host = name, host
@@ -145,9 +145,13 @@ class Device:
         self.due = math.inf  # when its age next changes its state
         # its newest message ids (duplicates: at most the watcher's dedup_window) as one
         # bytes of 8 per id (_id_key; 32 id strings would take 3 KB: 300 MB for 100,000
-        # devices), the newest id itself (what the state file keeps: what a restart may
-        # deliver again), and its changes of state (time, old, new)
-        self.ids, self.last_id, self.transitions = b"", None, []
+        # devices), and the newest id itself (what the state file keeps: what a restart may
+        # deliver again)
+        self.ids, self.last_id = b"", None
+        # its changes of state, (time, old, new): a list; or () while it is in its first
+        # state, since it was first seen (the usual case; that first change, implied, is
+        # made a list's first item at the second: 150 bytes less per device)
+        self.transitions = ()
         self.health, self.streak = None, 0  # its status's state, damped; same ones in a row
         self.stopped, self.paused_until, self.pause_reason = False, 0.0, None
         self.reminded = 0.0  # when the hook last ran for its state (for --remind)
@@ -156,16 +160,25 @@ class Device:
 
     def change(self, new, now):
         """Into state `new` at `now`: the change, to announce."""
+        if type(self.transitions) is tuple and self.state is not None:
+            self.transitions = self.history()  # its second state: the first one, made a list
         old, self.state, self.since = self.state, new, now
-        self.transitions.append((now, old, new))
-        if len(self.transitions) > _TRANSITIONS_KEPT:
-            del self.transitions[0]
+        if old is not None:
+            self.transitions.append((now, old, new))
+            if len(self.transitions) > _TRANSITIONS_KEPT:
+                del self.transitions[0]
         self.reminded, self.rolled_up = now, False
         return old
 
+    def history(self):
+        """Its changes of state, (time, old, new), the oldest first (a new list)."""
+        if type(self.transitions) is tuple:  # in its first state since it was first seen
+            return [(self.first_seen, None, self.state)] if self.state is not None else []
+        return list(self.transitions)
+
     def uptimes(self, now):
         """Its uptime over each of _UPTIME_WINDOWS."""
-        if len(self.transitions) == 1:  # in one state since it was first seen: the usual case
+        if type(self.transitions) is tuple:  # in one state since it was first seen
             ratio = self.uptime(now, 0.0)
             return ratio, ratio
         return tuple(self.uptime(now, window) for _, window in _UPTIME_WINDOWS)
@@ -173,7 +186,7 @@ class Device:
     def uptime(self, now, window):
         """The share of the last `window` seconds (since it was first seen, if later) it was
         up, out of the time it was watched and not paused or stopped; None without history."""
-        if len(self.transitions) == 1:  # in one state since it was first seen: the usual case
+        if type(self.transitions) is tuple:  # in one state since it was first seen (usual)
             if self.state in ("paused", "stopped", "missing") or now <= self.first_seen:
                 return None
             return 1.0 if self.state == "up" else 0.0
@@ -205,7 +218,7 @@ class Device:
                 "failing": list(self.failing), "stale": stale,
                 "paused_until": self.paused_until or None, "pause_reason": self.pause_reason,
                 "unexpected": self.listed is False, "rolled_up": self.rolled_up,
-                "transitions": list(self.transitions)}
+                "transitions": self.history()}
 
     def record(self):
         """What the state file keeps of it (what is as a new device has it, left out)."""
@@ -214,7 +227,7 @@ class Device:
                   "last_seen": self.last_seen, "last_stamp": self.last_stamp,
                   "interval": self.interval, "reports": self.reports, "rate": self.rate,
                   "health": self.health, "streak": self.streak,
-                  "transitions": self.transitions}
+                  "transitions": self.history()}
         if self.failing:
             record["failing"] = self.failing
         if type(self.last_id) is str:

@@ -819,6 +819,7 @@ class Watcher(_AMQPClient):
                     "interval", self.default_interval)
                 device.late_after = self._limits(device.interval, settings)[0]
                 device.state, device.due = "missing", -math.inf
+                device.transitions = []  # none: expected, never seen
                 device.last_stamp = 0.0  # any report of it is newer
                 self._devices[(name, host)] = device
             self._dirty = True
