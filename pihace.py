@@ -5341,12 +5341,16 @@ def write_atomically(path, data, mode=0o600):
             os.close(folder_descriptor)
 
 
-def read_state(path, kind, version):
+def read_state(path, kind, version, listed=None):
     """The JSON document at `path` whose `kind` key holds its format number, or None when
     there is none, or it could not be read as one (it is then set aside as
     PATH.unreadable-TIME and the reason logged: a fresh start, nothing lost). ValueError,
     which says why, when the file must not be used: another user's, writable by others, a
-    symbolic link, or a format newer than `version`."""
+    symbolic link, or a format newer than `version`.
+
+    When its first line ends with the list `listed` (`"devices":[`) and that list has an
+    item per line, the document's `listed` is an iterator over them, read and parsed one at
+    a time (None for an item that is not JSON): 100,000 devices are never parsed at once."""
     import json  # here, not at the top: slow to import (see the imports)
 
     shown = _printable(path)
@@ -5365,22 +5369,47 @@ def read_state(path, kind, version):
     if status.st_mode & 0o022:
         raise ValueError(f"the state file {shown} may be written by its group or others (mode "
                          f"{stat.S_IMODE(status.st_mode):04o}): make it 0600")
+    file = None
     try:
-        with open(path, "rb") as file:
-            data = file.read(_STATE_LIMIT + 1)
-        if len(data) > _STATE_LIMIT:
+        if status.st_size > _STATE_LIMIT:
             raise ValueError(f"larger than {_STATE_LIMIT} bytes")
-        document = json.loads(data)
+        file = open(path, "rb")
+        head = file.readline(_STATE_LIMIT)
+        by_line = listed is not None and head.endswith(b',"%s":[\n' % listed.encode())
+        document = json.loads(head[:-1] + b"]}" if by_line else head + file.read(_STATE_LIMIT))
         if type(document) is not dict or type(document.get(kind)) is not int:
             raise ValueError(f"not a state file (no {kind!r} format number)")
     except (OSError, ValueError, RecursionError) as exc:
+        if file is not None:
+            file.close()
         _set_aside(path, describe_error(exc))
         return None
     if document[kind] > version:
+        file.close()
         raise ValueError(f"the state file {shown} was written by a newer pihace (format "
                          f"{document[kind]}; this one reads format {version}): run that one, "
                          "or move the file away to start afresh")
+    if by_line:
+        document[listed] = _items_by_line(file)
+    else:
+        file.close()
     return document
+
+
+def _items_by_line(file):
+    """The items of a list written one per line, up to its "]}", parsed one at a time (None
+    for one that is not JSON); the file closed at the end."""
+    import json  # here, not at the top: slow to import (see the imports)
+
+    with file:
+        for line in file:
+            line = line.rstrip(b",\r\n")
+            if line == b"]}":
+                return
+            try:
+                yield json.loads(line)
+            except (ValueError, RecursionError):
+                yield None
 
 
 def _set_aside(path, why):
@@ -5405,6 +5434,7 @@ def _set_aside(path, why):
 # `stopped` one whose pusher said it stopped on purpose.
 DEVICE_STATES = ("silent", "missing", "down", "late", "degraded", "paused", "stopped", "up")
 _STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
+_STATE_OF_TEXT = {state: state for state in DEVICE_STATES}  # one str of each, shared
 _REMINDED_STATES = ("down", "silent", "missing")  # --remind re-runs the hook while in these
 _STATE_OF_STATUS = dict(zip(_STATUSES, ("up", "degraded", "down")))
 _STATUS_TEXT = {status: status for status in _STATUSES}  # one str of each, shared
@@ -5752,6 +5782,7 @@ class Watcher(_AMQPClient):
         self._pauses = {}  # device id -> (until, reason, by): pauses set by an operator
         self._capped = set()  # devices whose interval was capped at max_interval (logged once)
         self._rates = {}  # the rates reports carry ("3/3"): one str of each, shared
+        self._shared_limits = {}  # interval -> (interval, late after): floats shared
         self.on_change = _callbacks("on_change", on_change)
         self.on_view_change = _callbacks("on_view_change", on_view_change)
         self._set_standby(standby_group, exchange)
@@ -5763,6 +5794,9 @@ class Watcher(_AMQPClient):
         self.counts = collections.Counter()
         self.last_error = None  # why it could not read, the last time it could not
         self._devices = {}  # (name, host) -> Device
+        # no device is due before this (a lower bound: check_ages looks at none before it);
+        # whoever makes a device due earlier lowers it
+        self._earliest_due = -math.inf
         self._lock = threading.Lock()  # the devices, for snapshots from other threads
         self._garbage_from = set()  # producers whose bad reports were logged already
         import json.scanner  # here, not at the top: slow to import (see the imports)
@@ -5827,7 +5861,8 @@ class Watcher(_AMQPClient):
         self._dirty, self._next_save = False, -math.inf
         self._saver = None  # the thread writing the state file, while it does
         if state_path is not None:
-            self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT))
+            self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT,
+                                     listed="devices"))
 
     def _set_standby(self, standby_group, exchange):
         """A standby group's name, and the state of its leadership."""
@@ -5931,6 +5966,18 @@ class Watcher(_AMQPClient):
         if self.silent_limit is not None:
             silent = min(silent, self.silent_limit)
         return interval + grace, max(silent, interval + grace)
+
+    def _interval_limits(self, interval, settings):
+        """(interval, late after) as floats, shared by the devices without a roster's
+        settings that report the same interval (not two floats per device)."""
+        if settings:
+            return float(interval), self._limits(interval, settings)[0]
+        shared = self._shared_limits.get(interval)
+        if shared is None:
+            shared = float(interval), self._limits(interval)[0]
+            if len(self._shared_limits) < 1000:
+                self._shared_limits[interval] = shared
+        return shared
 
     # -- applying reports -------------------------------------------------------
 
@@ -6036,8 +6083,8 @@ class Watcher(_AMQPClient):
                 return "stale"  # an older report that came late (an outbox, say)
             stamp = min(stamp, now)
             if interval != device.interval:  # the limits follow it; grace and the rest are fixed
-                device.interval = float(interval)
-                device.late_after = self._limits(interval, device.listed)[0]
+                device.interval, device.late_after = self._interval_limits(interval,
+                                                                           device.listed)
             seen = stamp
             if not self._backlog and abs(now - stamp) > device.late_after - device.interval + 1:
                 seen = now  # sent just now, yet stamped far from now: a clock that is off
@@ -6063,6 +6110,8 @@ class Watcher(_AMQPClient):
             else:
                 new = self._take_flags(device, report, seen, now)
             self._dirty = True
+            if device.due < self._earliest_due:
+                self._earliest_due = device.due
             if new == device.state:
                 return None
             old = self._change(device, new, now)
@@ -6189,9 +6238,11 @@ class Watcher(_AMQPClient):
         if self._blind_since is not None:
             return 0
         now = self.wall_clock() if now is None else now
+        if now < self._earliest_due:  # none is due: not a look at 100,000 devices each second
+            return 0
         changes, forgotten = [], []
         with self._lock:
-            # the few that are due, picked in one pass (100,000 devices: a few ms each second)
+            # the few that are due, picked in one pass
             due = [(key, device) for key, device in self._devices.items() if device.due <= now]
             for key, device in due:
                 new, device.due = self._state_now(device, now)
@@ -6208,6 +6259,9 @@ class Watcher(_AMQPClient):
             for key in forgotten:
                 del self._devices[key]
             self._dirty = self._dirty or bool(changes or forgotten)
+            # (lowered meanwhile by any report, whose due is among these or later)
+            self._earliest_due = min([device.due for device in self._devices.values()],
+                                     default=math.inf)
         if forgotten:
             self.counts["forgotten"] += len(forgotten)
             log.info("forgot %d device(s) silent for more than %gs", len(forgotten),
@@ -6374,7 +6428,7 @@ class Watcher(_AMQPClient):
                                            _report_text(by or "") or None)
             for device in self._devices.values():
                 if device.id == device_id:
-                    device.due = -math.inf  # looked at again at the next tick
+                    device.due = self._earliest_due = -math.inf  # looked at at the next tick
             self._dirty = True
         log.warning("device %r %s", device_id, "resumed" if until <= self.wall_clock() else
                     f"paused until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}"
@@ -6419,7 +6473,7 @@ class Watcher(_AMQPClient):
                     continue
                 device.listed = roster.get(device_id, False)
                 device.late_after = self._limits(device.interval, device.listed)[0]
-                device.due = -math.inf
+                device.due = self._earliest_due = -math.inf
             for device_id, settings in roster.items():
                 if device_id in known or len(self._devices) >= self.max_devices:
                     continue
@@ -6430,6 +6484,7 @@ class Watcher(_AMQPClient):
                     "interval", self.default_interval)
                 device.late_after = self._limits(device.interval, settings)[0]
                 device.state, device.due = "missing", -math.inf
+                self._earliest_due = -math.inf
                 device.transitions = []  # none: expected, never seen
                 device.last_stamp = 0.0  # any report of it is newer
                 self._devices[(name, host)] = device
@@ -6477,10 +6532,10 @@ class Watcher(_AMQPClient):
         started = time.monotonic()
         try:
             self._write_state()
-        finally:  # at most every state_every seconds, and never more than 5 % of the time: a
-            # large fleet's file (100,000 devices: about 45 MB) takes a second or so to write
+        finally:  # at most every state_every seconds, and never more than 2 % of the time: a
+            # large fleet's file (100,000 devices: about 35 MB) takes most of a second to write
             self._next_save = time.monotonic() + max(self.state_every,
-                                                     20 * (time.monotonic() - started))
+                                                     50 * (time.monotonic() - started))
 
     def _write_state(self):
         import json  # here, not at the top: slow to import (see the imports)
@@ -6497,16 +6552,16 @@ class Watcher(_AMQPClient):
             # Encoded a thousand devices at a time, each thousand under the lock, and written
             # as they are (100,000 devices: 30 MB never held whole, and reports applied in
             # between: one json.dumps of the whole table would hold the GIL, and every
-            # change, for a second)
-            yield f'{head[:-1]},"devices":['.encode()
+            # change, for a second). A device per line, which read_state reads line by line.
+            yield f'{head[:-1]},"devices":[\n'.encode()
             for start in range(0, len(devices), 1000):
                 if start:
                     _let_waiters_in()
                 with self._lock, _no_collection():
-                    text = ",".join([encode(device.record())
-                                     for device in devices[start:start + 1000]])
-                yield (f",{text}" if start else text).encode()
-            yield b"]}"
+                    text = ",\n".join([encode(device.record())
+                                       for device in devices[start:start + 1000]])
+                yield (f",\n{text}" if start else text).encode()
+            yield b"\n]}\n"
         try:
             write_atomically(self.state_path, parts())
         except OSError as exc:
@@ -6541,12 +6596,13 @@ class Watcher(_AMQPClient):
                         _report_text(by) if by else None)
             except (TypeError, ValueError):
                 skipped += 1
-        for entry in entries if type(entries) is list else ():
+        for entry in entries if type(entries) is list or hasattr(entries, "__next__") else ():
             device = self._device_from_record(entry)
             if device is None or len(self._devices) >= self.max_devices:
                 skipped += 1
                 continue
             self._devices[(device.name, device.host)] = device
+            self._earliest_due = -math.inf  # each looked at again at the first tick
             restored += 1
         log.info("restored %d device(s) from %s%s", restored, _printable(self.state_path),
                  f" ({skipped} entries not usable, skipped)" if skipped else "")
@@ -6563,26 +6619,34 @@ class Watcher(_AMQPClient):
             if not all(math.isfinite(number) for number in numbers) or numbers[4] <= 0:
                 return None
             device = Device(_report_text(name), _report_text(host), numbers[1])
-            device.state, device.status = state, entry["status"]
+            # the states and statuses as the shared strs the watcher uses (not 100,000 copies)
+            device.state, device.status = _STATE_OF_TEXT[state], _STATUS_TEXT[entry["status"]]
             device.since, _, device.last_seen, device.last_stamp, interval = numbers
+            if device.last_stamp == device.last_seen:
+                device.last_stamp = device.last_seen
             device.judged_from = device.last_seen
-            device.interval, device.late_after = interval, self._limits(interval)[0]
+            device.interval, device.late_after = self._interval_limits(interval, None)
             device.reports = int(entry["reports"])
             rate = entry.get("rate")
-            device.rate = _report_text(rate, 20) if rate else None
+            if rate:
+                rate = _report_text(rate, 20)
+                device.rate = self._rates.setdefault(rate, rate) if len(
+                    self._rates) < 1000 else rate
             device.failing = tuple(_report_text(key) for key in entry.get("failing", ())
                                    [:_FAILING_LIMIT])
             ids = [key for key in entry.get("ids", ()) if type(key) is str]
             if ids and self.dedup_window:
                 device.ids = b"".join(map(_id_key, ids[-self.dedup_window:]))
                 device.last_id = ids[-1]
-            device.transitions = [
-                (float(when), old, new) for when, old, new in entry.get("transitions", ())
-                [-_TRANSITIONS_KEPT:] if (old is None or old in DEVICE_STATES) and
-                new in DEVICE_STATES]
-            health = entry.get("health", _STATE_OF_STATUS[device.status])
-            device.health = health if health in ("up", "degraded", "down") else \
-                _STATE_OF_STATUS[device.status]
+            transitions = [
+                (float(when), old and _STATE_OF_TEXT[old], _STATE_OF_TEXT[new])
+                for when, old, new in entry.get("transitions", ())[-_TRANSITIONS_KEPT:]
+                if (old is None or old in DEVICE_STATES) and new in DEVICE_STATES]
+            if transitions != [(device.first_seen, None, device.state)]:  # else implied
+                device.transitions = transitions
+            health = entry.get("health")
+            device.health = _STATE_OF_TEXT[health] if health in ("up", "degraded", "down") \
+                else _STATE_OF_STATUS[device.status]
             streak = entry.get("streak")
             if type(streak) is list and len(streak) == 2 and type(streak[1]) is int:
                 device.streak = (streak[0], streak[1])

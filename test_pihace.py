@@ -6214,6 +6214,24 @@ def recording_watcher(**kwargs):
     return watcher, changes
 
 
+def test_a_device_that_becomes_due_first_is_looked_at_though_the_others_are_not_due():
+    # check_ages looks at no device before the earliest due one: a report, a pause's end
+    # and a roster make one due sooner
+    watcher, changes = recording_watcher(grace=5, silent_grace=20)
+    clock = watcher.wall_clock
+    watcher.apply(report(name="slow", interval=600), {})
+    assert watcher.check_ages() == 0  # the earliest due: in 605 s
+    watcher.apply(report(name="quick", interval=10), {})
+    clock.now += 16  # late (10 + 5), the slow one fresh
+    assert watcher.check_ages() == 1 and changes == [("quick@h", "up", "late", False)]
+    watcher.pause("slow@h", clock.now + 30, "maintenance")
+    clock.now += 31
+    watcher.set_roster(["slow@h", "quick@h", "expected@h"])
+    watcher.check_ages()
+    assert {device: d["state"] for device, d in watcher.devices.items()} == {
+        "slow@h": "up", "quick@h": "silent", "expected@h": "missing"}
+
+
 def test_each_state_and_each_transition_once():
     watcher, changes = recording_watcher(grace=5, silent_grace=20)
     clock, ids = watcher.wall_clock, map(str, itertools.count())

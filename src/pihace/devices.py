@@ -14,6 +14,7 @@ from .formats import _STATUSES, _prometheus_label_value
 # `stopped` one whose pusher said it stopped on purpose.
 DEVICE_STATES = ("silent", "missing", "down", "late", "degraded", "paused", "stopped", "up")
 _STATE_RANK = {state: index for index, state in enumerate(DEVICE_STATES)}
+_STATE_OF_TEXT = {state: state for state in DEVICE_STATES}  # one str of each, shared
 _REMINDED_STATES = ("down", "silent", "missing")  # --remind re-runs the hook while in these
 _STATE_OF_STATUS = dict(zip(_STATUSES, ("up", "degraded", "down")))
 _STATUS_TEXT = {status: status for status in _STATUSES}  # one str of each, shared

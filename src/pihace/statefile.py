@@ -48,12 +48,16 @@ def write_atomically(path, data, mode=0o600):
             os.close(folder_descriptor)
 
 
-def read_state(path, kind, version):
+def read_state(path, kind, version, listed=None):
     """The JSON document at `path` whose `kind` key holds its format number, or None when
     there is none, or it could not be read as one (it is then set aside as
     PATH.unreadable-TIME and the reason logged: a fresh start, nothing lost). ValueError,
     which says why, when the file must not be used: another user's, writable by others, a
-    symbolic link, or a format newer than `version`."""
+    symbolic link, or a format newer than `version`.
+
+    When its first line ends with the list `listed` (`"devices":[`) and that list has an
+    item per line, the document's `listed` is an iterator over them, read and parsed one at
+    a time (None for an item that is not JSON): 100,000 devices are never parsed at once."""
     import json  # here, not at the top: slow to import (see the imports)
 
     shown = _printable(path)
@@ -72,22 +76,47 @@ def read_state(path, kind, version):
     if status.st_mode & 0o022:
         raise ValueError(f"the state file {shown} may be written by its group or others (mode "
                          f"{stat.S_IMODE(status.st_mode):04o}): make it 0600")
+    file = None
     try:
-        with open(path, "rb") as file:
-            data = file.read(_STATE_LIMIT + 1)
-        if len(data) > _STATE_LIMIT:
+        if status.st_size > _STATE_LIMIT:
             raise ValueError(f"larger than {_STATE_LIMIT} bytes")
-        document = json.loads(data)
+        file = open(path, "rb")
+        head = file.readline(_STATE_LIMIT)
+        by_line = listed is not None and head.endswith(b',"%s":[\n' % listed.encode())
+        document = json.loads(head[:-1] + b"]}" if by_line else head + file.read(_STATE_LIMIT))
         if type(document) is not dict or type(document.get(kind)) is not int:
             raise ValueError(f"not a state file (no {kind!r} format number)")
     except (OSError, ValueError, RecursionError) as exc:
+        if file is not None:
+            file.close()
         _set_aside(path, describe_error(exc))
         return None
     if document[kind] > version:
+        file.close()
         raise ValueError(f"the state file {shown} was written by a newer pihace (format "
                          f"{document[kind]}; this one reads format {version}): run that one, "
                          "or move the file away to start afresh")
+    if by_line:
+        document[listed] = _items_by_line(file)
+    else:
+        file.close()
     return document
+
+
+def _items_by_line(file):
+    """The items of a list written one per line, up to its "]}", parsed one at a time (None
+    for one that is not JSON); the file closed at the end."""
+    import json  # here, not at the top: slow to import (see the imports)
+
+    with file:
+        for line in file:
+            line = line.rstrip(b",\r\n")
+            if line == b"]}":
+                return
+            try:
+                yield json.loads(line)
+            except (ValueError, RecursionError):
+                yield None
 
 
 def _set_aside(path, why):

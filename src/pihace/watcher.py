@@ -22,7 +22,7 @@ from .statefile import read_state, write_atomically
 from .devices import (
     Device, DEVICE_STATES, _FAILING_LIMIT, _HostEvent, _id_key,
     _REMINDED_STATES, _report_text, _roster_entry, _STATE_OF_STATUS, _STATE_RANK,
-    _STATUS_TEXT, _TRANSITIONS_KEPT, _UPTIME_WINDOWS,
+    _STATE_OF_TEXT, _STATUS_TEXT, _TRANSITIONS_KEPT, _UPTIME_WINDOWS,
 )
 
 
@@ -141,6 +141,7 @@ class Watcher(_AMQPClient):
         self._pauses = {}  # device id -> (until, reason, by): pauses set by an operator
         self._capped = set()  # devices whose interval was capped at max_interval (logged once)
         self._rates = {}  # the rates reports carry ("3/3"): one str of each, shared
+        self._shared_limits = {}  # interval -> (interval, late after): floats shared
         self.on_change = _callbacks("on_change", on_change)
         self.on_view_change = _callbacks("on_view_change", on_view_change)
         self._set_standby(standby_group, exchange)
@@ -152,6 +153,9 @@ class Watcher(_AMQPClient):
         self.counts = collections.Counter()
         self.last_error = None  # why it could not read, the last time it could not
         self._devices = {}  # (name, host) -> Device
+        # no device is due before this (a lower bound: check_ages looks at none before it);
+        # whoever makes a device due earlier lowers it
+        self._earliest_due = -math.inf
         self._lock = threading.Lock()  # the devices, for snapshots from other threads
         self._garbage_from = set()  # producers whose bad reports were logged already
         import json.scanner  # here, not at the top: slow to import (see the imports)
@@ -216,7 +220,8 @@ class Watcher(_AMQPClient):
         self._dirty, self._next_save = False, -math.inf
         self._saver = None  # the thread writing the state file, while it does
         if state_path is not None:
-            self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT))
+            self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT,
+                                     listed="devices"))
 
     def _set_standby(self, standby_group, exchange):
         """A standby group's name, and the state of its leadership."""
@@ -320,6 +325,18 @@ class Watcher(_AMQPClient):
         if self.silent_limit is not None:
             silent = min(silent, self.silent_limit)
         return interval + grace, max(silent, interval + grace)
+
+    def _interval_limits(self, interval, settings):
+        """(interval, late after) as floats, shared by the devices without a roster's
+        settings that report the same interval (not two floats per device)."""
+        if settings:
+            return float(interval), self._limits(interval, settings)[0]
+        shared = self._shared_limits.get(interval)
+        if shared is None:
+            shared = float(interval), self._limits(interval)[0]
+            if len(self._shared_limits) < 1000:
+                self._shared_limits[interval] = shared
+        return shared
 
     # -- applying reports -------------------------------------------------------
 
@@ -425,8 +442,8 @@ class Watcher(_AMQPClient):
                 return "stale"  # an older report that came late (an outbox, say)
             stamp = min(stamp, now)
             if interval != device.interval:  # the limits follow it; grace and the rest are fixed
-                device.interval = float(interval)
-                device.late_after = self._limits(interval, device.listed)[0]
+                device.interval, device.late_after = self._interval_limits(interval,
+                                                                           device.listed)
             seen = stamp
             if not self._backlog and abs(now - stamp) > device.late_after - device.interval + 1:
                 seen = now  # sent just now, yet stamped far from now: a clock that is off
@@ -452,6 +469,8 @@ class Watcher(_AMQPClient):
             else:
                 new = self._take_flags(device, report, seen, now)
             self._dirty = True
+            if device.due < self._earliest_due:
+                self._earliest_due = device.due
             if new == device.state:
                 return None
             old = self._change(device, new, now)
@@ -578,9 +597,11 @@ class Watcher(_AMQPClient):
         if self._blind_since is not None:
             return 0
         now = self.wall_clock() if now is None else now
+        if now < self._earliest_due:  # none is due: not a look at 100,000 devices each second
+            return 0
         changes, forgotten = [], []
         with self._lock:
-            # the few that are due, picked in one pass (100,000 devices: a few ms each second)
+            # the few that are due, picked in one pass
             due = [(key, device) for key, device in self._devices.items() if device.due <= now]
             for key, device in due:
                 new, device.due = self._state_now(device, now)
@@ -597,6 +618,9 @@ class Watcher(_AMQPClient):
             for key in forgotten:
                 del self._devices[key]
             self._dirty = self._dirty or bool(changes or forgotten)
+            # (lowered meanwhile by any report, whose due is among these or later)
+            self._earliest_due = min([device.due for device in self._devices.values()],
+                                     default=math.inf)
         if forgotten:
             self.counts["forgotten"] += len(forgotten)
             log.info("forgot %d device(s) silent for more than %gs", len(forgotten),
@@ -763,7 +787,7 @@ class Watcher(_AMQPClient):
                                            _report_text(by or "") or None)
             for device in self._devices.values():
                 if device.id == device_id:
-                    device.due = -math.inf  # looked at again at the next tick
+                    device.due = self._earliest_due = -math.inf  # looked at at the next tick
             self._dirty = True
         log.warning("device %r %s", device_id, "resumed" if until <= self.wall_clock() else
                     f"paused until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}"
@@ -808,7 +832,7 @@ class Watcher(_AMQPClient):
                     continue
                 device.listed = roster.get(device_id, False)
                 device.late_after = self._limits(device.interval, device.listed)[0]
-                device.due = -math.inf
+                device.due = self._earliest_due = -math.inf
             for device_id, settings in roster.items():
                 if device_id in known or len(self._devices) >= self.max_devices:
                     continue
@@ -819,6 +843,7 @@ class Watcher(_AMQPClient):
                     "interval", self.default_interval)
                 device.late_after = self._limits(device.interval, settings)[0]
                 device.state, device.due = "missing", -math.inf
+                self._earliest_due = -math.inf
                 device.transitions = []  # none: expected, never seen
                 device.last_stamp = 0.0  # any report of it is newer
                 self._devices[(name, host)] = device
@@ -866,10 +891,10 @@ class Watcher(_AMQPClient):
         started = time.monotonic()
         try:
             self._write_state()
-        finally:  # at most every state_every seconds, and never more than 5 % of the time: a
-            # large fleet's file (100,000 devices: about 45 MB) takes a second or so to write
+        finally:  # at most every state_every seconds, and never more than 2 % of the time: a
+            # large fleet's file (100,000 devices: about 35 MB) takes most of a second to write
             self._next_save = time.monotonic() + max(self.state_every,
-                                                     20 * (time.monotonic() - started))
+                                                     50 * (time.monotonic() - started))
 
     def _write_state(self):
         import json  # here, not at the top: slow to import (see the imports)
@@ -886,16 +911,16 @@ class Watcher(_AMQPClient):
             # Encoded a thousand devices at a time, each thousand under the lock, and written
             # as they are (100,000 devices: 30 MB never held whole, and reports applied in
             # between: one json.dumps of the whole table would hold the GIL, and every
-            # change, for a second)
-            yield f'{head[:-1]},"devices":['.encode()
+            # change, for a second). A device per line, which read_state reads line by line.
+            yield f'{head[:-1]},"devices":[\n'.encode()
             for start in range(0, len(devices), 1000):
                 if start:
                     _let_waiters_in()
                 with self._lock, _no_collection():
-                    text = ",".join([encode(device.record())
-                                     for device in devices[start:start + 1000]])
-                yield (f",{text}" if start else text).encode()
-            yield b"]}"
+                    text = ",\n".join([encode(device.record())
+                                       for device in devices[start:start + 1000]])
+                yield (f",\n{text}" if start else text).encode()
+            yield b"\n]}\n"
         try:
             write_atomically(self.state_path, parts())
         except OSError as exc:
@@ -930,12 +955,13 @@ class Watcher(_AMQPClient):
                         _report_text(by) if by else None)
             except (TypeError, ValueError):
                 skipped += 1
-        for entry in entries if type(entries) is list else ():
+        for entry in entries if type(entries) is list or hasattr(entries, "__next__") else ():
             device = self._device_from_record(entry)
             if device is None or len(self._devices) >= self.max_devices:
                 skipped += 1
                 continue
             self._devices[(device.name, device.host)] = device
+            self._earliest_due = -math.inf  # each looked at again at the first tick
             restored += 1
         log.info("restored %d device(s) from %s%s", restored, _printable(self.state_path),
                  f" ({skipped} entries not usable, skipped)" if skipped else "")
@@ -952,26 +978,34 @@ class Watcher(_AMQPClient):
             if not all(math.isfinite(number) for number in numbers) or numbers[4] <= 0:
                 return None
             device = Device(_report_text(name), _report_text(host), numbers[1])
-            device.state, device.status = state, entry["status"]
+            # the states and statuses as the shared strs the watcher uses (not 100,000 copies)
+            device.state, device.status = _STATE_OF_TEXT[state], _STATUS_TEXT[entry["status"]]
             device.since, _, device.last_seen, device.last_stamp, interval = numbers
+            if device.last_stamp == device.last_seen:
+                device.last_stamp = device.last_seen
             device.judged_from = device.last_seen
-            device.interval, device.late_after = interval, self._limits(interval)[0]
+            device.interval, device.late_after = self._interval_limits(interval, None)
             device.reports = int(entry["reports"])
             rate = entry.get("rate")
-            device.rate = _report_text(rate, 20) if rate else None
+            if rate:
+                rate = _report_text(rate, 20)
+                device.rate = self._rates.setdefault(rate, rate) if len(
+                    self._rates) < 1000 else rate
             device.failing = tuple(_report_text(key) for key in entry.get("failing", ())
                                    [:_FAILING_LIMIT])
             ids = [key for key in entry.get("ids", ()) if type(key) is str]
             if ids and self.dedup_window:
                 device.ids = b"".join(map(_id_key, ids[-self.dedup_window:]))
                 device.last_id = ids[-1]
-            device.transitions = [
-                (float(when), old, new) for when, old, new in entry.get("transitions", ())
-                [-_TRANSITIONS_KEPT:] if (old is None or old in DEVICE_STATES) and
-                new in DEVICE_STATES]
-            health = entry.get("health", _STATE_OF_STATUS[device.status])
-            device.health = health if health in ("up", "degraded", "down") else \
-                _STATE_OF_STATUS[device.status]
+            transitions = [
+                (float(when), old and _STATE_OF_TEXT[old], _STATE_OF_TEXT[new])
+                for when, old, new in entry.get("transitions", ())[-_TRANSITIONS_KEPT:]
+                if (old is None or old in DEVICE_STATES) and new in DEVICE_STATES]
+            if transitions != [(device.first_seen, None, device.state)]:  # else implied
+                device.transitions = transitions
+            health = entry.get("health")
+            device.health = _STATE_OF_TEXT[health] if health in ("up", "degraded", "down") \
+                else _STATE_OF_STATUS[device.status]
             streak = entry.get("streak")
             if type(streak) is list and len(streak) == 2 and type(streak[1]) is int:
                 device.streak = (streak[0], streak[1])
