@@ -8817,6 +8817,32 @@ def test_an_unreadable_state_file_is_set_aside_and_the_watcher_starts_afresh(tmp
     assert list(recording_watcher(state_path=str(path))[0].devices) == ["dev@h"]
 
 
+def test_the_state_file_has_a_device_per_line_and_a_damaged_one_costs_only_that_device(
+        tmp_path, caplog):
+    path = tmp_path / "fleet.json"
+    watcher, _ = recording_watcher(state_path=str(path))
+    for name in ("alpha", "beta", "gamma"):
+        watcher.apply(report(name=name), {"message_id": f"{name}-1"})
+    watcher.save_state()
+    lines = path.read_bytes().split(b"\n")
+    assert lines[0].endswith(b'"devices":[') and lines[-2:] == [b"]}", b""]
+    assert [json.loads(line.rstrip(b","))["name"] for line in lines[1:4]] == [
+        "alpha", "beta", "gamma"]
+    document = json.loads(path.read_bytes())  # still one JSON document
+    assert [device["name"] for device in document["devices"]] == ["alpha", "beta", "gamma"]
+    lines[2] = b'{"name": "be'  # one device's line damaged (a disk's fault)
+    path.write_bytes(b"\n".join(lines))
+    with caplog.at_level(logging.INFO, logger="pihace"):
+        restored, _ = recording_watcher(state_path=str(path))
+    assert sorted(restored.devices) == ["alpha@h", "gamma@h"]
+    assert "1 entries not usable" in caplog.text and not list(tmp_path.glob("*.unreadable-*"))
+    assert restored.apply(report(name="gamma"), {"message_id": "gamma-1"}) == "duplicate"
+    # the layout of earlier versions, one line, is read as it was
+    document["devices"] = document["devices"][:1]
+    path.write_text(json.dumps(document))
+    assert list(recording_watcher(state_path=str(path))[0].devices) == ["alpha@h"]
+
+
 def test_a_state_file_that_must_not_be_used_is_a_clear_error(tmp_path, capsys):
     path = tmp_path / "fleet.json"
     watcher, _ = recording_watcher(state_path=str(path))
