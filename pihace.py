@@ -5471,7 +5471,7 @@ def _id_key(message_id):
     """A message id as the 8 bytes a device's `ids` keeps: its hash (keyed at random per
     process, so no producer can choose ids that collide; a window of 32 ids takes 256
     bytes)."""
-    return (hash(message_id) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+    return hash(message_id).to_bytes(8, "little", signed=True)
 
 
 _ROSTER_KEYS = {"device", "interval", "grace", "down_after", "up_after", "tags", "owner"}
@@ -6060,7 +6060,7 @@ class Watcher(_AMQPClient):
         message_id = properties.get("message_id")
         if type(message_id) is not str:
             message_id = None if type(message_id) not in (bytes, int) else message_id
-        id_key = _id_key(message_id) if message_id is not None else None
+        id_key = None if message_id is None else _id_key(message_id)
         rate = report.get("rate")
         if rate:  # one str for each rate the fleet sends ("3/3"), not one per device
             shared = self._rates.get(rate) if type(rate) is str else None
@@ -6081,7 +6081,8 @@ class Watcher(_AMQPClient):
                 return "duplicate"  # (8 bytes found unaligned: 1 chance in 2**64 a place)
             elif stamp < device.last_stamp:
                 return "stale"  # an older report that came late (an outbox, say)
-            stamp = min(stamp, now)
+            if stamp > now:  # never later than its arrival
+                stamp = now
             if interval != device.interval:  # the limits follow it; grace and the rest are fixed
                 device.interval, device.late_after = self._interval_limits(interval,
                                                                            device.listed)

@@ -51,7 +51,7 @@ def _id_key(message_id):
     """A message id as the 8 bytes a device's `ids` keeps: its hash (keyed at random per
     process, so no producer can choose ids that collide; a window of 32 ids takes 256
     bytes)."""
-    return (hash(message_id) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+    return hash(message_id).to_bytes(8, "little", signed=True)
 
 
 _ROSTER_KEYS = {"device", "interval", "grace", "down_after", "up_after", "tags", "owner"}
