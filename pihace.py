@@ -8574,6 +8574,7 @@ _METRIC_PART = 2000  # devices per part of Prometheus' text: about 200 KB per fa
 
 
 def _fleet_prometheus(rows, status):
+    """Prometheus' text of Watcher.metric_rows(), whole (format_fleet's)."""
     return "".join(_fleet_prometheus_parts(rows, status))
 
 
@@ -8842,10 +8843,10 @@ class _FleetPages:
             return made[1]
 
     def _metric_reading(self):
-        """(Watcher.metric_rows(), Watcher.status) for /metrics: read at most once per
-        `refresh` seconds, shared by the requests answered meanwhile, and let go when the
-        last of them is sent (100,000 devices: 18 MB not kept from one scrape to the next).
-        Each request's text is made as it is sent, a part at a time (50 MB never whole)."""
+        """The fleet read for /metrics (a _Reading of Watcher.metric_rows() and status): at
+        most once per `refresh` seconds, shared by the requests answered meanwhile, and let
+        go when the last of them is sent (100,000 devices: 18 MB not kept from one scrape to
+        the next). Each request's text is made as it is sent, a part at a time."""
         with self._lock:
             made = self._rendered.get("metrics")
             reading = made[1]() if made else None
