@@ -5555,9 +5555,11 @@ class Device:
 
     def __init__(self, name, host, now):
         self.name, self.host = name, host
-        # its Prometheus labels when they need escapes (rare: made once); else None, and
-        # they are written as they are (no 300 bytes per device kept for them)
-        self.label = None if _plain_labels(name, host) else _metric_labels(self.id, name, host)
+        # its Prometheus labels when they are not device="name@host",name=...,host=... as
+        # they are (rare: a text that needs escapes, or no host): made once; else None (no
+        # 300 bytes per device kept for them)
+        self.label = None if host and _plain_labels(name, host) else _metric_labels(
+            self.id, name, host)
         self.state = self.status = self.rate = None
         self.since = self.first_seen = now
         self.last_seen = self.last_stamp = self.judged_from = now
@@ -5905,24 +5907,31 @@ class Watcher(_AMQPClient):
         return len(keyed), counts, page
 
     def metric_rows(self):
-        """(id, name, host, its escaped labels or None when they need no escape, state,
-        last_seen, uptime over 24 h, over 7 d) of each device, in the order they were first
-        seen: what Prometheus' text is made of (_fleet_prometheus_parts), without a dict per
-        device."""
+        """What Prometheus' text is made of (_fleet_prometheus_parts): lists of the devices'
+        names, hosts, labels (their Prometheus labels, or None when they are written as
+        they are), states, last_seen, uptimes over 24 h and over 7 d, in the order they were
+        first seen. Lists of what the devices hold, not an object made per device: a
+        scrape of 100,000 leaves no garbage scattered among them."""
         now = self.wall_clock()
         with self._lock:
             devices = list(self._devices.values())
-        rows = []
+        count = len(devices)
+        states, seen, day, week = [None] * count, [None] * count, [None] * count, [None] * count
         # five thousand devices at a time under the lock (a few ms), reports applied in
         # between: 100,000 held all along would hold back every change for a tenth of a second
-        for start in range(0, len(devices), 5000):
+        for start in range(0, count, 5000):
             if start:
                 _let_waiters_in()
+            end = start + 5000
             with self._lock, _no_collection():
-                rows += [(device.id, device.name, device.host, device.label, device.state,
-                          device.last_seen, *device.uptimes(now))
-                         for device in devices[start:start + 5000]]
-        return rows
+                part = devices[start:end]
+                states[start:end] = [device.state for device in part]
+                seen[start:end] = [device.last_seen for device in part]
+                uptimes = [device.uptimes(now) for device in part]
+            day[start:end] = [pair[0] for pair in uptimes]
+            week[start:end] = [pair[1] for pair in uptimes]
+        return ([device.name for device in devices], [device.host for device in devices],
+                [device.label for device in devices], states, seen, day, week)
 
     def _snapshot(self, device, now):
         """A device as a dict, with what the watcher knows of it besides: stale, an
@@ -8563,11 +8572,13 @@ def _fleet_nagios(devices, status):
 
 def _metric_rows_of(devices):
     """Watcher.metric_rows() of a snapshot (Watcher.devices)."""
-    return [(d["device"], d["name"], d["host"], None if _plain_labels(d["name"], d["host"])
-             else _metric_labels(d["device"], d["name"], d["host"]), d["state"],
-             d["last_seen"], *((d.get("uptime") or {}).get(window) for window, _ in
-                               _UPTIME_WINDOWS))
-            for d in devices.values()]
+    snapshots = list(devices.values())
+    names, hosts = [d["name"] for d in snapshots], [d["host"] for d in snapshots]
+    return (names, hosts, [None if host and _plain_labels(name, host) else _metric_labels(
+        d["device"], name, host) for d, name, host in zip(snapshots, names, hosts)],
+        [d["state"] for d in snapshots], [d["last_seen"] for d in snapshots],
+        *([(d.get("uptime") or {}).get(window) for d in snapshots]
+          for window, _ in _UPTIME_WINDOWS))
 
 
 _METRIC_PART = 2000  # devices per part of Prometheus' text: about 200 KB per family
@@ -8583,53 +8594,56 @@ def _fleet_prometheus_parts(rows, status):
     100,000 is tens of MB: written as it is made, never held whole): one series per device
     for up, last seen and uptime (labels that never change with its state), and the state
     it is in (value 1; the series of a state it left ends, as Prometheus marks a series gone
-    from a scrape: one line per device, not one per state and device). A row's labels are
-    written as they are, unless it carries them escaped."""
-    parts = [rows[start:start + _METRIC_PART] for start in range(0, len(rows), _METRIC_PART)]
+    from a scrape: one line per device, not one per state and device). A device's labels
+    are device="name@host",name="name",host="host" as they are, unless it has its own."""
+    names, hosts, labels, states, seen, day, week = rows
+    parts = [slice(start, start + _METRIC_PART) for start in range(0, len(names),
+                                                                    _METRIC_PART)]
     yield ("# HELP pihace_device_up 1 when the device's newest report says Available and it "
            "is not late, else 0.\n# TYPE pihace_device_up gauge\n")
     for part in parts:
         yield "".join([
-            f'pihace_device_up{{device="{i}",name="{n}",host="{h}"}} {1 if s == "up" else 0}\n'
-            if e is None else f'pihace_device_up{{{e[0]}}} {1 if s == "up" else 0}\n'
-            for i, n, h, e, s, *_ in part])
+            f'pihace_device_up{{device="{n}@{h}",name="{n}",host="{h}"}} '
+            f'{1 if s == "up" else 0}\n' if e is None else
+            f'pihace_device_up{{{e[0]}}} {1 if s == "up" else 0}\n'
+            for n, h, e, s in zip(names[part], hosts[part], labels[part], states[part])])
     yield ("# HELP pihace_device_state The state the device is in (1); the series of a state "
            "it left is gone.\n# TYPE pihace_device_state gauge\n")
     for part in parts:
-        yield "".join([f'pihace_device_state{{device="{i}",state="{s}"}} 1\n' if e is None
+        yield "".join([f'pihace_device_state{{device="{n}@{h}",state="{s}"}} 1\n' if e is None
                        else f'pihace_device_state{{{e[1]},state="{s}"}} 1\n'
-                       for i, _, _, e, s, *_ in part])
+                       for n, h, e, s in zip(names[part], hosts[part], labels[part],
+                                             states[part])])
     yield ("# HELP pihace_device_last_seen_timestamp_seconds When the device's newest report "
            "was sent.\n# TYPE pihace_device_last_seen_timestamp_seconds gauge\n")
     for part in parts:
         yield "".join([
-            f'pihace_device_last_seen_timestamp_seconds{{device="{i}",name="{n}",host="{h}"}} '
-            f'{seen:.3f}\n' if e is None else
-            f'pihace_device_last_seen_timestamp_seconds{{{e[0]}}} {seen:.3f}\n'
-            for i, n, h, e, _, seen, *_ in part])
+            f'pihace_device_last_seen_timestamp_seconds{{device="{n}@{h}",name="{n}",'
+            f'host="{h}"}} {t:.3f}\n' if e is None else
+            f'pihace_device_last_seen_timestamp_seconds{{{e[0]}}} {t:.3f}\n'
+            for n, h, e, t in zip(names[part], hosts[part], labels[part], seen[part])])
     yield ("# HELP pihace_device_uptime_ratio The share of the window the device was up, out "
            "of the time it was watched (paused and stopped not counted).\n"
            "# TYPE pihace_device_uptime_ratio gauge\n")
-    (day, _), (week, _) = _UPTIME_WINDOWS
     for part in parts:
         lines = []
-        for i, _, _, e, _, _, day_ratio, week_ratio in part:
-            device = f'device="{i}"' if e is None else e[1]
-            if day_ratio is not None:
-                lines.append(f'pihace_device_uptime_ratio{{{device},window="{day}"}} '
-                             f'{day_ratio:.6f}\n')
-            if week_ratio is not None:
-                lines.append(f'pihace_device_uptime_ratio{{{device},window="{week}"}} '
-                             f'{week_ratio:.6f}\n')
+        for n, h, e, *ratios in zip(names[part], hosts[part], labels[part], day[part],
+                                    week[part]):
+            for (window, _), ratio in zip(_UPTIME_WINDOWS, ratios):
+                if ratio is not None:
+                    lines.append(f'pihace_device_uptime_ratio{{device="{n}@{h}",'
+                                 f'window="{window}"}} {ratio:.6f}\n' if e is None else
+                                 f'pihace_device_uptime_ratio{{{e[1]},window="{window}"}} '
+                                 f'{ratio:.6f}\n')
         yield "".join(lines)
-    yield _fleet_prometheus_totals(rows, status)
+    yield _fleet_prometheus_totals(states, status)
 
 
-def _fleet_prometheus_totals(rows, status):
+def _fleet_prometheus_totals(states, status):
     """The fleet's and the watcher's own lines of Prometheus' text."""
     counts = dict.fromkeys(DEVICE_STATES, 0)
-    for row in rows:
-        counts[row[4]] = counts.get(row[4], 0) + 1
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
     lines = ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
     lines += [f'pihace_devices{{state="{state}"}} {n}' for state, n in counts.items()]
     if status is not None:

@@ -135,9 +135,11 @@ class Device:
 
     def __init__(self, name, host, now):
         self.name, self.host = name, host
-        # its Prometheus labels when they need escapes (rare: made once); else None, and
-        # they are written as they are (no 300 bytes per device kept for them)
-        self.label = None if _plain_labels(name, host) else _metric_labels(self.id, name, host)
+        # its Prometheus labels when they are not device="name@host",name=...,host=... as
+        # they are (rare: a text that needs escapes, or no host): made once; else None (no
+        # 300 bytes per device kept for them)
+        self.label = None if host and _plain_labels(name, host) else _metric_labels(
+            self.id, name, host)
         self.state = self.status = self.rate = None
         self.since = self.first_seen = now
         self.last_seen = self.last_stamp = self.judged_from = now

@@ -90,11 +90,13 @@ def _fleet_nagios(devices, status):
 
 def _metric_rows_of(devices):
     """Watcher.metric_rows() of a snapshot (Watcher.devices)."""
-    return [(d["device"], d["name"], d["host"], None if _plain_labels(d["name"], d["host"])
-             else _metric_labels(d["device"], d["name"], d["host"]), d["state"],
-             d["last_seen"], *((d.get("uptime") or {}).get(window) for window, _ in
-                               _UPTIME_WINDOWS))
-            for d in devices.values()]
+    snapshots = list(devices.values())
+    names, hosts = [d["name"] for d in snapshots], [d["host"] for d in snapshots]
+    return (names, hosts, [None if host and _plain_labels(name, host) else _metric_labels(
+        d["device"], name, host) for d, name, host in zip(snapshots, names, hosts)],
+        [d["state"] for d in snapshots], [d["last_seen"] for d in snapshots],
+        *([(d.get("uptime") or {}).get(window) for d in snapshots]
+          for window, _ in _UPTIME_WINDOWS))
 
 
 _METRIC_PART = 2000  # devices per part of Prometheus' text: about 200 KB per family
@@ -110,53 +112,56 @@ def _fleet_prometheus_parts(rows, status):
     100,000 is tens of MB: written as it is made, never held whole): one series per device
     for up, last seen and uptime (labels that never change with its state), and the state
     it is in (value 1; the series of a state it left ends, as Prometheus marks a series gone
-    from a scrape: one line per device, not one per state and device). A row's labels are
-    written as they are, unless it carries them escaped."""
-    parts = [rows[start:start + _METRIC_PART] for start in range(0, len(rows), _METRIC_PART)]
+    from a scrape: one line per device, not one per state and device). A device's labels
+    are device="name@host",name="name",host="host" as they are, unless it has its own."""
+    names, hosts, labels, states, seen, day, week = rows
+    parts = [slice(start, start + _METRIC_PART) for start in range(0, len(names),
+                                                                    _METRIC_PART)]
     yield ("# HELP pihace_device_up 1 when the device's newest report says Available and it "
            "is not late, else 0.\n# TYPE pihace_device_up gauge\n")
     for part in parts:
         yield "".join([
-            f'pihace_device_up{{device="{i}",name="{n}",host="{h}"}} {1 if s == "up" else 0}\n'
-            if e is None else f'pihace_device_up{{{e[0]}}} {1 if s == "up" else 0}\n'
-            for i, n, h, e, s, *_ in part])
+            f'pihace_device_up{{device="{n}@{h}",name="{n}",host="{h}"}} '
+            f'{1 if s == "up" else 0}\n' if e is None else
+            f'pihace_device_up{{{e[0]}}} {1 if s == "up" else 0}\n'
+            for n, h, e, s in zip(names[part], hosts[part], labels[part], states[part])])
     yield ("# HELP pihace_device_state The state the device is in (1); the series of a state "
            "it left is gone.\n# TYPE pihace_device_state gauge\n")
     for part in parts:
-        yield "".join([f'pihace_device_state{{device="{i}",state="{s}"}} 1\n' if e is None
+        yield "".join([f'pihace_device_state{{device="{n}@{h}",state="{s}"}} 1\n' if e is None
                        else f'pihace_device_state{{{e[1]},state="{s}"}} 1\n'
-                       for i, _, _, e, s, *_ in part])
+                       for n, h, e, s in zip(names[part], hosts[part], labels[part],
+                                             states[part])])
     yield ("# HELP pihace_device_last_seen_timestamp_seconds When the device's newest report "
            "was sent.\n# TYPE pihace_device_last_seen_timestamp_seconds gauge\n")
     for part in parts:
         yield "".join([
-            f'pihace_device_last_seen_timestamp_seconds{{device="{i}",name="{n}",host="{h}"}} '
-            f'{seen:.3f}\n' if e is None else
-            f'pihace_device_last_seen_timestamp_seconds{{{e[0]}}} {seen:.3f}\n'
-            for i, n, h, e, _, seen, *_ in part])
+            f'pihace_device_last_seen_timestamp_seconds{{device="{n}@{h}",name="{n}",'
+            f'host="{h}"}} {t:.3f}\n' if e is None else
+            f'pihace_device_last_seen_timestamp_seconds{{{e[0]}}} {t:.3f}\n'
+            for n, h, e, t in zip(names[part], hosts[part], labels[part], seen[part])])
     yield ("# HELP pihace_device_uptime_ratio The share of the window the device was up, out "
            "of the time it was watched (paused and stopped not counted).\n"
            "# TYPE pihace_device_uptime_ratio gauge\n")
-    (day, _), (week, _) = _UPTIME_WINDOWS
     for part in parts:
         lines = []
-        for i, _, _, e, _, _, day_ratio, week_ratio in part:
-            device = f'device="{i}"' if e is None else e[1]
-            if day_ratio is not None:
-                lines.append(f'pihace_device_uptime_ratio{{{device},window="{day}"}} '
-                             f'{day_ratio:.6f}\n')
-            if week_ratio is not None:
-                lines.append(f'pihace_device_uptime_ratio{{{device},window="{week}"}} '
-                             f'{week_ratio:.6f}\n')
+        for n, h, e, *ratios in zip(names[part], hosts[part], labels[part], day[part],
+                                    week[part]):
+            for (window, _), ratio in zip(_UPTIME_WINDOWS, ratios):
+                if ratio is not None:
+                    lines.append(f'pihace_device_uptime_ratio{{device="{n}@{h}",'
+                                 f'window="{window}"}} {ratio:.6f}\n' if e is None else
+                                 f'pihace_device_uptime_ratio{{{e[1]},window="{window}"}} '
+                                 f'{ratio:.6f}\n')
         yield "".join(lines)
-    yield _fleet_prometheus_totals(rows, status)
+    yield _fleet_prometheus_totals(states, status)
 
 
-def _fleet_prometheus_totals(rows, status):
+def _fleet_prometheus_totals(states, status):
     """The fleet's and the watcher's own lines of Prometheus' text."""
     counts = dict.fromkeys(DEVICE_STATES, 0)
-    for row in rows:
-        counts[row[4]] = counts.get(row[4], 0) + 1
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
     lines = ["# HELP pihace_devices Devices in each state.", "# TYPE pihace_devices gauge"]
     lines += [f'pihace_devices{{state="{state}"}} {n}' for state, n in counts.items()]
     if status is not None:
