@@ -29,6 +29,7 @@ from .devices import (
 _WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minutes
 _QUEUE_CHECK = 5.0  # seconds between two looks at the queue (passive declare)
 _ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
+_LINGER = 0.005  # seconds to let more reports come after a look that found only a few
 _STATE_FORMAT = 1  # of the state file: a newer one is refused, never overwritten
 _LEADER_CHANNEL = 2  # the channel a watcher of a standby group holds its group's queue on
 _LEADER_RETRY = 2.0  # seconds between two tries of a standby to become the leader
@@ -1137,8 +1138,14 @@ class Watcher(_AMQPClient):
                     self.tick, 1.0 if stop_event is not None else self.tick,
                     max(0.0, ends - monotonic()))
                 try:
-                    if self._consume(wait):
+                    came = self._consume(wait)
+                    if came:
                         quiet_since = monotonic()
+                    if 0 < came < self._ack_every:
+                        # A few reports, as a fleet sends them, one at a time: let more come
+                        # before the next look (a look costs more than the reports it finds:
+                        # 100,000 devices, 1,700 reports/s, took 15 % of a core, 7 % so)
+                        self._wakeup.wait(_LINGER)
                 except Interrupted:
                     raise
                 except (PihaceError, OSError) as exc:
@@ -1194,7 +1201,7 @@ class Watcher(_AMQPClient):
         return True
 
     def _consume(self, wait):
-        """Apply the reports that come within `wait` seconds: True when some came.
+        """Apply the reports that come within `wait` seconds: how many came.
 
         Each is acknowledged once applied (at-least-once): one Ack (multiple) for each
         half of the prefetch, and one for what came before a pause. A broker silent for
@@ -1233,14 +1240,14 @@ class Watcher(_AMQPClient):
         if heartbeat and connection.quiet_for() > heartbeat:
             self._lose_sight(f"the broker sent nothing for {connection.quiet_for():.0f}s "
                              f"(heartbeat {heartbeat}s)")
-            return bool(deliveries)
+            return len(deliveries)
         if monotonic() >= self._next_queue_check:
             self._look_at_queue(connection, monotonic() + self.timeout)
         if self._leader is False and monotonic() >= self._next_leader_try:
             self._try_leadership(connection, monotonic() + self.timeout)
         if self._blind_since is not None and not self._stuck:
             self._regain_sight()
-        return bool(deliveries)
+        return len(deliveries)
 
     def _tick(self):
         """Look at the devices' ages once per tick (check_ages does nothing while the
