@@ -7010,6 +7010,18 @@ def test_the_watcher_fails_over_to_the_node_that_answers(rabbit, unique_queue, c
     assert watcher.parameters.port == pihace.AMQPParameters(rabbit.url).port
 
 
+def test_run_with_idle_returns_once_idle_not_after_a_tick(rabbit, unique_queue):
+    # run(idle=...) ends when no report came for `idle` seconds: its wait for the broker is
+    # not a whole tick (30 s here, with no heartbeat to wake it sooner), which
+    # bench_watch.py's timing also relies on
+    publish_reports(rabbit.url, unique_queue, (report(name="quick"), {}))
+    watcher = pihace.Watcher(rabbit.url, unique_queue, tick=30, heartbeat=0)
+    started = time.monotonic()
+    assert watcher.run(duration=60, idle=0.2) is True
+    assert time.monotonic() - started < 15  # a bound, not a speed: one tick would be 30 s
+    assert list(watcher.devices) == ["quick@h"]
+
+
 @pytest.mark.slow
 @pytest.mark.rabbit_control
 def test_the_watcher_reconnects_after_a_broker_restart_and_states_go_on(fault_rabbit,

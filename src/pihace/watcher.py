@@ -1064,6 +1064,8 @@ class Watcher(_AMQPClient):
                 wait = _ACK_PAUSE if self._unacked else min(
                     self.tick, 1.0 if stop_event is not None else self.tick,
                     max(0.0, ends - monotonic()))
+                if idle is not None:  # not a tick longer than `idle` asks for
+                    wait = min(wait, max(0.0, quiet_since + idle - monotonic()))
                 try:
                     if self._consume(wait):
                         quiet_since = monotonic()
