@@ -455,8 +455,6 @@ class FrameDecoder:
             raise RemoteProtocolError(f"frame does not end with 0xCE but {data[end]:#04x}")
         if end + 1 == len(data):  # all cut: nothing of them is kept
             self._data, self._offset = b"", 0
-            if self._more:
-                self._gather(0)
         else:
             self._offset = end + 1
         return frame_type, channel, data[start + 7:end]
@@ -496,8 +494,6 @@ class FrameDecoder:
             body = b""
         if header_end + 1 == end:  # all cut: nothing of them is kept
             self._data, self._offset = b"", 0
-            if self._more:
-                self._gather(0)
         else:
             self._offset = header_end + 1
         return properties, body
