@@ -2449,7 +2449,12 @@ class _Reader:
         return bytes(chunk)
 
     def unpack(self, packer):
-        return packer.unpack(self.take(packer.size))[0]
+        offset = self.offset
+        end = offset + packer.size
+        if end > len(self.data):
+            self.take(packer.size)  # raises: truncated
+        self.offset = end
+        return packer.unpack_from(self.data, offset)[0]
 
     def shortstr(self):
         return self.take(self.unpack(_octet)).decode("utf-8", "replace")
@@ -2525,6 +2530,22 @@ class PropertiesTemplate:
                     self.varying[-1][3] += _ENCODERS[kind](fixed[name])
                 else:
                     self.head += _ENCODERS[kind](fixed[name])
+        # with every varying property given (encode_all): the flags and head packed once
+        self._head_all = _short.pack(
+            self.flags | sum(flag for _, _, flag, _ in self.varying)) + self.head
+        self._pairs = tuple((encode, fixed) for _, encode, _, fixed in self.varying)
+
+    def encode_all(self, *values):
+        """encode() given a value (not None) for each varying property, in flag order (the
+        order of BASIC_PROPERTIES): the same bytes, made faster."""
+        if len(values) == 2 == len(self._pairs):  # a pusher's message id and timestamp
+            (first, after_first), (second, after_second) = self._pairs
+            return b"".join((self._head_all, first(values[0]), after_first, second(values[1]),
+                             after_second))
+        parts = [self._head_all]
+        for (encode, fixed), value in zip(self._pairs, values):
+            parts += encode(value), fixed
+        return b"".join(parts)
 
     def encode(self, **values):
         flags, parts = self.flags, [self.head]
@@ -2645,46 +2666,123 @@ def encode_message(method, channel, properties, body, frame_max):
 
 
 class FrameDecoder:
-    """Cuts frames out of a byte stream; next_frame() is None until one is whole."""
+    """Cuts frames out of a byte stream; next_frame() is None until one is whole.
+
+    What one read brings is cut in place, frame after frame, by an offset into it: each
+    payload is one slice of the bytes received, whatever the number of frames in them.
+    Bytes fed while a frame is incomplete wait in a list, joined once when the frame they
+    complete is whole (a frame trickling in a byte at a time is not copied again per byte).
+    """
 
     def __init__(self, frame_max=DEFAULT_FRAME_MAX):
         self.frame_max = frame_max
-        self._buffer = bytearray()
+        self._data, self._offset = b"", 0  # the bytes being cut, and where the next frame starts
+        self._more, self._more_size = [], 0  # bytes fed after them, not joined yet
 
     def feed(self, data):
-        self._buffer += data
+        if self._offset == len(self._data) and not self._more:  # all cut: take them as they are
+            self._data, self._offset = bytes(data), 0
+        else:
+            self._more.append(bytes(data))
+            self._more_size += len(data)
 
     @property
     def pending(self):
-        return len(self._buffer)
+        return len(self._data) - self._offset + self._more_size
+
+    def _gather(self, size):
+        """Are `size` bytes from the offset on there? Joins what waits in the list once
+        they are."""
+        data, offset = self._data, self._offset
+        if len(data) - offset + self._more_size < size:
+            return False
+        self._more.insert(0, memoryview(data)[offset:])
+        self._data, self._offset = b"".join(self._more), 0
+        self._more.clear()
+        self._more_size = 0
+        return True
 
     def next_frame(self):
         """(type, channel, payload bytes) of the next whole frame, or None."""
-        buffer = self._buffer
-        if len(buffer) < 7:
-            return None
-        frame_type, channel, size = _frame_head.unpack_from(buffer)
+        data, start = self._data, self._offset
+        if len(data) - start < 7:
+            if not self._gather(7):
+                return None
+            data, start = self._data, 0
+        frame_type, channel, size = _frame_head.unpack_from(data, start)
         if frame_type not in (FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT):
-            if buffer[:4] == b"AMQP":  # a protocol header: the server wants another version
-                if len(buffer) < 8:
-                    return None
-                raise RemoteProtocolError(f"the server only speaks AMQP {buffer[5]}.{buffer[6]}."
-                                          f"{buffer[7]} (protocol id {buffer[4]}), not AMQP 0-9-1")
-            if buffer[0] in (0x15, 0x16) and buffer[1] == 3:  # a TLS record: alert, handshake
-                raise RemoteProtocolError("the server speaks TLS on this port: use amqps://")
-            raise RemoteProtocolError(f"unknown frame type {frame_type} "
-                                      f"(bytes {bytes(buffer[:16])!r}): not an AMQP 0-9-1 broker?")
+            self._refuse(data, start)
+            return None  # the start of a protocol header: its last byte is still to come
         if size + FRAME_OVERHEAD > self.frame_max:
             raise RemoteProtocolError(f"frame of {size + FRAME_OVERHEAD} bytes is larger than "
                                       f"the frame_max of {self.frame_max}")
-        end = 7 + size
-        if len(buffer) <= end:
+        end = start + 7 + size
+        if len(data) <= end:
+            if not self._gather(size + FRAME_OVERHEAD):
+                return None
+            data, start, end = self._data, 0, 7 + size
+        if data[end] != FRAME_END:
+            raise RemoteProtocolError(f"frame does not end with 0xCE but {data[end]:#04x}")
+        if end + 1 == len(data):  # all cut: nothing of them is kept
+            self._data, self._offset = b"", 0
+        else:
+            self._offset = end + 1
+        return frame_type, channel, data[start + 7:end]
+
+    def next_content(self, channel):
+        """(properties, body) of a message whose content header frame and single body frame
+        (none for an empty body) on `channel` are the next frames, whole: the bytes of its
+        properties and its body, cut in one go. None, with nothing taken, for anything else
+        (a body in several frames, not all there yet, or anything amiss, which next_frame()
+        then reports)."""
+        data, start = self._data, self._offset
+        end = len(data)
+        if end - start < 7 + _content_head.size + 3:
             return None
-        if buffer[end] != FRAME_END:
-            raise RemoteProtocolError(f"frame does not end with 0xCE but {buffer[end]:#04x}")
-        payload = bytes(buffer[7:end])
-        del buffer[:end + 1]
-        return frame_type, channel, payload
+        frame_type, on, size = _frame_head.unpack_from(data, start)
+        header_end = start + 7 + size
+        if frame_type != FRAME_HEADER or on != channel or size < _content_head.size + 2 or (
+                header_end >= end or size + FRAME_OVERHEAD > self.frame_max
+                or data[header_end] != FRAME_END):
+            return None
+        class_id, _weight, body_size = _content_head.unpack_from(data, start + 7)
+        if class_id != BASIC_CLASS:
+            return None
+        properties = data[start + 7 + _content_head.size:header_end]
+        if body_size:
+            if header_end + 8 > end:
+                return None
+            frame_type, on, size = _frame_head.unpack_from(data, header_end + 1)
+            body_end = header_end + 8 + size
+            if frame_type != FRAME_BODY or on != channel or size != body_size or (
+                    body_end >= end or size + FRAME_OVERHEAD > self.frame_max
+                    or data[body_end] != FRAME_END):
+                return None
+            body = data[header_end + 8:body_end]
+            header_end = body_end
+        else:
+            body = b""
+        if header_end + 1 == end:  # all cut: nothing of them is kept
+            self._data, self._offset = b"", 0
+        else:
+            self._offset = header_end + 1
+        return properties, body
+
+    def _refuse(self, data, start):
+        """Raise RemoteProtocolError for bytes that do not start a frame, saying what they
+        look like; return while they may still turn out to be a protocol header."""
+        head = bytes(data[start:start + 16])
+        if head[:4] == b"AMQP":  # a protocol header: the server wants another version
+            if len(head) < 8:
+                if not self._gather(8):
+                    return
+                head = bytes(self._data[:16])
+            raise RemoteProtocolError(f"the server only speaks AMQP {head[5]}.{head[6]}."
+                                      f"{head[7]} (protocol id {head[4]}), not AMQP 0-9-1")
+        if head[0] in (0x15, 0x16) and head[1] == 3:  # a TLS record: alert, handshake
+            raise RemoteProtocolError("the server speaks TLS on this port: use amqps://")
+        raise RemoteProtocolError(f"unknown frame type {head[0]} "
+                                  f"(bytes {head!r}): not an AMQP 0-9-1 broker?")
 
 
 # ---------------------------------------------------------------------------
@@ -2921,7 +3019,8 @@ class AMQPProtocol:
     def next_event(self):
         """The next event (Method, Acked, Nacked, Returned or ConnectionLost), or None
         while more bytes are needed."""
-        self._refuse_if_broken("read events")
+        if self.state == "error":
+            self._refuse_if_broken("read events")
         try:
             return self._next_event()
         except RemoteProtocolError as exc:
@@ -2929,8 +3028,10 @@ class AMQPProtocol:
             raise
 
     def _next_event(self):
-        while not self._events:
-            frame = self._decoder.next_frame() if self.state != "closed" else None
+        # (what one read brought is cut into frames and handled here, in one loop)
+        events, next_frame = self._events, self._decoder.next_frame
+        while not events:
+            frame = next_frame() if self.state != "closed" else None
             if frame is None:
                 if self._ended:
                     self._ended = False
@@ -2943,10 +3044,13 @@ class AMQPProtocol:
             if self.state == "start" and frame[0] != FRAME_METHOD:
                 raise RemoteProtocolError("expected Connection.Start, got a frame of type "
                                           f"{frame[0]}")
-            event = self._handle_frame(*frame)
+            if self._content is not None and frame[0] != FRAME_HEARTBEAT:
+                event = self._handle_content(*frame)  # a message's header and body frames
+            else:
+                event = self._handle_frame(*frame)
             if event is not None:
-                self._events.append(event)
-        return self._events.popleft()
+                events.append(event)
+        return events.popleft()
 
     def _handle_frame(self, frame_type, channel, payload):
         if frame_type == FRAME_HEARTBEAT:
@@ -2960,8 +3064,17 @@ class AMQPProtocol:
                                       f"channel {channel}")
         if payload[:4] == _DELIVER:  # with every message: read without the generic reader
             method = Method(channel, "Basic.Deliver", _deliver_arguments(payload))
-            self._content = [method, None, 0, self._on_deliver(method)]
-            return None
+            parts = self._on_deliver(method)
+            content = self._decoder.next_content(channel)  # the usual: all there already
+            if content is None:
+                self._content = [method, None, 0, parts]
+                return None
+            properties, body = content
+            method.properties = decode_properties(_Reader(properties))
+            method.body_size = len(body)
+            if parts is not None and len(body) > self._max_body(method):
+                parts = None  # too large: counted, not kept
+            return self._delivered(method, None if parts is None else [body])
         reader = _Reader(payload)
         key = (reader.unpack(_short), reader.unpack(_short))
         name = _METHOD_NAMES.get(key)
@@ -2998,27 +3111,31 @@ class AMQPProtocol:
         return []
 
     def _handle_content(self, frame_type, channel, payload):
-        method, size, received, parts = self._content
+        content = self._content  # [method, body size (None until the header), received, parts]
+        method, size, received, parts = content
         if channel != method.channel or frame_type == FRAME_METHOD or (
                 (frame_type == FRAME_HEADER) != (size is None)):
             raise RemoteProtocolError(f"expected the content of {method.name} on channel "
                                       f"{method.channel}, got a frame of type {frame_type} "
                                       f"on channel {channel}")
         if frame_type == FRAME_HEADER:
-            reader = _Reader(payload)
-            class_id, _weight, size = _content_head.unpack(reader.take(_content_head.size))
+            if len(payload) < _content_head.size:
+                raise RemoteProtocolError(f"truncated frame: a content header of "
+                                          f"{len(payload)} bytes")
+            class_id, _weight, size = _content_head.unpack_from(payload)
             if class_id != BASIC_CLASS:
                 raise RemoteProtocolError(f"content header of class {class_id}")
-            method.properties = decode_properties(reader)
+            method.properties = decode_properties(_Reader(payload, _content_head.size))
             if parts is not None and size > self._max_body(method):
-                parts = None  # too large: counted, not kept
+                parts = content[3] = None  # too large: counted, not kept
+            content[1] = size
         else:
             received += len(payload)  # the body of a returned message is not kept
             if received > size:
                 raise RemoteProtocolError(f"content body longer than its declared {size} bytes")
             if parts is not None and payload:  # an empty frame adds nothing: keep nothing
                 parts.append(payload)
-        self._content = [method, size, received, parts]
+            content[2] = received
         if received != size:
             return None
         self._content = None
@@ -3477,6 +3594,11 @@ def _wait_io(socks, writing, timeout, also_readable=None):
 # A message to publish: encoded body and properties, and the id its confirm names.
 _Message = collections.namedtuple("_Message", "body properties message_id exchange routing_key")
 
+# Seconds between two looks at what the broker sent, during a burst of fire-and-forget
+# publishes (glance()): a look is a poll() system call, which would otherwise cost as much as
+# the publish itself.
+_GLANCE_PERIOD = 0.001
+
 # Seconds between two log lines about Connection.Blocked and Unblocked: a broker, or anyone in
 # the middle of a plain amqp:// connection, may send thousands of them a second.
 _BLOCKED_LOG_PERIOD = 5.0
@@ -3513,6 +3635,7 @@ class BlockingConnection:
         self._poller = None  # a poll object watching the socket, for looks without waiting
         self._pending = None  # the TLS socket's pending(): bytes decrypted but not read yet
         self._first_bytes = b""  # the server's, up to 5: does it answer in HTTP?
+        self._next_glance = -math.inf  # glance() looks again from then on
 
     @property
     def is_open(self):
@@ -3680,6 +3803,17 @@ class BlockingConnection:
             return log_in
         return heartbeat_in
 
+    def glance(self, send_deadline):
+        """keep_alive() before a fire-and-forget publish, done at most once per
+        _GLANCE_PERIOD of the clock (and whenever TLS holds decrypted bytes): in a burst
+        of publishes, a Close, Blocked or heartbeat from the broker is seen within a
+        millisecond, without a poll() per message."""
+        now = self.clock()
+        if now < self._next_glance and not self._buffered():
+            return
+        self._next_glance = now + _GLANCE_PERIOD
+        self.keep_alive(send_deadline)
+
     def _send_queued(self, deadline):
         """Send what is queued, with a heartbeat when one is due; the seconds until the
         next heartbeat is due, or None."""
@@ -3736,8 +3870,12 @@ class BlockingConnection:
         return pending is not None and bool(pending())
 
     def _handle_events(self):
+        next_event, deliveries = self.protocol.next_event, self._deliveries
         while True:
-            event = self.protocol.next_event()
+            event = next_event()
+            if type(event) is Delivery:  # the common case first: a consumer's backlog
+                deliveries.append(event)
+                continue
             if event is None:
                 if self._blocked_changes:
                     self._log_blocked()
@@ -3745,9 +3883,6 @@ class BlockingConnection:
             if isinstance(event, ConnectionLost):
                 self.abort()
                 raise ConnectionResetError("the broker closed the connection")
-            if isinstance(event, Delivery):
-                self._deliveries.append(event)
-                continue
             if isinstance(event, Acked):  # or Nacked, or Returned
                 self._settle(event)
                 continue
@@ -4710,8 +4845,12 @@ class AMQPPusher(_AMQPClient):
         later `setup_deadline` (a slow link may take longer to set up than to publish)."""
         connection = self._connection
         if connection is not None and connection.is_open:
-            try:
-                connection.keep_alive(deadline)  # notice a Close, or a dead socket, first
+            try:  # notice a Close, or a dead socket, first (in a burst of fire-and-forget
+                # publishes, one look per millisecond)
+                if self.confirm:
+                    connection.keep_alive(deadline)
+                else:
+                    connection.glance(deadline)
             except (PihaceError, OSError) as exc:
                 log.warning("connection lost, opening a new one: %s", self._handle_failure(exc))
                 connection = self._connection  # still there after a channel was closed
@@ -4884,7 +5023,7 @@ class AMQPPusher(_AMQPClient):
                                                timestamp=timestamp, type=kind)
             template = self._properties_of_kind[kind] = PropertiesTemplate(
                 dict(self._fixed_properties, type=kind), varying=("message_id", "timestamp"))
-        return template.encode(message_id=message_id, timestamp=timestamp)
+        return template.encode_all(message_id, timestamp)  # in flag order
 
     def _deadlines(self, timeout=None):
         """(deadline, setup deadline) of an operation starting now: `timeout` and
@@ -6780,6 +6919,8 @@ class Watcher(_AMQPClient):
                 wait = _ACK_PAUSE if self._unacked else min(
                     self.tick, 1.0 if stop_event is not None else self.tick,
                     max(0.0, ends - monotonic()))
+                if idle is not None:  # not a tick longer than `idle` asks for
+                    wait = min(wait, max(0.0, quiet_since + idle - monotonic()))
                 try:
                     came = self._consume(wait)
                     if came:

@@ -3623,6 +3623,58 @@ def consuming_protocol(**consume):
     return protocol
 
 
+def consumer_stream():
+    """What a broker may send a consumer in one go: deliveries with an empty body, with
+    properties (headers, message id), with a body in two frames (frame_max 8192) that is over
+    max_body_size 5000 (counted, not kept), one just under it; a heartbeat between two of
+    them, a Connection.Blocked, and more deliveries after."""
+    properties = pihace.encode_properties({"message_id": "m-2", "delivery_mode": 2,
+                                           "headers": {"status": "Available"}})
+    return (deliver(1, body=b"") + HEARTBEAT
+            + deliver(2, body=b"x" * 100, properties=properties)
+            + deliver(3, body=bytes(range(256)) * 40, frame_max=8192)  # 10,240 bytes
+            + deliver(4, body=b"y" * 4999, redelivered=True)
+            + frame(1, 0, method_payload(10, 60, sstr("low on memory")))
+            + b"".join(deliver(tag, body=b"{}") for tag in range(5, 9)))
+
+
+def consumer_events(chunks):
+    """What a consumer with max_body_size 5000 makes of the chunks, each fed by one
+    receive_data() and every event taken after it, as plain values."""
+    protocol = opened(broker_frame_max=8192)
+    protocol.consume(1, "q", "ctag", max_body_size=5000)
+    assert run_without_end(protocol, consume_ok())[0].name == "Basic.Consume-Ok"
+    events = []
+    for chunk in chunks:
+        protocol.receive_data(chunk)
+        for event in iter(protocol.next_event, None):
+            if isinstance(event, pihace.Delivery):
+                events.append((event.delivery_tag, event.redelivered, event.properties,
+                               event.body, event.body_size))
+            else:
+                events.append((event.name, event.args))
+    assert protocol._decoder.pending == 0 and protocol._content is None
+    return events
+
+
+def test_what_one_read_brings_decodes_as_it_would_frame_by_frame_at_any_cut():
+    # Many frames in one receive_data(), and the same bytes cut in two at every offset
+    # (frames split across reads anywhere: in a head, a payload, before a frame end): the
+    # same events, in the same order, each time.
+    stream = consumer_stream()
+    expected = consumer_events(frames_of(stream))  # one frame per read
+    assert [event[0] for event in expected] == [1, 2, 3, 4, "Connection.Blocked", 5, 6, 7, 8]
+    assert expected[0][3] == b"" and expected[1][2] == {
+        "message_id": "m-2", "delivery_mode": 2, "headers": {"status": "Available"}}
+    assert expected[2][3:] == (None, 10240) and expected[3][1:] == (True, {}, b"y" * 4999, 4999)
+    assert consumer_events([stream]) == expected
+    for cut in range(1, len(stream)):
+        assert consumer_events([stream[:cut], stream[cut:]]) == expected, cut
+    for size in (1, 7, 8, 100, 4096):
+        assert consumer_events([stream[i:i + size] for i in range(0, len(stream), size)]) \
+            == expected, size
+
+
 @pytest.mark.parametrize("how", HOW + ["halves"])
 def test_deliveries_with_several_body_frames_and_one_ack_for_many(how):
     protocol = opened_protocol()
@@ -5085,6 +5137,66 @@ def test_confirm_false_is_fire_and_forget(rabbit, unique_queue, get_message):
     with pihace.AMQPPusher(None, rabbit.url, unique_queue, confirm=False) as pusher:
         assert pusher.publish({"n": 1}) is True
     assert json.loads(get_message(unique_queue)[2]) == {"n": 1}
+
+
+def test_a_burst_of_fire_and_forget_publishes_arrives_complete_and_in_order(rabbit,
+                                                                            unique_queue):
+    # As fast as publish() is called, every message (small, empty, larger than frame_max) is
+    # handed to the kernel before publish() returns: close() right after the last one loses
+    # none, and an independent client (pika) reads them all, in order.
+    big = os.urandom(300_000)
+    bodies = [big if index % 500 == 250 else b"" if index == 7 else b"%d" % index
+              for index in range(3000)]
+    pusher = pihace.AMQPPusher(None, rabbit.url, unique_queue, confirm=False)
+    try:
+        assert all(pusher.publish(body) is True for body in bodies)
+    finally:
+        pusher.close()
+    assert pusher.connections_opened == 1
+    assert [body for _, body in drain(rabbit.url, unique_queue)] == bodies
+
+
+def test_a_burst_of_publishes_notices_the_broker_blocking_publishers(fake_broker):
+    # The look at what the broker sent is taken at most once a millisecond in a burst of
+    # fire-and-forget publishes: a Connection.Blocked still stops the burst.
+    def then(broker, connection):
+        connection.sendall(frame(1, 0, method_payload(10, 60, sstr("low on memory"))))
+        until_closed(lambda c: c.recv(1 << 16) or c.close())(broker, connection)
+
+    broker = fake_broker(opens_then(then, until=(50, 10)))
+    pusher = pihace.AMQPPusher(None, broker.url, "q", confirm=False, timeout=5)
+    try:
+        deadline = time.monotonic() + 10
+        result = pusher.publish(b"{}")
+        while result is True and time.monotonic() < deadline:
+            result = pusher.publish(b"{}")
+        assert result == (False, "the broker blocks publishers (low on memory)"), result
+        assert pusher.blocked == "low on memory"
+    finally:
+        pusher.close()
+
+
+def test_a_broker_that_stops_reading_ends_a_fire_and_forget_publish_at_its_timeout(
+        fake_broker):
+    # Once the socket's buffers are full, a publish waits for the broker to read, at most
+    # `timeout`, then says so (and drops the connection: a message may be cut half-way).
+    stop = threading.Event()
+    broker = fake_broker(opens_then(lambda broker, connection: stop.wait(60), until=(50, 10)))
+    pusher = pihace.AMQPPusher(None, broker.url, "q", confirm=False, timeout=0.5)
+    body = b"x" * 65536
+    try:
+        for count in range(1, 2001):
+            started = time.monotonic()
+            result = pusher.publish(body)
+            assert time.monotonic() - started < 5, count  # bounded by the timeout, never hung
+            if result is not True:
+                break
+        assert result[0] is False and result[1].startswith(
+            "timed out sending to the broker (it stopped reading"), result
+        assert not pusher.is_connected()
+    finally:
+        stop.set()
+        pusher.close()
 
 
 def test_bad_credentials(rabbit):
@@ -7036,6 +7148,18 @@ def test_the_watcher_fails_over_to_the_node_that_answers(rabbit, unique_queue, c
     assert watcher.run(duration=20, idle=0.5) is True
     assert list(watcher.devices) == ["over@h"]
     assert watcher.parameters.port == pihace.AMQPParameters(rabbit.url).port
+
+
+def test_run_with_idle_returns_once_idle_not_after_a_tick(rabbit, unique_queue):
+    # run(idle=...) ends when no report came for `idle` seconds: its wait for the broker is
+    # not a whole tick (30 s here, with no heartbeat to wake it sooner), which
+    # bench_watch.py's timing also relies on
+    publish_reports(rabbit.url, unique_queue, (report(name="quick"), {}))
+    watcher = pihace.Watcher(rabbit.url, unique_queue, tick=30, heartbeat=0)
+    started = time.monotonic()
+    assert watcher.run(duration=60, idle=0.2) is True
+    assert time.monotonic() - started < 15  # a bound, not a speed: one tick would be 30 s
+    assert list(watcher.devices) == ["quick@h"]
 
 
 @pytest.mark.slow

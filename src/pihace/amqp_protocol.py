@@ -245,7 +245,8 @@ class AMQPProtocol:
     def next_event(self):
         """The next event (Method, Acked, Nacked, Returned or ConnectionLost), or None
         while more bytes are needed."""
-        self._refuse_if_broken("read events")
+        if self.state == "error":
+            self._refuse_if_broken("read events")
         try:
             return self._next_event()
         except RemoteProtocolError as exc:
@@ -253,8 +254,10 @@ class AMQPProtocol:
             raise
 
     def _next_event(self):
-        while not self._events:
-            frame = self._decoder.next_frame() if self.state != "closed" else None
+        # (what one read brought is cut into frames and handled here, in one loop)
+        events, next_frame = self._events, self._decoder.next_frame
+        while not events:
+            frame = next_frame() if self.state != "closed" else None
             if frame is None:
                 if self._ended:
                     self._ended = False
@@ -267,10 +270,13 @@ class AMQPProtocol:
             if self.state == "start" and frame[0] != FRAME_METHOD:
                 raise RemoteProtocolError("expected Connection.Start, got a frame of type "
                                           f"{frame[0]}")
-            event = self._handle_frame(*frame)
+            if self._content is not None and frame[0] != FRAME_HEARTBEAT:
+                event = self._handle_content(*frame)  # a message's header and body frames
+            else:
+                event = self._handle_frame(*frame)
             if event is not None:
-                self._events.append(event)
-        return self._events.popleft()
+                events.append(event)
+        return events.popleft()
 
     def _handle_frame(self, frame_type, channel, payload):
         if frame_type == FRAME_HEARTBEAT:
@@ -284,8 +290,17 @@ class AMQPProtocol:
                                       f"channel {channel}")
         if payload[:4] == _DELIVER:  # with every message: read without the generic reader
             method = Method(channel, "Basic.Deliver", _deliver_arguments(payload))
-            self._content = [method, None, 0, self._on_deliver(method)]
-            return None
+            parts = self._on_deliver(method)
+            content = self._decoder.next_content(channel)  # the usual: all there already
+            if content is None:
+                self._content = [method, None, 0, parts]
+                return None
+            properties, body = content
+            method.properties = decode_properties(_Reader(properties))
+            method.body_size = len(body)
+            if parts is not None and len(body) > self._max_body(method):
+                parts = None  # too large: counted, not kept
+            return self._delivered(method, None if parts is None else [body])
         reader = _Reader(payload)
         key = (reader.unpack(_short), reader.unpack(_short))
         name = _METHOD_NAMES.get(key)
@@ -322,27 +337,31 @@ class AMQPProtocol:
         return []
 
     def _handle_content(self, frame_type, channel, payload):
-        method, size, received, parts = self._content
+        content = self._content  # [method, body size (None until the header), received, parts]
+        method, size, received, parts = content
         if channel != method.channel or frame_type == FRAME_METHOD or (
                 (frame_type == FRAME_HEADER) != (size is None)):
             raise RemoteProtocolError(f"expected the content of {method.name} on channel "
                                       f"{method.channel}, got a frame of type {frame_type} "
                                       f"on channel {channel}")
         if frame_type == FRAME_HEADER:
-            reader = _Reader(payload)
-            class_id, _weight, size = _content_head.unpack(reader.take(_content_head.size))
+            if len(payload) < _content_head.size:
+                raise RemoteProtocolError(f"truncated frame: a content header of "
+                                          f"{len(payload)} bytes")
+            class_id, _weight, size = _content_head.unpack_from(payload)
             if class_id != BASIC_CLASS:
                 raise RemoteProtocolError(f"content header of class {class_id}")
-            method.properties = decode_properties(reader)
+            method.properties = decode_properties(_Reader(payload, _content_head.size))
             if parts is not None and size > self._max_body(method):
-                parts = None  # too large: counted, not kept
+                parts = content[3] = None  # too large: counted, not kept
+            content[1] = size
         else:
             received += len(payload)  # the body of a returned message is not kept
             if received > size:
                 raise RemoteProtocolError(f"content body longer than its declared {size} bytes")
             if parts is not None and payload:  # an empty frame adds nothing: keep nothing
                 parts.append(payload)
-        self._content = [method, size, received, parts]
+            content[2] = received
         if received != size:
             return None
         self._content = None

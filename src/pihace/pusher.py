@@ -496,8 +496,12 @@ class AMQPPusher(_AMQPClient):
         later `setup_deadline` (a slow link may take longer to set up than to publish)."""
         connection = self._connection
         if connection is not None and connection.is_open:
-            try:
-                connection.keep_alive(deadline)  # notice a Close, or a dead socket, first
+            try:  # notice a Close, or a dead socket, first (in a burst of fire-and-forget
+                # publishes, one look per millisecond)
+                if self.confirm:
+                    connection.keep_alive(deadline)
+                else:
+                    connection.glance(deadline)
             except (PihaceError, OSError) as exc:
                 log.warning("connection lost, opening a new one: %s", self._handle_failure(exc))
                 connection = self._connection  # still there after a channel was closed
@@ -670,7 +674,7 @@ class AMQPPusher(_AMQPClient):
                                                timestamp=timestamp, type=kind)
             template = self._properties_of_kind[kind] = PropertiesTemplate(
                 dict(self._fixed_properties, type=kind), varying=("message_id", "timestamp"))
-        return template.encode(message_id=message_id, timestamp=timestamp)
+        return template.encode_all(message_id, timestamp)  # in flag order
 
     def _deadlines(self, timeout=None):
         """(deadline, setup deadline) of an operation starting now: `timeout` and

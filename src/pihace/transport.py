@@ -196,6 +196,11 @@ def _wait_io(socks, writing, timeout, also_readable=None):
 # A message to publish: encoded body and properties, and the id its confirm names.
 _Message = collections.namedtuple("_Message", "body properties message_id exchange routing_key")
 
+# Seconds between two looks at what the broker sent, during a burst of fire-and-forget
+# publishes (glance()): a look is a poll() system call, which would otherwise cost as much as
+# the publish itself.
+_GLANCE_PERIOD = 0.001
+
 # Seconds between two log lines about Connection.Blocked and Unblocked: a broker, or anyone in
 # the middle of a plain amqp:// connection, may send thousands of them a second.
 _BLOCKED_LOG_PERIOD = 5.0
@@ -232,6 +237,7 @@ class BlockingConnection:
         self._poller = None  # a poll object watching the socket, for looks without waiting
         self._pending = None  # the TLS socket's pending(): bytes decrypted but not read yet
         self._first_bytes = b""  # the server's, up to 5: does it answer in HTTP?
+        self._next_glance = -math.inf  # glance() looks again from then on
 
     @property
     def is_open(self):
@@ -399,6 +405,17 @@ class BlockingConnection:
             return log_in
         return heartbeat_in
 
+    def glance(self, send_deadline):
+        """keep_alive() before a fire-and-forget publish, done at most once per
+        _GLANCE_PERIOD of the clock (and whenever TLS holds decrypted bytes): in a burst
+        of publishes, a Close, Blocked or heartbeat from the broker is seen within a
+        millisecond, without a poll() per message."""
+        now = self.clock()
+        if now < self._next_glance and not self._buffered():
+            return
+        self._next_glance = now + _GLANCE_PERIOD
+        self.keep_alive(send_deadline)
+
     def _send_queued(self, deadline):
         """Send what is queued, with a heartbeat when one is due; the seconds until the
         next heartbeat is due, or None."""
@@ -455,8 +472,12 @@ class BlockingConnection:
         return pending is not None and bool(pending())
 
     def _handle_events(self):
+        next_event, deliveries = self.protocol.next_event, self._deliveries
         while True:
-            event = self.protocol.next_event()
+            event = next_event()
+            if type(event) is Delivery:  # the common case first: a consumer's backlog
+                deliveries.append(event)
+                continue
             if event is None:
                 if self._blocked_changes:
                     self._log_blocked()
@@ -464,9 +485,6 @@ class BlockingConnection:
             if isinstance(event, ConnectionLost):
                 self.abort()
                 raise ConnectionResetError("the broker closed the connection")
-            if isinstance(event, Delivery):
-                self._deliveries.append(event)
-                continue
             if isinstance(event, Acked):  # or Nacked, or Returned
                 self._settle(event)
                 continue

@@ -1137,6 +1137,8 @@ class Watcher(_AMQPClient):
                 wait = _ACK_PAUSE if self._unacked else min(
                     self.tick, 1.0 if stop_event is not None else self.tick,
                     max(0.0, ends - monotonic()))
+                if idle is not None:  # not a tick longer than `idle` asks for
+                    wait = min(wait, max(0.0, quiet_since + idle - monotonic()))
                 try:
                     came = self._consume(wait)
                     if came:
