@@ -5811,7 +5811,7 @@ class Device:
 _WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minutes
 _QUEUE_CHECK = 5.0  # seconds between two looks at the queue (passive declare)
 _ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
-_LINGER = 0.005  # seconds to let more reports come after a look that found only a few
+_LINGER = 0.02  # seconds to let more reports come after a look that found only a few
 _STATE_FORMAT = 1  # of the state file: a newer one is refused, never overwritten
 _LEADER_CHANNEL = 2  # the channel a watcher of a standby group holds its group's queue on
 _LEADER_RETRY = 2.0  # seconds between two tries of a standby to become the leader
@@ -6927,8 +6927,9 @@ class Watcher(_AMQPClient):
                         quiet_since = monotonic()
                     if 0 < came < self._ack_every:
                         # A few reports, as a fleet sends them, one at a time: let more come
-                        # before the next look (a look costs more than the reports it finds:
-                        # 100,000 devices, 1,700 reports/s, took 15 % of a core, 7 % so)
+                        # before the next look, which costs more than the few reports it
+                        # finds (100,000 devices, 1,700 reports/s: 90 us of CPU per report
+                        # without it, 24 so; a change is seen 20 ms later at most)
                         self._wakeup.wait(_LINGER)
                 except Interrupted:
                     raise
