@@ -6774,6 +6774,33 @@ def test_devices_are_served_by_pages_and_rendered_once_a_second():
     assert pages.respond("/devices", "offset=x", "*/*")[0] == 400
 
 
+def test_a_page_that_takes_long_to_make_is_made_again_only_after_20_times_as_long(
+        monkeypatch):
+    clock = Clock(1000.0)
+    monkeypatch.setattr(pihace.time, "monotonic", clock)
+    pages, made = pihace._FleetPages(recording_watcher()[0], refresh=1.0), []
+
+    def make():  # a page of a large fleet: 2 s to make
+        made.append(clock.now)
+        clock.now += 2.0
+        return len(made)
+    assert pages._cached("page", make) == 1
+    clock.now += 39.0  # fresh for 20 x 2 s after it was made: not 5 % of the time spent
+    assert pages._cached("page", make) == 1
+    clock.now += 1.5
+    assert pages._cached("page", make) == 2 and made == [1000.0, 1042.5]
+    assert pages._cached("cheap", lambda: "made") == "made"  # (its own refresh: a second)
+
+
+def test_one_device_is_found_by_its_id_whatever_at_signs_it_holds():
+    watcher, _ = recording_watcher()
+    for name, host in (("plain", "h"), ("a@b", "h2"), ("mail@example", "")):
+        watcher.apply(report(name=name, host=host), {})
+    for device_id in ("plain@h", "a@b@h2", "mail@example"):
+        assert watcher.device(device_id)["device"] == device_id
+    assert watcher.device("plain") is None and watcher.device("nobody@h") is None
+
+
 def test_hooks_refuse_a_missing_program_and_unknown_states_at_start():
     with pytest.raises(ValueError) as missing:
         pihace._Hooks("/nonexistent/notify --now", 5)

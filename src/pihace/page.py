@@ -158,8 +158,7 @@ def _device_answer(pages, quoted, accept):
     from urllib.parse import unquote  # loaded already, by http.server
 
     key = unquote(quoted)
-    devices, status, rows = pages._view()
-    device = devices.get(key)
+    device, status = pages.watcher.device(key), pages.watcher.status
     html = _wants_html(accept)
     if device is None:
         if html:

@@ -249,6 +249,15 @@ class Watcher(_AMQPClient):
         with self._lock, _no_collection():
             return {device.id: self._snapshot(device, now) for device in self._devices.values()}
 
+    def device(self, device_id):
+        """A snapshot of one device (as in `devices`), or None when none has that id."""
+        name, _, host = device_id.rpartition("@")
+        with self._lock:
+            device = self._devices.get((name, host) if name else (device_id, ""))
+            if device is None or device.id != device_id:
+                device = self._devices.get((device_id, ""))
+            return None if device is None else self._snapshot(device, self.wall_clock())
+
     def devices_page(self, offset=0, limit=1000):
         """(how many devices, how many in each state, snapshots of `limit` devices from
         `offset`, worst first: state, then the longest silence, then the id). Only the page
