@@ -4093,10 +4093,12 @@ class Backoff:
         self.failures = 0
         self._random = random.random
 
-    def failed(self):
-        """Count a failure; the seconds to wait before the next attempt."""
+    def failed(self, spread=True):
+        """Count a failure; the seconds to wait before the next attempt. With `spread`
+        False (a failure that hit this client alone: a refused publish on a connection
+        still open), there is no crowd to spread, and the first retry comes within 0.5 s."""
         self.failures += 1
-        if self.failures == 1:
+        if self.failures == 1 and spread:
             return self.spread * self._random()
         return min(self.maximum, 0.5 * 2 ** (self.failures - 1)) * (0.5 + self._random() / 2)
 
@@ -5062,10 +5064,16 @@ class AMQPPusher(_AMQPClient):
 
         Reports keep a fixed cadence (a slow round skips the ticks it missed).
         Between them the loop sleeps, waking only to send heartbeats and to read
-        what the broker sends, so the connection is kept alive. After a failure
-        or a lost connection, reports are still taken on schedule, into the
-        outbox, while connection attempts back off (see Backoff; the first one
-        within half an interval, at most 30 s apart). stop() ends the wait, or
+        what the broker sends, so the connection is kept alive. A connection
+        lost while waiting is opened again within half an interval (at a random
+        moment, so that a fleet does not come back in step), or by the next
+        report if that comes first (another node of the list, at once). After a
+        failed attempt, reports are still taken on schedule, into the outbox,
+        while attempts back off (see Backoff; at most 30 s apart): the first
+        retry within half an interval when connecting failed, within 0.5 s when
+        the broker refused a report on an open connection (a Nack while a quorum
+        queue elects its leader).
+        stop() ends the wait, or
         the wait for the broker, at once; a stop_event is looked at every
         second. On the way out the outbox gets a last chance of at most
         `timeout` and 5 s (a second stop() or Ctrl-C ends it at once), and the
@@ -5085,9 +5093,9 @@ class AMQPPusher(_AMQPClient):
                 now = self.clock()
                 result = None
                 if now >= next_report:
-                    if retry_at < math.inf:  # backing off: the report waits for the retry
+                    if failed_rounds:  # backing off after a failed attempt: it waits
                         self._survive(self._take_report)
-                    else:
+                    else:  # connected, or lost while waiting: it goes now, connecting first
                         result = self._survive(self.push)
                     next_report += interval * (1 + (now - next_report) // interval)
                 elif now >= retry_at:
@@ -5104,7 +5112,9 @@ class AMQPPusher(_AMQPClient):
                         log.warning("cannot publish (%s); %d report(s) wait in the outbox",
                                     result[1], len(self.outbox))
                     failed_rounds += 1
-                    retry_at = self.clock() + backoff.failed()
+                    # refused on an open connection (a Nack while a quorum queue elects a
+                    # leader, say): soon; a connection that failed: spread, then backing off
+                    retry_at = self.clock() + backoff.failed(spread=not self.is_connected())
                 if self._idle(min(next_report, retry_at), stop_event) and retry_at == math.inf:
                     retry_at = self.clock() + backoff.failed()  # lost: reconnect, spread
         except KeyboardInterrupt:

@@ -5796,6 +5796,54 @@ def test_the_first_reconnect_after_a_loss_is_spread_not_in_step(fault_rabbit, un
     assert delays[-1] - delays[0] > 0.3, delays
 
 
+@pytest.mark.slow
+@pytest.mark.rabbit_control
+def test_a_report_due_after_a_lost_connection_goes_at_its_time_not_at_the_spread_retry(
+        fault_rabbit, unique_queue, monkeypatch):
+    import random
+
+    later = [0.0]  # seconds added to the pusher's clock: its next report comes due
+    clock = lambda: time.monotonic() + later[0]  # noqa: E731
+    monkeypatch.setattr(random, "random", lambda: 0.99)  # the spread retry: 29.7 s after a loss
+    pusher = pihace.AMQPPusher(counting_check(), fault_rabbit.url, unique_queue, clock=clock)
+    loop = LoopThread(pusher, 600)
+    try:
+        wait_until(lambda: queue_depth(fault_rabbit.url, unique_queue) == 1, 20, "a report")
+        later[0] = 599.0  # the next report is due a second from now
+        fault_rabbit.ctl("close_all_connections", "test: the node went away")
+        # it goes when due, connecting first (it waited for the retry, 29.7 s after the loss)
+        wait_until(lambda: queue_depth(fault_rabbit.url, unique_queue) == 2, 15,
+                   "the report due next")
+    finally:
+        loop.stop(within=10)
+    assert pusher.connections_opened == 2
+
+
+@pytest.mark.slow
+def test_after_a_refused_report_the_loop_tries_again_soon_not_at_the_spread_retry(
+        rabbit, unique_queue, pika_channel, monkeypatch, caplog):
+    import random
+
+    full = {"x-max-length": 1, "x-overflow": "reject-publish"}  # a full queue nacks
+    pika_channel.queue_declare(unique_queue, durable=True, arguments=full)
+    pika_channel.basic_publish("", unique_queue, b"filler")
+    monkeypatch.setattr(random, "random", lambda: 0.99)  # the spread retry: 29.7 s after
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue,
+                               queue_arguments=full)
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        loop = LoopThread(pusher, 600)
+        try:
+            wait_until(lambda: "Basic.Nack" in caplog.text, 20, "the report refused")
+            pika_channel.queue_purge(unique_queue)
+            # a refusal on an open connection hit this pusher alone: no crowd to spread
+            wait_until(lambda: not pusher.outbox, 15, "the report delivered")
+        finally:
+            loop.stop(within=10)
+    assert pusher.connections_opened == 1
+    # the report alone: the loop's last word found the queue full again
+    assert [sequence(body) for _, body in drain(rabbit.url, unique_queue)] == [1]
+
+
 def test_a_deleted_queue_is_declared_again_and_the_report_sent_again(rabbit, unique_queue,
                                                                      pika_channel):
     pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue)
