@@ -6189,6 +6189,26 @@ def test_pushes_spread_over_the_nodes_and_spread_again_after_a_node_returns(clus
     assert max(after.values()) < 20, after
 
 
+def test_a_connection_is_replaced_once_it_is_nine_tenths_to_all_of_its_age(rabbit,
+                                                                          unique_queue):
+    later = [0.0]
+    clock = lambda: time.monotonic() + later[0]  # noqa: E731
+    urls = [rabbit.url, rabbit.url]  # two "nodes": the same one twice
+    pusher = pihace.AMQPPusher(counting_check(), urls, unique_queue, max_connection_age=100,
+                               clock=clock)
+    opened = []
+    try:
+        for age in (0, 89.9, 100.0, 100.0 + 89.9):
+            later[0] = age
+            assert pusher.push() is True
+            opened.append(pusher.connections_opened)
+    finally:
+        pusher.close()
+    assert opened == [1, 1, 2, 2]  # replaced at a random point of its last tenth, once
+    assert pihace.AMQPPusher(None, urls).max_connection_age == 3600  # by default: an hour
+    assert pihace.AMQPPusher(None, urls, max_connection_age=0).max_connection_age is None
+
+
 # ---------------------------------------------------------------------------
 # pusher: what code written for pihace 1.0.0 relies on (issue 15)
 # ---------------------------------------------------------------------------
@@ -7995,7 +8015,7 @@ def test_main_help_and_version(capsys):
     (["push", "--url", "http://u:sekrit@h/"], "--url must start with amqp://"),
     (["push", "--url", "amqp://h/", "--interval", "0"], "--interval must be a positive number"),
     (["push", "--url", "amqp://h/", "--buffer-size", "0"], "--buffer-size must be an integer >= 1"),
-    (["push", "--url", "amqp://h/", "--max-connection-age", "0"],
+    (["push", "--url", "amqp://h/", "--max-connection-age", "-1"],
      "--max-connection-age must be a positive number"),
     (["push", "--url", "amqp://h/", "--queue", "q" * 256], "--queue is 256 bytes long"),
     (["push", "--url", "amqp://h/?hearbeat=5"], "--url has an unknown query key 'hearbeat'"),

@@ -400,9 +400,9 @@ class AMQPPusher(_AMQPClient):
     timestamps, once the broker is back. Delivery is at-least-once: a report
     whose confirm was lost on the way is sent again with the same message_id, so
     consumers can drop duplicates. `amqp_url` may be a list of URLs (nodes of one
-    cluster), tried in a random order; with `max_connection_age`, a connection
-    older than that is replaced at the next report, which spreads a fleet again
-    over the nodes after one came back.
+    cluster), tried in a random order; then a connection about `max_connection_age`
+    old (an hour by default) is replaced at the next report, which spreads a fleet
+    again over the nodes after one came back.
     """
 
     interval = None  # seconds between reports while push_forever_in_loop runs
@@ -411,7 +411,7 @@ class AMQPPusher(_AMQPClient):
                  queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
                  routing_key=None, declare=True, queue_arguments=None, confirm=True,
                  heartbeat=None, timeout=10.0, connect_timeout=None, buffer_size=1000,
-                 outbox_path=None, max_connection_age=None, connection_name=None,
+                 outbox_path=None, max_connection_age=3600.0, connection_name=None,
                  ssl_context=None, socket_factory=None, clock=time.monotonic):
         if healthcheck is not None and not callable(getattr(healthcheck, "check", None)):
             raise TypeError("healthcheck must be a HealthCheck (or have a check() method), got "
@@ -437,14 +437,15 @@ class AMQPPusher(_AMQPClient):
         # a slow link whose set-up takes longer than one publish may still deliver
         self.connect_timeout = (2 * self.timeout if connect_timeout is None
                                 else _seconds("connect_timeout", connect_timeout))
-        self.max_connection_age = (None if max_connection_age is None else
-                                   _seconds("max_connection_age", max_connection_age))
+        self.max_connection_age = (None if max_connection_age is None or (
+            type(max_connection_age) in (int, float) and max_connection_age == 0)  # never
+            else _seconds("max_connection_age", max_connection_age))
         self.buffer_size = buffer_size
         self.outbox = Outbox(buffer_size, outbox_path)
         self._paused_until, self._pause_reason = 0.0, None  # maintenance it announces (pause())
         self._loop_report = None  # the newest report of a running loop (for its last word)
         self.clock = clock  # monotonic: deadlines and connection ages, never shown
-        self._declared, self._connected_at = False, 0.0
+        self._declared, self._connected_at, self._replace_after = False, 0.0, None
         self._lock = threading.RLock()  # held while the connection is in use
         self._new_message_ids()
         _reset_after_fork.add(self)
@@ -487,6 +488,12 @@ class AMQPPusher(_AMQPClient):
         connection = self._open_connection(deadline, self.connect_timeout, self.clock)
         self._declared = False
         self._connected_at = self.clock()
+        if self.max_connection_age is not None and len(self.endpoints) > 1:
+            import random  # here, not at the top: slow to import, and only connecting needs it
+
+            # at a random point of its last tenth, so that connections opened together (a
+            # fleet that failed over) are not replaced together
+            self._replace_after = self.max_connection_age * random.uniform(0.9, 1.0)
         self._wake_loop()  # a loop sleeping without a connection must keep this one alive
         return connection
 
@@ -502,8 +509,8 @@ class AMQPPusher(_AMQPClient):
                 log.warning("connection lost, opening a new one: %s", self._handle_failure(exc))
                 connection = self._connection  # still there after a channel was closed
         if connection is not None and self.max_connection_age is not None and self._too_old():
-            log.info("replacing the connection to %s after %gs, to spread over the nodes",
-                     self.parameters.safe_url, self.max_connection_age)
+            log.info("replacing the connection to %s after %.0fs, to spread over the nodes",
+                     self.parameters.safe_url, self.clock() - self._connected_at)
             self._rebalancing = True
             self._close_connection()
             connection = None
@@ -525,8 +532,8 @@ class AMQPPusher(_AMQPClient):
         return connection, setup_deadline
 
     def _too_old(self):
-        return (self.max_connection_age is not None and len(self.endpoints) > 1
-                and self.clock() - self._connected_at >= self.max_connection_age)
+        return (self._replace_after is not None and len(self.endpoints) > 1
+                and self.clock() - self._connected_at >= self._replace_after)
 
     def _drop(self):
         if self._connection is not None:
