@@ -66,6 +66,7 @@ HEARTBEAT = 60
 SETTLE = 5.0
 TARGET_DELAY = 5.0  # seconds from a report taken to its confirm, while the node is down
 SPREAD = 0.20  # connections per node within this share of an even split
+IDLE = 20.0  # seconds of the cluster's CPU measured with the watcher alone
 
 
 # ---------------------------------------------------------------------------
@@ -325,6 +326,11 @@ def run(args, snapshot, folder, log):
         facts["broker_before"] = {node.nodename: (proc_rss_mb(beams[node]),
                                                   memory_breakdown(node))
                                   for node in cluster.nodes}
+        log(f"the cluster's CPU with the watcher alone ({IDLE:g} s) ...")
+        idle0, started = sum(proc_cpu(pid) for pid in beams.values()), time.time()
+        time.sleep(IDLE)
+        facts["beam_idle_cpu"] = ((sum(proc_cpu(pid) for pid in beams.values()) - idle0)
+                                  / (time.time() - started))
         n, per = args.pushers, args.pushers // args.processes
         t0 = time.time() + 3.0 + 0.004 * n  # the workers' imports and constructors first
         for w in range(args.processes):
@@ -526,6 +532,8 @@ def report(args, facts, header):
          "", ""),
         ("  rabbit_vm:memory() connection_*, KB", f"{conn_bytes / 1024 / n:.0f}", "", ""),
         ("  broker CPU (3 nodes), % of one core", f"{beam_cpu:.1f}", "", ""),
+        ("    with the watcher alone, before any pusher, %",
+         f"{facts['beam_idle_cpu'] * 100:.1f}", "", ""),
         ("  beam.smp file descriptors per node",
          " / ".join(str(v) for v in facts["beam_fds"].values()), "", ""),
         ("kill -9 of the leader's node: new leader after, s",
