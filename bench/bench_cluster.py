@@ -188,7 +188,10 @@ def memory_breakdown(node):
     import re
 
     out = node.ctl("eval", "rabbit_vm:memory().", timeout=60)
-    return {key: int(value) for key, value in re.findall(r"\{(\w+),(\d+)\}", out)}
+    values = {key: int(value) for key, value in re.findall(r"\{(\w+),(\d+)\}", out)}
+    count = node.ctl("eval", "erlang:system_info(process_count).", timeout=60).strip()
+    values["erlang_processes"] = int(count) if count.isdigit() else 0
+    return values
 
 
 CONNECTION_KEYS = ("connection_readers", "connection_writers", "connection_channels",
@@ -495,6 +498,8 @@ def report(args, facts, header):
                      - sum(before_mem[k][1].get(c, 0) for c in CONNECTION_KEYS)
                      for k in after_mem)
     client_rss_delta = facts["client_rss"] - facts["rss_imported"]
+    processes = sum(after_mem[k][1].get("erlang_processes", 0)
+                    - before_mem[k][1].get("erlang_processes", 0) for k in after_mem)
     cpu_per_pusher_s = facts["client_cpu"] / n / window  # seconds of CPU per second
     blind = [s for s in facts["sight"] if not s[1]]
     blind_span = (blind[-1][0] - blind[0][0] + 1) if blind else 0.0
@@ -531,6 +536,7 @@ def report(args, facts, header):
         ("broker memory per connection: beam.smp RSS, KB", f"{beam_rss_delta * 1024 / n:.0f}",
          "", ""),
         ("  rabbit_vm:memory() connection_*, KB", f"{conn_bytes / 1024 / n:.0f}", "", ""),
+        ("  Erlang processes per connection", f"{processes / n:.1f}", "", ""),
         ("  broker CPU (3 nodes), % of one core", f"{beam_cpu:.1f}", "", ""),
         ("    with the watcher alone, before any pusher, %",
          f"{facts['beam_idle_cpu'] * 100:.1f}", "", ""),
