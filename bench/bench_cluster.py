@@ -21,10 +21,12 @@ this tree's pihace.py taken at start:
                 g / pushers of an interval after the common start: reports evenly spaced.
                 hc is a HealthCheck named d00000 ... with one check that passes.
 
-The run: ramp-up (one interval: every pusher connects and reports), a settle of 5 s, the
-steady window (one interval): the workers' CPU (utime + stime, /proc) and RSS against their RSS
-with pihace imported and no pusher yet; each node's beam.smp RSS and `rabbitmq-diagnostics
-memory_breakdown` against the same before any pusher; confirmed reports per second. Then
+The run: 20 s of the cluster's CPU with the watcher alone; ramp-up (one interval: every pusher
+connects and reports), a settle of 5 s, the steady window (one interval): the workers' CPU
+(utime + stime, /proc) and RSS against their RSS with pihace imported and no pusher yet; each
+node's beam.smp RSS and CPU, `rabbit_vm:memory()` (what `rabbitmq-diagnostics memory_breakdown`
+shows) and Erlang process count against the same before any pusher; confirmed reports per
+second. Then
 `kill -9` of the node holding the queue's leader (rabbitnode kills beam.smp and its helpers),
 down for --down seconds, started again; connections per node every 5 s until
 --age + interval + 30 s after it is back. Then every pusher is stopped (its last word, the
