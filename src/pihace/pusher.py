@@ -532,7 +532,7 @@ class AMQPPusher(_AMQPClient):
         return connection, setup_deadline
 
     def _too_old(self):
-        return (self._replace_after is not None and len(self.endpoints) > 1
+        return (self._replace_after is not None  # set on connecting, with several nodes
                 and self.clock() - self._connected_at >= self._replace_after)
 
     def _drop(self):
@@ -863,12 +863,10 @@ class AMQPPusher(_AMQPClient):
         while attempts back off (see Backoff; at most 30 s apart): the first
         retry within half an interval when connecting failed, within 0.5 s when
         the broker refused a report on an open connection (a Nack while a quorum
-        queue elects its leader).
-        stop() ends the wait, or
-        the wait for the broker, at once; a stop_event is looked at every
-        second. On the way out the outbox gets a last chance of at most
-        `timeout` and 5 s (a second stop() or Ctrl-C ends it at once), and the
-        connection is closed cleanly.
+        queue elects its leader). stop() ends the wait, or the wait for the
+        broker, at once; a stop_event is looked at every second. On the way out
+        the outbox gets a last chance of at most `timeout` and 5 s (a second
+        stop() or Ctrl-C ends it at once), and the connection is closed cleanly.
         """
         interval = _seconds("interval", interval)
         if self.healthcheck is None:
