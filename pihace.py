@@ -4228,10 +4228,12 @@ class Backoff:
         self.failures = 0
         self._random = random.random
 
-    def failed(self):
-        """Count a failure; the seconds to wait before the next attempt."""
+    def failed(self, spread=True):
+        """Count a failure; the seconds to wait before the next attempt. With `spread`
+        False (a failure that hit this client alone: a refused publish on a connection
+        still open), there is no crowd to spread, and the first retry comes within 0.5 s."""
         self.failures += 1
-        if self.failures == 1:
+        if self.failures == 1 and spread:
             return self.spread * self._random()
         return min(self.maximum, 0.5 * 2 ** (self.failures - 1)) * (0.5 + self._random() / 2)
 
@@ -4749,9 +4751,9 @@ class AMQPPusher(_AMQPClient):
     timestamps, once the broker is back. Delivery is at-least-once: a report
     whose confirm was lost on the way is sent again with the same message_id, so
     consumers can drop duplicates. `amqp_url` may be a list of URLs (nodes of one
-    cluster), tried in a random order; with `max_connection_age`, a connection
-    older than that is replaced at the next report, which spreads a fleet again
-    over the nodes after one came back.
+    cluster), tried in a random order; then a connection about `max_connection_age`
+    old (an hour by default) is replaced at the next report, which spreads a fleet
+    again over the nodes after one came back.
     """
 
     interval = None  # seconds between reports while push_forever_in_loop runs
@@ -4760,7 +4762,7 @@ class AMQPPusher(_AMQPClient):
                  queue_name="pihace.healthcheck", *, exchange="", exchange_type=None,
                  routing_key=None, declare=True, queue_arguments=None, confirm=True,
                  heartbeat=None, timeout=10.0, connect_timeout=None, buffer_size=1000,
-                 outbox_path=None, max_connection_age=None, connection_name=None,
+                 outbox_path=None, max_connection_age=3600.0, connection_name=None,
                  ssl_context=None, socket_factory=None, clock=time.monotonic):
         if healthcheck is not None and not callable(getattr(healthcheck, "check", None)):
             raise TypeError("healthcheck must be a HealthCheck (or have a check() method), got "
@@ -4786,14 +4788,15 @@ class AMQPPusher(_AMQPClient):
         # a slow link whose set-up takes longer than one publish may still deliver
         self.connect_timeout = (2 * self.timeout if connect_timeout is None
                                 else _seconds("connect_timeout", connect_timeout))
-        self.max_connection_age = (None if max_connection_age is None else
-                                   _seconds("max_connection_age", max_connection_age))
+        self.max_connection_age = (None if max_connection_age is None or (
+            type(max_connection_age) in (int, float) and max_connection_age == 0)  # never
+            else _seconds("max_connection_age", max_connection_age))
         self.buffer_size = buffer_size
         self.outbox = Outbox(buffer_size, outbox_path)
         self._paused_until, self._pause_reason = 0.0, None  # maintenance it announces (pause())
         self._loop_report = None  # the newest report of a running loop (for its last word)
         self.clock = clock  # monotonic: deadlines and connection ages, never shown
-        self._declared, self._connected_at = False, 0.0
+        self._declared, self._connected_at, self._replace_after = False, 0.0, None
         self._lock = threading.RLock()  # held while the connection is in use
         self._new_message_ids()
         _reset_after_fork.add(self)
@@ -4836,6 +4839,12 @@ class AMQPPusher(_AMQPClient):
         connection = self._open_connection(deadline, self.connect_timeout, self.clock)
         self._declared = False
         self._connected_at = self.clock()
+        if self.max_connection_age is not None and len(self.endpoints) > 1:
+            import random  # here, not at the top: slow to import, and only connecting needs it
+
+            # at a random point of its last tenth, so that connections opened together (a
+            # fleet that failed over) are not replaced together
+            self._replace_after = self.max_connection_age * random.uniform(0.9, 1.0)
         self._wake_loop()  # a loop sleeping without a connection must keep this one alive
         return connection
 
@@ -4855,8 +4864,8 @@ class AMQPPusher(_AMQPClient):
                 log.warning("connection lost, opening a new one: %s", self._handle_failure(exc))
                 connection = self._connection  # still there after a channel was closed
         if connection is not None and self.max_connection_age is not None and self._too_old():
-            log.info("replacing the connection to %s after %gs, to spread over the nodes",
-                     self.parameters.safe_url, self.max_connection_age)
+            log.info("replacing the connection to %s after %.0fs, to spread over the nodes",
+                     self.parameters.safe_url, self.clock() - self._connected_at)
             self._rebalancing = True
             self._close_connection()
             connection = None
@@ -4878,8 +4887,8 @@ class AMQPPusher(_AMQPClient):
         return connection, setup_deadline
 
     def _too_old(self):
-        return (self.max_connection_age is not None and len(self.endpoints) > 1
-                and self.clock() - self._connected_at >= self.max_connection_age)
+        return (self._replace_after is not None  # set on connecting, with several nodes
+                and self.clock() - self._connected_at >= self._replace_after)
 
     def _drop(self):
         if self._connection is not None:
@@ -5201,14 +5210,18 @@ class AMQPPusher(_AMQPClient):
 
         Reports keep a fixed cadence (a slow round skips the ticks it missed).
         Between them the loop sleeps, waking only to send heartbeats and to read
-        what the broker sends, so the connection is kept alive. After a failure
-        or a lost connection, reports are still taken on schedule, into the
-        outbox, while connection attempts back off (see Backoff; the first one
-        within half an interval, at most 30 s apart). stop() ends the wait, or
-        the wait for the broker, at once; a stop_event is looked at every
-        second. On the way out the outbox gets a last chance of at most
-        `timeout` and 5 s (a second stop() or Ctrl-C ends it at once), and the
-        connection is closed cleanly.
+        what the broker sends, so the connection is kept alive. A connection
+        lost while waiting is opened again within half an interval (at a random
+        moment, so that a fleet does not come back in step), or by the next
+        report if that comes first (another node of the list, at once). After a
+        failed attempt, reports are still taken on schedule, into the outbox,
+        while attempts back off (see Backoff; at most 30 s apart): the first
+        retry within half an interval when connecting failed, within 0.5 s when
+        the broker refused a report on an open connection (a Nack while a quorum
+        queue elects its leader). stop() ends the wait, or the wait for the
+        broker, at once; a stop_event is looked at every second. On the way out
+        the outbox gets a last chance of at most `timeout` and 5 s (a second
+        stop() or Ctrl-C ends it at once), and the connection is closed cleanly.
         """
         interval = _seconds("interval", interval)
         if self.healthcheck is None:
@@ -5224,9 +5237,9 @@ class AMQPPusher(_AMQPClient):
                 now = self.clock()
                 result = None
                 if now >= next_report:
-                    if retry_at < math.inf:  # backing off: the report waits for the retry
+                    if failed_rounds:  # backing off after a failed attempt: it waits
                         self._survive(self._take_report)
-                    else:
+                    else:  # connected, or lost while waiting: it goes now, connecting first
                         result = self._survive(self.push)
                     next_report += interval * (1 + (now - next_report) // interval)
                 elif now >= retry_at:
@@ -5243,7 +5256,9 @@ class AMQPPusher(_AMQPClient):
                         log.warning("cannot publish (%s); %d report(s) wait in the outbox",
                                     result[1], len(self.outbox))
                     failed_rounds += 1
-                    retry_at = self.clock() + backoff.failed()
+                    # refused on an open connection (a Nack while a quorum queue elects a
+                    # leader, say): soon; a connection that failed: spread, then backing off
+                    retry_at = self.clock() + backoff.failed(spread=not self.is_connected())
                 if self._idle(min(next_report, retry_at), stop_event) and retry_at == math.inf:
                     retry_at = self.clock() + backoff.failed()  # lost: reconnect, spread
         except KeyboardInterrupt:
@@ -9758,8 +9773,9 @@ def _push_parser(commands, common):
                       help="keep undelivered reports in this folder, so that they survive a "
                       "restart (delivered first, in order, by the next run)")
     push.add_argument("--max-connection-age", type=float, metavar="SECONDS",
-                      help="with several --url: replace a connection this old at the next "
-                      "report, at a random node (spreads a fleet again after a node returns)")
+                      help="with several --url: replace a connection about this old at the "
+                      "next report, at a random node (spreads a fleet again after a node "
+                      "returns; default 3600, 0: never)")
     push.add_argument("--no-declare", dest="declare", action="store_false",
                       help="publish without declaring the queue or exchange (it exists already, "
                       "or the user may not configure)")
@@ -10007,7 +10023,7 @@ def _pusher(args, hc):
     if args.interval is not None:
         _seconds("--interval", args.interval)
     _number("--buffer-size", args.buffer_size, lambda v: v >= 1, "an integer >= 1", int)
-    if args.max_connection_age is not None:
+    if args.max_connection_age:  # 0: never
         _seconds("--max-connection-age", args.max_connection_age)
     if args.maintenance is not None:
         _duration("--maintenance", args.maintenance)
@@ -10019,7 +10035,9 @@ def _pusher(args, hc):
                           exchange_type=args.exchange_type, routing_key=args.routing_key,
                           buffer_size=args.buffer_size,
                           declare=args.declare, queue_arguments=queue_arguments,
-                          outbox_path=args.spool, max_connection_age=args.max_connection_age)
+                          outbox_path=args.spool, **({} if args.max_connection_age is None else
+                                                     {"max_connection_age":
+                                                      args.max_connection_age}))
     except OSError as exc:  # the spool folder
         raise ValueError(f"--spool: {describe_error(exc)}") from None
 

@@ -5908,6 +5908,54 @@ def test_the_first_reconnect_after_a_loss_is_spread_not_in_step(fault_rabbit, un
     assert delays[-1] - delays[0] > 0.3, delays
 
 
+@pytest.mark.slow
+@pytest.mark.rabbit_control
+def test_a_report_due_after_a_lost_connection_goes_at_its_time_not_at_the_spread_retry(
+        fault_rabbit, unique_queue, monkeypatch):
+    import random
+
+    later = [0.0]  # seconds added to the pusher's clock: its next report comes due
+    clock = lambda: time.monotonic() + later[0]  # noqa: E731
+    monkeypatch.setattr(random, "random", lambda: 0.99)  # the spread retry: 29.7 s after a loss
+    pusher = pihace.AMQPPusher(counting_check(), fault_rabbit.url, unique_queue, clock=clock)
+    loop = LoopThread(pusher, 600)
+    try:
+        wait_until(lambda: queue_depth(fault_rabbit.url, unique_queue) == 1, 20, "a report")
+        later[0] = 599.0  # the next report is due a second from now
+        fault_rabbit.ctl("close_all_connections", "test: the node went away")
+        # it goes when due, connecting first (it waited for the retry, 29.7 s after the loss)
+        wait_until(lambda: queue_depth(fault_rabbit.url, unique_queue) == 2, 15,
+                   "the report due next")
+    finally:
+        loop.stop(within=10)
+    assert pusher.connections_opened == 2
+
+
+@pytest.mark.slow
+def test_after_a_refused_report_the_loop_tries_again_soon_not_at_the_spread_retry(
+        rabbit, unique_queue, pika_channel, monkeypatch, caplog):
+    import random
+
+    full = {"x-max-length": 1, "x-overflow": "reject-publish"}  # a full queue nacks
+    pika_channel.queue_declare(unique_queue, durable=True, arguments=full)
+    pika_channel.basic_publish("", unique_queue, b"filler")
+    monkeypatch.setattr(random, "random", lambda: 0.99)  # the spread retry: 29.7 s after
+    pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue,
+                               queue_arguments=full)
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        loop = LoopThread(pusher, 600)
+        try:
+            wait_until(lambda: "Basic.Nack" in caplog.text, 20, "the report refused")
+            pika_channel.queue_purge(unique_queue)
+            # a refusal on an open connection hit this pusher alone: no crowd to spread
+            wait_until(lambda: not pusher.outbox, 15, "the report delivered")
+        finally:
+            loop.stop(within=10)
+    assert pusher.connections_opened == 1
+    # the report alone: the loop's last word found the queue full again
+    assert [sequence(body) for _, body in drain(rabbit.url, unique_queue)] == [1]
+
+
 def test_a_deleted_queue_is_declared_again_and_the_report_sent_again(rabbit, unique_queue,
                                                                      pika_channel):
     pusher = pihace.AMQPPusher(counting_check(), rabbit.url, unique_queue)
@@ -6251,6 +6299,26 @@ def test_pushes_spread_over_the_nodes_and_spread_again_after_a_node_returns(clus
     assert all(count > 0 for node, count in during.items() if node is not stopped), during
     assert after.get(stopped, 0) > 0, after  # the returned node has its share again
     assert max(after.values()) < 20, after
+
+
+def test_a_connection_is_replaced_once_it_is_nine_tenths_to_all_of_its_age(rabbit,
+                                                                          unique_queue):
+    later = [0.0]
+    clock = lambda: time.monotonic() + later[0]  # noqa: E731
+    urls = [rabbit.url, rabbit.url]  # two "nodes": the same one twice
+    pusher = pihace.AMQPPusher(counting_check(), urls, unique_queue, max_connection_age=100,
+                               clock=clock)
+    opened = []
+    try:
+        for age in (0, 89.9, 100.0, 100.0 + 89.9):
+            later[0] = age
+            assert pusher.push() is True
+            opened.append(pusher.connections_opened)
+    finally:
+        pusher.close()
+    assert opened == [1, 1, 2, 2]  # replaced at a random point of its last tenth, once
+    assert pihace.AMQPPusher(None, urls).max_connection_age == 3600  # by default: an hour
+    assert pihace.AMQPPusher(None, urls, max_connection_age=0).max_connection_age is None
 
 
 # ---------------------------------------------------------------------------
@@ -8126,7 +8194,7 @@ def test_main_help_and_version(capsys):
     (["push", "--url", "http://u:sekrit@h/"], "--url must start with amqp://"),
     (["push", "--url", "amqp://h/", "--interval", "0"], "--interval must be a positive number"),
     (["push", "--url", "amqp://h/", "--buffer-size", "0"], "--buffer-size must be an integer >= 1"),
-    (["push", "--url", "amqp://h/", "--max-connection-age", "0"],
+    (["push", "--url", "amqp://h/", "--max-connection-age", "-1"],
      "--max-connection-age must be a positive number"),
     (["push", "--url", "amqp://h/", "--queue", "q" * 256], "--queue is 256 bytes long"),
     (["push", "--url", "amqp://h/?hearbeat=5"], "--url has an unknown query key 'hearbeat'"),

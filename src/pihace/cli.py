@@ -210,8 +210,9 @@ def _push_parser(commands, common):
                       help="keep undelivered reports in this folder, so that they survive a "
                       "restart (delivered first, in order, by the next run)")
     push.add_argument("--max-connection-age", type=float, metavar="SECONDS",
-                      help="with several --url: replace a connection this old at the next "
-                      "report, at a random node (spreads a fleet again after a node returns)")
+                      help="with several --url: replace a connection about this old at the "
+                      "next report, at a random node (spreads a fleet again after a node "
+                      "returns; default 3600, 0: never)")
     push.add_argument("--no-declare", dest="declare", action="store_false",
                       help="publish without declaring the queue or exchange (it exists already, "
                       "or the user may not configure)")
@@ -459,7 +460,7 @@ def _pusher(args, hc):
     if args.interval is not None:
         _seconds("--interval", args.interval)
     _number("--buffer-size", args.buffer_size, lambda v: v >= 1, "an integer >= 1", int)
-    if args.max_connection_age is not None:
+    if args.max_connection_age:  # 0: never
         _seconds("--max-connection-age", args.max_connection_age)
     if args.maintenance is not None:
         _duration("--maintenance", args.maintenance)
@@ -471,7 +472,9 @@ def _pusher(args, hc):
                           exchange_type=args.exchange_type, routing_key=args.routing_key,
                           buffer_size=args.buffer_size,
                           declare=args.declare, queue_arguments=queue_arguments,
-                          outbox_path=args.spool, max_connection_age=args.max_connection_age)
+                          outbox_path=args.spool, **({} if args.max_connection_age is None else
+                                                     {"max_connection_age":
+                                                      args.max_connection_age}))
     except OSError as exc:  # the spool folder
         raise ValueError(f"--spool: {describe_error(exc)}") from None
 

@@ -830,10 +830,12 @@ class Backoff:
         self.failures = 0
         self._random = random.random
 
-    def failed(self):
-        """Count a failure; the seconds to wait before the next attempt."""
+    def failed(self, spread=True):
+        """Count a failure; the seconds to wait before the next attempt. With `spread`
+        False (a failure that hit this client alone: a refused publish on a connection
+        still open), there is no crowd to spread, and the first retry comes within 0.5 s."""
         self.failures += 1
-        if self.failures == 1:
+        if self.failures == 1 and spread:
             return self.spread * self._random()
         return min(self.maximum, 0.5 * 2 ** (self.failures - 1)) * (0.5 + self._random() / 2)
 
