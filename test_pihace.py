@@ -7274,6 +7274,8 @@ def test_the_watcher_reconnects_after_a_broker_restart_and_states_go_on(fault_ra
         wait_until(lambda: watched.watcher.connections_opened == 2, 30, "a reconnection")
         wait_until(lambda: watched.watcher.devices[device]["reports"] > before + 3, 20,
                    "reports after the restart")
+        loop.stop()  # its last report says it stopped: read before the watcher stops
+        wait_until(lambda: watched.state(device) == "stopped", 10, "the loop's last word")
     finally:
         loop.stop()
         watched.stop()
