@@ -532,8 +532,9 @@ def print_table(results, options, rounds, header):
         f"{int(value('pihace', 'changed')[0]):,} states. Renderings: median of "
         f"{options['renders']} per round; rounds: {rounds}.")
     print("- /metrics and /devices figures are _FleetPages.respond() with refresh=0: each call "
-          "reads the watcher again (/metrics: Watcher.metric_rows(), one tuple per device, "
-          "then the text made in parts and joined here; /devices: Watcher.devices_page(), a sort and the page's snapshots), "
+          "reads the watcher again (/metrics: Watcher.metric_rows(), lists of what the devices "
+          "hold, then the text made in parts and joined here (the peak RSS of figure 2 is "
+          "that join's; served, the parts are sent as they are made); /devices: Watcher.devices_page(), a sort and the page's snapshots), "
           "then renders. generate_latest() renders a registry that already holds the values; filling "
           "it is timed apart (what an application would pay again on every change).")
     for figure in ("metrics", "devices"):
