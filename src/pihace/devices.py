@@ -173,6 +173,12 @@ class Device:
         self.reminded, self.rolled_up = now, False
         return old
 
+    def remember(self, id_key, message_id, window):
+        """A report's message id, applied: its key among the newest `window`."""
+        ids = self.ids + id_key
+        self.ids = ids if len(ids) <= 8 * window else ids[-8 * window:]
+        self.last_id = message_id
+
     def history(self):
         """Its changes of state, (time, old, new), the oldest first (a new list)."""
         if type(self.transitions) is tuple:  # in its first state since it was first seen

@@ -438,13 +438,8 @@ class Watcher(_AMQPClient):
             message_id = None if type(message_id) not in (bytes, int) else message_id
         id_key = None if message_id is None else _id_key(message_id)
         rate = report.get("rate")
-        if rate:  # one str for each rate the fleet sends ("3/3"), not one per device
-            shared = self._rates.get(rate) if type(rate) is str else None
-            if shared is None:
-                shared = _report_text(rate, 20)
-                if len(self._rates) < 1000:
-                    self._rates[shared] = shared
-            rate = shared
+        if rate:
+            rate = self._shared_rate(rate)
         with self._lock:
             if device is None:  # new, or known by the texts made safe
                 device = self._devices.get((name, host))
@@ -467,25 +462,14 @@ class Watcher(_AMQPClient):
                 seen = now  # sent just now, yet stamped far from now: a clock that is off
                 self._skewed(device, now - stamp)
             if id_key is not None and self.dedup_window:
-                ids = device.ids + id_key
-                device.ids = ids if len(ids) <= 8 * self.dedup_window else \
-                    ids[-8 * self.dedup_window:]
-                device.last_id = message_id
+                device.remember(id_key, message_id, self.dedup_window)
             device.status, device.last_stamp = _STATUS_TEXT[report["status"]], stamp
             device.last_seen = device.judged_from = seen
             device.reports += 1
             device.rate, failure = rate or None, report.get("failure")
             device.failing = tuple(_report_text(check) for check in itertools.islice(
                 failure, _FAILING_LIMIT)) if type(failure) is dict and failure else ()
-            if report.get("stopped") is None and report.get("paused_until") is None and \
-                    self.remind is None and self.down_after == self.up_after == 1 and \
-                    device.listed is None and not (
-                        device.stopped or device.paused_until or self._pauses):
-                # the usual case, the short way: fresh, so its status is its state
-                new = device.health = _STATE_OF_STATUS[device.status]
-                device.due = seen + device.late_after
-            else:
-                new = self._take_flags(device, report, seen, now)
+            new = self._take_flags(device, report, seen, now)
             self._dirty = True
             if device.due < self._earliest_due:
                 self._earliest_due = device.due
@@ -495,6 +479,16 @@ class Watcher(_AMQPClient):
             if first and not self.announce_first:
                 return None
             return device, old, new, report, now
+
+    def _shared_rate(self, rate):
+        """A report's rate ("3/3") made safe, as one str for each the fleet sends, not one
+        per device."""
+        shared = self._rates.get(rate) if type(rate) is str else None
+        if shared is None:
+            shared = _report_text(rate, 20)
+            if len(self._rates) < 1000:
+                self._rates[shared] = shared
+        return shared
 
     def _new_device(self, name, host, now):
         """A new device, tracked: "refused" beyond max_devices, "unexpected" when a roster
@@ -513,6 +507,14 @@ class Watcher(_AMQPClient):
     def _take_flags(self, device, report, seen, now):
         """The device's state once its newest report is in: what it says of itself (stopped,
         paused until), its status damped, then the watcher's rules (_state_now)."""
+        if report.get("stopped") is None and report.get("paused_until") is None and \
+                self.remind is None and self.down_after == self.up_after == 1 and \
+                device.listed is None and not (
+                    device.stopped or device.paused_until or self._pauses):
+            # the usual case, the short way: fresh, so its status is its state
+            new = device.health = _STATE_OF_STATUS[device.status]
+            device.due = seen + device.late_after
+            return new
         device.stopped = report.get("stopped") is True
         until = report.get("paused_until")
         if type(until) in (int, float) and until > now:  # maintenance the device announces
@@ -525,7 +527,7 @@ class Watcher(_AMQPClient):
             is None else self._damped(device, raw)
         if device.stopped or device.paused_until or self._pauses or self.remind:
             new, device.due = self._state_now(device, now)
-        else:  # the usual case, the short way: fresh, so its status is its state
+        else:  # fresh, so its status (damped) is its state
             new, device.due = device.health, seen + device.late_after
         return new
 
