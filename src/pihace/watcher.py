@@ -419,12 +419,9 @@ class Watcher(_AMQPClient):
         name = (component.get("name") if type(component) is dict else None) or properties.get(
             "app_id") or properties.get("user_id") or "unknown"
         host = report.get("host") or ""
-        # A known device: its name and host were made safe when it was first seen, so the
-        # same texts need no second look (the usual case: one lookup; only this thread adds
-        # or removes devices)
-        device = self._devices.get((name, host)) if type(name) is str and type(host) is str \
-            else None
-        if device is None:
+        # A known device's name and host were made safe when it was first seen: the same
+        # texts need no second look (the usual case)
+        if not (type(name) is str and type(host) is str and (name, host) in self._devices):
             name, host = _report_text(name), _report_text(host)
         interval = report.get("interval")
         if type(interval) not in (float, int) or not 0 < interval < 1e6:  # bool, NaN, text...
@@ -441,8 +438,7 @@ class Watcher(_AMQPClient):
         if rate:
             rate = self._shared_rate(rate)
         with self._lock:
-            if device is None:  # new, or known by the texts made safe
-                device = self._devices.get((name, host))
+            device = self._devices.get((name, host))
             first = device is None
             if first:
                 device = self._new_device(name, host, now)
