@@ -5761,8 +5761,8 @@ class Device:
 
     def uptimes(self, now):
         """Its uptime over each of _UPTIME_WINDOWS."""
-        if type(self.transitions) is tuple:  # in one state since it was first seen
-            ratio = self.uptime(now, 0.0)
+        if type(self.transitions) is tuple:  # in one state since it was first seen: its
+            ratio = self.uptime(now, 0.0)  # uptime is the same over every window (1, 0, None)
             return ratio, ratio
         return tuple(self.uptime(now, window) for _, window in _UPTIME_WINDOWS)
 
@@ -6779,6 +6779,8 @@ class Watcher(_AMQPClient):
                         _report_text(by) if by else None)
             except (TypeError, ValueError):
                 skipped += 1
+        # a list (a file of the one-line layout), or read_state's iterator over the lines;
+        # anything else the file may hold there makes no device
         for entry in entries if type(entries) is list or hasattr(entries, "__next__") else ():
             device = self._device_from_record(entry)
             if device is None or len(self._devices) >= self.max_devices:

@@ -187,8 +187,8 @@ class Device:
 
     def uptimes(self, now):
         """Its uptime over each of _UPTIME_WINDOWS."""
-        if type(self.transitions) is tuple:  # in one state since it was first seen
-            ratio = self.uptime(now, 0.0)
+        if type(self.transitions) is tuple:  # in one state since it was first seen: its
+            ratio = self.uptime(now, 0.0)  # uptime is the same over every window (1, 0, None)
             return ratio, ratio
         return tuple(self.uptime(now, window) for _, window in _UPTIME_WINDOWS)
 

@@ -976,6 +976,8 @@ class Watcher(_AMQPClient):
                         _report_text(by) if by else None)
             except (TypeError, ValueError):
                 skipped += 1
+        # a list (a file of the one-line layout), or read_state's iterator over the lines;
+        # anything else the file may hold there makes no device
         for entry in entries if type(entries) is list or hasattr(entries, "__next__") else ():
             device = self._device_from_record(entry)
             if device is None or len(self._devices) >= self.max_devices:
