@@ -10157,10 +10157,48 @@ def _check_watch_options(args, urls):
                 "whole seconds from 0 (off) to 65535", int)
 
 
+# `python3 pihace.py` runs this file as a script, and CPython keeps a script's syntax tree
+# (about 20 MB for these 10,000 lines) until the script ends; an imported module's is freed
+# once it is compiled. So a command that runs for days starts again, in the same process
+# (exec: same pid, files and signals), as this file imported as the module `pihace`.
+_AS_MODULE = ("import importlib.machinery as i, importlib.util as u, sys; p = sys.argv[1]; "
+              "s = u.spec_from_loader('pihace', i.SourceFileLoader('pihace', p)); "
+              "m = sys.modules['pihace'] = u.module_from_spec(s); "
+              "s.loader.exec_module(m); sys.exit(m._main_as_module())")
+
+
+def _main_as_module():
+    """main() of the process _leave_the_syntax_tree started: its argv and sys.path as the
+    script had them (`python3 -c _AS_MODULE path args...`)."""
+    sys.argv[:2] = sys.argv[1:2]
+    if sys.path[:1] == [""]:  # -c puts the current directory first, a script its own
+        sys.path[0] = os.path.dirname(sys.argv[0])
+    return main()
+
+
+def _leave_the_syntax_tree():
+    """Run as a module instead of a script (see _AS_MODULE), when this file is a script on a
+    POSIX system; else, or when exec fails, nothing: the command runs on here."""
+    path = globals().get("__file__")
+    if __name__ != "__main__" or globals().get("__spec__") is not None or \
+            os.name != "posix" or not sys.executable or not path or not os.path.isfile(path):
+        return  # imported, `python3 -m pihace` (whose tree is freed), or read from a pipe
+    import subprocess  # here, not at the top: slow to import (see the imports)
+
+    try:
+        flags = subprocess._args_from_interpreter_flags()  # -I, -X, -W... as they were given
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, *flags, "-c", _AS_MODULE,
+                                  os.path.abspath(path), *sys.argv[1:]])
+    except (OSError, AttributeError, ValueError):
+        return
+
+
 def _give_memory_back():
     """Hand the memory that the C library keeps free back to the system (glibc's
-    malloc_trim; elsewhere nothing). Compiling this 10,000-line script leaves about 18 MB of
-    it, and reading a fleet's state file more: a long-lived watcher need not carry them."""
+    malloc_trim; elsewhere nothing). Compiling this 10,000-line module leaves about 18 MB of
+    it, and reading a fleet's state file more: a long-lived command need not carry them."""
     try:
         import ctypes  # here, not at the top: only `pihace watch` needs it
 
@@ -10178,7 +10216,7 @@ def _watch(parser, args):
         return _send_pause(parser, args)
     try:
         watcher = _watcher(args)
-        _give_memory_back()  # the compiler's and the state file's, now garbage
+        _give_memory_back()  # what reading the state file left
         if args.roster:
             watcher.set_roster(_read_roster(args.roster))
         states = [state.strip() for state in (args.on_change_states or "").split(",")
@@ -10460,6 +10498,10 @@ def main(argv=None):
                 parser.error(f"--config: {describe_error(exc)}")
             return _run_config(loaded)
         looping = args.command == "push" and args.interval is not None
+        if looping or args.command == "serve" or args.command == "watch" and not (
+                args.once or args.history is not None or args.pause or args.resume):
+            _leave_the_syntax_tree()  # a command that runs for days: as a module
+            _give_memory_back()  # what compiling this module left
         log.addHandler(handler)
         log.setLevel(args.log_level or ("INFO" if looping else "WARNING"))
         if args.command == "watch":

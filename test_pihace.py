@@ -7237,6 +7237,40 @@ def test_garbage_bodies_neither_stop_the_watcher_nor_reach_the_output(rabbit, un
     assert queue_depth(rabbit.url, unique_queue) == 0  # garbage is acknowledged too
 
 
+def heap_rss_kb(pid):
+    """Resident kB of a process's brk heap, where CPython's parser keeps a syntax tree."""
+    with open(f"/proc/{pid}/smaps") as smaps:
+        lines = smaps.read().split("\n")
+    start = next(index for index, line in enumerate(lines) if line.endswith("[heap]"))
+    return int(next(line for line in lines[start:] if line.startswith("Rss:")).split()[1])
+
+
+@pytest.mark.parametrize("command", [["watch", "--listen", "127.0.0.1:0"],
+                                     ["push", "--interval", "60"]])
+def test_a_long_lived_command_run_as_a_script_drops_its_syntax_tree(tmp_path, closed_port,
+                                                                     command):
+    # `python3 pihace.py` keeps the file's syntax tree (~20 MB) for as long as the script
+    # runs: watch and push --interval start again as the module, in the same process. The
+    # copy has no .py suffix, as one installed as /usr/local/bin/pihace would not.
+    script = tmp_path / "pihace-command"
+    shutil.copy(os.path.join(HERE, "pihace.py"), script)
+    process = subprocess.Popen([sys.executable, str(script), *command, "--url",
+                                f"amqp://127.0.0.1:{closed_port}/"], cwd=tmp_path,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stderr.readline()  # written once running, after the trim
+        assert "pihace" in first, first
+        with open(f"/proc/{process.pid}/cmdline") as cmdline:  # exec: the same process
+            arguments = cmdline.read().split("\0")
+        assert arguments[1:].index("-c") < arguments.index(str(script)), arguments
+        assert arguments[arguments.index(str(script)) + 1] == command[0]
+        assert heap_rss_kb(process.pid) < 8 * 1024  # ~22 MB while the tree is kept
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert process.returncode in (0, 1)  # stopped on SIGTERM (push: reports undelivered)
+
+
 def test_the_watcher_fails_over_to_the_node_that_answers(rabbit, unique_queue, closed_port):
     publish_reports(rabbit.url, unique_queue, (report(name="over"), {}))
     watcher = pihace.Watcher([f"amqp://127.0.0.1:{closed_port}/", rabbit.url], unique_queue)
