@@ -505,8 +505,7 @@ class Watcher(_AMQPClient):
         paused until), its status damped, then the watcher's rules (_state_now)."""
         if report.get("stopped") is None and report.get("paused_until") is None and \
                 self.remind is None and self.down_after == self.up_after == 1 and \
-                device.listed is None and not (
-                    device.stopped or device.paused_until or self._pauses):
+                device.rare is None and not self._pauses:  # (no roster entry, stop or pause)
             # the usual case, the short way: fresh, so its status is its state
             new = device.health = _STATE_OF_STATUS[device.status]
             device.due = seen + device.late_after
@@ -580,6 +579,8 @@ class Watcher(_AMQPClient):
     def _change(self, device, new, now):
         """Device into state `new`: the old state; the change goes to the flip log too."""
         old = device.change(new, now)
+        if self.remind is not None:  # the hook runs for the new state now
+            device.reminded = now
         if self.history_path is not None:
             self._flips.append({"time": now, "device": device.id, "old": old, "new": new,
                                 "reason": ", ".join(device.failing) or None})
