@@ -6869,6 +6869,25 @@ def test_one_device_is_found_by_its_id_whatever_at_signs_it_holds():
     assert watcher.device("plain") is None and watcher.device("nobody@h") is None
 
 
+def test_a_nul_or_an_at_sign_in_a_name_never_makes_two_devices_one():
+    # a device's key is "name\0host": a NUL from a report is escaped before it is a key,
+    # so no name and host can pose as another split of the same text
+    watcher, _ = recording_watcher()
+    pairs = (("a\0b", "c"), ("a", "b\0c"), ("a@b", "c"), ("a", "b@c"), ("a\0b\0c", ""))
+    for number, (name, host) in enumerate(pairs * 2):
+        assert watcher.apply(report(name=name, host=host), {"message_id": str(number)}) == \
+            "applied"
+    total, _, page = watcher.devices_page(0, 10)
+    assert total == 5 and sorted((d["name"], d["host"]) for d in page) == sorted(
+        [("a\\x00b", "c"), ("a", "b\\x00c"), ("a@b", "c"), ("a", "b@c"), ("a\\x00b\\x00c", "")])
+    assert all(d["reports"] == 2 for d in page)
+    text = b"".join(pihace._FleetPages(watcher).respond("/metrics", "", "*/*")[2]).decode()
+    assert 'pihace_device_up{device="a\\\\x00b@c",name="a\\\\x00b",host="c"} 1' in text
+    assert 'pihace_device_up{device="a@b@c",name="a",host="b@c"} 1' in text
+    assert 'pihace_device_up{device="a@b@c",name="a@b",host="c"} 1' in text
+    assert "\0" not in text
+
+
 def test_hooks_refuse_a_missing_program_and_unknown_states_at_start():
     with pytest.raises(ValueError) as missing:
         pihace._Hooks("/nonexistent/notify --now", 5)

@@ -47,6 +47,11 @@ def _plain_labels(name, host):
     return not ("\\" in name or '"' in name or "\\" in host or '"' in host)
 
 
+def _device_key(name, host):
+    """A device's key in the watcher's table (Device.key): its name and host, made safe."""
+    return f"{name}\0{host}"
+
+
 def _id_key(message_id):
     """A message id as the 8 bytes a device's `ids` keeps: its hash (keyed at random per
     process, so no producer can choose ids that collide; a window of 32 ids takes 256
@@ -164,7 +169,7 @@ class Device:
     since `since`; `status` the newest report's; `first_seen` when it was first seen.
     """
 
-    __slots__ = ("name", "host", "state", "since", "status", "first_seen", "last_seen",
+    __slots__ = ("key", "state", "since", "status", "first_seen", "last_seen",
                  "last_stamp", "judged_from", "interval", "late_after", "reports", "rate",
                  "failing", "due", "ids", "last_id", "transitions", "health", "rare")
 
@@ -185,7 +190,10 @@ class Device:
                          "in a row said it, for flap damping; 0 before any")
 
     def __init__(self, name, host, now):
-        self.name, self.host, self.rare = name, host, None
+        # its name and host as one str, "name\0host", which is its key in the watcher's
+        # table too (one str, not two and a tuple: 100,000 devices, 11 MB): texts made safe
+        # where they entered (_report_text) hold no NUL, so the split is never ambiguous
+        self.key, self.rare = _device_key(name, host), None
         if not (host and _plain_labels(name, host)):
             self.label = _metric_labels(self.id, name, host)
         self.state = self.status = self.rate = None
@@ -260,8 +268,19 @@ class Device:
         return up / counted if counted > 0 else None
 
     @property
+    def name(self):
+        key = self.key
+        return key[:key.index("\0")]
+
+    @property
+    def host(self):
+        key = self.key
+        return key[key.index("\0") + 1:]
+
+    @property
     def id(self):
-        return f"{self.name}@{self.host}" if self.host else self.name
+        key = self.key
+        return key.replace("\0", "@") if key[-1] != "\0" else key[:-1]
 
     def snapshot(self, now, stale=False):
         return {"device": self.id, "name": self.name, "host": self.host, "state": self.state,

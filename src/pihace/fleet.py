@@ -4,6 +4,7 @@ whatever the number of requests)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import sys
@@ -91,12 +92,13 @@ def _fleet_nagios(devices, status):
 def _metric_rows_of(devices):
     """Watcher.metric_rows() of a snapshot (Watcher.devices)."""
     snapshots = list(devices.values())
-    names, hosts = [d["name"] for d in snapshots], [d["host"] for d in snapshots]
-    return (names, hosts, [None if host and _plain_labels(name, host) else _metric_labels(
-        d["device"], name, host) for d, name, host in zip(snapshots, names, hosts)],
-        [d["state"] for d in snapshots], [d["last_seen"] for d in snapshots],
-        *([(d.get("uptime") or {}).get(window) for d in snapshots]
-          for window, _ in _UPTIME_WINDOWS))
+    keys = [f"{d['name']}\0{d['host']}" for d in snapshots]
+    return (keys, [None if d["host"] and _plain_labels(d["name"], d["host"]) and
+                   key.count("\0") == 1 else _metric_labels(d["device"], d["name"], d["host"])
+                   for d, key in zip(snapshots, keys)],
+            [d["state"] for d in snapshots], [d["last_seen"] for d in snapshots],
+            *([(d.get("uptime") or {}).get(window) for d in snapshots]
+              for window, _ in _UPTIME_WINDOWS))
 
 
 _METRIC_PART = 2000  # devices per part of Prometheus' text: about 200 KB per family
@@ -114,9 +116,12 @@ def _fleet_prometheus_parts(rows, status):
     it is in (value 1; the series of a state it left ends, as Prometheus marks a series gone
     from a scrape: one line per device, not one per state and device). A device's labels
     are device="name@host",name="name",host="host" as they are, unless it has its own."""
-    names, hosts, labels, states, seen, day, week = rows
-    parts = [slice(start, start + _METRIC_PART) for start in range(0, len(names),
-                                                                    _METRIC_PART)]
+    keys, labels, states, seen, day, week = rows
+    parts = [slice(start, start + _METRIC_PART) for start in range(0, len(keys), _METRIC_PART)]
+
+    def split(part):  # (name, "\0", host) of each device of a part, made as it is needed
+        return map(str.partition, keys[part], itertools.repeat("\0"))
+
     yield ("# HELP pihace_device_up 1 when the device's newest report says Available and it "
            "is not late, else 0.\n# TYPE pihace_device_up gauge\n")
     for part in parts:
@@ -124,14 +129,13 @@ def _fleet_prometheus_parts(rows, status):
             f'pihace_device_up{{device="{n}@{h}",name="{n}",host="{h}"}} '
             f'{1 if s == "up" else 0}\n' if e is None else
             f'pihace_device_up{{{e[0]}}} {1 if s == "up" else 0}\n'
-            for n, h, e, s in zip(names[part], hosts[part], labels[part], states[part])])
+            for (n, _, h), e, s in zip(split(part), labels[part], states[part])])
     yield ("# HELP pihace_device_state The state the device is in (1); the series of a state "
            "it left is gone.\n# TYPE pihace_device_state gauge\n")
     for part in parts:
         yield "".join([f'pihace_device_state{{device="{n}@{h}",state="{s}"}} 1\n' if e is None
                        else f'pihace_device_state{{{e[1]},state="{s}"}} 1\n'
-                       for n, h, e, s in zip(names[part], hosts[part], labels[part],
-                                             states[part])])
+                       for (n, _, h), e, s in zip(split(part), labels[part], states[part])])
     yield ("# HELP pihace_device_last_seen_timestamp_seconds When the device's newest report "
            "was sent.\n# TYPE pihace_device_last_seen_timestamp_seconds gauge\n")
     for part in parts:
@@ -139,14 +143,13 @@ def _fleet_prometheus_parts(rows, status):
             f'pihace_device_last_seen_timestamp_seconds{{device="{n}@{h}",name="{n}",'
             f'host="{h}"}} {t:.3f}\n' if e is None else
             f'pihace_device_last_seen_timestamp_seconds{{{e[0]}}} {t:.3f}\n'
-            for n, h, e, t in zip(names[part], hosts[part], labels[part], seen[part])])
+            for (n, _, h), e, t in zip(split(part), labels[part], seen[part])])
     yield ("# HELP pihace_device_uptime_ratio The share of the window the device was up, out "
            "of the time it was watched (paused and stopped not counted).\n"
            "# TYPE pihace_device_uptime_ratio gauge\n")
     for part in parts:
         lines = []
-        for n, h, e, *ratios in zip(names[part], hosts[part], labels[part], day[part],
-                                    week[part]):
+        for (n, _, h), e, *ratios in zip(split(part), labels[part], day[part], week[part]):
             for (window, _), ratio in zip(_UPTIME_WINDOWS, ratios):
                 if ratio is not None:
                     lines.append(f'pihace_device_uptime_ratio{{device="{n}@{h}",'

@@ -20,7 +20,7 @@ from .transport import Backoff, Wakeup, _Message
 from .client import _AMQPClient, _check_name
 from .statefile import read_state, write_atomically
 from .devices import (
-    Device, DEVICE_STATES, _FAILING_LIMIT, _HostEvent, _id_key,
+    Device, DEVICE_STATES, _device_key, _FAILING_LIMIT, _HostEvent, _id_key,
     _REMINDED_STATES, _report_text, _roster_entry, _STATE_OF_STATUS, _STATE_RANK,
     _STATE_OF_TEXT, _STATUS_TEXT, _TRANSITIONS_KEPT, _UPTIME_WINDOWS,
 )
@@ -153,7 +153,7 @@ class Watcher(_AMQPClient):
         # applied, duplicate, invalid, stale, refused, skewed, forgotten
         self.counts = collections.Counter()
         self.last_error = None  # why it could not read, the last time it could not
-        self._devices = {}  # (name, host) -> Device
+        self._devices = {}  # Device.key ("name\0host") -> Device
         # no device is due before this (a lower bound: check_ages looks at none before it);
         # whoever makes a device due earlier lowers it
         self._earliest_due = -math.inf
@@ -253,9 +253,9 @@ class Watcher(_AMQPClient):
         """A snapshot of one device (as in `devices`), or None when none has that id."""
         name, _, host = device_id.rpartition("@")
         with self._lock:
-            device = self._devices.get((name, host) if name else (device_id, ""))
+            device = self._devices.get(_device_key(name, host) if name else f"{device_id}\0")
             if device is None or device.id != device_id:
-                device = self._devices.get((device_id, ""))
+                device = self._devices.get(f"{device_id}\0")
             return None if device is None else self._snapshot(device, self.wall_clock())
 
     def devices_page(self, offset=0, limit=1000):
@@ -275,9 +275,9 @@ class Watcher(_AMQPClient):
 
     def metric_rows(self):
         """What Prometheus' text is made of (_fleet_prometheus_parts): lists of the devices'
-        names, hosts, labels (their Prometheus labels, or None when they are written as
-        they are), states, last_seen, uptimes over 24 h and over 7 d, in the order they were
-        first seen. Lists of what the devices hold, not an object made per device: a
+        keys ("name\0host"), labels (their Prometheus labels, or None when they are written
+        as they are), states, last_seen, uptimes over 24 h and over 7 d, in the order they
+        were first seen. Lists of what the devices hold, not an object made per device: a
         scrape of 100,000 leaves no garbage scattered among them."""
         now = self.wall_clock()
         with self._lock:
@@ -297,8 +297,8 @@ class Watcher(_AMQPClient):
                 uptimes = [device.uptimes(now) for device in part]
             day[start:end] = [pair[0] for pair in uptimes]
             week[start:end] = [pair[1] for pair in uptimes]
-        return ([device.name for device in devices], [device.host for device in devices],
-                [device.label for device in devices], states, seen, day, week)
+        return ([device.key for device in devices], [device.label for device in devices],
+                states, seen, day, week)
 
     def _snapshot(self, device, now):
         """A device as a dict, with what the watcher knows of it besides: stale, an
@@ -420,9 +420,11 @@ class Watcher(_AMQPClient):
             "app_id") or properties.get("user_id") or "unknown"
         host = report.get("host") or ""
         # A known device's name and host were made safe when it was first seen: the same
-        # texts need no second look (the usual case)
-        if not (type(name) is str and type(host) is str and (name, host) in self._devices):
+        # texts need no second look (the usual case; a NUL in them makes a key no device has)
+        key = f"{name}\0{host}" if type(name) is str and type(host) is str else None
+        if key is None or key not in self._devices:
             name, host = _report_text(name), _report_text(host)
+            key = _device_key(name, host)
         interval = report.get("interval")
         if type(interval) not in (float, int) or not 0 < interval < 1e6:  # bool, NaN, text...
             interval = self.default_interval
@@ -438,7 +440,7 @@ class Watcher(_AMQPClient):
         if rate:
             rate = self._shared_rate(rate)
         with self._lock:
-            device = self._devices.get((name, host))
+            device = self._devices.get(key)
             first = device is None
             if first:
                 device = self._new_device(name, host, now)
@@ -496,7 +498,8 @@ class Watcher(_AMQPClient):
             listed = self._roster.get(f"{name}@{host}" if host else name, False)
             if listed is False and self.ignore_unexpected:
                 return "unexpected"
-        device = self._devices[(name, host)] = Device(name, host, now)
+        device = Device(name, host, now)
+        self._devices[device.key] = device
         device.listed = listed
         return device
 
@@ -868,7 +871,7 @@ class Watcher(_AMQPClient):
                 self._earliest_due = -math.inf
                 device.transitions = []  # none: expected, never seen
                 device.last_stamp = 0.0  # any report of it is newer
-                self._devices[(name, host)] = device
+                self._devices[device.key] = device
             self._dirty = True
         log.info("roster: %d device(s) expected", len(roster))
 
@@ -984,7 +987,7 @@ class Watcher(_AMQPClient):
             if device is None or len(self._devices) >= self.max_devices:
                 skipped += 1
                 continue
-            self._devices[(device.name, device.host)] = device
+            self._devices[device.key] = device
             self._earliest_due = -math.inf  # each looked at again at the first tick
             restored += 1
         log.info("restored %d device(s) from %s%s", restored, _printable(self.state_path),
