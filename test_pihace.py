@@ -9117,6 +9117,42 @@ def test_the_state_file_has_a_device_per_line_and_a_damaged_one_costs_only_that_
     assert list(recording_watcher(state_path=str(path))[0].devices) == ["alpha@h"]
 
 
+def test_a_device_entry_leaves_out_what_is_as_usual_and_format_1_is_still_read(tmp_path):
+    path = tmp_path / "fleet.json"
+    watcher, _ = recording_watcher(state_path=str(path), down_after=2)
+    watcher.apply(report(name="usual"), {"message_id": "u-1"})
+    watcher.apply(report(name="flipped"), {"message_id": "f-1"})
+    watcher.wall_clock.now += 10
+    for number in (2, 3):  # down after two bad reports in a row: a streak, then a change
+        watcher.apply(report("Unavailable", name="flipped"), {"message_id": f"f-{number}"})
+    watcher.apply(report("Unavailable", name="damped"), {"message_id": "d-1"})
+    watcher.save_state()
+    before = watcher.devices
+    lines = {json.loads(line.rstrip(b","))["name"]: json.loads(line.rstrip(b","))
+             for line in path.read_bytes().split(b"\n")[1:-2]}
+    assert not {"since", "last_stamp", "health", "transitions"} & set(lines["usual"])
+    assert {"since", "transitions"} <= set(lines["flipped"])
+    assert "streak" in lines["damped"] and "health" in lines["damped"]
+
+    def restored():
+        again = pihace.Watcher("amqp://localhost/", down_after=2, state_path=str(path),
+                               wall_clock=Clock(watcher.wall_clock.now))
+        return again.devices
+    assert restored() == before
+    # format 1 (pihace before this one) wrote every field of every device: read the same
+    document = json.loads(path.read_bytes())
+    document["pihace_watch_state"] = 1
+    for entry in document["devices"]:
+        device = before[f"{entry['name']}@h"]
+        entry.setdefault("since", device["since"])
+        entry.setdefault("last_stamp", device["last_seen"])
+        entry.setdefault("health", {"Available": "up", "Unavailable": "down"}[entry["status"]])
+        entry.setdefault("streak", 0)
+        entry.setdefault("transitions", device["transitions"])
+    path.write_text(json.dumps(document))
+    assert restored() == before
+
+
 def test_a_state_file_that_must_not_be_used_is_a_clear_error(tmp_path, capsys):
     path = tmp_path / "fleet.json"
     watcher, _ = recording_watcher(state_path=str(path))
@@ -9132,7 +9168,7 @@ def test_a_state_file_that_must_not_be_used_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError) as foreign:
         recording_watcher(state_path=str(path))
     os.chown(path, os.getuid(), -1)
-    path.write_bytes(original.replace(b'"pihace_watch_state":1', b'"pihace_watch_state":2'))
+    path.write_bytes(original.replace(b'"pihace_watch_state":2', b'"pihace_watch_state":3'))
     with pytest.raises(ValueError) as newer:
         recording_watcher(state_path=str(path))
     link = tmp_path / "link.json"
@@ -9143,7 +9179,7 @@ def test_a_state_file_that_must_not_be_used_is_a_clear_error(tmp_path, capsys):
                               "--state", str(path))
     assert "may be written by its group or others (mode 0666)" in str(writable.value)
     assert "belongs to another user (uid 65534)" in str(foreign.value)
-    assert "written by a newer pihace (format 2; this one reads format 1)" in str(newer.value)
+    assert "written by a newer pihace (format 3; this one reads format 2)" in str(newer.value)
     assert "is a symbolic link: not followed" in str(linked.value)
     assert code == 3 and "written by a newer pihace" in err and len(err.splitlines()) == 1
     assert path.read_bytes() != original and cases  # the newer file was left as it was

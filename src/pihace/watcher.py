@@ -30,7 +30,9 @@ _WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minu
 _QUEUE_CHECK = 5.0  # seconds between two looks at the queue (passive declare)
 _ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
 _LINGER = 0.02  # seconds to let more reports come after a look that found only a few
-_STATE_FORMAT = 1  # of the state file: a newer one is refused, never overwritten
+# of the state file: a newer one is refused, never overwritten (2: what is as usual left
+# out of a device's entry, which 1 cannot read)
+_STATE_FORMAT = 2
 _LEADER_CHANNEL = 2  # the channel a watcher of a standby group holds its group's queue on
 _LEADER_RETRY = 2.0  # seconds between two tries of a standby to become the leader
 _HANDLED_TYPE = "pihace.watch.handled"  # the AMQP type of the leader's notices
@@ -916,10 +918,10 @@ class Watcher(_AMQPClient):
         started = time.monotonic()
         try:
             self._write_state()
-        finally:  # at most every state_every seconds, and never more than 2 % of the time: a
-            # large fleet's file (100,000 devices: about 35 MB) takes most of a second to write
+        finally:  # at most every state_every seconds, and never more than 1 % of the time: a
+            # large fleet's file (100,000 devices: about 21 MB) takes half a second to write
             self._next_save = time.monotonic() + max(self.state_every,
-                                                     50 * (time.monotonic() - started))
+                                                     100 * (time.monotonic() - started))
 
     def _write_state(self):
         import json  # here, not at the top: slow to import (see the imports)
@@ -1000,8 +1002,11 @@ class Watcher(_AMQPClient):
             if type(name) is not str or type(host) is not str or state not in DEVICE_STATES \
                     or entry["status"] not in _STATE_OF_STATUS or state == "missing":
                 return None
-            numbers = [float(entry[key]) for key in ("since", "first_seen", "last_seen",
-                                                     "last_stamp", "interval")]
+            # (format 2 leaves out since, last_stamp, health and transitions when they are
+            # as Device.record says)
+            first_seen, last_seen = float(entry["first_seen"]), float(entry["last_seen"])
+            numbers = [float(entry.get("since", first_seen)), first_seen, last_seen,
+                       float(entry.get("last_stamp", last_seen)), float(entry["interval"])]
             if not all(math.isfinite(number) for number in numbers) or numbers[4] <= 0:
                 return None
             device = Device(_report_text(name), _report_text(host), numbers[1])
@@ -1028,7 +1033,8 @@ class Watcher(_AMQPClient):
                 (float(when), old and _STATE_OF_TEXT[old], _STATE_OF_TEXT[new])
                 for when, old, new in entry.get("transitions", ())[-_TRANSITIONS_KEPT:]
                 if (old is None or old in DEVICE_STATES) and new in DEVICE_STATES]
-            if transitions != [(device.first_seen, None, device.state)]:  # else implied
+            if "transitions" in entry and transitions != [  # else implied: its first state
+                    (device.first_seen, None, device.state)]:
                 device.transitions = transitions
             health = entry.get("health")
             device.health = _STATE_OF_TEXT[health] if health in ("up", "degraded", "down") \
