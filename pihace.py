@@ -6103,6 +6103,11 @@ class Watcher(_AMQPClient):
         self._flips = []  # transitions not written to the flip log yet
         self._dirty, self._next_save = False, -math.inf
         self._saver = None  # the thread writing the state file, while it does
+        # pages (/metrics) being made from a reading now: a save waits for them between its
+        # parts (two long turns at once, each with half of the interpreter, would make a
+        # scrape of 100,000 devices take twice as long)
+        self._pages_made = 0
+        self._no_page_made = threading.Condition(threading.Lock())
         if state_path is not None:
             self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT,
                                      listed="devices"))
@@ -6177,11 +6182,25 @@ class Watcher(_AMQPClient):
                 part = devices[start:end]
                 states[start:end] = [device.state for device in part]
                 seen[start:end] = [device.last_seen for device in part]
-                uptimes = [device.uptimes(now) for device in part]
-            day[start:end] = [pair[0] for pair in uptimes]
-            week[start:end] = [pair[1] for pair in uptimes]
+                # (uptimes: for the usual device, shared constants; no pair made per device,
+                # which would leave 100,000 small objects scattered among theirs)
+                for column, (_, window) in zip((day, week), _UPTIME_WINDOWS):
+                    column[start:end] = [device.uptime(now, window) for device in part]
         return ([device.key for device in devices], [device.label for device in devices],
                 states, seen, day, week)
+
+    @contextlib.contextmanager
+    def _making_page(self):
+        """While a page is made from metric_rows() (a long turn): the state file's save
+        waits between its parts."""
+        with self._no_page_made:
+            self._pages_made += 1
+        try:
+            yield
+        finally:
+            with self._no_page_made:
+                self._pages_made -= 1
+                self._no_page_made.notify_all()
 
     def _snapshot(self, device, now):
         """A device as a dict, with what the watcher knows of it besides: stale, an
@@ -6824,6 +6843,8 @@ class Watcher(_AMQPClient):
             for start in range(0, len(devices), 1000):
                 if start:
                     _let_waiters_in()
+                    with self._no_page_made:  # (at most a second at each turn)
+                        self._no_page_made.wait_for(lambda: not self._pages_made, 1.0)
                 with self._lock, _no_collection():
                     text = ",\n".join([encode(device.record())
                                        for device in devices[start:start + 1000]])
@@ -8874,6 +8895,9 @@ def _fleet_prometheus_parts(rows, status):
     def split(part):  # (name, "\0", host) of each device of a part, made as it is needed
         return map(str.partition, keys[part], itertools.repeat("\0"))
 
+    def ids(part):  # "name@host" of each device of a part
+        return map(str.replace, keys[part], itertools.repeat("\0"), itertools.repeat("@"))
+
     yield ("# HELP pihace_device_up 1 when the device's newest report says Available and it "
            "is not late, else 0.\n# TYPE pihace_device_up gauge\n")
     for part in parts:
@@ -8885,9 +8909,9 @@ def _fleet_prometheus_parts(rows, status):
     yield ("# HELP pihace_device_state The state the device is in (1); the series of a state "
            "it left is gone.\n# TYPE pihace_device_state gauge\n")
     for part in parts:
-        yield "".join([f'pihace_device_state{{device="{n}@{h}",state="{s}"}} 1\n' if e is None
+        yield "".join([f'pihace_device_state{{device="{d}",state="{s}"}} 1\n' if e is None
                        else f'pihace_device_state{{{e[1]},state="{s}"}} 1\n'
-                       for (n, _, h), e, s in zip(split(part), labels[part], states[part])])
+                       for d, e, s in zip(ids(part), labels[part], states[part])])
     yield ("# HELP pihace_device_last_seen_timestamp_seconds When the device's newest report "
            "was sent.\n# TYPE pihace_device_last_seen_timestamp_seconds gauge\n")
     for part in parts:
@@ -8901,10 +8925,10 @@ def _fleet_prometheus_parts(rows, status):
            "# TYPE pihace_device_uptime_ratio gauge\n")
     for part in parts:
         lines = []
-        for (n, _, h), e, *ratios in zip(split(part), labels[part], day[part], week[part]):
+        for d, e, *ratios in zip(ids(part), labels[part], day[part], week[part]):
             for (window, _), ratio in zip(_UPTIME_WINDOWS, ratios):
                 if ratio is not None:
-                    lines.append(f'pihace_device_uptime_ratio{{device="{n}@{h}",'
+                    lines.append(f'pihace_device_uptime_ratio{{device="{d}",'
                                  f'window="{window}"}} {ratio:.6f}\n' if e is None else
                                  f'pihace_device_uptime_ratio{{{e[1]},window="{window}"}} '
                                  f'{ratio:.6f}\n')
@@ -9004,15 +9028,17 @@ def _live_table(watcher):
 class _Reading:
     """One reading of the fleet for /metrics, which a weak reference can point to."""
 
-    __slots__ = ("rows", "status", "__weakref__")
+    __slots__ = ("rows", "status", "making", "__weakref__")
 
-    def __init__(self, rows, status):
-        self.rows, self.status = rows, status
+    def __init__(self, rows, status, making=contextlib.nullcontext):
+        self.rows, self.status, self.making = rows, status, making
 
     def text(self):
-        """Prometheus' text, encoded a part at a time: the reading is kept while it is sent."""
-        for part in _fleet_prometheus_parts(self.rows, self.status):
-            yield part.encode()
+        """Prometheus' text, encoded a part at a time: the reading is kept while it is sent,
+        within `making` (Watcher._making_page)."""
+        with self.making():
+            for part in _fleet_prometheus_parts(self.rows, self.status):
+                yield part.encode()
 
 
 # What a hook inherits of the watcher's environment: nothing else (no PIHACE_AMQP_PASSWORD).
@@ -9142,7 +9168,8 @@ class _FleetPages:
             made = self._rendered.get("metrics")
             reading = made[1]() if made else None
             if reading is None or time.monotonic() - made[0] >= self.refresh:
-                reading = _Reading(self.watcher.metric_rows(), self.watcher.status)
+                reading = _Reading(self.watcher.metric_rows(), self.watcher.status,
+                                   self.watcher._making_page)
                 self._rendered["metrics"] = (time.monotonic(), weakref.ref(reading))
             return reading
 

@@ -9117,6 +9117,24 @@ def test_the_state_file_has_a_device_per_line_and_a_damaged_one_costs_only_that_
     assert list(recording_watcher(state_path=str(path))[0].devices) == ["alpha@h"]
 
 
+def test_a_state_file_save_waits_between_its_parts_while_a_scrape_is_made(tmp_path):
+    # two long turns at once share the interpreter: the save, which can wait, gives way to
+    # the /metrics being sent (its first thousand devices, then nothing until it is sent)
+    path = tmp_path / "fleet.json"
+    watcher, _ = recording_watcher(state_path=str(path))
+    for number in range(1500):
+        watcher.apply(report(name=f"d{number}"), {})
+    page = iter(pihace._FleetPages(watcher).respond("/metrics", "", "*/*")[2])
+    next(page)  # the scrape is being sent
+    saver = threading.Thread(target=watcher.save_state)
+    saver.start()
+    saver.join(0.5)  # (alone, 1,500 devices take a few ms)
+    assert saver.is_alive() and not path.exists()
+    assert b"pihace_watch_reports_total" in b"".join(page)  # sent: the save goes on
+    saver.join(10)
+    assert not saver.is_alive() and len(json.loads(path.read_bytes())["devices"]) == 1500
+
+
 def test_a_device_entry_leaves_out_what_is_as_usual_and_format_1_is_still_read(tmp_path):
     path = tmp_path / "fleet.json"
     watcher, _ = recording_watcher(state_path=str(path), down_after=2)

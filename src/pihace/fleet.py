@@ -4,6 +4,7 @@ whatever the number of requests)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
@@ -122,6 +123,9 @@ def _fleet_prometheus_parts(rows, status):
     def split(part):  # (name, "\0", host) of each device of a part, made as it is needed
         return map(str.partition, keys[part], itertools.repeat("\0"))
 
+    def ids(part):  # "name@host" of each device of a part
+        return map(str.replace, keys[part], itertools.repeat("\0"), itertools.repeat("@"))
+
     yield ("# HELP pihace_device_up 1 when the device's newest report says Available and it "
            "is not late, else 0.\n# TYPE pihace_device_up gauge\n")
     for part in parts:
@@ -133,9 +137,9 @@ def _fleet_prometheus_parts(rows, status):
     yield ("# HELP pihace_device_state The state the device is in (1); the series of a state "
            "it left is gone.\n# TYPE pihace_device_state gauge\n")
     for part in parts:
-        yield "".join([f'pihace_device_state{{device="{n}@{h}",state="{s}"}} 1\n' if e is None
+        yield "".join([f'pihace_device_state{{device="{d}",state="{s}"}} 1\n' if e is None
                        else f'pihace_device_state{{{e[1]},state="{s}"}} 1\n'
-                       for (n, _, h), e, s in zip(split(part), labels[part], states[part])])
+                       for d, e, s in zip(ids(part), labels[part], states[part])])
     yield ("# HELP pihace_device_last_seen_timestamp_seconds When the device's newest report "
            "was sent.\n# TYPE pihace_device_last_seen_timestamp_seconds gauge\n")
     for part in parts:
@@ -149,10 +153,10 @@ def _fleet_prometheus_parts(rows, status):
            "# TYPE pihace_device_uptime_ratio gauge\n")
     for part in parts:
         lines = []
-        for (n, _, h), e, *ratios in zip(split(part), labels[part], day[part], week[part]):
+        for d, e, *ratios in zip(ids(part), labels[part], day[part], week[part]):
             for (window, _), ratio in zip(_UPTIME_WINDOWS, ratios):
                 if ratio is not None:
-                    lines.append(f'pihace_device_uptime_ratio{{device="{n}@{h}",'
+                    lines.append(f'pihace_device_uptime_ratio{{device="{d}",'
                                  f'window="{window}"}} {ratio:.6f}\n' if e is None else
                                  f'pihace_device_uptime_ratio{{{e[1]},window="{window}"}} '
                                  f'{ratio:.6f}\n')
@@ -252,15 +256,17 @@ def _live_table(watcher):
 class _Reading:
     """One reading of the fleet for /metrics, which a weak reference can point to."""
 
-    __slots__ = ("rows", "status", "__weakref__")
+    __slots__ = ("rows", "status", "making", "__weakref__")
 
-    def __init__(self, rows, status):
-        self.rows, self.status = rows, status
+    def __init__(self, rows, status, making=contextlib.nullcontext):
+        self.rows, self.status, self.making = rows, status, making
 
     def text(self):
-        """Prometheus' text, encoded a part at a time: the reading is kept while it is sent."""
-        for part in _fleet_prometheus_parts(self.rows, self.status):
-            yield part.encode()
+        """Prometheus' text, encoded a part at a time: the reading is kept while it is sent,
+        within `making` (Watcher._making_page)."""
+        with self.making():
+            for part in _fleet_prometheus_parts(self.rows, self.status):
+                yield part.encode()
 
 
 # What a hook inherits of the watcher's environment: nothing else (no PIHACE_AMQP_PASSWORD).
@@ -390,7 +396,8 @@ class _FleetPages:
             made = self._rendered.get("metrics")
             reading = made[1]() if made else None
             if reading is None or time.monotonic() - made[0] >= self.refresh:
-                reading = _Reading(self.watcher.metric_rows(), self.watcher.status)
+                reading = _Reading(self.watcher.metric_rows(), self.watcher.status,
+                                   self.watcher._making_page)
                 self._rendered["metrics"] = (time.monotonic(), weakref.ref(reading))
             return reading
 

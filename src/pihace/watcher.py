@@ -222,6 +222,11 @@ class Watcher(_AMQPClient):
         self._flips = []  # transitions not written to the flip log yet
         self._dirty, self._next_save = False, -math.inf
         self._saver = None  # the thread writing the state file, while it does
+        # pages (/metrics) being made from a reading now: a save waits for them between its
+        # parts (two long turns at once, each with half of the interpreter, would make a
+        # scrape of 100,000 devices take twice as long)
+        self._pages_made = 0
+        self._no_page_made = threading.Condition(threading.Lock())
         if state_path is not None:
             self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT,
                                      listed="devices"))
@@ -296,11 +301,25 @@ class Watcher(_AMQPClient):
                 part = devices[start:end]
                 states[start:end] = [device.state for device in part]
                 seen[start:end] = [device.last_seen for device in part]
-                uptimes = [device.uptimes(now) for device in part]
-            day[start:end] = [pair[0] for pair in uptimes]
-            week[start:end] = [pair[1] for pair in uptimes]
+                # (uptimes: for the usual device, shared constants; no pair made per device,
+                # which would leave 100,000 small objects scattered among theirs)
+                for column, (_, window) in zip((day, week), _UPTIME_WINDOWS):
+                    column[start:end] = [device.uptime(now, window) for device in part]
         return ([device.key for device in devices], [device.label for device in devices],
                 states, seen, day, week)
+
+    @contextlib.contextmanager
+    def _making_page(self):
+        """While a page is made from metric_rows() (a long turn): the state file's save
+        waits between its parts."""
+        with self._no_page_made:
+            self._pages_made += 1
+        try:
+            yield
+        finally:
+            with self._no_page_made:
+                self._pages_made -= 1
+                self._no_page_made.notify_all()
 
     def _snapshot(self, device, now):
         """A device as a dict, with what the watcher knows of it besides: stale, an
@@ -421,12 +440,6 @@ class Watcher(_AMQPClient):
         name = (component.get("name") if type(component) is dict else None) or properties.get(
             "app_id") or properties.get("user_id") or "unknown"
         host = report.get("host") or ""
-        # A known device's name and host were made safe when it was first seen: the same
-        # texts need no second look (the usual case; a NUL in them makes a key no device has)
-        key = f"{name}\0{host}" if type(name) is str and type(host) is str else None
-        if key is None or key not in self._devices:
-            name, host = _report_text(name), _report_text(host)
-            key = _device_key(name, host)
         interval = report.get("interval")
         if type(interval) not in (float, int) or not 0 < interval < 1e6:  # bool, NaN, text...
             interval = self.default_interval
@@ -442,7 +455,14 @@ class Watcher(_AMQPClient):
         if rate:
             rate = self._shared_rate(rate)
         with self._lock:
-            device = self._devices.get(key)
+            # A known device's name and host were made safe when it was first seen: the same
+            # texts need no second look (the usual case; a NUL in them makes a key no device
+            # has, so they are made safe and looked up again)
+            device = self._devices.get(f"{name}\0{host}") if type(name) is str and \
+                type(host) is str else None
+            if device is None:
+                name, host = _report_text(name), _report_text(host)
+                device = self._devices.get(_device_key(name, host))
             first = device is None
             if first:
                 device = self._new_device(name, host, now)
@@ -532,6 +552,7 @@ class Watcher(_AMQPClient):
         return new
 
     def _capped_interval(self, name, host, interval):
+        name, host = _report_text(name), _report_text(host)  # as they came in the report
         key = (name, host)
         if key not in self._capped and len(self._capped) < 1000:
             self._capped.add(key)
@@ -943,6 +964,8 @@ class Watcher(_AMQPClient):
             for start in range(0, len(devices), 1000):
                 if start:
                     _let_waiters_in()
+                    with self._no_page_made:  # (at most a second at each turn)
+                        self._no_page_made.wait_for(lambda: not self._pages_made, 1.0)
                 with self._lock, _no_collection():
                     text = ",\n".join([encode(device.record())
                                        for device in devices[start:start + 1000]])
