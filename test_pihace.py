@@ -7298,6 +7298,20 @@ def test_the_watcher_fails_over_to_the_node_that_answers(rabbit, unique_queue, c
     assert watcher.parameters.port == pihace.AMQPParameters(rabbit.url).port
 
 
+def test_a_backlog_is_read_without_lingering_between_looks(rabbit, unique_queue,
+                                                          monkeypatch):
+    # the watcher lingers after a look that found a few reports, so that a fleet's trickle
+    # is read in batches; a backlog must not wait so, or its prefetch (100) would hold it to
+    # one look per linger or two: made 5 s here, 1,000 reports would take 25 s or more
+    publish_reports(rabbit.url, unique_queue, *[(report(name=f"d{number % 50}"), {
+        "message_id": str(number)}) for number in range(1000)])
+    monkeypatch.setattr(pihace, "_LINGER", 5.0)
+    watcher = pihace.Watcher(rabbit.url, unique_queue, prefetch=100)
+    assert watcher.run(duration=10, idle=2) is True
+    assert watcher.counts["applied"] + watcher.counts["stale"] == 1000
+    assert queue_depth(rabbit.url, unique_queue) == 0
+
+
 def test_run_with_idle_returns_once_idle_not_after_a_tick(rabbit, unique_queue):
     # run(idle=...) ends when no report came for `idle` seconds: its wait for the broker is
     # not a whole tick (30 s here, with no heartbeat to wake it sooner), which
