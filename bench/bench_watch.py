@@ -12,16 +12,22 @@ round; each figure is the median over rounds.
 
 1. Consuming: a durable queue is filled with N persistent 1 KB reports (confirmed, so they
    are all on the broker first); each client then consumes them with prefetch 100, parses
-   each body as JSON and acknowledges. Time and CPU run from the start of consuming to the
-   last acknowledgement sent; a pika subprocess then checks the queue is empty (nothing was
-   skipped). The peers acknowledge with `multiple` every 50 messages (half the prefetch) and
-   at the end, the cheapest way each offers; pika and py-amqp also run as their documentation
-   shows them, one Ack per message ("ack each", as in the issue's reference run):
+   each body as JSON (all but the ceiling) and acknowledges. Time and CPU run from the start
+   of consuming to the last acknowledgement sent; a pika subprocess then checks the queue is
+   empty (nothing was skipped). The peers acknowledge with `multiple` every 50 messages (half
+   the prefetch) and at the end, the cheapest way each offers; pika and py-amqp also run as
+   their documentation shows them, one Ack per message ("ack each", as in the issue's
+   reference run):
        pihace           BlockingConnection.consume() / deliveries() / ack(multiple=True) once
                         per batch that one read brought
        pihace Watcher   Watcher.run(idle=...): the same, and each report applied to its device
        pika             BlockingConnection, basic_consume callback, start_consuming()
        py-amqp          amqp.Connection, basic_consume callback, drain_events()
+       raw socket       the ceiling, as in bench_amqp.py: pihace's sans-IO AMQPProtocol for
+       (ceiling)        the handshake, Basic.Qos and Basic.Consume, then recv() on the socket,
+                        frames cut by their header, Basic.Deliver counted (no body read, no
+                        JSON), a pre-encoded multiple Ack every 50: what the broker delivers
+                        to a client that costs almost nothing
 2. 50,000 devices: a Watcher (no broker) is fed a synthetic stream of reports, two per device
    (so its duplicate window holds 100,000 ids); figures: resident memory after that, and the
    time of one apply() (median and 99th percentile over the second pass).
@@ -30,18 +36,21 @@ round; each figure is the median over rounds.
 import argparse
 import json
 import os
+import socket
 import statistics
+import struct
 import sys
 import time
 
 import common
-from common import (BENCH, REPO, VENV_PYTHON, ensure_venv, identity_after, in_order, machine,
-                    ours_identity, ours_snapshots, print_rows)
+from common import (REPO, ensure_venv, identity_after, in_order, machine, ours_identity,
+                    ours_snapshots, print_rows)
 
 BODY_SIZE = 1024
+CEILING = "raw socket (ceiling)"
 CONSUME_PEERS = ("pihace", "pihace Watcher", "pika", "pika, ack each", "py-amqp",
-                 "py-amqp, ack each")
-OURS = {"pihace", "pihace Watcher", "devices", "fill"}
+                 "py-amqp, ack each", CEILING)
+OURS = {"pihace", "pihace Watcher", CEILING, "devices", "fill"}  # run with the snapshot
 PREFETCH = 100
 ACK_EVERY = 50
 
@@ -97,7 +106,7 @@ def consume_pihace(url, queue, count):
     loads = json.loads
     wall, cpu = time.perf_counter(), time.process_time()
     connection.consume(1, queue, time.monotonic() + 10, prefetch=PREFETCH)
-    received = unacked = 0
+    received = unacked = last = 0  # last: the tag of the last delivery of the batch before
     while received < count:
         batch = connection.deliveries(0.02 if unacked else 10.0, time.monotonic() + 10)
         if not batch and not unacked:
@@ -183,10 +192,120 @@ def consume_amqp(url, queue, count, ack_every=ACK_EVERY):
     return {"wall": wall, "cpu": cpu, "file": amqp.__file__}
 
 
+def consume_raw(url, queue, count):
+    """The ceiling: pihace's sans-IO AMQPProtocol for the handshake, Basic.Qos and
+    Basic.Consume, then the socket read directly. Frames are cut by their 7-byte header; each
+    Basic.Deliver is counted and its delivery tag read, nothing else (no body, no JSON); a
+    Basic.Ack with `multiple`, encoded but for its tag beforehand, goes every 50 deliveries."""
+    from urllib.parse import unquote, urlsplit
+
+    pihace = _pihace()
+    parts = urlsplit(url)
+    protocol = pihace.AMQPProtocol(unquote(parts.username or "guest"),
+                                   unquote(parts.password or "guest"),
+                                   unquote(parts.path[1:]) or "/", heartbeat=0)
+    sock = socket.create_connection((parts.hostname or "localhost", parts.port or 5672),
+                                    timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    recv, sendall = sock.recv, sock.sendall
+    unpack_header = struct.Struct(">BHI").unpack_from  # frame type, channel, payload size
+    unpack_tag = struct.Struct(">Q").unpack_from
+
+    def exactly(size):
+        data = b""
+        while len(data) < size:
+            chunk = recv(size - len(data))
+            if not chunk:
+                raise SystemExit(f"raw socket: the connection ended ({len(data)} of {size} bytes)")
+            data += chunk
+        return data
+
+    def one_frame():  # one frame and no more: what follows Basic.Consume-Ok stays in the socket
+        header = exactly(7)
+        return header + exactly(unpack_header(header)[2] + 1)
+
+    def wait_for(name, read=lambda: recv(1 << 16)):
+        while True:
+            event = protocol.next_event()
+            while event is not None:
+                if getattr(event, "name", None) == name:
+                    return event
+                if getattr(event, "name", "Connection.Lost").endswith(("Close", "Lost")):
+                    raise SystemExit(f"raw socket: {event!r} while waiting for {name}")
+                event = protocol.next_event()
+            sendall(protocol.data_to_send())  # what we queued, and replies it forced
+            protocol.receive_data(read())
+
+    wait_for("Connection.Open-Ok")
+    protocol.open_channel(1)
+    wait_for("Channel.Open-Ok")
+    protocol.send_method(1, "Basic.Qos", prefetch_count=PREFETCH)
+    wait_for("Basic.Qos-Ok")
+    # Basic.Ack on channel 1 (payload 13 bytes: class 60, method 80, tag, bits), multiple set
+    ack_head, ack_tail, pack_tag = struct.pack(">BHIHH", 1, 1, 13, 60, 80), b"\x01\xce", \
+        struct.Struct(">Q").pack
+    deliver = struct.pack(">HH", 60, 60)
+    data, start, received, unacked, tag = b"", 0, 0, 0, 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    protocol.consume(1, queue)
+    wait_for("Basic.Consume-Ok", read=one_frame)
+    try:
+        while received < count:
+            chunk = recv(1 << 16)
+            if not chunk:
+                raise SystemExit(f"raw socket: the connection ended after {received} of {count}")
+            data = data[start:] + chunk if start < len(data) else chunk
+            start, end = 0, len(data)
+            while end - start >= 7:
+                frame_type, channel, size = unpack_header(data, start)
+                stop = start + size + 8
+                if stop > end:
+                    break
+                if data[stop - 1] != 0xCE:
+                    raise SystemExit(f"raw socket: no frame end after a frame of type {frame_type}")
+                if frame_type == 1:  # a method: Basic.Deliver is the only one expected
+                    if data[start + 7:start + 11] != deliver:
+                        raise SystemExit(f"raw socket: method {data[start + 7:start + 11].hex()} "
+                                         f"on channel {channel} after {received} deliveries")
+                    # class, method, consumer tag (shortstr), then the delivery tag
+                    tag = unpack_tag(data, start + 12 + data[start + 11])[0]
+                    received += 1
+                    unacked += 1
+                    if unacked == ACK_EVERY or received == count:
+                        sendall(ack_head + pack_tag(tag) + ack_tail)
+                        unacked = 0
+                start = stop
+    except socket.timeout:
+        raise SystemExit(f"raw socket: {received} of {count} came") from None
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    if tag != count:  # tags count from 1 on the channel: none was redelivered or skipped
+        raise SystemExit(f"raw socket: last delivery tag {tag}, {count} deliveries")
+    # Not timed: Connection.Close, then its Close-Ok (after the broker took every ack). What
+    # follows the last Deliver (its header and body frames) is cut and passed over.
+    protocol.close()
+    sendall(protocol.data_to_send())
+    data = data[start:]
+    while True:
+        while len(data) >= 7 and len(data) >= unpack_header(data)[2] + 8:
+            frame_type, channel, size = unpack_header(data)
+            if frame_type == 1 and data[7:11] == struct.pack(">HH", 10, 51):
+                sock.close()
+                return {"wall": wall, "cpu": cpu, "file": pihace.__file__}
+            if frame_type == 1:
+                raise SystemExit(f"raw socket: method {data[7:11].hex()} on channel {channel} "
+                                 "while closing")
+            data = data[size + 8:]
+        chunk = recv(1 << 16)
+        if not chunk:
+            raise SystemExit("raw socket: the connection ended before Connection.Close-Ok")
+        data += chunk
+
+
 CONSUMERS = {"pihace": consume_pihace, "pihace Watcher": consume_watcher, "pika": consume_pika,
              "pika, ack each": lambda *args: consume_pika(*args, ack_every=1),
              "py-amqp": consume_amqp,
-             "py-amqp, ack each": lambda *args: consume_amqp(*args, ack_every=1)}
+             "py-amqp, ack each": lambda *args: consume_amqp(*args, ack_every=1),
+             CEILING: consume_raw}
 
 
 def work_devices(count):
@@ -340,13 +459,27 @@ def print_table(results, rounds, count, devices, header):
     print()
     print(f"Medians of {rounds} round{'s' if rounds != 1 else ''}; min..max are the per-round "
           "values; pihace/this is the ratio of medians (transport row over each peer).")
-    print(f"- Every peer parses each body with json.loads. pihace, pika and py-amqp acknowledge "
-          f"with multiple=True every {ACK_EVERY} messages (and pihace before a pause of 20 ms); "
-          "the 'ack each' rows acknowledge every message, as pika's and py-amqp's examples do "
-          "(the targets' reference). A pika subprocess then finds each queue empty.")
+    print(f"- Every peer but the ceiling parses each body with json.loads. pihace, pika, py-amqp "
+          f"and the ceiling acknowledge with multiple=True every {ACK_EVERY} messages (and pihace "
+          "before a pause of 20 ms); the 'ack each' rows acknowledge every message, as pika's and "
+          "py-amqp's examples do (the targets' reference). A pika subprocess then finds each "
+          "queue empty.")
     print("- The Watcher row also applies each report to its device (100 devices here) and "
           "checks for duplicates; its wall time leaves out the 0.3 s it waits to see the queue "
           "is empty.")
+    ceiling, tuned = median[("throughput", CEILING)], median[("throughput", "pika")]
+    watcher = median[("throughput", "pihace Watcher")]
+    shares = ", ".join(f"{names.get(peer, peer)} {median[('throughput', peer)] / ceiling:.0%}"
+                       for peer in CONSUME_PEERS if peer != CEILING)
+    print(f"- Ceiling: the raw socket, which reads no body, gets {fmt(ceiling)} msg/s, what the "
+          "broker (on the same CPUs) delivers to a client that costs almost nothing. Share of it "
+          f"(medians): {shares}.")
+    where = ("ABOVE the ceiling measured in this run" if 1.5 * tuned > ceiling
+             else "below the ceiling measured in this run")
+    print(f"- Watcher.run() >= 1.5x pika (tuned) would be {fmt(1.5 * tuned)} msg/s here; the "
+          f"ceiling is {ceiling / tuned:.2f}x pika tuned, so that target is {where}. "
+          f"Watcher.run(): {watcher / tuned:.2f}x pika tuned, {watcher / ceiling:.0%} of the "
+          "ceiling.")
     print("- CPU time as a share of wall time in figure 1: " + ", ".join(
         f"{peer} {median[('cpu', peer)] * median[('throughput', peer)] / 1e6:.0%}"
         for peer in CONSUME_PEERS) + ".")
