@@ -5626,11 +5626,21 @@ def _device_key(name, host):
     return f"{name}\0{host}"
 
 
-def _id_key(message_id):
-    """A message id as the 8 bytes a device's `ids` keeps: its hash (keyed at random per
-    process, so no producer can choose ids that collide; a window of 32 ids takes 256
-    bytes)."""
-    return hash(message_id).to_bytes(8, "little", signed=True)
+def _id_keys(secret):
+    """The function that makes a message id (str, bytes or int) the 8 bytes a device's `ids`
+    keeps: its BLAKE2b digest keyed with `secret` (16 random bytes the state file keeps, so
+    that no producer can choose ids that collide, and a key means the same after a restart;
+    a window of 32 ids takes 256 bytes)."""
+    import hashlib  # here, not at the top: only the watcher needs it
+
+    keyed = hashlib.blake2b(digest_size=8, key=secret)
+
+    def id_key(message_id):
+        digest = keyed.copy()
+        digest.update(message_id.encode("utf-8", "surrogatepass") if type(message_id) is str
+                      else message_id if type(message_id) is bytes else b"%d" % message_id)
+        return digest.digest()
+    return id_key
 
 
 _ROSTER_KEYS = {"device", "interval", "grace", "down_after", "up_after", "tags", "owner"}
@@ -5745,7 +5755,7 @@ class Device:
 
     __slots__ = ("key", "state", "since", "status", "first_seen", "last_seen",
                  "last_stamp", "judged_from", "interval", "late_after", "reports", "rate",
-                 "failing", "due", "ids", "last_id", "transitions", "health", "rare")
+                 "failing", "due", "ids", "transitions", "health", "rare")
 
     # its Prometheus labels when they are not device="name@host",name=...,host=... as they
     # are (a text that needs escapes, or no host): made once; else None (no 300 bytes per
@@ -5777,10 +5787,9 @@ class Device:
         self.reports, self.failing = 0, ()
         self.due = math.inf  # when its age next changes its state
         # its newest message ids (duplicates: at most the watcher's dedup_window) as one
-        # bytes of 8 per id (_id_key; 32 id strings would take 3 KB: 300 MB for 100,000
-        # devices), and the newest id itself (what the state file keeps: what a restart may
-        # deliver again)
-        self.ids, self.last_id = b"", None
+        # bytes of 8 per id (_id_keys; 32 id strings would take 3 KB: 300 MB for 100,000
+        # devices); the state file keeps the newest (what a restart may deliver again)
+        self.ids = b""
         # its changes of state, (time, old, new): a list; or () while it is in its first
         # state, since it was first seen (the usual case; that first change, implied, is
         # made a list's first item at the second: 150 bytes less per device)
@@ -5799,11 +5808,10 @@ class Device:
         self.rolled_up = False
         return old
 
-    def remember(self, id_key, message_id, window):
+    def remember(self, id_key, window):
         """A report's message id, applied: its key among the newest `window`."""
         ids = self.ids + id_key
         self.ids = ids if len(ids) <= 8 * window else ids[-8 * window:]
-        self.last_id = message_id
 
     def history(self):
         """Its changes of state, (time, old, new), the oldest first (a new list)."""
@@ -5887,8 +5895,8 @@ class Device:
             record["transitions"] = self.transitions
         if self.failing:
             record["failing"] = self.failing
-        if type(self.last_id) is str:
-            record["ids"] = [self.last_id]
+        if self.ids:
+            record["id"] = self.ids[-8:].hex()  # the newest id's key (_id_keys)
         rare = self.rare
         if rare is not None:
             if rare.streak:
@@ -6108,9 +6116,18 @@ class Watcher(_AMQPClient):
         # scrape of 100,000 devices take twice as long)
         self._pages_made = 0
         self._no_page_made = threading.Condition(threading.Lock())
-        if state_path is not None:
-            self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT,
-                                     listed="devices"))
+        document = None if state_path is None else read_state(
+            state_path, "pihace_watch_state", _STATE_FORMAT, listed="devices")
+        # the key of message ids' digests (_id_keys): the state file's, which its ids' keys
+        # were made with, or a new one
+        try:
+            self._id_secret = bytes.fromhex(document.get("id_secret"))
+            if len(self._id_secret) != 16:
+                raise ValueError("not 16 bytes")
+        except (AttributeError, TypeError, ValueError):  # no file, a file of format 1
+            self._id_secret = os.urandom(16)
+        self._id_key = _id_keys(self._id_secret)
+        self._restore(document)
 
     def _set_standby(self, standby_group, exchange):
         """A standby group's name, and the state of its leadership."""
@@ -6331,7 +6348,7 @@ class Watcher(_AMQPClient):
         message_id = properties.get("message_id")
         if type(message_id) is not str:
             message_id = None if type(message_id) not in (bytes, int) else message_id
-        id_key = None if message_id is None else _id_key(message_id)
+        id_key = None if message_id is None else self._id_key(message_id)
         rate = report.get("rate")
         if rate:
             rate = self._shared_rate(rate)
@@ -6363,7 +6380,7 @@ class Watcher(_AMQPClient):
                 seen = now  # sent just now, yet stamped far from now: a clock that is off
                 self._skewed(device, now - stamp)
             if id_key is not None and self.dedup_window:
-                device.remember(id_key, message_id, self.dedup_window)
+                device.remember(id_key, self.dedup_window)
             device.status, device.last_stamp = _STATUS_TEXT[report["status"]], stamp
             device.last_seen = device.judged_from = seen
             device.reports += 1
@@ -6834,6 +6851,7 @@ class Watcher(_AMQPClient):
             self._dirty = False
         encode = json.JSONEncoder(separators=(",", ":")).encode
         head = encode({"pihace_watch_state": _STATE_FORMAT, "written": self.wall_clock(),
+                       "id_secret": self._id_secret.hex(),
                        "pauses": pauses})
 
         def parts():
@@ -6929,10 +6947,11 @@ class Watcher(_AMQPClient):
                     self._rates) < 1000 else rate
             device.failing = tuple(_report_text(key) for key in entry.get("failing", ())
                                    [:_FAILING_LIMIT])
-            ids = [key for key in entry.get("ids", ()) if type(key) is str]
+            newest = entry.get("id")  # the newest id's key (format 2), or ids themselves (1)
+            ids = [bytes.fromhex(newest)] if type(newest) is str and len(newest) == 16 else [
+                self._id_key(key) for key in entry.get("ids", ()) if type(key) is str]
             if ids and self.dedup_window:
-                device.ids = b"".join(map(_id_key, ids[-self.dedup_window:]))
-                device.last_id = ids[-1]
+                device.ids = b"".join(ids[-self.dedup_window:])
             transitions = [
                 (float(when), old and _STATE_OF_TEXT[old], _STATE_OF_TEXT[new])
                 for when, old, new in entry.get("transitions", ())[-_TRANSITIONS_KEPT:]

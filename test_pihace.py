@@ -9171,11 +9171,20 @@ def test_a_device_entry_leaves_out_what_is_as_usual_and_format_1_is_still_read(t
                                wall_clock=Clock(watcher.wall_clock.now))
         return again.devices
     assert restored() == before
-    # format 1 (pihace before this one) wrote every field of every device: read the same
+    assert "id_secret" in json.loads(path.read_bytes())  # the newest id's key means the same
+    again = pihace.Watcher("amqp://localhost/", state_path=str(path),
+                           wall_clock=Clock(watcher.wall_clock.now))
+    assert again.apply(report(name="usual"), {"message_id": "u-1"}) == "duplicate"
+    # format 1 (pihace before this one) wrote every field of every device, and the newest
+    # message id itself: read the same
     document = json.loads(path.read_bytes())
     document["pihace_watch_state"] = 1
+    del document["id_secret"]
+    newest = {"usual": "u-1", "flipped": "f-3", "damped": "d-1"}
     for entry in document["devices"]:
         device = before[f"{entry['name']}@h"]
+        del entry["id"]
+        entry["ids"] = [newest[entry["name"]]]
         entry.setdefault("since", device["since"])
         entry.setdefault("last_stamp", device["last_seen"])
         entry.setdefault("health", {"Available": "up", "Unavailable": "down"}[entry["status"]])
@@ -9183,6 +9192,22 @@ def test_a_device_entry_leaves_out_what_is_as_usual_and_format_1_is_still_read(t
         entry.setdefault("transitions", device["transitions"])
     path.write_text(json.dumps(document))
     assert restored() == before
+    again = pihace.Watcher("amqp://localhost/", state_path=str(path),
+                           wall_clock=Clock(watcher.wall_clock.now))
+    assert again.apply(report(name="flipped"), {"message_id": "f-3"}) == "duplicate"
+
+
+@pytest.mark.parametrize("message_id", ["text-1", b"\x00\xffbytes", 7654321987])
+def test_the_newest_message_id_of_any_type_is_remembered_across_a_restart(tmp_path,
+                                                                         message_id):
+    path = tmp_path / "fleet.json"
+    first, _ = recording_watcher(state_path=str(path))
+    first.apply(report(name="kept"), {"message_id": message_id})
+    first.save_state()
+    assert str(message_id) not in path.read_text()  # its key, not the id
+    second, _ = recording_watcher(state_path=str(path))
+    assert second.apply(report(name="kept"), {"message_id": message_id}) == "duplicate"
+    assert second.apply(report(name="kept"), {"message_id": "next"}) == "applied"
 
 
 def test_a_state_file_that_must_not_be_used_is_a_clear_error(tmp_path, capsys):

@@ -52,11 +52,21 @@ def _device_key(name, host):
     return f"{name}\0{host}"
 
 
-def _id_key(message_id):
-    """A message id as the 8 bytes a device's `ids` keeps: its hash (keyed at random per
-    process, so no producer can choose ids that collide; a window of 32 ids takes 256
-    bytes)."""
-    return hash(message_id).to_bytes(8, "little", signed=True)
+def _id_keys(secret):
+    """The function that makes a message id (str, bytes or int) the 8 bytes a device's `ids`
+    keeps: its BLAKE2b digest keyed with `secret` (16 random bytes the state file keeps, so
+    that no producer can choose ids that collide, and a key means the same after a restart;
+    a window of 32 ids takes 256 bytes)."""
+    import hashlib  # here, not at the top: only the watcher needs it
+
+    keyed = hashlib.blake2b(digest_size=8, key=secret)
+
+    def id_key(message_id):
+        digest = keyed.copy()
+        digest.update(message_id.encode("utf-8", "surrogatepass") if type(message_id) is str
+                      else message_id if type(message_id) is bytes else b"%d" % message_id)
+        return digest.digest()
+    return id_key
 
 
 _ROSTER_KEYS = {"device", "interval", "grace", "down_after", "up_after", "tags", "owner"}
@@ -171,7 +181,7 @@ class Device:
 
     __slots__ = ("key", "state", "since", "status", "first_seen", "last_seen",
                  "last_stamp", "judged_from", "interval", "late_after", "reports", "rate",
-                 "failing", "due", "ids", "last_id", "transitions", "health", "rare")
+                 "failing", "due", "ids", "transitions", "health", "rare")
 
     # its Prometheus labels when they are not device="name@host",name=...,host=... as they
     # are (a text that needs escapes, or no host): made once; else None (no 300 bytes per
@@ -203,10 +213,9 @@ class Device:
         self.reports, self.failing = 0, ()
         self.due = math.inf  # when its age next changes its state
         # its newest message ids (duplicates: at most the watcher's dedup_window) as one
-        # bytes of 8 per id (_id_key; 32 id strings would take 3 KB: 300 MB for 100,000
-        # devices), and the newest id itself (what the state file keeps: what a restart may
-        # deliver again)
-        self.ids, self.last_id = b"", None
+        # bytes of 8 per id (_id_keys; 32 id strings would take 3 KB: 300 MB for 100,000
+        # devices); the state file keeps the newest (what a restart may deliver again)
+        self.ids = b""
         # its changes of state, (time, old, new): a list; or () while it is in its first
         # state, since it was first seen (the usual case; that first change, implied, is
         # made a list's first item at the second: 150 bytes less per device)
@@ -225,11 +234,10 @@ class Device:
         self.rolled_up = False
         return old
 
-    def remember(self, id_key, message_id, window):
+    def remember(self, id_key, window):
         """A report's message id, applied: its key among the newest `window`."""
         ids = self.ids + id_key
         self.ids = ids if len(ids) <= 8 * window else ids[-8 * window:]
-        self.last_id = message_id
 
     def history(self):
         """Its changes of state, (time, old, new), the oldest first (a new list)."""
@@ -313,8 +321,8 @@ class Device:
             record["transitions"] = self.transitions
         if self.failing:
             record["failing"] = self.failing
-        if type(self.last_id) is str:
-            record["ids"] = [self.last_id]
+        if self.ids:
+            record["id"] = self.ids[-8:].hex()  # the newest id's key (_id_keys)
         rare = self.rare
         if rare is not None:
             if rare.streak:

@@ -20,7 +20,7 @@ from .transport import Backoff, Wakeup, _Message
 from .client import _AMQPClient, _check_name
 from .statefile import read_state, write_atomically
 from .devices import (
-    Device, DEVICE_STATES, _device_key, _FAILING_LIMIT, _HostEvent, _id_key,
+    Device, DEVICE_STATES, _device_key, _FAILING_LIMIT, _HostEvent, _id_keys,
     _REMINDED_STATES, _report_text, _roster_entry, _STATE_OF_STATUS, _STATE_RANK,
     _STATE_OF_TEXT, _STATUS_TEXT, _TRANSITIONS_KEPT, _UPTIME_WINDOWS,
 )
@@ -227,9 +227,18 @@ class Watcher(_AMQPClient):
         # scrape of 100,000 devices take twice as long)
         self._pages_made = 0
         self._no_page_made = threading.Condition(threading.Lock())
-        if state_path is not None:
-            self._restore(read_state(state_path, "pihace_watch_state", _STATE_FORMAT,
-                                     listed="devices"))
+        document = None if state_path is None else read_state(
+            state_path, "pihace_watch_state", _STATE_FORMAT, listed="devices")
+        # the key of message ids' digests (_id_keys): the state file's, which its ids' keys
+        # were made with, or a new one
+        try:
+            self._id_secret = bytes.fromhex(document.get("id_secret"))
+            if len(self._id_secret) != 16:
+                raise ValueError("not 16 bytes")
+        except (AttributeError, TypeError, ValueError):  # no file, a file of format 1
+            self._id_secret = os.urandom(16)
+        self._id_key = _id_keys(self._id_secret)
+        self._restore(document)
 
     def _set_standby(self, standby_group, exchange):
         """A standby group's name, and the state of its leadership."""
@@ -450,7 +459,7 @@ class Watcher(_AMQPClient):
         message_id = properties.get("message_id")
         if type(message_id) is not str:
             message_id = None if type(message_id) not in (bytes, int) else message_id
-        id_key = None if message_id is None else _id_key(message_id)
+        id_key = None if message_id is None else self._id_key(message_id)
         rate = report.get("rate")
         if rate:
             rate = self._shared_rate(rate)
@@ -482,7 +491,7 @@ class Watcher(_AMQPClient):
                 seen = now  # sent just now, yet stamped far from now: a clock that is off
                 self._skewed(device, now - stamp)
             if id_key is not None and self.dedup_window:
-                device.remember(id_key, message_id, self.dedup_window)
+                device.remember(id_key, self.dedup_window)
             device.status, device.last_stamp = _STATUS_TEXT[report["status"]], stamp
             device.last_seen = device.judged_from = seen
             device.reports += 1
@@ -953,6 +962,7 @@ class Watcher(_AMQPClient):
             self._dirty = False
         encode = json.JSONEncoder(separators=(",", ":")).encode
         head = encode({"pihace_watch_state": _STATE_FORMAT, "written": self.wall_clock(),
+                       "id_secret": self._id_secret.hex(),
                        "pauses": pauses})
 
         def parts():
@@ -1048,10 +1058,11 @@ class Watcher(_AMQPClient):
                     self._rates) < 1000 else rate
             device.failing = tuple(_report_text(key) for key in entry.get("failing", ())
                                    [:_FAILING_LIMIT])
-            ids = [key for key in entry.get("ids", ()) if type(key) is str]
+            newest = entry.get("id")  # the newest id's key (format 2), or ids themselves (1)
+            ids = [bytes.fromhex(newest)] if type(newest) is str and len(newest) == 16 else [
+                self._id_key(key) for key in entry.get("ids", ()) if type(key) is str]
             if ids and self.dedup_window:
-                device.ids = b"".join(map(_id_key, ids[-self.dedup_window:]))
-                device.last_id = ids[-1]
+                device.ids = b"".join(ids[-self.dedup_window:])
             transitions = [
                 (float(when), old and _STATE_OF_TEXT[old], _STATE_OF_TEXT[new])
                 for when, old, new in entry.get("transitions", ())[-_TRANSITIONS_KEPT:]
