@@ -30,7 +30,6 @@ _WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minu
 _QUEUE_CHECK = 5.0  # seconds between two looks at the queue (passive declare)
 _ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
 _LINGER = 0.02  # seconds to let more reports come after a look that found only a few
-_RATE_SPAN = 0.1  # seconds over which the rate of reports is judged (whether to linger)
 # of the state file: a newer one is refused, never overwritten (2: what is as usual left
 # out of a device's entry, which 1 cannot read)
 _STATE_FORMAT = 2
@@ -1183,7 +1182,7 @@ class Watcher(_AMQPClient):
         broker's or the network's is a bug: it ends run() and is raised."""
         monotonic = time.monotonic
         ends = math.inf if duration is None else monotonic() + _seconds("duration", duration)
-        consumed, quiet_since, last_look, recent = False, None, monotonic(), 0.0
+        consumed, quiet_since = False, None
         backoff = Backoff(spread=1.0)
         self._wakeup = self._interrupt = Wakeup()
         self._lose_sight("not connected yet", expected=True)
@@ -1193,31 +1192,22 @@ class Watcher(_AMQPClient):
                     if not self._open(backoff, ends):
                         continue
                     consumed, quiet_since = True, monotonic()
-                    last_look = quiet_since
-                    # as if fast: a backlog may wait (the rate shows what comes within a span)
-                    recent = self._ack_every * _RATE_SPAN / _LINGER
                 wait = _ACK_PAUSE if self._unacked else min(
                     self.tick, 1.0 if stop_event is not None else self.tick,
                     max(0.0, ends - monotonic()))
                 if idle is not None:  # not a tick longer than `idle` asks for
                     wait = min(wait, max(0.0, quiet_since + idle - monotonic()))
                 try:
-                    looked, last_look = last_look, monotonic()
                     came = self._consume(wait)
                     if came:
                         quiet_since = monotonic()
-                    # about the reports that came in the last _RATE_SPAN (decayed linearly):
-                    # one look is too short to judge the rate by (in a backlog, a broker that
-                    # paused a millisecond or two leaves a look with one or two reports)
-                    recent = recent * max(0.0, 1.0 - (last_look - looked) / _RATE_SPAN) + came
-                    if 0 < came < self._ack_every and \
-                            recent * _LINGER < self._ack_every * _RATE_SPAN:
-                        # A few reports, as a fleet sends them, one at a time (fewer than half
-                        # a prefetch would come while it lingers): let more come before the
-                        # next look, which costs more than the few reports it finds (100,000
-                        # devices, 1,700 reports/s: 90 us of CPU per report without it, 24
-                        # so; a change is seen 20 ms later at most). Not in a backlog, whose
-                        # prefetch it would hold to one look per linger (5,000 reports/s).
+                    if 0 < came < self._ack_every and not self._backlog:
+                        # A few reports, as a fleet sends them, one at a time: let more come
+                        # before the next look, which costs more than the few reports it
+                        # finds (100,000 devices, 1,700 reports/s: 90 us of CPU per report
+                        # without it, 24 so; a change is seen 20 ms later at most). Not while
+                        # it reads what waited in the queue (_backlog, as the broker counts
+                        # it), whose prefetch it would hold to one look per linger.
                         self._wakeup.wait(_LINGER)
                 except Interrupted:
                     raise
@@ -1315,7 +1305,9 @@ class Watcher(_AMQPClient):
                              f"(heartbeat {heartbeat}s)")
             return len(deliveries)
         if monotonic() >= self._next_queue_check:
-            self._look_at_queue(connection, monotonic() + self.timeout)
+            waiting = self._look_at_queue(connection, monotonic() + self.timeout)
+            if waiting > self.prefetch:  # more than a prefetch waits there: a backlog now
+                self._backlog = max(self._backlog, waiting)
         if self._leader is False and monotonic() >= self._next_leader_try:
             self._try_leadership(connection, monotonic() + self.timeout)
         if self._blind_since is not None and not self._stuck:
