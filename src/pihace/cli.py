@@ -626,7 +626,7 @@ def _give_memory_back():
     malloc_trim; elsewhere nothing). Compiling this 10,000-line module leaves about 18 MB of
     it, and reading a fleet's state file more: a long-lived command need not carry them."""
     try:
-        import ctypes  # here, not at the top: only `pihace watch` needs it
+        import ctypes  # here, not at the top: only the long-lived commands need it
 
         ctypes.CDLL(None).malloc_trim(0)
     except (ImportError, OSError, AttributeError):  # no ctypes, or not glibc
