@@ -2288,6 +2288,7 @@ HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 DEFAULT_FRAME_MAX = 131072  # used until Tune, and when the broker sets no limit
 DEFAULT_CHANNEL_MAX = 2047
 BASIC_CLASS = 60
+DELIVER_METHOD = b"\x00\x3c\x00\x3c"  # the start of a Basic.Deliver payload: class 60, method 60
 
 # The methods pihace sends (>), accepts (<) or both: class id, method id, name, then the
 # arguments as name:type; consecutive bits share an octet (least significant first): a,b:bits.
@@ -2594,23 +2595,43 @@ def _properties_present(flags):
 
 
 def decode_properties(reader):
-    flags = reader.unpack(_short)
-    if flags & 1:
-        raise RemoteProtocolError("content header with continued property flags")
-    properties, data = {}, reader.data
-    for name, kind in _properties_present(flags):
-        offset = reader.offset
-        if kind == "shortstr" and offset < len(data) and offset + data[offset] < len(data):
-            end = offset + 1 + data[offset]  # the common cases, read inline
-            properties[name] = str(data[offset + 1:end], "utf-8", "replace")
-            reader.offset = end
-        elif kind == "table":
-            properties[name] = _headers(reader)
-        elif isinstance(kind, str):
-            properties[name] = reader.read(kind)
-        else:  # an integer's struct
-            properties[name] = reader.unpack(kind)
+    """The properties of a content header (its flags, then the properties they name), read
+    from the reader's offset on."""
+    properties, reader.offset = _properties_at(reader.data, reader.offset)
     return properties
+
+
+def _properties_at(data, offset):
+    """(properties, the offset after them) of the property flags and list at `offset`. Every
+    delivery has them: all kinds but the headers table (short strings, the octets of delivery
+    mode and priority, the timestamp) are read inline."""
+    try:
+        flags = _short.unpack_from(data, offset)[0]
+        if flags & 1:
+            raise RemoteProtocolError("content header with continued property flags")
+        properties, offset, size = {}, offset + 2, len(data)
+        for name, kind in _properties_present(flags):
+            if kind == "shortstr":
+                end = offset + 1 + data[offset]
+                if end > size:
+                    break
+                properties[name] = str(data[offset + 1:end], "utf-8", "replace")
+                offset = end
+            elif kind is _octet:
+                properties[name] = data[offset]
+                offset += 1
+            elif kind is _longlong:
+                properties[name] = _longlong.unpack_from(data, offset)[0]
+                offset += 8
+            else:  # the headers table
+                reader = _Reader(data, offset)
+                properties[name] = _headers(reader)
+                offset = reader.offset
+        else:
+            return properties, offset
+    except (IndexError, struct.error):
+        pass
+    raise RemoteProtocolError(f"truncated frame: content properties of {len(data)} bytes")
 
 
 # ---------------------------------------------------------------------------
@@ -2723,10 +2744,7 @@ class FrameDecoder:
             data, start, end = self._data, 0, 7 + size
         if data[end] != FRAME_END:
             raise RemoteProtocolError(f"frame does not end with 0xCE but {data[end]:#04x}")
-        if end + 1 == len(data):  # all cut: nothing of them is kept
-            self._data, self._offset = b"", 0
-        else:
-            self._offset = end + 1
+        self._cut_after(end)
         return frame_type, channel, data[start + 7:end]
 
     def next_content(self, channel):
@@ -2735,7 +2753,38 @@ class FrameDecoder:
         properties and its body, cut in one go. None, with nothing taken, for anything else
         (a body in several frames, not all there yet, or anything amiss, which next_frame()
         then reports)."""
+        content = self._content_at(self._offset, channel)
+        if content is None:
+            return None
+        properties, body, last = content
+        self._cut_after(last)
+        return properties, body
+
+    def next_delivery(self):
+        """(channel, Basic.Deliver payload, properties bytes, body) of a delivered message
+        whose frames are the next ones, whole: its method frame, then what next_content()
+        takes. Cut in one pass (a consumer's backlog comes as whole messages, many to a
+        read); None, with nothing taken, for anything else."""
         data, start = self._data, self._offset
+        if len(data) - start < 11:
+            return None
+        frame_type, channel, size = _frame_head.unpack_from(data, start)
+        method_end = start + 7 + size
+        if frame_type != FRAME_METHOD or data[start + 7:start + 11] != DELIVER_METHOD or (
+                method_end >= len(data) or size + FRAME_OVERHEAD > self.frame_max
+                or data[method_end] != FRAME_END):
+            return None
+        content = self._content_at(method_end + 1, channel)
+        if content is None:
+            return None
+        properties, body, last = content
+        self._cut_after(last)
+        return channel, data[start + 7:method_end], properties, body
+
+    def _content_at(self, start, channel):
+        """(properties, body, offset of its last frame end) of next_content()'s message if its
+        frames start at `start`, whole; else None."""
+        data = self._data
         end = len(data)
         if end - start < 7 + _content_head.size + 3:
             return None
@@ -2749,24 +2798,24 @@ class FrameDecoder:
         if class_id != BASIC_CLASS:
             return None
         properties = data[start + 7 + _content_head.size:header_end]
-        if body_size:
-            if header_end + 8 > end:
-                return None
-            frame_type, on, size = _frame_head.unpack_from(data, header_end + 1)
-            body_end = header_end + 8 + size
-            if frame_type != FRAME_BODY or on != channel or size != body_size or (
-                    body_end >= end or size + FRAME_OVERHEAD > self.frame_max
-                    or data[body_end] != FRAME_END):
-                return None
-            body = data[header_end + 8:body_end]
-            header_end = body_end
-        else:
-            body = b""
-        if header_end + 1 == end:  # all cut: nothing of them is kept
+        if not body_size:
+            return properties, b"", header_end
+        if header_end + 8 > end:
+            return None
+        frame_type, on, size = _frame_head.unpack_from(data, header_end + 1)
+        body_end = header_end + 8 + size
+        if frame_type != FRAME_BODY or on != channel or size != body_size or (
+                body_end >= end or size + FRAME_OVERHEAD > self.frame_max
+                or data[body_end] != FRAME_END):
+            return None
+        return properties, data[header_end + 8:body_end], body_end
+
+    def _cut_after(self, last):
+        """What was taken ends at `last` (a frame end)."""
+        if last + 1 == len(self._data):  # all cut: nothing of them is kept
             self._data, self._offset = b"", 0
         else:
-            self._offset = header_end + 1
-        return properties, body
+            self._offset = last + 1
 
     def _refuse(self, data, start):
         """Raise RemoteProtocolError for bytes that do not start a frame, saying what they
@@ -2848,10 +2897,11 @@ class Delivery:
     __slots__ = ("channel", "consumer_tag", "delivery_tag", "redelivered", "exchange",
                  "routing_key", "properties", "body", "body_size")
 
-    def __init__(self, channel, args, properties, body, body_size):
-        self.channel, self.consumer_tag = channel, args["consumer_tag"]
-        self.delivery_tag, self.redelivered = args["delivery_tag"], args["redelivered"]
-        self.exchange, self.routing_key = args["exchange"], args["routing_key"]
+    def __init__(self, channel, consumer_tag, delivery_tag, redelivered, exchange, routing_key,
+                 properties, body, body_size):
+        self.channel, self.consumer_tag = channel, consumer_tag
+        self.delivery_tag, self.redelivered = delivery_tag, redelivered
+        self.exchange, self.routing_key = exchange, routing_key
         self.properties, self.body, self.body_size = properties, body, body_size
 
     def __repr__(self):
@@ -2881,14 +2931,14 @@ _REPLIES = {name: name + "-Ok" for name in _METHOD_IDS
             if name + "-Ok" in _FROM_BROKER and _METHOD_IDS[name][0] != 10}
 _REPLY_NAMES = set(_REPLIES.values())
 _ACK_HEAD = _short.pack(BASIC_CLASS) + _short.pack(80)  # Basic.Ack, sent once per batch
-_DELIVER = _short.pack(BASIC_CLASS) + _short.pack(60)
 _deliver_tag = struct.Struct(">QB")
+_DELIVER_FIELDS = ("consumer_tag", "delivery_tag", "redelivered", "exchange", "routing_key")
 
 
-def _deliver_arguments(payload):
-    """The arguments of a Basic.Deliver payload (what _Reader.arguments would give, faster):
-    consumer_tag shortstr, delivery_tag longlong, redelivered bit, exchange and routing_key
-    shortstr."""
+def _deliver_fields(payload):
+    """The arguments of a Basic.Deliver payload, in the order of _DELIVER_FIELDS (what
+    _Reader.arguments would give, faster): consumer_tag shortstr, delivery_tag longlong,
+    redelivered bit, exchange and routing_key shortstr."""
     try:
         end = 5 + payload[4]
         consumer = payload[5:end]
@@ -2904,9 +2954,8 @@ def _deliver_arguments(payload):
         raise RemoteProtocolError(f"truncated frame: Basic.Deliver of {len(payload)} bytes"
                                   if end > len(payload) else
                                   f"Basic.Deliver has {len(payload) - end} bytes too many")
-    return {"consumer_tag": str(consumer, "utf-8", "replace"), "delivery_tag": tag,
-            "redelivered": bool(bits & 1), "exchange": str(exchange, "utf-8", "replace"),
-            "routing_key": str(payload[start:end], "utf-8", "replace")}
+    return (str(consumer, "utf-8", "replace"), tag, bool(bits & 1),
+            str(exchange, "utf-8", "replace"), str(payload[start:end], "utf-8", "replace"))
 
 
 class AMQPProtocol:
@@ -3031,6 +3080,13 @@ class AMQPProtocol:
         # (what one read brought is cut into frames and handled here, in one loop)
         events, next_frame = self._events, self._decoder.next_frame
         while not events:
+            if self._content is None and self.state == "open":
+                message = self._decoder.next_delivery()
+                if message is not None:  # the usual frames of a consumer: one whole message
+                    event = self._whole_delivery(*message)
+                    if event is not None:
+                        return event
+                    continue
             frame = next_frame() if self.state != "closed" else None
             if frame is None:
                 if self._ended:
@@ -3062,8 +3118,9 @@ class AMQPProtocol:
         if frame_type != FRAME_METHOD:
             raise RemoteProtocolError(f"unexpected content frame (type {frame_type}) on "
                                       f"channel {channel}")
-        if payload[:4] == _DELIVER:  # with every message: read without the generic reader
-            method = Method(channel, "Basic.Deliver", _deliver_arguments(payload))
+        if payload[:4] == DELIVER_METHOD:  # its content is still to come (or is amiss)
+            method = Method(channel, "Basic.Deliver",
+                            dict(zip(_DELIVER_FIELDS, _deliver_fields(payload))))
             parts = self._on_deliver(method)
             content = self._decoder.next_content(channel)  # the usual: all there already
             if content is None:
@@ -3110,6 +3167,25 @@ class AMQPProtocol:
             channel.unacked.add(tag)
         return []
 
+    def _whole_delivery(self, number, payload, properties, body):
+        """The Delivery of a message whose frames came whole (FrameDecoder.next_delivery),
+        in one pass; what is amiss (_on_deliver raises) or dropped goes the usual way."""
+        fields = _deliver_fields(payload)
+        channel = self.channels.get(number)
+        consumer = channel.consumers.get(fields[0]) if channel is not None and \
+            channel.state == "open" else None
+        if consumer is None or fields[1] <= channel.last_delivery:
+            self._on_deliver(Method(number, "Basic.Deliver", dict(zip(_DELIVER_FIELDS, fields))))
+            return None  # it did not raise: the channel is closing, its traffic dropped
+        properties = _properties_at(properties, 0)[0]
+        channel.last_delivery = fields[1]
+        no_ack, max_body_size = consumer
+        if not no_ack:
+            channel.unacked.add(fields[1])
+        size = len(body)
+        return Delivery(number, *fields, properties,
+                        body if max_body_size is None or size <= max_body_size else None, size)
+
     def _handle_content(self, frame_type, channel, payload):
         content = self._content  # [method, body size (None until the header), received, parts]
         method, size, received, parts = content
@@ -3155,7 +3231,8 @@ class AMQPProtocol:
                 method.args["consumer_tag"] not in channel.consumers):
             return None  # the channel closed, or the consumer was cancelled, meanwhile
         body = None if parts is None else parts[0] if len(parts) == 1 else b"".join(parts)
-        return Delivery(method.channel, method.args, method.properties, body, method.body_size)
+        return Delivery(method.channel, *map(method.args.get, _DELIVER_FIELDS),
+                        method.properties, body, method.body_size)
 
     def _check_channel(self, method, states):
         channel = self.channels.get(method.channel)
@@ -6199,10 +6276,14 @@ class Watcher(_AMQPClient):
                 part = devices[start:end]
                 states[start:end] = [device.state for device in part]
                 seen[start:end] = [device.last_seen for device in part]
-                # (uptimes: for the usual device, shared constants; no pair made per device,
-                # which would leave 100,000 small objects scattered among theirs)
-                for column, (_, window) in zip((day, week), _UPTIME_WINDOWS):
-                    column[start:end] = [device.uptime(now, window) for device in part]
+                # (uptimes: for the usual device, in one state since it was first seen, one
+                # shared constant for both windows; no pair made per device, which would
+                # leave 100,000 small objects scattered among theirs)
+                (_, day_window), (_, week_window) = _UPTIME_WINDOWS
+                day[start:end] = ratios = [device.uptime(now, day_window) for device in part]
+                week[start:end] = [ratio if type(device.transitions) is tuple else
+                                   device.uptime(now, week_window)
+                                   for device, ratio in zip(part, ratios)]
         return ([device.key for device in devices], [device.label for device in devices],
                 states, seen, day, week)
 
@@ -8903,6 +8984,7 @@ def _metric_rows_of(devices):
 
 
 _METRIC_PART = 2000  # devices per part of Prometheus' text: about 200 KB per family
+_RATIO_TEXTS = {1.0: "1.000000", 0.0: "0.000000"}  # the uptime of most devices, made once
 
 
 def _fleet_prometheus(rows, status):
@@ -8951,16 +9033,14 @@ def _fleet_prometheus_parts(rows, status):
     yield ("# HELP pihace_device_uptime_ratio The share of the window the device was up, out "
            "of the time it was watched (paused and stopped not counted).\n"
            "# TYPE pihace_device_uptime_ratio gauge\n")
-    for part in parts:
-        lines = []
-        for d, e, *ratios in zip(ids(part), labels[part], day[part], week[part]):
-            for (window, _), ratio in zip(_UPTIME_WINDOWS, ratios):
-                if ratio is not None:
-                    lines.append(f'pihace_device_uptime_ratio{{device="{d}",'
-                                 f'window="{window}"}} {ratio:.6f}\n' if e is None else
-                                 f'pihace_device_uptime_ratio{{{e[1]},window="{window}"}} '
-                                 f'{ratio:.6f}\n')
-        yield "".join(lines)
+    ratio_text = _RATIO_TEXTS.get
+    for part in parts:  # a window's series, then the next's: one family, any order
+        yield "".join([
+            f'pihace_device_uptime_ratio{{device="{d}",window="{window}"}} '
+            f'{ratio_text(ratio) or f"{ratio:.6f}"}\n' if e is None else
+            f'pihace_device_uptime_ratio{{{e[1]},window="{window}"}} {ratio:.6f}\n'
+            for (window, _), column in zip(_UPTIME_WINDOWS, (day, week))
+            for d, e, ratio in zip(ids(part), labels[part], column[part]) if ratio is not None])
     yield _fleet_prometheus_totals(states, status)
 
 

@@ -3763,18 +3763,23 @@ def test_our_cancel_takes_deliveries_until_its_cancel_ok(how):
     (deliver(1, body=b"abc")[:-11] + frame(3, 1, b"abcd"), "longer than its declared 3"),
     (deliver(1)[:-10] + frame(1, 1, method_payload(60, 21, sstr("x"))), "expected the content"),
     (consume_ok("again"), "nothing was awaited"),
+    (deliver(1, properties=b"\x00\x80\x10ab"), "truncated frame"),  # a message id of 16 bytes?
+    (deliver(1, properties=b"\x20\x00\x00\x00"), "truncated frame"),  # a table's size, cut
 ])
-def test_deliveries_that_make_no_sense_are_protocol_errors(data, words):
+@pytest.mark.parametrize("how", ["whole", "bytewise"])  # a message whole in one read, or not
+def test_deliveries_that_make_no_sense_are_protocol_errors(data, words, how):
     protocol = consuming_protocol()
     with pytest.raises(pihace.RemoteProtocolError) as raised:
-        feed(protocol, data, "whole")
+        feed(protocol, data, how)
     assert words in str(raised.value)
 
 
-def test_deliveries_on_a_channel_we_close_are_dropped():
+@pytest.mark.parametrize("how", ["whole", "bytewise"])
+def test_deliveries_on_a_channel_we_close_are_dropped(how):
     protocol = consuming_protocol()
     protocol.close_channel(1)
-    assert names(feed(protocol, deliver(1) + CHANNEL_CLOSE_OK, "bytewise")) == ["Channel.Close-Ok"]
+    assert names(feed(protocol, deliver(1) + deliver(2) + CHANNEL_CLOSE_OK, how)) == [
+        "Channel.Close-Ok"]
     assert 1 not in protocol.channels
 
 

@@ -12,7 +12,7 @@ from .amqp_wire import (
     BASIC_CLASS, DEFAULT_CHANNEL_MAX, DEFAULT_FRAME_MAX, FRAME_HEADER, FRAME_HEARTBEAT,
     FRAME_METHOD, FRAME_MIN_SIZE, FrameDecoder, HEARTBEAT_FRAME, PROTOCOL_HEADER, _FROM_BROKER,
     _METHOD_ARGUMENTS, _METHOD_IDS, _METHOD_NAMES, _Reader, _content_head, _longlong, _short,
-    decode_properties, encode_frame, encode_message, encode_method,
+    DELIVER_METHOD, _properties_at, decode_properties, encode_frame, encode_message, encode_method,
 )
 
 
@@ -74,10 +74,11 @@ class Delivery:
     __slots__ = ("channel", "consumer_tag", "delivery_tag", "redelivered", "exchange",
                  "routing_key", "properties", "body", "body_size")
 
-    def __init__(self, channel, args, properties, body, body_size):
-        self.channel, self.consumer_tag = channel, args["consumer_tag"]
-        self.delivery_tag, self.redelivered = args["delivery_tag"], args["redelivered"]
-        self.exchange, self.routing_key = args["exchange"], args["routing_key"]
+    def __init__(self, channel, consumer_tag, delivery_tag, redelivered, exchange, routing_key,
+                 properties, body, body_size):
+        self.channel, self.consumer_tag = channel, consumer_tag
+        self.delivery_tag, self.redelivered = delivery_tag, redelivered
+        self.exchange, self.routing_key = exchange, routing_key
         self.properties, self.body, self.body_size = properties, body, body_size
 
     def __repr__(self):
@@ -107,14 +108,14 @@ _REPLIES = {name: name + "-Ok" for name in _METHOD_IDS
             if name + "-Ok" in _FROM_BROKER and _METHOD_IDS[name][0] != 10}
 _REPLY_NAMES = set(_REPLIES.values())
 _ACK_HEAD = _short.pack(BASIC_CLASS) + _short.pack(80)  # Basic.Ack, sent once per batch
-_DELIVER = _short.pack(BASIC_CLASS) + _short.pack(60)
 _deliver_tag = struct.Struct(">QB")
+_DELIVER_FIELDS = ("consumer_tag", "delivery_tag", "redelivered", "exchange", "routing_key")
 
 
-def _deliver_arguments(payload):
-    """The arguments of a Basic.Deliver payload (what _Reader.arguments would give, faster):
-    consumer_tag shortstr, delivery_tag longlong, redelivered bit, exchange and routing_key
-    shortstr."""
+def _deliver_fields(payload):
+    """The arguments of a Basic.Deliver payload, in the order of _DELIVER_FIELDS (what
+    _Reader.arguments would give, faster): consumer_tag shortstr, delivery_tag longlong,
+    redelivered bit, exchange and routing_key shortstr."""
     try:
         end = 5 + payload[4]
         consumer = payload[5:end]
@@ -130,9 +131,8 @@ def _deliver_arguments(payload):
         raise RemoteProtocolError(f"truncated frame: Basic.Deliver of {len(payload)} bytes"
                                   if end > len(payload) else
                                   f"Basic.Deliver has {len(payload) - end} bytes too many")
-    return {"consumer_tag": str(consumer, "utf-8", "replace"), "delivery_tag": tag,
-            "redelivered": bool(bits & 1), "exchange": str(exchange, "utf-8", "replace"),
-            "routing_key": str(payload[start:end], "utf-8", "replace")}
+    return (str(consumer, "utf-8", "replace"), tag, bool(bits & 1),
+            str(exchange, "utf-8", "replace"), str(payload[start:end], "utf-8", "replace"))
 
 
 class AMQPProtocol:
@@ -257,6 +257,13 @@ class AMQPProtocol:
         # (what one read brought is cut into frames and handled here, in one loop)
         events, next_frame = self._events, self._decoder.next_frame
         while not events:
+            if self._content is None and self.state == "open":
+                message = self._decoder.next_delivery()
+                if message is not None:  # the usual frames of a consumer: one whole message
+                    event = self._whole_delivery(*message)
+                    if event is not None:
+                        return event
+                    continue
             frame = next_frame() if self.state != "closed" else None
             if frame is None:
                 if self._ended:
@@ -288,8 +295,9 @@ class AMQPProtocol:
         if frame_type != FRAME_METHOD:
             raise RemoteProtocolError(f"unexpected content frame (type {frame_type}) on "
                                       f"channel {channel}")
-        if payload[:4] == _DELIVER:  # with every message: read without the generic reader
-            method = Method(channel, "Basic.Deliver", _deliver_arguments(payload))
+        if payload[:4] == DELIVER_METHOD:  # its content is still to come (or is amiss)
+            method = Method(channel, "Basic.Deliver",
+                            dict(zip(_DELIVER_FIELDS, _deliver_fields(payload))))
             parts = self._on_deliver(method)
             content = self._decoder.next_content(channel)  # the usual: all there already
             if content is None:
@@ -336,6 +344,25 @@ class AMQPProtocol:
             channel.unacked.add(tag)
         return []
 
+    def _whole_delivery(self, number, payload, properties, body):
+        """The Delivery of a message whose frames came whole (FrameDecoder.next_delivery),
+        in one pass; what is amiss (_on_deliver raises) or dropped goes the usual way."""
+        fields = _deliver_fields(payload)
+        channel = self.channels.get(number)
+        consumer = channel.consumers.get(fields[0]) if channel is not None and \
+            channel.state == "open" else None
+        if consumer is None or fields[1] <= channel.last_delivery:
+            self._on_deliver(Method(number, "Basic.Deliver", dict(zip(_DELIVER_FIELDS, fields))))
+            return None  # it did not raise: the channel is closing, its traffic dropped
+        properties = _properties_at(properties, 0)[0]
+        channel.last_delivery = fields[1]
+        no_ack, max_body_size = consumer
+        if not no_ack:
+            channel.unacked.add(fields[1])
+        size = len(body)
+        return Delivery(number, *fields, properties,
+                        body if max_body_size is None or size <= max_body_size else None, size)
+
     def _handle_content(self, frame_type, channel, payload):
         content = self._content  # [method, body size (None until the header), received, parts]
         method, size, received, parts = content
@@ -381,7 +408,8 @@ class AMQPProtocol:
                 method.args["consumer_tag"] not in channel.consumers):
             return None  # the channel closed, or the consumer was cancelled, meanwhile
         body = None if parts is None else parts[0] if len(parts) == 1 else b"".join(parts)
-        return Delivery(method.channel, method.args, method.properties, body, method.body_size)
+        return Delivery(method.channel, *map(method.args.get, _DELIVER_FIELDS),
+                        method.properties, body, method.body_size)
 
     def _check_channel(self, method, states):
         channel = self.channels.get(method.channel)

@@ -18,6 +18,7 @@ HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 DEFAULT_FRAME_MAX = 131072  # used until Tune, and when the broker sets no limit
 DEFAULT_CHANNEL_MAX = 2047
 BASIC_CLASS = 60
+DELIVER_METHOD = b"\x00\x3c\x00\x3c"  # the start of a Basic.Deliver payload: class 60, method 60
 
 # The methods pihace sends (>), accepts (<) or both: class id, method id, name, then the
 # arguments as name:type; consecutive bits share an octet (least significant first): a,b:bits.
@@ -324,23 +325,43 @@ def _properties_present(flags):
 
 
 def decode_properties(reader):
-    flags = reader.unpack(_short)
-    if flags & 1:
-        raise RemoteProtocolError("content header with continued property flags")
-    properties, data = {}, reader.data
-    for name, kind in _properties_present(flags):
-        offset = reader.offset
-        if kind == "shortstr" and offset < len(data) and offset + data[offset] < len(data):
-            end = offset + 1 + data[offset]  # the common cases, read inline
-            properties[name] = str(data[offset + 1:end], "utf-8", "replace")
-            reader.offset = end
-        elif kind == "table":
-            properties[name] = _headers(reader)
-        elif isinstance(kind, str):
-            properties[name] = reader.read(kind)
-        else:  # an integer's struct
-            properties[name] = reader.unpack(kind)
+    """The properties of a content header (its flags, then the properties they name), read
+    from the reader's offset on."""
+    properties, reader.offset = _properties_at(reader.data, reader.offset)
     return properties
+
+
+def _properties_at(data, offset):
+    """(properties, the offset after them) of the property flags and list at `offset`. Every
+    delivery has them: all kinds but the headers table (short strings, the octets of delivery
+    mode and priority, the timestamp) are read inline."""
+    try:
+        flags = _short.unpack_from(data, offset)[0]
+        if flags & 1:
+            raise RemoteProtocolError("content header with continued property flags")
+        properties, offset, size = {}, offset + 2, len(data)
+        for name, kind in _properties_present(flags):
+            if kind == "shortstr":
+                end = offset + 1 + data[offset]
+                if end > size:
+                    break
+                properties[name] = str(data[offset + 1:end], "utf-8", "replace")
+                offset = end
+            elif kind is _octet:
+                properties[name] = data[offset]
+                offset += 1
+            elif kind is _longlong:
+                properties[name] = _longlong.unpack_from(data, offset)[0]
+                offset += 8
+            else:  # the headers table
+                reader = _Reader(data, offset)
+                properties[name] = _headers(reader)
+                offset = reader.offset
+        else:
+            return properties, offset
+    except (IndexError, struct.error):
+        pass
+    raise RemoteProtocolError(f"truncated frame: content properties of {len(data)} bytes")
 
 
 # ---------------------------------------------------------------------------
@@ -453,10 +474,7 @@ class FrameDecoder:
             data, start, end = self._data, 0, 7 + size
         if data[end] != FRAME_END:
             raise RemoteProtocolError(f"frame does not end with 0xCE but {data[end]:#04x}")
-        if end + 1 == len(data):  # all cut: nothing of them is kept
-            self._data, self._offset = b"", 0
-        else:
-            self._offset = end + 1
+        self._cut_after(end)
         return frame_type, channel, data[start + 7:end]
 
     def next_content(self, channel):
@@ -465,7 +483,38 @@ class FrameDecoder:
         properties and its body, cut in one go. None, with nothing taken, for anything else
         (a body in several frames, not all there yet, or anything amiss, which next_frame()
         then reports)."""
+        content = self._content_at(self._offset, channel)
+        if content is None:
+            return None
+        properties, body, last = content
+        self._cut_after(last)
+        return properties, body
+
+    def next_delivery(self):
+        """(channel, Basic.Deliver payload, properties bytes, body) of a delivered message
+        whose frames are the next ones, whole: its method frame, then what next_content()
+        takes. Cut in one pass (a consumer's backlog comes as whole messages, many to a
+        read); None, with nothing taken, for anything else."""
         data, start = self._data, self._offset
+        if len(data) - start < 11:
+            return None
+        frame_type, channel, size = _frame_head.unpack_from(data, start)
+        method_end = start + 7 + size
+        if frame_type != FRAME_METHOD or data[start + 7:start + 11] != DELIVER_METHOD or (
+                method_end >= len(data) or size + FRAME_OVERHEAD > self.frame_max
+                or data[method_end] != FRAME_END):
+            return None
+        content = self._content_at(method_end + 1, channel)
+        if content is None:
+            return None
+        properties, body, last = content
+        self._cut_after(last)
+        return channel, data[start + 7:method_end], properties, body
+
+    def _content_at(self, start, channel):
+        """(properties, body, offset of its last frame end) of next_content()'s message if its
+        frames start at `start`, whole; else None."""
+        data = self._data
         end = len(data)
         if end - start < 7 + _content_head.size + 3:
             return None
@@ -479,24 +528,24 @@ class FrameDecoder:
         if class_id != BASIC_CLASS:
             return None
         properties = data[start + 7 + _content_head.size:header_end]
-        if body_size:
-            if header_end + 8 > end:
-                return None
-            frame_type, on, size = _frame_head.unpack_from(data, header_end + 1)
-            body_end = header_end + 8 + size
-            if frame_type != FRAME_BODY or on != channel or size != body_size or (
-                    body_end >= end or size + FRAME_OVERHEAD > self.frame_max
-                    or data[body_end] != FRAME_END):
-                return None
-            body = data[header_end + 8:body_end]
-            header_end = body_end
-        else:
-            body = b""
-        if header_end + 1 == end:  # all cut: nothing of them is kept
+        if not body_size:
+            return properties, b"", header_end
+        if header_end + 8 > end:
+            return None
+        frame_type, on, size = _frame_head.unpack_from(data, header_end + 1)
+        body_end = header_end + 8 + size
+        if frame_type != FRAME_BODY or on != channel or size != body_size or (
+                body_end >= end or size + FRAME_OVERHEAD > self.frame_max
+                or data[body_end] != FRAME_END):
+            return None
+        return properties, data[header_end + 8:body_end], body_end
+
+    def _cut_after(self, last):
+        """What was taken ends at `last` (a frame end)."""
+        if last + 1 == len(self._data):  # all cut: nothing of them is kept
             self._data, self._offset = b"", 0
         else:
-            self._offset = header_end + 1
-        return properties, body
+            self._offset = last + 1
 
     def _refuse(self, data, start):
         """Raise RemoteProtocolError for bytes that do not start a frame, saying what they

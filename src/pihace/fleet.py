@@ -104,6 +104,7 @@ def _metric_rows_of(devices):
 
 
 _METRIC_PART = 2000  # devices per part of Prometheus' text: about 200 KB per family
+_RATIO_TEXTS = {1.0: "1.000000", 0.0: "0.000000"}  # the uptime of most devices, made once
 
 
 def _fleet_prometheus(rows, status):
@@ -152,16 +153,14 @@ def _fleet_prometheus_parts(rows, status):
     yield ("# HELP pihace_device_uptime_ratio The share of the window the device was up, out "
            "of the time it was watched (paused and stopped not counted).\n"
            "# TYPE pihace_device_uptime_ratio gauge\n")
-    for part in parts:
-        lines = []
-        for d, e, *ratios in zip(ids(part), labels[part], day[part], week[part]):
-            for (window, _), ratio in zip(_UPTIME_WINDOWS, ratios):
-                if ratio is not None:
-                    lines.append(f'pihace_device_uptime_ratio{{device="{d}",'
-                                 f'window="{window}"}} {ratio:.6f}\n' if e is None else
-                                 f'pihace_device_uptime_ratio{{{e[1]},window="{window}"}} '
-                                 f'{ratio:.6f}\n')
-        yield "".join(lines)
+    ratio_text = _RATIO_TEXTS.get
+    for part in parts:  # a window's series, then the next's: one family, any order
+        yield "".join([
+            f'pihace_device_uptime_ratio{{device="{d}",window="{window}"}} '
+            f'{ratio_text(ratio) or f"{ratio:.6f}"}\n' if e is None else
+            f'pihace_device_uptime_ratio{{{e[1]},window="{window}"}} {ratio:.6f}\n'
+            for (window, _), column in zip(_UPTIME_WINDOWS, (day, week))
+            for d, e, ratio in zip(ids(part), labels[part], column[part]) if ratio is not None])
     yield _fleet_prometheus_totals(states, status)
 
 

@@ -310,10 +310,14 @@ class Watcher(_AMQPClient):
                 part = devices[start:end]
                 states[start:end] = [device.state for device in part]
                 seen[start:end] = [device.last_seen for device in part]
-                # (uptimes: for the usual device, shared constants; no pair made per device,
-                # which would leave 100,000 small objects scattered among theirs)
-                for column, (_, window) in zip((day, week), _UPTIME_WINDOWS):
-                    column[start:end] = [device.uptime(now, window) for device in part]
+                # (uptimes: for the usual device, in one state since it was first seen, one
+                # shared constant for both windows; no pair made per device, which would
+                # leave 100,000 small objects scattered among theirs)
+                (_, day_window), (_, week_window) = _UPTIME_WINDOWS
+                day[start:end] = ratios = [device.uptime(now, day_window) for device in part]
+                week[start:end] = [ratio if type(device.transitions) is tuple else
+                                   device.uptime(now, week_window)
+                                   for device, ratio in zip(part, ratios)]
         return ([device.key for device in devices], [device.label for device in devices],
                 states, seen, day, week)
 
