@@ -6431,8 +6431,8 @@ class Watcher(_AMQPClient):
             message_id = None if type(message_id) not in (bytes, int) else message_id
         id_key = None if message_id is None else self._id_key(message_id)
         rate = report.get("rate")
-        if rate:
-            rate = self._shared_rate(rate)
+        if rate:  # one of the few texts a fleet sends ("3/3"), each made safe once
+            rate = type(rate) is str and self._rates.get(rate) or self._shared_rate(rate)
         with self._lock:
             # A known device's name and host were made safe when it was first seen: the same
             # texts need no second look (the usual case; a NUL in them makes a key no device
