@@ -17,7 +17,10 @@ check_ages() runs: 3 % down, 2 % degraded, 2 % late, 1 % silent, the rest up.
    1 apply(): median and 99th percentile of the second reports (100,000 devices known), µs,
      and json.loads() of the same body timed just before each (the ratio: the median of the
      per-report ratios);
-     RSS of the process after a gc.collect(), and its growth over the process before the Watcher
+     RSS of the process after a gc.collect(), and its growth over the process before the Watcher;
+     and, in a process of its own after the rounds, the same once every device has sent
+     dedup_window + 2 reports (its window of message ids full, as in a fleet that has run for
+     that many intervals)
    2 /metrics and /devices (limit=1000), rendered as `pihace watch --listen` does:
      _FleetPages(watcher, refresh=0).respond(...) (each call reads the fleet, sorts it and renders
      again): median time and size; and the parts alone (Watcher.metric_rows(),
@@ -39,6 +42,7 @@ prometheus_client: a CollectorRegistry with Gauges of the same names and label s
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -210,6 +214,35 @@ def work_pihace(options):
     result.update(serve(pihace, watcher, options))
     print(json.dumps(result), flush=True)
     os._exit(0)  # not waiting for renderings the server may still run for requests given up on
+
+
+def work_steady(options):
+    """RSS of a Watcher whose devices have each sent enough reports to fill their window of
+    message ids (what a fleet holds after `dedup_window` intervals, half an hour at interval
+    60 s with a window of 32; work_pihace's devices have sent two)."""
+    import gc
+
+    sys.modules["psutil"] = None
+    import pihace
+
+    devices = options["devices"]
+    gc.collect()
+    before = rss_mb()
+    clock = [float(T0)]
+    watcher = pihace.Watcher("amqp://localhost/", wall_clock=lambda: clock[0])
+    reports = watcher.dedup_window + 2
+    bodies = [report_body(index, "Available", *plan(index)[:2]) for index in range(devices)]
+    for number in range(reports):
+        clock[0] = float(T0 + number * INTERVAL)
+        properties = {"timestamp": T0 + int(number * INTERVAL)}
+        for index, body in enumerate(bodies):
+            properties["message_id"] = f"{number}-{index}"
+            assert watcher.apply(body, properties) == "applied"
+    del bodies
+    gc.collect()
+    rss = rss_mb()
+    print(json.dumps({"file": pihace.__file__, "steady_rss": rss, "steady_growth": rss - before,
+                      "steady_reports": reports, "dedup_window": watcher.dedup_window}))
 
 
 def profile_pages(pages):
@@ -404,6 +437,8 @@ def worker(name, options):
         work_pihace(options)
     elif name == "peer":
         work_peer(options)
+    elif name == "steady":
+        work_steady(options)
     elif name == "clients":
         work_clients(options)
     else:
@@ -472,6 +507,11 @@ def print_table(results, options, rounds, header):
         (f"  RSS of the process with {devices:,} devices, MB", "pihace.py Watcher", "rss",
          verdict(rss <= 100, "<= 100 MB")),
         ("  of which the Watcher's own (RSS growth), MB", "pihace.py Watcher", "growth", None),
+        ("  RSS once every device's id window is full ({} reports each), MB".format(
+            int(value("pihace", "steady_reports")[0] or 0)), "pihace.py Watcher", "steady_rss",
+         verdict((value("pihace", "steady_rss")[0] or math.inf) <= 100, "<= 100 MB")),
+        ("    of which the Watcher's own (RSS growth), MB", "pihace.py Watcher",
+         "steady_growth", None),
         ("2 /metrics rendered once, ms", "pihace.py _FleetPages", "metrics_ms",
          verdict(metrics_ms < 1000, "< 1 s")),
         ("", "prometheus_client generate_latest", "metrics_ms", None),
@@ -598,6 +638,12 @@ def main(argv=None):
         if args.pihace:
             shutil.copy(args.pihace, os.path.join(snapshot, "pihace.py"))
         results = run_rounds(options, args.rounds, snapshot)
+        print("the duplicate window filled ...", file=sys.stderr)
+        steady = common.run_worker(__file__, "steady", options, common.env_for(snapshot),
+                                   timeout=1800)
+        assert steady["file"].startswith(snapshot + os.sep), steady["file"]
+        results.update({("pihace", figure): [value] for figure, value in steady.items()
+                        if figure != "file"})
     loads.append(os.getloadavg())
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
