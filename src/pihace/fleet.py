@@ -155,12 +155,13 @@ def _fleet_prometheus_parts(rows, status):
            "# TYPE pihace_device_uptime_ratio gauge\n")
     ratio_text = _RATIO_TEXTS.get
     for part in parts:  # a window's series, then the next's: one family, any order
+        part_ids, part_labels = list(ids(part)), labels[part]
         yield "".join([
             f'pihace_device_uptime_ratio{{device="{d}",window="{window}"}} '
             f'{ratio_text(ratio) or f"{ratio:.6f}"}\n' if e is None else
             f'pihace_device_uptime_ratio{{{e[1]},window="{window}"}} {ratio:.6f}\n'
             for (window, _), column in zip(_UPTIME_WINDOWS, (day, week))
-            for d, e, ratio in zip(ids(part), labels[part], column[part]) if ratio is not None])
+            for d, e, ratio in zip(part_ids, part_labels, column[part]) if ratio is not None])
     yield _fleet_prometheus_totals(states, status)
 
 
