@@ -5996,6 +5996,7 @@ _WATCH_HEARTBEAT = 5  # seconds: a dead link is noticed within seconds, not minu
 _QUEUE_CHECK = 5.0  # seconds between two looks at the queue (passive declare)
 _ACK_PAUSE = 0.02  # seconds without a delivery after which the applied ones are acknowledged
 _LINGER = 0.02  # seconds to let more reports come after a look that found only a few
+_SOON_TICKS = 10  # check_ages looks at every device once per ten ticks, at those due soon each
 # of the state file: a newer one is refused, never overwritten (2: what is as usual left
 # out of a device's entry, which 1 cannot read)
 _STATE_FORMAT = 2
@@ -6125,9 +6126,10 @@ class Watcher(_AMQPClient):
         self.counts = collections.Counter()
         self.last_error = None  # why it could not read, the last time it could not
         self._devices = {}  # Device.key ("name\0host") -> Device
-        # no device is due before this (a lower bound: check_ages looks at none before it);
-        # whoever makes a device due earlier lowers it
+        # no device but those of _soon is due before this (a lower bound: check_ages looks at
+        # every device only from then on); whoever makes a device due earlier lowers it
         self._earliest_due = -math.inf
+        self._soon = []  # the devices due within _SOON_TICKS at the last look at every device
         self._lock = threading.Lock()  # the devices, for snapshots from other threads
         self._garbage_from = set()  # producers whose bad reports were logged already
         import json.scanner  # here, not at the top: slow to import (see the imports)
@@ -6287,7 +6289,9 @@ class Watcher(_AMQPClient):
                 week[start:end] = [ratio if type(device.transitions) is tuple else
                                    device.uptime(now, week_window)
                                    for device, ratio in zip(part, ratios)]
-        return ([device.key for device in devices], [device.label for device in devices],
+        # (a label of its own is one of a device's rare fields: most have none of them)
+        return ([device.key for device in devices],
+                [None if device.rare is None else device.label for device in devices],
                 states, seen, day, week)
 
     @contextlib.contextmanager
@@ -6622,25 +6626,32 @@ class Watcher(_AMQPClient):
         if self._blind_since is not None:
             return 0
         now = self.wall_clock() if now is None else now
-        if now < self._earliest_due:  # none is due: not a look at 100,000 devices each second
+        if now < self._earliest_due and not self._soon:  # none is due
             return 0
         changes, forgotten = [], []
         with self._lock:
-            # one pass (100,000 devices: 5 ms): the few that are due, and when the next is
-            due, earliest = [], math.inf
-            for key, device in self._devices.items():
-                when = device.due
-                if when <= now:
-                    due.append((key, device))
-                elif when < earliest:
-                    earliest = when
-            for key, device in due:
+            soon = self._soon
+            if now >= self._earliest_due:
+                # A look at every device (100,000: 5 ms): those due within ten ticks are kept,
+                # and the next ticks look at them alone (in a fleet some device is due nearly
+                # every second: this look comes once per ten ticks, not every tick)
+                horizon, earliest, soon = now + _SOON_TICKS * self.tick, math.inf, []
+                for device in self._devices.values():
+                    when = device.due
+                    if when <= horizon:
+                        soon.append(device)
+                    elif when < earliest:
+                        earliest = when
+                self._soon, self._earliest_due = soon, earliest
+            devices = self._devices
+            for device in soon:
+                if device.due > now or devices.get(device.key) is not device:
+                    continue  # not due, or forgotten meanwhile
                 new, device.due = self._state_now(device, now)
-                earliest = min(earliest, device.due)
                 if new == "silent" and self.forget_after is not None and \
                         now - device.judged_from > max(self.forget_after, self._limits(
                             device.interval, device.listed)[1]):
-                    forgotten.append(key)
+                    forgotten.append(device.key)
                 elif new != device.state:
                     changes.append((device, self._change(device, new, now), new, None, now))
                 elif self.remind is not None and new in _REMINDED_STATES and \
@@ -6650,7 +6661,6 @@ class Watcher(_AMQPClient):
             for key in forgotten:
                 del self._devices[key]
             self._dirty = self._dirty or bool(changes or forgotten)
-            self._earliest_due = earliest
         if forgotten:
             self.counts["forgotten"] += len(forgotten)
             log.info("forgot %d device(s) silent for more than %gs", len(forgotten),

@@ -6417,6 +6417,49 @@ def test_a_device_that_becomes_due_first_is_looked_at_though_the_others_are_not_
         "slow@h": "up", "quick@h": "silent", "expected@h": "missing"}
 
 
+class LookCountingDict(dict):
+    """A watcher's table of devices that counts the looks at every device."""
+
+    looks = 0
+
+    def values(self):
+        self.looks += 1
+        return super().values()
+
+    def items(self):
+        self.looks += 1
+        return super().items()
+
+
+def test_ages_are_looked_at_in_every_device_once_per_ten_ticks_and_each_due_one_at_its_tick():
+    # In a fleet some device is due nearly every tick: check_ages looks at every device once
+    # per ten ticks (100,000: 5 ms each), and at the ticks between at those due within ten
+    # ticks; one made due sooner meanwhile (a shorter interval) is seen at its tick.
+    watcher, changes = recording_watcher(grace=5, silent_grace=20)  # tick: 1 s
+    clock, start = watcher.wall_clock, watcher.wall_clock.now
+    for index in range(40):  # intervals 10 to 49 s: late after interval + 5, silent + 20
+        watcher.apply(report(name=f"d{index}", interval=10 + index), {})
+    watcher._devices = table = LookCountingDict(watcher._devices)
+    seen = {}
+    for tick in range(1, 90):
+        if tick == 30:  # d39 (interval 49) now says 10: late 15 s after this report
+            clock.now = start + 30.25
+            watcher.apply(report(name="d39", interval=10), {})
+        clock.now = start + tick + 0.5
+        del changes[:]
+        watcher.check_ages()
+        for device, old, new, _ in changes:
+            assert (device, new) not in seen, (device, new, tick)
+            seen[device, new] = tick
+    expected = {}
+    for index in range(39):
+        expected[f"d{index}@h", "late"] = 10 + index + 5
+        expected[f"d{index}@h", "silent"] = 10 + index + 20
+    expected["d39@h", "late"], expected["d39@h", "silent"] = 45, 60
+    assert seen == expected
+    assert table.looks <= 90 // 10 + 2  # every tick before
+
+
 def test_each_state_and_each_transition_once():
     watcher, changes = recording_watcher(grace=5, silent_grace=20)
     clock, ids = watcher.wall_clock, map(str, itertools.count())
