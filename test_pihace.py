@@ -6512,7 +6512,7 @@ def test_the_duplicate_window_is_bounded_and_per_device():
 def test_by_default_a_device_keeps_its_last_8_ids_in_64_bytes_and_older_reports_are_stale():
     # A lost connection brings its unacknowledged reports again before any newer one: the
     # last 8 ids cover them, and a report older than the device's newest is stale whatever
-    # its id. A window of 32 would hold 19 MB more for 100,000 devices (issue 29).
+    # its id. A window of 32 would hold about 17 MB more for 100,000 devices (issue 29).
     watcher, changes = recording_watcher()
     now = int(watcher.wall_clock.now)
     for index in range(40):

@@ -107,13 +107,13 @@ class Watcher(_AMQPClient):
     make no other device's report a duplicate). Redelivered reports come back
     before any newer one, and a report older than the device's newest is stale
     whatever its id: the window covers a device's last reports, 8 by default (64
-    bytes a device; 100,000 devices hold 19 MB more with 32). A report that is not JSON, not a pihace
-    report, or larger than max_report_size bytes is counted, logged (once per
-    producer) and acknowledged, so it cannot come back. At most max_devices
-    are kept (a report of one more is refused, counted and logged); with
-    `forget_after`, a device silent that long is forgotten. After any loss
-    the watcher reconnects with exponential backoff and jitter, trying each
-    URL in turn.
+    bytes a device; 100,000 devices hold about 17 MB more with 32). A report
+    that is not JSON, not a pihace report, or larger than max_report_size bytes
+    is counted, logged (once per producer) and acknowledged, so it cannot come
+    back. At most max_devices are kept (a report of one more is refused, counted
+    and logged); with `forget_after`, a device silent that long is forgotten.
+    After any loss the watcher reconnects with exponential backoff and jitter,
+    trying each URL in turn.
     """
 
     default_heartbeat = _WATCH_HEARTBEAT
