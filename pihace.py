@@ -2747,24 +2747,13 @@ class FrameDecoder:
         self._cut_after(end)
         return frame_type, channel, data[start + 7:end]
 
-    def next_content(self, channel):
-        """(properties, body) of a message whose content header frame and single body frame
-        (none for an empty body) on `channel` are the next frames, whole: the bytes of its
-        properties and its body, cut in one go. None, with nothing taken, for anything else
-        (a body in several frames, not all there yet, or anything amiss, which next_frame()
-        then reports)."""
-        content = self._content_at(self._offset, channel)
-        if content is None:
-            return None
-        properties, body, last = content
-        self._cut_after(last)
-        return properties, body
-
     def next_delivery(self):
         """(channel, Basic.Deliver payload, properties bytes, body) of a delivered message
-        whose frames are the next ones, whole: its method frame, then what next_content()
-        takes. Cut in one pass (a consumer's backlog comes as whole messages, many to a
-        read); None, with nothing taken, for anything else."""
+        whose frames are the next ones, whole: its method frame, its content header frame
+        and its single body frame (none for an empty body), on one channel. Cut in one pass
+        (a consumer's backlog comes as whole messages, many to a read); None, with nothing
+        taken, for anything else (a body in several frames, not all there yet, or anything
+        amiss, which next_frame() then reports)."""
         data, start = self._data, self._offset
         if len(data) - start < 11:
             return None
@@ -2782,8 +2771,8 @@ class FrameDecoder:
         return channel, data[start + 7:method_end], properties, body
 
     def _content_at(self, start, channel):
-        """(properties, body, offset of its last frame end) of next_content()'s message if its
-        frames start at `start`, whole; else None."""
+        """(properties, body, offset of its last frame end) of the content whose header and
+        single body frame on `channel` start at `start`, whole; else None."""
         data = self._data
         end = len(data)
         if end - start < 7 + _content_head.size + 3:
@@ -3118,72 +3107,54 @@ class AMQPProtocol:
         if frame_type != FRAME_METHOD:
             raise RemoteProtocolError(f"unexpected content frame (type {frame_type}) on "
                                       f"channel {channel}")
-        if payload[:4] == DELIVER_METHOD:  # its content is still to come (or is amiss)
-            method = Method(channel, "Basic.Deliver",
-                            dict(zip(_DELIVER_FIELDS, _deliver_fields(payload))))
-            parts = self._on_deliver(method)
-            content = self._decoder.next_content(channel)  # the usual: all there already
-            if content is None:
-                self._content = [method, None, 0, parts]
-                return None
-            properties, body = content
-            method.properties = decode_properties(_Reader(properties))
-            method.body_size = len(body)
-            if parts is not None and len(body) > self._max_body(method):
-                parts = None  # too large: counted, not kept
-            return self._delivered(method, None if parts is None else [body])
         reader = _Reader(payload)
         key = (reader.unpack(_short), reader.unpack(_short))
         name = _METHOD_NAMES.get(key)
         if name not in _FROM_BROKER:
             raise RemoteProtocolError(f"unexpected method {name or '%d.%d' % key} from the broker")
-        method = Method(channel, name, reader.arguments(_METHOD_ARGUMENTS[name]))
+        args = reader.arguments(_METHOD_ARGUMENTS[name])
+        method = Method(channel, name, args)
         if reader.offset != len(payload):
             raise RemoteProtocolError(f"{name} has {len(payload) - reader.offset} bytes too many")
         if name == "Basic.Return":
-            self._check_channel(method, ("open", "closing"))
+            self._check_channel(channel, name, ("open", "closing"))
             self._content = [method, None, 0, None]
             return None
-        if name == "Basic.Deliver":
-            self._content = [method, None, 0, self._on_deliver(method)]
+        if name == "Basic.Deliver":  # its content is still to come (or is amiss)
+            kept = self._on_deliver(channel, args["consumer_tag"], args["delivery_tag"])
+            self._content = [method, None, 0, None if kept is None else []]
             return None
         return self._handle_method(method)
 
-    def _on_deliver(self, method):
-        """The list its body parts go to, or None when the body is not kept."""
-        channel = self._check_channel(method, ("open", "closing"))
-        tag, consumer = method.args["delivery_tag"], method.args["consumer_tag"]
+    def _on_deliver(self, number, consumer_tag, tag):
+        """Count a Basic.Deliver on channel `number`: its consumer's (no_ack, max_body_size),
+        or None when the channel is closing (the message is dropped with the rest of its
+        traffic). What makes no sense (no such channel or consumer, a delivery tag out of
+        order) is a RemoteProtocolError."""
+        channel = self._check_channel(number, "Basic.Deliver", ("open", "closing"))
         if tag <= channel.last_delivery:
             raise RemoteProtocolError(f"Basic.Deliver with delivery tag {tag} on channel "
-                                      f"{method.channel}, after {channel.last_delivery}")
-        if consumer not in channel.consumers:
+                                      f"{number}, after {channel.last_delivery}")
+        consumer = channel.consumers.get(consumer_tag)
+        if consumer is None:
             if channel.state == "closing":
-                return None  # dropped with the rest of the channel's traffic
-            raise RemoteProtocolError(f"Basic.Deliver to consumer {consumer!r} on channel "
-                                      f"{method.channel}, which has no such consumer")
+                return None
+            raise RemoteProtocolError(f"Basic.Deliver to consumer {consumer_tag!r} on channel "
+                                      f"{number}, which has no such consumer")
         channel.last_delivery = tag
-        no_ack, _ = channel.consumers[consumer]
-        if not no_ack:
+        if not consumer[0]:  # no_ack unset: it awaits an acknowledgement
             channel.unacked.add(tag)
-        return []
+        return None if channel.state == "closing" else consumer
 
     def _whole_delivery(self, number, payload, properties, body):
         """The Delivery of a message whose frames came whole (FrameDecoder.next_delivery),
-        in one pass; what is amiss (_on_deliver raises) or dropped goes the usual way."""
+        in one pass; None when it is dropped."""
         fields = _deliver_fields(payload)
-        channel = self.channels.get(number)
-        consumer = channel.consumers.get(fields[0]) if channel is not None and \
-            channel.state == "open" else None
-        if consumer is None or fields[1] <= channel.last_delivery:
-            self._on_deliver(Method(number, "Basic.Deliver", dict(zip(_DELIVER_FIELDS, fields))))
-            return None  # it did not raise: the channel is closing, its traffic dropped
-        properties = _properties_at(properties, 0)[0]
-        channel.last_delivery = fields[1]
-        no_ack, max_body_size = consumer
-        if not no_ack:
-            channel.unacked.add(fields[1])
-        size = len(body)
-        return Delivery(number, *fields, properties,
+        consumer = self._on_deliver(number, fields[0], fields[1])
+        if consumer is None:
+            return None
+        size, max_body_size = len(body), consumer[1]
+        return Delivery(number, *fields, _properties_at(properties, 0)[0],
                         body if max_body_size is None or size <= max_body_size else None, size)
 
     def _handle_content(self, frame_type, channel, payload):
@@ -3234,10 +3205,12 @@ class AMQPProtocol:
         return Delivery(method.channel, *map(method.args.get, _DELIVER_FIELDS),
                         method.properties, body, method.body_size)
 
-    def _check_channel(self, method, states):
-        channel = self.channels.get(method.channel)
-        if method.channel == 0 or channel is None or channel.state not in states:
-            raise RemoteProtocolError(f"{method.name} on channel {method.channel}, which is "
+    def _check_channel(self, number, name, states):
+        """Channel `number`, on which the broker sent method `name`, if it is in one of
+        `states`; else a RemoteProtocolError."""
+        channel = self.channels.get(number)
+        if number == 0 or channel is None or channel.state not in states:
+            raise RemoteProtocolError(f"{name} on channel {number}, which is "
                                       f"{'not open' if channel is None else channel.state}")
         return channel
 
@@ -3252,7 +3225,7 @@ class AMQPProtocol:
             return None  # after our Connection.Close, everything else is dropped
         if name.startswith("Connection."):
             return self._on_connection_method(method)
-        channel = self._check_channel(method, ("opening", "open", "closing"))
+        channel = self._check_channel(method.channel, method.name, ("opening", "open", "closing"))
         if channel.state == "closing" and name not in ("Channel.Close", "Channel.Close-Ok"):
             return None  # after our Channel.Close, the rest of the channel's traffic is dropped
         if name == "Channel.Close":  # the broker's: the channel is gone once we answer

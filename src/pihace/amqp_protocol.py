@@ -12,7 +12,7 @@ from .amqp_wire import (
     BASIC_CLASS, DEFAULT_CHANNEL_MAX, DEFAULT_FRAME_MAX, FRAME_HEADER, FRAME_HEARTBEAT,
     FRAME_METHOD, FRAME_MIN_SIZE, FrameDecoder, HEARTBEAT_FRAME, PROTOCOL_HEADER, _FROM_BROKER,
     _METHOD_ARGUMENTS, _METHOD_IDS, _METHOD_NAMES, _Reader, _content_head, _longlong, _short,
-    DELIVER_METHOD, _properties_at, decode_properties, encode_frame, encode_message, encode_method,
+    _properties_at, decode_properties, encode_frame, encode_message, encode_method,
 )
 
 
@@ -295,72 +295,54 @@ class AMQPProtocol:
         if frame_type != FRAME_METHOD:
             raise RemoteProtocolError(f"unexpected content frame (type {frame_type}) on "
                                       f"channel {channel}")
-        if payload[:4] == DELIVER_METHOD:  # its content is still to come (or is amiss)
-            method = Method(channel, "Basic.Deliver",
-                            dict(zip(_DELIVER_FIELDS, _deliver_fields(payload))))
-            parts = self._on_deliver(method)
-            content = self._decoder.next_content(channel)  # the usual: all there already
-            if content is None:
-                self._content = [method, None, 0, parts]
-                return None
-            properties, body = content
-            method.properties = decode_properties(_Reader(properties))
-            method.body_size = len(body)
-            if parts is not None and len(body) > self._max_body(method):
-                parts = None  # too large: counted, not kept
-            return self._delivered(method, None if parts is None else [body])
         reader = _Reader(payload)
         key = (reader.unpack(_short), reader.unpack(_short))
         name = _METHOD_NAMES.get(key)
         if name not in _FROM_BROKER:
             raise RemoteProtocolError(f"unexpected method {name or '%d.%d' % key} from the broker")
-        method = Method(channel, name, reader.arguments(_METHOD_ARGUMENTS[name]))
+        args = reader.arguments(_METHOD_ARGUMENTS[name])
+        method = Method(channel, name, args)
         if reader.offset != len(payload):
             raise RemoteProtocolError(f"{name} has {len(payload) - reader.offset} bytes too many")
         if name == "Basic.Return":
-            self._check_channel(method, ("open", "closing"))
+            self._check_channel(channel, name, ("open", "closing"))
             self._content = [method, None, 0, None]
             return None
-        if name == "Basic.Deliver":
-            self._content = [method, None, 0, self._on_deliver(method)]
+        if name == "Basic.Deliver":  # its content is still to come (or is amiss)
+            kept = self._on_deliver(channel, args["consumer_tag"], args["delivery_tag"])
+            self._content = [method, None, 0, None if kept is None else []]
             return None
         return self._handle_method(method)
 
-    def _on_deliver(self, method):
-        """The list its body parts go to, or None when the body is not kept."""
-        channel = self._check_channel(method, ("open", "closing"))
-        tag, consumer = method.args["delivery_tag"], method.args["consumer_tag"]
+    def _on_deliver(self, number, consumer_tag, tag):
+        """Count a Basic.Deliver on channel `number`: its consumer's (no_ack, max_body_size),
+        or None when the channel is closing (the message is dropped with the rest of its
+        traffic). What makes no sense (no such channel or consumer, a delivery tag out of
+        order) is a RemoteProtocolError."""
+        channel = self._check_channel(number, "Basic.Deliver", ("open", "closing"))
         if tag <= channel.last_delivery:
             raise RemoteProtocolError(f"Basic.Deliver with delivery tag {tag} on channel "
-                                      f"{method.channel}, after {channel.last_delivery}")
-        if consumer not in channel.consumers:
+                                      f"{number}, after {channel.last_delivery}")
+        consumer = channel.consumers.get(consumer_tag)
+        if consumer is None:
             if channel.state == "closing":
-                return None  # dropped with the rest of the channel's traffic
-            raise RemoteProtocolError(f"Basic.Deliver to consumer {consumer!r} on channel "
-                                      f"{method.channel}, which has no such consumer")
+                return None
+            raise RemoteProtocolError(f"Basic.Deliver to consumer {consumer_tag!r} on channel "
+                                      f"{number}, which has no such consumer")
         channel.last_delivery = tag
-        no_ack, _ = channel.consumers[consumer]
-        if not no_ack:
+        if not consumer[0]:  # no_ack unset: it awaits an acknowledgement
             channel.unacked.add(tag)
-        return []
+        return None if channel.state == "closing" else consumer
 
     def _whole_delivery(self, number, payload, properties, body):
         """The Delivery of a message whose frames came whole (FrameDecoder.next_delivery),
-        in one pass; what is amiss (_on_deliver raises) or dropped goes the usual way."""
+        in one pass; None when it is dropped."""
         fields = _deliver_fields(payload)
-        channel = self.channels.get(number)
-        consumer = channel.consumers.get(fields[0]) if channel is not None and \
-            channel.state == "open" else None
-        if consumer is None or fields[1] <= channel.last_delivery:
-            self._on_deliver(Method(number, "Basic.Deliver", dict(zip(_DELIVER_FIELDS, fields))))
-            return None  # it did not raise: the channel is closing, its traffic dropped
-        properties = _properties_at(properties, 0)[0]
-        channel.last_delivery = fields[1]
-        no_ack, max_body_size = consumer
-        if not no_ack:
-            channel.unacked.add(fields[1])
-        size = len(body)
-        return Delivery(number, *fields, properties,
+        consumer = self._on_deliver(number, fields[0], fields[1])
+        if consumer is None:
+            return None
+        size, max_body_size = len(body), consumer[1]
+        return Delivery(number, *fields, _properties_at(properties, 0)[0],
                         body if max_body_size is None or size <= max_body_size else None, size)
 
     def _handle_content(self, frame_type, channel, payload):
@@ -411,10 +393,12 @@ class AMQPProtocol:
         return Delivery(method.channel, *map(method.args.get, _DELIVER_FIELDS),
                         method.properties, body, method.body_size)
 
-    def _check_channel(self, method, states):
-        channel = self.channels.get(method.channel)
-        if method.channel == 0 or channel is None or channel.state not in states:
-            raise RemoteProtocolError(f"{method.name} on channel {method.channel}, which is "
+    def _check_channel(self, number, name, states):
+        """Channel `number`, on which the broker sent method `name`, if it is in one of
+        `states`; else a RemoteProtocolError."""
+        channel = self.channels.get(number)
+        if number == 0 or channel is None or channel.state not in states:
+            raise RemoteProtocolError(f"{name} on channel {number}, which is "
                                       f"{'not open' if channel is None else channel.state}")
         return channel
 
@@ -429,7 +413,7 @@ class AMQPProtocol:
             return None  # after our Connection.Close, everything else is dropped
         if name.startswith("Connection."):
             return self._on_connection_method(method)
-        channel = self._check_channel(method, ("opening", "open", "closing"))
+        channel = self._check_channel(method.channel, method.name, ("opening", "open", "closing"))
         if channel.state == "closing" and name not in ("Channel.Close", "Channel.Close-Ok"):
             return None  # after our Channel.Close, the rest of the channel's traffic is dropped
         if name == "Channel.Close":  # the broker's: the channel is gone once we answer

@@ -477,24 +477,13 @@ class FrameDecoder:
         self._cut_after(end)
         return frame_type, channel, data[start + 7:end]
 
-    def next_content(self, channel):
-        """(properties, body) of a message whose content header frame and single body frame
-        (none for an empty body) on `channel` are the next frames, whole: the bytes of its
-        properties and its body, cut in one go. None, with nothing taken, for anything else
-        (a body in several frames, not all there yet, or anything amiss, which next_frame()
-        then reports)."""
-        content = self._content_at(self._offset, channel)
-        if content is None:
-            return None
-        properties, body, last = content
-        self._cut_after(last)
-        return properties, body
-
     def next_delivery(self):
         """(channel, Basic.Deliver payload, properties bytes, body) of a delivered message
-        whose frames are the next ones, whole: its method frame, then what next_content()
-        takes. Cut in one pass (a consumer's backlog comes as whole messages, many to a
-        read); None, with nothing taken, for anything else."""
+        whose frames are the next ones, whole: its method frame, its content header frame
+        and its single body frame (none for an empty body), on one channel. Cut in one pass
+        (a consumer's backlog comes as whole messages, many to a read); None, with nothing
+        taken, for anything else (a body in several frames, not all there yet, or anything
+        amiss, which next_frame() then reports)."""
         data, start = self._data, self._offset
         if len(data) - start < 11:
             return None
@@ -512,8 +501,8 @@ class FrameDecoder:
         return channel, data[start + 7:method_end], properties, body
 
     def _content_at(self, start, channel):
-        """(properties, body, offset of its last frame end) of next_content()'s message if its
-        frames start at `start`, whole; else None."""
+        """(properties, body, offset of its last frame end) of the content whose header and
+        single body frame on `channel` start at `start`, whole; else None."""
         data = self._data
         end = len(data)
         if end - start < 7 + _content_head.size + 3:
