@@ -113,16 +113,7 @@ def _raw_client(url, queue):
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def wait_for(name):
-        while True:
-            event = protocol.next_event()
-            while event is not None:
-                if getattr(event, "name", None) == name:
-                    return event
-                if getattr(event, "name", "Connection.Lost").endswith(("Close", "Lost")):
-                    raise RuntimeError(f"raw socket: {event!r} while waiting for {name}")
-                event = protocol.next_event()
-            sock.sendall(protocol.data_to_send())  # what we queued, and replies it forced
-            protocol.receive_data(sock.recv(1 << 16))
+        return common.raw_wait_for(protocol, sock, name)
 
     wait_for("Connection.Open-Ok")
     protocol.open_channel(1)

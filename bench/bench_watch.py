@@ -224,17 +224,8 @@ def consume_raw(url, queue, count):
         header = exactly(7)
         return header + exactly(unpack_header(header)[2] + 1)
 
-    def wait_for(name, read=lambda: recv(1 << 16)):
-        while True:
-            event = protocol.next_event()
-            while event is not None:
-                if getattr(event, "name", None) == name:
-                    return event
-                if getattr(event, "name", "Connection.Lost").endswith(("Close", "Lost")):
-                    raise SystemExit(f"raw socket: {event!r} while waiting for {name}")
-                event = protocol.next_event()
-            sendall(protocol.data_to_send())  # what we queued, and replies it forced
-            protocol.receive_data(read())
+    def wait_for(name, read=None):
+        return common.raw_wait_for(protocol, sock, name, read)
 
     wait_for("Connection.Open-Ok")
     protocol.open_channel(1)

@@ -245,6 +245,24 @@ def broker(url=None, name="pihace-bench"):
         node.close()
 
 
+def raw_wait_for(protocol, sock, name, read=None):
+    """The raw-socket ceilings' handshake: drive pihace's sans-IO AMQPProtocol over `sock`
+    until it gives the event `name` (sending what it queued and the replies it forced, then
+    feeding it `read()`, by default a recv of up to 64 KB). A Close or the connection's end
+    first is a RuntimeError."""
+    read = read or (lambda: sock.recv(1 << 16))
+    while True:
+        event = protocol.next_event()
+        while event is not None:
+            if getattr(event, "name", None) == name:
+                return event
+            if getattr(event, "name", "Connection.Lost").endswith(("Close", "Lost")):
+                raise RuntimeError(f"raw socket: {event!r} while waiting for {name}")
+            event = protocol.next_event()
+        sock.sendall(protocol.data_to_send())
+        protocol.receive_data(read())
+
+
 def usable_cpus():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
