@@ -6986,6 +6986,34 @@ def test_hooks_run_only_for_the_states_asked_for(tmp_path):
     assert sorted(out.read_text().split()) == ["down", "silent"]
 
 
+@pytest.mark.parametrize("spawned", [True, False], ids=["posix_spawn", "subprocess"])
+def test_hooks_get_the_whole_report_default_signals_and_a_timeout(tmp_path, caplog, spawned):
+    hook = tmp_path / "hook.sh"
+    hook.write_text('#!/bin/sh\n'
+                    'if [ "$PIHACE_NEW_STATE" = down ]; then exec sleep 60; fi  # reads nothing\n'
+                    'cat > "$0.$PIHACE_NEW_STATE"\n'
+                    'grep SigIgn /proc/$$/status > "$0.$PIHACE_NEW_STATE.signals"\n'
+                    'exit 3\n')
+    hook.chmod(0o755)
+    hooks = pihace._Hooks(str(hook), 2)
+    if not spawned:
+        hooks._spawns = False
+    assert hooks._spawns is spawned  # this machine has posix_spawn and pidfds
+    device = {"device": "d@h", "name": "d", "host": "h", "first_seen": 0.0}
+    report = {"status": "Unavailable", "note": "x" * 300_000}  # more than a pipe holds
+    with caplog.at_level(logging.WARNING, logger="pihace"):
+        hooks(device, "up", "down", report)  # hangs, its input unread: killed at 2 s
+        hooks(device, "down", "degraded", report)
+        hooks.close(timeout=30)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert "--on-change ran past 2s for d@h: killed" in warnings
+    assert "--on-change exited with 3 for d@h" in warnings
+    assert json.loads((tmp_path / "hook.sh.degraded").read_text()) == report
+    ignored = int((tmp_path / "hook.sh.degraded.signals").read_text().split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1))
+    assert not any(thread.is_alive() for thread in hooks._threads)
+
+
 def test_empty_body_frames_are_not_kept():
     import tracemalloc
 
