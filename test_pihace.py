@@ -9251,6 +9251,39 @@ def test_a_state_file_save_waits_between_its_parts_while_a_scrape_is_made(tmp_pa
     assert not saver.is_alive() and len(json.loads(path.read_bytes())["devices"]) == 1500
 
 
+def test_a_state_file_save_waits_while_a_scrape_reads_the_fleet(tmp_path, monkeypatch):
+    # metric_rows() reads the fleet in turns of 5,000 devices: a long turn too, which the
+    # save gives way to as it does to the text being sent
+    path = tmp_path / "fleet.json"
+    watcher, _ = recording_watcher(state_path=str(path))
+    for number in range(6000):
+        watcher.apply(report(name=f"d{number}"), {})
+    halfway, go_on, scraping = threading.Event(), threading.Event(), []
+    let_waiters_in = pihace._let_waiters_in
+
+    def pause_the_scrape():
+        if threading.current_thread() in scraping:
+            halfway.set()
+            go_on.wait(10)
+        let_waiters_in()
+    monkeypatch.setattr(pihace, "_let_waiters_in", pause_the_scrape)
+    pages = pihace._FleetPages(watcher)
+    scraping.append(threading.Thread(
+        target=lambda: b"".join(pages.respond("/metrics", "", "*/*")[2])))
+    scraping[0].start()
+    try:
+        assert halfway.wait(10)  # between the two turns of its reading
+        saver = threading.Thread(target=watcher.save_state)
+        saver.start()
+        saver.join(0.5)  # (alone, 6,000 devices take a few tens of ms)
+        assert saver.is_alive() and not path.exists()
+    finally:
+        go_on.set()
+        scraping[0].join(10)
+    saver.join(10)
+    assert not saver.is_alive() and len(json.loads(path.read_bytes())["devices"]) == 6000
+
+
 def test_a_device_entry_leaves_out_what_is_as_usual_and_format_1_is_still_read(tmp_path):
     path = tmp_path / "fleet.json"
     watcher, _ = recording_watcher(state_path=str(path), down_after=2)

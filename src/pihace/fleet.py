@@ -484,8 +484,9 @@ class _FleetPages:
             made = self._rendered.get("metrics")
             reading = made[1]() if made else None
             if reading is None or time.monotonic() - made[0] >= self.refresh:
-                reading = _Reading(self.watcher.metric_rows(), self.watcher.status,
-                                   self.watcher._making_page)
+                with self.watcher._making_page():  # the reading too is a long turn
+                    rows = self.watcher.metric_rows()
+                reading = _Reading(rows, self.watcher.status, self.watcher._making_page)
                 self._rendered["metrics"] = (time.monotonic(), weakref.ref(reading))
             return reading
 
