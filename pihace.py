@@ -9153,7 +9153,8 @@ class _Hooks:
         import shlex  # here, not at the top: only --on-change needs it
         import shutil  # likewise
 
-        self.command, self.timeout = shlex.split(command), timeout
+        self.command = shlex.split(command)
+        self.timeout = _seconds("--hook-timeout", timeout)
         if not self.command:
             raise ValueError("--on-change needs a command")
         if shutil.which(self.command[0]) is None:
@@ -9167,7 +9168,10 @@ class _Hooks:
         self.states = frozenset(states)
         self.dropped = 0
         self._program = shutil.which(self.command[0])
-        self._spawns = _can_spawn_hooks()  # else subprocess runs them
+        # what the watcher was started with open (a lock, a supervisor's pipe): closed in a
+        # hook, as subprocess does (else subprocess runs them)
+        self._inherited = _inheritable_descriptors()
+        self._spawns = _can_spawn_hooks() and None not in self._inherited
         self._environment = {name: os.environ[name] for name in _HOOK_ENVIRONMENT
                              if name in os.environ}
         self._queue = queue.Queue(backlog)
@@ -9201,8 +9205,9 @@ class _Hooks:
                 return
             env, stdin = job
             try:
-                code = _run_spawned(self._program, self.command, env, stdin, self.timeout) \
-                    if self._spawns else self._run_subprocess(env, stdin)
+                code = _run_spawned(self._program, self.command, env, stdin, self.timeout,
+                                    self._inherited) if self._spawns else \
+                    self._run_subprocess(env, stdin)
                 if code is None:
                     log.warning("--on-change ran past %gs for %s: killed", self.timeout,
                                 env["PIHACE_DEVICE"])
@@ -9241,13 +9246,31 @@ def _can_spawn_hooks():
     return hasattr(os, "posix_spawn") and hasattr(os, "waitstatus_to_exitcode")
 
 
-def _run_spawned(program, argv, env, stdin, timeout):
+def _inheritable_descriptors():
+    """The file descriptors past 2 that a command started now would inherit (Python opens
+    none such: only what this process was started with), where /proc tells; else [None]."""
+    try:
+        numbers = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return [None]
+    found = []
+    for number in numbers:
+        try:
+            if number > 2 and os.get_inheritable(number):
+                found.append(number)
+        except OSError:  # the directory's own, closed since
+            pass
+    return found
+
+
+def _run_spawned(program, argv, env, stdin, timeout, inherited=()):
     """What subprocess.run(argv, env=env, input=stdin, stdout=DEVNULL, timeout=timeout)
     does, for its exit status (-N: killed by signal N), or None when it ran past `timeout`
     (killed), at a third of the CPU: spawned (posix_spawn copies nothing of the watcher)
     and awaited on a pidfd, where subprocess polls with sleeps that double (100,000
     devices, a few percent of them changing: 28 hooks a second). SIGPIPE and SIGXFSZ are
-    back at their defaults in it (Python ignores SIGPIPE), as a shell script expects."""
+    back at their defaults in it (Python ignores SIGPIPE), as a shell script expects, and
+    the descriptors `inherited` (_inheritable_descriptors) are closed in it."""
     import signal  # here, not at the top: only --on-change needs it
 
     deadline = time.monotonic() + timeout
@@ -9256,7 +9279,8 @@ def _run_spawned(program, argv, env, stdin, timeout):
         pid = os.posix_spawn(program, argv, env, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                              file_actions=[(os.POSIX_SPAWN_DUP2, reader, 0),
                                            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY,
-                                            0)])
+                                            0)] + [(os.POSIX_SPAWN_CLOSE, number)
+                                                   for number in inherited])
     except BaseException:
         os.close(writer)
         raise
@@ -9265,7 +9289,9 @@ def _run_spawned(program, argv, env, stdin, timeout):
     killed, ended = False, None
     try:
         try:
-            ended = os.pidfd_open(pid)  # readable once the process has ended
+            # readable once the process has ended (should it fail, EMFILE say, the hook
+            # already started is killed below, and the failure logged)
+            ended = os.pidfd_open(pid)
             waiting = select.poll()
             waiting.register(ended, select.POLLIN)
             _feed(writer, stdin, waiting, ended, deadline)
@@ -9293,11 +9319,14 @@ def _feed(writer, data, waiting, ended, deadline):
     waiting.register(writer, select.POLLOUT)
     unsent = memoryview(data)
     while unsent:
-        ready = dict(waiting.poll(_milliseconds_left(deadline)))
-        if not ready or ended in ready:
+        left = _milliseconds_left(deadline)
+        ready = dict(waiting.poll(left))
+        if not left or not ready or ended in ready:
             break
         try:
             unsent = unsent[os.write(writer, unsent):]
+        except BlockingIOError:  # (writable, yet full again: poll once more)
+            continue
         except BrokenPipeError:  # it closed its standard input
             break
     waiting.unregister(writer)

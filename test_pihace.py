@@ -6967,8 +6967,11 @@ def test_hooks_refuse_a_missing_program_and_unknown_states_at_start():
         pihace._Hooks("/nonexistent/notify --now", 5)
     with pytest.raises(ValueError) as unknown:
         pihace._Hooks(sys.executable, 5, ["down", "broken"])
+    with pytest.raises(ValueError) as endless:
+        pihace._Hooks(sys.executable, None)
     assert "no program '/nonexistent/notify'" in str(missing.value)
     assert "unknown state(s) broken" in str(unknown.value)
+    assert "--hook-timeout" in str(endless.value)
 
 
 def test_hooks_run_only_for_the_states_asked_for(tmp_path):
@@ -6993,24 +6996,34 @@ def test_hooks_get_the_whole_report_default_signals_and_a_timeout(tmp_path, capl
                     'if [ "$PIHACE_NEW_STATE" = down ]; then exec sleep 60; fi  # reads nothing\n'
                     'cat > "$0.$PIHACE_NEW_STATE"\n'
                     'grep SigIgn /proc/$$/status > "$0.$PIHACE_NEW_STATE.signals"\n'
+                    'ls /proc/$$/fd > "$0.$PIHACE_NEW_STATE.descriptors"\n'
                     'exit 3\n')
     hook.chmod(0o755)
-    hooks = pihace._Hooks(str(hook), 2)
+    opened = os.open(os.devnull, os.O_RDONLY)  # as a lock the watcher was started with
+    try:
+        os.dup2(opened, 200, inheritable=True)
+        hooks = pihace._Hooks(str(hook), 2)
+    finally:
+        os.close(opened)
     if not spawned:
         hooks._spawns = False
     assert hooks._spawns is spawned  # this machine has posix_spawn and pidfds
     device = {"device": "d@h", "name": "d", "host": "h", "first_seen": 0.0}
     report = {"status": "Unavailable", "note": "x" * 300_000}  # more than a pipe holds
-    with caplog.at_level(logging.WARNING, logger="pihace"):
-        hooks(device, "up", "down", report)  # hangs, its input unread: killed at 2 s
-        hooks(device, "down", "degraded", report)
-        hooks.close(timeout=30)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pihace"):
+            hooks(device, "up", "down", report)  # hangs, its input unread: killed at 2 s
+            hooks(device, "down", "degraded", report)
+            hooks.close(timeout=30)
+    finally:
+        os.close(200)
     warnings = [record.getMessage() for record in caplog.records]
     assert "--on-change ran past 2s for d@h: killed" in warnings
     assert "--on-change exited with 3 for d@h" in warnings
     assert json.loads((tmp_path / "hook.sh.degraded").read_text()) == report
     ignored = int((tmp_path / "hook.sh.degraded.signals").read_text().split()[1], 16)
     assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1))
+    assert "200" not in (tmp_path / "hook.sh.degraded.descriptors").read_text().split()
     assert not any(thread.is_alive() for thread in hooks._threads)
 
 
