@@ -375,7 +375,7 @@ class _Hooks:
 def _can_spawn_hooks():
     """Can _run_spawned run a hook here: posix_spawn, and pidfds (Linux 5.3, Python 3.9)?"""
     try:
-        os.close(os.pidfd_open(os.getpid()))
+        os.close(os.pidfd_open(os.getpid()))  # novermin: Python 3.9+ (else AttributeError)
     except (AttributeError, OSError):
         return False
     return hasattr(os, "posix_spawn") and hasattr(os, "waitstatus_to_exitcode")
@@ -426,7 +426,7 @@ def _run_spawned(program, argv, env, stdin, timeout, inherited=()):
         try:
             # readable once the process has ended (should it fail, EMFILE say, the hook
             # already started is killed below, and the failure logged)
-            ended = os.pidfd_open(pid)
+            ended = os.pidfd_open(pid)  # novermin: _can_spawn_hooks() said it is there
             waiting = select.poll()
             waiting.register(ended, select.POLLIN)
             _feed(writer, stdin, waiting, ended, deadline)
@@ -443,7 +443,7 @@ def _run_spawned(program, argv, env, stdin, timeout, inherited=()):
         if ended is not None:
             os.close(ended)
     status = os.waitpid(pid, 0)[1]
-    return None if killed else os.waitstatus_to_exitcode(status)
+    return None if killed else os.waitstatus_to_exitcode(status)  # novermin: likewise
 
 
 def _feed(writer, data, waiting, ended, deadline):
