@@ -60,7 +60,7 @@ import threading
 import time
 
 import common
-from common import REPO, identity_after, machine, ours_identity, ours_snapshots, print_rows
+from common import REPO, identity_after, ours_identity, ours_snapshots, print_rows
 
 QUEUE = "pihace.healthcheck"
 QUORUM = {"x-queue-type": "quorum"}
@@ -666,15 +666,11 @@ def main(argv=None):
     header = [f"{args.pushers:,} pushers on a 3-node RabbitMQ cluster ({REPO}, HEAD {commit}), "
               f"one run, {time.monotonic() - started:.0f} s",
               f"pihace.py: {identity_after(identity)}",
-              f"machine: {machine(f'CPython {sys.version.split()[0]}')}; load average "
-              f"{' '.join(f'{x:.2f}' for x in loads[0])} before, "
-              f"{' '.join(f'{x:.2f}' for x in loads[1])} after (1, 5, 15 min)",
+              common.machine_and_loads(loads),
               "broker: RabbitMQ " + _rabbit_version() + ", 3 private nodes on this machine, "
               "sharing its CPUs with the pushers and the watcher"]
     report(args, facts, header)
-    note = common.load_note([load[0] for load in loads])
-    if note:
-        print(f"- {note}")
+    common.print_load_note(loads)
     return 0
 
 

@@ -52,7 +52,7 @@ import threading
 import time
 
 import common
-from common import REPO, ensure_venv, identity_after, in_order, machine, ours_identity, \
+from common import REPO, ensure_venv, identity_after, in_order, ours_identity, \
     ours_snapshots, print_rows
 
 # pihace's DEVICE_STATES, worst first
@@ -651,13 +651,9 @@ def main(argv=None):
     header = [f"pihace.py ({REPO}, HEAD {commit}) Watcher pages vs prometheus_client {version}, "
               f"one run, {time.monotonic() - started:.0f} s",
               f"pihace.py: {identity_after(identity) if not args.pihace else identity}",
-              f"machine: {machine(f'CPython {sys.version.split()[0]}')}; load average "
-              f"{' '.join(f'{x:.2f}' for x in loads[0])} before, "
-              f"{' '.join(f'{x:.2f}' for x in loads[1])} after (1, 5, 15 min)"]
+              common.machine_and_loads(loads)]
     print_table(results, options, args.rounds, header)
-    note = common.load_note([load[0] for load in loads])
-    if note:
-        print(f"- {note}")
+    common.print_load_note(loads)
     return 0
 
 

@@ -60,7 +60,7 @@ import threading
 import time
 
 import common
-from common import REPO, VENV_PYTHON, ensure_venv, identity_after, machine, ours_identity, \
+from common import REPO, ensure_venv, identity_after, ours_identity, \
     ours_snapshots, print_rows
 
 RATE = 100000 / 60.0  # reports per second: 100,000 devices at interval 60 s
@@ -614,13 +614,9 @@ def main(argv=None):
     header = [f"pihace watch ({REPO}, HEAD {commit}) under a fleet of {args.devices:,} devices, "
               f"one run, {time.monotonic() - started:.0f} s",
               f"pihace.py: {identity_after(identity) if not args.pihace else identity}",
-              f"machine: {machine(f'CPython {sys.version.split()[0]}')}; load average "
-              f"{' '.join(f'{x:.2f}' for x in loads[0])} before, "
-              f"{' '.join(f'{x:.2f}' for x in loads[1])} after (1, 5, 15 min)"] + notes
+              common.machine_and_loads(loads)] + notes
     report(args, results, header)
-    note = common.load_note([load[0] for load in loads])
-    if note:
-        print(f"- {note}")
+    common.print_load_note(loads)
     return 0
 
 

@@ -36,7 +36,7 @@ import tempfile
 import time
 
 import common
-from common import (REPO, VENV_PYTHON, fmt, identity_after, in_order, machine, ours_identity,
+from common import (REPO, VENV_PYTHON, fmt, identity_after, in_order, ours_identity,
                     ours_snapshots, print_rows)
 
 PEERS = ("pihace", "subprocess")
@@ -135,9 +135,7 @@ def main(argv=None):
     print(f"pihace.py ({REPO}, HEAD {commit}): --on-change hooks, one run, "
           f"{time.monotonic() - started:.0f} s")
     print(f"pihace.py: {identity_after(identity) if not args.pihace else identity}")
-    print(f"machine: {machine(f'CPython {sys.version.split()[0]}')}; load average "
-          f"{' '.join(f'{x:.2f}' for x in loads[0])} before, "
-          f"{' '.join(f'{x:.2f}' for x in loads[1])} after (1, 5, 15 min)")
+    print(common.machine_and_loads(loads))
     print()
     lines = [("figure (median of rounds, per hook)", "pihace", "subprocess", "ratio", "spread")]
     for name, label in (("self_us", "the watcher's CPU (user + system), us"),
@@ -154,9 +152,7 @@ def main(argv=None):
           f"{result['ran']:,} hook lines written (all ran). pihace spawned its hooks here: "
           f"{'yes (posix_spawn, pidfd)' if result['spawns'] else 'no (no pidfd: subprocess both ways)'}; "
           f"ballast {options['ballast']} MB.")
-    note = common.load_note([load[0] for load in loads])
-    if note:
-        print(f"- {note}")
+    common.print_load_note(loads)
     return 0
 
 

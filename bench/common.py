@@ -298,6 +298,22 @@ def identity_after(identity):
     return identity
 
 
+def machine_and_loads(loads):
+    """The header's machine line for this Python, with `loads` (os.getloadavg() before the run
+    and after it)."""
+    before, after = (" ".join(f"{x:.2f}" for x in load) for load in loads)
+    return (f"machine: {machine(f'CPython {sys.version.split()[0]}')}; load average {before} "
+            f"before, {after} after (1, 5, 15 min)")
+
+
+def print_load_note(loads):
+    """The last line of a table: load_note() of the 1-minute averages in `loads`
+    (os.getloadavg() before and after), when there is one."""
+    note = load_note([load[0] for load in loads])
+    if note:
+        print(f"- {note}")
+
+
 def load_note(loads):
     """A warning when the load average (samples in `loads`) nears the number of CPUs, else None."""
     usable = usable_cpus()
