@@ -736,6 +736,22 @@ def test_huge_reasons_are_cut_and_stay_json():
     assert len(reason) < 3000 and reason.endswith("more characters)")
 
 
+def test_a_ctrl_c_while_a_result_is_read_stops_the_check_and_is_no_failure():
+    # Ctrl-C's KeyboardInterrupt is raised in the main thread wherever it is: here as it reads
+    # a checker's result (its repr). Taken for the checker's failure, it was lost, and a push
+    # loop whose checker had sent the Ctrl-C went on for good (test_stop_event_and_ctrl_c hung)
+    class CtrlCWhenShown:
+        def __repr__(self):
+            raise KeyboardInterrupt
+
+    hc = pihace.HealthCheck()
+    hc.register("odd", CtrlCWhenShown, retries=0)
+    with pytest.raises(KeyboardInterrupt):
+        hc.check()
+    hc.register("odd", lambda: sys.exit(3), retries=0)  # a checker's own exit: a failure
+    assert hc.check()["failure"]["odd"].startswith("SystemExit")
+
+
 # ---------------------------------------------------------------------------
 # health checks: timeouts and retries
 # ---------------------------------------------------------------------------

@@ -324,7 +324,9 @@ class _Attempts:
         elif done:
             try:
                 passed, message = _interpret(run.result())
-            except BaseException as exc:
+            except KeyboardInterrupt:  # a Ctrl-C that came as the result was read: a stop
+                raise
+            except BaseException as exc:  # the checker's own (its sys.exit(), say)
                 passed, message = False, describe_error(exc)
         elif now < self.deadline:
             return False
