@@ -306,7 +306,7 @@ class _Hooks:
         # what the watcher was started with open (a lock, a supervisor's pipe): closed in a
         # hook, as subprocess does (else subprocess runs them)
         self._inherited = _inheritable_descriptors()
-        self._spawns = _can_spawn_hooks() and None not in self._inherited
+        self._spawns = _can_spawn_hooks() and self._inherited is not None
         self._environment = {name: os.environ[name] for name in _HOOK_ENVIRONMENT
                              if name in os.environ}
         self._queue = queue.Queue(backlog)
@@ -383,11 +383,11 @@ def _can_spawn_hooks():
 
 def _inheritable_descriptors():
     """The file descriptors past 2 that a command started now would inherit (Python opens
-    none such: only what this process was started with), where /proc tells; else [None]."""
+    none such: only what this process was started with), where /proc tells; else None."""
     try:
         numbers = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
-        return [None]
+        return None
     found = []
     for number in numbers:
         try:
@@ -401,9 +401,9 @@ def _inheritable_descriptors():
 def _run_spawned(program, argv, env, stdin, timeout, inherited=()):
     """What subprocess.run(argv, env=env, input=stdin, stdout=DEVNULL, timeout=timeout)
     does, for its exit status (-N: killed by signal N), or None when it ran past `timeout`
-    (killed), at a third of the CPU: spawned (posix_spawn copies nothing of the watcher)
-    and awaited on a pidfd, where subprocess polls with sleeps that double (100,000
-    devices, a few percent of them changing: 28 hooks a second). SIGPIPE and SIGXFSZ are
+    (killed), with half of the watcher's user CPU (bench_hooks.py): spawned (posix_spawn
+    copies nothing of the watcher) and awaited on a pidfd, where subprocess polls with
+    sleeps that double (100,000 devices, a few percent of them changing: 28 hooks a second). SIGPIPE and SIGXFSZ are
     back at their defaults in it (Python ignores SIGPIPE), as a shell script expects, and
     the descriptors `inherited` (_inheritable_descriptors) are closed in it."""
     import signal  # here, not at the top: only --on-change needs it
