@@ -9,6 +9,7 @@ rabbitmqctl) are then skipped: mark them ``@pytest.mark.rabbit_control``.
 from __future__ import annotations
 
 import os
+import signal
 import time
 import uuid
 
@@ -17,6 +18,13 @@ import pytest
 import rabbitnode
 
 EXTERNAL_URL_VAR = "PIHACE_TEST_AMQP_URL"
+
+# A shell's background job (`cmd &` in a script) starts with SIGINT ignored, and Python keeps it
+# so (it puts its KeyboardInterrupt handler only over the default): the tests that send a
+# Ctrl-C, to this process or to the commands it starts (which would inherit the ignoring),
+# need it back, or they hang until their timeout.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config):

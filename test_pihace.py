@@ -738,8 +738,8 @@ def test_huge_reasons_are_cut_and_stay_json():
 
 def test_a_ctrl_c_while_a_result_is_read_stops_the_check_and_is_no_failure():
     # Ctrl-C's KeyboardInterrupt is raised in the main thread wherever it is: here as it reads
-    # a checker's result (its repr). Taken for the checker's failure, it was lost, and a push
-    # loop whose checker had sent the Ctrl-C went on for good (test_stop_event_and_ctrl_c hung)
+    # a checker's result (its repr). It was taken for the checker's failure, and lost: a push
+    # loop went on
     class CtrlCWhenShown:
         def __repr__(self):
             raise KeyboardInterrupt
