@@ -9159,7 +9159,8 @@ class _Hooks:
         self.timeout = _seconds("--hook-timeout", timeout)
         if not self.command:
             raise ValueError("--on-change needs a command")
-        if shutil.which(self.command[0]) is None:
+        self._program = shutil.which(self.command[0])  # the path that runs, found once
+        if self._program is None:
             raise ValueError(f"--on-change: no program {_printable(self.command[0])!r} "
                              "(not found, or not executable)")
         unknown = set(states) - set(DEVICE_STATES)
@@ -9169,7 +9170,6 @@ class _Hooks:
                              f"{', '.join(DEVICE_STATES)}")
         self.states = frozenset(states)
         self.dropped = 0
-        self._program = shutil.which(self.command[0])
         # what the watcher was started with open (a lock, a supervisor's pipe): closed in a
         # hook, as subprocess does (else subprocess runs them)
         self._inherited = _inheritable_descriptors()
