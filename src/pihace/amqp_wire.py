@@ -345,7 +345,7 @@ def _properties_at(data, offset):
                 end = offset + 1 + data[offset]
                 if end > size:
                     break
-                properties[name] = str(data[offset + 1:end], "utf-8", "replace")
+                properties[name] = data[offset + 1:end].decode("utf-8", "replace")
                 offset = end
             elif kind is _octet:
                 properties[name] = data[offset]
