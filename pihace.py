@@ -2435,7 +2435,8 @@ def encode_method(name, **values):
 
 
 class _Reader:
-    """Reads spec types from a payload; any shortfall is a RemoteProtocolError."""
+    """Reads spec types from a payload (bytes: its short strings are decoded with
+    bytes.decode); any shortfall is a RemoteProtocolError."""
 
     __slots__ = ("data", "offset")
 
@@ -2604,9 +2605,10 @@ def decode_properties(reader):
 
 
 def _properties_at(data, offset):
-    """(properties, the offset after them) of the property flags and list at `offset`. Every
-    delivery has them: all kinds but the headers table (short strings, the octets of delivery
-    mode and priority, the timestamp) are read inline."""
+    """(properties, the offset after them) of the property flags and list at `offset` of
+    `data` (bytes, as FrameDecoder cuts them). Every delivery has them: all kinds but the
+    headers table (short strings, the octets of delivery mode and priority, the timestamp)
+    are read inline."""
     try:
         flags = _short.unpack_from(data, offset)[0]
         if flags & 1:
@@ -2927,7 +2929,7 @@ _DELIVER_FIELDS = ("consumer_tag", "delivery_tag", "redelivered", "exchange", "r
 
 
 def _deliver_fields(payload):
-    """The arguments of a Basic.Deliver payload, in the order of _DELIVER_FIELDS (what
+    """The arguments of a Basic.Deliver payload (bytes), in the order of _DELIVER_FIELDS (what
     _Reader.arguments would give, faster): consumer_tag shortstr, delivery_tag longlong,
     redelivered bit, exchange and routing_key shortstr."""
     try:
@@ -6099,9 +6101,9 @@ class Watcher(_AMQPClient):
         self.queue_name, self.binding_key, self.declare = queue_name, binding_key, declare
         self._ack_every = max(1, prefetch // 2) if prefetch else 50
         self.wall_clock = wall_clock  # seconds since 1970: reports' timestamps are on it
-        # applied, duplicate, invalid, stale, refused, skewed, forgotten: 0 when missing, as
-        # a Counter, whose `+= 1` costs 2,000 instructions more (it defines __delitem__ in
-        # Python, so each store goes through a Python-level lookup): a tenth of apply()
+        # applied, duplicate, invalid, stale, refused, skewed, forgotten: 0 when missing
+        # (reading one adds it), not a Counter: Counter defines __delitem__ in Python, so
+        # each of its `+= 1` stores through a Python-level lookup of __setitem__
         self.counts = collections.defaultdict(int)
         self.last_error = None  # why it could not read, the last time it could not
         self._devices = {}  # Device.key ("name\0host") -> Device
@@ -6585,7 +6587,7 @@ class Watcher(_AMQPClient):
     def _refuse(self, name, host):
         """A report of one device more than max_devices: counted; logged at the first, then
         at every 1000th."""
-        refused = self.counts["refused"] + 1
+        refused = self.counts.get("refused", 0) + 1
         if refused == 1 or refused % 1000 == 0:
             log.warning("refused a report of a new device %r on %r: already %d devices "
                         "(max_devices); %d refused so far", name, host, self.max_devices, refused)

@@ -78,7 +78,7 @@ def plan(index):
 
 
 def report_body(index, status, name, host):
-    """A pusher's report (about 600 bytes), as `pihace push --interval 60` sends it."""
+    """A pusher's report (450 to 490 bytes), as `pihace push --interval 60` sends it."""
     failing = {"db": "timeout after 5s"} if status == "Unavailable" else \
         {"cache": "connection refused"} if status == "Partially Available" else None
     report = {"status": status, "timestamp": "2027-01-15T08:00:00.000000Z", "failure": failing,

@@ -113,7 +113,7 @@ _DELIVER_FIELDS = ("consumer_tag", "delivery_tag", "redelivered", "exchange", "r
 
 
 def _deliver_fields(payload):
-    """The arguments of a Basic.Deliver payload, in the order of _DELIVER_FIELDS (what
+    """The arguments of a Basic.Deliver payload (bytes), in the order of _DELIVER_FIELDS (what
     _Reader.arguments would give, faster): consumer_tag shortstr, delivery_tag longlong,
     redelivered bit, exchange and routing_key shortstr."""
     try:

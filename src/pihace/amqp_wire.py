@@ -163,7 +163,8 @@ def encode_method(name, **values):
 
 
 class _Reader:
-    """Reads spec types from a payload; any shortfall is a RemoteProtocolError."""
+    """Reads spec types from a payload (bytes: its short strings are decoded with
+    bytes.decode); any shortfall is a RemoteProtocolError."""
 
     __slots__ = ("data", "offset")
 
@@ -332,9 +333,10 @@ def decode_properties(reader):
 
 
 def _properties_at(data, offset):
-    """(properties, the offset after them) of the property flags and list at `offset`. Every
-    delivery has them: all kinds but the headers table (short strings, the octets of delivery
-    mode and priority, the timestamp) are read inline."""
+    """(properties, the offset after them) of the property flags and list at `offset` of
+    `data` (bytes, as FrameDecoder cuts them). Every delivery has them: all kinds but the
+    headers table (short strings, the octets of delivery mode and priority, the timestamp)
+    are read inline."""
     try:
         flags = _short.unpack_from(data, offset)[0]
         if flags & 1:
