@@ -8999,19 +8999,22 @@ def test_metrics_of_a_fleet_are_streamed_to_http_1_1_and_1_0_clients_and_head():
         server.server_close()
 
 
-def first_paint_of(browser, devices):
+def first_paint_of(browser, devices, loads=3):
     """(ms to the first contentful paint of the fleet page of `devices`, the tab, _FleetPages,
-    its server) in a new tab, once the script has its data."""
+    its server) in a new tab, once the script has its data: the fastest of `loads` loads (the
+    page is sent no-store), as a busy machine only ever slows a load down."""
     watcher, pages = fleet_pages(devices)
     server = pihace._http_classes()[0](("127.0.0.1", 0), pages)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     page = browser.page()
     page.viewport(1280, 720)
-    page.navigate(f"http://127.0.0.1:{server.server_address[1]}/")
-    first_paint = page.wait_for("(performance.getEntriesByName('first-contentful-paint')"
-                                "[0] || {}).startTime", 5, "the first paint")
-    page.wait_for("document.body.getAttribute('data-version')", 10, "the script's data")
-    return first_paint, page, pages, server
+    paints = []
+    for _ in range(loads):
+        page.navigate(f"http://127.0.0.1:{server.server_address[1]}/")
+        paints.append(page.wait_for("(performance.getEntriesByName('first-contentful-paint')"
+                                    "[0] || {}).startTime", 5, "the first paint"))
+        page.wait_for("document.body.getAttribute('data-version')", 10, "the script's data")
+    return min(paints), page, pages, server
 
 
 @pytest.mark.slow
@@ -9024,7 +9027,8 @@ def test_the_fleet_page_paints_10000_devices_within_a_second(browser):
         browser, [(f"device-{index:05d}", "Unavailable" if index % 97 == 0 else "Available")
                   for index in range(10000)])
     try:
-        print(f"first contentful paint with 10,000 devices: {first_paint:.0f} ms (one: {few:.0f})")
+        print(f"first contentful paint with 10,000 devices: {first_paint:.0f} ms (one: {few:.0f}; "
+              "the fastest of 3 loads each)")
         # within a second, or twice what one device's page takes on a machine slower than that
         assert first_paint < max(1000, 2 * few)
         assert page.evaluate("document.getElementById('fleet').getAttribute('data-rows')") \
