@@ -192,8 +192,10 @@ def main(argv=None):
     print()
     print("- The same subprocess (the same pihace.py file, the same figure) run again counts "
           "the same instructions, to the last one. The same code from another file (another "
-          "snapshot or commit: the import leaves another heap) differs by up to about 1 %: "
-          "trust differences larger than that (--revision HEAD shows that noise).")
+          "snapshot or commit, another run: the import leaves another heap) moves by up to "
+          "3 % in json.loads and _parse, and by 0.1 % in the update (apply - _parse, a "
+          "difference in one file): trust differences larger than that (--revision HEAD "
+          "shows that noise).")
     print("- The target compares times; these are instructions. The JSON scanner is C and "
           "apply()'s update is mostly interpreted, which runs fewer instructions per cycle, so "
           "the time ratio (bench_fleet.py) is, if anything, higher.")
