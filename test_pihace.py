@@ -6868,8 +6868,8 @@ def test_max_devices_refuses_more_counts_and_logs(caplog):
 def test_forged_device_ids_beyond_max_devices_are_refused_and_keep_no_memory(monkeypatch):
     # 10,000 devices fill the table and 10,000 more are refused (what is logged once, or at
     # each 1000th, has been); then 200,000 forged ids, traced: whatever a refused report kept
-    # (8 bytes of a list's slot are 1.6 MB) would still be allocated at the end. (It traced a
-    # million reports whole before, 80 s on a slow machine: this finds a leak a fiftieth the size.)
+    # (8 bytes of a list's slot are 1.6 MB) would still be allocated at the end. (A million
+    # reports traced whole took 80 s on a slow machine and found only larger leaks.)
     import tracemalloc
 
     watcher, _ = recording_watcher(max_devices=10_000)
