@@ -9254,6 +9254,50 @@ def test_the_state_file_brings_the_fleet_back_without_hooks_for_what_did_not_cha
     assert calls == [("fading", "late", "silent")]
 
 
+def test_a_full_history_costs_about_ten_bytes_a_change_and_comes_back_whole(tmp_path):
+    # A watcher of a fleet kept for months: each device keeps its last _TRANSITIONS_KEPT
+    # changes. As (time, old, new) tuples in a list they took 7 KB a device (100,000 such
+    # devices: 700 MB); the history must take about 10 bytes a change, and still read back
+    # in order, give the same uptime and come back from the state file.
+    import tracemalloc
+
+    path, kept, devices = tmp_path / "fleet.json", pihace._TRANSITIONS_KEPT, 300
+    clock = Clock()
+    start = clock.now
+    first = pihace.Watcher("amqp://localhost/", wall_clock=clock, state_path=str(path))
+    for index in range(devices):
+        first.apply(report(name=f"d{index}"), {})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for flip in range(kept + 20):  # down, up, down... every 2 s: 120 changes, up last
+            clock.now += 2
+            for index in range(devices):
+                first.apply(report("Unavailable" if flip % 2 == 0 else "Available",
+                                   name=f"d{index}"), {})
+        first.save_state()  # and the changes not yet in the flip log (up to 10,000) written
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown / devices < 1500, f"{grown / devices:.0f} bytes a device for {kept} changes"
+
+    history = first.device("d7@h")["transitions"]
+    assert len(history) == kept  # the newest, the oldest forgotten, in order
+    assert history[0] == (start + 42, "up", "down") and history[-1] == (start + 240, "down", "up")
+    assert all(later[0] == earlier[0] + 2 and later[1] == earlier[2]
+               for earlier, later in zip(history, history[1:]))
+    # the first 42 s up (what came before the oldest change kept), then 2 s down and 2 s
+    # up in turn until the last change, up, now: 42 + 49 * 2 of 240 s up
+    assert first.device("d7@h")["uptime"] == {"24h": 140 / 240, "7d": 140 / 240}
+
+    second = pihace.Watcher("amqp://localhost/", wall_clock=clock, state_path=str(path))
+    assert second.device("d7@h")["transitions"] == history
+    assert second.device("d7@h")["uptime"] == first.device("d7@h")["uptime"]
+    with open(path) as state:  # the file keeps what it kept: [time, old, new] each
+        entry = next(json.loads(line.rstrip(",\n")) for line in state if '"d7"' in line)
+    assert entry["transitions"] == [list(change) for change in history]
+
+
 @pytest.mark.parametrize("content", [b"{\"pihace_watch_state\": 1, \"devices\": [{\"na",
                                      b"\x00\xff garbage", b"[]", b"{\"devices\": []}"],
                          ids=["truncated", "binary", "a-list", "no-format"])

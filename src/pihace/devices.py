@@ -4,6 +4,7 @@ of reports made safe where it enters, a roster's entries, and a host's roll-up e
 from __future__ import annotations
 
 import math
+import struct
 
 from .helpers import _number, _printable, _seconds, _text
 from .formats import _STATUSES, _prometheus_label_value
@@ -22,6 +23,25 @@ _NAME_LIMIT = 200  # characters of a device's name or host that are kept
 _FAILING_LIMIT = 20  # names of failing checks kept per device
 _TRANSITIONS_KEPT = 100  # per device: its recent changes of state (its uptime comes from them)
 _UPTIME_WINDOWS = (("24h", 86400.0), ("7d", 7 * 86400.0))
+# A device's changes of state, as Device.transitions keeps them: 10 bytes each (time, old
+# state, new state: indexes of _TRANSITION_STATES, None the state before the first), in one
+# bytes the collector never walks. A list of (time, old, new) tuples took 7 KB for a full
+# history, these 1 KB: 100,000 devices watched long enough to have one, 100 MB, not 700.
+_TRANSITION = struct.Struct("<dBB")
+_TRANSITION_STATES = (None,) + DEVICE_STATES
+_TRANSITION_CODE = {state: code for code, state in enumerate(_TRANSITION_STATES)}
+_TRANSITIONS_BYTES = _TRANSITIONS_KEPT * _TRANSITION.size
+# the codes of the states not counted in an uptime (not watched, or on purpose), and of up
+_UNWATCHED_CODES = frozenset(_TRANSITION_CODE[state] for state in
+                             (None, "paused", "stopped", "missing"))
+_UP_CODE = _TRANSITION_CODE["up"]
+
+
+def _packed_transitions(transitions):
+    """Changes of state, (time, old, new) each, as Device.transitions keeps them."""
+    code, pack = _TRANSITION_CODE, _TRANSITION.pack
+    return b"".join([pack(when, code[old], code[new])
+                     for when, old, new in transitions[-_TRANSITIONS_KEPT:]])
 
 
 def _report_text(value, limit=_NAME_LIMIT):
@@ -216,21 +236,23 @@ class Device:
         # bytes of 8 per id (_id_keys; 32 id strings would take 3 KB: 300 MB for 100,000
         # devices); the state file keeps the newest (what a restart may deliver again)
         self.ids = b""
-        # its changes of state, (time, old, new): a list; or () while it is in its first
-        # state, since it was first seen (the usual case; that first change, implied, is
-        # made a list's first item at the second: 150 bytes less per device)
+        # its changes of state, (time, old, new), the newest _TRANSITIONS_KEPT: one bytes of
+        # _TRANSITION records (history() reads them); or () while it is in its first state,
+        # since it was first seen (the usual case; that first change, implied, becomes the
+        # first record at the second)
         self.transitions = ()
         self.health = None  # its status's state, damped (see streak)
 
     def change(self, new, now):
         """Into state `new` at `now`: the change, to announce."""
-        if type(self.transitions) is tuple and self.state is not None:
-            self.transitions = self.history()  # its second state: the first one, made a list
-        old, self.state, self.since = self.state, new, now
+        old, code = self.state, _TRANSITION_CODE
         if old is not None:
-            self.transitions.append((now, old, new))
-            if len(self.transitions) > _TRANSITIONS_KEPT:
-                del self.transitions[0]
+            transitions = self.transitions
+            if type(transitions) is tuple:  # its second state: the first, implied, recorded
+                transitions = _TRANSITION.pack(self.first_seen, code[None], code[old])
+            transitions += _TRANSITION.pack(now, code[old], code[new])
+            self.transitions = transitions[-_TRANSITIONS_BYTES:]
+        self.state, self.since = new, now
         self.rolled_up = False
         return old
 
@@ -243,7 +265,9 @@ class Device:
         """Its changes of state, (time, old, new), the oldest first (a new list)."""
         if type(self.transitions) is tuple:  # in its first state since it was first seen
             return [(self.first_seen, None, self.state)] if self.state is not None else []
-        return list(self.transitions)
+        states = _TRANSITION_STATES
+        return [(when, states[old], states[new])
+                for when, old, new in _TRANSITION.iter_unpack(self.transitions)]
 
     def uptimes(self, now):
         """Its uptime over each of _UPTIME_WINDOWS."""
@@ -261,18 +285,22 @@ class Device:
             return 1.0 if self.state == "up" else 0.0
         start = max(now - window, self.first_seen)
         counted = up = 0.0
-        end, state = now, self.state
-        for when, old, new in reversed(self.transitions):
-            begin = max(when, start)
-            if begin < end and state not in ("paused", "stopped", "missing"):
+        end, state = now, _TRANSITION_CODE[self.state]  # (states as their codes)
+        transitions, size, record = self.transitions, _TRANSITION.size, _TRANSITION.unpack_from
+        for offset in range(len(transitions) - size, -1, -size):  # the newest first
+            when, old, _ = record(transitions, offset)
+            begin = when if when > start else start
+            if begin < end and state not in _UNWATCHED_CODES:
                 counted += end - begin
-                up += (end - begin) if state == "up" else 0.0
+                if state == _UP_CODE:
+                    up += end - begin
             end, state = when, old
             if when <= start:
                 break
-        if end > start and state not in (None, "paused", "stopped", "missing"):
+        if end > start and state not in _UNWATCHED_CODES:
             counted += end - start
-            up += (end - start) if state == "up" else 0.0
+            if state == _UP_CODE:
+                up += end - start
         return up / counted if counted > 0 else None
 
     @property
@@ -318,7 +346,7 @@ class Device:
         if self.health != _STATE_OF_STATUS.get(self.status):
             record["health"] = self.health
         if type(self.transitions) is not tuple:  # else implied: in its first state
-            record["transitions"] = self.transitions
+            record["transitions"] = self.history()
         if self.failing:
             record["failing"] = self.failing
         if self.ids:

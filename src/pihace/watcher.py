@@ -21,8 +21,8 @@ from .client import _AMQPClient, _check_name
 from .statefile import read_state, write_atomically
 from .devices import (
     Device, DEVICE_STATES, _device_key, _FAILING_LIMIT, _HostEvent, _id_keys,
-    _REMINDED_STATES, _report_text, _roster_entry, _STATE_OF_STATUS, _STATE_RANK,
-    _STATE_OF_TEXT, _STATUS_TEXT, _TRANSITIONS_KEPT, _UPTIME_WINDOWS,
+    _packed_transitions, _REMINDED_STATES, _report_text, _roster_entry, _STATE_OF_STATUS,
+    _STATE_RANK, _STATE_OF_TEXT, _STATUS_TEXT, _TRANSITIONS_KEPT, _UPTIME_WINDOWS,
 )
 
 
@@ -923,7 +923,7 @@ class Watcher(_AMQPClient):
                 device.late_after = self._limits(device.interval, settings)[0]
                 device.state, device.due = "missing", -math.inf
                 self._earliest_due = -math.inf
-                device.transitions = []  # none: expected, never seen
+                device.transitions = b""  # none: expected, never seen
                 device.last_stamp = 0.0  # any report of it is newer
                 self._devices[device.key] = device
             self._dirty = True
@@ -1091,7 +1091,7 @@ class Watcher(_AMQPClient):
                 if (old is None or old in DEVICE_STATES) and new in DEVICE_STATES]
             if "transitions" in entry and transitions != [  # else implied: its first state
                     (device.first_seen, None, device.state)]:
-                device.transitions = transitions
+                device.transitions = _packed_transitions(transitions)
             health = entry.get("health")
             device.health = _STATE_OF_TEXT[health] if health in ("up", "degraded", "down") \
                 else _STATE_OF_STATUS[device.status]
