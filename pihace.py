@@ -5866,9 +5866,9 @@ class Device:
         # devices); the state file keeps the newest (what a restart may deliver again)
         self.ids = b""
         # its changes of state, (time, old, new), the newest _TRANSITIONS_KEPT: one bytes of
-        # _TRANSITION records (history() reads them); or () while it is in its first state,
-        # since it was first seen (the usual case; that first change, implied, becomes the
-        # first record at the second)
+        # _TRANSITION records (history() reads them; b"" for a roster's device never seen);
+        # or () while it is in its first state, since it was first seen (the usual case; that
+        # first change, implied, becomes the first record at the second)
         self.transitions = ()
         self.health = None  # its status's state, damped (see streak)
 
@@ -7060,7 +7060,8 @@ class Watcher(_AMQPClient):
             transitions = [
                 (float(when), old and _STATE_OF_TEXT[old], _STATE_OF_TEXT[new])
                 for when, old, new in entry.get("transitions", ())[-_TRANSITIONS_KEPT:]
-                if (old is None or old in DEVICE_STATES) and new in DEVICE_STATES]
+                if math.isfinite(float(when)) and (old is None or old in DEVICE_STATES)
+                and new in DEVICE_STATES]
             if "transitions" in entry and transitions != [  # else implied: its first state
                     (device.first_seen, None, device.state)]:
                 device.transitions = _packed_transitions(transitions)

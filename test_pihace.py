@@ -9298,6 +9298,31 @@ def test_a_full_history_costs_about_ten_bytes_a_change_and_comes_back_whole(tmp_
     assert entry["transitions"] == [list(change) for change in history]
 
 
+def test_a_change_of_state_file_history_without_a_finite_time_is_left_out(tmp_path):
+    # a damaged or hand-edited state file: JSON's NaN and Infinity are read as floats, and a
+    # change at such a time would make the device's uptime a wrong number
+    path = tmp_path / "fleet.json"
+    clock = Clock()
+    first = pihace.Watcher("amqp://localhost/", wall_clock=clock, state_path=str(path))
+    first.apply(report(), {})
+    for status in ("Unavailable", "Available", "Unavailable"):
+        clock.now += 100
+        first.apply(report(status), {})
+    first.save_state()
+    kept = first.device("dev@h")["transitions"]  # up at 0, down at 100, up 200, down 300
+    text = path.read_text()
+    for when, damaged in ((kept[1][0], "NaN"), (kept[2][0], "Infinity")):
+        assert text.count(repr(when)) == 1
+        text = text.replace(repr(when), damaged)
+    path.write_text(text)
+    clock.now += 100
+    second = pihace.Watcher("amqp://localhost/", wall_clock=clock, state_path=str(path))
+    restored = second.device("dev@h")
+    assert restored["transitions"] == [kept[0], kept[3]]
+    # up from 0 until the down at 300 (the changes between are gone), down since: 300 of 400
+    assert restored["uptime"] == {"24h": 0.75, "7d": 0.75}
+
+
 @pytest.mark.parametrize("content", [b"{\"pihace_watch_state\": 1, \"devices\": [{\"na",
                                      b"\x00\xff garbage", b"[]", b"{\"devices\": []}"],
                          ids=["truncated", "binary", "a-list", "no-format"])

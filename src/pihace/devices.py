@@ -237,9 +237,9 @@ class Device:
         # devices); the state file keeps the newest (what a restart may deliver again)
         self.ids = b""
         # its changes of state, (time, old, new), the newest _TRANSITIONS_KEPT: one bytes of
-        # _TRANSITION records (history() reads them); or () while it is in its first state,
-        # since it was first seen (the usual case; that first change, implied, becomes the
-        # first record at the second)
+        # _TRANSITION records (history() reads them; b"" for a roster's device never seen);
+        # or () while it is in its first state, since it was first seen (the usual case; that
+        # first change, implied, becomes the first record at the second)
         self.transitions = ()
         self.health = None  # its status's state, damped (see streak)
 

@@ -1088,7 +1088,8 @@ class Watcher(_AMQPClient):
             transitions = [
                 (float(when), old and _STATE_OF_TEXT[old], _STATE_OF_TEXT[new])
                 for when, old, new in entry.get("transitions", ())[-_TRANSITIONS_KEPT:]
-                if (old is None or old in DEVICE_STATES) and new in DEVICE_STATES]
+                if math.isfinite(float(when)) and (old is None or old in DEVICE_STATES)
+                and new in DEVICE_STATES]
             if "transitions" in entry and transitions != [  # else implied: its first state
                     (device.first_seen, None, device.state)]:
                 device.transitions = _packed_transitions(transitions)
