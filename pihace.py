@@ -10591,11 +10591,23 @@ def _watch(parser, args):
             raise ValueError("--on-change-states needs --on-change")
         hooks = _Hooks(args.on_change, args.hook_timeout, states) if args.on_change else None
         reporter = _self_reporter(watcher, args) if args.report_as and not args.once else None
-        server = _serve_fleet(watcher, args.listen) if args.listen and not args.once else None
     except ValueError as exc:
         parser.error(str(exc))
     if args.once:
         return _watch_once(watcher, args.wait, args.format)
+    # SIGTERM and Ctrl-C stop the watcher from here on, before its loop starts too (which
+    # then ends at once): a stop as soon as it says it serves ends as cleanly as a later one
+    with _handling_signals(lambda *_: watcher.stop()):
+        try:
+            server = _serve_fleet(watcher, args.listen) if args.listen else None
+        except ValueError as exc:
+            parser.error(str(exc))
+        return _follow(watcher, args, hooks, reporter, server)
+
+
+def _follow(watcher, args, hooks, reporter, server):
+    """pihace watch without --once: follow the fleet until SIGTERM or Ctrl-C; then stop
+    what serves and reports on it."""
     if hooks is not None:
         watcher.on_change.append(hooks)
     live = sys.stdout.isatty()

@@ -7440,6 +7440,34 @@ def test_a_long_lived_command_run_as_a_script_drops_its_syntax_tree(tmp_path, cl
     assert process.returncode in (0, 1)  # stopped on SIGTERM (push: reports undelivered)
 
 
+def test_watch_stops_cleanly_on_a_sigterm_that_comes_as_it_says_it_serves(closed_port):
+    # A supervisor (or the test above) may stop `pihace watch` as soon as its first line
+    # is out: SIGTERM must be the watcher's own by then, or it ends the process as the
+    # signal's default does (it did, under load, between that line and the handler).
+    at_first_line = []
+
+    class FirstLine(logging.Handler):
+        def emit(self, record):
+            if "serving the fleet" in record.getMessage() and not at_first_line:
+                at_first_line.append(signal.getsignal(signal.SIGTERM))
+                if callable(at_first_line[0]):  # the worst moment for it: now
+                    signal.raise_signal(signal.SIGTERM)
+
+    probe = FirstLine()
+    pihace.log.addHandler(probe)
+    # else (the old order) a Ctrl-C once the handlers are there, for the test to end
+    fallback = threading.Timer(5, signal.raise_signal, (signal.SIGINT,))
+    fallback.start()
+    try:
+        code = pihace.main(["watch", "--listen", "127.0.0.1:0", "--url",
+                            f"amqp://127.0.0.1:{closed_port}/"])
+    finally:
+        fallback.cancel()
+        pihace.log.removeHandler(probe)
+    assert at_first_line and callable(at_first_line[0]), at_first_line  # not SIG_DFL
+    assert code == 0
+
+
 def test_the_watcher_fails_over_to_the_node_that_answers(rabbit, unique_queue, closed_port):
     publish_reports(rabbit.url, unique_queue, (report(name="over"), {}))
     watcher = pihace.Watcher([f"amqp://127.0.0.1:{closed_port}/", rabbit.url], unique_queue)
