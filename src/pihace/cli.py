@@ -666,8 +666,8 @@ def _watch(parser, args):
 
 
 def _follow(watcher, args, hooks, reporter, server):
-    """pihace watch without --once: follow the fleet until SIGTERM or Ctrl-C; then stop
-    what serves and reports on it."""
+    """pihace watch without --once: follow the fleet until SIGTERM or Ctrl-C (the handler
+    _watch installed stops the watcher); then stop what serves and reports on it."""
     if hooks is not None:
         watcher.on_change.append(hooks)
     live = sys.stdout.isatty()
@@ -823,8 +823,9 @@ def _watch_once(watcher, wait, output):
 
 
 def _watch_until_signalled(watcher, show=None):
-    """Run the watcher in a thread until SIGTERM or Ctrl-C; show(watcher) once a second.
-    0, or 1 (with one line on stderr) when the watcher stopped on an unexpected error."""
+    """Run the watcher in a thread until it stops (the caller's SIGTERM and Ctrl-C handler
+    stops it); show(watcher) once a second. 0, or 1 (with one line on stderr) when the
+    watcher stopped on an unexpected error."""
     failure = []
 
     def run():
@@ -835,19 +836,18 @@ def _watch_until_signalled(watcher, show=None):
             log.exception("the watcher stopped on an unexpected error (a bug)")
 
     thread = threading.Thread(target=run, name="pihace-watch", daemon=True)
-    with _handling_signals(lambda *_: watcher.stop()):
-        thread.start()
-        try:
-            while thread.is_alive():
-                if show is not None:
-                    show(watcher)
-                thread.join(1.0)
-        finally:
-            watcher.stop()
-            thread.join(10)
+    thread.start()
+    try:
+        while thread.is_alive():
             if show is not None:
-                sys.stdout.write("\x1b[?25h")  # the cursor back
-                sys.stdout.flush()
+                show(watcher)
+            thread.join(1.0)
+    finally:
+        watcher.stop()
+        thread.join(10)
+        if show is not None:
+            sys.stdout.write("\x1b[?25h")  # the cursor back
+            sys.stdout.flush()
     if failure:
         print(f"pihace: the watcher stopped on an unexpected error (a bug: please report it): "
               f"{describe_error(failure[0])}", file=sys.stderr)
