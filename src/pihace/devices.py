@@ -38,10 +38,10 @@ _UP_CODE = _TRANSITION_CODE["up"]
 
 
 def _packed_transitions(transitions):
-    """Changes of state, (time, old, new) each, as Device.transitions keeps them."""
+    """Changes of state, (time, old, new) each (at most _TRANSITIONS_KEPT), as
+    Device.transitions keeps them."""
     code, pack = _TRANSITION_CODE, _TRANSITION.pack
-    return b"".join([pack(when, code[old], code[new])
-                     for when, old, new in transitions[-_TRANSITIONS_KEPT:]])
+    return b"".join([pack(when, code[old], code[new]) for when, old, new in transitions])
 
 
 def _report_text(value, limit=_NAME_LIMIT):
